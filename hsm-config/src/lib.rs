@@ -1,0 +1,30 @@
+//! hsmgate's configuration: the typed schema, its validation, and the provisioning of
+//! SoftHSM2 tokens for development and tests.
+//!
+//! Configuration is a plain TOML file kept under source control (see `examples/`). It is
+//! parsed into [`Config`] and then validated as a whole: every problem is reported at once,
+//! each naming the field it concerns (`datacenters[1].hsms[0].sessions: must be between 1
+//! and 1024`), so an operator fixes a file in one pass. A file that fails validation is never
+//! used: the gateway refuses to start on it, and a reload keeps the running configuration.
+//!
+//! This crate knows no runtime: it does not load PKCS#11 modules nor open sockets. The one
+//! exception is [`provision`], which drives Debian's `softhsm2-util` and `openssl` to create
+//! development tokens holding cloned keys.
+//!
+//! # Layout
+//! - [`schema`]: the types, with their defaults.
+//! - `validate`: the whole-file checks that produce [`FieldError`]s.
+//! - [`secret`]: PINs, read from a file or the environment, never printed.
+//! - [`provision`]: SoftHSM2 tokens and cloned keys for a development config.
+
+mod error;
+pub mod provision;
+pub mod schema;
+pub mod secret;
+mod validate;
+
+pub use error::{Error, FieldError};
+pub use schema::{
+    Batching, Config, Datacenter, Dispatch, Gateway, Hsm, Key, KeyAlgorithm, PinSource, Timeouts,
+};
+pub use secret::Pin;

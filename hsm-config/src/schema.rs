@@ -1,0 +1,360 @@
+//! The configuration schema.
+//!
+//! Field names are what operators write in TOML; every table refuses unknown fields so that a
+//! typo (`sesions = 4`) is an error instead of a silently ignored setting.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+
+use crate::error::Error;
+
+/// A whole gateway configuration.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub gateway: Gateway,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default)]
+    pub batching: Batching,
+    #[serde(default)]
+    pub dispatch: Dispatch,
+    pub datacenters: Vec<Datacenter>,
+    #[serde(default)]
+    pub keys: Vec<Key>,
+    /// Directory of the file, against which relative paths (PIN files, modules) resolve.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// Where the gateway listens and which datacenter it is in.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gateway {
+    /// gRPC listen address of the signing API.
+    pub listen: SocketAddr,
+    /// HTTP listen address of `/metrics`; none disables the endpoint.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Name of the datacenter this gateway runs in: its HSMs are preferred.
+    pub local_datacenter: String,
+}
+
+/// Time limits. All in milliseconds in the file.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// A single PKCS#11 call that takes longer than this marks its HSM as hung: the request is
+    /// retried on another HSM and the HSM leaves rotation until a probe succeeds.
+    pub hsm_call_ms: u64,
+    /// Deadline applied to a request whose caller sent none (`grpc-timeout`).
+    pub default_deadline_ms: u64,
+    /// How often an HSM out of rotation is probed (reconnect, log in, find keys).
+    pub probe_interval_ms: u64,
+    /// On SIGTERM, how long in-flight requests get to finish.
+    pub drain_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            hsm_call_ms: 2_000,
+            default_deadline_ms: 10_000,
+            probe_interval_ms: 1_000,
+            drain_ms: 10_000,
+        }
+    }
+}
+
+impl Timeouts {
+    pub fn hsm_call(&self) -> Duration {
+        Duration::from_millis(self.hsm_call_ms)
+    }
+    pub fn default_deadline(&self) -> Duration {
+        Duration::from_millis(self.default_deadline_ms)
+    }
+    pub fn probe_interval(&self) -> Duration {
+        Duration::from_millis(self.probe_interval_ms)
+    }
+    pub fn drain(&self) -> Duration {
+        Duration::from_millis(self.drain_ms)
+    }
+}
+
+/// Batching limits.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Batching {
+    /// Most signatures one `SignBatch` call may ask for.
+    pub max_request_items: usize,
+    /// Most signatures a worker takes off its HSM's queue in one go: large enough to keep
+    /// per-signature overhead small, small enough to spread a batch over every session.
+    pub worker_chunk: usize,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Self {
+            max_request_items: 10_000,
+            worker_chunk: 32,
+        }
+    }
+}
+
+/// How requests are spread over HSMs.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dispatch {
+    /// When every healthy local HSM has more than this many signatures queued or in flight,
+    /// new work spills to the other datacenters' HSMs.
+    pub spill_queue_depth: usize,
+}
+
+impl Default for Dispatch {
+    fn default() -> Self {
+        Self {
+            spill_queue_depth: 4_096,
+        }
+    }
+}
+
+/// A datacenter and its HSMs (a pair in production).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Datacenter {
+    pub name: String,
+    pub hsms: Vec<Hsm>,
+}
+
+/// One HSM: a token reached through a PKCS#11 module.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hsm {
+    /// Name used in logs, metrics and `keys[].hsms`.
+    pub name: String,
+    /// Path of the PKCS#11 module (`.so`).
+    pub module: PathBuf,
+    /// Token label. Tokens are found by label, never by slot id: slot ids change.
+    pub token_label: String,
+    /// Where the user PIN comes from. Inline PINs are not accepted.
+    pub pin: PinSource,
+    /// Logged-in sessions kept open, one worker thread each.
+    #[serde(default = "default_sessions")]
+    pub sessions: u32,
+    /// Most signatures queued or in flight on this HSM; beyond it the HSM counts as saturated.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u32,
+    /// Environment for the module, set while it is loaded (e.g. `P11_KIT_SERVER_ADDRESS` for
+    /// p11-kit's client, one connection per HSM). HSMs with the same module and environment
+    /// share one PKCS#11 context.
+    #[serde(default)]
+    pub module_env: BTreeMap<String, String>,
+}
+
+fn default_sessions() -> u32 {
+    4
+}
+fn default_max_in_flight() -> u32 {
+    4_096
+}
+
+impl Hsm {
+    /// The module path, resolved against the config file's directory.
+    pub fn module_path(&self, base_dir: &Path) -> PathBuf {
+        base_dir.join(&self.module)
+    }
+}
+
+/// Where a PIN comes from: `pin = { file = "pins/a1.pin" }` or `pin = { env = "HSM_A1_PIN" }`.
+///
+/// Deserialization never fails on this field, on purpose: toml's parse errors quote the
+/// offending line, and for `pin = "1234"` that line is the secret. Anything that is not one of
+/// the two accepted forms becomes [`PinSource::Invalid`], which validation reports by field path
+/// without the value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PinSource {
+    /// A file holding the PIN (trailing newline ignored); it should be readable by its owner only.
+    File(PathBuf),
+    /// An environment variable holding the PIN.
+    Env(String),
+    /// Not an accepted form; the reason never contains the value.
+    Invalid(&'static str),
+}
+
+impl<'de> Deserialize<'de> for PinSource {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PinVisitor;
+        const INLINE: &str = "inline PINs are refused: write pin = { file = \"...\" } or pin = { env = \"...\" }";
+        const FORM: &str = "must be a table with exactly one of `file` or `env`";
+
+        impl<'de> Visitor<'de> for PinVisitor {
+            type Value = PinSource;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("{ file = \"...\" } or { env = \"...\" }")
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<PinSource, E> {
+                Ok(PinSource::Invalid(INLINE))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<PinSource, E> {
+                Ok(PinSource::Invalid(INLINE))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<PinSource, E> {
+                Ok(PinSource::Invalid(INLINE))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<PinSource, E> {
+                Ok(PinSource::Invalid(INLINE))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<PinSource, E> {
+                Ok(PinSource::Invalid(FORM))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<PinSource, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(PinSource::Invalid(FORM))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PinSource, A::Error> {
+                let (mut file, mut env, mut other) = (None, None, false);
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "file" => file = map.next_value::<MaybeStr>()?.into_string(),
+                        "env" => env = map.next_value::<MaybeStr>()?.into_string(),
+                        _ => {
+                            other = true;
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(match (file, env, other) {
+                    (Some(f), None, false) => PinSource::File(PathBuf::from(f)),
+                    (None, Some(e), false) => PinSource::Env(e),
+                    _ => PinSource::Invalid(FORM),
+                })
+            }
+        }
+        deserializer.deserialize_any(PinVisitor)
+    }
+}
+
+/// A value that should be a string, accepted whatever it is so that the error can be ours.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum MaybeStr {
+    Str(String),
+    Other(IgnoredAny),
+}
+
+impl MaybeStr {
+    fn into_string(self) -> Option<String> {
+        match self {
+            Self::Str(s) => Some(s),
+            Self::Other(_) => None,
+        }
+    }
+}
+
+/// A signing key, cloned into one or more HSMs.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Key {
+    /// The name callers use in the signing API.
+    pub name: String,
+    /// `CKA_LABEL` of the private and public key objects in the HSMs.
+    pub label: String,
+    pub algorithm: KeyAlgorithm,
+    /// Names of the HSMs that hold a clone of this key.
+    pub hsms: Vec<String>,
+}
+
+/// Key types the gateway signs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyAlgorithm {
+    EcdsaP256,
+    EcdsaP384,
+    #[serde(rename = "rsa-2048")]
+    Rsa2048,
+    #[serde(rename = "rsa-3072")]
+    Rsa3072,
+    #[serde(rename = "rsa-4096")]
+    Rsa4096,
+    Ed25519,
+}
+
+impl KeyAlgorithm {
+    /// The name used in files and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EcdsaP256 => "ecdsa-p256",
+            Self::EcdsaP384 => "ecdsa-p384",
+            Self::Rsa2048 => "rsa-2048",
+            Self::Rsa3072 => "rsa-3072",
+            Self::Rsa4096 => "rsa-4096",
+            Self::Ed25519 => "ed25519",
+        }
+    }
+
+    /// RSA modulus size in bits, for RSA keys.
+    pub fn rsa_bits(self) -> Option<u32> {
+        match self {
+            Self::Rsa2048 => Some(2048),
+            Self::Rsa3072 => Some(3072),
+            Self::Rsa4096 => Some(4096),
+            _ => None,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a file. Relative paths inside it resolve against its directory.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base_dir = path
+            .parent()
+            .map(Path::to_owned)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Self::parse(&text, path, base_dir)
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &Path, base_dir: PathBuf) -> Result<Self, Error> {
+        let mut config: Config = toml::from_str(text).map_err(|e| Error::Parse {
+            path: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        config.base_dir = base_dir;
+        let errors = crate::validate::validate(&config);
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(Error::Invalid {
+                path: origin.to_owned(),
+                errors,
+            })
+        }
+    }
+
+    /// Every HSM with the name of its datacenter, in file order.
+    pub fn hsms(&self) -> impl Iterator<Item = (&Datacenter, &Hsm)> {
+        self.datacenters
+            .iter()
+            .flat_map(|dc| dc.hsms.iter().map(move |h| (dc, h)))
+    }
+
+    /// The HSM of that name.
+    pub fn hsm(&self, name: &str) -> Option<(&Datacenter, &Hsm)> {
+        self.hsms().find(|(_, h)| h.name == name)
+    }
+
+    /// The key of that name.
+    pub fn key(&self, name: &str) -> Option<&Key> {
+        self.keys.iter().find(|k| k.name == name)
+    }
+}

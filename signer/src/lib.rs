@@ -1,0 +1,1 @@
+//! The hsmgate signing gateway.
