@@ -78,7 +78,8 @@ pub(crate) fn validate(config: &Config) -> Vec<FieldError> {
             &format!("`{}` is not one of the datacenters", config.gateway.local_datacenter),
         );
     }
-    if config.gateway.metrics_listen == Some(config.gateway.listen) {
+    // Port 0 (tests) lets the OS pick distinct ports.
+    if config.gateway.listen.port() != 0 && config.gateway.metrics_listen == Some(config.gateway.listen) {
         err("gateway.metrics_listen".into(), "must differ from gateway.listen");
     }
 
