@@ -8,8 +8,8 @@
 //! used: the gateway refuses to start on it, and a reload keeps the running configuration.
 //!
 //! This crate knows no runtime: it does not load PKCS#11 modules nor open sockets. The one
-//! exception is [`provision`], which drives Debian's `softhsm2-util` and `openssl` to create
-//! development tokens holding cloned keys.
+//! exception is [`provision`], which drives Debian's `softhsm2-util`, `pkcs11-tool` and `openssl`
+//! as subprocesses to create development tokens holding cloned keys.
 //!
 //! # Layout
 //! - [`schema`]: the types, with their defaults.

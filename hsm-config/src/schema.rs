@@ -189,7 +189,8 @@ pub enum PinSource {
 impl<'de> Deserialize<'de> for PinSource {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct PinVisitor;
-        const INLINE: &str = "inline PINs are refused: write pin = { file = \"...\" } or pin = { env = \"...\" }";
+        const INLINE: &str =
+            "inline PINs are refused: write pin = { file = \"...\" } or pin = { env = \"...\" }";
         const FORM: &str = "must be a table with exactly one of `file` or `env`";
 
         impl<'de> Visitor<'de> for PinVisitor {

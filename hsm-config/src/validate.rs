@@ -15,13 +15,43 @@ pub(crate) fn validate(config: &Config) -> Vec<FieldError> {
     // Timeouts and limits.
     let t = &config.timeouts;
     range(&mut err, "timeouts.hsm_call_ms", t.hsm_call_ms, 10, 600_000);
-    range(&mut err, "timeouts.default_deadline_ms", t.default_deadline_ms, 10, 3_600_000);
-    range(&mut err, "timeouts.probe_interval_ms", t.probe_interval_ms, 10, 3_600_000);
+    range(
+        &mut err,
+        "timeouts.default_deadline_ms",
+        t.default_deadline_ms,
+        10,
+        3_600_000,
+    );
+    range(
+        &mut err,
+        "timeouts.probe_interval_ms",
+        t.probe_interval_ms,
+        10,
+        3_600_000,
+    );
     range(&mut err, "timeouts.drain_ms", t.drain_ms, 0, 3_600_000);
     let b = &config.batching;
-    range(&mut err, "batching.max_request_items", b.max_request_items as u64, 1, 1_000_000);
-    range(&mut err, "batching.worker_chunk", b.worker_chunk as u64, 1, 4_096);
-    range(&mut err, "dispatch.spill_queue_depth", config.dispatch.spill_queue_depth as u64, 1, 10_000_000);
+    range(
+        &mut err,
+        "batching.max_request_items",
+        b.max_request_items as u64,
+        1,
+        1_000_000,
+    );
+    range(
+        &mut err,
+        "batching.worker_chunk",
+        b.worker_chunk as u64,
+        1,
+        4_096,
+    );
+    range(
+        &mut err,
+        "dispatch.spill_queue_depth",
+        config.dispatch.spill_queue_depth as u64,
+        1,
+        10_000_000,
+    );
 
     // Datacenters and HSMs.
     if config.datacenters.is_empty() {
@@ -34,36 +64,68 @@ pub(crate) fn validate(config: &Config) -> Vec<FieldError> {
         let dpath = format!("datacenters[{d}]");
         name(&mut err, &format!("{dpath}.name"), &dc.name);
         if !dc_names.insert(dc.name.as_str()) {
-            err(format!("{dpath}.name"), &format!("datacenter `{}` is defined twice", dc.name));
+            err(
+                format!("{dpath}.name"),
+                &format!("datacenter `{}` is defined twice", dc.name),
+            );
         }
         if dc.hsms.is_empty() {
-            err(format!("{dpath}.hsms"), "a datacenter needs at least one HSM");
+            err(
+                format!("{dpath}.hsms"),
+                "a datacenter needs at least one HSM",
+            );
         }
         for (h, hsm) in dc.hsms.iter().enumerate() {
             let hpath = format!("{dpath}.hsms[{h}]");
             name(&mut err, &format!("{hpath}.name"), &hsm.name);
             if let Some(first) = hsm_names.insert(&hsm.name, hpath.clone()) {
-                err(format!("{hpath}.name"), &format!("HSM `{}` is already defined at {first}", hsm.name));
+                err(
+                    format!("{hpath}.name"),
+                    &format!("HSM `{}` is already defined at {first}", hsm.name),
+                );
             }
             if hsm.module.as_os_str().is_empty() {
-                err(format!("{hpath}.module"), "must be the path of a PKCS#11 module");
+                err(
+                    format!("{hpath}.module"),
+                    "must be the path of a PKCS#11 module",
+                );
             }
             if hsm.token_label.is_empty() || hsm.token_label.len() > TOKEN_LABEL_MAX {
-                err(format!("{hpath}.token_label"), "must be 1 to 32 bytes (a PKCS#11 token label)");
+                err(
+                    format!("{hpath}.token_label"),
+                    "must be 1 to 32 bytes (a PKCS#11 token label)",
+                );
             }
             // Two HSM entries on the same token of the same module would be one HSM counted twice.
             let env = format!("{:?}", hsm.module_env);
-            let token_key = (hsm.module.display().to_string(), hsm.token_label.as_str(), env);
+            let token_key = (
+                hsm.module.display().to_string(),
+                hsm.token_label.as_str(),
+                env,
+            );
             if let Some(first) = tokens.insert(token_key, hpath.clone()) {
-                err(format!("{hpath}.token_label"), &format!("the same module and token as {first}"));
+                err(
+                    format!("{hpath}.token_label"),
+                    &format!("the same module and token as {first}"),
+                );
             }
             match &hsm.pin {
-                PinSource::File(p) if p.as_os_str().is_empty() => err(format!("{hpath}.pin.file"), "must not be empty"),
-                PinSource::Env(v) if v.is_empty() => err(format!("{hpath}.pin.env"), "must not be empty"),
+                PinSource::File(p) if p.as_os_str().is_empty() => {
+                    err(format!("{hpath}.pin.file"), "must not be empty")
+                }
+                PinSource::Env(v) if v.is_empty() => {
+                    err(format!("{hpath}.pin.env"), "must not be empty")
+                }
                 PinSource::Invalid(reason) => err(format!("{hpath}.pin"), reason),
                 _ => {}
             }
-            range(&mut err, &format!("{hpath}.sessions"), hsm.sessions.into(), 1, 1024);
+            range(
+                &mut err,
+                &format!("{hpath}.sessions"),
+                hsm.sessions.into(),
+                1,
+                1024,
+            );
             if hsm.max_in_flight < hsm.sessions || hsm.max_in_flight > 1_000_000 {
                 err(
                     format!("{hpath}.max_in_flight"),
@@ -75,12 +137,20 @@ pub(crate) fn validate(config: &Config) -> Vec<FieldError> {
     if !dc_names.contains(config.gateway.local_datacenter.as_str()) {
         err(
             "gateway.local_datacenter".into(),
-            &format!("`{}` is not one of the datacenters", config.gateway.local_datacenter),
+            &format!(
+                "`{}` is not one of the datacenters",
+                config.gateway.local_datacenter
+            ),
         );
     }
     // Port 0 (tests) lets the OS pick distinct ports.
-    if config.gateway.listen.port() != 0 && config.gateway.metrics_listen == Some(config.gateway.listen) {
-        err("gateway.metrics_listen".into(), "must differ from gateway.listen");
+    if config.gateway.listen.port() != 0
+        && config.gateway.metrics_listen == Some(config.gateway.listen)
+    {
+        err(
+            "gateway.metrics_listen".into(),
+            "must differ from gateway.listen",
+        );
     }
 
     // Keys.
@@ -89,21 +159,33 @@ pub(crate) fn validate(config: &Config) -> Vec<FieldError> {
         let kpath = format!("keys[{k}]");
         name(&mut err, &format!("{kpath}.name"), &key.name);
         if !key_names.insert(key.name.as_str()) {
-            err(format!("{kpath}.name"), &format!("key `{}` is defined twice", key.name));
+            err(
+                format!("{kpath}.name"),
+                &format!("key `{}` is defined twice", key.name),
+            );
         }
         if key.label.is_empty() {
             err(format!("{kpath}.label"), "must not be empty");
         }
         if key.hsms.is_empty() {
-            err(format!("{kpath}.hsms"), "a key must be held by at least one HSM");
+            err(
+                format!("{kpath}.hsms"),
+                "a key must be held by at least one HSM",
+            );
         }
         let mut seen = HashSet::new();
         for (i, hsm) in key.hsms.iter().enumerate() {
             if !hsm_names.contains_key(hsm.as_str()) {
-                err(format!("{kpath}.hsms[{i}]"), &format!("no HSM is named `{hsm}`"));
+                err(
+                    format!("{kpath}.hsms[{i}]"),
+                    &format!("no HSM is named `{hsm}`"),
+                );
             }
             if !seen.insert(hsm) {
-                err(format!("{kpath}.hsms[{i}]"), &format!("`{hsm}` is listed twice"));
+                err(
+                    format!("{kpath}.hsms[{i}]"),
+                    &format!("`{hsm}` is listed twice"),
+                );
             }
         }
     }
@@ -120,8 +202,13 @@ fn range(err: &mut impl FnMut(String, &str), path: &str, value: u64, min: u64, m
 fn name(err: &mut impl FnMut(String, &str), path: &str, value: &str) {
     let ok = !value.is_empty()
         && value.len() <= 64
-        && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if !ok {
-        err(path.to_owned(), "must be 1 to 64 characters of [A-Za-z0-9._-]");
+        err(
+            path.to_owned(),
+            "must be 1 to 64 characters of [A-Za-z0-9._-]",
+        );
     }
 }

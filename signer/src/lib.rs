@@ -1,1 +1,40 @@
 //! The hsmgate signing gateway.
+//!
+//! It puts a CA's HSMs — pairs of them in each datacenter — behind one gRPC API
+//! (`hsmgate.signer.v1.Signer`, see `signer/proto`), so that callers name a key and never an HSM,
+//! sign at the HSMs' full speed through batches, and never notice an HSM dying.
+//!
+//! ```text
+//!  gRPC Sign / SignBatch
+//!        │  service: check every item (key, algorithm, digest size) before anything is signed
+//!        ▼
+//!  gateway ─▶ dispatch: group by key, cut into chunks, pick the least-loaded local HSM,
+//!        │              spill to the other datacenter, retry elsewhere on failure
+//!        ▼
+//!  hsm: per HSM a queue, N worker threads each owning one logged-in PKCS#11 session,
+//!       a supervisor thread (watchdog for hung calls; reconnection)
+//!        ▼
+//!  cryptoki ─▶ the vendor's PKCS#11 module (Luna in production, SoftHSM2 here)
+//! ```
+//!
+//! # Layout
+//! - [`server`]: listeners, services, signals (SIGHUP reload, SIGTERM drain).
+//! - [`service`]: the gRPC service; request checks; errors to statuses.
+//! - [`gateway`]: the current router; building it from config; reload.
+//! - [`dispatch`]: HSM choice, failover, retries.
+//! - [`hsm`]: sessions, workers, fault classification, reconnection.
+//! - [`algorithm`]: signature algorithms, hashing, DER encodings.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`error`]: the crate's error type and its gRPC mapping.
+
+pub mod algorithm;
+pub mod dispatch;
+pub mod error;
+pub mod gateway;
+pub mod hsm;
+pub mod metrics;
+pub mod server;
+pub mod service;
+
+pub use error::Error;
+pub use gateway::Gateway;

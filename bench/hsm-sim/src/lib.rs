@@ -1,1 +1,84 @@
-//! hsm-sim
+//! hsm-sim: a PKCS#11 module (`libhsm_sim.so`) that forwards every call to a real module
+//! (SoftHSM2 by default) and injects faults per token, on demand, while the caller runs.
+//!
+//! It exists to test the gateway's failover: several "HSMs" are several tokens of one SoftHSM2
+//! store, all behind this one module and one PKCS#11 context, and a test makes one of them fail
+//! with an exact CKR code, hang (like a SIGSTOPped HSM: no timeout), or slow down, then heals it,
+//! by editing a control file. p11-kit remoting covers "the HSM process died" but not hangs on
+//! demand, exact codes, or Ed25519; later the bench will use it for a Luna-class timing model.
+//!
+//! # Environment
+//!
+//! Both are read once, on the first `C_GetFunctionList` of the process:
+//!
+//! - `HSMSIM_MODULE`: the real module, default `/usr/lib/softhsm/libsofthsm2.so` (which itself
+//!   reads `SOFTHSM2_CONF`).
+//! - `HSMSIM_CONTROL`: the control file. Unset: no faults ever, pure forwarding. Set but missing
+//!   (or removed later): every token healthy.
+//! - `HSMSIM_VERBOSE=1`: print the new state to stderr whenever the control file changes.
+//!
+//! # Control file
+//!
+//! One line per token label: `LABEL MODE [ARG]`; `#` starts a comment; blank lines are ignored;
+//! labels with blanks are written in double quotes; `*` applies to every token without a line of
+//! its own. No line means healthy.
+//!
+//! ```text
+//! EAST-1 fail 0x30        # every intercepted call on that token returns this code (hex,
+//!                         # decimal or a CKR_ name; default CKR_DEVICE_ERROR), including
+//!                         # C_OpenSession and C_GetTokenInfo on its slot
+//! EAST-2 hang             # intercepted calls block until the line changes, then go on
+//! WEST-1 delay 5000       # +5000 µs on each C_Sign/C_SignFinal that returns a signature
+//! WEST-2 fail-sign 0x30   # only C_SignInit/C_Sign/C_SignUpdate/C_SignFinal fail
+//! "My HSM" ok             # explicit healthy: overrides a `*` line
+//! * fail 0xE0             # every other token
+//! ```
+//!
+//! Bad lines are reported on stderr and ignored. The file is stat()ed at most every 20 ms (the
+//! parsed state is cached, so C_Sign at 30k/s pays one clock read and two uncontended read
+//! locks) and re-read when its mtime, size or inode change: replace it atomically (write a
+//! temporary file, then rename) so a half-written file is never read.
+//!
+//! # Intercepted calls
+//!
+//! C_Initialize/C_Finalize (forwarded; they reset the maps), C_GetTokenInfo, C_InitToken,
+//! C_OpenSession, C_CloseSession, C_CloseAllSessions, C_GetSessionInfo, C_Login, C_Logout,
+//! C_GetAttributeValue, C_FindObjectsInit/C_FindObjects/C_FindObjectsFinal, C_SignInit, C_Sign,
+//! C_SignUpdate, C_SignFinal. Every other entry of the function list is the real module's own
+//! pointer. A session is tied to its token label at C_OpenSession (slot → label via the real
+//! C_GetTokenInfo, cached per slot). Closing a session of a failed token closes the real session
+//! too (no leak) but returns the injected code. Only `C_GetFunctionList` is exported (no
+//! `C_GetInterface`: SoftHSM2 2.6 has none either, so callers use the 2.40 list).
+
+// A PKCS#11 module is an FFI boundary by nature: raw pointers from C, a dlopen()ed library and
+// `extern "C"` entry points. Each unsafe block says why it is sound.
+#![allow(unsafe_code)]
+
+pub mod control;
+mod sim;
+mod wrappers;
+
+pub use control::{ControlState, Fault};
+
+use cryptoki_sys::{CK_FUNCTION_LIST, CK_RV, CKR_ARGUMENTS_BAD, CKR_OK};
+
+/// The module's only exported symbol: loads the real module on first use and returns our list.
+///
+/// # Safety
+///
+/// `list` must be NULL or valid for a pointer write (the PKCS#11 contract).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn C_GetFunctionList(list: *mut *mut CK_FUNCTION_LIST) -> CK_RV {
+    wrappers::guard(|| {
+        if list.is_null() {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        let sim = sim::get_or_load()?;
+        // The list lives in a static for the life of the process. PKCS#11 hands it out as a
+        // mutable pointer, but callers only read it.
+        let ours = &sim.ours as *const CK_FUNCTION_LIST as *mut CK_FUNCTION_LIST;
+        // SAFETY: non-null, and the caller guarantees it is valid for writes.
+        unsafe { *list = ours };
+        Ok(CKR_OK)
+    })
+}

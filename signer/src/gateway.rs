@@ -1,0 +1,251 @@
+//! The gateway as a whole: the current [`Router`], building it from a configuration, swapping
+//! it on reload, and signing a request's items through it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use hsm_config::Config;
+
+use crate::dispatch::{KeyEntry, Limits, Prepared, Router, Signed};
+use crate::error::Error;
+use crate::hsm::{Hsm, HsmSettings, KeyReference, WantedKey};
+use crate::metrics::Metrics;
+
+#[derive(Debug)]
+pub struct Gateway {
+    router: RwLock<Arc<Router>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Gateway {
+    /// Builds the router for `config` and starts connecting every HSM in the background. The
+    /// gateway answers at once; requests find HSMs as they come into rotation.
+    pub fn start(config: &Config, metrics: Arc<Metrics>) -> Arc<Self> {
+        let router = build_router(config, None, &metrics, Arc::new(KeyReference::default()));
+        Arc::new(Self {
+            router: RwLock::new(Arc::new(router)),
+            metrics,
+        })
+    }
+
+    /// The routing state now. Cheap: one `Arc` clone.
+    pub fn router(&self) -> Arc<Router> {
+        self.router
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Applies a validated configuration without dropping requests: HSMs whose definition did
+    /// not change keep their sessions; new ones start connecting; removed ones leave rotation
+    /// after the swap (their queued jobs are retried on the HSMs that remain).
+    pub fn reload(&self, config: &Config) {
+        let old = self.router();
+        let new = Arc::new(build_router(
+            config,
+            Some(&old),
+            &self.metrics,
+            old.reference.clone(),
+        ));
+        let kept: Vec<*const Hsm> = new.hsms.iter().map(Arc::as_ptr).collect();
+        *self.router.write().unwrap_or_else(|p| p.into_inner()) = new;
+        for hsm in &old.hsms {
+            if !kept.contains(&Arc::as_ptr(hsm)) {
+                tracing::info!(hsm = %hsm.name, "removed or changed by the new configuration");
+                hsm.stop();
+            }
+        }
+    }
+
+    /// Stops every HSM (after the gRPC server drained).
+    pub fn shutdown(&self) {
+        for hsm in &self.router().hsms {
+            hsm.stop();
+        }
+    }
+
+    /// Signs prepared items, in order. Items are grouped by key and operation, cut into chunks
+    /// of `worker_chunk`, and the chunks run on every available session at once.
+    pub async fn sign(
+        &self,
+        router: &Router,
+        items: Vec<Prepared>,
+        deadline: Instant,
+    ) -> Result<Vec<Signed>, Error> {
+        if let [only] = items.as_slice() {
+            let (mut sigs, hsm) = router
+                .sign_chunk(
+                    &only.key,
+                    only.operation,
+                    Arc::new(vec![only.data.clone()]),
+                    0,
+                    deadline,
+                )
+                .await?;
+            let signature = sigs.pop().ok_or_else(|| Error::Hsm {
+                hsm: hsm.to_string(),
+                detail: "no signature in the answer".into(),
+            })?;
+            return Ok(vec![Signed {
+                signature,
+                algorithm: only.algorithm,
+                hsm,
+            }]);
+        }
+        // Group by (key, operation), keeping each item's position.
+        let mut groups: HashMap<(usize, crate::algorithm::Operation), Vec<usize>> = HashMap::new();
+        for (i, item) in items.iter().enumerate() {
+            groups
+                .entry((Arc::as_ptr(&item.key) as usize, item.operation))
+                .or_default()
+                .push(i);
+        }
+        let chunk = router.limits.worker_chunk.max(1);
+        let mut tasks = Vec::new();
+        for positions in groups.into_values() {
+            for part in positions.chunks(chunk) {
+                let first = &items[part[0]];
+                let data: Vec<Vec<u8>> = part.iter().map(|&i| items[i].data.clone()).collect();
+                let key = first.key.clone();
+                let op = first.operation;
+                let part = part.to_vec();
+                tasks.push(async move {
+                    let (sigs, hsm) = router
+                        .sign_chunk(&key, op, Arc::new(data), part[0], deadline)
+                        .await?;
+                    Ok::<_, Error>((part, sigs, hsm))
+                });
+            }
+        }
+        let done = futures_util::future::try_join_all(tasks).await?;
+        let mut out: Vec<Option<Signed>> = (0..items.len()).map(|_| None).collect();
+        for (positions, sigs, hsm) in done {
+            for (pos, signature) in positions.into_iter().zip(sigs) {
+                out[pos] = Some(Signed {
+                    signature,
+                    algorithm: items[pos].algorithm,
+                    hsm: hsm.clone(),
+                });
+            }
+        }
+        out.into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.ok_or_else(|| Error::Hsm {
+                    hsm: String::new(),
+                    detail: format!("requests[{i}] came back without a signature"),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Builds a router for `config`. HSMs of `previous` whose definition and keys are unchanged are
+/// reused (their sessions stay open); others are created and started.
+fn build_router(
+    config: &Config,
+    previous: Option<&Router>,
+    metrics: &Arc<Metrics>,
+    reference: Arc<KeyReference>,
+) -> Router {
+    let settings = HsmSettings {
+        call_timeout: config.timeouts.hsm_call(),
+        probe_interval: config.timeouts.probe_interval(),
+    };
+    // HSMs sharing a module and its environment share one PKCS#11 context.
+    let mut context_users: HashMap<(String, String), usize> = HashMap::new();
+    for (_, h) in config.hsms() {
+        let id = (
+            h.module_path(&config.base_dir).display().to_string(),
+            format!("{:?}", h.module_env),
+        );
+        *context_users.entry(id).or_default() += 1;
+    }
+    let local = config.gateway.local_datacenter.as_str();
+    let mut hsms: Vec<Arc<Hsm>> = Vec::new();
+    let mut ordered: Vec<_> = config.hsms().collect();
+    ordered.sort_by_key(|(dc, _)| dc.name != local);
+    for (dc, def) in ordered {
+        let wanted: Vec<WantedKey> = config
+            .keys
+            .iter()
+            .filter(|k| k.hsms.iter().any(|h| *h == def.name))
+            .map(|k| WantedKey {
+                name: k.name.as_str().into(),
+                label: k.label.clone(),
+                algorithm: k.algorithm,
+            })
+            .collect();
+        let id = (
+            def.module_path(&config.base_dir).display().to_string(),
+            format!("{:?}", def.module_env),
+        );
+        let exclusive = context_users.get(&id).copied().unwrap_or(0) == 1;
+        let reusable = previous.and_then(|p| {
+            p.hsms
+                .iter()
+                .find(|h| {
+                    h.definition == *def
+                        && &*h.datacenter == dc.name.as_str()
+                        && h.same_keys(&wanted)
+                        && h.same_context_policy(exclusive)
+                })
+                .cloned()
+        });
+        let hsm = match reusable {
+            Some(h) => {
+                h.update_settings(settings.clone());
+                h
+            }
+            None => {
+                let h = Hsm::new(
+                    &dc.name,
+                    def.clone(),
+                    config.base_dir.clone(),
+                    wanted,
+                    exclusive,
+                    settings.clone(),
+                    reference.clone(),
+                    metrics.for_hsm(&def.name, &dc.name, def.sessions),
+                );
+                h.start();
+                h
+            }
+        };
+        hsms.push(hsm);
+    }
+    let keys = config
+        .keys
+        .iter()
+        .map(|k| {
+            let holders = |want_local: bool| {
+                hsms.iter()
+                    .filter(|h| {
+                        k.hsms.iter().any(|n| *n == *h.name)
+                            && (&*h.datacenter == local) == want_local
+                    })
+                    .cloned()
+                    .collect::<Vec<_>>()
+            };
+            let entry = KeyEntry {
+                name: k.name.as_str().into(),
+                label: k.label.clone(),
+                algorithm: k.algorithm,
+                local: holders(true),
+                remote: holders(false),
+            };
+            (k.name.clone(), Arc::new(entry))
+        })
+        .collect();
+    Router {
+        keys,
+        hsms,
+        limits: Limits::from_config(config),
+        reference,
+    }
+}

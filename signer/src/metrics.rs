@@ -1,0 +1,275 @@
+//! Prometheus metrics (`prometheus-client`), served on `/metrics` by a small axum server.
+//!
+//! Per-HSM handles are resolved once when an HSM is created, so the signing path increments
+//! plain atomics and never looks a label set up.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HsmLabels {
+    pub hsm: String,
+    pub datacenter: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HsmCodeLabels {
+    pub hsm: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    pub method: &'static str,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~1.6 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+/// Every metric the gateway exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    signatures: Family<HsmLabels, Counter>,
+    hsm_errors: Family<HsmCodeLabels, Counter>,
+    job_seconds: HistogramFamily<HsmLabels>,
+    hsm_up: Family<HsmLabels, Gauge>,
+    queue_depth: Family<HsmLabels, Gauge>,
+    sessions_busy: Family<HsmLabels, Gauge>,
+    sessions: Family<HsmLabels, Gauge>,
+    rotation_exits: Family<HsmLabels, Counter>,
+    retries: Family<HsmLabels, Counter>,
+    rpcs: Family<RpcLabels, Counter>,
+    rpc_seconds: HistogramFamily<MethodLabels>,
+    rpc_signatures: Family<MethodLabels, Counter>,
+    reloads: Family<OutcomeLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("hsmgate");
+        let m = Self {
+            signatures: Family::default(),
+            hsm_errors: Family::default(),
+            job_seconds: Family::new_with_constructor(latency_histogram),
+            hsm_up: Family::default(),
+            queue_depth: Family::default(),
+            sessions_busy: Family::default(),
+            sessions: Family::default(),
+            rotation_exits: Family::default(),
+            retries: Family::default(),
+            rpcs: Family::default(),
+            rpc_seconds: Family::new_with_constructor(latency_histogram),
+            rpc_signatures: Family::default(),
+            reloads: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "hsm_signatures",
+            "Signatures made, per HSM",
+            m.signatures.clone(),
+        );
+        registry.register(
+            "hsm_errors",
+            "PKCS#11 failures per HSM and CKR code",
+            m.hsm_errors.clone(),
+        );
+        registry.register(
+            "hsm_job_seconds",
+            "Time a worker spent on one job (a chunk of signatures), per HSM",
+            m.job_seconds.clone(),
+        );
+        registry.register(
+            "hsm_up",
+            "1 when the HSM is in rotation, 0 when out",
+            m.hsm_up.clone(),
+        );
+        registry.register(
+            "hsm_queue_depth",
+            "Signatures queued or in progress, per HSM",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "hsm_sessions_busy",
+            "Sessions inside a PKCS#11 call, per HSM",
+            m.sessions_busy.clone(),
+        );
+        registry.register(
+            "hsm_sessions",
+            "Sessions configured, per HSM",
+            m.sessions.clone(),
+        );
+        registry.register(
+            "hsm_rotation_exits",
+            "Times the HSM was taken out of rotation (device fault, hang, repeated failures)",
+            m.rotation_exits.clone(),
+        );
+        registry.register(
+            "hsm_retries",
+            "Jobs this HSM could not do that were retried on another HSM",
+            m.retries.clone(),
+        );
+        registry.register(
+            "rpcs",
+            "RPCs answered, per method and gRPC code",
+            m.rpcs.clone(),
+        );
+        registry.register(
+            "rpc_seconds",
+            "RPC latency, per method",
+            m.rpc_seconds.clone(),
+        );
+        registry.register(
+            "rpc_signatures",
+            "Signatures returned, per method",
+            m.rpc_signatures.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration reloads, by outcome",
+            m.reloads.clone(),
+        );
+        Arc::new(Self { registry, ..m })
+    }
+
+    pub fn for_hsm(self: &Arc<Self>, hsm: &str, datacenter: &str, sessions: u32) -> HsmMetrics {
+        let labels = HsmLabels {
+            hsm: hsm.to_owned(),
+            datacenter: datacenter.to_owned(),
+        };
+        self.sessions.get_or_create(&labels).set(sessions.into());
+        HsmMetrics {
+            hsm: hsm.to_owned(),
+            signatures: self.signatures.get_or_create(&labels).clone(),
+            job_seconds: self.job_seconds.get_or_create(&labels).clone(),
+            up: self.hsm_up.get_or_create(&labels).clone(),
+            queue_depth: self.queue_depth.get_or_create(&labels).clone(),
+            sessions_busy: self.sessions_busy.get_or_create(&labels).clone(),
+            rotation_exits: self.rotation_exits.get_or_create(&labels).clone(),
+            retries: self.retries.get_or_create(&labels).clone(),
+            errors: self.hsm_errors.clone(),
+        }
+    }
+
+    pub fn rpc(&self, method: &'static str, code: tonic::Code, elapsed: Duration, signatures: u64) {
+        self.rpcs
+            .get_or_create(&RpcLabels {
+                method,
+                code: format!("{code:?}"),
+            })
+            .inc();
+        let m = MethodLabels { method };
+        self.rpc_seconds
+            .get_or_create(&m)
+            .observe(elapsed.as_secs_f64());
+        if signatures > 0 {
+            self.rpc_signatures.get_or_create(&m).inc_by(signatures);
+        }
+    }
+
+    pub fn reload(&self, outcome: &'static str) {
+        self.reloads.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!("metrics encoding failed: {e}");
+        }
+        out
+    }
+}
+
+/// One HSM's metric handles.
+#[derive(Clone, Debug)]
+pub struct HsmMetrics {
+    hsm: String,
+    signatures: Counter,
+    job_seconds: Histogram,
+    up: Gauge,
+    queue_depth: Gauge,
+    sessions_busy: Gauge,
+    pub rotation_exits: Counter,
+    pub retries: Counter,
+    errors: Family<HsmCodeLabels, Counter>,
+}
+
+impl HsmMetrics {
+    pub fn signed(&self, n: u64, elapsed: Duration) {
+        self.signatures.inc_by(n);
+        self.job_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn error(&self, code: &str) {
+        self.errors
+            .get_or_create(&HsmCodeLabels {
+                hsm: self.hsm.clone(),
+                code: code.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn set_up(&self, up: bool) {
+        self.up.set(i64::from(up));
+    }
+
+    pub fn sample(&self, queue: usize, busy: usize) {
+        self.queue_depth.set(queue as i64);
+        self.sessions_busy.set(busy as i64);
+    }
+}
+
+/// Serves `/metrics` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::routing::get;
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics.encode(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Where `/metrics` listens, for logs.
+pub fn describe(addr: Option<SocketAddr>) -> String {
+    addr.map_or_else(|| "disabled".to_owned(), |a| a.to_string())
+}

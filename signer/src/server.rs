@@ -1,0 +1,170 @@
+//! Running the gateway: listeners, gRPC services (signer, health, reflection), `/metrics`,
+//! and the signals operators use — SIGHUP reloads the configuration, SIGTERM drains and stops.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hsm_config::Config;
+use hsmgate_signer_api::v1::signer_server::SignerServer;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::error::Error;
+use crate::gateway::Gateway;
+use crate::metrics::{self, Metrics};
+use crate::service::SignerService;
+
+/// The gRPC service name the health service reports on.
+pub const SERVICE_NAME: &str = "hsmgate.signer.v1.Signer";
+
+/// Runs the gateway on `config` (loaded from `config_path`, which SIGHUP re-reads) until
+/// SIGTERM or SIGINT. Prints one `READY grpc=ADDR metrics=ADDR` line on stdout once listening,
+/// so scripts and tests can use port 0.
+pub async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
+    let metrics = Metrics::new();
+    let gateway = Gateway::start(&config, metrics.clone());
+
+    let grpc_listener = TcpListener::bind(config.gateway.listen).await?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let metrics_listener = match config.gateway.metrics_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await?),
+        None => None,
+    };
+    let metrics_addr: Option<SocketAddr> = match &metrics_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let wait_shutdown = {
+        let rx = shutdown_rx.clone();
+        move || {
+            let mut rx = rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        }
+    };
+
+    if let Some(listener) = metrics_listener {
+        tokio::spawn(metrics::serve(listener, metrics.clone(), wait_shutdown()));
+    }
+
+    // Health: SERVING while at least one HSM is in rotation.
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    {
+        let gateway = gateway.clone();
+        let mut stop = shutdown_rx.clone();
+        tokio::spawn(async move {
+            let mut serving = None;
+            loop {
+                let up = !*stop.borrow() && gateway.router().hsms.iter().any(|h| h.in_rotation());
+                if serving != Some(up) {
+                    let status = if up {
+                        tonic_health::ServingStatus::Serving
+                    } else {
+                        tonic_health::ServingStatus::NotServing
+                    };
+                    health_reporter
+                        .set_service_status(SERVICE_NAME, status)
+                        .await;
+                    health_reporter.set_service_status("", status).await;
+                    serving = Some(up);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        });
+    }
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(hsmgate_signer_api::v1::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Hsm {
+            hsm: String::new(),
+            detail: format!("reflection: {e}"),
+        })?;
+    let signer = SignerServer::new(SignerService::new(gateway.clone()))
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(signer)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), wait_shutdown());
+    let server = tokio::spawn(server);
+
+    tracing::info!(grpc = %grpc_addr, metrics = %metrics::describe(metrics_addr), "hsmgate signer listening");
+    println!(
+        "READY grpc={grpc_addr} metrics={}",
+        metrics::describe(metrics_addr)
+    );
+
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut drain = config.timeouts.drain();
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                match Config::load(&config_path) {
+                    Ok(new) => {
+                        if new.gateway.listen != config.gateway.listen || new.gateway.metrics_listen != config.gateway.metrics_listen {
+                            tracing::warn!("listen addresses changed: they apply at the next restart");
+                        }
+                        drain = new.timeouts.drain();
+                        gateway.reload(&new);
+                        metrics.reload("applied");
+                        tracing::info!(config = %config_path.display(), "configuration reloaded");
+                    }
+                    Err(e) => {
+                        metrics.reload("refused");
+                        tracing::error!("reload refused, keeping the running configuration: {e}");
+                    }
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+
+    tracing::info!(
+        drain_ms = drain.as_millis() as u64,
+        "draining in-flight requests"
+    );
+    let _ = shutdown_tx.send(true);
+    match tokio::time::timeout(drain, server).await {
+        Ok(Ok(Ok(()))) => tracing::info!("drained"),
+        Ok(Ok(Err(e))) => tracing::error!("gRPC server: {e}"),
+        Ok(Err(e)) => tracing::error!("gRPC server task: {e}"),
+        Err(_) => tracing::warn!("drain timed out; stopping with requests in flight"),
+    }
+    gateway.shutdown();
+    Ok(())
+}
+
+/// A gateway served on `listener` with `config`, stopped when `stop` resolves. For embedding
+/// the gateway in-process (benchmarks).
+pub async fn serve_on(
+    listener: TcpListener,
+    config: &Config,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<Arc<Gateway>, Error> {
+    let gateway = Gateway::start(config, Metrics::new());
+    let signer = SignerServer::new(SignerService::new(gateway.clone()))
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(signer)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop);
+    tokio::spawn(server);
+    Ok(gateway)
+}
