@@ -29,9 +29,10 @@ const SETTLE: Duration = Duration::from_millis(80);
 /// Generous bound for one pkcs11-tool run, so a bug hangs no test forever.
 const CHILD_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// `libhsm_sim.so` of this build. Integration tests run from `<target>/<profile>/deps/`; cargo
-/// builds the crate's cdylib there (and copies it up to `<target>/<profile>/`) before running
-/// them. Prefer the copy in `deps/`, which is always the fresh one, then walk up.
+/// `libhsm_sim.so` of this build. Integration tests run from `<target>/<profile>/deps/`, and
+/// `cargo test` rebuilds the crate's cdylib in that same `deps/` before running them, but does
+/// NOT copy it up to `<target>/<profile>/` (only `cargo build` does): the copy up there may be
+/// stale or absent. So look in `deps/` first, then walk up.
 fn sim_module() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     for dir in exe.ancestors().skip(1) {

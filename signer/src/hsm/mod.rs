@@ -152,6 +152,7 @@ pub struct Hsm {
     available_keys: RwLock<Vec<Arc<str>>>,
     pub(crate) metrics: HsmMetrics,
     supervisor: Mutex<Option<JoinHandle<()>>>,
+    last_slot: Mutex<Option<cryptoki::slot::Slot>>,
 }
 
 /// `Live` behind a type that is `Sync` (a `Session` is `Send` only; the anchor sits in a mutex).
@@ -196,6 +197,7 @@ impl Hsm {
             available_keys: RwLock::new(Vec::new()),
             metrics,
             supervisor: Mutex::new(None),
+            last_slot: Mutex::new(None),
         })
     }
 
@@ -373,7 +375,15 @@ impl Hsm {
                 }
             }
         };
-        let slot = connect::find_slot(name, &pkcs11, &self.definition.token_label)?;
+        // Try the slot this token had before: enumerating every slot calls C_GetTokenInfo on
+        // each, which blocks behind another token of the same module that is hung.
+        let label = &self.definition.token_label;
+        let known = *lock(&self.last_slot);
+        let slot = match known {
+            Some(slot) if pkcs11.get_token_info(slot).is_ok_and(|t| t.label().trim_end() == label) => slot,
+            _ => connect::find_slot(name, &pkcs11, label)?,
+        };
+        *lock(&self.last_slot) = Some(slot);
         let pin = self.definition.pin.read(name, &self.base_dir)?;
         let anchor = pkcs11
             .open_ro_session(slot)
