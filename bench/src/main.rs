@@ -1,1 +1,55 @@
-fn main() {}
+//! `hsm-bench`: the operators' tool to measure HSMs and the hsmgate gateway in front of them.
+//!
+//! This file is only the command line; the work is in the modules (see `compare` for the
+//! orchestration, `raw` and `grpc_load` for the two load generators).
+
+mod compare;
+mod gateway;
+mod grpc_load;
+mod measure;
+mod options;
+mod procstat;
+mod raw;
+mod report;
+mod workload;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "hsmgate benchmarks: raw PKCS#11 versus the signing gateway, on the same HSMs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Alternate raw PKCS#11, gateway Sign and gateway SignBatch phases in one run and compare
+    /// their throughput and latency (the gateway's cost over raw PKCS#11).
+    Compare(options::CompareArgs),
+    /// Raw PKCS#11 only: N threads, one session each, C_Sign in a loop.
+    Raw(options::RawArgs),
+    /// Gateway only: Sign and/or SignBatch load against a spawned or running gateway.
+    Sign(options::SignArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Compare(args) => compare::run(compare::Plan::compare(args)),
+        Command::Raw(args) => compare::run(compare::Plan::raw(args)),
+        Command::Sign(args) => compare::run(compare::Plan::sign(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hsm-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! Command-line options, grouped so that the subcommands (`compare`, `raw`, `sign`, and the
+//! ones to come) share their meaning and defaults: what to sign with (config and key), how
+//! long and how often to measure, the raw load, the gateway and its load.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+
+/// The HSMs and key: a gateway configuration and one of its keys.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TargetArgs {
+    /// Gateway configuration (TOML): the HSMs, their PINs, and the keys.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Name of the key to sign with (a `[[keys]]` name of the configuration).
+    #[arg(long, value_name = "NAME")]
+    pub key: String,
+}
+
+/// How long and how often each phase runs, and where the full results go.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TimingArgs {
+    /// Measured time of each phase (e.g. `5s`, `500ms`, `1m`).
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub duration: Duration,
+    /// Warm-up at the start of each phase, not counted.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration, value_name = "DURATION")]
+    pub warmup: Duration,
+    /// Rounds; each round runs every phase once, in turn.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
+    /// Write everything (parameters, per-round figures, versions, machine) to FILE as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+/// The raw PKCS#11 load.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RawLoadArgs {
+    /// Raw PKCS#11 threads, one logged-in session each, spread over the key's HSMs.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub threads: u32,
+}
+
+/// Which gateway, and how the client reaches it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct GatewayArgs {
+    /// URL of a running gateway (`http://127.0.0.1:50051`). Default: spawn the `signer`
+    /// binary found beside hsm-bench with `--config`, and stop it at the end.
+    #[arg(long, value_name = "URL")]
+    pub gateway: Option<String>,
+    /// The `signer` binary to spawn. Default: `signer` in hsm-bench's own directory.
+    #[arg(long, value_name = "PATH", conflicts_with = "gateway")]
+    pub signer: Option<PathBuf>,
+    /// Where the spawned gateway's log (its stderr) goes. Default: a file in the temp dir.
+    #[arg(long, value_name = "FILE", conflicts_with = "gateway")]
+    pub gateway_log: Option<PathBuf>,
+    /// HTTP/2 connections to the gateway; the load's tasks are spread over them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub channels: u32,
+    /// Threads of the load generator's async runtime. Default: one per CPU.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub client_threads: Option<u32>,
+}
+
+/// The gateway load: how many RPCs are in flight, how big a batch is.
+#[derive(clap::Args, Debug, Clone)]
+pub struct GrpcLoadArgs {
+    /// `Sign` RPCs in flight (tasks calling Sign in a loop).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub sign_concurrency: u32,
+    /// `SignBatch` RPCs in flight.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch_concurrency: u32,
+    /// Digests per `SignBatch` request.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub batch: u32,
+}
+
+/// `hsm-bench compare`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CompareArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub raw: RawLoadArgs,
+    #[command(flatten)]
+    pub load: GrpcLoadArgs,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+    #[command(flatten)]
+    pub timing: TimingArgs,
+}
+
+/// `hsm-bench raw`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RawArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub raw: RawLoadArgs,
+    #[command(flatten)]
+    pub timing: TimingArgs,
+}
+
+/// Which gateway RPCs `hsm-bench sign` drives.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignModes {
+    /// Unary `Sign` only.
+    Sign,
+    /// `SignBatch` only.
+    Batch,
+    /// `Sign`, then `SignBatch`, in each round.
+    Both,
+}
+
+/// `hsm-bench sign`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SignArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// RPCs to drive.
+    #[arg(long, value_enum, default_value_t = SignModes::Both)]
+    pub mode: SignModes,
+    #[command(flatten)]
+    pub load: GrpcLoadArgs,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+    #[command(flatten)]
+    pub timing: TimingArgs,
+}
+
+/// Parses `5s`, `500ms`, `2.5s`, `1m`, `100us`; a bare number is seconds.
+pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .with_context(|| format!("`{text}`: expected a number followed by ms, s or m"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1e3,
+        "us" | "µs" => value / 1e6,
+        "m" | "min" => value * 60.0,
+        other => bail!("`{text}`: unknown unit `{other}` (use us, ms, s or m)"),
+    };
+    if !seconds.is_finite() || seconds > 86_400.0 {
+        bail!("`{text}`: out of range");
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        let d = |s| parse_duration(s).expect("valid duration");
+        assert_eq!(d("5s"), Duration::from_secs(5));
+        assert_eq!(d("5"), Duration::from_secs(5));
+        assert_eq!(d("500ms"), Duration::from_millis(500));
+        assert_eq!(d("2.5s"), Duration::from_millis(2500));
+        assert_eq!(d("1m"), Duration::from_secs(60));
+        assert_eq!(d("250us"), Duration::from_micros(250));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+}

@@ -1,0 +1,430 @@
+//! Test harness for the gateway: SoftHSM2 tokens provisioned once per test binary (two
+//! datacenters × two HSMs, `hsm-config/examples/two-dc.toml`), a real `signer` process per
+//! test, fault injection through `hsm-sim`'s control file, and signature verification that does
+//! not involve the gateway (RustCrypto against the public keys provisioning wrote).
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use hsm_config::Config;
+use hsm_config::provision::{ProvisionOptions, provision};
+use hsmgate_signer_api::v1::signer_client::SignerClient;
+use hsmgate_signer_api::v1::{
+    ListKeysRequest, SignBatchRequest, SignRequest, SignResponse, SignatureAlgorithm as Alg,
+    sign_request,
+};
+use tonic::transport::Channel;
+
+pub const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../hsm-config/examples/two-dc.toml");
+pub const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// Tokens provisioned for this test binary.
+pub struct Tokens {
+    pub dir: PathBuf,
+    pub softhsm_conf: PathBuf,
+    pub public_keys: PathBuf,
+    /// two-dc.toml with PINs from a file in `dir`.
+    pub config_text: String,
+}
+
+pub fn tokens() -> &'static Tokens {
+    static TOKENS: OnceLock<Tokens> = OnceLock::new();
+    TOKENS.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("hsmgate-tokens-")
+            .tempdir()
+            .expect("tempdir")
+            .keep();
+        let pin_file = dir.join("user.pin");
+        let text = std::fs::read_to_string(EXAMPLE).expect("example config");
+        let config_text = text.replace(
+            r#"pin = { env = "HSMGATE_TEST_PIN" }"#,
+            &format!(r#"pin = {{ file = "{}" }}"#, pin_file.display()),
+        );
+        let config = Config::parse(&config_text, Path::new(EXAMPLE), dir.clone()).expect("config");
+        let options = ProvisionOptions::new(dir.join("softhsm2.conf"));
+        let public_keys = options.public_key_dir.clone();
+        provision(&config, &options).expect("provisioning");
+        Tokens {
+            softhsm_conf: dir.join("softhsm2.conf"),
+            public_keys,
+            config_text,
+            dir,
+        }
+    })
+}
+
+/// Which PKCS#11 module the gateway loads for every HSM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Module {
+    SoftHsm,
+    /// `hsm-sim`, forwarding to SoftHSM2, faults from the control file.
+    Sim,
+}
+
+/// The hsm-sim module built in this target directory.
+pub fn sim_module() -> PathBuf {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_signer"));
+    let dir = exe.parent().expect("target dir");
+    let candidates = [dir.join("libhsm_sim.so"), dir.join("deps/libhsm_sim.so")];
+    candidates
+        .iter()
+        .filter_map(|p| Some((std::fs::metadata(p).ok()?.modified().ok()?, p)))
+        .max_by_key(|(t, _)| *t)
+        .map(|(_, p)| p.clone())
+        .expect("libhsm_sim.so not built: run `cargo build -p hsm-sim` (the test script does)")
+}
+
+/// A running `signer` process, killed on drop.
+pub struct Gateway {
+    child: Child,
+    pub grpc: SocketAddr,
+    pub metrics: Option<SocketAddr>,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub control: PathBuf,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Gateway {
+    /// Starts a gateway on the two-datacenter config with `module` for every HSM.
+    pub fn start(module: Module) -> Self {
+        Self::start_with(module, |text| text)
+    }
+
+    /// Same, with the config text edited first.
+    pub fn start_with(module: Module, edit: impl FnOnce(String) -> String) -> Self {
+        let tokens = tokens();
+        let mut text = tokens.config_text.clone();
+        if module == Module::Sim {
+            text = text.replace(SOFTHSM, &sim_module().display().to_string());
+        }
+        let text = edit(text);
+        Self::spawn(&text).unwrap_or_else(|e| panic!("gateway did not start: {e}"))
+    }
+
+    /// Spawns `signer` on this config text; `Err` carries its exit status and stderr.
+    pub fn spawn(text: &str) -> Result<Self, String> {
+        let tokens = tokens();
+        let dir = tempfile::Builder::new().prefix("hsmgate-gw-").tempdir().expect("tempdir");
+        let config_path = dir.path().join("signer.toml");
+        std::fs::write(&config_path, text).expect("write config");
+        let control = dir.path().join("faults");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_signer"))
+            .arg("--config")
+            .arg(&config_path)
+            .env("SOFTHSM2_CONF", &tokens.softhsm_conf)
+            .env("HSMSIM_CONTROL", &control)
+            .env("RUST_LOG", "info,signer=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn signer");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        {
+            let pipe = child.stderr.take().expect("stderr");
+            let sink = stderr.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let mut s = sink.lock().expect("lock");
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            });
+        }
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("READY ") {
+                    let _ = tx.send(rest.to_owned());
+                }
+            }
+        });
+        let ready = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => line,
+            Err(_) => {
+                // Exited by itself (then its code) or never became ready (killed: no code).
+                let _ = child.kill();
+                let code = child.wait().ok().and_then(|s| s.code());
+                std::thread::sleep(Duration::from_millis(100));
+                return Err(format!("exit {code:?}; stderr:\n{}", stderr.lock().expect("lock")));
+            }
+        };
+        let field = |name: &str| {
+            ready
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                .and_then(|v| v.parse::<SocketAddr>().ok())
+        };
+        let grpc = field("grpc").expect("READY line names grpc");
+        Ok(Self {
+            child,
+            grpc,
+            metrics: field("metrics"),
+            dir,
+            config_path,
+            control,
+            stderr,
+        })
+    }
+
+    pub async fn client(&self) -> SignerClient<Channel> {
+        let channel = Channel::from_shared(format!("http://{}", self.grpc))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        SignerClient::new(channel)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    /// Replaces hsm-sim's control file atomically (it rereads it within ~20 ms).
+    pub fn set_faults(&self, lines: &str) {
+        let tmp = self.dir.path().join("faults.tmp");
+        std::fs::write(&tmp, lines).expect("write faults");
+        std::fs::rename(&tmp, &self.control).expect("rename faults");
+    }
+
+    /// Waits until `key` is signable on at least `n` HSMs.
+    pub async fn wait_available(&self, key: &str, n: u32, timeout: Duration) {
+        let mut client = self.client().await;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let keys = client.list_keys(ListKeysRequest {}).await.expect("ListKeys").into_inner().keys;
+            let available = keys.iter().find(|k| k.name == key).map_or(0, |k| k.hsms_available);
+            if available >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "key {key}: {available} HSMs available, wanted {n}; logs:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn logs(&self) -> String {
+        self.stderr.lock().expect("lock").clone()
+    }
+
+    pub async fn metrics_text(&self) -> String {
+        let addr = self.metrics.expect("metrics endpoint");
+        let out = Command::new("curl")
+            .args(["-sf", &format!("http://{addr}/metrics")])
+            .output();
+        match out {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+            _ => http_get(addr, "/metrics").await,
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.0 GET, so tests need no HTTP client crate.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect metrics");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.expect("read");
+    body
+}
+
+pub fn digest_request(key: &str, digest: Vec<u8>) -> SignRequest {
+    SignRequest {
+        key: key.into(),
+        algorithm: Alg::Unspecified as i32,
+        input: Some(sign_request::Input::Digest(digest)),
+    }
+}
+
+pub fn message_request(key: &str, algorithm: Alg, message: Vec<u8>) -> SignRequest {
+    SignRequest {
+        key: key.into(),
+        algorithm: algorithm as i32,
+        input: Some(sign_request::Input::Message(message)),
+    }
+}
+
+/// A digest that differs per call, so a stale or swapped signature cannot verify.
+pub fn digest_for(n: u64, len: usize) -> Vec<u8> {
+    use sha2::Digest;
+    let full = sha2::Sha512::digest(n.to_be_bytes());
+    full[..len].to_vec()
+}
+
+/// The SPKI provisioning wrote for `key`.
+pub fn spki(key: &str) -> Vec<u8> {
+    std::fs::read(tokens().public_keys.join(format!("{key}.spki.der"))).expect("public key file")
+}
+
+/// Verifies `sig` by `key` over `input` (a digest for ECDSA/RSA, the message for Ed25519)
+/// with RustCrypto, from the public key provisioning wrote — never through the gateway.
+pub fn verify(key: &str, algorithm: Alg, input: &[u8], sig: &[u8], prehashed: bool) -> Result<(), String> {
+    use sha2::Digest;
+    use spki::DecodePublicKey;
+    let der = spki(key);
+    let digest = |h: &str| -> Vec<u8> {
+        if prehashed || algorithm == Alg::Ed25519 {
+            input.to_vec()
+        } else if h == "256" {
+            sha2::Sha256::digest(input).to_vec()
+        } else {
+            sha2::Sha384::digest(input).to_vec()
+        }
+    };
+    match algorithm {
+        Alg::EcdsaSha256 => {
+            use p256::ecdsa::signature::hazmat::PrehashVerifier;
+            let vk = p256::ecdsa::VerifyingKey::from_public_key_der(&der).map_err(|e| e.to_string())?;
+            let s = p256::ecdsa::Signature::from_der(sig).map_err(|e| e.to_string())?;
+            vk.verify_prehash(&digest("256"), &s).map_err(|e| e.to_string())
+        }
+        Alg::EcdsaSha384 => {
+            use p384::ecdsa::signature::hazmat::PrehashVerifier;
+            let vk = p384::ecdsa::VerifyingKey::from_public_key_der(&der).map_err(|e| e.to_string())?;
+            let s = p384::ecdsa::Signature::from_der(sig).map_err(|e| e.to_string())?;
+            vk.verify_prehash(&digest("384"), &s).map_err(|e| e.to_string())
+        }
+        Alg::RsaPkcs1Sha256 | Alg::RsaPkcs1Sha384 | Alg::RsaPssSha256 | Alg::RsaPssSha384 => {
+            let pk = rsa::PublicKey::from_public_key_der(&der).map_err(|e| e.to_string())?;
+            let r = match algorithm {
+                Alg::RsaPkcs1Sha256 => pk.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha256>(), &digest("256"), sig),
+                Alg::RsaPkcs1Sha384 => pk.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha384>(), &digest("384"), sig),
+                Alg::RsaPssSha256 => pk.verify(rsa::Pss::<sha2::Sha256>::new(), &digest("256"), sig),
+                _ => pk.verify(rsa::Pss::<sha2::Sha384>::new(), &digest("384"), sig),
+            };
+            r.map_err(|e| e.to_string())
+        }
+        Alg::Ed25519 => {
+            use ed25519_dalek::Verifier;
+            let vk = ed25519_dalek::VerifyingKey::from_public_key_der(&der).map_err(|e| e.to_string())?;
+            let s = ed25519_dalek::Signature::from_slice(sig).map_err(|e| e.to_string())?;
+            vk.verify(input, &s).map_err(|e| e.to_string())
+        }
+        Alg::Unspecified => Err("unspecified algorithm".into()),
+    }
+}
+
+/// What a load run saw.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub ok: u64,
+    pub failed: Vec<String>,
+    /// (time since start, HSM that signed) for every signature.
+    pub served_by: Vec<(Duration, String)>,
+    pub max_latency: Duration,
+}
+
+/// Drives `Sign` and `SignBatch` of P-256 digests from `tasks` tasks until `stop` says so,
+/// verifying every signature. Batches have `batch` items.
+pub async fn load(
+    gateway: &Gateway,
+    key: &'static str,
+    tasks: usize,
+    batch: usize,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> LoadReport {
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let mut client = gateway.client().await;
+        let stop = stop.clone();
+        handles.push(tokio::spawn(async move {
+            let mut report = LoadReport::default();
+            let mut n: u64 = (t as u64) << 32;
+            while !*stop.borrow() {
+                let t0 = Instant::now();
+                let requests: Vec<SignRequest> = (0..batch)
+                    .map(|i| digest_request(key, digest_for(n + i as u64, 32)))
+                    .collect();
+                let digests: Vec<Vec<u8>> = (0..batch).map(|i| digest_for(n + i as u64, 32)).collect();
+                n += batch as u64;
+                let mut req = tonic::Request::new(SignBatchRequest { requests });
+                req.set_timeout(Duration::from_secs(10));
+                let result: Result<Vec<SignResponse>, tonic::Status> = if batch == 1 {
+                    let mut r = tonic::Request::new(req.into_inner().requests.remove(0));
+                    r.set_timeout(Duration::from_secs(10));
+                    client.sign(r).await.map(|r| vec![r.into_inner()])
+                } else {
+                    client.sign_batch(req).await.map(|r| r.into_inner().responses)
+                };
+                let elapsed = t0.elapsed();
+                report.max_latency = report.max_latency.max(elapsed);
+                match result {
+                    Ok(responses) => {
+                        for (resp, d) in responses.iter().zip(&digests) {
+                            if let Err(e) = verify(key, Alg::EcdsaSha256, d, &resp.signature, true) {
+                                report.failed.push(format!("bad signature from {}: {e}", resp.hsm));
+                            } else {
+                                report.ok += 1;
+                            }
+                            report.served_by.push((started.elapsed(), resp.hsm.clone()));
+                        }
+                    }
+                    Err(status) => report.failed.push(format!("{:?}: {}", status.code(), status.message())),
+                }
+            }
+            report
+        }));
+    }
+    let mut total = LoadReport::default();
+    for h in handles {
+        let r = h.await.expect("load task");
+        total.ok += r.ok;
+        total.failed.extend(r.failed);
+        total.served_by.extend(r.served_by);
+        total.max_latency = total.max_latency.max(r.max_latency);
+    }
+    total.served_by.sort();
+    total
+}
+
+/// Signature counts per HSM among `served_by` entries within `[from, to)`.
+pub fn served_between(report: &LoadReport, from: Duration, to: Duration) -> std::collections::BTreeMap<String, u64> {
+    let mut m = std::collections::BTreeMap::new();
+    for (t, hsm) in &report.served_by {
+        if *t >= from && *t < to {
+            *m.entry(hsm.clone()).or_insert(0) += 1;
+        }
+    }
+    m
+}
