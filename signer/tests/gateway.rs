@@ -16,8 +16,10 @@ use tonic::Code;
 #[tokio::test]
 async fn every_algorithm_signs_digests_and_messages_that_verify() {
     let gw = Gateway::start(Module::SoftHsm);
-    gw.wait_available("ca-rsa", 4, Duration::from_secs(20)).await;
-    gw.wait_available("ca-ed25519", 4, Duration::from_secs(20)).await;
+    gw.wait_available("ca-rsa", 4, Duration::from_secs(20))
+        .await;
+    gw.wait_available("ca-ed25519", 4, Duration::from_secs(20))
+        .await;
     let mut client = gw.client().await;
     let cases = [
         ("ca-p256", Alg::EcdsaSha256, 32),
@@ -37,18 +39,28 @@ async fn every_algorithm_signs_digests_and_messages_that_verify() {
         };
         let resp = client.sign(req).await.expect("sign digest").into_inner();
         assert_eq!(resp.algorithm, alg as i32);
-        verify(key, alg, &digest, &resp.signature, true).unwrap_or_else(|e| panic!("{key} {alg:?} digest: {e}"));
+        verify(key, alg, &digest, &resp.signature, true)
+            .unwrap_or_else(|e| panic!("{key} {alg:?} digest: {e}"));
         assert!(!resp.algorithm_identifier.is_empty());
         // ...and a message the gateway hashes.
         let message = format!("tbs {i}").into_bytes();
-        let resp = client.sign(message_request(key, alg, message.clone())).await.expect("sign message").into_inner();
-        verify(key, alg, &message, &resp.signature, false).unwrap_or_else(|e| panic!("{key} {alg:?} message: {e}"));
+        let resp = client
+            .sign(message_request(key, alg, message.clone()))
+            .await
+            .expect("sign message")
+            .into_inner();
+        verify(key, alg, &message, &resp.signature, false)
+            .unwrap_or_else(|e| panic!("{key} {alg:?} message: {e}"));
         // A signature over something else must not verify: the verifier can fail.
         assert!(verify(key, alg, b"something else", &resp.signature, false).is_err());
     }
     let message = b"an Ed25519 message".to_vec();
     let resp = client
-        .sign(message_request("ca-ed25519", Alg::Unspecified, message.clone()))
+        .sign(message_request(
+            "ca-ed25519",
+            Alg::Unspecified,
+            message.clone(),
+        ))
         .await
         .expect("sign ed25519")
         .into_inner();
@@ -59,8 +71,10 @@ async fn every_algorithm_signs_digests_and_messages_that_verify() {
 #[tokio::test]
 async fn batches_come_back_in_order_across_keys_and_hsms() {
     let gw = Gateway::start(Module::SoftHsm);
-    gw.wait_available("ca-p256", 4, Duration::from_secs(20)).await;
-    gw.wait_available("ca-p384", 4, Duration::from_secs(20)).await;
+    gw.wait_available("ca-p256", 4, Duration::from_secs(20))
+        .await;
+    gw.wait_available("ca-p384", 4, Duration::from_secs(20))
+        .await;
     let mut client = gw.client().await;
     let requests: Vec<SignRequest> = (0..1000u64)
         .map(|i| {
@@ -84,7 +98,8 @@ async fn batches_come_back_in_order_across_keys_and_hsms() {
         } else {
             ("ca-p256", Alg::EcdsaSha256, 32)
         };
-        verify(key, alg, &digest_for(i as u64, len), &r.signature, true).unwrap_or_else(|e| panic!("item {i}: {e}"));
+        verify(key, alg, &digest_for(i as u64, len), &r.signature, true)
+            .unwrap_or_else(|e| panic!("item {i}: {e}"));
         hsms.insert(r.hsm.clone());
     }
     // Both local HSMs took part; the other datacenter was not needed.
@@ -94,8 +109,10 @@ async fn batches_come_back_in_order_across_keys_and_hsms() {
 #[tokio::test]
 async fn public_keys_and_key_list_match_provisioning() {
     let gw = Gateway::start(Module::SoftHsm);
-    gw.wait_available("west-only", 2, Duration::from_secs(20)).await;
-    gw.wait_available("ca-p256", 4, Duration::from_secs(20)).await;
+    gw.wait_available("west-only", 2, Duration::from_secs(20))
+        .await;
+    gw.wait_available("ca-p256", 4, Duration::from_secs(20))
+        .await;
     let mut client = gw.client().await;
     for key in ["ca-p256", "ca-p384", "ca-rsa", "ca-ed25519", "west-only"] {
         gw.wait_available(key, 1, Duration::from_secs(20)).await;
@@ -106,10 +123,21 @@ async fn public_keys_and_key_list_match_provisioning() {
             .into_inner();
         assert_eq!(resp.spki_der, spki(key), "{key}");
     }
-    let keys = client.list_keys(ListKeysRequest {}).await.expect("list").into_inner().keys;
+    let keys = client
+        .list_keys(ListKeysRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .keys;
     let names: Vec<&str> = keys.iter().map(|k| k.name.as_str()).collect();
-    assert_eq!(names, ["ca-ed25519", "ca-p256", "ca-p384", "ca-rsa", "west-only"]);
-    let west = keys.iter().find(|k| k.name == "west-only").expect("west-only");
+    assert_eq!(
+        names,
+        ["ca-ed25519", "ca-p256", "ca-p384", "ca-rsa", "west-only"]
+    );
+    let west = keys
+        .iter()
+        .find(|k| k.name == "west-only")
+        .expect("west-only");
     assert_eq!(west.hsms, ["west-1", "west-2"]);
     assert_eq!(west.hsms_available, 2);
     assert_eq!(west.key_type, KeyType::EcdsaP256 as i32);
@@ -122,7 +150,14 @@ async fn public_keys_and_key_list_match_provisioning() {
         .expect("west-only")
         .into_inner();
     assert!(resp.hsm.starts_with("west-"), "{}", resp.hsm);
-    verify("west-only", Alg::EcdsaSha256, &digest_for(7, 32), &resp.signature, true).expect("verifies");
+    verify(
+        "west-only",
+        Alg::EcdsaSha256,
+        &digest_for(7, 32),
+        &resp.signature,
+        true,
+    )
+    .expect("verifies");
     let status = client
         .get_public_key(GetPublicKeyRequest { key: "nope".into() })
         .await
@@ -133,31 +168,59 @@ async fn public_keys_and_key_list_match_provisioning() {
 #[tokio::test]
 async fn bad_input_gets_a_precise_error_and_nothing_is_signed() {
     let gw = Gateway::start(Module::SoftHsm);
-    gw.wait_available("ca-p256", 2, Duration::from_secs(20)).await;
+    gw.wait_available("ca-p256", 2, Duration::from_secs(20))
+        .await;
     let mut client = gw.client().await;
     let ok = || digest_request("ca-p256", digest_for(1, 32));
 
     fn check<T>(r: Result<tonic::Response<T>, tonic::Status>, code: Code, needle: &str) {
-        let status = r.err().unwrap_or_else(|| panic!("expected {code:?} containing {needle:?}"));
+        let status = r
+            .err()
+            .unwrap_or_else(|| panic!("expected {code:?} containing {needle:?}"));
         assert_eq!(status.code(), code, "{}", status.message());
-        assert!(status.message().contains(needle), "{:?} does not contain {needle:?}", status.message());
+        assert!(
+            status.message().contains(needle),
+            "{:?} does not contain {needle:?}",
+            status.message()
+        );
     }
     let batch = |requests: Vec<SignRequest>| SignBatchRequest { requests };
 
     check(
-        client.sign_batch(batch(vec![ok(), digest_request("no-such-key", vec![0; 32])])).await,
+        client
+            .sign_batch(batch(vec![
+                ok(),
+                digest_request("no-such-key", vec![0; 32]),
+            ]))
+            .await,
         Code::NotFound,
         "requests[1].key: unknown key `no-such-key`",
     );
     check(
-        client.sign_batch(batch(vec![ok(), ok(), digest_request("ca-p256", vec![0; 31])])).await,
+        client
+            .sign_batch(batch(vec![
+                ok(),
+                ok(),
+                digest_request("ca-p256", vec![0; 31]),
+            ]))
+            .await,
         Code::InvalidArgument,
         "requests[2].digest: expected a 32-byte SHA-256 digest",
     );
-    check(client.sign(digest_request("ca-p384", vec![0; 32])).await, Code::InvalidArgument, "48-byte SHA-384");
-    check(client.sign_batch(batch(vec![])).await, Code::InvalidArgument, "empty");
     check(
-        client.sign_batch(batch((0..10_001).map(|_| ok()).collect())).await,
+        client.sign(digest_request("ca-p384", vec![0; 32])).await,
+        Code::InvalidArgument,
+        "48-byte SHA-384",
+    );
+    check(
+        client.sign_batch(batch(vec![])).await,
+        Code::InvalidArgument,
+        "empty",
+    );
+    check(
+        client
+            .sign_batch(batch((0..10_001).map(|_| ok()).collect()))
+            .await,
         Code::InvalidArgument,
         "at most 10000",
     );
@@ -168,17 +231,36 @@ async fn bad_input_gets_a_precise_error_and_nothing_is_signed() {
     );
     let mut wrong_alg = ok();
     wrong_alg.algorithm = Alg::RsaPssSha256 as i32;
-    check(client.sign(wrong_alg).await, Code::InvalidArgument, "not possible with a ecdsa-p256 key");
+    check(
+        client.sign(wrong_alg).await,
+        Code::InvalidArgument,
+        "not possible with a ecdsa-p256 key",
+    );
     let mut unknown_alg = ok();
     unknown_alg.algorithm = 99;
-    check(client.sign(unknown_alg).await, Code::InvalidArgument, "unknown value 99");
+    check(
+        client.sign(unknown_alg).await,
+        Code::InvalidArgument,
+        "unknown value 99",
+    );
     let mut no_input = ok();
     no_input.input = None;
-    check(client.sign(no_input).await, Code::InvalidArgument, "set `digest` or `message`");
+    check(
+        client.sign(no_input).await,
+        Code::InvalidArgument,
+        "set `digest` or `message`",
+    );
 
     // The gateway is unharmed.
     let resp = client.sign(ok()).await.expect("still signs").into_inner();
-    verify("ca-p256", Alg::EcdsaSha256, &digest_for(1, 32), &resp.signature, true).expect("verifies");
+    verify(
+        "ca-p256",
+        Alg::EcdsaSha256,
+        &digest_for(1, 32),
+        &resp.signature,
+        true,
+    )
+    .expect("verifies");
     // Rejected requests never reached an HSM.
     let metrics = gw.metrics_text().await;
     let signed: u64 = metrics
@@ -194,8 +276,15 @@ async fn an_invalid_config_is_refused_with_every_field_named() {
     let text = common::tokens()
         .config_text
         .replacen("sessions = 2", "sessions = 0", 1)
-        .replace(r#"local_datacenter = "dc-east""#, r#"local_datacenter = "dc-nowhere""#)
-        .replacen(r#"hsms = ["west-1", "west-2"]"#, r#"hsms = ["west-1", "west-3"]"#, 1);
+        .replace(
+            r#"local_datacenter = "dc-east""#,
+            r#"local_datacenter = "dc-nowhere""#,
+        )
+        .replacen(
+            r#"hsms = ["west-1", "west-2"]"#,
+            r#"hsms = ["west-1", "west-3"]"#,
+            1,
+        );
     let err = Gateway::spawn(&text).err().expect("must refuse to start");
     assert!(err.contains("exit Some(2)"), "{err}");
     for needle in [
@@ -207,19 +296,28 @@ async fn an_invalid_config_is_refused_with_every_field_named() {
     }
     // An inline PIN is refused without being echoed.
     let text = common::tokens().config_text.replacen(
-        &format!(r#"pin = {{ file = "{}" }}"#, common::tokens().dir.join("user.pin").display()),
+        &format!(
+            r#"pin = {{ file = "{}" }}"#,
+            common::tokens().dir.join("user.pin").display()
+        ),
         r#"pin = "s3cr3t-9931""#,
         1,
     );
-    let err = Gateway::spawn(&text).err().expect("must refuse an inline PIN");
-    assert!(err.contains("datacenters[0].hsms[0].pin: inline PINs are refused"), "{err}");
+    let err = Gateway::spawn(&text)
+        .err()
+        .expect("must refuse an inline PIN");
+    assert!(
+        err.contains("datacenters[0].hsms[0].pin: inline PINs are refused"),
+        "{err}"
+    );
     assert!(!err.contains("s3cr3t-9931"), "the PIN was echoed:\n{err}");
 }
 
 #[tokio::test]
 async fn reload_applies_a_valid_file_and_keeps_the_last_good_one() {
     let gw = Gateway::start(Module::SoftHsm);
-    gw.wait_available("ca-p256", 4, Duration::from_secs(20)).await;
+    gw.wait_available("ca-p256", 4, Duration::from_secs(20))
+        .await;
     let original = std::fs::read_to_string(&gw.config_path).expect("config");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let load = {
@@ -228,7 +326,11 @@ async fn reload_applies_a_valid_file_and_keeps_the_last_good_one() {
     };
     let reloads = async {
         // An invalid file: refused, the gateway keeps serving.
-        std::fs::write(&gw.config_path, original.replacen("sessions = 2", "sessions = 5000", 1)).expect("write");
+        std::fs::write(
+            &gw.config_path,
+            original.replacen("sessions = 2", "sessions = 5000", 1),
+        )
+        .expect("write");
         gw.signal("HUP");
         tokio::time::sleep(Duration::from_millis(500)).await;
         // A valid change: a new key name for the same HSM key.
@@ -237,32 +339,54 @@ async fn reload_applies_a_valid_file_and_keeps_the_last_good_one() {
         );
         std::fs::write(&gw.config_path, added).expect("write");
         gw.signal("HUP");
-        gw.wait_available("ca-p256-alias", 2, Duration::from_secs(10)).await;
+        gw.wait_available("ca-p256-alias", 2, Duration::from_secs(10))
+            .await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let _ = stop_tx.send(true);
     };
     let (report, ()) = tokio::join!(load, reloads);
-    assert!(report.failed.is_empty(), "requests failed during reloads: {:?}", &report.failed[..report.failed.len().min(5)]);
+    assert!(
+        report.failed.is_empty(),
+        "requests failed during reloads: {:?}",
+        &report.failed[..report.failed.len().min(5)]
+    );
     assert!(report.ok > 100, "too little load: {}", report.ok);
     let logs = gw.logs();
     assert!(logs.contains("reload refused"), "{logs}");
-    assert!(logs.contains("datacenters[0].hsms[0].sessions: must be between 1 and 1024"), "{logs}");
+    assert!(
+        logs.contains("datacenters[0].hsms[0].sessions: must be between 1 and 1024"),
+        "{logs}"
+    );
     let mut client = gw.client().await;
     let resp = client
         .sign(digest_request("ca-p256-alias", digest_for(3, 32)))
         .await
         .expect("alias signs")
         .into_inner();
-    verify("ca-p256", Alg::EcdsaSha256, &digest_for(3, 32), &resp.signature, true).expect("same key");
+    verify(
+        "ca-p256",
+        Alg::EcdsaSha256,
+        &digest_for(3, 32),
+        &resp.signature,
+        true,
+    )
+    .expect("same key");
     let metrics = gw.metrics_text().await;
-    assert!(metrics.contains(r#"hsmgate_config_reloads_total{outcome="refused"} 1"#), "{metrics}");
-    assert!(metrics.contains(r#"hsmgate_config_reloads_total{outcome="applied"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"hsmgate_config_reloads_total{outcome="refused"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"hsmgate_config_reloads_total{outcome="applied"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
 async fn sigterm_lets_in_flight_work_finish() {
     let mut gw = Gateway::start(Module::SoftHsm);
-    gw.wait_available("ca-rsa", 4, Duration::from_secs(20)).await;
+    gw.wait_available("ca-rsa", 4, Duration::from_secs(20))
+        .await;
     let mut client = gw.client().await;
     // ~1 s of RSA signing on the local pair.
     let requests: Vec<SignRequest> = (0..2000u64)
@@ -275,11 +399,26 @@ async fn sigterm_lets_in_flight_work_finish() {
     let call = tokio::spawn(async move { client.sign_batch(SignBatchRequest { requests }).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     gw.signal("TERM");
-    let resp = call.await.expect("task").expect("in-flight batch finished").into_inner();
+    let resp = call
+        .await
+        .expect("task")
+        .expect("in-flight batch finished")
+        .into_inner();
     assert_eq!(resp.responses.len(), 2000);
-    verify("ca-rsa", Alg::RsaPkcs1Sha256, &digest_for(1999, 32), &resp.responses[1999].signature, true)
-        .expect("verifies");
-    assert_eq!(gw.wait_exit(Duration::from_secs(10)), Some(0), "{}", gw.logs());
+    verify(
+        "ca-rsa",
+        Alg::RsaPkcs1Sha256,
+        &digest_for(1999, 32),
+        &resp.responses[1999].signature,
+        true,
+    )
+    .expect("verifies");
+    assert_eq!(
+        gw.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        gw.logs()
+    );
     assert!(gw.logs().contains("drained"), "{}", gw.logs());
 }
 
@@ -288,7 +427,8 @@ async fn health_and_metrics_report_each_hsm() {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
     let gw = Gateway::start(Module::SoftHsm);
-    gw.wait_available("ca-p256", 4, Duration::from_secs(20)).await;
+    gw.wait_available("ca-p256", 4, Duration::from_secs(20))
+        .await;
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", gw.grpc))
         .expect("uri")
         .connect()
@@ -318,5 +458,11 @@ async fn health_and_metrics_report_each_hsm() {
             "no hsm_up for {hsm}:\n{metrics}"
         );
     }
-    assert!(!metrics.contains("hsmgate_hsm_up{") || !metrics.lines().any(|l| l.starts_with("hsmgate_hsm_up{") && l.ends_with(" 0")), "{metrics}");
+    assert!(
+        !metrics.contains("hsmgate_hsm_up{")
+            || !metrics
+                .lines()
+                .any(|l| l.starts_with("hsmgate_hsm_up{") && l.ends_with(" 0")),
+        "{metrics}"
+    );
 }

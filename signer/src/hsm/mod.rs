@@ -380,7 +380,13 @@ impl Hsm {
         let label = &self.definition.token_label;
         let known = *lock(&self.last_slot);
         let slot = match known {
-            Some(slot) if pkcs11.get_token_info(slot).is_ok_and(|t| t.label().trim_end() == label) => slot,
+            Some(slot)
+                if pkcs11
+                    .get_token_info(slot)
+                    .is_ok_and(|t| t.label().trim_end() == label) =>
+            {
+                slot
+            }
             _ => connect::find_slot(name, &pkcs11, label)?,
         };
         *lock(&self.last_slot) = Some(slot);
@@ -492,6 +498,7 @@ impl Hsm {
         };
         if stuck {
             let _ = busy;
+            self.metrics.error("CALL_TIMEOUT");
             self.leave_rotation(
                 Some(generation),
                 &format!("a PKCS#11 call exceeded {timeout_ms} ms (hung HSM)"),

@@ -69,10 +69,8 @@ pub(super) fn run(ctx: WorkerContext, mut session: Session) {
                 ctx.hsm.metrics.signed(n as u64, started.elapsed());
                 ctx.hsm.note_success();
             }
-            Err(JobFailure::Retry(code) | JobFailure::Refused { code, .. }) => {
-                ctx.hsm.metrics.error(code);
-            }
-            Err(JobFailure::Expired) => {}
+            // Failures were counted, by CKR code, where they happened.
+            Err(_) => {}
         }
         if let Some(reply) = reply {
             let _ = reply.send(result);
@@ -117,6 +115,7 @@ fn sign_all(
                         break;
                     }
                     Err(why) => {
+                        ctx.hsm.metrics.error("MALFORMED_SIGNATURE");
                         let code = format!("malformed signature from the HSM: {why}");
                         ctx.hsm.note_transient(ctx.generation, &code);
                         return (Err(JobFailure::Retry(code)), After::Continue);
@@ -125,6 +124,7 @@ fn sign_all(
                 Err(e) => e,
             };
             let (fault, code) = classify(&e);
+            ctx.hsm.metrics.error(&code);
             match fault {
                 Fault::Session if !reopened => {
                     // A broken session: replace it and try this item once more.

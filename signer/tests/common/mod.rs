@@ -21,7 +21,10 @@ use hsmgate_signer_api::v1::{
 };
 use tonic::transport::Channel;
 
-pub const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../hsm-config/examples/two-dc.toml");
+pub const EXAMPLE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../hsm-config/examples/two-dc.toml"
+);
 pub const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
 /// Tokens provisioned for this test binary.
@@ -112,7 +115,10 @@ impl Gateway {
     /// Spawns `signer` on this config text; `Err` carries its exit status and stderr.
     pub fn spawn(text: &str) -> Result<Self, String> {
         let tokens = tokens();
-        let dir = tempfile::Builder::new().prefix("hsmgate-gw-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("hsmgate-gw-")
+            .tempdir()
+            .expect("tempdir");
         let config_path = dir.path().join("signer.toml");
         std::fs::write(&config_path, text).expect("write config");
         let control = dir.path().join("faults");
@@ -155,7 +161,10 @@ impl Gateway {
                 let _ = child.kill();
                 let code = child.wait().ok().and_then(|s| s.code());
                 std::thread::sleep(Duration::from_millis(100));
-                return Err(format!("exit {code:?}; stderr:\n{}", stderr.lock().expect("lock")));
+                return Err(format!(
+                    "exit {code:?}; stderr:\n{}",
+                    stderr.lock().expect("lock")
+                ));
             }
         };
         let field = |name: &str| {
@@ -199,8 +208,16 @@ impl Gateway {
         let mut client = self.client().await;
         let deadline = Instant::now() + timeout;
         loop {
-            let keys = client.list_keys(ListKeysRequest {}).await.expect("ListKeys").into_inner().keys;
-            let available = keys.iter().find(|k| k.name == key).map_or(0, |k| k.hsms_available);
+            let keys = client
+                .list_keys(ListKeysRequest {})
+                .await
+                .expect("ListKeys")
+                .into_inner()
+                .keys;
+            let available = keys
+                .iter()
+                .find(|k| k.name == key)
+                .map_or(0, |k| k.hsms_available);
             if available >= n {
                 return;
             }
@@ -259,7 +276,9 @@ impl Drop for Gateway {
 /// A minimal HTTP/1.0 GET, so tests need no HTTP client crate.
 pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect metrics");
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect metrics");
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
         .await
         .expect("write");
@@ -298,7 +317,13 @@ pub fn spki(key: &str) -> Vec<u8> {
 
 /// Verifies `sig` by `key` over `input` (a digest for ECDSA/RSA, the message for Ed25519)
 /// with RustCrypto, from the public key provisioning wrote — never through the gateway.
-pub fn verify(key: &str, algorithm: Alg, input: &[u8], sig: &[u8], prehashed: bool) -> Result<(), String> {
+pub fn verify(
+    key: &str,
+    algorithm: Alg,
+    input: &[u8],
+    sig: &[u8],
+    prehashed: bool,
+) -> Result<(), String> {
     use sha2::Digest;
     use spki::DecodePublicKey;
     let der = spki(key);
@@ -314,29 +339,44 @@ pub fn verify(key: &str, algorithm: Alg, input: &[u8], sig: &[u8], prehashed: bo
     match algorithm {
         Alg::EcdsaSha256 => {
             use p256::ecdsa::signature::hazmat::PrehashVerifier;
-            let vk = p256::ecdsa::VerifyingKey::from_public_key_der(&der).map_err(|e| e.to_string())?;
+            let vk =
+                p256::ecdsa::VerifyingKey::from_public_key_der(&der).map_err(|e| e.to_string())?;
             let s = p256::ecdsa::Signature::from_der(sig).map_err(|e| e.to_string())?;
-            vk.verify_prehash(&digest("256"), &s).map_err(|e| e.to_string())
+            vk.verify_prehash(&digest("256"), &s)
+                .map_err(|e| e.to_string())
         }
         Alg::EcdsaSha384 => {
             use p384::ecdsa::signature::hazmat::PrehashVerifier;
-            let vk = p384::ecdsa::VerifyingKey::from_public_key_der(&der).map_err(|e| e.to_string())?;
+            let vk =
+                p384::ecdsa::VerifyingKey::from_public_key_der(&der).map_err(|e| e.to_string())?;
             let s = p384::ecdsa::Signature::from_der(sig).map_err(|e| e.to_string())?;
-            vk.verify_prehash(&digest("384"), &s).map_err(|e| e.to_string())
+            vk.verify_prehash(&digest("384"), &s)
+                .map_err(|e| e.to_string())
         }
         Alg::RsaPkcs1Sha256 | Alg::RsaPkcs1Sha384 | Alg::RsaPssSha256 | Alg::RsaPssSha384 => {
             let pk = rsa::PublicKey::from_public_key_der(&der).map_err(|e| e.to_string())?;
             let r = match algorithm {
-                Alg::RsaPkcs1Sha256 => pk.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha256>(), &digest("256"), sig),
-                Alg::RsaPkcs1Sha384 => pk.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha384>(), &digest("384"), sig),
-                Alg::RsaPssSha256 => pk.verify(rsa::Pss::<sha2::Sha256>::new(), &digest("256"), sig),
+                Alg::RsaPkcs1Sha256 => pk.verify(
+                    rsa::Pkcs1v15Sign::new::<sha2::Sha256>(),
+                    &digest("256"),
+                    sig,
+                ),
+                Alg::RsaPkcs1Sha384 => pk.verify(
+                    rsa::Pkcs1v15Sign::new::<sha2::Sha384>(),
+                    &digest("384"),
+                    sig,
+                ),
+                Alg::RsaPssSha256 => {
+                    pk.verify(rsa::Pss::<sha2::Sha256>::new(), &digest("256"), sig)
+                }
                 _ => pk.verify(rsa::Pss::<sha2::Sha384>::new(), &digest("384"), sig),
             };
             r.map_err(|e| e.to_string())
         }
         Alg::Ed25519 => {
             use ed25519_dalek::Verifier;
-            let vk = ed25519_dalek::VerifyingKey::from_public_key_der(&der).map_err(|e| e.to_string())?;
+            let vk = ed25519_dalek::VerifyingKey::from_public_key_der(&der)
+                .map_err(|e| e.to_string())?;
             let s = ed25519_dalek::Signature::from_slice(sig).map_err(|e| e.to_string())?;
             vk.verify(input, &s).map_err(|e| e.to_string())
         }
@@ -376,7 +416,8 @@ pub async fn load(
                 let requests: Vec<SignRequest> = (0..batch)
                     .map(|i| digest_request(key, digest_for(n + i as u64, 32)))
                     .collect();
-                let digests: Vec<Vec<u8>> = (0..batch).map(|i| digest_for(n + i as u64, 32)).collect();
+                let digests: Vec<Vec<u8>> =
+                    (0..batch).map(|i| digest_for(n + i as u64, 32)).collect();
                 n += batch as u64;
                 let mut req = tonic::Request::new(SignBatchRequest { requests });
                 req.set_timeout(Duration::from_secs(10));
@@ -385,22 +426,32 @@ pub async fn load(
                     r.set_timeout(Duration::from_secs(10));
                     client.sign(r).await.map(|r| vec![r.into_inner()])
                 } else {
-                    client.sign_batch(req).await.map(|r| r.into_inner().responses)
+                    client
+                        .sign_batch(req)
+                        .await
+                        .map(|r| r.into_inner().responses)
                 };
                 let elapsed = t0.elapsed();
                 report.max_latency = report.max_latency.max(elapsed);
                 match result {
                     Ok(responses) => {
                         for (resp, d) in responses.iter().zip(&digests) {
-                            if let Err(e) = verify(key, Alg::EcdsaSha256, d, &resp.signature, true) {
-                                report.failed.push(format!("bad signature from {}: {e}", resp.hsm));
+                            if let Err(e) = verify(key, Alg::EcdsaSha256, d, &resp.signature, true)
+                            {
+                                report
+                                    .failed
+                                    .push(format!("bad signature from {}: {e}", resp.hsm));
                             } else {
                                 report.ok += 1;
                             }
                             report.served_by.push((started.elapsed(), resp.hsm.clone()));
                         }
                     }
-                    Err(status) => report.failed.push(format!("{:?}: {}", status.code(), status.message())),
+                    Err(status) => {
+                        report
+                            .failed
+                            .push(format!("{:?}: {}", status.code(), status.message()))
+                    }
                 }
             }
             report
@@ -419,7 +470,11 @@ pub async fn load(
 }
 
 /// Signature counts per HSM among `served_by` entries within `[from, to)`.
-pub fn served_between(report: &LoadReport, from: Duration, to: Duration) -> std::collections::BTreeMap<String, u64> {
+pub fn served_between(
+    report: &LoadReport,
+    from: Duration,
+    to: Duration,
+) -> std::collections::BTreeMap<String, u64> {
     let mut m = std::collections::BTreeMap::new();
     for (t, hsm) in &report.served_by {
         if *t >= from && *t < to {
