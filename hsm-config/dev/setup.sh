@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what hsmgate needs from Debian's packages, if missing: SoftHSM2 (the development
+# HSM), OpenSC's pkcs11-tool, p11-kit (a server per HSM, for real "process died" faults),
+# OpenSSL (key generation in provisioning) and curl. Idempotent; run as root or with sudo.
+set -euo pipefail
+
+need=()
+command -v softhsm2-util >/dev/null || need+=(softhsm2)
+[ -e /usr/lib/softhsm/libsofthsm2.so ] || need+=(libsofthsm2)
+command -v pkcs11-tool >/dev/null || need+=(opensc)
+command -v p11-kit >/dev/null || need+=(p11-kit)
+[ -e /usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so ] || need+=(p11-kit-modules)
+command -v openssl >/dev/null || need+=(openssl)
+command -v curl >/dev/null || need+=(curl)
+command -v cc >/dev/null || need+=(gcc)
+
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing: ${need[*]}"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
