@@ -23,7 +23,8 @@ pub enum Hash {
 }
 
 impl Hash {
-    pub fn len(self) -> usize {
+    /// Output size in bytes.
+    pub fn output_len(self) -> usize {
         match self {
             Hash::Sha256 => 32,
             Hash::Sha384 => 48,
@@ -85,7 +86,7 @@ impl Operation {
                 Mechanism::RsaPkcsPss(PkcsPssParams {
                     hash_alg,
                     mgf,
-                    s_len: (hash.len() as u64).into(),
+                    s_len: (hash.output_len() as u64).into(),
                 })
             }
             Operation::Ed25519 => Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
@@ -185,11 +186,11 @@ pub fn prepare(alg: Alg, input: Input<'_>) -> Result<(Operation, Vec<u8>), Strin
     };
     let hash = hash_of(alg).ok_or("no hash for this algorithm")?;
     let digest = match input {
-        Input::Digest(d) if d.len() == hash.len() => d.to_vec(),
+        Input::Digest(d) if d.len() == hash.output_len() => d.to_vec(),
         Input::Digest(d) => {
             return Err(format!(
                 "expected a {}-byte {} digest for {}, got {} bytes",
-                hash.len(),
+                hash.output_len(),
                 hash.name(),
                 alg.as_str_name(),
                 d.len()
@@ -298,7 +299,7 @@ struct EcdsaSigValue<'a> {
 
 /// PKCS#11 `CKM_ECDSA` returns r‖s, each as long as the curve order; X.509 wants DER.
 pub fn ecdsa_raw_to_der(raw: &[u8]) -> Result<Vec<u8>, String> {
-    if raw.is_empty() || raw.len() % 2 != 0 {
+    if raw.is_empty() || !raw.len().is_multiple_of(2) {
         return Err(format!("ECDSA signature of odd length {}", raw.len()));
     }
     let (r, s) = raw.split_at(raw.len() / 2);

@@ -174,7 +174,7 @@ fn build_router(
         let wanted: Vec<WantedKey> = config
             .keys
             .iter()
-            .filter(|k| k.hsms.iter().any(|h| *h == def.name))
+            .filter(|k| k.hsms.contains(&def.name))
             .map(|k| WantedKey {
                 name: k.name.as_str().into(),
                 label: k.label.clone(),

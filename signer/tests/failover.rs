@@ -70,7 +70,7 @@ async fn one_local_hsm_failing_under_load_fails_no_request_and_it_rejoins() {
     gw.wait_available("ca-p256", 4, Duration::from_secs(20))
         .await;
     let gw = &gw;
-    let (report, marks) = under_load(&gw, |start| async move {
+    let (report, marks) = under_load(gw, |start| async move {
         sleep_ms(1000).await;
         gw.set_faults("EAST-1 fail 0x30\n");
         let fault = start.elapsed();
@@ -81,7 +81,7 @@ async fn one_local_hsm_failing_under_load_fails_no_request_and_it_rejoins() {
         vec![fault, healed]
     })
     .await;
-    assert_no_failures(&report, &gw);
+    assert_no_failures(&report, gw);
     let (fault, healed) = (marks[0], marks[1]);
     // While east-1 fails, east-2 carries the load; the other datacenter is not needed.
     let during = served_between(&report, fault + Duration::from_millis(300), healed);
@@ -119,7 +119,7 @@ async fn both_local_hsms_failing_moves_traffic_to_the_other_datacenter() {
     gw.wait_available("ca-p256", 4, Duration::from_secs(20))
         .await;
     let gw = &gw;
-    let (report, marks) = under_load(&gw, |start| async move {
+    let (report, marks) = under_load(gw, |start| async move {
         sleep_ms(1000).await;
         gw.set_faults("EAST-1 fail 0x30\nEAST-2 fail 0xE0\n");
         let fault = start.elapsed();
@@ -130,7 +130,7 @@ async fn both_local_hsms_failing_moves_traffic_to_the_other_datacenter() {
         vec![fault, healed]
     })
     .await;
-    assert_no_failures(&report, &gw);
+    assert_no_failures(&report, gw);
     let (fault, healed) = (marks[0], marks[1]);
     let before = served_between(&report, Duration::ZERO, fault);
     let during = served_between(&report, fault + Duration::from_millis(300), healed);
@@ -168,7 +168,7 @@ async fn a_hung_hsm_does_not_hang_callers() {
     gw.wait_available("ca-p256", 4, Duration::from_secs(20))
         .await;
     let gw = &gw;
-    let (report, marks) = under_load(&gw, |start| async move {
+    let (report, marks) = under_load(gw, |start| async move {
         sleep_ms(1000).await;
         gw.set_faults("EAST-1 hang\n");
         let hang = start.elapsed();
@@ -179,7 +179,7 @@ async fn a_hung_hsm_does_not_hang_callers() {
         vec![hang, healed]
     })
     .await;
-    assert_no_failures(&report, &gw);
+    assert_no_failures(&report, gw);
     let (hang, healed) = (marks[0], marks[1]);
     // Callers caught in the hang were answered by east-2 within the watchdog's 1 s (plus the
     // retry), far inside their 10 s deadline.
@@ -210,7 +210,7 @@ async fn a_broken_session_is_replaced_without_leaving_rotation() {
     gw.wait_available("ca-p256", 4, Duration::from_secs(20))
         .await;
     let gw = &gw;
-    let (report, marks) = under_load(&gw, |start| async move {
+    let (report, marks) = under_load(gw, |start| async move {
         sleep_ms(500).await;
         // Exactly-once faults are not expressible in the control file; a short burst of
         // CKR_SESSION_HANDLE_INVALID on C_Sign stands in for a session the HSM dropped.
@@ -222,7 +222,7 @@ async fn a_broken_session_is_replaced_without_leaving_rotation() {
         vec![fault]
     })
     .await;
-    assert_no_failures(&report, &gw);
+    assert_no_failures(&report, gw);
     let metrics = gw.metrics_text().await;
     assert!(
         metrics.contains(
