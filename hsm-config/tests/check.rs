@@ -1,0 +1,145 @@
+//! `hsm-config check`: the examples are valid; a bad file gets every error with its field path,
+//! and never an echo of a secret.
+
+use std::path::Path;
+use std::process::Command;
+
+use hsm_config::{Config, Error, KeyAlgorithm, PinSource};
+
+const DEV: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/dev.toml");
+const TWO_DC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/two-dc.toml");
+
+fn check(text: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, text).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_hsm-config"))
+        .arg("check")
+        .arg(&path)
+        .output()
+        .expect("run hsm-config");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn the_examples_are_valid() {
+    for file in [DEV, TWO_DC] {
+        let text = std::fs::read_to_string(file).expect("example");
+        let (ok, out) = check(&text);
+        assert!(ok, "{file}: {out}");
+    }
+    let two = Config::load(TWO_DC).expect("loads");
+    assert_eq!(two.datacenters.len(), 2);
+    assert_eq!(two.hsms().count(), 4);
+    assert_eq!(
+        two.key("ca-rsa").map(|k| k.algorithm),
+        Some(KeyAlgorithm::Rsa2048)
+    );
+    assert_eq!(
+        two.hsm("west-2").map(|(dc, _)| dc.name.as_str()),
+        Some("dc-west")
+    );
+    assert!(
+        matches!(two.hsm("east-1").map(|(_, h)| &h.pin), Some(PinSource::Env(v)) if v == "HSMGATE_TEST_PIN")
+    );
+}
+
+#[test]
+fn every_broken_rule_is_reported_with_its_field_path() {
+    let text = std::fs::read_to_string(TWO_DC)
+        .expect("example")
+        .replacen("sessions = 2", "sessions = 0", 1)
+        .replacen("sessions = 2", "sessions = 2000", 1)
+        .replace(r#"name = "west-2""#, r#"name = "west-1""#)
+        .replace(
+            r#"local_datacenter = "dc-east""#,
+            r#"local_datacenter = "mars""#,
+        )
+        .replace(r#"hsm_call_ms = 1000"#, r#"hsm_call_ms = 0"#)
+        .replacen(
+            r#"hsms = ["west-1", "west-2"]"#,
+            r#"hsms = ["west-1", "west-1", "nowhere"]"#,
+            1,
+        );
+    let (ok, out) = check(&text);
+    assert!(!ok, "{out}");
+    for expected in [
+        "timeouts.hsm_call_ms: must be between 10 and 600000",
+        "datacenters[0].hsms[0].sessions: must be between 1 and 1024",
+        "datacenters[0].hsms[1].sessions: must be between 1 and 1024",
+        "datacenters[1].hsms[1].name: HSM `west-1` is already defined at datacenters[1].hsms[0]",
+        "gateway.local_datacenter: `mars` is not one of the datacenters",
+        "keys[4].hsms[1]: `west-1` is listed twice",
+        "keys[4].hsms[2]: no HSM is named `nowhere`",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn typos_and_wrong_types_name_the_key() {
+    let text =
+        std::fs::read_to_string(DEV)
+            .expect("example")
+            .replacen("sessions = 2", "sesions = 2", 1);
+    let (ok, out) = check(&text);
+    assert!(!ok);
+    assert!(out.contains("unknown field `sesions`"), "{out}");
+    let text = std::fs::read_to_string(DEV).expect("example").replacen(
+        "sessions = 2",
+        r#"sessions = "two""#,
+        1,
+    );
+    let (ok, out) = check(&text);
+    assert!(!ok);
+    assert!(out.contains("sessions"), "{out}");
+    let (ok, out) = check("this is not toml");
+    assert!(!ok && !out.is_empty());
+}
+
+#[test]
+fn inline_pins_are_refused_without_being_echoed() {
+    for inline in [
+        r#"pin = "2741-secret""#,
+        r#"pin = 27410000"#,
+        r#"pin = { file = "x", pin = "2741-secret" }"#,
+    ] {
+        let text = std::fs::read_to_string(DEV).expect("example").replacen(
+            r#"pin = { file = "../../target/dev/pins/dev-a.pin" }"#,
+            inline,
+            1,
+        );
+        let (ok, out) = check(&text);
+        assert!(!ok, "{inline}: {out}");
+        assert!(out.contains("datacenters[0].hsms[0].pin:"), "{out}");
+        assert!(
+            !out.contains("2741"),
+            "the PIN was echoed for {inline}:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn pins_come_from_files_or_the_environment_and_never_print() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("p.pin"), "8642\n").expect("write");
+    let pin = PinSource::File("p.pin".into())
+        .read("h", dir.path())
+        .expect("reads");
+    assert_eq!(pin.expose(), "8642");
+    assert!(!format!("{pin:?}").contains("8642"));
+    let err = PinSource::File("missing.pin".into())
+        .read("h", dir.path())
+        .expect_err("missing");
+    assert!(err.to_string().contains("missing.pin"));
+    let err = PinSource::Env("HSMGATE_SURELY_UNSET_VAR".into())
+        .read("h", Path::new("."))
+        .expect_err("unset");
+    assert!(matches!(err, Error::Pin { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("HSMGATE_SURELY_UNSET_VAR is not set")
+    );
+}
