@@ -21,7 +21,9 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // cryptoki logs an ERROR for every session it fails to close on a dead HSM;
+                // the gateway already reports that HSM's fault once, with context.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,cryptoki=off")),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -1,15 +1,20 @@
 //! Real "process died" faults: every HSM is its own `p11-kit server` process (SoftHSM2 behind
-//! it), the gateway loads `p11-kit-client.so` once per HSM. Killing a server (and its
-//! per-connection child) is what a crashed HSM or HSM proxy looks like to the client
-//! (`CKR_DEVICE_ERROR`); restarting it must bring the HSM back into rotation without a gateway
-//! restart, and no request may fail meanwhile. Every signature is verified by `common::load`.
+//! it), and the gateway loads `p11-kit-client.so` once per HSM. Killing a server and its
+//! per-connection child is what a crashed HSM or HSM proxy looks like to the client
+//! (`CKR_DEVICE_ERROR`). Restarting it must bring the HSM back into rotation without a gateway
+//! restart, and no request may fail in the meantime. `common::load` verifies every signature.
+//!
+//! Each test uses its own copy of the provisioned token directory. SoftHSM2 rewrites
+//! `token.object` on every `C_Login`, and while it does, a SoftHSM2 instance initialising in
+//! another process can miss that token. Two tests sharing one directory would make each
+//! other's HSMs vanish for a moment.
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{Gateway, LoadReport, served_between};
 
@@ -25,26 +30,33 @@ const KEY: &str = "ca-p256";
 const SETTLE: Duration = Duration::from_millis(500);
 /// `served_by` times come from `load`'s own clock, started within a hair of ours.
 const SLACK: Duration = Duration::from_millis(100);
+/// How soon a restarted HSM must sign again.
+const REJOIN_LIMIT: Duration = Duration::from_secs(5);
 
-/// One `p11-kit server` per HSM, each in its own process group (the server forks a child per
-/// client connection: killing the group kills both). All killed on drop.
+/// One `p11-kit server` per HSM, each in its own process group, because the server forks a
+/// `p11-kit-remote` child for every client connection and killing the group kills both. All
+/// of them are killed on drop.
 struct Servers {
     dir: tempfile::TempDir,
+    softhsm_conf: PathBuf,
     running: BTreeMap<&'static str, Child>,
 }
 
 impl Servers {
+    /// Copies the provisioned tokens into a private directory and serves each token.
     fn start_all() -> Self {
         let dir = tempfile::Builder::new()
             .prefix("hsmgate-p11kit-")
             .tempdir()
             .expect("tempdir");
+        let softhsm_conf = common::private_store(dir.path());
         let mut servers = Self {
             dir,
+            softhsm_conf,
             running: BTreeMap::new(),
         };
-        for (hsm, _) in HSMS {
-            servers.start(hsm);
+        for (hsm, label) in HSMS {
+            servers.start(hsm, label);
         }
         servers
     }
@@ -53,13 +65,11 @@ impl Servers {
         self.dir.path().join(format!("{hsm}.sock"))
     }
 
-    /// Starts (or restarts) `hsm`'s server on its socket path and waits until it accepts.
-    fn start(&mut self, hsm: &'static str) {
+    /// Starts (or restarts) a server on `hsm`'s socket that serves the token `label`, and
+    /// waits until it accepts connections.
+    fn start(&mut self, hsm: &'static str, label: &str) {
         use std::os::unix::process::CommandExt;
-        let label = HSMS.iter().find(|(h, _)| *h == hsm).expect("known HSM").1;
         let socket = self.socket(hsm);
-        // A killed server leaves its socket file behind.
-        let _ = std::fs::remove_file(&socket);
         let mut child = Command::new("p11-kit")
             .arg("server")
             .arg("-f")
@@ -68,13 +78,16 @@ impl Servers {
             .arg("--provider")
             .arg(common::SOFTHSM)
             .arg(format!("pkcs11:token={label}"))
-            .env("SOFTHSM2_CONF", &common::tokens().softhsm_conf)
+            .env("SOFTHSM2_CONF", &self.softhsm_conf)
             .stdin(Stdio::null())
+            // In the foreground it still prints P11_KIT_SERVER_ADDRESS=...; export ...
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .process_group(0)
             .spawn()
             .expect("spawn p11-kit server");
+        // The server removes a stale socket file and binds before it listens: only a
+        // connection proves it is ready. (Each connection costs a short-lived child.)
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::os::unix::net::UnixStream::connect(&socket).is_err() {
             if let Ok(Some(status)) = child.try_wait() {
@@ -82,14 +95,19 @@ impl Servers {
             }
             assert!(
                 Instant::now() < deadline,
-                "p11-kit server for {hsm}: no socket"
+                "p11-kit server for {hsm}: not listening"
             );
             std::thread::sleep(Duration::from_millis(10));
         }
         self.running.insert(hsm, child);
     }
 
-    /// SIGKILLs `hsm`'s server and its children (its process group).
+    fn restart(&mut self, hsm: &'static str) {
+        let label = HSMS.iter().find(|(h, _)| *h == hsm).expect("known HSM").1;
+        self.start(hsm, label);
+    }
+
+    /// SIGKILLs `hsm`'s server and its children.
     fn kill(&mut self, hsm: &str) {
         let mut child = self.running.remove(hsm).expect("server running");
         kill_group(&child);
@@ -98,10 +116,12 @@ impl Servers {
 }
 
 fn kill_group(child: &Child) {
-    let _ = Command::new("kill")
+    let status = Command::new("kill")
         .args(["-KILL", "--", &format!("-{}", child.id())])
         .stderr(Stdio::null())
         .status();
+    // The group may already be gone, but the command itself must run.
+    assert!(status.is_ok(), "cannot run kill");
 }
 
 impl Drop for Servers {
@@ -113,12 +133,13 @@ impl Drop for Servers {
     }
 }
 
-/// The provisioned config with every HSM behind its own p11-kit server.
+/// The provisioned config, with every HSM reached through its own p11-kit server.
 fn p11kit_config(servers: &Servers) -> String {
+    let softhsm_line = format!(r#"module = "{}""#, common::SOFTHSM);
     let mut out = String::new();
-    let mut replaced = 0;
+    let mut rewritten = 0;
     for line in common::tokens().config_text.lines() {
-        if line.trim() == format!(r#"module = "{}""#, common::SOFTHSM) {
+        if line.trim() == softhsm_line {
             out.push_str(&format!("module = \"{CLIENT}\"\n"));
             continue;
         }
@@ -138,27 +159,33 @@ fn p11kit_config(servers: &Servers) -> String {
                 "module_env = {{ P11_KIT_SERVER_ADDRESS = \"unix:path={}\" }}\n",
                 servers.socket(hsm).display()
             ));
-            replaced += 1;
+            rewritten += 1;
         }
     }
-    assert_eq!(replaced, 4, "expected four HSMs in:\n{out}");
+    assert_eq!(rewritten, HSMS.len(), "expected four HSMs in:\n{out}");
     assert!(!out.contains(common::SOFTHSM), "{out}");
     out
 }
 
-/// Signatures `hsm` made so far, from the gateway's metrics.
-async fn signed_by(gw: &Gateway, hsm: &str) -> u64 {
-    let needle = format!("hsm=\"{hsm}\"");
+/// Sums a counter over the metrics lines that carry `hsm="<hsm>"`.
+async fn counter(gw: &Gateway, name: &str, hsm: &str) -> u64 {
+    let prefix = format!("{name}{{");
+    let label = format!("hsm=\"{hsm}\"");
     gw.metrics_text()
         .await
         .lines()
-        .filter(|l| l.starts_with("hsmgate_hsm_signatures_total{") && l.contains(&needle))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .filter(|l| l.starts_with(&prefix) && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
         .sum()
 }
 
-/// Polls the metrics until every HSM in `hsms` has signed since `baseline`, or `limit`.
-async fn wait_serving(gw: &Gateway, hsms: &[&str], baseline: &[u64], limit: Duration) -> bool {
+async fn signed_by(gw: &Gateway, hsm: &str) -> u64 {
+    counter(gw, "hsmgate_hsm_signatures_total", hsm).await
+}
+
+/// Polls the metrics until each HSM in `hsms` has signed more than its `baseline`, or `limit`.
+async fn wait_signing(gw: &Gateway, hsms: &[&str], baseline: &[u64], limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     loop {
         let mut all = true;
@@ -175,7 +202,7 @@ async fn wait_serving(gw: &Gateway, hsms: &[&str], baseline: &[u64], limit: Dura
     }
 }
 
-/// Runs batch load (4 tasks × 8) and unary load (2 tasks) until `stop`, as one report.
+/// Batch load (4 tasks × 8 digests) and unary load (2 tasks) until `stop`, as one report.
 async fn mixed_load(gw: &Gateway, stop: tokio::sync::watch::Receiver<bool>) -> LoadReport {
     let (mut batch, unary) = tokio::join!(
         common::load(gw, KEY, 4, 8, stop.clone()),
@@ -189,54 +216,72 @@ async fn mixed_load(gw: &Gateway, stop: tokio::sync::watch::Receiver<bool>) -> L
     batch
 }
 
-/// When each HSM first served at or after `from`.
-fn first_served_after(report: &LoadReport, hsm: &str, from: Duration) -> Option<Duration> {
-    report
-        .served_by
-        .iter()
-        .find(|(t, h)| *t >= from && h == hsm)
-        .map(|(t, _)| *t)
-}
-
-fn summary(name: &str, report: &LoadReport, phases: &[(&str, Duration, Duration)]) {
-    eprintln!(
-        "[{name}] ok={} failed={} max_latency={:?}",
-        report.ok,
-        report.failed.len(),
-        report.max_latency
-    );
-    for (phase, from, to) in phases {
-        eprintln!(
-            "[{name}]   {phase:<22} {:>5}..{:>5} ms: {:?}",
-            from.as_millis(),
-            to.as_millis(),
-            served_between(report, *from, *to)
-        );
-    }
-}
-
-fn assert_no_failures(report: &LoadReport, gw: &Gateway) {
-    assert!(
-        report.failed.is_empty(),
-        "{} requests failed, first: {:#?}\ngateway logs:\n{}",
-        report.failed.len(),
-        &report.failed[..report.failed.len().min(5)],
-        gw.logs()
-    );
-}
-
-/// Gateway log lines mentioning `hsm`, for the summary.
-fn hsm_log_lines(gw: &Gateway, hsm: &str) -> Vec<String> {
+/// The gateway's log lines about `hsm`, without ANSI colours: `(UTC seconds of day, line)`.
+fn hsm_log(gw: &Gateway, hsm: &str) -> Vec<(f64, String)> {
     let needle = format!("hsm={hsm}");
+    let quoted = format!("hsm=\"{hsm}\"");
     gw.logs()
         .lines()
-        .filter(|l| l.contains(&needle) && !l.contains("DEBUG"))
-        .map(str::to_owned)
+        .map(strip_ansi)
+        .filter(|l| (l.contains(&needle) || l.contains(&quoted)) && !l.contains(" DEBUG "))
+        .filter_map(|l| Some((log_seconds_of_day(&l)?, l)))
         .collect()
 }
 
-/// Kills `victims`' servers under load, restarts them, and checks nothing failed, the victims
-/// served nothing while dead and came back within 5 s.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `2026-11-27T12:23:08.625046Z ...` → seconds since midnight UTC.
+fn log_seconds_of_day(line: &str) -> Option<f64> {
+    let time = line.split_whitespace().next()?.split('T').nth(1)?;
+    let mut parts = time.trim_end_matches('Z').split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+fn now_seconds_of_day() -> f64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970");
+    (since.as_secs() % 86_400) as f64 + f64::from(since.subsec_micros()) / 1e6
+}
+
+/// Milliseconds from `since` (seconds of day) to the first log line after it containing
+/// `what`.
+fn log_delay_ms(log: &[(f64, String)], since: f64, what: &str) -> Option<f64> {
+    log.iter()
+        .find(|(t, l)| *t >= since - 0.001 && l.contains(what))
+        .map(|(t, _)| (t - since) * 1000.0)
+}
+
+struct Timeline {
+    killed: Duration,
+    killed_wall: f64,
+    restart_at: Duration,
+    restarted: Duration,
+    restarted_wall: f64,
+    back: bool,
+}
+
+/// Kills the servers of `victims` under load, restarts them after 2 s, and checks that no
+/// request failed, that the victims signed nothing while dead, that traffic went to the
+/// other HSMs, and that the victims signed again within `REJOIN_LIMIT` of the restart.
 async fn kill_and_restart(name: &str, victims: &[&'static str]) {
     let mut servers = Servers::start_all();
     let gw = Gateway::spawn(&p11kit_config(&servers)).unwrap_or_else(|e| panic!("gateway: {e}"));
@@ -247,10 +292,11 @@ async fn kill_and_restart(name: &str, victims: &[&'static str]) {
     let load = mixed_load(&gw, stop_rx);
     let fault = async {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        let killed_wall = now_seconds_of_day();
+        let killed = start.elapsed();
         for hsm in victims {
             servers.kill(hsm);
         }
-        let killed = start.elapsed();
         tokio::time::sleep(Duration::from_secs(2)).await;
         let mut baseline = Vec::new();
         for hsm in victims {
@@ -258,69 +304,116 @@ async fn kill_and_restart(name: &str, victims: &[&'static str]) {
         }
         let restart_at = start.elapsed();
         for hsm in victims {
-            servers.start(hsm);
+            servers.restart(hsm);
         }
         let restarted = start.elapsed();
-        let back = wait_serving(&gw, victims, &baseline, Duration::from_secs(10)).await;
-        // A little load with everybody back.
+        let restarted_wall = now_seconds_of_day();
+        let back = wait_signing(&gw, victims, &baseline, Duration::from_secs(10)).await;
+        // A little more load with every HSM back.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let _ = stop_tx.send(true);
-        (killed, restart_at, restarted, back)
+        Timeline {
+            killed,
+            killed_wall,
+            restart_at,
+            restarted,
+            restarted_wall,
+            back,
+        }
     };
-    let (report, (killed, restart_at, restarted, back)) = tokio::join!(load, fault);
+    let (report, t) = tokio::join!(load, fault);
     let end = start.elapsed() + Duration::from_secs(60);
 
-    summary(
-        name,
-        &report,
-        &[
-            ("before kill", Duration::ZERO, killed),
-            ("kill..+0.5s", killed, killed + SETTLE),
-            ("dead", killed + SETTLE, restart_at),
-            ("restarted", restart_at, end),
-        ],
+    // The summary first, so that a failing run still shows it.
+    eprintln!(
+        "[{name}] ok={} failed={} max_latency={:?} kill at {:?}, restart at {:?} (took {:?})",
+        report.ok,
+        report.failed.len(),
+        report.max_latency,
+        t.killed,
+        t.restart_at,
+        t.restarted - t.restart_at
     );
+    for (phase, from, to) in [
+        ("before kill", Duration::ZERO, t.killed),
+        ("kill .. +0.5 s", t.killed, t.killed + SETTLE),
+        ("dead", t.killed + SETTLE, t.restart_at),
+        ("after restart", t.restart_at, end),
+    ] {
+        eprintln!(
+            "[{name}]   {phase:<15} {:>5} .. {:>5} ms: {:?}",
+            from.as_millis(),
+            to.min(start.elapsed()).as_millis(),
+            served_between(&report, from, to)
+        );
+    }
     for hsm in victims {
-        for line in hsm_log_lines(&gw, hsm) {
+        let log = hsm_log(&gw, hsm);
+        let last_before = report
+            .served_by
+            .iter()
+            .filter(|(at, h)| h == hsm && *at < t.restart_at)
+            .map(|(at, _)| *at)
+            .max();
+        let first_after = report
+            .served_by
+            .iter()
+            .find(|(at, h)| h == hsm && *at >= t.restart_at)
+            .map(|(at, _)| *at);
+        let ms = |d: Option<f64>| d.map_or_else(|| "?".to_owned(), |d| format!("{d:.0} ms"));
+        eprintln!(
+            "[{name}] {hsm}: out of rotation {} after the kill, last answer {:?} after it; \
+             back in rotation {} and first signature {:?} after the restart; \
+             rotation exits {}, HSM errors {}",
+            ms(log_delay_ms(&log, t.killed_wall, "out of rotation")),
+            last_before.map(|at| at.saturating_sub(t.killed)),
+            ms(log_delay_ms(&log, t.restarted_wall, "in rotation")),
+            first_after.map(|at| at.saturating_sub(t.restarted)),
+            counter(&gw, "hsmgate_hsm_rotation_exits_total", hsm).await,
+            counter(&gw, "hsmgate_hsm_errors_total", hsm).await,
+        );
+        let after_kill: Vec<&String> = log
+            .iter()
+            .filter(|(at, _)| *at >= t.killed_wall - 0.001)
+            .map(|(_, l)| l)
+            .collect();
+        let failed_attempts: Vec<&&String> = after_kill
+            .iter()
+            .filter(|l| l.contains("reconnect failed"))
+            .collect();
+        for line in after_kill
+            .iter()
+            .filter(|l| !l.contains("reconnect failed"))
+        {
             eprintln!("[{name}]   log: {line}");
         }
+        if let Some(first) = failed_attempts.first() {
+            eprintln!(
+                "[{name}]   log: {} failed reconnect attempts, the first: {first}",
+                failed_attempts.len()
+            );
+        }
     }
-    assert_no_failures(&report, &gw);
-    assert!(report.ok > 100, "too little load: {}", report.ok);
 
-    let before = served_between(&report, Duration::ZERO, killed);
+    assert!(
+        report.failed.is_empty(),
+        "{} requests failed, first: {:#?}\ngateway logs:\n{}",
+        report.failed.len(),
+        &report.failed[..report.failed.len().min(5)],
+        gw.logs()
+    );
+    assert!(report.ok > 100, "too little load: {}", report.ok);
+    let before = served_between(&report, Duration::ZERO, t.killed);
     for hsm in victims {
         assert!(
             before.contains_key(*hsm),
-            "{hsm} served nothing before the kill: {before:?}"
-        );
-        // The last signature the victim answered: how long after the kill it was still seen.
-        let last = report
-            .served_by
-            .iter()
-            .filter(|(t, h)| h == hsm && *t < restart_at)
-            .map(|(t, _)| *t)
-            .max();
-        eprintln!(
-            "[{name}] {hsm}: last signature before restart at {:?} ({:?} after the kill)",
-            last,
-            last.map(|t| t.saturating_sub(killed))
+            "{hsm} signed nothing before the kill: {before:?}"
         );
     }
     let dead = served_between(
         &report,
-        killed + SETTLE + SLACK,
-        restart_at.saturating_sub(SLACK),
-    );
-    for hsm in victims {
-        assert!(
-            !dead.contains_key(*hsm),
-            "{hsm} served while its server was dead: {dead:?}"
-        );
-    }
-    assert!(
-        dead.values().sum::<u64>() > 0,
-        "nothing was served while {victims:?} were dead"
+        t.killed + SETTLE + SLACK,
+        t.restart_at.saturating_sub(SLACK),
     );
     let survivors: Vec<&str> = HSMS
         .iter()
@@ -328,28 +421,29 @@ async fn kill_and_restart(name: &str, victims: &[&'static str]) {
         .filter(|h| !victims.contains(h))
         .collect();
     assert!(
-        dead.keys().all(|h| survivors.contains(&h.as_str())),
-        "unexpected HSM served while {victims:?} were dead: {dead:?}"
+        dead.values().sum::<u64>() > 0,
+        "nothing was signed while {victims:?} were dead"
     );
-
     assert!(
-        back,
-        "{victims:?} did not serve again within 10 s of the restart; logs:\n{}",
+        dead.keys().all(|h| survivors.contains(&h.as_str())),
+        "only {survivors:?} may sign while {victims:?} are dead: {dead:?}"
+    );
+    assert!(
+        t.back,
+        "{victims:?} did not sign again within 10 s of the restart; logs:\n{}",
         gw.logs()
     );
     for hsm in victims {
-        let first = first_served_after(&report, hsm, restart_at).unwrap_or_else(|| {
-            panic!("{hsm} never served after the restart; logs:\n{}", gw.logs())
-        });
-        let rejoin = first.saturating_sub(restarted);
-        eprintln!(
-            "[{name}] {hsm}: restart took {:?}; first signature {:?} after the restart",
-            restarted - restart_at,
-            rejoin
-        );
+        let first = report
+            .served_by
+            .iter()
+            .find(|(at, h)| h == hsm && *at >= t.restart_at)
+            .map(|(at, _)| *at)
+            .unwrap_or_else(|| panic!("{hsm} signed nothing after the restart"));
         assert!(
-            first < restarted + Duration::from_secs(5) + SLACK,
-            "{hsm} took {rejoin:?} to serve again after the restart"
+            first < t.restarted + REJOIN_LIMIT + SLACK,
+            "{hsm} took {:?} to sign again after the restart",
+            first.saturating_sub(t.restarted)
         );
     }
 }
@@ -362,4 +456,34 @@ async fn killed_hsm_process_fails_no_request_and_rejoins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_local_hsm_processes_killed_moves_traffic_to_the_other_datacenter() {
     kill_and_restart("both-local-killed", &["east-1", "east-2"]).await;
+}
+
+/// An HSM whose server answers but exposes no token (an HSM still booting, a partition not
+/// yet activated) must be retried every probe interval until its token shows up.
+///
+/// Fails today: `connect::find_slot` calls cryptoki's `get_slots_with_token`. When the
+/// server reports zero slots, cryptoki calls `C_GetSlotList` again with an empty, non-null
+/// buffer. p11-kit-client answers `CKR_BUFFER_TOO_SMALL` with a count of 0, and cryptoki
+/// retries forever. The connect thread spins at 100 % CPU (and so does the server's child),
+/// and the supervisor never starts another attempt while that one runs, so the HSM stays out
+/// until its server drops the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known: cryptoki 0.12 loops forever in C_GetSlotList when p11-kit-client reports zero slots; the HSM stays out (logged, RECONNECT_HUNG)"]
+async fn hsm_whose_server_exposes_no_token_is_retried() {
+    let mut servers = Servers::start_all();
+    servers.kill("east-1");
+    servers.start("east-1", "NO-SUCH-TOKEN");
+    let gw = Gateway::spawn(&p11kit_config(&servers)).unwrap_or_else(|e| panic!("gateway: {e}"));
+    gw.wait_available(KEY, 3, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let attempts = hsm_log(&gw, "east-1")
+        .iter()
+        .filter(|(_, l)| l.contains("reconnect failed"))
+        .count();
+    // probe_interval_ms = 200: about ten failed attempts in 2 s.
+    assert!(
+        attempts >= 3,
+        "east-1 was tried {attempts} times in 2 s; logs:\n{}",
+        gw.logs()
+    );
 }

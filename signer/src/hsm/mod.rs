@@ -507,6 +507,8 @@ impl Hsm {
     }
 }
 
+const HUNG_RECONNECT: &str = "reconnect attempt hung";
+
 /// The supervisor thread: watchdog every few milliseconds, reconnection when out of rotation.
 fn supervise(weak: Weak<Hsm>) {
     let mut connecting: Option<(JoinHandle<Result<(), Error>>, Instant)> = None;
@@ -533,9 +535,17 @@ fn supervise(weak: Weak<Hsm>) {
                 }
                 next_attempt = Instant::now() + settings.probe_interval;
             } else if started.elapsed() > settings.call_timeout * 10 {
-                // Leave it: it cannot be cancelled. No new attempt until it returns, so a
-                // hung module does not collect a thread per probe.
-                *lock(&hsm.last_problem) = Some("reconnect attempt hung".into());
+                // Leave it: a PKCS#11 call cannot be cancelled. No new attempt until it returns,
+                // so a hung module does not collect a thread per probe. (Known case: cryptoki's
+                // C_GetSlotList loop spins when p11-kit's client reports zero slots with
+                // CKR_BUFFER_TOO_SMALL; see the closing note of the gateway issue.)
+                let mut problem = lock(&hsm.last_problem);
+                if problem.as_deref() != Some(HUNG_RECONNECT) {
+                    tracing::error!(hsm = %hsm.name, "reconnect attempt has not returned for {:?}: the HSM stays out of rotation until it does", started.elapsed());
+                    hsm.metrics.error("RECONNECT_HUNG");
+                    *problem = Some(HUNG_RECONNECT.into());
+                }
+                drop(problem);
                 connecting = Some((handle, started));
             } else {
                 connecting = Some((handle, started));

@@ -63,6 +63,29 @@ pub fn tokens() -> &'static Tokens {
     })
 }
 
+/// Copies the provisioned tokens into `dir` and writes a `softhsm2.conf` for the copy; returns
+/// its path. Each gateway gets its own copy: SoftHSM2 rewrites a token's file on every
+/// `C_Login`, and another process starting at that moment can miss the token.
+pub fn private_store(dir: &Path) -> PathBuf {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(tokens().dir.join("tokens"))
+        .arg(dir)
+        .status()
+        .expect("cp");
+    assert!(status.success(), "copying the token directory failed");
+    let conf = dir.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            dir.join("tokens").display()
+        ),
+    )
+    .expect("write softhsm2.conf");
+    conf
+}
+
 /// Which PKCS#11 module the gateway loads for every HSM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Module {
@@ -112,20 +135,21 @@ impl Gateway {
         Self::spawn(&text).unwrap_or_else(|e| panic!("gateway did not start: {e}"))
     }
 
-    /// Spawns `signer` on this config text; `Err` carries its exit status and stderr.
+    /// Spawns `signer` on this config text with a private copy of the tokens; `Err` carries
+    /// its exit status and stderr.
     pub fn spawn(text: &str) -> Result<Self, String> {
-        let tokens = tokens();
         let dir = tempfile::Builder::new()
             .prefix("hsmgate-gw-")
             .tempdir()
             .expect("tempdir");
+        let softhsm_conf = private_store(dir.path());
         let config_path = dir.path().join("signer.toml");
         std::fs::write(&config_path, text).expect("write config");
         let control = dir.path().join("faults");
         let mut child = Command::new(env!("CARGO_BIN_EXE_signer"))
             .arg("--config")
             .arg(&config_path)
-            .env("SOFTHSM2_CONF", &tokens.softhsm_conf)
+            .env("SOFTHSM2_CONF", softhsm_conf)
             .env("HSMSIM_CONTROL", &control)
             .env("RUST_LOG", "info,signer=debug")
             .stdin(Stdio::null())
