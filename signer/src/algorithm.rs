@@ -256,38 +256,22 @@ const fn rsa_pss_identifier(sha2_arc: u8, salt: u8) -> [u8; 67] {
         0xa1, 0x1c, 0x30, 0x1a, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x08,
     ];
     let salt_len = [0xa2, 0x03, 0x02, 0x01, salt];
-    let mut i = 0;
-    let mut j = 0;
-    while j < head.len() {
-        out[i] = head[j];
-        i += 1;
-        j += 1;
-    }
-    j = 0;
-    while j < hash.len() {
-        out[i] = hash[j];
-        i += 1;
-        j += 1;
-    }
-    j = 0;
-    while j < mgf1.len() {
-        out[i] = mgf1[j];
-        i += 1;
-        j += 1;
-    }
-    j = 0;
-    while j < hash.len() {
-        out[i] = hash[j];
-        i += 1;
-        j += 1;
-    }
-    j = 0;
-    while j < salt_len.len() {
-        out[i] = salt_len[j];
-        i += 1;
-        j += 1;
-    }
+    let mut at = put(&mut out, 0, &head);
+    at = put(&mut out, at, &hash);
+    at = put(&mut out, at, &mgf1);
+    at = put(&mut out, at, &hash);
+    put(&mut out, at, &salt_len);
     out
+}
+
+/// Copies `part` into `out` at `at`; returns where the next part goes.
+const fn put(out: &mut [u8; 67], at: usize, part: &[u8]) -> usize {
+    let mut j = 0;
+    while j < part.len() {
+        out[at + j] = part[j];
+        j += 1;
+    }
+    at + part.len()
 }
 
 /// `Ecdsa-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }` (RFC 3279 §2.2.3).

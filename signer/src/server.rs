@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use hsm_config::Config;
@@ -148,23 +147,4 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
     }
     gateway.shutdown();
     Ok(())
-}
-
-/// A gateway served on `listener` with `config`, stopped when `stop` resolves. For embedding
-/// the gateway in-process (benchmarks).
-pub async fn serve_on(
-    listener: TcpListener,
-    config: &Config,
-    stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<Arc<Gateway>, Error> {
-    let gateway = Gateway::start(config, Metrics::new());
-    let signer = SignerServer::new(SignerService::new(gateway.clone()))
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20);
-    let server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(signer)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop);
-    tokio::spawn(server);
-    Ok(gateway)
 }
