@@ -466,3 +466,81 @@ async fn health_and_metrics_report_each_hsm() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn work_spills_to_the_other_datacenter_past_the_spill_depth() {
+    // With a spill depth of 1, a big batch overflows the local pair at once.
+    let gw = Gateway::start_with(Module::SoftHsm, |text| {
+        text.replace("spill_queue_depth = 4096", "spill_queue_depth = 1")
+    });
+    gw.wait_available("ca-p256", 4, Duration::from_secs(20))
+        .await;
+    let mut client = gw.client().await;
+    let requests: Vec<SignRequest> = (0..2000u64)
+        .map(|i| digest_request("ca-p256", digest_for(i, 32)))
+        .collect();
+    let resp = client
+        .sign_batch(SignBatchRequest { requests })
+        .await
+        .expect("batch")
+        .into_inner();
+    let mut per_hsm = std::collections::BTreeMap::<String, u32>::new();
+    for (i, r) in resp.responses.iter().enumerate() {
+        verify(
+            "ca-p256",
+            Alg::EcdsaSha256,
+            &digest_for(i as u64, 32),
+            &r.signature,
+            true,
+        )
+        .expect("verifies");
+        *per_hsm.entry(r.hsm.clone()).or_default() += 1;
+    }
+    eprintln!("{per_hsm:?}");
+    assert!(
+        per_hsm.keys().any(|h| h.starts_with("west-")),
+        "nothing spilled: {per_hsm:?}"
+    );
+    assert!(
+        per_hsm.keys().any(|h| h.starts_with("east-")),
+        "local pair unused: {per_hsm:?}"
+    );
+}
+
+#[tokio::test]
+async fn saturated_hsms_shed_load_with_resource_exhausted() {
+    // Every HSM accepts at most 2 signatures in flight: a batch of 1000 cannot be admitted.
+    let gw = Gateway::start_with(Module::SoftHsm, |text| {
+        text.replace("sessions = 2", "sessions = 2\nmax_in_flight = 2")
+    });
+    gw.wait_available("ca-p256", 4, Duration::from_secs(20))
+        .await;
+    let mut client = gw.client().await;
+    let requests: Vec<SignRequest> = (0..1000u64)
+        .map(|i| digest_request("ca-p256", digest_for(i, 32)))
+        .collect();
+    let status = client
+        .sign_batch(SignBatchRequest { requests })
+        .await
+        .expect_err("must shed");
+    assert_eq!(
+        status.code(),
+        Code::ResourceExhausted,
+        "{}",
+        status.message()
+    );
+    // A single signature still fits.
+    let resp = client
+        .sign(digest_request("ca-p256", digest_for(1, 32)))
+        .await
+        .expect("fits")
+        .into_inner();
+    verify(
+        "ca-p256",
+        Alg::EcdsaSha256,
+        &digest_for(1, 32),
+        &resp.signature,
+        true,
+    )
+    .expect("verifies");
+}
