@@ -312,7 +312,15 @@ impl Hsm {
             live.in_flight.fetch_sub(job.items.len(), Ordering::Relaxed);
             let _ = job.reply.send(Err(JobFailure::Retry(why.clone())));
         }
-        // Dropping `live` closes the queue's sending side: idle workers wake up and exit.
+        // Dropping `live` closes the queue's sending side (idle workers wake up and exit) and
+        // closes the anchor session — a PKCS#11 call that blocks forever on a hung HSM. So the
+        // drop happens on a thread of its own, never on the supervisor that must keep probing.
+        let dropper = std::thread::Builder::new()
+            .name(format!("{}-close", self.name))
+            .spawn(move || drop(live));
+        if let Err(e) = dropper {
+            tracing::error!(hsm = %self.name, "cannot start a thread to close sessions: {e}");
+        }
     }
 
     fn note_success(&self) {
@@ -477,7 +485,7 @@ impl Hsm {
     fn check_hung(&self) {
         let timeout_ms = self.settings().call_timeout.as_millis() as u64;
         let now = self.now_ms();
-        let (generation, busy, stuck) = {
+        let (generation, stuck) = {
             let Ok(live) = self.live.read() else { return };
             let Some(LiveHandle(live)) = live.as_ref() else {
                 self.metrics.sample(0, 0);
@@ -494,10 +502,9 @@ impl Hsm {
             }
             self.metrics
                 .sample(live.in_flight.load(Ordering::Relaxed), busy);
-            (live.generation, busy, stuck)
+            (live.generation, stuck)
         };
         if stuck {
-            let _ = busy;
             self.metrics.error("CALL_TIMEOUT");
             self.leave_rotation(
                 Some(generation),
