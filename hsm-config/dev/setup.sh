@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what hsmgate needs from Debian's packages, if missing: SoftHSM2 (the development
 # HSM), OpenSC's pkcs11-tool, p11-kit (a server per HSM, for real "process died" faults),
-# OpenSSL (key generation in provisioning) and curl. Idempotent; run as root or with sudo.
+# OpenSSL (key generation in provisioning; `openssl ocsp` checks the OCSP responder), curl,
+# and Python's `cryptography` (checks OCSP responses in the tests). Idempotent; run as root or with sudo.
 set -euo pipefail
 
 need=()
@@ -20,5 +21,9 @@ if [ ${#need[@]} -gt 0 ]; then
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# Python `cryptography` checks OCSP responses in the tests, independently of our code.
+if command -v python3 >/dev/null && ! python3 -c "import cryptography" 2>/dev/null; then
+    python3 -m pip install --quiet cryptography
 fi
 command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
