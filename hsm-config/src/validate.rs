@@ -53,6 +53,14 @@ pub(crate) fn validate(config: &Config) -> Vec<FieldError> {
         10_000_000,
     );
 
+    // A hung HSM is detected after hsm_call_ms; callers must still have time for a retry.
+    if t.hsm_call_ms >= t.default_deadline_ms {
+        err(
+            "timeouts.hsm_call_ms".into(),
+            "must be less than timeouts.default_deadline_ms, or a hung HSM outlives its callers",
+        );
+    }
+
     // Datacenters and HSMs.
     if config.datacenters.is_empty() {
         err("datacenters".into(), "at least one datacenter is required");
@@ -118,6 +126,15 @@ pub(crate) fn validate(config: &Config) -> Vec<FieldError> {
                 }
                 PinSource::Invalid(reason) => err(format!("{hpath}.pin"), reason),
                 _ => {}
+            }
+            for (name, value) in &hsm.module_env {
+                // set_var panics on these; the gateway sets them while loading the module.
+                if name.is_empty() || name.contains(['=', '\0']) || value.contains('\0') {
+                    err(
+                        format!("{hpath}.module_env.{name}"),
+                        "names must be non-empty without `=` or NUL; values without NUL",
+                    );
+                }
             }
             range(
                 &mut err,

@@ -143,3 +143,25 @@ fn pins_come_from_files_or_the_environment_and_never_print() {
             .contains("HSMGATE_SURELY_UNSET_VAR is not set")
     );
 }
+
+#[test]
+fn module_environment_and_timeouts_are_checked() {
+    let text = std::fs::read_to_string(TWO_DC)
+        .expect("example")
+        .replace("hsm_call_ms = 1000", "hsm_call_ms = 20000")
+        .replacen(
+            r#"token_label = "EAST-1""#,
+            "token_label = \"EAST-1\"\nmodule_env = { \"BAD=NAME\" = \"x\" }",
+            1,
+        );
+    let (ok, out) = check(&text);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("timeouts.hsm_call_ms: must be less than timeouts.default_deadline_ms"),
+        "{out}"
+    );
+    assert!(
+        out.contains("datacenters[0].hsms[0].module_env.BAD=NAME: names must be non-empty"),
+        "{out}"
+    );
+}

@@ -102,6 +102,9 @@ impl Operation {
     }
 }
 
+/// Largest Ed25519 message sent to an HSM.
+pub const MAX_ED25519_MESSAGE: usize = 1 << 20;
+
 /// What the client sent to be signed.
 #[derive(Clone, Copy, Debug)]
 pub enum Input<'a> {
@@ -175,6 +178,12 @@ pub fn prepare(alg: Alg, input: Input<'_>) -> Result<(Operation, Vec<u8>), Strin
         Alg::RsaPssSha384 => Operation::RsaPss(Hash::Sha384),
         Alg::Ed25519 => {
             return match input {
+                // The HSM hashes an Ed25519 message itself: a huge one would hold a session
+                // (and the watchdog's patience) for long. A CRL of 1 MiB is ~30,000 entries.
+                Input::Message(m) if m.len() > MAX_ED25519_MESSAGE => Err(format!(
+                    "{} bytes: Ed25519 messages are limited to {MAX_ED25519_MESSAGE} bytes",
+                    m.len()
+                )),
                 Input::Message(m) => Ok((Operation::Ed25519, m.to_vec())),
                 Input::Digest(_) => Err(
                     "Ed25519 signs the message itself (RFC 8032 pure EdDSA): send `message`, not `digest`"

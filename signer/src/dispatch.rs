@@ -33,6 +33,10 @@ pub struct KeyEntry {
 }
 
 impl KeyEntry {
+    pub fn reference_id(&self) -> String {
+        crate::hsm::reference_id(&self.name, &self.label, self.algorithm)
+    }
+
     pub fn hsms(&self) -> impl Iterator<Item = &Arc<Hsm>> {
         self.local.iter().chain(self.remote.iter())
     }
@@ -56,6 +60,15 @@ impl Limits {
             spill_queue_depth: c.dispatch.spill_queue_depth,
         }
     }
+}
+
+/// The outcome of choosing an HSM.
+enum Pick {
+    Hsm(Arc<Hsm>),
+    /// Some untried HSM holds the key but is at its in-flight limit.
+    Full,
+    /// No untried HSM holds the key in rotation.
+    Nothing,
 }
 
 /// One item of a request, checked and ready for an HSM.
@@ -87,7 +100,7 @@ pub struct Router {
 }
 
 impl Router {
-    /// Checks one request item. `field` names it in errors (`requests[3]`).
+    /// Checks one request item. `field` names it in errors (`requests[3]`, or empty for `Sign`).
     pub fn prepare(
         &self,
         field: &str,
@@ -95,18 +108,26 @@ impl Router {
         requested: Alg,
         input: Input<'_>,
     ) -> Result<Prepared, Error> {
+        let at = if field.is_empty() {
+            String::new()
+        } else {
+            format!("{field}.")
+        };
+        if key.is_empty() {
+            return Err(Error::InvalidArgument(format!("{at}key: required")));
+        }
         let entry = self
             .keys
             .get(key)
-            .ok_or_else(|| Error::UnknownKey(format!("{field}.key: unknown key `{key}`")))?;
+            .ok_or_else(|| Error::UnknownKey(format!("{at}key: unknown key `{key}`")))?;
         let algorithm = algorithm::resolve(entry.algorithm, requested)
-            .map_err(|m| Error::InvalidArgument(format!("{field}.algorithm: {m}")))?;
+            .map_err(|m| Error::InvalidArgument(format!("{at}algorithm: {m}")))?;
         let (operation, data) = algorithm::prepare(algorithm, input).map_err(|m| {
             let part = match input {
                 Input::Digest(_) => "digest",
                 Input::Message(_) => "message",
             };
-            Error::InvalidArgument(format!("{field}.{part}: {m}"))
+            Error::InvalidArgument(format!("{at}{part}: {m}"))
         })?;
         Ok(Prepared {
             key: entry.clone(),
@@ -116,25 +137,35 @@ impl Router {
         })
     }
 
-    /// Picks the HSM for the next job: least-loaded local one, spilling to the other
-    /// datacenters when the local ones are out or past the spill depth.
-    fn pick(&self, entry: &KeyEntry, tried: &[usize]) -> Option<Arc<Hsm>> {
-        let best = |hsms: &[Arc<Hsm>]| {
+    /// Picks the HSM for the next job of `items` signatures: the least-loaded local one,
+    /// spilling to the other datacenters when the local ones are out or past the spill depth.
+    /// An HSM takes a job while `load + items <= max_in_flight` (or when idle, so that a chunk
+    /// larger than the limit still fits somewhere).
+    fn pick(&self, entry: &KeyEntry, tried: &[usize], items: usize) -> Pick {
+        let mut full = false;
+        let mut best = |hsms: &[Arc<Hsm>]| {
             hsms.iter()
-                .filter(|h| !tried.contains(&(Arc::as_ptr(h) as usize)) && h.can_sign(&entry.name))
+                .filter(|h| !tried.contains(&(Arc::as_ptr(h) as usize)))
                 .filter_map(|h| {
-                    let load = h.load()?;
-                    (load < h.definition.max_in_flight as usize)
-                        .then(|| (load * 1024 / h.definition.sessions.max(1) as usize, load, h))
+                    let load = h.load_if_holding(&entry.name)?;
+                    let fits = load == 0 || load + items <= h.definition.max_in_flight as usize;
+                    full |= !fits;
+                    fits.then(|| (load * 1024 / h.definition.sessions.max(1) as usize, load, h))
                 })
                 .min_by_key(|(weighted, _, _)| *weighted)
                 .map(|(_, load, h)| (load, h.clone()))
         };
-        match best(&entry.local) {
+        let local = best(&entry.local);
+        let chosen = match local {
             Some((load, h)) if load < self.limits.spill_queue_depth => Some(h),
             local => best(&entry.remote)
                 .map(|(_, h)| h)
                 .or(local.map(|(_, h)| h)),
+        };
+        match chosen {
+            Some(h) => Pick::Hsm(h),
+            None if full => Pick::Full,
+            None => Pick::Nothing,
         }
     }
 
@@ -151,20 +182,36 @@ impl Router {
         let mut tried: Vec<usize> = Vec::new();
         let mut attempts = 0u32;
         let mut last_problem = String::from("no HSM holding the key is in rotation");
+        // What the HSMs tried so far said, to tell "every HSM refused it" and "every HSM
+        // failed without a reason" (the request itself is suspect) from an outage.
+        let mut refused: Option<(usize, String)> = None;
+        let mut only_transient = true;
         loop {
             if Instant::now() >= deadline {
                 return Err(Error::DeadlineExceeded { attempts });
             }
-            let Some(hsm) = self.pick(entry, &tried) else {
-                let saturated = tried.is_empty() && entry.hsms().any(|h| h.can_sign(&entry.name));
-                return Err(if saturated {
-                    Error::Saturated(entry.name.to_string())
-                } else {
-                    Error::Unavailable {
-                        key: entry.name.to_string(),
-                        detail: last_problem,
-                    }
-                });
+            let hsm = match self.pick(entry, &tried, items.len()) {
+                Pick::Hsm(h) => h,
+                Pick::Full => return Err(Error::Saturated(entry.name.to_string())),
+                Pick::Nothing => {
+                    return Err(if let Some((index, code)) = refused {
+                        Error::Refused {
+                            hsm: "every HSM holding the key".into(),
+                            index: first_index + index,
+                            code,
+                        }
+                    } else if attempts > 0 && only_transient {
+                        Error::SignFailed {
+                            key: entry.name.to_string(),
+                            detail: last_problem,
+                        }
+                    } else {
+                        Error::Unavailable {
+                            key: entry.name.to_string(),
+                            detail: last_problem,
+                        }
+                    });
+                }
             };
             tried.push(Arc::as_ptr(&hsm) as usize);
             attempts += 1;
@@ -177,6 +224,7 @@ impl Router {
                 reply: tx,
             };
             if let Err((_, refusal)) = hsm.submit(job) {
+                only_transient = false;
                 last_problem = match refusal {
                     Refusal::OutOfRotation => format!("{} is out of rotation", hsm.name),
                     Refusal::KeyNotHere => format!("{} does not hold the key", hsm.name),
@@ -194,14 +242,20 @@ impl Router {
                 Err(JobFailure::Retry(why)) => {
                     hsm.metrics.retries.inc();
                     tracing::debug!(hsm = %hsm.name, key = %entry.name, "retrying elsewhere: {why}");
+                    only_transient = false;
+                    last_problem = why;
+                }
+                Err(JobFailure::Transient(why)) => {
+                    hsm.metrics.retries.inc();
+                    tracing::debug!(hsm = %hsm.name, key = %entry.name, "retrying elsewhere: {why}");
                     last_problem = why;
                 }
                 Err(JobFailure::Refused { index, code }) => {
-                    return Err(Error::Refused {
-                        hsm: hsm.name.to_string(),
-                        index: first_index + index,
-                        code,
-                    });
+                    hsm.metrics.retries.inc();
+                    tracing::warn!(hsm = %hsm.name, key = %entry.name, "refused requests[{}]: {code}; trying another HSM", first_index + index);
+                    only_transient = false;
+                    last_problem = format!("{} refused it: {code}", hsm.name);
+                    refused = Some((index, code));
                 }
                 Err(JobFailure::Expired) => return Err(Error::DeadlineExceeded { attempts }),
             }

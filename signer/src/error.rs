@@ -14,8 +14,8 @@ pub enum Error {
     #[error("configuration: {0}")]
     Config(#[from] hsm_config::Error),
 
-    /// No key of that name is configured.
-    #[error("unknown key `{0}`")]
+    /// No key of that name is configured; the message names the field.
+    #[error("{0}")]
     UnknownKey(String),
 
     /// The request is malformed: the message names the field (`requests[3].digest`).
@@ -34,6 +34,11 @@ pub enum Error {
     /// No HSM holding the key is in rotation.
     #[error("no HSM can sign with key `{key}` now: {detail}")]
     Unavailable { key: String, detail: String },
+
+    /// Every HSM tried failed without saying why (`CKR_GENERAL_ERROR`, ...): the request itself
+    /// is suspect, so it is not reported as an outage that clients would retry.
+    #[error("every HSM failed to sign with key `{key}`: {detail}")]
+    SignFailed { key: String, detail: String },
 
     /// Every HSM holding the key has its in-flight limit reached.
     #[error("every HSM holding key `{0}` is saturated")]
@@ -64,11 +69,14 @@ impl Error {
     /// internals (module paths, slot numbers) stay in the operator's log.
     pub fn to_status(&self) -> Status {
         match self {
-            Error::UnknownKey(k) => Status::not_found(format!("unknown key `{k}`")),
+            Error::UnknownKey(message) => Status::not_found(message.clone()),
             Error::InvalidArgument(m) => Status::invalid_argument(m.clone()),
-            Error::Refused { index, code, .. } => {
-                Status::invalid_argument(format!("requests[{index}]: the HSM refused it: {code}"))
-            }
+            Error::Refused { index, code, .. } => Status::invalid_argument(format!(
+                "requests[{index}]: every HSM holding the key refused it: {code}"
+            )),
+            Error::SignFailed { key, .. } => Status::internal(format!(
+                "every HSM holding key `{key}` failed to sign this request"
+            )),
             Error::Unavailable { key, .. } => {
                 Status::unavailable(format!("no HSM can sign with key `{key}` now"))
             }

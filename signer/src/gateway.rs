@@ -12,6 +12,9 @@ use crate::error::Error;
 use crate::hsm::{Hsm, HsmSettings, KeyReference, WantedKey};
 use crate::metrics::Metrics;
 
+/// Longest a reload waits for new or changed HSMs to connect before it swaps anyway.
+const RELOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Debug)]
 pub struct Gateway {
     router: RwLock<Arc<Router>>,
@@ -41,10 +44,12 @@ impl Gateway {
         &self.metrics
     }
 
-    /// Applies a validated configuration without dropping requests: HSMs whose definition did
-    /// not change keep their sessions; new ones start connecting; removed ones leave rotation
-    /// after the swap (their queued jobs are retried on the HSMs that remain).
-    pub fn reload(&self, config: &Config) {
+    /// Applies a validated configuration without dropping requests. HSMs whose definition
+    /// and keys did not change keep their sessions. New or changed ones are connected first,
+    /// while the running configuration keeps serving; the swap happens once each of them is in
+    /// rotation or has failed a first attempt (at most `RELOAD_WAIT`). HSMs no longer in the
+    /// configuration then leave rotation, their queued jobs retried on the ones that remain.
+    pub async fn reload(&self, config: &Config) {
         let old = self.router();
         let new = Arc::new(build_router(
             config,
@@ -52,8 +57,21 @@ impl Gateway {
             &self.metrics,
             old.reference.clone(),
         ));
+        let reused: Vec<*const Hsm> = old.hsms.iter().map(Arc::as_ptr).collect();
+        let fresh: Vec<&Arc<Hsm>> = new
+            .hsms
+            .iter()
+            .filter(|h| !reused.contains(&Arc::as_ptr(h)))
+            .collect();
+        let waited = Instant::now();
+        while fresh.iter().any(|h| !h.has_tried()) && waited.elapsed() < RELOAD_WAIT {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         let kept: Vec<*const Hsm> = new.hsms.iter().map(Arc::as_ptr).collect();
-        *self.router.write().unwrap_or_else(|p| p.into_inner()) = new;
+        let ids: std::collections::HashSet<String> =
+            new.keys.values().map(|k| k.reference_id()).collect();
+        *self.router.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
+        new.reference.retain(&ids);
         for hsm in &old.hsms {
             if !kept.contains(&Arc::as_ptr(hsm)) {
                 tracing::info!(hsm = %hsm.name, "removed or changed by the new configuration");
@@ -63,9 +81,17 @@ impl Gateway {
     }
 
     /// Stops every HSM (after the gRPC server drained).
+    /// Stops every HSM (after the gRPC server drained) and waits up to 3 s for their sessions
+    /// to close: exiting while a thread is inside a PKCS#11 module can deadlock in the module's
+    /// own exit handlers (seen with SoftHSM2).
     pub fn shutdown(&self) {
-        for hsm in &self.router().hsms {
+        let router = self.router();
+        for hsm in &router.hsms {
             hsm.stop();
+        }
+        let deadline = Instant::now() + std::time::Duration::from_secs(3);
+        for hsm in &router.hsms {
+            hsm.wait_closed(deadline);
         }
     }
 
@@ -115,9 +141,19 @@ impl Gateway {
                 let op = first.operation;
                 let part = part.to_vec();
                 tasks.push(async move {
+                    // Items of a group are not contiguous in the request: map a refused item's
+                    // position in the chunk back to its position in the request.
                     let (sigs, hsm) = router
-                        .sign_chunk(&key, op, Arc::new(data), part[0], deadline)
-                        .await?;
+                        .sign_chunk(&key, op, Arc::new(data), 0, deadline)
+                        .await
+                        .map_err(|e| match e {
+                            Error::Refused { hsm, index, code } => Error::Refused {
+                                hsm,
+                                index: part.get(index).copied().unwrap_or(index),
+                                code,
+                            },
+                            other => other,
+                        })?;
                     Ok::<_, Error>((part, sigs, hsm))
                 });
             }

@@ -45,8 +45,8 @@ pub struct OutcomeLabels {
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
-    // 50 µs .. ~1.6 s
-    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+    // 50 µs .. ~26 s: deadlines are seconds, and a failover after a hang takes over one.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
 }
 
 /// Every metric the gateway exports.

@@ -38,6 +38,9 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
     };
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    // Set first on SIGTERM: health turns NOT_SERVING while the server still accepts, so load
+    // balancers move away before the listener closes.
+    let (draining_tx, draining_rx) = tokio::sync::watch::channel(false);
     let wait_shutdown = {
         let rx = shutdown_rx.clone();
         move || {
@@ -56,7 +59,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     {
         let gateway = gateway.clone();
-        let mut stop = shutdown_rx.clone();
+        let mut stop = draining_rx.clone();
         tokio::spawn(async move {
             let mut serving = None;
             loop {
@@ -102,15 +105,15 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
         .serve_with_incoming_shutdown(incoming, wait_shutdown());
     let server = tokio::spawn(server);
 
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     tracing::info!(grpc = %grpc_addr, metrics = %metrics::describe(metrics_addr), "hsmgate signer listening");
     println!(
         "READY grpc={grpc_addr} metrics={}",
         metrics::describe(metrics_addr)
     );
 
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     let mut drain = config.timeouts.drain();
     loop {
         tokio::select! {
@@ -121,7 +124,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
                             tracing::warn!("listen addresses changed: they apply at the next restart");
                         }
                         drain = new.timeouts.drain();
-                        gateway.reload(&new);
+                        gateway.reload(&new).await;
                         metrics.reload("applied");
                         tracing::info!(config = %config_path.display(), "configuration reloaded");
                     }
@@ -140,6 +143,8 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
         drain_ms = drain.as_millis() as u64,
         "draining in-flight requests"
     );
+    let _ = draining_tx.send(true);
+    tokio::time::sleep((drain / 10).min(Duration::from_millis(500))).await;
     let _ = shutdown_tx.send(true);
     match tokio::time::timeout(drain, server).await {
         Ok(Ok(Ok(()))) => tracing::info!("drained"),

@@ -65,13 +65,19 @@ impl SignerService {
         self.gateway.sign(&router, prepared, deadline).await
     }
 
+    /// The instant by which the answer must be sent. With a caller's `grpc-timeout`, a small
+    /// margin comes off: tonic's own timer started earlier and would otherwise cancel the call
+    /// (CANCELLED) before the gateway can answer DEADLINE_EXCEEDED.
     fn deadline<T>(&self, request: &Request<T>) -> Instant {
-        let limit = request
+        let timeout = request
             .metadata()
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
-            .and_then(parse_grpc_timeout)
-            .unwrap_or(self.gateway.router().limits.default_deadline);
+            .and_then(parse_grpc_timeout);
+        let limit = match timeout {
+            Some(t) => t.saturating_sub((t / 20).max(Duration::from_millis(2))),
+            None => self.gateway.router().limits.default_deadline,
+        };
         Instant::now() + limit
     }
 
@@ -195,7 +201,7 @@ impl Signer for SignerService {
         let router = self.gateway.router();
         let result = match router.keys.get(&name) {
             None => Err(Error::UnknownKey(format!("key: unknown key `{name}`"))),
-            Some(entry) => match router.reference.get(&entry.label) {
+            Some(entry) => match router.reference.get(&entry.reference_id()) {
                 Some(spki) => Ok((
                     GetPublicKeyResponse {
                         key: name,

@@ -4,9 +4,9 @@
 //! Everything here blocks and may hang on a dead network HSM, so it only ever runs on an HSM's
 //! supervisor thread or a connect thread, never on the async runtime.
 
-use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
@@ -26,31 +26,81 @@ use crate::error::{Error, ckr_name};
 static LOAD_LOCK: Mutex<()> = Mutex::new(());
 
 /// Loads and initialises a module with `OS_LOCKING_OK` (without it SoftHSM2 disables its own
-/// locking and concurrent sessions corrupt its heap).
+/// locking and concurrent sessions corrupt its heap), with the HSM's environment set while the
+/// module reads it.
 pub fn load_module(
     hsm: &str,
     path: &Path,
     env: &BTreeMap<String, String>,
 ) -> Result<Pkcs11, Error> {
-    let _guard = LOAD_LOCK
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    for (name, value) in env {
-        // SAFETY: set_var is unsound only when another thread reads the environment at the
-        // same time. The variables set here are read by PKCS#11 modules during loading, which
-        // LOAD_LOCK serialises; nothing else in the gateway reads them.
-        #[allow(unsafe_code)]
-        unsafe {
-            std::env::set_var(name, value)
-        };
-    }
-    let pkcs11 = Pkcs11::new(path).map_err(|e| Error::Hsm {
-        hsm: hsm.to_owned(),
-        detail: format!("cannot load PKCS#11 module {}: {e}", path.display()),
-    })?;
+    let pkcs11 = {
+        let _guard = LOAD_LOCK
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let saved: Vec<(&String, Option<std::ffi::OsString>)> =
+            env.keys().map(|k| (k, std::env::var_os(k))).collect();
+        for (name, value) in env {
+            // SAFETY: set_var is unsound only when another thread reads the environment at the
+            // same time. These variables are read by PKCS#11 modules while they are loaded
+            // (p11-kit's client at C_GetFunctionList), which LOAD_LOCK serialises; nothing
+            // else in the gateway reads them. Names and values were validated (no `=`, no NUL).
+            #[allow(unsafe_code)]
+            unsafe {
+                std::env::set_var(name, value)
+            };
+        }
+        let loaded = Pkcs11::new(path);
+        // Put the environment back, so one HSM's variables never leak into the next load.
+        for (name, old) in saved {
+            #[allow(unsafe_code)]
+            // SAFETY: as above.
+            unsafe {
+                match old {
+                    Some(v) => std::env::set_var(name, v),
+                    None => std::env::remove_var(name),
+                }
+            };
+        }
+        loaded.map_err(|e| Error::Hsm {
+            hsm: hsm.to_owned(),
+            detail: format!("cannot load PKCS#11 module {}: {e}", path.display()),
+        })?
+    };
+    // Outside LOAD_LOCK — C_Initialize of a network module can block on its server and must
+    // not hold up other modules — but serialised per module and environment: HSMs sharing a
+    // library initialise the same state, and two concurrent C_Initialize calls on it are not
+    // safe (SoftHSM2 crashed here when they raced).
+    reinitialize(hsm, &pkcs11, path, env)?;
+    Ok(pkcs11)
+}
+
+/// `C_Initialize` on a loaded module, under its (module, environment) lock.
+pub fn reinitialize(
+    hsm: &str,
+    pkcs11: &Pkcs11,
+    path: &Path,
+    env: &BTreeMap<String, String>,
+) -> Result<(), Error> {
+    let init_lock = {
+        let mut locks = INIT_LOCKS.lock().unwrap_or_else(|p| p.into_inner());
+        locks
+            .entry((path.to_owned(), env.clone()))
+            .or_insert_with(|| Arc::new(Mutex::new(())))
+            .clone()
+    };
+    let _init = init_lock.lock().unwrap_or_else(|p| p.into_inner());
+    initialize(hsm, pkcs11)
+}
+
+/// One lock per (module, environment): see `load_module`.
+type InitLocks = HashMap<(PathBuf, BTreeMap<String, String>), Arc<Mutex<()>>>;
+static INIT_LOCKS: LazyLock<Mutex<InitLocks>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// `C_Initialize` with `OS_LOCKING_OK`; "already initialised" (by another part of this
+/// process, or a shared context) is success.
+pub fn initialize(hsm: &str, pkcs11: &Pkcs11) -> Result<(), Error> {
     match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-        // Another part of this process initialised the same module: it is usable as is.
-        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(pkcs11),
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(()),
         Err(e) => Err(pkcs11_error(hsm, "C_Initialize", &e)),
     }
 }
@@ -134,10 +184,52 @@ pub fn find_key(
             )));
         }
     };
-    let public = find(ObjectClass::PUBLIC_KEY)?;
-    let public = *public
-        .first()
-        .ok_or_else(|| fail("no public key object with this label".into()))?;
+    // A key that wants a login before every signature (CKA_ALWAYS_AUTHENTICATE) would fail
+    // each C_Sign with CKR_USER_NOT_LOGGED_IN; refuse it here rather than at signing time.
+    let private_attrs = session
+        .get_attributes(
+            handle,
+            &[AttributeType::AlwaysAuthenticate, AttributeType::Id],
+        )
+        .map_err(|e| pkcs11_error(hsm, "C_GetAttributeValue", &e))?;
+    let mut id = None;
+    for a in private_attrs {
+        match a {
+            Attribute::AlwaysAuthenticate(true) => {
+                return Err(fail(
+                    "CKA_ALWAYS_AUTHENTICATE is set (a login per signature): not supported".into(),
+                ));
+            }
+            Attribute::Id(v) => id = Some(v),
+            _ => {}
+        }
+    }
+    // The public half is the object with the private key's CKA_ID (and label): a stray public
+    // object with the same label must not vouch for a different private key.
+    let mut template = vec![
+        Attribute::Class(ObjectClass::PUBLIC_KEY),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ];
+    if let Some(id) = id.filter(|v| !v.is_empty()) {
+        template.push(Attribute::Id(id));
+    }
+    let public = session
+        .find_objects(&template)
+        .map_err(|e| pkcs11_error(hsm, "C_FindObjects", &e))?;
+    let public = match public.as_slice() {
+        [one] => *one,
+        [] => {
+            return Err(fail(
+                "no public key object with this label and CKA_ID".into(),
+            ));
+        }
+        _ => {
+            return Err(fail(format!(
+                "{} public keys match this label and CKA_ID",
+                public.len()
+            )));
+        }
+    };
     let spki = match algorithm {
         KeyAlgorithm::EcdsaP256 | KeyAlgorithm::EcdsaP384 => {
             let attrs = session

@@ -6,8 +6,10 @@
 //! - [`Fault::Session`]: this session is broken; open a new one on the same HSM and try again.
 //! - [`Fault::Device`]: this HSM is unusable (gone, reset, hung, stale handles); take it out of
 //!   rotation, retry the request on another HSM, and reconnect it in the background.
-//! - [`Fault::Request`]: the request itself is wrong; another HSM would refuse it too, so the
-//!   caller gets the error.
+//! - [`Fault::Request`]: the HSM refused the operation (`CKR_DATA_LEN_RANGE`,
+//!   `CKR_MECHANISM_INVALID`, ...). Requests are checked before they reach an HSM, so this is
+//!   more likely the HSM's or its key's doing (a module that cannot carry a mechanism, a clone
+//!   with `CKA_SIGN` false): another HSM is tried, and the caller gets the error if all refuse.
 //! - [`Fault::Transient`]: the HSM failed without saying why (`CKR_GENERAL_ERROR`,
 //!   `CKR_FUNCTION_FAILED`, ...). The request is retried elsewhere, but one such error does not
 //!   take an HSM out: a poisoned request must not knock out every HSM in turn. Several in a row
@@ -31,12 +33,14 @@ pub const TRANSIENT_LIMIT: u32 = 5;
 pub fn classify_rv(rv: RvError) -> Fault {
     use RvError::*;
     match rv {
-        SessionHandleInvalid
-        | SessionClosed
-        | UserNotLoggedIn
-        | OperationActive
-        | OperationNotInitialized => Fault::Session,
-        DeviceError
+        SessionHandleInvalid | SessionClosed | OperationActive | OperationNotInitialized => {
+            Fault::Session
+        }
+        // Not logged in any more (token reset, or logged out when its last session closed):
+        // the reconnect logs in again. Keys that want a login per signature
+        // (CKA_ALWAYS_AUTHENTICATE) are refused when found, so they cannot cause this.
+        UserNotLoggedIn
+        | DeviceError
         | DeviceRemoved
         | DeviceMemory
         | TokenNotPresent

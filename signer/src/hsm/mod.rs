@@ -55,7 +55,12 @@ pub type JobResult = Result<Vec<Vec<u8>>, JobFailure>;
 pub enum JobFailure {
     /// This HSM could not do it (device fault, hang, left rotation): try another.
     Retry(String),
-    /// The HSM refused item `index` as malformed: no other HSM would accept it.
+    /// This HSM failed without saying why (`CKR_GENERAL_ERROR`, ...): try another, but if
+    /// every HSM fails this way the request itself is suspect.
+    Transient(String),
+    /// The HSM refused item `index` (e.g. `CKR_MECHANISM_INVALID`, `CKR_KEY_FUNCTION_NOT_PERMITTED`).
+    /// The gateway checked the request before, so this says more about the HSM or its key than
+    /// about the caller: another HSM is tried, and the caller hears of it only if all refuse.
     Refused { index: usize, code: String },
     /// The deadline passed while the job waited.
     Expired,
@@ -93,6 +98,12 @@ impl KeyReference {
         let map = self.spki.lock().unwrap_or_else(|p| p.into_inner());
         map.get(key).and_then(|s| s.get().cloned())
     }
+
+    /// Forgets keys that are no longer configured (after a reload).
+    pub fn retain(&self, ids: &std::collections::HashSet<String>) {
+        let mut map = self.spki.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|id, _| ids.contains(id));
+    }
 }
 
 /// A key this HSM is configured to hold.
@@ -101,6 +112,18 @@ pub struct WantedKey {
     pub name: Arc<str>,
     pub label: String,
     pub algorithm: hsm_config::KeyAlgorithm,
+}
+
+impl WantedKey {
+    /// Under which id its public key is remembered: a key's name, label and algorithm
+    /// together, so two names for one label, or a key redefined on reload, never mix.
+    pub fn reference_id(&self) -> String {
+        reference_id(&self.name, &self.label, self.algorithm)
+    }
+}
+
+pub fn reference_id(name: &str, label: &str, algorithm: hsm_config::KeyAlgorithm) -> String {
+    format!("{name}|{label}|{}", algorithm.as_str())
 }
 
 /// What a worker shares with the watchdog: when its current call started, and the reply of
@@ -148,11 +171,11 @@ pub struct Hsm {
     stopped: AtomicBool,
     /// Why it last left rotation or failed to rejoin, for logs and `ListKeys`.
     last_problem: Mutex<Option<String>>,
-    /// Keys found in the token in the current generation, for the dispatcher.
-    available_keys: RwLock<Vec<Arc<str>>>,
     pub(crate) metrics: HsmMetrics,
     supervisor: Mutex<Option<JoinHandle<()>>>,
     last_slot: Mutex<Option<cryptoki::slot::Slot>>,
+    /// Threads closing the sessions of departed generations.
+    closing: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// `Live` behind a type that is `Sync` (a `Session` is `Send` only; the anchor sits in a mutex).
@@ -193,11 +216,11 @@ impl Hsm {
             transient_in_a_row: AtomicU32::new(0),
             epoch: Instant::now(),
             stopped: AtomicBool::new(false),
-            last_problem: Mutex::new(Some("not connected yet".into())),
-            available_keys: RwLock::new(Vec::new()),
+            last_problem: Mutex::new(Some(NOT_CONNECTED_YET.into())),
             metrics,
             supervisor: Mutex::new(None),
             last_slot: Mutex::new(None),
+            closing: Mutex::new(Vec::new()),
         })
     }
 
@@ -218,6 +241,18 @@ impl Hsm {
     pub fn stop(&self) {
         self.stopped.store(true, Ordering::SeqCst);
         self.leave_rotation(None, "stopped");
+    }
+
+    /// Waits, at most until `deadline`, for this HSM's sessions to be closed after `stop`
+    /// (so that the process does not exit under a thread still inside the module).
+    pub fn wait_closed(&self, deadline: Instant) {
+        while Instant::now() < deadline {
+            let pending = lock(&self.closing).iter().any(|h| !h.is_finished());
+            if !pending {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     pub fn update_settings(&self, settings: HsmSettings) {
@@ -241,6 +276,15 @@ impl Hsm {
         live.as_ref().map(|l| l.0.in_flight.load(Ordering::Relaxed))
     }
 
+    /// The HSM's load if it is in rotation and holds this key (one lock, for the dispatcher).
+    pub fn load_if_holding(&self, key: &str) -> Option<usize> {
+        let live = self.live.read().ok()?;
+        let live = &live.as_ref()?.0;
+        live.keys
+            .contains_key(key)
+            .then(|| live.in_flight.load(Ordering::Relaxed))
+    }
+
     /// Whether the HSM is in rotation and holds this key.
     pub fn can_sign(&self, key: &str) -> bool {
         match self.live.read() {
@@ -249,8 +293,9 @@ impl Hsm {
         }
     }
 
-    pub fn last_problem(&self) -> Option<String> {
-        lock(&self.last_problem).clone()
+    /// Whether it is in rotation or has at least tried to connect once.
+    pub fn has_tried(&self) -> bool {
+        self.in_rotation() || lock(&self.last_problem).as_deref() != Some(NOT_CONNECTED_YET)
     }
 
     /// Queues a job. Never blocks: the queue is unbounded, admission is the dispatcher's job
@@ -299,8 +344,12 @@ impl Hsm {
             return;
         };
         *lock(&self.last_problem) = Some(reason.to_owned());
-        self.metrics.set_up(false);
-        self.metrics.rotation_exits.inc();
+        // A stopped HSM (removed or replaced by a reload) shares its metric series with its
+        // replacement: leave them to it.
+        if !self.stopped.load(Ordering::SeqCst) {
+            self.metrics.set_up(false);
+            self.metrics.rotation_exits.inc();
+        }
         tracing::warn!(hsm = %self.name, generation = live.generation, "out of rotation: {reason}");
         let why = format!("HSM {} left rotation: {reason}", self.name);
         for slot in &live.workers {
@@ -318,8 +367,15 @@ impl Hsm {
         let dropper = std::thread::Builder::new()
             .name(format!("{}-close", self.name))
             .spawn(move || drop(live));
-        if let Err(e) = dropper {
-            tracing::error!(hsm = %self.name, "cannot start a thread to close sessions: {e}");
+        match dropper {
+            Ok(handle) => {
+                let mut closing = lock(&self.closing);
+                closing.retain(|h| !h.is_finished());
+                closing.push(handle);
+            }
+            Err(e) => {
+                tracing::error!(hsm = %self.name, "cannot start a thread to close sessions: {e}")
+            }
         }
     }
 
@@ -354,14 +410,6 @@ impl Hsm {
         self.exclusive_context == exclusive
     }
 
-    /// Keys this HSM can sign with now.
-    pub fn available_keys(&self) -> Vec<Arc<str>> {
-        self.available_keys
-            .read()
-            .map(|k| k.clone())
-            .unwrap_or_default()
-    }
-
     /// Connects: module, token, login, keys, sessions, workers. Runs on a connect thread.
     fn connect(self: &Arc<Self>, fresh_context: bool) -> Result<(), Error> {
         let name = &*self.name;
@@ -374,7 +422,16 @@ impl Hsm {
                 *ctx = None;
             }
             match ctx.as_ref() {
-                Some(p) => p.clone(),
+                Some(p) => {
+                    if fresh_context {
+                        // A shared context cannot be finalised under the other HSMs' feet, but
+                        // a module that was reset (CKR_CRYPTOKI_NOT_INITIALIZED) needs
+                        // C_Initialize again; on a live module this is a no-op.
+                        let module = self.definition.module_path(&self.base_dir);
+                        connect::reinitialize(name, p, &module, &self.definition.module_env)?;
+                    }
+                    p.clone()
+                }
                 None => {
                     let module = self.definition.module_path(&self.base_dir);
                     let p = connect::load_module(name, &module, &self.definition.module_env)?;
@@ -409,7 +466,7 @@ impl Hsm {
         for wanted in &self.wanted {
             match connect::find_key(name, &anchor, &wanted.label, wanted.algorithm) {
                 Ok(found) => {
-                    let reference = self.reference.slot(&wanted.label);
+                    let reference = self.reference.slot(&wanted.reference_id());
                     let expected = reference.get_or_init(|| found.spki.clone());
                     if *expected == found.spki {
                         keys.insert(wanted.name.clone(), found.handle);
@@ -454,7 +511,6 @@ impl Hsm {
                 .name(format!("{}-w{i}", self.name))
                 .spawn(move || worker::run(ctx, session))?;
         }
-        let available: Vec<Arc<str>> = keys.keys().cloned().collect();
         {
             let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
             if self.stopped.load(Ordering::SeqCst) {
@@ -470,10 +526,6 @@ impl Hsm {
                 _anchor: Mutex::new(anchor),
             }));
         }
-        *self
-            .available_keys
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = available;
         *lock(&self.last_problem) = None;
         self.transient_in_a_row.store(0, Ordering::Relaxed);
         self.metrics.set_up(true);
@@ -516,6 +568,14 @@ impl Hsm {
 
 const HUNG_RECONNECT: &str = "reconnect attempt hung";
 
+/// How long an HSM whose PIN was refused waits before logging in again.
+const PIN_RETRY: Duration = Duration::from_secs(300);
+
+fn pin_refused(e: &Error) -> bool {
+    matches!(e, Error::Pkcs11 { function, code, .. } if function == "C_Login" && code.starts_with("CKR_PIN_"))
+}
+const NOT_CONNECTED_YET: &str = "not connected yet";
+
 /// The supervisor thread: watchdog every few milliseconds, reconnection when out of rotation.
 fn supervise(weak: Weak<Hsm>) {
     let mut connecting: Option<(JoinHandle<Result<(), Error>>, Instant)> = None;
@@ -532,15 +592,23 @@ fn supervise(weak: Weak<Hsm>) {
         // A connect attempt in progress: collect it when done; give up waiting if it hangs.
         if let Some((handle, started)) = connecting.take() {
             if handle.is_finished() {
+                let mut wait = settings.probe_interval;
                 match handle.join() {
                     Ok(Ok(())) => attempts = 0,
                     Ok(Err(e)) => {
-                        tracing::warn!(hsm = %hsm.name, "reconnect failed: {e}");
+                        if pin_refused(&e) {
+                            // Every further login with a wrong PIN brings a Luna partition
+                            // closer to lockout: a locked partition is worse than a down HSM.
+                            wait = PIN_RETRY;
+                            tracing::error!(hsm = %hsm.name, "{e}: not trying again for {} s; fix the PIN source and reload", PIN_RETRY.as_secs());
+                        } else {
+                            tracing::warn!(hsm = %hsm.name, "reconnect failed: {e}");
+                        }
                         *lock(&hsm.last_problem) = Some(e.to_string());
                     }
                     Err(_) => tracing::error!(hsm = %hsm.name, "connect thread panicked"),
                 }
-                next_attempt = Instant::now() + settings.probe_interval;
+                next_attempt = Instant::now() + wait;
             } else if started.elapsed() > settings.call_timeout * 10 {
                 // Leave it: a PKCS#11 call cannot be cancelled. No new attempt until it returns,
                 // so a hung module does not collect a thread per probe. (Known case: cryptoki's

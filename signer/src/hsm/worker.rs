@@ -38,28 +38,37 @@ pub(super) fn run(ctx: WorkerContext, mut session: Session) {
     // The queue closes when the HSM leaves rotation; then the thread ends.
     while let Ok(job) = ctx.rx.recv() {
         let n = job.items.len();
-        if ctx.hsm.generation.load(Ordering::SeqCst) != ctx.generation {
-            ctx.in_flight.fetch_sub(n, Ordering::Relaxed);
-            let _ = job.reply.send(Err(JobFailure::Retry(format!(
-                "HSM {} left rotation",
-                ctx.hsm.name
-            ))));
-            continue;
-        }
-        if Instant::now() >= job.deadline {
-            ctx.in_flight.fetch_sub(n, Ordering::Relaxed);
-            let _ = job.reply.send(Err(JobFailure::Expired));
-            continue;
-        }
         let Job {
             key,
             operation,
             items,
             reply,
-            ..
+            deadline,
         } = job;
-        // Park the reply where the watchdog can answer it if a call hangs.
+        // Nobody waits for it any more (cancelled RPC, or a sibling chunk failed): skip it.
+        if reply.is_closed() {
+            ctx.in_flight.fetch_sub(n, Ordering::Relaxed);
+            continue;
+        }
+        if Instant::now() >= deadline {
+            ctx.in_flight.fetch_sub(n, Ordering::Relaxed);
+            let _ = reply.send(Err(JobFailure::Expired));
+            continue;
+        }
+        // Park the reply where the watchdog can answer it if a call hangs, THEN check the
+        // generation: `leave_rotation` bumps the generation before it empties the slots, so
+        // either it finds this reply or this check sees the new generation.
         *lock(&ctx.me.reply) = Some(reply);
+        if ctx.hsm.generation.load(Ordering::SeqCst) != ctx.generation {
+            ctx.in_flight.fetch_sub(n, Ordering::Relaxed);
+            if let Some(reply) = lock(&ctx.me.reply).take() {
+                let _ = reply.send(Err(JobFailure::Retry(format!(
+                    "HSM {} left rotation",
+                    ctx.hsm.name
+                ))));
+            }
+            continue;
+        }
         let started = Instant::now();
         let (result, after) = sign_all(&ctx, &mut session, &key, operation, &items);
         ctx.in_flight.fetch_sub(n, Ordering::Relaxed);
@@ -115,7 +124,7 @@ fn sign_all(
                         ctx.hsm.metrics.error("MALFORMED_SIGNATURE");
                         let code = format!("malformed signature from the HSM: {why}");
                         ctx.hsm.note_transient(ctx.generation, &code);
-                        return (Err(JobFailure::Retry(code)), After::Continue);
+                        return (Err(JobFailure::Transient(code)), After::Continue);
                     }
                 },
                 Err(e) => e,
@@ -126,13 +135,19 @@ fn sign_all(
                 Fault::Session if !reopened => {
                     // A broken session: replace it and try this item once more.
                     reopened = true;
+                    // Watched like a signature: opening and closing sessions can hang too.
+                    ctx.me
+                        .busy_since_ms
+                        .store(ctx.hsm.now_ms(), Ordering::Relaxed);
                     match ctx.pkcs11.open_ro_session(ctx.slot) {
                         Ok(fresh) => {
                             tracing::info!(hsm = %ctx.hsm.name, "session replaced after {code}");
-                            *session = fresh;
+                            *session = fresh; // closes the broken one, still watched
+                            ctx.me.busy_since_ms.store(0, Ordering::Relaxed);
                             continue;
                         }
                         Err(e2) => {
+                            ctx.me.busy_since_ms.store(0, Ordering::Relaxed);
                             let (_, code2) = classify(&e2);
                             let reason = format!("{code}, then C_OpenSession: {code2}");
                             return (
@@ -155,7 +170,7 @@ fn sign_all(
                 Fault::Transient => {
                     ctx.hsm.note_transient(ctx.generation, &code);
                     return (
-                        Err(JobFailure::Retry(format!("C_Sign: {code}"))),
+                        Err(JobFailure::Transient(format!("C_Sign: {code}"))),
                         After::Continue,
                     );
                 }
