@@ -117,7 +117,10 @@ impl Config {
         };
         let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
         let mut config: Config = toml::from_str(&text).map_err(|e| fail(e.to_string()))?;
-        config.base_dir = path.parent().map(Path::to_owned).unwrap_or_else(|| PathBuf::from("."));
+        config.base_dir = path
+            .parent()
+            .map(Path::to_owned)
+            .unwrap_or_else(|| PathBuf::from("."));
         let errors = config.validate();
         if errors.is_empty() {
             Ok(config)
@@ -157,7 +160,9 @@ impl Config {
         }
         for (i, issuer) in self.issuers.iter().enumerate() {
             if issuer.name.is_empty() || issuer.name.contains(':') {
-                errors.push(format!("issuers[{i}].name: must be non-empty and contain no `:`"));
+                errors.push(format!(
+                    "issuers[{i}].name: must be non-empty and contain no `:`"
+                ));
             }
         }
         if self.responder.max_request_bytes < 64 {

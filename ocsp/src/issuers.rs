@@ -66,7 +66,11 @@ impl Issuer {
         let parsed = Certificate::from_pem(cert)
             .or_else(|_| Certificate::from_der(cert))
             .map_err(|e| fail(format!("not a PEM or DER certificate: {e}")))?;
-        let subject = parsed.tbs_certificate.subject.to_der().map_err(|e| fail(e.to_string()))?;
+        let subject = parsed
+            .tbs_certificate
+            .subject
+            .to_der()
+            .map_err(|e| fail(e.to_string()))?;
         let key = parsed
             .tbs_certificate
             .subject_public_key_info

@@ -1,1 +1,238 @@
-//! (being written by the responder work)
+//! Prometheus metrics (`prometheus-client`) for the responder, and the `/metrics` server.
+//!
+//! One [`Registry`] per process: [`Metrics::register`] adds the responder's metrics to it, and
+//! other parts of the service (the pre-signer) add theirs to the same `&mut Registry` before
+//! it is frozen in an `Arc` and handed to [`serve`].
+//!
+//! What an operator can read from here:
+//! - `ocsp_responses_total{status, source}`: answers by OCSP outcome (`good`, `revoked`,
+//!   `unauthorized`, `malformed`, `try_later`) and where a signed answer came from (`cache`,
+//!   `store`, `replica`; `none` for refusals);
+//! - `ocsp_cache_requests_total{result}`: `hit`, `miss`, `revalidated` (an entry older than
+//!   `cache_fresh_secs`, re-read from the store) and `stale` (served from cache because the
+//!   store failed). Hit ratio = hit / (hit + miss + revalidated + stale);
+//! - `ocsp_response_age_seconds` (now − thisUpdate) and `ocsp_response_time_to_expiry_seconds`
+//!   (nextUpdate − now) at serving time: alert when the latter's low buckets fill, long before
+//!   `ocsp_expired_total` (stored responses withheld because they reached nextUpdate) moves;
+//! - `ocsp_store_latency_seconds{store, outcome}`, `ocsp_store_errors_total{store}`;
+//! - `ocsp_degraded` (1 while the durable store is failing and answers come from the cache or
+//!   the replica) and `ocsp_degraded_since_seconds` (Unix time, 0 when healthy);
+//! - `ocsp_replica_writes_total{outcome}`: copies of primary hits into the local replica.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResponseLabels {
+    pub status: &'static str,
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabels {
+    pub store: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreNameLabels {
+    pub store: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn store_latency_histogram() -> Histogram {
+    // 50 µs .. ~1.6 s: an in-process SQLite read is tens of µs, a Redis round trip ~100 µs.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+/// Hour marks for the age and time-to-expiry histograms. Responses live 8 h to 10 days
+/// (BR §4.9.9) and are re-signed after half their validity by default, so the interesting
+/// boundaries are the first hours (about to expire) and the days around the refresh point.
+fn validity_histogram() -> Histogram {
+    const HOURS: [f64; 15] = [
+        1.0, 2.0, 4.0, 8.0, 12.0, 24.0, 36.0, 48.0, 60.0, 72.0, 84.0, 96.0, 120.0, 168.0, 240.0,
+    ];
+    Histogram::new(HOURS.iter().map(|h| h * 3600.0))
+}
+
+/// The responder's metric handles. Cheap to share: every handle is an `Arc` inside.
+#[derive(Debug)]
+pub struct Metrics {
+    responses: Family<ResponseLabels, Counter>,
+    cache: Family<ResultLabels, Counter>,
+    response_age: Histogram,
+    time_to_expiry: Histogram,
+    expired: Counter,
+    store_latency: HistogramFamily<StoreLabels>,
+    store_errors: Family<StoreNameLabels, Counter>,
+    replica_writes: Family<OutcomeLabels, Counter>,
+    pub(crate) degraded: Gauge,
+    pub(crate) degraded_since: Gauge,
+}
+
+impl Metrics {
+    /// Registers the responder's metrics in `registry` and returns their handles.
+    pub fn register(registry: &mut Registry) -> Arc<Self> {
+        let m = Self {
+            responses: Family::default(),
+            cache: Family::default(),
+            response_age: validity_histogram(),
+            time_to_expiry: validity_histogram(),
+            expired: Counter::default(),
+            store_latency: Family::new_with_constructor(store_latency_histogram),
+            store_errors: Family::default(),
+            replica_writes: Family::default(),
+            degraded: Gauge::default(),
+            degraded_since: Gauge::default(),
+        };
+        registry.register(
+            "ocsp_responses",
+            "OCSP answers sent, by status and by where the signed response came from",
+            m.responses.clone(),
+        );
+        registry.register(
+            "ocsp_cache_requests",
+            "In-memory cache lookups: hit, miss, revalidated (re-read from the store), stale (served while the store failed)",
+            m.cache.clone(),
+        );
+        registry.register(
+            "ocsp_response_age_seconds",
+            "Seconds since thisUpdate of the responses served",
+            m.response_age.clone(),
+        );
+        registry.register(
+            "ocsp_response_time_to_expiry_seconds",
+            "Seconds until nextUpdate of the responses served; low values mean the pre-signer is behind",
+            m.time_to_expiry.clone(),
+        );
+        registry.register(
+            "ocsp_expired",
+            "Stored responses withheld because they had reached nextUpdate (answered unauthorized)",
+            m.expired.clone(),
+        );
+        registry.register(
+            "ocsp_store_latency_seconds",
+            "Latency of store reads on the serving path",
+            m.store_latency.clone(),
+        );
+        registry.register(
+            "ocsp_store_errors",
+            "Store reads on the serving path that failed or timed out",
+            m.store_errors.clone(),
+        );
+        registry.register(
+            "ocsp_replica_writes",
+            "Copies of primary-store hits into the local replica: stored, kept (replica already newer), error, dropped (queue full)",
+            m.replica_writes.clone(),
+        );
+        registry.register(
+            "ocsp_degraded",
+            "1 while the durable store fails and answers come from the cache or the replica",
+            m.degraded.clone(),
+        );
+        registry.register(
+            "ocsp_degraded_since_seconds",
+            "Unix time the current degraded period began; 0 when healthy",
+            m.degraded_since.clone(),
+        );
+        Arc::new(m)
+    }
+
+    /// Handles registered nowhere, for tests and tools that export no metrics.
+    pub fn unregistered() -> Arc<Self> {
+        Self::register(&mut Registry::default())
+    }
+
+    pub fn response(&self, status: &'static str, source: &'static str) {
+        self.responses
+            .get_or_create(&ResponseLabels { status, source })
+            .inc();
+    }
+
+    /// A signed response served: its age and remaining validity, in seconds.
+    pub fn served(&self, age: i64, time_to_expiry: i64) {
+        self.response_age.observe(age.max(0) as f64);
+        self.time_to_expiry.observe(time_to_expiry.max(0) as f64);
+    }
+
+    pub fn expired(&self) {
+        self.expired.inc();
+    }
+
+    pub fn cache(&self, result: &'static str) {
+        self.cache.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn store_read(&self, store: &'static str, ok: bool, elapsed: Duration) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.store_latency
+            .get_or_create(&StoreLabels { store, outcome })
+            .observe(elapsed.as_secs_f64());
+        if !ok {
+            self.store_errors
+                .get_or_create(&StoreNameLabels { store })
+                .inc();
+        }
+    }
+
+    pub fn replica_write(&self, outcome: &'static str) {
+        self.replica_writes
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+}
+
+/// The registry in the Prometheus text format.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, registry) {
+        tracing::error!("metrics encoding failed: {e}");
+    }
+    out
+}
+
+/// Serves `GET /metrics` from `registry` until `shutdown` resolves. Kept on its own listener
+/// so operators can firewall it away from the public OCSP port.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    registry: Arc<Registry>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::routing::get;
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let registry = registry.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    encode(&registry),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

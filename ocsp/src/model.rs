@@ -19,7 +19,11 @@ impl Serial {
 
     pub fn from_hex(hex_str: &str) -> Option<Self> {
         let clean: String = hex_str.chars().filter(|c| *c != ':').collect();
-        let clean = if clean.len() % 2 == 1 { format!("0{clean}") } else { clean };
+        let clean = if clean.len() % 2 == 1 {
+            format!("0{clean}")
+        } else {
+            clean
+        };
         hex::decode(clean).ok().map(|b| Self::from_be_bytes(&b))
     }
 
@@ -29,7 +33,11 @@ impl Serial {
 
     /// Lower-case hex, no separators; "00" for zero.
     pub fn to_hex(&self) -> String {
-        if self.0.is_empty() { "00".into() } else { hex::encode(&self.0) }
+        if self.0.is_empty() {
+            "00".into()
+        } else {
+            hex::encode(&self.0)
+        }
     }
 }
 
@@ -53,7 +61,10 @@ pub type ReasonCode = u8;
 pub enum CertStatus {
     Good,
     /// Revoked at `at` (Unix seconds, UTC), with an optional CRLReason.
-    Revoked { at: i64, reason: Option<ReasonCode> },
+    Revoked {
+        at: i64,
+        reason: Option<ReasonCode>,
+    },
 }
 
 impl CertStatus {
@@ -107,20 +118,65 @@ mod tests {
 
     #[test]
     fn a_revocation_is_never_replaced_by_good() {
-        let revoked = resp(CertStatus::Revoked { at: 100, reason: Some(1) }, 100);
+        let revoked = resp(
+            CertStatus::Revoked {
+                at: 100,
+                reason: Some(1),
+            },
+            100,
+        );
         assert!(!may_replace(&revoked, &resp(CertStatus::Good, 1_000)));
-        assert!(!may_replace(&revoked, &resp(CertStatus::Revoked { at: 200, reason: Some(1) }, 300)));
-        assert!(may_replace(&revoked, &resp(CertStatus::Revoked { at: 100, reason: Some(1) }, 300)));
-        assert!(!may_replace(&revoked, &resp(CertStatus::Revoked { at: 100, reason: Some(1) }, 50)));
+        assert!(!may_replace(
+            &revoked,
+            &resp(
+                CertStatus::Revoked {
+                    at: 200,
+                    reason: Some(1)
+                },
+                300
+            )
+        ));
+        assert!(may_replace(
+            &revoked,
+            &resp(
+                CertStatus::Revoked {
+                    at: 100,
+                    reason: Some(1)
+                },
+                300
+            )
+        ));
+        assert!(!may_replace(
+            &revoked,
+            &resp(
+                CertStatus::Revoked {
+                    at: 100,
+                    reason: Some(1)
+                },
+                50
+            )
+        ));
         assert!(may_replace(&resp(CertStatus::Good, 500), &revoked));
-        assert!(!may_replace(&resp(CertStatus::Good, 500), &resp(CertStatus::Good, 400)));
+        assert!(!may_replace(
+            &resp(CertStatus::Good, 500),
+            &resp(CertStatus::Good, 400)
+        ));
     }
 
     #[test]
     fn serials_are_canonical() {
-        assert_eq!(Serial::from_be_bytes(&[0, 0, 0x12]), Serial::from_be_bytes(&[0x12]));
-        assert_eq!(Serial::from_hex("0a:bc").map(|s| s.to_hex()), Some("0abc".into()));
-        assert_eq!(Serial::from_hex("abc").map(|s| s.to_hex()), Some("0abc".into()));
+        assert_eq!(
+            Serial::from_be_bytes(&[0, 0, 0x12]),
+            Serial::from_be_bytes(&[0x12])
+        );
+        assert_eq!(
+            Serial::from_hex("0a:bc").map(|s| s.to_hex()),
+            Some("0abc".into())
+        );
+        assert_eq!(
+            Serial::from_hex("abc").map(|s| s.to_hex()),
+            Some("0abc".into())
+        );
         assert_eq!(Serial::from_be_bytes(&[0]).to_hex(), "00");
     }
 }

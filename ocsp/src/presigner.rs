@@ -1,1 +1,1013 @@
-//! (being written by the pre-signer work)
+//! The pre-signer: keeps a signed, unexpired response for every certificate in the worklist,
+//! and publishes status changes (issuance, revocation) before they are acknowledged.
+//!
+//! ```text
+//!  import file / ACME frontend ──▶ worklist (SQLite `certificates`, monotonic upsert)
+//!                                     │ due(now): revocations, never published, oldest
+//!                                     ▼
+//!                        sign_responses ──SignBatch──▶ gateway
+//!                                     │
+//!                                     ▼ put (monotonic: may_replace) ──▶ SQLite | Redis
+//!                               mark_published (only if the status is still current)
+//! ```
+//!
+//! # Validity (CA/Browser Forum BR §4.9.9)
+//! thisUpdate = now − backdate (whole seconds; see [`Presigner::with_backdate`]), nextUpdate =
+//! thisUpdate + `validity_hours`. A response is due again once thisUpdate is
+//! `refresh_after_hours` old. The configuration is checked against the BR bounds when it is
+//! loaded ([`crate::config::Config::validate`]).
+//!
+//! # Publishing is monotonic
+//! Three layers keep a revoked certificate from ever being served as good, whatever the order in
+//! which a refresh and a revocation run: the worklist never moves a revoked certificate back to
+//! good; `put` refuses to replace a revocation (inside the store, atomically); and
+//! `mark_published` only records a publication whose status is still the current one, so a
+//! refresh that signed `good` just before a revocation cannot mark the revocation done.
+//! [`Presigner::publish`] returns only once the response is durable in the response store.
+//!
+//! # Spreading the work
+//! See [`max_per_tick`]: the refresh loop signs a bounded number of routine refreshes per tick,
+//! so a day's refresh does not arrive as one spike; revocations and never-published
+//! certificates are not counted against that bound.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::future::try_join_all;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+use der07::Decode;
+use spki07::SubjectPublicKeyInfoOwned;
+use x509_cert_02::Certificate;
+
+use crate::config::{self, Config};
+use crate::error::Error;
+use crate::issuers::Issuers;
+use crate::model::{CertStatus, IssuerName, Serial, StoredResponse};
+use crate::response::{self, GatewaySigner, TbsSigner};
+use crate::store::ResponseStore;
+use crate::store::redis::RedisStore;
+use crate::store::sqlite::{Backlog, SqliteStore};
+
+/// Largest backdate of thisUpdate: enough for clients whose clocks run an hour behind.
+pub const MAX_BACKDATE: Duration = Duration::from_secs(3600);
+
+/// Gateway batches signed per chunk of a refresh: the chunk is signed (as `batch`-sized
+/// `SignBatch` calls, several in flight) while the previous chunk is being stored.
+const BATCHES_PER_CHUNK: usize = 8;
+
+/// Chunks fetched from the worklist per `due` query.
+const CHUNKS_PER_WINDOW: usize = 8;
+
+/// Concurrent `put`s into a store without a batch write (Redis: one round trip each).
+const PUT_CONCURRENCY: usize = 64;
+
+/// Where signed responses go.
+#[derive(Clone, Debug)]
+pub enum Responses {
+    /// The worklist's own SQLite file: each chunk of responses is one transaction
+    /// (`put_many`), as one fsync per response would cap the pre-signer near 1,000/s.
+    Embedded,
+    /// Another store (Redis): one atomic `put` per response, [`PUT_CONCURRENCY`] at a time.
+    Other(Arc<dyn ResponseStore>),
+}
+
+/// The pre-signer's metrics; register them with [`PresignerMetrics::register`] into the
+/// registry the responder serves.
+#[derive(Clone, Debug, Default)]
+pub struct PresignerMetrics {
+    signed: Counter,
+    refused: Counter,
+    errors: Family<ErrorLabels, Counter>,
+    backlog: Gauge,
+    revocations_pending: Gauge,
+    certificates: Gauge,
+    oldest_this_update: Gauge,
+    last_success: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    kind: &'static str,
+}
+
+impl PresignerMetrics {
+    /// Registers every metric under `hsmgate_ocsp_presigner_`.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("hsmgate_ocsp_presigner");
+        r.register(
+            "responses_signed",
+            "Responses signed (rate: signatures per second through the gateway)",
+            self.signed.clone(),
+        );
+        r.register(
+            "responses_refused",
+            "Signed responses the store refused because the stored one must win (a revocation, or a newer response)",
+            self.refused.clone(),
+        );
+        r.register("errors", "Pre-signer errors by kind", self.errors.clone());
+        r.register(
+            "backlog",
+            "Certificates due for (re-)signing at the last refresh tick, after it ran",
+            self.backlog.clone(),
+        );
+        r.register(
+            "revocations_pending",
+            "Revocations recorded but not yet published, at the last refresh tick",
+            self.revocations_pending.clone(),
+        );
+        r.register(
+            "certificates",
+            "Certificates in the worklist",
+            self.certificates.clone(),
+        );
+        r.register(
+            "oldest_this_update_seconds",
+            "thisUpdate (Unix time) of the stalest published response: alert well before it is validity_hours old",
+            self.oldest_this_update.clone(),
+        );
+        r.register(
+            "last_success_seconds",
+            "Unix time of the last refresh tick that completed without error",
+            self.last_success.clone(),
+        );
+    }
+
+    /// Counts `error` under its kind.
+    pub fn error(&self, error: &Error) {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                kind: error_kind(error),
+            })
+            .inc();
+    }
+
+    fn backlog(&self, b: &Backlog) {
+        self.revocations_pending.set(as_i64(b.revocations_pending));
+        self.certificates.set(as_i64(b.certificates));
+        if let Some(t) = b.oldest_this_update {
+            self.oldest_this_update.set(t);
+        }
+    }
+}
+
+fn as_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A short, stable label for an error (the metric's `kind`).
+pub fn error_kind(error: &Error) -> &'static str {
+    #[allow(unreachable_patterns)] // `Error` is non_exhaustive: new variants count as "other"
+    match error {
+        Error::Gateway { code, .. } => match code {
+            tonic::Code::Unavailable => "gateway_unavailable",
+            tonic::Code::DeadlineExceeded => "gateway_deadline_exceeded",
+            tonic::Code::ResourceExhausted => "gateway_resource_exhausted",
+            tonic::Code::NotFound => "gateway_unknown_key",
+            tonic::Code::InvalidArgument => "gateway_invalid_argument",
+            _ => "gateway_other",
+        },
+        Error::Store { .. } => "store",
+        Error::Corrupt { .. } => "corrupt",
+        Error::Encoding { .. } => "encoding",
+        Error::Config { .. } => "config",
+        Error::Import { .. } => "import",
+        Error::UnknownIssuer(_) => "unknown_issuer",
+        Error::Io(_) => "io",
+        _ => "other",
+    }
+}
+
+/// Most routine refreshes signed per tick of the refresh loop, given `certificates` in the
+/// worklist (revocations and never-published certificates come on top).
+///
+/// ```text
+/// D      = the BR §4.9.9 deadline, as an age: min(validity − 8 h, 96 h) for validity ≥ 16 h,
+///          validity / 2 below (then "prior to one-half of the validity period")
+/// slack  = D − refresh_after        (how long a due response may wait)
+/// window = min(refresh_after, slack / 2)
+/// max_per_tick = max(batch, ceil(certificates × interval / window))
+/// ```
+///
+/// In steady state each certificate needs one signature per `refresh_after`, so the rate is
+/// `certificates / refresh_after`; the bound allows `certificates / window` ≥ that, so the loop
+/// keeps up. When every response fell due at once (a mass import signed in one go, two days
+/// later), the bound spreads the re-signing over `window` instead of one spike, and since
+/// `window ≤ slack / 2` it still finishes with half the slack left for a gateway outage, and
+/// the responses signed in that window then fall due spread out too. With the defaults (96 h,
+/// 48 h, 60 s) and 1,000,000 certificates: window = 20 h, 834 per tick (~14/s). If the
+/// slack is shorter than one tick, there is nothing to spread: no bound.
+pub fn max_per_tick(certificates: u64, config: &config::Presigner) -> usize {
+    const HOUR: u64 = 3600;
+    let validity = config.validity_hours * HOUR;
+    let refresh = config.refresh_after_hours * HOUR;
+    let deadline = if config.validity_hours >= 16 {
+        (validity - 8 * HOUR).min(96 * HOUR)
+    } else {
+        validity / 2
+    };
+    let window = refresh.min(deadline.saturating_sub(refresh) / 2);
+    let interval = config.interval_secs.max(1);
+    if window < interval {
+        return usize::MAX;
+    }
+    let per_tick = (u128::from(certificates) * u128::from(interval)).div_ceil(u128::from(window));
+    usize::try_from(per_tick)
+        .unwrap_or(usize::MAX)
+        .max(config.batch)
+}
+
+/// What happened to one signed response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored and marked published.
+    Published(StoredResponse),
+    /// The store kept what it had: a revocation (refusing a stale `good`), or a newer response
+    /// of the same status (then `stored` is that one, and it counts as published).
+    Refused {
+        signed: StoredResponse,
+        stored: Option<StoredResponse>,
+    },
+}
+
+impl Outcome {
+    /// The durable response for the status that was signed, if there is one.
+    pub fn durable(&self) -> Option<&StoredResponse> {
+        match self {
+            Outcome::Published(r) => Some(r),
+            Outcome::Refused {
+                signed,
+                stored: Some(s),
+            } if s.status == signed.status => Some(s),
+            Outcome::Refused { .. } => None,
+        }
+    }
+}
+
+/// Counts of an [`Presigner::import`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ImportReport {
+    /// Certificates listed (distinct).
+    pub certificates: usize,
+    /// Worklist rows that changed (new certificates and new revocations).
+    pub changed: u64,
+}
+
+/// The pre-signer. Cheap to clone: clones share the stores, the gateway channel and the metrics.
+#[derive(Clone, Debug)]
+pub struct Presigner {
+    store: Arc<SqliteStore>,
+    responses: Responses,
+    issuers: Issuers,
+    signer: Arc<dyn TbsSigner>,
+    config: config::Presigner,
+    metrics: PresignerMetrics,
+    backdate_secs: i64,
+}
+
+impl Presigner {
+    /// `store` holds the worklist (and, with [`Responses::Embedded`], the responses).
+    /// thisUpdate is backdated by [`MAX_BACKDATE`]; see [`Self::with_backdate`].
+    pub fn new(
+        store: Arc<SqliteStore>,
+        responses: Responses,
+        issuers: Issuers,
+        signer: Arc<dyn TbsSigner>,
+        config: config::Presigner,
+        metrics: PresignerMetrics,
+    ) -> Self {
+        let presigner = Self {
+            store,
+            responses,
+            issuers,
+            signer,
+            config,
+            metrics,
+            backdate_secs: 0,
+        };
+        presigner.with_backdate(MAX_BACKDATE)
+    }
+
+    /// Backdates thisUpdate by `backdate` (at most [`MAX_BACKDATE`], and less than half of
+    /// `refresh_after` so a response is never due again the moment it is signed). Clients reject
+    /// a response whose thisUpdate is in their future; RFC 5019 §4 notes that responders and
+    /// clients' clocks drift. The cost is that much less useful life per response.
+    pub fn with_backdate(mut self, backdate: Duration) -> Self {
+        let cap = MAX_BACKDATE
+            .as_secs()
+            .min(self.config.refresh_after_hours * 3600 / 2);
+        self.backdate_secs = as_i64(backdate.as_secs().min(cap));
+        self
+    }
+
+    /// The stores, issuers and gateway of `config`. Does not contact the gateway or Redis.
+    /// Embedded store: the worklist and the responses share the SQLite file. Redis: responses
+    /// go to Redis, the worklist lives in the `replica` SQLite file.
+    pub async fn from_config(config: &Config, metrics: PresignerMetrics) -> Result<Self, Error> {
+        let issuers = Issuers::load(config)?;
+        let signer =
+            GatewaySigner::connect_lazy(&config.presigner.gateway, config.presigner.batch)?;
+        let (path, responses) = match &config.store {
+            config::Store::Sqlite { path } => (config.resolve(path), Responses::Embedded),
+            config::Store::Redis {
+                urls,
+                cluster,
+                replica,
+            } => {
+                let redis: Arc<dyn ResponseStore> =
+                    Arc::new(RedisStore::open(urls, *cluster).await?);
+                (config.resolve(replica), Responses::Other(redis))
+            }
+        };
+        let store = tokio::task::spawn_blocking(move || SqliteStore::open(path))
+            .await
+            .map_err(|e| Error::Store {
+                store: "sqlite",
+                detail: format!("opening the store: {e}"),
+            })??;
+        Ok(Self::new(
+            Arc::new(store),
+            responses,
+            issuers,
+            Arc::new(signer),
+            config.presigner.clone(),
+            metrics,
+        ))
+    }
+
+    pub fn metrics(&self) -> &PresignerMetrics {
+        &self.metrics
+    }
+
+    pub fn store(&self) -> &Arc<SqliteStore> {
+        &self.store
+    }
+
+    fn refresh_after_secs(&self) -> i64 {
+        as_i64(self.config.refresh_after_hours * 3600)
+    }
+
+    /// (thisUpdate, nextUpdate) for a response signed at `now`.
+    pub fn validity(&self, now: i64) -> (i64, i64) {
+        let this_update = now - self.backdate_secs;
+        (
+            this_update,
+            this_update + as_i64(self.config.validity_hours * 3600),
+        )
+    }
+
+    /// Records `status` for the certificate (monotonic: a revoked certificate stays revoked, the
+    /// first recorded revocation keeps its time and reason), signs a response for the status
+    /// now in force, stores it and marks it published. Returns once the response is durable:
+    /// this is what the ACME frontend calls before answering its client. The returned
+    /// response's status may differ from `status` when the record refused the change (e.g.
+    /// `good` for a revoked certificate).
+    pub async fn publish(
+        &self,
+        issuer: &IssuerName,
+        serial: &Serial,
+        status: CertStatus,
+    ) -> Result<StoredResponse, Error> {
+        let mut out = self
+            .publish_many(vec![(issuer.clone(), serial.clone(), status)])
+            .await?;
+        out.pop().ok_or_else(|| Error::Encoding {
+            what: "publish".into(),
+            detail: "no response was produced".into(),
+        })
+    }
+
+    /// [`Self::publish`] for many certificates: one worklist transaction, one signing call per
+    /// issuer, one store write; responses in the order of `items`.
+    pub async fn publish_many(
+        &self,
+        items: Vec<(IssuerName, Serial, CertStatus)>,
+    ) -> Result<Vec<StoredResponse>, Error> {
+        let result = self.publish_many_inner(items).await;
+        if let Err(e) = &result {
+            self.metrics.error(e);
+        }
+        result
+    }
+
+    async fn publish_many_inner(
+        &self,
+        items: Vec<(IssuerName, Serial, CertStatus)>,
+    ) -> Result<Vec<StoredResponse>, Error> {
+        // Check before recording: a status that cannot be signed is refused whole.
+        for (issuer, serial, status) in &items {
+            self.check(issuer, serial, *status)?;
+        }
+        self.store.upsert_certificates(items.clone()).await?;
+        let mut current = Vec::with_capacity(items.len());
+        for (issuer, serial, _) in items {
+            let status = self
+                .store
+                .certificate(&issuer, &serial)
+                .await?
+                .ok_or_else(|| Error::Store {
+                    store: "sqlite",
+                    detail: format!(
+                        "certificate {}/{serial} vanished after it was recorded",
+                        issuer.0
+                    ),
+                })?;
+            current.push((issuer, serial, status));
+        }
+        let now = unix_now();
+        let outcomes = self.sign_and_store(&current, now).await?;
+        outcomes
+            .into_iter()
+            .zip(&current)
+            .map(|(outcome, (issuer, serial, _))| match outcome.durable() {
+                Some(r) => Ok(r.clone()),
+                None => Err(Error::Store {
+                    store: self.responses_kind(),
+                    detail: format!(
+                        "the store kept another response for {}/{serial} than the recorded status: {outcome:?}",
+                        issuer.0
+                    ),
+                }),
+            })
+            .collect()
+    }
+
+    fn responses_kind(&self) -> &'static str {
+        match &self.responses {
+            Responses::Embedded => "sqlite",
+            Responses::Other(r) => r.kind(),
+        }
+    }
+
+    /// Whether a response can be built for this certificate.
+    fn check(&self, issuer: &IssuerName, serial: &Serial, status: CertStatus) -> Result<(), Error> {
+        if self.issuers.get(issuer).is_none() {
+            return Err(Error::UnknownIssuer(issuer.0.clone()));
+        }
+        response::serial_number(serial)?;
+        if let CertStatus::Revoked { at, reason } = status {
+            response::generalized_time(at, "revocation time")?;
+            if let Some(r) = reason
+                && !response::is_valid_reason(r)
+            {
+                return Err(Error::Encoding {
+                    what: "revocation reason".into(),
+                    detail: format!("{r} is not a CRLReason code (RFC 5280 §5.3.1: 0-6, 8-10)"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Signs a response for each item as of `now`, stores them (monotonic put) and marks the
+    /// stored ones published; one [`Outcome`] per item, in order. Items whose status is no
+    /// longer current are still signed and offered to the store: the store and
+    /// `mark_published` decide (that is the race the monotonic rule is for).
+    pub async fn sign_and_store(
+        &self,
+        items: &[(IssuerName, Serial, CertStatus)],
+        now: i64,
+    ) -> Result<Vec<Outcome>, Error> {
+        let signed = self.sign_items(items, now).await?;
+        Ok(self
+            .store_signed(signed)
+            .await?
+            .into_iter()
+            .map(|(_, _, o)| o)
+            .collect())
+    }
+
+    /// Signs, grouping by issuer (one gateway key each); results in the order of `items`.
+    async fn sign_items(
+        &self,
+        items: &[(IssuerName, Serial, CertStatus)],
+        now: i64,
+    ) -> Result<Vec<(IssuerName, Serial, StoredResponse)>, Error> {
+        let (this_update, next_update) = self.validity(now);
+        let mut by_issuer: BTreeMap<&IssuerName, Vec<usize>> = BTreeMap::new();
+        for (i, (issuer, _, _)) in items.iter().enumerate() {
+            by_issuer.entry(issuer).or_default().push(i);
+        }
+        let mut out: Vec<Option<StoredResponse>> = vec![None; items.len()];
+        for (name, positions) in by_issuer {
+            let issuer = self
+                .issuers
+                .get(name)
+                .ok_or_else(|| Error::UnknownIssuer(name.0.clone()))?;
+            let batch: Vec<(Serial, CertStatus)> = positions
+                .iter()
+                .map(|&i| (items[i].1.clone(), items[i].2))
+                .collect();
+            let responses = response::sign_responses(
+                self.signer.as_ref(),
+                issuer,
+                &batch,
+                this_update,
+                next_update,
+                now,
+            )
+            .await?;
+            self.metrics.signed.inc_by(responses.len() as u64);
+            for (i, r) in positions.into_iter().zip(responses) {
+                out[i] = Some(r);
+            }
+        }
+        items
+            .iter()
+            .zip(out)
+            .map(|((issuer, serial, _), r)| {
+                r.map(|r| (issuer.clone(), serial.clone(), r))
+                    .ok_or_else(|| Error::Encoding {
+                        what: "signer answer".into(),
+                        detail: format!("no response for {}/{serial}", issuer.0),
+                    })
+            })
+            .collect()
+    }
+
+    /// Puts, then marks what was stored as published (after the put: nothing is marked before
+    /// it is durable).
+    async fn store_signed(
+        &self,
+        signed: Vec<(IssuerName, Serial, StoredResponse)>,
+    ) -> Result<Vec<(IssuerName, Serial, Outcome)>, Error> {
+        let stored: Vec<bool> = match &self.responses {
+            Responses::Embedded => self.store.put_many(signed.clone()).await?,
+            Responses::Other(store) => {
+                let mut stored = Vec::with_capacity(signed.len());
+                for group in signed.chunks(PUT_CONCURRENCY) {
+                    let puts = group
+                        .iter()
+                        .map(|(issuer, serial, r)| store.put(issuer, serial, r));
+                    stored.extend(try_join_all(puts).await?);
+                }
+                stored
+            }
+        };
+        let mut marks = Vec::with_capacity(signed.len());
+        let mut outcomes = Vec::with_capacity(signed.len());
+        for ((issuer, serial, response), stored) in signed.into_iter().zip(stored) {
+            if stored {
+                marks.push((
+                    issuer.clone(),
+                    serial.clone(),
+                    response.status,
+                    response.this_update,
+                ));
+                outcomes.push((issuer, serial, Outcome::Published(response)));
+                continue;
+            }
+            self.metrics.refused.inc();
+            let kept = match &self.responses {
+                Responses::Embedded => self.store.get(&issuer, &serial).await?,
+                Responses::Other(store) => store.get(&issuer, &serial).await?,
+            };
+            match &kept {
+                // A newer response of the same status is in place (another signer was faster):
+                // published all the same.
+                Some(k) if k.status == response.status => {
+                    marks.push((issuer.clone(), serial.clone(), k.status, k.this_update));
+                }
+                Some(k) => tracing::info!(
+                    issuer = %issuer.0, %serial, signed = ?response.status, stored = ?k.status,
+                    "store kept its response (a revocation is never replaced)"
+                ),
+                None => {
+                    tracing::warn!(issuer = %issuer.0, %serial, "store refused a response and holds none")
+                }
+            }
+            outcomes.push((
+                issuer,
+                serial,
+                Outcome::Refused {
+                    signed: response,
+                    stored: kept,
+                },
+            ));
+        }
+        if !marks.is_empty() {
+            self.store.mark_published_many(marks).await?;
+        }
+        Ok(outcomes)
+    }
+
+    /// Re-signs everything due at `now` (revocations first, then never-published certificates,
+    /// then the oldest responses), with no bound; returns how many responses were signed.
+    pub async fn refresh_once(&self, now: i64) -> Result<usize, Error> {
+        self.refresh(now, usize::MAX).await
+    }
+
+    /// Signs up to `limit` due responses, in windows of `due` and chunks of gateway batches:
+    /// a chunk is signed while the previous one is being stored, so the gateway is not idle
+    /// during store writes.
+    async fn refresh(&self, now: i64, limit: usize) -> Result<usize, Error> {
+        let chunk = self.config.batch.saturating_mul(BATCHES_PER_CHUNK).max(1);
+        let window = chunk.saturating_mul(CHUNKS_PER_WINDOW);
+        let mut done = 0usize;
+        // Items the store refused stay due (they were not marked); they are skipped for the
+        // rest of this pass, and `due` is asked for that many more so they do not hide the rest.
+        let mut refused: HashMap<(IssuerName, Serial), CertStatus> = HashMap::new();
+        while done < limit {
+            let want = window.min(limit - done);
+            let due = self
+                .store
+                .due(
+                    now,
+                    self.refresh_after_secs(),
+                    want.saturating_add(refused.len()),
+                )
+                .await?;
+            let fresh: Vec<_> = due
+                .into_iter()
+                .filter(|(i, s, st)| refused.get(&(i.clone(), s.clone())) != Some(st))
+                .take(want)
+                .collect();
+            if fresh.is_empty() {
+                break;
+            }
+            let mut pending: Option<Vec<(IssuerName, Serial, StoredResponse)>> = None;
+            for items in fresh.chunks(chunk) {
+                let store_previous = async {
+                    match pending.take() {
+                        Some(p) => self.store_signed(p).await.map(Some),
+                        None => Ok(None),
+                    }
+                };
+                let (signed, stored) = tokio::join!(self.sign_items(items, now), store_previous);
+                if let Some(outcomes) = stored? {
+                    note_refused(&mut refused, outcomes);
+                }
+                pending = Some(signed?);
+                done += items.len();
+            }
+            if let Some(p) = pending {
+                note_refused(&mut refused, self.store_signed(p).await?);
+            }
+        }
+        Ok(done)
+    }
+
+    /// One tick of the refresh loop: counts the backlog, signs what is urgent and a bounded
+    /// share of the routine refreshes ([`max_per_tick`]); returns how many were signed.
+    pub async fn tick(&self, now: i64) -> Result<usize, Error> {
+        let backlog = self.store.backlog(now, self.refresh_after_secs()).await?;
+        self.metrics.backlog(&backlog);
+        // `due` lists revocations and never-published certificates first, so exempting the
+        // first `urgent` items from the bound is exempting exactly those.
+        let urgent = usize::try_from(backlog.revocations_pending + backlog.unpublished)
+            .unwrap_or(usize::MAX);
+        let limit = urgent.saturating_add(max_per_tick(backlog.certificates, &self.config));
+        let signed = self.refresh(now, limit).await?;
+        self.metrics
+            .backlog
+            .set(as_i64(backlog.due.saturating_sub(signed as u64)));
+        Ok(signed)
+    }
+
+    /// The refresh loop: a [`Self::tick`] every `interval_secs` until `shutdown` turns true (or
+    /// its sender is dropped). A tick interrupted by shutdown is safe to drop: signing is
+    /// idempotent, a started store write commits, and whatever was not marked published is
+    /// due again at the next start.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut ticker =
+            tokio::time::interval(Duration::from_secs(self.config.interval_secs.max(1)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.changed() => {}
+            }
+            if *shutdown.borrow() || shutdown.has_changed().is_err() {
+                break;
+            }
+            let now = unix_now();
+            let result = tokio::select! {
+                r = self.tick(now) => r,
+                _ = shutdown.changed() => break,
+            };
+            match result {
+                Ok(n) => {
+                    self.metrics.last_success.set(now);
+                    if n > 0 {
+                        tracing::info!(signed = n, "refresh tick");
+                    }
+                }
+                Err(e) => {
+                    self.metrics.error(&e);
+                    tracing::warn!(error = %e, "refresh tick failed; retrying at the next tick");
+                }
+            }
+        }
+        tracing::info!("pre-signer stopped");
+    }
+
+    /// Imports certificates from a text file, one per line:
+    ///
+    /// ```text
+    /// # comment
+    /// <issuer name> <serial hex> good
+    /// <issuer name> <serial hex> revoked <RFC 3339 time | Unix seconds> [reason code]
+    /// ```
+    ///
+    /// Every line is checked first (issuer configured, serial of at most 20 octets, time, CRL
+    /// reason 0-6 or 8-10, no conflicting duplicate); the first bad line fails the import with
+    /// an error naming it, and nothing is recorded. Then everything is recorded in one
+    /// transaction (monotonic, as [`Self::publish`]). The refresh loop signs them: revocations
+    /// and new certificates at its next tick.
+    pub async fn import(&self, file: &Path) -> Result<ImportReport, Error> {
+        let owned = file.to_owned();
+        let text = tokio::task::spawn_blocking(move || std::fs::read_to_string(owned))
+            .await
+            .map_err(std::io::Error::other)??;
+        let items = parse_import(
+            &text,
+            &file.display().to_string(),
+            &self.issuers,
+            unix_now(),
+        )?;
+        let certificates = items.len();
+        let changed = self.store.upsert_certificates(items).await?;
+        Ok(ImportReport {
+            certificates,
+            changed,
+        })
+    }
+}
+
+/// Remembers the responses that were not published, with the status they were signed for.
+fn note_refused(
+    refused: &mut HashMap<(IssuerName, Serial), CertStatus>,
+    outcomes: Vec<(IssuerName, Serial, Outcome)>,
+) {
+    for (issuer, serial, outcome) in outcomes {
+        if outcome.durable().is_none()
+            && let Outcome::Refused { signed, .. } = outcome
+        {
+            refused.insert((issuer, serial), signed.status);
+        }
+    }
+}
+
+/// Parses an import file (see [`Presigner::import`]); `now` bounds revocation times.
+pub fn parse_import(
+    text: &str,
+    path: &str,
+    issuers: &Issuers,
+    now: i64,
+) -> Result<Vec<(IssuerName, Serial, CertStatus)>, Error> {
+    let mut seen: HashMap<(IssuerName, Serial), (usize, CertStatus)> = HashMap::new();
+    let mut items = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line = index + 1;
+        let fail = |detail: String| Error::Import {
+            path: path.to_owned(),
+            line,
+            detail,
+        };
+        let content = raw.split('#').next().unwrap_or("").trim();
+        if content.is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = content.split_whitespace().collect();
+        let (issuer, serial_hex, kind, rest) = match fields.as_slice() {
+            [issuer, serial, kind, rest @ ..] => (*issuer, *serial, *kind, rest),
+            _ => {
+                return Err(fail(format!(
+                    "expected `<issuer> <serial hex> good` or `<issuer> <serial hex> revoked <time> [reason]`, got `{content}`"
+                )));
+            }
+        };
+        let issuer = IssuerName(issuer.to_owned());
+        if issuers.get(&issuer).is_none() {
+            return Err(fail(format!("unknown issuer `{}`", issuer.0)));
+        }
+        let serial = Serial::from_hex(serial_hex)
+            .filter(|_| !serial_hex.is_empty())
+            .ok_or_else(|| fail(format!("serial `{serial_hex}` is not hexadecimal")))?;
+        response::serial_number(&serial).map_err(|e| fail(e.to_string()))?;
+        let status = match (kind, rest) {
+            ("good", []) => CertStatus::Good,
+            ("good", extra) => {
+                return Err(fail(format!(
+                    "unexpected `{}` after `good`",
+                    extra.join(" ")
+                )));
+            }
+            ("revoked", [time, reason @ ..]) => {
+                let at = parse_time(time).ok_or_else(|| {
+                    fail(format!("revocation time `{time}` is neither RFC 3339 (2026-11-27T12:00:00Z) nor Unix seconds"))
+                })?;
+                if at > now + 300 {
+                    return Err(fail(format!("revocation time `{time}` is in the future")));
+                }
+                response::generalized_time(at, "revocation time")
+                    .map_err(|e| fail(e.to_string()))?;
+                let reason = match reason {
+                    [] => None,
+                    [r] => Some(
+                        r.parse::<u8>()
+                            .ok()
+                            .filter(|r| response::is_valid_reason(*r))
+                            .ok_or_else(|| {
+                                fail(format!("reason `{r}` is not a CRLReason code (0-6, 8-10)"))
+                            })?,
+                    ),
+                    extra => {
+                        return Err(fail(format!(
+                            "unexpected `{}` after the reason",
+                            extra[1..].join(" ")
+                        )));
+                    }
+                };
+                CertStatus::Revoked { at, reason }
+            }
+            ("revoked", []) => return Err(fail("`revoked` needs a revocation time".into())),
+            (other, _) => {
+                return Err(fail(format!(
+                    "status `{other}` is neither `good` nor `revoked`"
+                )));
+            }
+        };
+        match seen.get(&(issuer.clone(), serial.clone())) {
+            Some((first, s)) if *s != status => {
+                return Err(fail(format!(
+                    "{}/{serial} is already listed on line {first} with another status",
+                    issuer.0
+                )));
+            }
+            Some(_) => continue,
+            None => {
+                seen.insert((issuer.clone(), serial.clone()), (line, status));
+            }
+        }
+        items.push((issuer, serial, status));
+    }
+    Ok(items)
+}
+
+/// Unix seconds (all digits) or an RFC 3339 date-time (`2026-11-27T12:00:00Z`, `...+01:00`,
+/// fractional seconds truncated: OCSP times are whole seconds).
+pub fn parse_time(s: &str) -> Option<i64> {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse().ok();
+    }
+    let b = s.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |range: std::ops::Range<usize>| -> Option<u32> {
+        let part = s.get(range)?;
+        part.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| part.parse().ok())?
+    };
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut rest = &s[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        rest = &frac[digits..];
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        _ => {
+            let r = rest.as_bytes();
+            if r.len() != 6 || !matches!(r[0], b'+' | b'-') || r[3] != b':' {
+                return None;
+            }
+            let h: i64 = rest.get(1..3)?.parse().ok()?;
+            let m: i64 = rest.get(4..6)?.parse().ok()?;
+            if h > 23 || m > 59 {
+                return None;
+            }
+            let sign = if r[0] == b'+' { 1 } else { -1 };
+            sign * (h * 3600 + m * 60)
+        }
+    };
+    let date = der07::DateTime::new(
+        u16::try_from(year).ok()?,
+        u8::try_from(month).ok()?,
+        u8::try_from(day).ok()?,
+        u8::try_from(hour).ok()?,
+        u8::try_from(minute).ok()?,
+        u8::try_from(second).ok()?,
+    )
+    .ok()?;
+    i64::try_from(date.unix_duration().as_secs())
+        .ok()
+        .map(|t| t - offset)
+}
+
+/// Checks that each issuer's signing key at the gateway is the key in its certificate: a
+/// response signed by another key would be rejected by every client. A mismatch is an
+/// `Error::Config` naming the issuer; a gateway that could not be asked, its `Error::Gateway`
+/// (the caller decides whether to start anyway).
+pub async fn verify_issuer_keys(signer: &GatewaySigner, issuers: &Issuers) -> Result<(), Error> {
+    for issuer in issuers.iter() {
+        let spki = signer.public_key(&issuer.signing_key).await?;
+        let at_gateway =
+            SubjectPublicKeyInfoOwned::from_der(&spki).map_err(|e| Error::Encoding {
+                what: format!("public key of `{}` from the gateway", issuer.signing_key),
+                detail: e.to_string(),
+            })?;
+        let cert = Certificate::from_der(&issuer.certificate_der).map_err(|e| Error::Encoding {
+            what: format!("certificate of issuer `{}`", issuer.name.0),
+            detail: e.to_string(),
+        })?;
+        if cert.tbs_certificate.subject_public_key_info != at_gateway {
+            return Err(Error::Config {
+                path: format!("issuers.{}.signing_key", issuer.name.0),
+                detail: format!(
+                    "gateway key `{}` is not the key of the issuer's certificate",
+                    issuer.signing_key
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Now, in whole Unix seconds.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| as_i64(d.as_secs()))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn presigner_config(validity: u64, refresh: u64) -> config::Presigner {
+        config::Presigner {
+            validity_hours: validity,
+            refresh_after_hours: refresh,
+            ..config::Presigner::default()
+        }
+    }
+
+    #[test]
+    fn the_per_tick_bound_keeps_up_and_spreads() {
+        let c = presigner_config(96, 48);
+        // window = min(48 h, (88 h - 48 h) / 2) = 20 h = 72,000 s.
+        assert_eq!(max_per_tick(1_000_000, &c), 834);
+        assert_eq!(max_per_tick(10, &c), c.batch);
+        // 240 h validity, 48 h refresh: deadline capped at 96 h, window = 24 h.
+        assert_eq!(max_per_tick(864_000, &presigner_config(240, 48)), 600);
+        // Slack under a tick: no bound.
+        assert_eq!(
+            max_per_tick(1_000_000, &presigner_config(96, 88)),
+            usize::MAX
+        );
+        // Short validity: deadline at half of it.
+        assert_eq!(
+            max_per_tick(1_000_000, &presigner_config(12, 6)),
+            usize::MAX
+        );
+        assert_eq!(
+            max_per_tick(1_000_000, &presigner_config(12, 2)),
+            1_000_000 * 60 / 7200 + 1
+        );
+    }
+
+    #[test]
+    fn times_parse() {
+        assert_eq!(parse_time("1700000000"), Some(1_700_000_000));
+        assert_eq!(parse_time("2023-11-14T22:13:20Z"), Some(1_700_000_000));
+        assert_eq!(parse_time("2023-11-14T23:13:20+01:00"), Some(1_700_000_000));
+        assert_eq!(
+            parse_time("2023-11-14T21:13:20.999-01:00"),
+            Some(1_700_000_000)
+        );
+        assert_eq!(parse_time("2023-11-14 22:13:20z"), Some(1_700_000_000));
+        for bad in [
+            "",
+            "-5",
+            "2023-11-14",
+            "2023-11-14T22:13:20",
+            "2023-13-14T22:13:20Z",
+            "2023-11-14T22:13:20+1:00",
+            "2023-11-14T22:13:20.Z",
+            "yesterday",
+        ] {
+            assert_eq!(parse_time(bad), None, "{bad}");
+        }
+    }
+}

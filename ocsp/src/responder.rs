@@ -1,1 +1,563 @@
-//! (being written by the responder work)
+//! The HTTP layer (axum): OCSP over HTTP as RFC 6960 Appendix A and the RFC 5019 §5/§6 /
+//! RFC 9919 profile describe it. It turns HTTP requests into [`request::parse`] calls and
+//! [`Source`] lookups, and lookups into HTTP responses; it does not know where answers live.
+//!
+//! ```text
+//!  GET /{url-encoded base64 DER}  ─┐
+//!  POST / (application/ocsp-request) ┴─▶ request::parse ─▶ Issuers::find ─▶ Source::response
+//!                                                                              │
+//!   200 application/ocsp-response + caching headers ◀── signed DER, if before nextUpdate
+//! ```
+//!
+//! What clients get:
+//!
+//! | case | HTTP | OCSP status / body |
+//! |---|---|---|
+//! | stored response, before its nextUpdate | 200 (304 on a matching `If-None-Match`) | the signed response |
+//! | unknown issuer or serial, expired response, other hash algorithm | 200 | `unauthorized` |
+//! | not a single-certificate DER request, bad base64 or URL escape, wrong content type | 400 | `malformedRequest` |
+//! | POST body larger than `max_request_bytes` | 413 | `malformedRequest` |
+//! | GET path longer than the encoding of `max_request_bytes` | 414 | `malformedRequest` |
+//! | store down and nothing cached | 503 | `tryLater` |
+//! | any method but GET and POST | 405, `Allow: GET, POST` | none |
+//!
+//! Every error answer carries `Cache-Control: max-age=0, no-cache` so caches in between keep
+//! nothing that is not a signed response. A 400 for malformed requests follows the issue (and
+//! Boulder); 413/414 say precisely what was wrong while still giving OCSP clients an OCSP body.
+//! `tryLater` (RFC 6960 §4.2.1, "Try again later") rather than Boulder's `internalError`:
+//! a store outage is transient and retrying is the right client behaviour.
+//!
+//! Nothing on the serving path resolves names or blocks the runtime: listen addresses are
+//! socket addresses, and store reads are async.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
+use base64::Engine;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use percent_encoding::percent_decode_str;
+use prometheus_client::registry::Registry;
+use sha2_010::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use x509_ocsp::OcspResponseStatus;
+
+use crate::config::{self, Config};
+use crate::error::Error;
+use crate::issuers::Issuers;
+use crate::metrics::{self, Metrics};
+use crate::model::{CertStatus, StoredResponse};
+use crate::request::{self, Refusal};
+use crate::response::status_only;
+use crate::source::{
+    CachedSource, Health, Lookup, ReplicatedSource, Source, StoreSource, unix_now,
+};
+use crate::store::ResponseStore;
+use crate::store::redis::RedisStore;
+use crate::store::sqlite::SqliteStore;
+
+/// The unsigned error answers (RFC 6960 §4.2.1: "If the value of responseStatus is one of the
+/// error conditions, the responseBytes field is not set"), encoded once.
+static MALFORMED_REQUEST: LazyLock<Bytes> =
+    LazyLock::new(|| Bytes::from(status_only(OcspResponseStatus::MalformedRequest)));
+static TRY_LATER: LazyLock<Bytes> =
+    LazyLock::new(|| Bytes::from(status_only(OcspResponseStatus::TryLater)));
+static UNAUTHORIZED: LazyLock<Bytes> =
+    LazyLock::new(|| Bytes::from(status_only(OcspResponseStatus::Unauthorized)));
+
+/// RFC 6960 Appendix A.1: "Content-Type: application/ocsp-request".
+const OCSP_REQUEST: &str = "application/ocsp-request";
+/// RFC 6960 Appendix A.2: "Content-Type: application/ocsp-response".
+const OCSP_RESPONSE: &str = "application/ocsp-response";
+/// For error answers and anything not a signed response: cache nothing.
+const NO_CACHE: &str = "max-age=0, no-cache";
+
+/// Standard base64 (RFC 4648 §4), padding optional: RFC 6960 Appendix A.1 asks for padding,
+/// but clients and proxies have been seen dropping the `=` (or its `%3D` escape).
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// What the handler needs: who we answer for, where answers come from, and limits.
+#[derive(Debug)]
+pub struct AppState {
+    pub issuers: Arc<Issuers>,
+    pub source: Arc<dyn Source>,
+    pub metrics: Arc<Metrics>,
+    /// Largest request accepted, in DER bytes (POST body; a GET's decoded path).
+    pub max_request_bytes: usize,
+}
+
+/// The responder's routes. Everything goes to one fallback handler, which reads the raw
+/// request path: a router that matched on path segments could collapse or split on the `/`
+/// that base64 contains — `//` collapsed by routers caused OCSP outages (boulder#884,
+/// vault#18938).
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new().fallback(handle).with_state(state)
+}
+
+async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let if_none_match = req.headers().get(header::IF_NONE_MATCH).cloned();
+    let der = match *req.method() {
+        Method::GET => from_get_path(req.uri().path(), state.max_request_bytes),
+        Method::POST => from_post(req, state.max_request_bytes).await,
+        _ => {
+            return (
+                StatusCode::METHOD_NOT_ALLOWED,
+                [(header::ALLOW, "GET, POST")],
+            )
+                .into_response();
+        }
+    };
+    match der {
+        Ok(der) => answer(&state, &der, if_none_match.as_ref()).await,
+        Err((http, why)) => {
+            tracing::debug!("malformed request: {why}");
+            refuse(&state.metrics, http, Refusal::Malformed)
+        }
+    }
+}
+
+type Rejected = (StatusCode, &'static str);
+
+/// RFC 6960 Appendix A.1: "An OCSP request using the GET method is constructed as follows:
+/// GET {url}/{url-encoding of base-64 encoding of the DER encoding of the OCSPRequest}".
+///
+/// The path is taken raw (never normalised) and:
+/// - leading `/`s are dropped: a request's base64 always starts with `M` (DER SEQUENCE, 0x30),
+///   and clients that build `{url}/{b64}` from a URL ending in `/` send `//M…` (Boulder
+///   stripped one for the same reason); a `//` inside the base64 is kept;
+/// - percent escapes are decoded (`%2F`, `%2B`, `%3D`);
+/// - a space (raw, or `%20`) is read as `+`: some clients form-encode the base64 so `+`
+///   arrives as a space, and Boulder accepted that too (space is never valid base64);
+/// - padding is optional.
+fn from_get_path(path: &str, max_request_bytes: usize) -> Result<Vec<u8>, Rejected> {
+    // base64 is 4/3 of the DER and escaping can triple a character: a bound that needs no
+    // decoding to check.
+    if path.len() > max_request_bytes.saturating_mul(4) {
+        return Err((StatusCode::URI_TOO_LONG, "GET path too long"));
+    }
+    let encoded = path.trim_start_matches('/');
+    if encoded.is_empty() {
+        return Err((StatusCode::BAD_REQUEST, "GET without a request"));
+    }
+    let mut b64: Vec<u8> = percent_decode_str(encoded).collect();
+    for byte in &mut b64 {
+        if *byte == b' ' {
+            *byte = b'+';
+        }
+    }
+    let der = BASE64
+        .decode(&b64)
+        .map_err(|_| (StatusCode::BAD_REQUEST, "GET path is not base64"))?;
+    if der.len() > max_request_bytes {
+        return Err((StatusCode::URI_TOO_LONG, "GET request too large"));
+    }
+    Ok(der)
+}
+
+/// RFC 6960 Appendix A.1: "An OCSP request using the POST method is constructed as follows:
+/// The Content-Type header has the value "application/ocsp-request", while the body of the
+/// message is the binary value of the DER encoding of the OCSPRequest."
+async fn from_post(req: Request, max_request_bytes: usize) -> Result<Vec<u8>, Rejected> {
+    if !is_ocsp_request(req.headers()) {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "POST without Content-Type: application/ocsp-request",
+        ));
+    }
+    // Refuse on the declared length before reading a byte; `to_bytes` enforces the cap on
+    // bodies that lie or are chunked.
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_request_bytes as u64) {
+        return Err((StatusCode::PAYLOAD_TOO_LARGE, "POST body too large"));
+    }
+    match axum::body::to_bytes(req.into_body(), max_request_bytes).await {
+        Ok(bytes) => Ok(bytes.to_vec()),
+        // `to_bytes` reports the limit as a length-limit error; any other error is a broken
+        // connection, for which the status hardly matters.
+        Err(e) if is_length_limit(&e) => {
+            Err((StatusCode::PAYLOAD_TOO_LARGE, "POST body too large"))
+        }
+        Err(_) => Err((StatusCode::BAD_REQUEST, "POST body unreadable")),
+    }
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// `application/ocsp-request`, ignoring case and parameters (RFC 9110 §8.3.1: the type and
+/// subtype are case-insensitive).
+fn is_ocsp_request(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case(OCSP_REQUEST))
+}
+
+async fn answer(state: &AppState, der: &[u8], if_none_match: Option<&HeaderValue>) -> Response {
+    let req = match request::parse(der) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!("request refused: {e}");
+            let http = match e.status() {
+                Refusal::Malformed => StatusCode::BAD_REQUEST,
+                Refusal::Unauthorized => StatusCode::OK,
+            };
+            return refuse(&state.metrics, http, e.status());
+        }
+    };
+    let Some(issuer) = state
+        .issuers
+        .find(req.hash, &req.issuer_name_hash, &req.issuer_key_hash)
+    else {
+        tracing::debug!(serial = %req.serial, "request for an issuer we do not serve");
+        return refuse(&state.metrics, StatusCode::OK, Refusal::Unauthorized);
+    };
+    match state.source.response(&issuer.name, &req.serial).await {
+        Lookup::Found(response, origin) => {
+            let now = unix_now();
+            // The last gate: whatever a source returned, a response at or past its nextUpdate
+            // is not sent (RFC 5019 §6.2 caching would keep it alive even longer).
+            if response.next_update <= now {
+                state.metrics.expired();
+                // Per request, so debug: `ocsp_expired_total` is what to alert on.
+                tracing::debug!(issuer = %issuer.name.0, serial = %req.serial, "stored response has expired; answering unauthorized");
+                return refuse(&state.metrics, StatusCode::OK, Refusal::Unauthorized);
+            }
+            state
+                .metrics
+                .served(now - response.this_update, response.next_update - now);
+            let status = match response.status {
+                CertStatus::Good => "good",
+                CertStatus::Revoked { .. } => "revoked",
+            };
+            state.metrics.response(status, origin.label());
+            signed(&response, now, if_none_match)
+        }
+        Lookup::NotFound => refuse(&state.metrics, StatusCode::OK, Refusal::Unauthorized),
+        Lookup::Unavailable(e) => {
+            // Per request, so debug: `Health` logs the store's failure once, at warn.
+            tracing::debug!(serial = %req.serial, "no response available: {e}");
+            state.metrics.response("try_later", "none");
+            error_response(StatusCode::SERVICE_UNAVAILABLE, &TRY_LATER)
+        }
+    }
+}
+
+/// An error answer: an unsigned `OCSPResponse` carrying only `responseStatus`.
+fn refuse(metrics: &Metrics, http: StatusCode, refusal: Refusal) -> Response {
+    let (label, der) = match refusal {
+        Refusal::Malformed => ("malformed", &*MALFORMED_REQUEST),
+        Refusal::Unauthorized => ("unauthorized", &*UNAUTHORIZED),
+    };
+    metrics.response(label, "none");
+    error_response(http, der)
+}
+
+fn error_response(http: StatusCode, der: &Bytes) -> Response {
+    (
+        http,
+        [
+            (header::CONTENT_TYPE, OCSP_RESPONSE),
+            (header::CACHE_CONTROL, NO_CACHE),
+        ],
+        der.clone(),
+    )
+        .into_response()
+}
+
+/// A signed response with the caching headers of RFC 5019 §6.2 (and Boulder's responder):
+///
+/// - `Last-Modified`: thisUpdate; `Expires`: nextUpdate;
+/// - `Cache-Control: max-age=<nextUpdate - now>, public, no-transform, must-revalidate` — the
+///   response is the same for everyone (public), must not be re-encoded by proxies
+///   (no-transform: the bytes are signed), and must not be served by a cache past nextUpdate;
+/// - `ETag`: the quoted hex SHA-256 of the DER, so `If-None-Match` revalidations cost a 304.
+///
+/// RFC 9110 §15.4.5: a 304 carries the headers a 200 would have (Cache-Control, ETag, Expires,
+/// Last-Modified), and no body.
+fn signed(response: &StoredResponse, now: i64, if_none_match: Option<&HeaderValue>) -> Response {
+    let etag = format!("\"{}\"", hex::encode(Sha256::digest(&response.der)));
+    let max_age = (response.next_update - now).max(0);
+    let mut headers = HeaderMap::with_capacity(6);
+    let mut set = |name: header::HeaderName, value: String| {
+        // Every value here is ASCII we formatted ourselves; a failure would be a bug, and the
+        // header is then left out rather than the response failed.
+        if let Ok(v) = HeaderValue::try_from(value) {
+            headers.insert(name, v);
+        }
+    };
+    set(header::LAST_MODIFIED, http_date(response.this_update));
+    set(header::EXPIRES, http_date(response.next_update));
+    set(
+        header::CACHE_CONTROL,
+        format!("max-age={max_age}, public, no-transform, must-revalidate"),
+    );
+    set(header::ETAG, etag.clone());
+    if if_none_match.is_some_and(|v| etag_matches(v, &etag)) {
+        return (StatusCode::NOT_MODIFIED, headers).into_response();
+    }
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(OCSP_RESPONSE),
+    );
+    (StatusCode::OK, headers, Body::from(response.der.clone())).into_response()
+}
+
+/// RFC 9110 §13.1.2: `If-None-Match` is `*` or a list of entity tags, compared weakly (a `W/`
+/// prefix is ignored).
+fn etag_matches(header: &HeaderValue, etag: &str) -> bool {
+    let Ok(list) = header.to_str() else {
+        return false;
+    };
+    list.split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
+}
+
+/// An IMF-fixdate (RFC 9110 §5.6.7) for Unix seconds.
+fn http_date(unix: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_secs(u64::try_from(unix).unwrap_or(0));
+    httpdate::fmt_http_date(t)
+}
+
+/// Opens the configured store(s) and stacks the sources: cache over SQLite, or cache over
+/// Redis with its SQLite replica.
+async fn build_source(
+    config: &Config,
+    health: &Arc<Health>,
+    metrics: &Arc<Metrics>,
+) -> Result<Arc<dyn Source>, Error> {
+    let fresh = Duration::from_secs(config.responder.cache_fresh_secs);
+    let bytes = config.responder.cache_bytes;
+    // SQLite's open is blocking (file creation, schema): keep it off the runtime's workers.
+    let open_sqlite = |path: std::path::PathBuf| async move {
+        tokio::task::spawn_blocking(move || SqliteStore::open(path))
+            .await
+            .map_err(|e| Error::Store {
+                store: "sqlite",
+                detail: format!("open task failed: {e}"),
+            })?
+    };
+    let source: Arc<dyn Source> = match &config.store {
+        config::Store::Sqlite { path } => {
+            let store: Arc<dyn ResponseStore> = Arc::new(open_sqlite(config.resolve(path)).await?);
+            let inner = StoreSource::new(store, health.clone(), metrics.clone());
+            Arc::new(CachedSource::new(inner, bytes, fresh, metrics.clone()))
+        }
+        config::Store::Redis {
+            urls,
+            cluster,
+            replica,
+        } => {
+            let replica: Arc<dyn ResponseStore> =
+                Arc::new(open_sqlite(config.resolve(replica)).await?);
+            let primary: Arc<dyn ResponseStore> = Arc::new(RedisStore::open(urls, *cluster).await?);
+            let inner = ReplicatedSource::new(primary, replica, health.clone(), metrics.clone());
+            Arc::new(CachedSource::new(inner, bytes, fresh, metrics.clone()))
+        }
+    };
+    Ok(source)
+}
+
+/// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Runs the responder on `config` until SIGTERM or SIGINT. Prints one
+/// `READY http=ADDR metrics=ADDR` line on stdout once listening (`metrics=disabled` without a
+/// metrics listener), so scripts and tests can use port 0.
+pub async fn run(config: Config) -> Result<(), Error> {
+    let issuers = Arc::new(Issuers::load(&config)?);
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let registry = Arc::new(registry);
+    let health = Health::new(metrics.clone());
+    let source = build_source(&config, &health, &metrics).await?;
+    let state = Arc::new(AppState {
+        issuers,
+        source,
+        metrics,
+        max_request_bytes: config.responder.max_request_bytes,
+    });
+
+    let listener = TcpListener::bind(config.responder.listen).await?;
+    let http_addr = listener.local_addr()?;
+    let metrics_listener = match config.responder.metrics_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await?),
+        None => None,
+    };
+    let metrics_addr: Option<SocketAddr> = match &metrics_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let metrics_task =
+        metrics_listener.map(|l| tokio::spawn(metrics::serve(l, registry, stopped())));
+    // Nagle off: an OCSP answer is one small write, which Nagle would hold back waiting for
+    // the client's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::trace!("TCP_NODELAY: {e}");
+        }
+    });
+    let server = tokio::spawn(
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(stopped())
+            .into_future(),
+    );
+
+    let describe =
+        |a: Option<SocketAddr>| a.map_or_else(|| "disabled".to_owned(), |a| a.to_string());
+    tracing::info!(http = %http_addr, metrics = %describe(metrics_addr), "OCSP responder listening");
+    println!("READY http={http_addr} metrics={}", describe(metrics_addr));
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("stopping: draining in-flight requests");
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(DRAIN, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::error!("HTTP server: {e}"),
+        Ok(Err(e)) => tracing::error!("HTTP server task: {e}"),
+        Err(_) => tracing::warn!("drain timed out; stopping with requests in flight"),
+    }
+    if let Some(task) = metrics_task {
+        let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    const MAX: usize = 10_000;
+
+    #[test]
+    fn get_paths_tolerate_escapes_spaces_padding_and_leading_slashes() {
+        // A DER-ish input whose base64 holds `+`, `/` and padding.
+        let der = [0x30, 0x08, 0x00, 0xfb, 0xef, 0xbe, 0xff, 0xff, 0xff, 0x00];
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        assert_eq!(b64, "MAgA++++////AA==");
+        for path in [
+            "/MAgA++++////AA==",
+            "/MAgA++++////AA",
+            "//MAgA++++////AA==",
+            "///MAgA++++////AA=",
+            "/MAgA%2B%2B%2B%2B%2F%2F%2F%2FAA%3D%3D",
+            "/MAgA%2b%2b++%2f%2F//AA%3d",
+            "/MAgA    ////AA==",
+            "/MAgA%20%20++////AA==",
+        ] {
+            assert_eq!(from_get_path(path, MAX).unwrap(), der, "{path}");
+        }
+        for path in [
+            "/",
+            "",
+            "//",
+            "/MAgA++++////AA===",
+            "/not*base64",
+            "/MAgA%ZZ",
+            "/MAgA----____AA==",
+        ] {
+            assert_eq!(
+                from_get_path(path, MAX).unwrap_err().0,
+                StatusCode::BAD_REQUEST,
+                "{path}"
+            );
+        }
+        let long = format!("/{}", "A".repeat(4 * MAX));
+        assert_eq!(
+            from_get_path(&long, MAX).unwrap_err().0,
+            StatusCode::URI_TOO_LONG
+        );
+    }
+
+    #[test]
+    fn etags_compare_weakly_and_in_lists() {
+        let tag = "\"ab\"";
+        for (header, expect) in [
+            ("\"ab\"", true),
+            ("W/\"ab\"", true),
+            ("\"x\", \"ab\"", true),
+            ("*", true),
+            ("\"AB\"", false),
+            ("ab", false),
+            ("", false),
+        ] {
+            assert_eq!(
+                etag_matches(&HeaderValue::from_static(header), tag),
+                expect,
+                "{header}"
+            );
+        }
+    }
+
+    #[test]
+    fn http_dates_are_imf_fixdate() {
+        assert_eq!(http_date(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+    }
+
+    #[test]
+    fn error_bodies_are_ocsp_responses_without_bytes() {
+        use der07::Decode;
+        use x509_ocsp::OcspResponse;
+        for (der, status, bytes) in [
+            (
+                &MALFORMED_REQUEST,
+                OcspResponseStatus::MalformedRequest,
+                [0x30, 0x03, 0x0a, 0x01, 0x01],
+            ),
+            (
+                &TRY_LATER,
+                OcspResponseStatus::TryLater,
+                [0x30, 0x03, 0x0a, 0x01, 0x03],
+            ),
+            (
+                &UNAUTHORIZED,
+                OcspResponseStatus::Unauthorized,
+                [0x30, 0x03, 0x0a, 0x01, 0x06],
+            ),
+        ] {
+            assert_eq!(der.as_ref(), bytes);
+            let r = OcspResponse::from_der(der).unwrap();
+            assert_eq!(r.response_status, status);
+            assert!(r.response_bytes.is_none());
+        }
+    }
+}

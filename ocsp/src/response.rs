@@ -1,1 +1,744 @@
-//! (being written by the pre-signer work)
+//! Building and signing OCSP responses (RFC 6960 §4.2, with the RFC 5019 / RFC 9919 profile).
+//!
+//! ```text
+//!  (serial, status) ──▶ ResponseData (DER) ──TbsSigner::sign──▶ gateway SignBatch (hashes + signs)
+//!                                                                    │ signature, AlgorithmIdentifier
+//!  StoredResponse { der: OCSPResponse } ◀── BasicOCSPResponse ◀──────┘
+//! ```
+//!
+//! x509-ocsp's own builder wants a synchronous signer; the HSMs sit behind gRPC, so the public
+//! structs are filled here, `ResponseData` is DER-encoded, those bytes are signed through the
+//! gateway, and the signature and the gateway's `AlgorithmIdentifier` are attached.
+//! x509-ocsp is on the der 0.7 line (renamed `der07` here): only DER bytes leave this module.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use der07::asn1::{BitString, GeneralizedTime, Null, ObjectIdentifier, OctetString};
+use der07::{Decode, Encode};
+use futures_util::{StreamExt, TryStreamExt, stream};
+use hsmgate_signer_api::v1::signer_client::SignerClient;
+use hsmgate_signer_api::v1::{
+    GetPublicKeyRequest, SignBatchRequest, SignRequest, SignResponse, SignatureAlgorithm,
+    sign_request,
+};
+use spki07::AlgorithmIdentifierOwned;
+use tonic::transport::{Channel, Endpoint};
+use x509_cert_02::ext::pkix::CrlReason;
+use x509_cert_02::serial_number::SerialNumber;
+use x509_ocsp::{
+    BasicOcspResponse, CertId, OcspGeneralizedTime, OcspResponse, OcspResponseStatus, ResponderId,
+    ResponseData, RevokedInfo, SingleResponse, Version,
+};
+
+use crate::error::Error;
+use crate::issuers::{HashAlg, Issuer};
+use crate::model::{CertStatus, ReasonCode, Serial, StoredResponse};
+
+/// id-sha1 (RFC 3279 §2.2.1): the CertID hash of RFC 5019 clients.
+const ID_SHA1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.14.3.2.26");
+/// id-sha256 (RFC 5754 §2.2): the CertID hash of RFC 9919 clients.
+const ID_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
+
+/// How long one gateway call may take (sent as `grpc-timeout`): the gateway retries on another
+/// HSM within this deadline, so it covers a failover, and a batch of 256 takes ~70 ms.
+pub const DEFAULT_GATEWAY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `SignBatch` calls in flight at once. The gateway reaches its full rate with ~8 batches of
+/// 256 in flight (README, "Speed"); one at a time would leave the HSMs idle between calls.
+pub const DEFAULT_IN_FLIGHT: usize = 8;
+
+/// Signs DER blobs with a named key and says which algorithm it used.
+#[async_trait]
+pub trait TbsSigner: Send + Sync + fmt::Debug {
+    /// Signs each of `tbs` (the data itself, not a digest) with `key`; returns, in order,
+    /// `(signature, DER AlgorithmIdentifier)` — the signature as it goes into a BIT STRING
+    /// (a DER `Ecdsa-Sig-Value` for ECDSA, the raw signature for RSA).
+    async fn sign(&self, key: &str, tbs: Vec<Vec<u8>>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error>;
+}
+
+/// [`TbsSigner`] through the signing gateway's `SignBatch`, `message` input (the gateway hashes
+/// with the key's default algorithm: ECDSA with SHA-256 for P-256, RSA PKCS#1 v1.5 with
+/// SHA-256).
+#[derive(Clone, Debug)]
+pub struct GatewaySigner {
+    client: SignerClient<Channel>,
+    batch: usize,
+    in_flight: usize,
+    timeout: Duration,
+}
+
+impl GatewaySigner {
+    /// A signer over `channel`, `batch` messages per `SignBatch` call.
+    pub fn new(channel: Channel, batch: usize) -> Self {
+        Self {
+            client: SignerClient::new(channel)
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20),
+            batch: batch.max(1),
+            in_flight: DEFAULT_IN_FLIGHT,
+            timeout: DEFAULT_GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// A signer for the gateway at `url` (`http://127.0.0.1:50051`). Does not connect: the
+    /// channel connects on first use and reconnects by itself, so a pre-signer starts (and the
+    /// responder beside it keeps serving) while the gateway is down.
+    pub fn connect_lazy(url: &str, batch: usize) -> Result<Self, Error> {
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| Error::Config {
+                path: "presigner.gateway".into(),
+                detail: format!("`{url}`: {e}"),
+            })?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true);
+        Ok(Self::new(endpoint.connect_lazy(), batch))
+    }
+
+    /// Deadline of each gateway call.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// `SignBatch` calls in flight at once (at least 1).
+    pub fn with_in_flight(mut self, in_flight: usize) -> Self {
+        self.in_flight = in_flight.max(1);
+        self
+    }
+
+    /// The gRPC client, for the calls this type does not wrap (`ListKeys`).
+    pub fn client(&self) -> SignerClient<Channel> {
+        self.client.clone()
+    }
+
+    /// The DER SubjectPublicKeyInfo of `key`, as the HSMs hold it.
+    pub async fn public_key(&self, key: &str) -> Result<Vec<u8>, Error> {
+        let mut request = tonic::Request::new(GetPublicKeyRequest {
+            key: key.to_owned(),
+        });
+        request.set_timeout(self.timeout);
+        let response = self
+            .client
+            .clone()
+            .get_public_key(request)
+            .await
+            .map_err(|s| gateway_error("GetPublicKey", s))?;
+        Ok(response.into_inner().spki_der)
+    }
+
+    /// Signs one message with `Sign` (for the odd certificate; responses go through
+    /// [`TbsSigner::sign`]). Returns `(signature, DER AlgorithmIdentifier)`.
+    pub async fn sign_one(&self, key: &str, message: Vec<u8>) -> Result<(Vec<u8>, Vec<u8>), Error> {
+        let mut request = tonic::Request::new(message_request(key, message));
+        request.set_timeout(self.timeout);
+        let response = self
+            .client
+            .clone()
+            .sign(request)
+            .await
+            .map_err(|s| gateway_error("Sign", s))?
+            .into_inner();
+        check_signature("Sign", 0, &response)?;
+        Ok((response.signature, response.algorithm_identifier))
+    }
+
+    async fn sign_batch(
+        &self,
+        key: &str,
+        chunk: Vec<Vec<u8>>,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+        let asked = chunk.len();
+        let requests = chunk.into_iter().map(|m| message_request(key, m)).collect();
+        let mut request = tonic::Request::new(SignBatchRequest { requests });
+        request.set_timeout(self.timeout);
+        let responses = self
+            .client
+            .clone()
+            .sign_batch(request)
+            .await
+            .map_err(|s| gateway_error("SignBatch", s))?
+            .into_inner()
+            .responses;
+        if responses.len() != asked {
+            return Err(Error::Encoding {
+                what: "gateway answer".into(),
+                detail: format!(
+                    "SignBatch returned {} signatures for {asked} requests",
+                    responses.len()
+                ),
+            });
+        }
+        responses
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                check_signature("SignBatch", i, &r)?;
+                Ok((r.signature, r.algorithm_identifier))
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl TbsSigner for GatewaySigner {
+    async fn sign(&self, key: &str, tbs: Vec<Vec<u8>>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+        let mut chunks = Vec::with_capacity(tbs.len().div_ceil(self.batch));
+        let mut rest = tbs.into_iter().peekable();
+        while rest.peek().is_some() {
+            chunks.push(rest.by_ref().take(self.batch).collect::<Vec<_>>());
+        }
+        // `buffered` keeps the answers in request order while `in_flight` calls run at once;
+        // the first failure fails the whole call (signing is idempotent: the caller retries).
+        let signed: Vec<Vec<(Vec<u8>, Vec<u8>)>> = stream::iter(chunks)
+            .map(|chunk| self.sign_batch(key, chunk))
+            .buffered(self.in_flight)
+            .try_collect()
+            .await?;
+        Ok(signed.into_iter().flatten().collect())
+    }
+}
+
+fn message_request(key: &str, message: Vec<u8>) -> SignRequest {
+    SignRequest {
+        key: key.to_owned(),
+        // The key's default algorithm; the answer names the one used.
+        algorithm: SignatureAlgorithm::Unspecified as i32,
+        input: Some(sign_request::Input::Message(message)),
+    }
+}
+
+/// A gateway answer must carry a signature and the algorithm that made it.
+fn check_signature(call: &str, index: usize, r: &SignResponse) -> Result<(), Error> {
+    if r.signature.is_empty() || r.algorithm_identifier.is_empty() {
+        return Err(Error::Encoding {
+            what: "gateway answer".into(),
+            detail: format!("{call} answer {index} has no signature or no algorithm identifier"),
+        });
+    }
+    Ok(())
+}
+
+/// The gateway's status, kept whole: its code says whether retrying can help.
+fn gateway_error(call: &'static str, status: tonic::Status) -> Error {
+    Error::Gateway {
+        call,
+        code: status.code(),
+        detail: status.message().to_owned(),
+    }
+}
+
+fn encoding(what: &str, e: impl fmt::Display) -> Error {
+    Error::Encoding {
+        what: what.to_owned(),
+        detail: e.to_string(),
+    }
+}
+
+/// Unix seconds as an RFC 6960 GeneralizedTime: whole seconds, UTC (`YYYYMMDDHHMMSSZ`), as
+/// RFC 5280 §4.1.2.5.2 requires of GeneralizedTime in PKIX.
+pub(crate) fn generalized_time(unix_secs: i64, what: &str) -> Result<OcspGeneralizedTime, Error> {
+    let secs = u64::try_from(unix_secs)
+        .map_err(|_| encoding(what, format!("{unix_secs} is before 1970")))?;
+    GeneralizedTime::from_unix_duration(Duration::from_secs(secs))
+        .map(OcspGeneralizedTime)
+        .map_err(|e| encoding(what, e))
+}
+
+/// A serial as the DER INTEGER of a CertID (RFC 6960 §4.1.1 `serialNumber
+/// CertificateSerialNumber`): positive, so a magnitude whose first bit is set gets a leading
+/// 0x00. RFC 5280 §4.1.2.2 allows 20 octets; a 20-byte magnitude with the high bit set takes 21
+/// when encoded, which x509-cert's constructor refuses but its decoder accepts (as certificates
+/// in the wild carry such serials), so that case is built from its encoding.
+pub fn serial_number(serial: &Serial) -> Result<SerialNumber, Error> {
+    let bytes = serial.as_bytes();
+    if bytes.is_empty() {
+        // Zero (not a valid serial, RFC 5280 §4.1.2.2, but certificates carrying it exist):
+        // x509-cert 0.2 encodes an empty magnitude as `02 00`, which is not DER.
+        return SerialNumber::from_der(&[0x02, 0x01, 0x00])
+            .map_err(|e| encoding("serial number", e));
+    }
+    match SerialNumber::new(bytes) {
+        Ok(s) => Ok(s),
+        Err(e) if bytes.len() == 20 && bytes[0] & 0x80 != 0 => {
+            let mut der = vec![0x02, 21, 0x00];
+            der.extend_from_slice(bytes);
+            SerialNumber::from_der(&der).map_err(|_| encoding("serial number", e))
+        }
+        Err(_) => Err(encoding(
+            "serial number",
+            format!("{serial}: longer than the 20 octets RFC 5280 §4.1.2.2 allows"),
+        )),
+    }
+}
+
+/// RFC 5280 §5.3.1 `CRLReason` from its code (7 is not assigned).
+fn crl_reason(code: ReasonCode) -> Result<CrlReason, Error> {
+    Ok(match code {
+        0 => CrlReason::Unspecified,
+        1 => CrlReason::KeyCompromise,
+        2 => CrlReason::CaCompromise,
+        3 => CrlReason::AffiliationChanged,
+        4 => CrlReason::Superseded,
+        5 => CrlReason::CessationOfOperation,
+        6 => CrlReason::CertificateHold,
+        8 => CrlReason::RemoveFromCRL,
+        9 => CrlReason::PrivilegeWithdrawn,
+        10 => CrlReason::AaCompromise,
+        other => {
+            return Err(encoding(
+                "revocation reason",
+                format!("{other} is not a CRLReason code (RFC 5280 §5.3.1: 0-6, 8-10)"),
+            ));
+        }
+    })
+}
+
+/// Whether `code` is a CRLReason an OCSP response may carry.
+pub fn is_valid_reason(code: ReasonCode) -> bool {
+    crl_reason(code).is_ok()
+}
+
+/// RFC 6960 §4.1.1:
+///
+/// ```text
+/// CertID ::= SEQUENCE {
+///     hashAlgorithm       AlgorithmIdentifier,
+///     issuerNameHash      OCTET STRING, -- Hash of issuer's DN
+///     issuerKeyHash       OCTET STRING, -- Hash of issuer's public key
+///     serialNumber        CertificateSerialNumber }
+/// ```
+///
+/// The hash AlgorithmIdentifier carries NULL parameters, as OpenSSL and Go write it in their
+/// requests (RFC 5754 §2 asks receivers to accept both forms).
+fn cert_id(alg: HashAlg, issuer: &Issuer, serial: &SerialNumber) -> Result<CertId, Error> {
+    let oid = match alg {
+        HashAlg::Sha1 => ID_SHA1,
+        HashAlg::Sha256 => ID_SHA256,
+    };
+    Ok(CertId {
+        hash_algorithm: AlgorithmIdentifierOwned {
+            oid,
+            parameters: Some(Null.into()),
+        },
+        issuer_name_hash: OctetString::new(issuer.name_hash.get(alg))
+            .map_err(|e| encoding("CertID", e))?,
+        issuer_key_hash: OctetString::new(issuer.key_hash.get(alg))
+            .map_err(|e| encoding("CertID", e))?,
+        serial_number: serial.clone(),
+    })
+}
+
+/// RFC 6960 §4.2.1:
+///
+/// ```text
+/// CertStatus ::= CHOICE {
+///     good        [0]     IMPLICIT NULL,
+///     revoked     [1]     IMPLICIT RevokedInfo,
+///     unknown     [2]     IMPLICIT UnknownInfo }
+///
+/// RevokedInfo ::= SEQUENCE {
+///     revocationTime              GeneralizedTime,
+///     revocationReason    [0]     EXPLICIT CRLReason OPTIONAL }
+/// ```
+fn cert_status(status: CertStatus) -> Result<x509_ocsp::CertStatus, Error> {
+    Ok(match status {
+        CertStatus::Good => x509_ocsp::CertStatus::good(),
+        CertStatus::Revoked { at, reason } => x509_ocsp::CertStatus::revoked(RevokedInfo {
+            revocation_time: generalized_time(at, "revocationTime")?,
+            revocation_reason: reason.map(crl_reason).transpose()?,
+        }),
+    })
+}
+
+/// The `ResponseData` (RFC 6960 §4.2.1) for one certificate:
+///
+/// ```text
+/// ResponseData ::= SEQUENCE {
+///     version              [0] EXPLICIT Version DEFAULT v1,
+///     responderID              ResponderID,
+///     producedAt               GeneralizedTime,
+///     responses                SEQUENCE OF SingleResponse,
+///     responseExtensions   [1] EXPLICIT Extensions OPTIONAL }
+///
+/// ResponderID ::= CHOICE {
+///     byName   [1] Name,
+///     byKey    [2] KeyHash }
+///
+/// KeyHash ::= OCTET STRING -- SHA-1 hash of responder's public key
+///                          -- (excluding the tag and length fields)
+///
+/// SingleResponse ::= SEQUENCE {
+///     certID                       CertID,
+///     certStatus                   CertStatus,
+///     thisUpdate                   GeneralizedTime,
+///     nextUpdate         [0]       EXPLICIT GeneralizedTime OPTIONAL,
+///     singleExtensions   [1]       EXPLICIT Extensions OPTIONAL }
+/// ```
+///
+/// - version v1 is the DEFAULT, so DER omits it;
+/// - responderID byKey: the issuer signs its own responses (RFC 5019 §2.2.3 prefers byKey);
+/// - **two SingleResponses** for the one certificate, SHA-1 CertID first, then SHA-256: RFC 5019
+///   clients send SHA-1 CertIDs and RFC 9919 clients SHA-256, and OpenSSL and others pick the
+///   SingleResponse whose CertID matches their request. RFC 5019 §2.2.1 allows "additional
+///   SingleResponse elements if necessary to improve response pre-generation performance or
+///   cache efficiency" — which is the point: one signature covers both, so the capacity plan's
+///   one HSM signature per certificate (and per revocation) holds, and one stored response
+///   answers both kinds of request;
+/// - nextUpdate always present (RFC 5019 §2.2.4: a response without it would be "newer
+///   information is always available" and uncacheable);
+/// - no extensions and no nonce: responses are pregenerated (RFC 5019 §2.2.1).
+fn response_data(
+    issuer: &Issuer,
+    serial: &Serial,
+    status: CertStatus,
+    this_update: &OcspGeneralizedTime,
+    next_update: &OcspGeneralizedTime,
+    produced_at: &OcspGeneralizedTime,
+) -> Result<ResponseData, Error> {
+    let serial = serial_number(serial)?;
+    let cert_status = cert_status(status)?;
+    let single = |alg| -> Result<SingleResponse, Error> {
+        Ok(SingleResponse {
+            cert_id: cert_id(alg, issuer, &serial)?,
+            cert_status,
+            this_update: *this_update,
+            next_update: Some(*next_update),
+            single_extensions: None,
+        })
+    };
+    Ok(ResponseData {
+        version: Version::V1,
+        responder_id: ResponderId::ByKey(
+            OctetString::new(issuer.key_hash.sha1.to_vec())
+                .map_err(|e| encoding("responderID", e))?,
+        ),
+        produced_at: *produced_at,
+        responses: vec![single(HashAlg::Sha1)?, single(HashAlg::Sha256)?],
+        response_extensions: None,
+    })
+}
+
+/// Builds, signs (one gateway signature per item, batched) and encodes a complete
+/// `OCSPResponse` for each of `items`, in order. Times are Unix seconds (UTC); the caller
+/// chooses them (see the pre-signer for the validity rules).
+///
+/// RFC 6960 §4.2.1:
+///
+/// ```text
+/// OCSPResponse ::= SEQUENCE {
+///     responseStatus         OCSPResponseStatus,
+///     responseBytes          [0] EXPLICIT ResponseBytes OPTIONAL }
+///
+/// ResponseBytes ::= SEQUENCE {
+///     responseType   OBJECT IDENTIFIER,    -- id-pkix-ocsp-basic
+///     response       OCTET STRING }
+///
+/// BasicOCSPResponse ::= SEQUENCE {
+///     tbsResponseData      ResponseData,
+///     signatureAlgorithm   AlgorithmIdentifier,
+///     signature            BIT STRING,
+///     certs            [0] EXPLICIT SEQUENCE OF Certificate OPTIONAL }
+/// ```
+///
+/// "The value for signature SHALL be computed on the hash of the DER encoding of
+/// ResponseData" (§4.2.1): the gateway receives that DER and hashes it itself.
+/// `signatureAlgorithm` is the AlgorithmIdentifier the gateway returned for the signature it
+/// made; `certs` is absent because the issuer signs directly (no delegated responder). Each
+/// `ResponseData` carries two SingleResponses (SHA-1 and SHA-256 CertIDs), see
+/// [`response_data`].
+pub async fn sign_responses(
+    signer: &dyn TbsSigner,
+    issuer: &Issuer,
+    items: &[(Serial, CertStatus)],
+    this_update: i64,
+    next_update: i64,
+    produced_at: i64,
+) -> Result<Vec<StoredResponse>, Error> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    if next_update <= this_update {
+        return Err(encoding(
+            "nextUpdate",
+            format!("{next_update} is not after thisUpdate {this_update}"),
+        ));
+    }
+    let this = generalized_time(this_update, "thisUpdate")?;
+    let next = generalized_time(next_update, "nextUpdate")?;
+    let produced = generalized_time(produced_at, "producedAt")?;
+    let mut data = Vec::with_capacity(items.len());
+    let mut tbs = Vec::with_capacity(items.len());
+    for (serial, status) in items {
+        let rd = response_data(issuer, serial, *status, &this, &next, &produced)?;
+        tbs.push(rd.to_der().map_err(|e| encoding("ResponseData", e))?);
+        data.push(rd);
+    }
+    let signatures = signer.sign(&issuer.signing_key, tbs).await?;
+    if signatures.len() != items.len() {
+        return Err(Error::Encoding {
+            what: "signer answer".into(),
+            detail: format!(
+                "{} signatures for {} responses",
+                signatures.len(),
+                items.len()
+            ),
+        });
+    }
+    // `tbs_response_data` is encoded again inside BasicOCSPResponse; DER is canonical, so those
+    // are the bytes that were signed (the tests verify every signature with OpenSSL).
+    let mut out = Vec::with_capacity(items.len());
+    for ((rd, (signature, algorithm)), (_, status)) in data.into_iter().zip(signatures).zip(items) {
+        let basic = BasicOcspResponse {
+            tbs_response_data: rd,
+            signature_algorithm: AlgorithmIdentifierOwned::from_der(&algorithm)
+                .map_err(|e| encoding("signatureAlgorithm from the gateway", e))?,
+            signature: BitString::from_bytes(&signature).map_err(|e| encoding("signature", e))?,
+            certs: None,
+        };
+        let der = OcspResponse::successful(basic)
+            .and_then(|r| r.to_der())
+            .map_err(|e| encoding("OCSPResponse", e))?;
+        out.push(StoredResponse {
+            status: *status,
+            this_update,
+            next_update,
+            der,
+        });
+    }
+    Ok(out)
+}
+
+/// An `OCSPResponse` with a status and no `responseBytes` (RFC 6960 §4.2.1: "If the value of
+/// responseStatus is one of the error conditions, the responseBytes field is not set"), e.g.
+/// `unauthorized` (`30 03 0a 01 06`) for a certificate this responder does not answer for
+/// (RFC 5019 §2.2.3) and `malformedRequest` (`30 03 0a 01 01`). Such responses are not signed.
+pub fn status_only(status: OcspResponseStatus) -> Vec<u8> {
+    let response = OcspResponse {
+        response_status: status,
+        response_bytes: None,
+    };
+    match response.to_der() {
+        Ok(der) => der,
+        // Encoding a one-byte ENUMERATED in a SEQUENCE cannot fail; should it ever, the bytes
+        // are these (the unit test checks the two agree).
+        Err(_) => vec![0x30, 0x03, 0x0a, 0x01, status as u8],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Returns fixed bytes as signatures and records what it was asked to sign.
+    #[derive(Debug, Default)]
+    struct FakeSigner {
+        seen: Mutex<Vec<Vec<u8>>>,
+    }
+
+    // ecdsa-with-SHA256, no parameters (RFC 5758 §3.2).
+    const ECDSA_SHA256: &[u8] = &[
+        0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02,
+    ];
+
+    #[async_trait]
+    impl TbsSigner for FakeSigner {
+        async fn sign(
+            &self,
+            _key: &str,
+            tbs: Vec<Vec<u8>>,
+        ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+            let out = tbs
+                .iter()
+                .map(|_| (vec![0x30, 0x00], ECDSA_SHA256.to_vec()))
+                .collect();
+            self.seen.lock().unwrap().extend(tbs);
+            Ok(out)
+        }
+    }
+
+    const ISSUER_PEM: &str = "-----BEGIN CERTIFICATE-----
+MIIBejCCAR+gAwIBAgIUeD8IUzJEL3I5rKNvBXHPPBUg3lowCgYIKoZIzj0EAwIw
+EjEQMA4GA1UEAwwHVGVzdCBDQTAeFw0yNjExMjcxMjUzMTZaFw0zNjExMjQxMjUz
+MTZaMBIxEDAOBgNVBAMMB1Rlc3QgQ0EwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNC
+AASPsZvlplFuvmT2ZZoUPFO1xmlaj26dZJGSP2iujfYhyghXU5E17YwVPbwd1BZh
+GhJDOiFTHmjijfQeUxGl11Zao1MwUTAdBgNVHQ4EFgQUAm4pIbh77Kue18XNapH1
+3yS/L7EwHwYDVR0jBBgwFoAUAm4pIbh77Kue18XNapH13yS/L7EwDwYDVR0TAQH/
+BAUwAwEB/zAKBggqhkjOPQQDAgNJADBGAiEA7i5aqjQxCc3FVWrjf0aOOp3V/veH
+oqmvrAf5tbRQFdQCIQCpZ72fpBE/ecRqUX96VOFi2aJRymPGFGCn8PRMn6knzQ==
+-----END CERTIFICATE-----
+";
+
+    fn issuer() -> Issuer {
+        Issuer::new("test", "k", ISSUER_PEM.as_bytes()).expect("issuer")
+    }
+
+    #[test]
+    fn status_only_matches_the_known_bytes() {
+        assert_eq!(
+            status_only(OcspResponseStatus::Unauthorized),
+            [0x30, 0x03, 0x0a, 0x01, 0x06]
+        );
+        assert_eq!(
+            status_only(OcspResponseStatus::MalformedRequest),
+            [0x30, 0x03, 0x0a, 0x01, 0x01]
+        );
+        assert_eq!(
+            status_only(OcspResponseStatus::TryLater),
+            [0x30, 0x03, 0x0a, 0x01, 0x03]
+        );
+        assert_eq!(
+            status_only(OcspResponseStatus::InternalError),
+            [0x30, 0x03, 0x0a, 0x01, 0x02]
+        );
+    }
+
+    #[test]
+    fn serials_are_positive_integers() {
+        let der = |hex: &str| {
+            serial_number(&Serial::from_hex(hex).unwrap())
+                .unwrap()
+                .to_der()
+                .unwrap()
+        };
+        assert_eq!(der("01"), [0x02, 0x01, 0x01]);
+        assert_eq!(der("7f"), [0x02, 0x01, 0x7f]);
+        assert_eq!(der("80"), [0x02, 0x02, 0x00, 0x80]);
+        assert_eq!(der("00ff01"), [0x02, 0x03, 0x00, 0xff, 0x01]);
+        assert_eq!(der("00"), [0x02, 0x01, 0x00]);
+        let twenty_high = "ff".repeat(20);
+        let encoded = der(&twenty_high);
+        assert_eq!(&encoded[..3], &[0x02, 21, 0x00]);
+        assert_eq!(encoded.len(), 23);
+        assert!(serial_number(&Serial::from_hex(&"01".repeat(21)).unwrap()).is_err());
+    }
+
+    #[test]
+    fn reasons_follow_rfc5280() {
+        assert!(
+            is_valid_reason(0) && is_valid_reason(6) && is_valid_reason(8) && is_valid_reason(10)
+        );
+        assert!(!is_valid_reason(7) && !is_valid_reason(11));
+    }
+
+    #[tokio::test]
+    async fn a_response_has_two_single_responses_and_the_signed_bytes() {
+        let signer = FakeSigner::default();
+        let issuer = issuer();
+        let serial = Serial::from_hex("8badf00d").unwrap();
+        let status = CertStatus::Revoked {
+            at: 1_700_000_000,
+            reason: Some(1),
+        };
+        let out = sign_responses(
+            &signer,
+            &issuer,
+            &[(serial.clone(), status)],
+            1_800_000_000,
+            1_800_345_600,
+            1_800_003_600,
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.len(), 1);
+        let resp = OcspResponse::from_der(&out[0].der).unwrap();
+        assert_eq!(resp.response_status, OcspResponseStatus::Successful);
+        let bytes = resp.response_bytes.unwrap();
+        assert_eq!(bytes.response_type.to_string(), "1.3.6.1.5.5.7.48.1.1");
+        let basic = BasicOcspResponse::from_der(bytes.response.as_bytes()).unwrap();
+        assert!(basic.certs.is_none());
+        let tbs = basic.tbs_response_data.to_der().unwrap();
+        assert_eq!(
+            signer.seen.lock().unwrap()[0],
+            tbs,
+            "the signed bytes are the embedded ones"
+        );
+        // version v1 is the DEFAULT: no [0] right after the SEQUENCE header.
+        let header_len = if tbs[1] & 0x80 != 0 {
+            2 + (tbs[1] & 0x7f) as usize
+        } else {
+            2
+        };
+        assert_eq!(tbs[header_len], 0xa2, "responderID byKey comes first");
+        let rd = basic.tbs_response_data;
+        assert_eq!(
+            rd.responder_id,
+            ResponderId::ByKey(OctetString::new(issuer.key_hash.sha1.to_vec()).unwrap())
+        );
+        assert!(rd.response_extensions.is_none());
+        assert_eq!(rd.responses.len(), 2);
+        let algs: Vec<String> = rd
+            .responses
+            .iter()
+            .map(|r| r.cert_id.hash_algorithm.oid.to_string())
+            .collect();
+        assert_eq!(algs, ["1.3.14.3.2.26", "2.16.840.1.101.3.4.2.1"]);
+        for (r, alg) in rd.responses.iter().zip([HashAlg::Sha1, HashAlg::Sha256]) {
+            assert_eq!(
+                r.cert_id.issuer_name_hash.as_bytes(),
+                issuer.name_hash.get(alg)
+            );
+            assert_eq!(
+                r.cert_id.issuer_key_hash.as_bytes(),
+                issuer.key_hash.get(alg)
+            );
+            assert_eq!(
+                r.cert_id.serial_number.to_der().unwrap(),
+                [0x02, 0x05, 0x00, 0x8b, 0xad, 0xf0, 0x0d]
+            );
+            assert_eq!(r.this_update.0.to_unix_duration().as_secs(), 1_800_000_000);
+            assert_eq!(
+                r.next_update.unwrap().0.to_unix_duration().as_secs(),
+                1_800_345_600
+            );
+            match r.cert_status {
+                x509_ocsp::CertStatus::Revoked(info) => {
+                    assert_eq!(
+                        info.revocation_time.0.to_unix_duration().as_secs(),
+                        1_700_000_000
+                    );
+                    assert_eq!(info.revocation_reason, Some(CrlReason::KeyCompromise));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(rd.produced_at.0.to_unix_duration().as_secs(), 1_800_003_600);
+        // Whole seconds, UTC: GeneralizedTime "YYYYMMDDHHMMSSZ" (tag 0x18, 15 bytes).
+        let produced = rd.produced_at.to_der().unwrap();
+        assert_eq!(&produced[..2], &[0x18, 15]);
+        assert_eq!(produced.last(), Some(&b'Z'));
+        assert_eq!(basic.signature_algorithm.to_der().unwrap(), ECDSA_SHA256);
+    }
+
+    #[tokio::test]
+    async fn bad_inputs_are_refused_before_signing() {
+        let signer = FakeSigner::default();
+        let issuer = issuer();
+        let s = Serial::from_hex("01").unwrap();
+        let bad_reason = [(
+            s.clone(),
+            CertStatus::Revoked {
+                at: 1,
+                reason: Some(7),
+            },
+        )];
+        assert!(matches!(
+            sign_responses(&signer, &issuer, &bad_reason, 10, 20, 10).await,
+            Err(Error::Encoding { .. })
+        ));
+        let good = [(s, CertStatus::Good)];
+        assert!(
+            sign_responses(&signer, &issuer, &good, 20, 20, 20)
+                .await
+                .is_err()
+        );
+        assert!(
+            sign_responses(&signer, &issuer, &good, -5, 20, 20)
+                .await
+                .is_err()
+        );
+        assert!(signer.seen.lock().unwrap().is_empty());
+    }
+}

@@ -1,1 +1,692 @@
-//! (being written by the responder work)
+//! Where the responder's answers come from: a [`Source`] chain, after Boulder's responder
+//! (a `Source` interface behind the HTTP handler, with in-memory and Redis sources stacked on
+//! it). The HTTP layer asks one `Source` and knows nothing of caches or stores.
+//!
+//! ```text
+//!  CachedSource (moka, bounded by bytes)
+//!     └─▶ StoreSource (SQLite)                      -- the embedded default
+//!     └─▶ ReplicatedSource (Redis ──fails──▶ SQLite replica; hits copied into the replica)
+//! ```
+//!
+//! Sources only ever hand out responses that were signed and stored; a certificate with no
+//! stored response is [`Lookup::NotFound`], which the responder answers `unauthorized` — so an
+//! unissued serial is never `good`. Whether a response has reached nextUpdate is checked again
+//! by the responder at the moment it sends it, because time passes between here and there.
+//!
+//! A failing store marks the shared [`Health`] degraded (exported as `ocsp_degraded`) until a
+//! read succeeds again.
+
+use std::fmt;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use moka::future::Cache;
+use tokio::sync::mpsc;
+
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::model::{IssuerName, Serial, StoredResponse};
+use crate::store::ResponseStore;
+
+/// Where a found response came from, for metrics and logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The in-memory cache.
+    Cache,
+    /// The durable store (SQLite, or the Redis primary).
+    Store,
+    /// The local SQLite replica, because the Redis primary failed.
+    Replica,
+}
+
+impl Origin {
+    pub fn label(self) -> &'static str {
+        match self {
+            Origin::Cache => "cache",
+            Origin::Store => "store",
+            Origin::Replica => "replica",
+        }
+    }
+}
+
+/// The answer to "what is the stored response for this certificate?".
+#[derive(Debug)]
+pub enum Lookup {
+    /// A signed response (possibly past its nextUpdate: the caller checks at sending time).
+    Found(Arc<StoredResponse>, Origin),
+    /// No response is stored for this certificate.
+    NotFound,
+    /// Nothing could be read: the store failed and nothing usable was cached. Shared because
+    /// concurrent cache misses for one key wait on a single store read.
+    Unavailable(Arc<Error>),
+}
+
+/// Something that answers for certificates by issuer and serial.
+#[async_trait]
+pub trait Source: Send + Sync + fmt::Debug {
+    async fn response(&self, issuer: &IssuerName, serial: &Serial) -> Lookup;
+}
+
+#[async_trait]
+impl<S: Source + ?Sized> Source for Arc<S> {
+    async fn response(&self, issuer: &IssuerName, serial: &Serial) -> Lookup {
+        (**self).response(issuer, serial).await
+    }
+}
+
+pub(crate) fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Whether the durable store behind the responder is failing. Shared by every source in a
+/// chain; the hot path only reads one atomic when all is well.
+pub struct Health {
+    /// Unix seconds the current degraded period began; 0 when healthy.
+    since: AtomicI64,
+    /// The most recent store error, for operators (never sent to clients).
+    last_error: Mutex<Option<String>>,
+    metrics: Arc<Metrics>,
+}
+
+impl fmt::Debug for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Health")
+            .field("degraded_since", &self.degraded_since())
+            .field("last_error", &self.last_error())
+            .finish()
+    }
+}
+
+impl Health {
+    pub fn new(metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            since: AtomicI64::new(0),
+            last_error: Mutex::new(None),
+            metrics,
+        })
+    }
+
+    /// A store read failed: degraded from now on, unless already.
+    pub fn store_failed(&self, error: &Error) {
+        let now = unix_now().max(1);
+        if self
+            .since
+            .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.metrics.degraded.set(1);
+            self.metrics.degraded_since.set(now);
+            tracing::warn!("store failing, serving from cache and replica: {error}");
+        }
+        // A poisoned lock only means another thread panicked while writing a string: the
+        // string is still usable.
+        let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
+        *last = Some(error.to_string());
+    }
+
+    /// A store read succeeded: healthy again.
+    pub fn store_ok(&self) {
+        if self.since.load(Ordering::Acquire) != 0 {
+            let since = self.since.swap(0, Ordering::AcqRel);
+            if since != 0 {
+                self.metrics.degraded.set(0);
+                self.metrics.degraded_since.set(0);
+                tracing::info!(degraded_secs = unix_now() - since, "store answering again");
+            }
+        }
+    }
+
+    /// Unix seconds since which the store has been failing, if it is.
+    pub fn degraded_since(&self) -> Option<i64> {
+        match self.since.load(Ordering::Acquire) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// How long one store read may take on the serving path before it counts as a failure. A
+/// hung store must not hang clients: past this the cached copy or the replica answers.
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Reads `store` with a timeout, recording latency and errors.
+async fn timed_get(
+    store: &dyn ResponseStore,
+    issuer: &IssuerName,
+    serial: &Serial,
+    timeout: Duration,
+    metrics: &Metrics,
+) -> Result<Option<StoredResponse>, Error> {
+    let start = Instant::now();
+    let result = match tokio::time::timeout(timeout, store.get(issuer, serial)).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Store {
+            store: store.kind(),
+            detail: format!("read timed out after {timeout:?}"),
+        }),
+    };
+    metrics.store_read(store.kind(), result.is_ok(), start.elapsed());
+    result
+}
+
+/// A durable store as a [`Source`].
+#[derive(Debug)]
+pub struct StoreSource {
+    store: Arc<dyn ResponseStore>,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    timeout: Duration,
+}
+
+impl StoreSource {
+    pub fn new(store: Arc<dyn ResponseStore>, health: Arc<Health>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            store,
+            health,
+            metrics,
+            timeout: DEFAULT_STORE_TIMEOUT,
+        }
+    }
+
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
+#[async_trait]
+impl Source for StoreSource {
+    async fn response(&self, issuer: &IssuerName, serial: &Serial) -> Lookup {
+        match timed_get(&*self.store, issuer, serial, self.timeout, &self.metrics).await {
+            Ok(found) => {
+                self.health.store_ok();
+                match found {
+                    Some(r) => Lookup::Found(Arc::new(r), Origin::Store),
+                    None => Lookup::NotFound,
+                }
+            }
+            Err(e) => {
+                self.health.store_failed(&e);
+                Lookup::Unavailable(Arc::new(e))
+            }
+        }
+    }
+}
+
+/// Copies waiting to be written into the replica. Bounded so that a slow replica costs
+/// copies (counted as `dropped`), never memory or latency on the serving path; a dropped copy
+/// is written again the next time the response is read from the primary.
+const REPLICA_QUEUE: usize = 4096;
+
+type ReplicaCopy = (IssuerName, Serial, Arc<StoredResponse>);
+
+/// Redis primary with a local SQLite replica. Every response read from the primary is copied
+/// into the replica in the background (a monotonic `put`, so a copy can never replace a
+/// revocation there with an older `good`); when the primary fails, the replica answers and
+/// the service reports itself degraded.
+///
+/// A primary that answers "not found" is believed: the replica is only a copy of what was
+/// served, so it is consulted only when the primary cannot answer at all.
+#[derive(Debug)]
+pub struct ReplicatedSource {
+    primary: Arc<dyn ResponseStore>,
+    replica: Arc<dyn ResponseStore>,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    timeout: Duration,
+    copies: mpsc::Sender<ReplicaCopy>,
+}
+
+impl ReplicatedSource {
+    /// Starts the replica writer task: call from within a Tokio runtime. The task ends when
+    /// this source is dropped.
+    pub fn new(
+        primary: Arc<dyn ResponseStore>,
+        replica: Arc<dyn ResponseStore>,
+        health: Arc<Health>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let (copies, mut rx) = mpsc::channel::<ReplicaCopy>(REPLICA_QUEUE);
+        {
+            let replica = replica.clone();
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                while let Some((issuer, serial, response)) = rx.recv().await {
+                    let outcome = match replica.put(&issuer, &serial, &response).await {
+                        Ok(true) => "stored",
+                        Ok(false) => "kept",
+                        Err(e) => {
+                            tracing::warn!(%serial, "replica write failed: {e}");
+                            "error"
+                        }
+                    };
+                    metrics.replica_write(outcome);
+                }
+            });
+        }
+        Self {
+            primary,
+            replica,
+            health,
+            metrics,
+            timeout: DEFAULT_STORE_TIMEOUT,
+            copies,
+        }
+    }
+
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
+#[async_trait]
+impl Source for ReplicatedSource {
+    async fn response(&self, issuer: &IssuerName, serial: &Serial) -> Lookup {
+        let primary_error =
+            match timed_get(&*self.primary, issuer, serial, self.timeout, &self.metrics).await {
+                Ok(Some(r)) => {
+                    self.health.store_ok();
+                    let r = Arc::new(r);
+                    if self
+                        .copies
+                        .try_send((issuer.clone(), serial.clone(), r.clone()))
+                        .is_err()
+                    {
+                        self.metrics.replica_write("dropped");
+                    }
+                    return Lookup::Found(r, Origin::Store);
+                }
+                Ok(None) => {
+                    self.health.store_ok();
+                    return Lookup::NotFound;
+                }
+                Err(e) => e,
+            };
+        self.health.store_failed(&primary_error);
+        match timed_get(&*self.replica, issuer, serial, self.timeout, &self.metrics).await {
+            Ok(Some(r)) => Lookup::Found(Arc::new(r), Origin::Replica),
+            Ok(None) => Lookup::NotFound,
+            Err(replica_error) => {
+                tracing::warn!(%serial, "replica read failed too: {replica_error}");
+                Lookup::Unavailable(Arc::new(primary_error))
+            }
+        }
+    }
+}
+
+/// A cache entry: the response, where it came from and when it was last read from (or
+/// confirmed by) the inner source.
+#[derive(Clone, Debug)]
+struct Entry {
+    response: Arc<StoredResponse>,
+    origin: Origin,
+    fetched: Instant,
+}
+
+/// Bytes an entry costs beyond its DER: the key, the `Arc`s, moka's bookkeeping (roughly).
+const ENTRY_OVERHEAD: usize = 160;
+
+/// Why a cache miss inserted nothing.
+enum Miss {
+    NotFound,
+    /// Found, but past nextUpdate: returned to the caller (who refuses it) and not cached.
+    Expired(Arc<StoredResponse>, Origin),
+    Unavailable(Arc<Error>),
+}
+
+/// An in-memory cache (moka, bounded by the bytes of the DER it holds) in front of another
+/// source.
+///
+/// - An entry younger than `fresh` is served without asking the inner source.
+/// - An older entry is re-read from the inner source, so a revocation published in the store
+///   is served within `fresh` (`cache_fresh_secs`). If the inner source cannot answer, the
+///   cached entry is served (the store's failure has already marked [`Health`] degraded) and
+///   its clock restarts, so a dead store is asked about each hot certificate at most once per
+///   `fresh` instead of on every request.
+/// - An entry past its nextUpdate is evicted and never served; the lookup goes to the inner
+///   source, whose answer, if also expired, reaches the responder, which answers
+///   `unauthorized` as Boulder did: we have no authoritative current status to give
+///   (RFC 5019 §2.2.3), and serving a stale one would tell clients something we no longer sign.
+/// - Concurrent misses for one certificate share one inner read (moka's `try_get_with`).
+///   "Not found" is not cached: a certificate's first response must be served as soon as the
+///   pre-signer stores it.
+pub struct CachedSource<S> {
+    inner: S,
+    cache: Cache<(IssuerName, Serial), Entry>,
+    fresh: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl<S> fmt::Debug for CachedSource<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachedSource")
+            .field("entries", &self.cache.entry_count())
+            .field("bytes", &self.cache.weighted_size())
+            .field("fresh", &self.fresh)
+            .finish()
+    }
+}
+
+impl<S: Source> CachedSource<S> {
+    pub fn new(inner: S, cache_bytes: u64, fresh: Duration, metrics: Arc<Metrics>) -> Self {
+        let cache = Cache::builder()
+            .max_capacity(cache_bytes)
+            .weigher(|key: &(IssuerName, Serial), entry: &Entry| {
+                let bytes = entry.response.der.len()
+                    + key.0.0.len()
+                    + key.1.as_bytes().len()
+                    + ENTRY_OVERHEAD;
+                u32::try_from(bytes).unwrap_or(u32::MAX)
+            })
+            .build();
+        Self {
+            inner,
+            cache,
+            fresh,
+            metrics,
+        }
+    }
+
+    /// Entries and bytes held (approximate: moka applies writes lazily).
+    pub fn usage(&self) -> (u64, u64) {
+        (self.cache.entry_count(), self.cache.weighted_size())
+    }
+
+    async fn revalidate(&self, key: (IssuerName, Serial), cached: Entry) -> Lookup {
+        match self.inner.response(&key.0, &key.1).await {
+            Lookup::Found(response, origin) => {
+                self.metrics.cache("revalidated");
+                if response.next_update > unix_now() {
+                    let entry = Entry {
+                        response: response.clone(),
+                        origin,
+                        fetched: Instant::now(),
+                    };
+                    self.cache.insert(key, entry).await;
+                } else {
+                    self.cache.invalidate(&key).await;
+                }
+                Lookup::Found(response, origin)
+            }
+            Lookup::NotFound => {
+                // The store no longer has it (deleted by an operator): neither do we.
+                self.metrics.cache("revalidated");
+                self.cache.invalidate(&key).await;
+                Lookup::NotFound
+            }
+            Lookup::Unavailable(e) => {
+                tracing::debug!(serial = %key.1, "store unavailable, serving cached copy: {e}");
+                self.metrics.cache("stale");
+                let response = cached.response.clone();
+                let entry = Entry {
+                    fetched: Instant::now(),
+                    ..cached
+                };
+                self.cache.insert(key, entry).await;
+                Lookup::Found(response, Origin::Cache)
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl<S: Source> Source for CachedSource<S> {
+    async fn response(&self, issuer: &IssuerName, serial: &Serial) -> Lookup {
+        let key = (issuer.clone(), serial.clone());
+        if let Some(entry) = self.cache.get(&key).await {
+            if entry.response.next_update <= unix_now() {
+                self.cache.invalidate(&key).await;
+            } else if entry.fetched.elapsed() < self.fresh {
+                self.metrics.cache("hit");
+                return Lookup::Found(entry.response, Origin::Cache);
+            } else {
+                return self.revalidate(key, entry).await;
+            }
+        }
+
+        self.metrics.cache("miss");
+        let fetch = async {
+            match self.inner.response(issuer, serial).await {
+                Lookup::Found(response, origin) if response.next_update > unix_now() => Ok(Entry {
+                    response,
+                    origin,
+                    fetched: Instant::now(),
+                }),
+                Lookup::Found(response, origin) => Err(Miss::Expired(response, origin)),
+                Lookup::NotFound => Err(Miss::NotFound),
+                Lookup::Unavailable(e) => Err(Miss::Unavailable(e)),
+            }
+        };
+        match self.cache.try_get_with(key, fetch).await {
+            Ok(entry) => Lookup::Found(entry.response, entry.origin),
+            Err(miss) => match &*miss {
+                Miss::NotFound => Lookup::NotFound,
+                Miss::Expired(response, origin) => Lookup::Found(response.clone(), *origin),
+                Miss::Unavailable(e) => Lookup::Unavailable(e.clone()),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+
+    use super::*;
+    use crate::model::CertStatus;
+
+    #[derive(Debug, Default)]
+    struct Mem {
+        map: Mutex<HashMap<(IssuerName, Serial), StoredResponse>>,
+        fail: AtomicBool,
+        reads: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl ResponseStore for Mem {
+        fn kind(&self) -> &'static str {
+            "mem"
+        }
+        async fn get(&self, i: &IssuerName, s: &Serial) -> Result<Option<StoredResponse>, Error> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(Error::Store {
+                    store: "mem",
+                    detail: "down".into(),
+                });
+            }
+            Ok(self
+                .map
+                .lock()
+                .unwrap()
+                .get(&(i.clone(), s.clone()))
+                .cloned())
+        }
+        async fn put(&self, i: &IssuerName, s: &Serial, r: &StoredResponse) -> Result<bool, Error> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(Error::Store {
+                    store: "mem",
+                    detail: "down".into(),
+                });
+            }
+            let mut map = self.map.lock().unwrap();
+            let key = (i.clone(), s.clone());
+            if map
+                .get(&key)
+                .is_some_and(|old| !crate::model::may_replace(old, r))
+            {
+                return Ok(false);
+            }
+            map.insert(key, r.clone());
+            Ok(true)
+        }
+    }
+
+    fn resp(status: CertStatus, next_update: i64) -> StoredResponse {
+        StoredResponse {
+            status,
+            this_update: unix_now() - 10,
+            next_update,
+            der: vec![0x30, 0x00],
+        }
+    }
+
+    fn key() -> (IssuerName, Serial) {
+        (IssuerName("ca".into()), Serial::from_be_bytes(&[1]))
+    }
+
+    #[tokio::test]
+    async fn cache_serves_fresh_entries_and_revalidates_old_ones() {
+        let metrics = Metrics::unregistered();
+        let health = Health::new(metrics.clone());
+        let mem = Arc::new(Mem::default());
+        let (i, s) = key();
+        mem.put(&i, &s, &resp(CertStatus::Good, unix_now() + 3600))
+            .await
+            .unwrap();
+        let store = StoreSource::new(mem.clone(), health.clone(), metrics.clone());
+        let cached = CachedSource::new(store, 1 << 20, Duration::from_millis(500), metrics);
+
+        assert!(matches!(
+            cached.response(&i, &s).await,
+            Lookup::Found(_, Origin::Store)
+        ));
+        assert!(matches!(
+            cached.response(&i, &s).await,
+            Lookup::Found(_, Origin::Cache)
+        ));
+        assert_eq!(mem.reads.load(Ordering::SeqCst), 1);
+
+        // A revocation lands in the store; it is served once the entry is older than `fresh`.
+        let revoked = resp(
+            CertStatus::Revoked {
+                at: 5,
+                reason: Some(1),
+            },
+            unix_now() + 3600,
+        );
+        assert!(mem.put(&i, &s, &revoked).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        match cached.response(&i, &s).await {
+            Lookup::Found(r, Origin::Store) => assert!(r.status.is_revoked()),
+            other => panic!("{other:?}"),
+        }
+
+        // The store fails: the cached copy is served, health says degraded, and the store is
+        // not asked again until the entry is old again.
+        mem.fail.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        match cached.response(&i, &s).await {
+            Lookup::Found(r, Origin::Cache) => assert!(r.status.is_revoked()),
+            other => panic!("{other:?}"),
+        }
+        assert!(health.degraded_since().is_some());
+        let reads = mem.reads.load(Ordering::SeqCst);
+        assert!(matches!(
+            cached.response(&i, &s).await,
+            Lookup::Found(_, Origin::Cache)
+        ));
+        assert_eq!(mem.reads.load(Ordering::SeqCst), reads);
+
+        // Nothing cached for another serial: unavailable.
+        let other = Serial::from_be_bytes(&[2]);
+        assert!(matches!(
+            cached.response(&i, &other).await,
+            Lookup::Unavailable(_)
+        ));
+
+        mem.fail.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(matches!(
+            cached.response(&i, &s).await,
+            Lookup::Found(_, Origin::Store)
+        ));
+        assert!(health.degraded_since().is_none());
+    }
+
+    #[tokio::test]
+    async fn expired_entries_are_never_cached_or_served_from_cache() {
+        let metrics = Metrics::unregistered();
+        let health = Health::new(metrics.clone());
+        let mem = Arc::new(Mem::default());
+        let (i, s) = key();
+        // Valid for one more second.
+        mem.put(&i, &s, &resp(CertStatus::Good, unix_now() + 1))
+            .await
+            .unwrap();
+        let store = StoreSource::new(mem.clone(), health, metrics.clone());
+        let cached = CachedSource::new(store, 1 << 20, Duration::from_secs(3600), metrics);
+        assert!(matches!(
+            cached.response(&i, &s).await,
+            Lookup::Found(_, Origin::Store)
+        ));
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        // The cached copy has expired: it is evicted and the store's (also expired) copy is
+        // handed up for the responder to refuse — not cached.
+        match cached.response(&i, &s).await {
+            Lookup::Found(r, Origin::Store) => assert!(r.next_update <= unix_now()),
+            other => panic!("{other:?}"),
+        }
+        cached.cache.run_pending_tasks().await;
+        assert_eq!(cached.usage().0, 0);
+    }
+
+    #[tokio::test]
+    async fn replica_answers_when_the_primary_fails() {
+        let metrics = Metrics::unregistered();
+        let health = Health::new(metrics.clone());
+        let primary = Arc::new(Mem::default());
+        let replica = Arc::new(Mem::default());
+        let (i, s) = key();
+        primary
+            .put(&i, &s, &resp(CertStatus::Good, unix_now() + 3600))
+            .await
+            .unwrap();
+        let source =
+            ReplicatedSource::new(primary.clone(), replica.clone(), health.clone(), metrics);
+
+        assert!(matches!(
+            source.response(&i, &s).await,
+            Lookup::Found(_, Origin::Store)
+        ));
+        // The copy is written in the background.
+        for _ in 0..100 {
+            if replica
+                .map
+                .lock()
+                .unwrap()
+                .contains_key(&(i.clone(), s.clone()))
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        primary.fail.store(true, Ordering::SeqCst);
+        assert!(matches!(
+            source.response(&i, &s).await,
+            Lookup::Found(_, Origin::Replica)
+        ));
+        assert!(health.degraded_since().is_some());
+        assert!(health.last_error().is_some_and(|e| e.contains("down")));
+        replica.fail.store(true, Ordering::SeqCst);
+        assert!(matches!(
+            source.response(&i, &s).await,
+            Lookup::Unavailable(_)
+        ));
+    }
+}

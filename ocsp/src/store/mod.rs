@@ -27,9 +27,18 @@ pub trait ResponseStore: Send + Sync + std::fmt::Debug {
 
     /// The stored response for this certificate, if any (expired ones included: the caller
     /// decides what to serve).
-    async fn get(&self, issuer: &IssuerName, serial: &Serial) -> Result<Option<StoredResponse>, Error>;
+    async fn get(
+        &self,
+        issuer: &IssuerName,
+        serial: &Serial,
+    ) -> Result<Option<StoredResponse>, Error>;
 
     /// Stores `response` unless the stored one must win ([`crate::model::may_replace`]);
     /// returns whether it was stored. Atomic against concurrent writers.
-    async fn put(&self, issuer: &IssuerName, serial: &Serial, response: &StoredResponse) -> Result<bool, Error>;
+    async fn put(
+        &self,
+        issuer: &IssuerName,
+        serial: &Serial,
+        response: &StoredResponse,
+    ) -> Result<bool, Error>;
 }

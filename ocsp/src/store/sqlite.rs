@@ -1,1 +1,774 @@
-//! SQLite store (being written).
+//! The embedded store: one SQLite file (bundled SQLite, WAL mode) holding the signed responses
+//! the responder serves and the certificate worklist the pre-signer keeps fresh.
+//!
+//! # Why SQLite, with numbers
+//! The responder, the pre-signer and the `import` command are separate processes that share the
+//! file; redb and fjall lock their file to one process, SQLite's WAL mode lets any number of
+//! readers run beside one writer across processes. Measured on this machine (2 cores, release
+//! build, 1,000,000 responses of 500 bytes, `ocsp/tests/store_sqlite.rs`, test
+//! `bench_one_million`, run with `cargo test --release -p ocsp --test store_sqlite -- --ignored
+//! --nocapture`):
+//! - `get` through this async API: **~120,000 lookups/s** (64 concurrent callers, random
+//!   serials; two runs: 122,619 and 120,878/s). A plain synchronous loop on one connection does
+//!   ~240,000–265,000/s: the rest is the `spawn_blocking` hand-off. So a cache miss costs the
+//!   responder ~16 µs of CPU (2 cores / 120,000/s) on top of its HTTP work.
+//! - bulk writes, 10,000 rows per transaction: `put_many` (responses) **160,000–210,000 rows/s**,
+//!   `upsert_certificates` **~450,000 rows/s** — importing 1,000,000 certificates takes ~2 s;
+//! - a single `put` (one fsync'd transaction): ~0.8–1.7 ms; `mark_published_many` of 256: ~4 ms;
+//! - `due(limit 256)` with 1,000,000 certificates: < 1 ms (~50 ms for the very first call on a
+//!   fresh connection after a bulk import); `backlog()` (counts over the index): ~85 ms;
+//! - the file: 647 MB for 1,000,000 responses and 1,000,000 certificates.
+//!
+//! # Tables
+//! - `responses`: one signed response per (issuer, serial). Every `put` reads the old row,
+//!   applies [`may_replace`] and writes in one `BEGIN IMMEDIATE` transaction, so writers in
+//!   several processes cannot interleave between the check and the write.
+//! - `certificates`: the pre-signer's worklist — what the CA says (`status`, `revoked_at`,
+//!   `reason`) and what was last published (`responded_*`). `due_key` is maintained on every
+//!   write so that [`SqliteStore::due`] is one range scan of an index:
+//!   [`DUE_REVOCATION`] for a status change (a revocation) not yet published, [`DUE_UNPUBLISHED`]
+//!   for a certificate never published, otherwise the published thisUpdate.
+//!
+//! # Durability and concurrency
+//! - `synchronous=FULL` on the write connection: in WAL mode that is one fsync of the WAL per
+//!   commit, so nothing is acknowledged before it is durable (NORMAL could lose the last commits
+//!   on power loss — a revocation acknowledged to the CA would vanish).
+//! - A busy timeout on every connection: other processes' writers are waited for, not failed.
+//! - One write connection behind a mutex (SQLite has one writer at a time anyway) and a small pool
+//!   of read-only connections; all calls run in `tokio::task::spawn_blocking`. A call's work runs
+//!   to completion even when the calling future is dropped (a `put` that was started commits).
+//! - Batch calls (`put_many`, `upsert_certificates`, `mark_published_many`) are one transaction
+//!   each; callers should keep batches to ~10,000 rows so other writers are not held off longer
+//!   than the busy timeout.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::types::FromSql;
+use rusqlite::{Connection, ErrorCode, OpenFlags, Row, Transaction, TransactionBehavior, params};
+use tokio::sync::Semaphore;
+
+use super::ResponseStore;
+use crate::error::Error;
+use crate::model::{CertStatus, IssuerName, ReasonCode, Serial, StoredResponse, may_replace};
+
+/// `due_key` of a certificate whose current status (a revocation) differs from the published
+/// one: sorts before everything else, so revocations are published first.
+pub const DUE_REVOCATION: i64 = i64::MIN;
+/// `due_key` of a certificate that has never been published: next after revocations.
+pub const DUE_UNPUBLISHED: i64 = i64::MIN + 1;
+/// Published thisUpdates are clamped above the two sentinels.
+const DUE_PUBLISHED_MIN: i64 = i64::MIN + 2;
+
+/// The schema version this code writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+// STRICT tables reject values of the wrong type; the CHECKs reject impossible statuses. Reads
+// still validate every row (a file can be damaged, or written by other tools), returning
+// `Error::Corrupt` rather than trusting it.
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS responses (
+    issuer      TEXT    NOT NULL,
+    serial      BLOB    NOT NULL,
+    status      INTEGER NOT NULL CHECK (status IN (0, 1)),
+    revoked_at  INTEGER,
+    reason      INTEGER CHECK (reason BETWEEN 0 AND 255),
+    this_update INTEGER NOT NULL,
+    next_update INTEGER NOT NULL,
+    der         BLOB    NOT NULL,
+    CHECK ((status = 1) = (revoked_at IS NOT NULL)),
+    PRIMARY KEY (issuer, serial)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS certificates (
+    issuer                TEXT    NOT NULL,
+    serial                BLOB    NOT NULL,
+    status                INTEGER NOT NULL CHECK (status IN (0, 1)),
+    revoked_at            INTEGER,
+    reason                INTEGER CHECK (reason BETWEEN 0 AND 255),
+    responded_status      INTEGER CHECK (responded_status IN (0, 1)),
+    responded_revoked_at  INTEGER,
+    responded_this_update INTEGER,
+    due_key               INTEGER NOT NULL,
+    CHECK ((status = 1) = (revoked_at IS NOT NULL)),
+    PRIMARY KEY (issuer, serial)
+) STRICT, WITHOUT ROWID;
+
+CREATE INDEX IF NOT EXISTS certificates_due ON certificates (due_key);
+";
+
+/// Tuning of a [`SqliteStore`].
+#[derive(Clone, Debug)]
+pub struct SqliteOptions {
+    /// Read connections (and so concurrent reads). Reads beyond this wait for a connection.
+    pub read_connections: usize,
+    /// How long a call waits for another process's write lock before failing.
+    pub busy_timeout: Duration,
+    /// Bytes of the file each read connection memory-maps (0: off). Saves a copy per page read.
+    pub mmap_bytes: u64,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            read_connections: 8,
+            busy_timeout: Duration::from_secs(5),
+            mmap_bytes: 1 << 30,
+        }
+    }
+}
+
+/// What the pre-signer has left to do, for metrics ([`SqliteStore::backlog`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Certificates in the worklist.
+    pub certificates: u64,
+    /// Certificates [`SqliteStore::due`] would return with no limit (includes the next two).
+    pub due: u64,
+    /// Revocations (status changes) not yet published.
+    pub revocations_pending: u64,
+    /// Certificates never published.
+    pub unpublished: u64,
+    /// The oldest published thisUpdate, if any certificate was published: the age of the
+    /// stalest response, to alert on well before it expires.
+    pub oldest_this_update: Option<i64>,
+}
+
+/// The embedded store. Cheap to clone (the connections are shared).
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    options: SqliteOptions,
+    writer: Mutex<Connection>,
+    /// One permit: writers queue here (asynchronously) rather than as blocked threads.
+    write_permits: Arc<Semaphore>,
+    /// Idle read connections; more are opened on demand up to `options.read_connections`.
+    readers: Mutex<Vec<Connection>>,
+    read_permits: Arc<Semaphore>,
+}
+
+fn db(e: rusqlite::Error) -> Error {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => Error::Corrupt {
+            key: "sqlite database".into(),
+            detail: e.to_string(),
+        },
+        _ => Error::Store {
+            store: "sqlite",
+            detail: e.to_string(),
+        },
+    }
+}
+
+fn key_of(issuer: &IssuerName, serial: &Serial) -> String {
+    format!("{}/{}", issuer.0, serial)
+}
+
+fn corrupt(key: &str, detail: impl Into<String>) -> Error {
+    Error::Corrupt {
+        key: key.to_owned(),
+        detail: detail.into(),
+    }
+}
+
+/// Reads a column, turning a wrong type into `Error::Corrupt` for `key`.
+fn column<T: FromSql>(row: &Row<'_>, idx: usize, name: &str, key: &str) -> Result<T, Error> {
+    row.get::<_, T>(idx)
+        .map_err(|e| corrupt(key, format!("column {name}: {e}")))
+}
+
+/// The (status, revoked_at, reason) columns of a status.
+fn encode_status(status: CertStatus) -> (i64, Option<i64>, Option<i64>) {
+    match status {
+        CertStatus::Good => (0, None, None),
+        CertStatus::Revoked { at, reason } => (1, Some(at), reason.map(i64::from)),
+    }
+}
+
+fn decode_status(
+    key: &str,
+    status: i64,
+    revoked_at: Option<i64>,
+    reason: Option<i64>,
+) -> Result<CertStatus, Error> {
+    match (status, revoked_at) {
+        (0, None) if reason.is_none() => Ok(CertStatus::Good),
+        (1, Some(at)) => {
+            let reason = reason
+                .map(|r| {
+                    ReasonCode::try_from(r)
+                        .map_err(|_| corrupt(key, format!("reason {r} out of range")))
+                })
+                .transpose()?;
+            Ok(CertStatus::Revoked { at, reason })
+        }
+        _ => Err(corrupt(
+            key,
+            format!("status {status} with revoked_at {revoked_at:?} and reason {reason:?}"),
+        )),
+    }
+}
+
+/// Decodes `status, revoked_at, reason` at columns `first..first + 3`.
+fn status_columns(row: &Row<'_>, first: usize, key: &str) -> Result<CertStatus, Error> {
+    decode_status(
+        key,
+        column(row, first, "status", key)?,
+        column(row, first + 1, "revoked_at", key)?,
+        column(row, first + 2, "reason", key)?,
+    )
+}
+
+const SELECT_RESPONSE: &str = "SELECT status, revoked_at, reason, this_update, next_update, der
+     FROM responses WHERE issuer = ?1 AND serial = ?2";
+
+fn select_response(
+    conn: &Connection,
+    issuer: &IssuerName,
+    serial: &Serial,
+) -> Result<Option<StoredResponse>, Error> {
+    let mut stmt = conn.prepare_cached(SELECT_RESPONSE).map_err(db)?;
+    let mut rows = stmt
+        .query(params![issuer.0, serial.as_bytes()])
+        .map_err(db)?;
+    let Some(row) = rows.next().map_err(db)? else {
+        return Ok(None);
+    };
+    let key = key_of(issuer, serial);
+    Ok(Some(StoredResponse {
+        status: status_columns(row, 0, &key)?,
+        this_update: column(row, 3, "this_update", &key)?,
+        next_update: column(row, 4, "next_update", &key)?,
+        der: column(row, 5, "der", &key)?,
+    }))
+}
+
+/// Read old, apply [`may_replace`], write if allowed; the caller holds an IMMEDIATE transaction.
+fn put_in(
+    tx: &Transaction<'_>,
+    issuer: &IssuerName,
+    serial: &Serial,
+    new: &StoredResponse,
+) -> Result<bool, Error> {
+    // A corrupt old row fails the put: it might have been a revocation, and overwriting it with
+    // `good` is the one thing this store must never do.
+    if let Some(old) = select_response(tx, issuer, serial)?
+        && !may_replace(&old, new)
+    {
+        return Ok(false);
+    }
+    let (status, revoked_at, reason) = encode_status(new.status);
+    tx.prepare_cached(
+        "INSERT INTO responses
+             (issuer, serial, status, revoked_at, reason, this_update, next_update, der)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (issuer, serial) DO UPDATE SET
+             status = excluded.status, revoked_at = excluded.revoked_at, reason = excluded.reason,
+             this_update = excluded.this_update, next_update = excluded.next_update,
+             der = excluded.der",
+    )
+    .map_err(db)?
+    .execute(params![
+        issuer.0,
+        serial.as_bytes(),
+        status,
+        revoked_at,
+        reason,
+        new.this_update,
+        new.next_update,
+        new.der
+    ])
+    .map_err(db)?;
+    Ok(true)
+}
+
+/// Inserts a certificate, or moves it from good to revoked; anything else is refused (a revoked
+/// certificate never goes back to good, a recorded revocation keeps its time and reason).
+/// Returns whether a row changed.
+fn upsert_in(
+    tx: &Transaction<'_>,
+    issuer: &IssuerName,
+    serial: &Serial,
+    status: CertStatus,
+) -> Result<bool, Error> {
+    let (code, revoked_at, reason) = encode_status(status);
+    let insert_key = if status.is_revoked() {
+        DUE_REVOCATION
+    } else {
+        DUE_UNPUBLISHED
+    };
+    // The monotonic rule in the statement itself (the DO UPDATE's WHERE), so a bulk import is one
+    // statement per row. An update is always good -> revoked, and what was published (if
+    // anything) was good, so the certificate becomes a pending revocation.
+    let changed = tx
+        .prepare_cached(
+            "INSERT INTO certificates (issuer, serial, status, revoked_at, reason, due_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (issuer, serial) DO UPDATE SET
+                 status = excluded.status, revoked_at = excluded.revoked_at,
+                 reason = excluded.reason, due_key = ?7
+             WHERE certificates.status = 0 AND excluded.status = 1",
+        )
+        .map_err(db)?
+        .execute(params![
+            issuer.0,
+            serial.as_bytes(),
+            code,
+            revoked_at,
+            reason,
+            insert_key,
+            DUE_REVOCATION
+        ])
+        .map_err(db)?;
+    Ok(changed > 0)
+}
+
+/// Records a publication if `status` is the certificate's current status and it is not older
+/// than the one recorded for the same status.
+fn mark_in(
+    tx: &Transaction<'_>,
+    issuer: &IssuerName,
+    serial: &Serial,
+    status: CertStatus,
+    this_update: i64,
+) -> Result<(), Error> {
+    let (code, revoked_at, reason) = encode_status(status);
+    // `IS` compares NULLs as equal. The status comparison is what stops a refresh that signed
+    // `good` before a revocation arrived from marking the revocation as published.
+    tx.prepare_cached(
+        "UPDATE certificates SET
+             responded_status = ?3, responded_revoked_at = ?4,
+             responded_this_update = ?6, due_key = ?7
+         WHERE issuer = ?1 AND serial = ?2
+           AND status = ?3 AND revoked_at IS ?4 AND reason IS ?5
+           AND (responded_this_update IS NULL OR responded_status IS NOT ?3
+                OR responded_this_update <= ?6)",
+    )
+    .map_err(db)?
+    .execute(params![
+        issuer.0,
+        serial.as_bytes(),
+        code,
+        revoked_at,
+        reason,
+        this_update,
+        this_update.max(DUE_PUBLISHED_MIN)
+    ])
+    .map_err(db)?;
+    Ok(())
+}
+
+impl Inner {
+    fn open_connection(&self, writer: bool) -> Result<Connection, Error> {
+        open_connection(&self.path, &self.options, writer)
+    }
+
+    /// An idle read connection, or a new one (the read permits bound how many exist).
+    fn checkout(&self) -> Result<Connection, Error> {
+        let idle = self
+            .readers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        match idle {
+            Some(conn) => Ok(conn),
+            None => self.open_connection(false),
+        }
+    }
+
+    fn checkin(&self, conn: Connection) {
+        let mut idle = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < self.options.read_connections {
+            idle.push(conn);
+        }
+    }
+}
+
+fn open_connection(
+    path: &Path,
+    options: &SqliteOptions,
+    writer: bool,
+) -> Result<Connection, Error> {
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if writer {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let conn = Connection::open_with_flags(path, flags).map_err(db)?;
+    conn.busy_timeout(options.busy_timeout).map_err(db)?;
+    if writer {
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(db)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Store {
+                store: "sqlite",
+                detail: format!(
+                    "{}: could not enable WAL (journal_mode is {mode})",
+                    path.display()
+                ),
+            });
+        }
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db)?;
+        // A bulk import grows the WAL; without a limit the file keeps that size forever.
+        conn.pragma_update(None, "journal_size_limit", 64i64 << 20)
+            .map_err(db)?;
+    } else {
+        // Read connections are opened read-write (a read-only one cannot create the WAL index
+        // if it is the first to open the file after a crash) but refuse to write.
+        conn.pragma_update(None, "query_only", true).map_err(db)?;
+        conn.pragma_update(None, "mmap_size", options.mmap_bytes as i64)
+            .map_err(db)?;
+    }
+    Ok(conn)
+}
+
+fn create_schema(conn: &mut Connection, path: &Path) -> Result<(), Error> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db)?;
+    let version: i64 = tx
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(db)?;
+    if version > SCHEMA_VERSION {
+        return Err(Error::Store {
+            store: "sqlite",
+            detail: format!(
+                "{}: schema version {version} is newer than this program's ({SCHEMA_VERSION})",
+                path.display()
+            ),
+        });
+    }
+    tx.execute_batch(SCHEMA).map_err(db)?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(db)?;
+    tx.commit().map_err(db)
+}
+
+fn join_error(e: tokio::task::JoinError) -> Error {
+    Error::Store {
+        store: "sqlite",
+        detail: format!("blocking task failed: {e}"),
+    }
+}
+
+fn closed() -> Error {
+    Error::Store {
+        store: "sqlite",
+        detail: "store is shutting down".into(),
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path` with default options.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
+        Self::open_with(path, SqliteOptions::default())
+    }
+
+    /// Opens (creating if needed) the store at `path`. Blocking; call it at start-up (or inside
+    /// `spawn_blocking`). The async methods need a Tokio runtime.
+    pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, Error> {
+        let path = path.as_ref().to_owned();
+        let options = SqliteOptions {
+            read_connections: options.read_connections.max(1),
+            ..options
+        };
+        let mut writer = open_connection(&path, &options, true)?;
+        create_schema(&mut writer, &path)?;
+        // One reader now, so a file that cannot be read fails here, not on the first request.
+        let first_reader = open_connection(&path, &options, false)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                read_permits: Arc::new(Semaphore::new(options.read_connections)),
+                write_permits: Arc::new(Semaphore::new(1)),
+                readers: Mutex::new(vec![first_reader]),
+                writer: Mutex::new(writer),
+                options,
+                path,
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` on a read connection in the blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+    {
+        // The permit moves into the blocking task so that a caller giving up early does not let
+        // more connections exist than configured.
+        let permit = self
+            .inner
+            .read_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| closed())?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let conn = inner.checkout()?;
+            let result = f(&conn);
+            inner.checkin(conn);
+            result
+        })
+        .await
+        .map_err(join_error)?
+    }
+
+    /// Runs `f` in one IMMEDIATE transaction on the write connection, committing if it succeeds.
+    async fn write<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T, Error> + Send + 'static,
+    {
+        let permit = self
+            .inner
+            .write_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| closed())?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            // A panic while holding the lock dropped its transaction (rolled back), so the
+            // connection is usable: poisoning is not a reason to stop writing.
+            let mut conn = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            // IMMEDIATE takes the write lock before the first read, so the read-check-write of a
+            // put cannot interleave with another process's.
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            let value = f(&tx)?;
+            tx.commit().map_err(db)?;
+            Ok(value)
+        })
+        .await
+        .map_err(join_error)?
+    }
+
+    /// Stores each response unless the stored one must win, in one transaction; returns, per
+    /// item, whether it was stored. A corrupt existing row fails the whole batch.
+    pub async fn put_many(
+        &self,
+        items: Vec<(IssuerName, Serial, StoredResponse)>,
+    ) -> Result<Vec<bool>, Error> {
+        self.write(move |tx| {
+            items
+                .iter()
+                .map(|(issuer, serial, response)| put_in(tx, issuer, serial, response))
+                .collect()
+        })
+        .await
+    }
+
+    /// Adds a certificate to the worklist or records its revocation. Monotonic: a revoked
+    /// certificate never goes back to good, and a recorded revocation keeps its time and reason.
+    /// Returns whether anything changed.
+    pub async fn upsert_certificate(
+        &self,
+        issuer: &IssuerName,
+        serial: &Serial,
+        status: CertStatus,
+    ) -> Result<bool, Error> {
+        let (issuer, serial) = (issuer.clone(), serial.clone());
+        self.write(move |tx| upsert_in(tx, &issuer, &serial, status))
+            .await
+    }
+
+    /// [`Self::upsert_certificate`] for many, in one transaction; returns how many changed.
+    pub async fn upsert_certificates(
+        &self,
+        items: Vec<(IssuerName, Serial, CertStatus)>,
+    ) -> Result<u64, Error> {
+        self.write(move |tx| {
+            let mut changed = 0;
+            for (issuer, serial, status) in &items {
+                changed += u64::from(upsert_in(tx, issuer, serial, *status)?);
+            }
+            Ok(changed)
+        })
+        .await
+    }
+
+    /// The certificate's current status in the worklist.
+    pub async fn certificate(
+        &self,
+        issuer: &IssuerName,
+        serial: &Serial,
+    ) -> Result<Option<CertStatus>, Error> {
+        let (issuer, serial) = (issuer.clone(), serial.clone());
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT status, revoked_at, reason FROM certificates
+                     WHERE issuer = ?1 AND serial = ?2",
+                )
+                .map_err(db)?;
+            let mut rows = stmt
+                .query(params![issuer.0, serial.as_bytes()])
+                .map_err(db)?;
+            match rows.next().map_err(db)? {
+                Some(row) => status_columns(row, 0, &key_of(&issuer, &serial)).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    /// Up to `limit` certificates needing a (re-)signed response, most urgent first: revocations
+    /// not yet published, then certificates never published, then those whose published
+    /// response has thisUpdate <= `now - refresh_after_secs`, oldest first. Corrupt rows are
+    /// logged and left out (they still count towards `limit`).
+    pub async fn due(
+        &self,
+        now: i64,
+        refresh_after_secs: i64,
+        limit: usize,
+    ) -> Result<Vec<(IssuerName, Serial, CertStatus)>, Error> {
+        let threshold = now.saturating_sub(refresh_after_secs);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT issuer, serial, status, revoked_at, reason FROM certificates
+                     WHERE due_key <= ?1 ORDER BY due_key LIMIT ?2",
+                )
+                .map_err(db)?;
+            let mut rows = stmt.query(params![threshold, limit]).map_err(db)?;
+            let mut due = Vec::new();
+            while let Some(row) = rows.next().map_err(db)? {
+                // A corrupt row is logged and skipped: failing the whole call would stop every
+                // refresh and let all responses expire because of one bad row.
+                let decoded = (|| {
+                    let issuer = IssuerName(column(row, 0, "issuer", "certificates")?);
+                    let serial = Serial::from_be_bytes(&column::<Vec<u8>>(
+                        row,
+                        1,
+                        "serial",
+                        "certificates",
+                    )?);
+                    let status = status_columns(row, 2, &key_of(&issuer, &serial))?;
+                    Ok::<_, Error>((issuer, serial, status))
+                })();
+                match decoded {
+                    Ok(item) => due.push(item),
+                    Err(e) => tracing::error!(error = %e, "skipping a corrupt certificate row"),
+                }
+            }
+            Ok(due)
+        })
+        .await
+    }
+
+    /// Records that a response with `status` and `this_update` was published — only if `status`
+    /// is still the certificate's current status (a refresh that signed `good` while a
+    /// revocation arrived must not mark the revocation as published), and never moving the
+    /// recorded thisUpdate backwards. Unknown certificates are ignored.
+    pub async fn mark_published(
+        &self,
+        issuer: &IssuerName,
+        serial: &Serial,
+        status: CertStatus,
+        this_update: i64,
+    ) -> Result<(), Error> {
+        let (issuer, serial) = (issuer.clone(), serial.clone());
+        self.write(move |tx| mark_in(tx, &issuer, &serial, status, this_update))
+            .await
+    }
+
+    /// [`Self::mark_published`] for many, in one transaction (one fsync for a signed batch).
+    pub async fn mark_published_many(
+        &self,
+        items: Vec<(IssuerName, Serial, CertStatus, i64)>,
+    ) -> Result<(), Error> {
+        self.write(move |tx| {
+            for (issuer, serial, status, this_update) in &items {
+                mark_in(tx, issuer, serial, *status, *this_update)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Counts for the pre-signer's metrics. Cost: counting walks the `due_key` index (tens of
+    /// milliseconds with 1,000,000 certificates), so call it at scrape intervals, not per request.
+    pub async fn backlog(&self, now: i64, refresh_after_secs: i64) -> Result<Backlog, Error> {
+        let threshold = now.saturating_sub(refresh_after_secs);
+        self.read(move |conn| {
+            let count = |sql: &str, param: i64| -> Result<u64, Error> {
+                let n: i64 = conn
+                    .prepare_cached(sql)
+                    .map_err(db)?
+                    .query_row([param], |r| r.get(0))
+                    .map_err(db)?;
+                Ok(u64::try_from(n).unwrap_or(0))
+            };
+            let oldest: Option<i64> = conn
+                .prepare_cached("SELECT min(due_key) FROM certificates WHERE due_key >= ?1")
+                .map_err(db)?
+                .query_row([DUE_PUBLISHED_MIN], |r| r.get(0))
+                .map_err(db)?;
+            Ok(Backlog {
+                certificates: count(
+                    "SELECT count(*) FROM certificates WHERE due_key >= ?1",
+                    i64::MIN,
+                )?,
+                due: count(
+                    "SELECT count(*) FROM certificates WHERE due_key <= ?1",
+                    threshold,
+                )?,
+                revocations_pending: count(
+                    "SELECT count(*) FROM certificates WHERE due_key = ?1",
+                    DUE_REVOCATION,
+                )?,
+                unpublished: count(
+                    "SELECT count(*) FROM certificates WHERE due_key = ?1",
+                    DUE_UNPUBLISHED,
+                )?,
+                oldest_this_update: oldest,
+            })
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl ResponseStore for SqliteStore {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn get(
+        &self,
+        issuer: &IssuerName,
+        serial: &Serial,
+    ) -> Result<Option<StoredResponse>, Error> {
+        let (issuer, serial) = (issuer.clone(), serial.clone());
+        self.read(move |conn| select_response(conn, &issuer, &serial))
+            .await
+    }
+
+    async fn put(
+        &self,
+        issuer: &IssuerName,
+        serial: &Serial,
+        response: &StoredResponse,
+    ) -> Result<bool, Error> {
+        let (issuer, serial, response) = (issuer.clone(), serial.clone(), response.clone());
+        self.write(move |tx| put_in(tx, &issuer, &serial, &response))
+            .await
+    }
+}

@@ -1,0 +1,562 @@
+//! Shared harness for the OCSP crate's integration tests: SoftHSM2 tokens provisioned once per
+//! test binary (one datacenter, two HSMs, an ECDSA P-256 and an RSA-2048 key), a real `signer`
+//! gateway process per test, issuer certificates made through the gateway by
+//! `hsmgate-ocsp issuer-cert`, an OCSP configuration file for them, and the outside checkers
+//! (`openssl ocsp`, Python `cryptography`) that the responses must satisfy.
+//!
+//! The gateway binary is the one `cargo build -p signer` put beside the test executable
+//! (`target/debug/signer`): this crate must not depend on the signer's crate, so Cargo cannot
+//! build it for us.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use hsm_config::provision::{ProvisionOptions, provision};
+use hsmgate_signer_api::v1::ListKeysRequest;
+use hsmgate_signer_api::v1::signer_client::SignerClient;
+
+/// The gateway keys the tests sign with.
+pub const KEY_P256: &str = "ocsp-p256";
+pub const KEY_RSA: &str = "ocsp-rsa";
+
+/// Issuer names in the generated OCSP configuration.
+pub const ISSUER_P256: &str = "test-p256";
+pub const ISSUER_RSA: &str = "test-rsa";
+
+/// A small gateway: one datacenter, a pair of HSMs, both keys cloned into both.
+/// `@PIN@` is replaced by the PIN file's path.
+const GATEWAY_CONFIG: &str = r#"
+[gateway]
+listen = "127.0.0.1:0"
+metrics_listen = "127.0.0.1:0"
+local_datacenter = "dc-test"
+
+[timeouts]
+hsm_call_ms = 2000
+default_deadline_ms = 10000
+probe_interval_ms = 200
+drain_ms = 2000
+
+[batching]
+max_request_items = 10000
+worker_chunk = 32
+
+[[datacenters]]
+name = "dc-test"
+
+[[datacenters.hsms]]
+name = "ocsp-a"
+module = "/usr/lib/softhsm/libsofthsm2.so"
+token_label = "OCSP-A"
+pin = { file = "@PIN@" }
+sessions = 2
+
+[[datacenters.hsms]]
+name = "ocsp-b"
+module = "/usr/lib/softhsm/libsofthsm2.so"
+token_label = "OCSP-B"
+pin = { file = "@PIN@" }
+sessions = 2
+
+[[keys]]
+name = "ocsp-p256"
+label = "ocsp-p256"
+algorithm = "ecdsa-p256"
+hsms = ["ocsp-a", "ocsp-b"]
+
+[[keys]]
+name = "ocsp-rsa"
+label = "ocsp-rsa"
+algorithm = "rsa-2048"
+hsms = ["ocsp-a", "ocsp-b"]
+"#;
+
+/// Tokens provisioned once for this test binary.
+pub struct Tokens {
+    pub dir: PathBuf,
+    /// The gateway configuration, PINs from a file in `dir`.
+    pub config_text: String,
+    /// `<key>.spki.der` and `<key>.pub.pem` of every key, as provisioning wrote them.
+    pub public_keys: PathBuf,
+}
+
+pub fn tokens() -> &'static Tokens {
+    static TOKENS: OnceLock<Tokens> = OnceLock::new();
+    TOKENS.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("hsmgate-ocsp-tokens-")
+            .tempdir()
+            .expect("tempdir")
+            .keep();
+        let pin_file = dir.join("user.pin");
+        let config_text = GATEWAY_CONFIG.replace("@PIN@", &pin_file.display().to_string());
+        let origin = dir.join("signer.toml");
+        let config =
+            hsm_config::Config::parse(&config_text, &origin, dir.clone()).expect("gateway config");
+        let options = ProvisionOptions::new(dir.join("softhsm2.conf"));
+        let public_keys = options.public_key_dir.clone();
+        provision(&config, &options).expect("provisioning SoftHSM2 tokens");
+        Tokens {
+            dir,
+            config_text,
+            public_keys,
+        }
+    })
+}
+
+/// `target/debug/signer`, beside this test executable (`target/debug/deps/<test>`).
+pub fn signer_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let target = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable in target/<profile>/deps");
+    let signer = target.join("signer");
+    assert!(
+        signer.is_file(),
+        "{} not found: run `cargo build -p signer` first",
+        signer.display()
+    );
+    signer
+}
+
+/// A running `signer` gateway on a private copy of the tokens; killed on drop.
+pub struct Gateway {
+    child: Child,
+    pub grpc: SocketAddr,
+    pub dir: tempfile::TempDir,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Gateway {
+    pub fn start() -> Self {
+        let tokens = tokens();
+        let dir = tempfile::Builder::new()
+            .prefix("hsmgate-ocsp-gw-")
+            .tempdir()
+            .expect("tempdir");
+        // Each gateway gets its own copy: SoftHSM2 rewrites a token's file on every C_Login,
+        // and another process starting at that moment can miss the token.
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(tokens.dir.join("tokens"))
+            .arg(dir.path())
+            .status()
+            .expect("cp");
+        assert!(status.success(), "copying the token directory failed");
+        let softhsm_conf = dir.path().join("softhsm2.conf");
+        std::fs::write(
+            &softhsm_conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                dir.path().join("tokens").display()
+            ),
+        )
+        .expect("write softhsm2.conf");
+        let config_path = dir.path().join("signer.toml");
+        std::fs::write(&config_path, &tokens.config_text).expect("write gateway config");
+        let mut child = Command::new(signer_binary())
+            .arg("--config")
+            .arg(&config_path)
+            .env("SOFTHSM2_CONF", &softhsm_conf)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn signer");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        {
+            let pipe = child.stderr.take().expect("stderr");
+            let sink = stderr.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let mut s = sink.lock().expect("lock");
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            });
+        }
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("READY ") {
+                    let _ = tx.send(rest.to_owned());
+                }
+            }
+        });
+        let ready = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "gateway did not become ready; stderr:\n{}",
+                    stderr.lock().expect("lock")
+                );
+            }
+        };
+        let grpc = ready
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("grpc="))
+            .and_then(|v| v.parse().ok())
+            .expect("READY line names grpc=ADDR");
+        let gateway = Self {
+            child,
+            grpc,
+            dir,
+            stderr,
+        };
+        gateway.wait_keys(Duration::from_secs(30));
+        gateway
+    }
+
+    /// Waits until both keys can be signed with on both HSMs: READY means listening, and the
+    /// HSMs join the rotation right after.
+    fn wait_keys(&self, timeout: Duration) {
+        let url = self.url();
+        // Its own runtime on its own thread: callers may be inside a Tokio runtime already.
+        let result = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let deadline = tokio::time::Instant::now() + timeout;
+                let mut last = String::new();
+                while tokio::time::Instant::now() < deadline {
+                    if let Ok(mut client) = SignerClient::connect(url.clone()).await {
+                        match client.list_keys(ListKeysRequest {}).await {
+                            Ok(keys) => {
+                                let keys = keys.into_inner().keys;
+                                if [KEY_P256, KEY_RSA].iter().all(|k| {
+                                    keys.iter().any(|i| i.name == *k && i.hsms_available >= 2)
+                                }) {
+                                    return Ok(());
+                                }
+                                last = format!("{keys:?}");
+                            }
+                            Err(e) => last = e.to_string(),
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(last)
+            })
+        })
+        .join()
+        .expect("waiting thread");
+        if let Err(last) = result {
+            panic!(
+                "gateway keys not available after {timeout:?}: {last}\n{}",
+                self.logs()
+            );
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub fn logs(&self) -> String {
+        self.stderr.lock().expect("lock").clone()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `hsmgate-ocsp` with `args`; its output.
+pub fn hsmgate_ocsp(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hsmgate-ocsp"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run hsmgate-ocsp")
+}
+
+/// A self-signed CA certificate for `key`, made through the gateway by `hsmgate-ocsp
+/// issuer-cert` (the code operators use); returns the PEM file's path.
+pub fn issuer_cert(gateway: &Gateway, key: &str, subject: &str, out: &Path) -> PathBuf {
+    let url = gateway.url();
+    let out_s = out.display().to_string();
+    let output = hsmgate_ocsp(&[
+        "issuer-cert",
+        "--gateway",
+        &url,
+        "--key",
+        key,
+        "--subject",
+        subject,
+        "--days",
+        "30",
+        "--out",
+        &out_s,
+    ]);
+    assert!(
+        output.status.success(),
+        "issuer-cert failed: {}\n{}\ngateway logs:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+        gateway.logs()
+    );
+    out.to_owned()
+}
+
+/// A gateway, an issuer certificate per key, and an OCSP configuration using them with the
+/// embedded store, all in one temporary directory.
+pub struct Env {
+    pub gateway: Gateway,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub issuer_p256: PathBuf,
+    pub issuer_rsa: PathBuf,
+}
+
+impl Env {
+    pub fn start() -> Self {
+        Self::start_with(|text| text)
+    }
+
+    /// Same, with the OCSP configuration text edited first.
+    pub fn start_with(edit: impl FnOnce(String) -> String) -> Self {
+        let gateway = Gateway::start();
+        let dir = tempfile::Builder::new()
+            .prefix("hsmgate-ocsp-env-")
+            .tempdir()
+            .expect("tempdir");
+        let issuer_p256 = issuer_cert(
+            &gateway,
+            KEY_P256,
+            "CN=hsmgate OCSP test CA P-256,O=hsmgate",
+            &dir.path().join("issuer-p256.pem"),
+        );
+        let issuer_rsa = issuer_cert(
+            &gateway,
+            KEY_RSA,
+            "CN=hsmgate OCSP test CA RSA,O=hsmgate",
+            &dir.path().join("issuer-rsa.pem"),
+        );
+        let text = edit(ocsp_config(&gateway.url()));
+        let config_path = dir.path().join("ocsp.toml");
+        std::fs::write(&config_path, text).expect("write ocsp config");
+        Self {
+            gateway,
+            dir,
+            config_path,
+            issuer_p256,
+            issuer_rsa,
+        }
+    }
+
+    pub fn config(&self) -> ocsp::config::Config {
+        ocsp::config::Config::load(&self.config_path).expect("ocsp config")
+    }
+
+    pub fn issuer_pem(&self, issuer: &str) -> &Path {
+        match issuer {
+            ISSUER_P256 => &self.issuer_p256,
+            ISSUER_RSA => &self.issuer_rsa,
+            other => panic!("no issuer {other}"),
+        }
+    }
+
+    /// Writes `der` to a file in the environment's directory; its path.
+    pub fn write(&self, name: &str, der: &[u8]) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, der).expect("write file");
+        path
+    }
+}
+
+/// The OCSP configuration of an [`Env`]: both issuers, the embedded store, 96 h validity
+/// re-signed after 48 h.
+pub fn ocsp_config(gateway_url: &str) -> String {
+    format!(
+        r#"[responder]
+listen = "127.0.0.1:0"
+
+[[issuers]]
+name = "{ISSUER_P256}"
+certificate = "issuer-p256.pem"
+signing_key = "{KEY_P256}"
+
+[[issuers]]
+name = "{ISSUER_RSA}"
+certificate = "issuer-rsa.pem"
+signing_key = "{KEY_RSA}"
+
+[store]
+kind = "sqlite"
+path = "ocsp.sqlite"
+
+[presigner]
+gateway = "{gateway_url}"
+validity_hours = 96
+refresh_after_hours = 48
+batch = 64
+interval_secs = 1
+"#
+    )
+}
+
+/// What `openssl ocsp` said about a response.
+#[derive(Debug)]
+pub struct OpensslOcsp {
+    pub success: bool,
+    /// stdout and stderr together (OpenSSL splits its verdict between them).
+    pub text: String,
+}
+
+/// `openssl ocsp -respin RESP -issuer ISSUER -CAfile ISSUER [-sha256] -serial 0xSERIAL
+/// -resp_text [extra]`: parses the response, verifies its signature against the issuer, and
+/// finds the SingleResponse for a CertID it builds itself (SHA-1 unless `sha256`).
+pub fn openssl_ocsp(
+    resp: &Path,
+    issuer: &Path,
+    serial_hex: &str,
+    sha256: bool,
+    extra: &[&str],
+) -> OpensslOcsp {
+    let mut cmd = Command::new("openssl");
+    cmd.arg("ocsp")
+        .arg("-respin")
+        .arg(resp)
+        .arg("-issuer")
+        .arg(issuer)
+        .arg("-CAfile")
+        .arg(issuer);
+    if sha256 {
+        // Applies to the CertIDs of the -serial options after it.
+        cmd.arg("-sha256");
+    }
+    cmd.arg("-serial")
+        .arg(format!("0x{serial_hex}"))
+        .arg("-resp_text")
+        .args(extra);
+    let out = cmd.output().expect("run openssl");
+    OpensslOcsp {
+        success: out.status.success(),
+        text: format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+/// Whether Python's `cryptography` package can be imported.
+pub fn python_cryptography() -> bool {
+    Command::new("python3")
+        .args(["-c", "import cryptography"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Checks a response with Python's `cryptography`, independently of this crate: parses it,
+/// walks `.responses`, requires exactly one SingleResponse per CertID hash (SHA-1 and SHA-256)
+/// naming `serial_hex` with the issuer's name and key hashes, and the expected status
+/// (`good`, or `revoked:<unix time>:<reason name or none>`), and verifies the signature over
+/// `tbs_response_bytes` with the issuer's public key. Prints one summary line on success.
+pub fn python_check(
+    resp: &Path,
+    issuer: &Path,
+    serial_hex: &str,
+    expected: &str,
+) -> Result<String, String> {
+    const SCRIPT: &str = r#"
+import sys, hashlib
+from cryptography import x509
+from cryptography.x509 import ocsp
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+resp_path, issuer_path, serial_hex, expected = sys.argv[1:5]
+resp = ocsp.load_der_ocsp_response(open(resp_path, "rb").read())
+issuer = x509.load_pem_x509_certificate(open(issuer_path, "rb").read())
+assert resp.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL, resp.response_status
+spki = issuer.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+# The BIT STRING's value: parse the SPKI's second element by hand (a DER SEQUENCE of SEQUENCE, BIT STRING).
+def tlv(b, i):
+    tag, l = b[i], b[i + 1]
+    i += 2
+    if l & 0x80:
+        n = l & 0x7f
+        l = int.from_bytes(b[i:i + n], "big")
+        i += n
+    return tag, i, i + l
+_, body, _ = tlv(spki, 0)
+_, alg_start, alg_end = tlv(spki, body)
+tag, bits_start, bits_end = tlv(spki, alg_end)
+assert tag == 0x03
+key_bits = spki[bits_start + 1:bits_end]
+name_der = issuer.subject.public_bytes()
+assert resp.responder_key_hash == hashlib.sha1(key_bits).digest(), "responderID byKey"
+assert resp.responder_name is None
+assert resp.certificates == [], "no certs"
+seen = {}
+for single in resp.responses:
+    h = single.hash_algorithm.name
+    digest = hashlib.new(h)
+    digest.update(name_der)
+    assert single.issuer_name_hash == digest.digest(), h + " issuerNameHash"
+    digest = hashlib.new(h)
+    digest.update(key_bits)
+    assert single.issuer_key_hash == digest.digest(), h + " issuerKeyHash"
+    assert single.serial_number == int(serial_hex, 16), (single.serial_number, serial_hex)
+    assert single.next_update_utc is not None, "nextUpdate present"
+    if expected == "good":
+        assert single.certificate_status == ocsp.OCSPCertStatus.GOOD, single.certificate_status
+    else:
+        _, at, reason = expected.split(":")
+        assert single.certificate_status == ocsp.OCSPCertStatus.REVOKED, single.certificate_status
+        assert int(single.revocation_time_utc.timestamp()) == int(at), single.revocation_time_utc
+        got = single.revocation_reason.name if single.revocation_reason else "none"
+        assert got == reason, got
+    seen[h] = single
+assert sorted(seen) == ["sha1", "sha256"], sorted(seen)
+key = issuer.public_key()
+if isinstance(key, ec.EllipticCurvePublicKey):
+    key.verify(resp.signature, resp.tbs_response_bytes, ec.ECDSA(resp.signature_hash_algorithm))
+elif isinstance(key, rsa.RSAPublicKey):
+    key.verify(resp.signature, resp.tbs_response_bytes, padding.PKCS1v15(), resp.signature_hash_algorithm)
+else:
+    raise SystemExit("unexpected key type")
+s = seen["sha256"]
+print("python cryptography: signature OK (%s), SingleResponses %s, status %s, thisUpdate %s, nextUpdate %s%s" % (
+    resp.signature_algorithm_oid._name, sorted(seen), s.certificate_status.name, s.this_update_utc, s.next_update_utc,
+    "" if expected == "good" else ", revoked %s reason %s" % (s.revocation_time_utc, s.revocation_reason)))
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(resp)
+        .arg(issuer)
+        .arg(serial_hex)
+        .arg(expected)
+        .output()
+        .map_err(|e| format!("python3: {e}"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}

@@ -1,0 +1,850 @@
+//! Tests of the embedded SQLite store: round trips, the monotonic publishing rule (also when two
+//! processes race on one file), the pre-signer's worklist (`due` order, `mark_published`),
+//! durability across a crash, and corrupt rows. `bench_one_million` (ignored; run it in release
+//! mode with `--ignored --nocapture`) produces the figures quoted in `store/sqlite.rs`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ocsp::Error;
+use ocsp::model::{CertStatus, IssuerName, Serial, StoredResponse};
+use ocsp::store::ResponseStore;
+use ocsp::store::sqlite::{Backlog, SqliteStore};
+
+fn issuer() -> IssuerName {
+    IssuerName("test-ca".into())
+}
+
+fn serial(n: u64) -> Serial {
+    // 16 bytes like real serials, unique per n.
+    let mut bytes = vec![0x4a; 8];
+    bytes.extend_from_slice(&n.to_be_bytes());
+    Serial::from_be_bytes(&bytes)
+}
+
+fn response(status: CertStatus, this_update: i64) -> StoredResponse {
+    StoredResponse {
+        status,
+        this_update,
+        next_update: this_update + 4 * 86_400,
+        der: format!("der {status:?} {this_update}").into_bytes(),
+    }
+}
+
+fn revoked(at: i64, reason: Option<u8>) -> CertStatus {
+    CertStatus::Revoked { at, reason }
+}
+
+fn open(dir: &Path) -> SqliteStore {
+    SqliteStore::open(dir.join("ocsp.sqlite")).unwrap()
+}
+
+#[tokio::test]
+async fn round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    assert_eq!(store.kind(), "sqlite");
+    assert_eq!(store.get(&issuer(), &serial(1)).await.unwrap(), None);
+
+    let good = response(CertStatus::Good, 1_000);
+    assert!(store.put(&issuer(), &serial(1), &good).await.unwrap());
+    assert_eq!(
+        store.get(&issuer(), &serial(1)).await.unwrap(),
+        Some(good.clone())
+    );
+
+    let rev = response(revoked(1_500, Some(4)), 2_000);
+    assert!(store.put(&issuer(), &serial(2), &rev).await.unwrap());
+    assert_eq!(store.get(&issuer(), &serial(2)).await.unwrap(), Some(rev));
+    let no_reason = response(revoked(1_500, None), 2_000);
+    assert!(store.put(&issuer(), &serial(3), &no_reason).await.unwrap());
+    assert_eq!(
+        store.get(&issuer(), &serial(3)).await.unwrap(),
+        Some(no_reason)
+    );
+
+    // Same serial under another issuer is another record.
+    assert_eq!(
+        store
+            .get(&IssuerName("other".into()), &serial(1))
+            .await
+            .unwrap(),
+        None
+    );
+    // Serials are canonical: leading zero bytes do not make another key.
+    let padded = Serial::from_be_bytes(&[&[0u8, 0][..], serial(1).as_bytes()].concat());
+    assert_eq!(store.get(&issuer(), &padded).await.unwrap(), Some(good));
+
+    let many = (10..20)
+        .map(|n| (issuer(), serial(n), response(CertStatus::Good, 5_000)))
+        .collect();
+    assert_eq!(store.put_many(many).await.unwrap(), vec![true; 10]);
+    assert_eq!(
+        store
+            .get(&issuer(), &serial(15))
+            .await
+            .unwrap()
+            .unwrap()
+            .this_update,
+        5_000
+    );
+}
+
+#[tokio::test]
+async fn puts_are_monotonic() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (i, s) = (issuer(), serial(7));
+
+    assert!(
+        store
+            .put(&i, &s, &response(CertStatus::Good, 1_000))
+            .await
+            .unwrap()
+    );
+    // An older good (a slow refresh) loses; the same thisUpdate (a retry) is accepted.
+    assert!(
+        !store
+            .put(&i, &s, &response(CertStatus::Good, 900))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .put(&i, &s, &response(CertStatus::Good, 1_000))
+            .await
+            .unwrap()
+    );
+    // A revocation replaces good even with an older thisUpdate.
+    let rev = response(revoked(950, Some(1)), 960);
+    assert!(store.put(&i, &s, &rev).await.unwrap());
+    // Nothing turns it back to good, however new.
+    assert!(
+        !store
+            .put(&i, &s, &response(CertStatus::Good, 10_000))
+            .await
+            .unwrap()
+    );
+    // The first revocation's time and reason stand.
+    assert!(
+        !store
+            .put(&i, &s, &response(revoked(990, Some(1)), 2_000))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .put(&i, &s, &response(revoked(950, Some(4)), 2_000))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .put(&i, &s, &response(revoked(950, None), 2_000))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .put(&i, &s, &response(revoked(950, Some(1)), 900))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get(&i, &s).await.unwrap(), Some(rev));
+    // A refresh of the same revocation is accepted.
+    let refreshed = response(revoked(950, Some(1)), 3_000);
+    assert!(store.put(&i, &s, &refreshed).await.unwrap());
+    assert_eq!(store.get(&i, &s).await.unwrap(), Some(refreshed));
+
+    // Batches apply the rule item by item.
+    let outcome = store
+        .put_many(vec![
+            (i.clone(), s.clone(), response(CertStatus::Good, 20_000)),
+            (i.clone(), serial(8), response(CertStatus::Good, 20_000)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(outcome, vec![false, true]);
+    assert!(
+        store
+            .get(&i, &s)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .is_revoked()
+    );
+}
+
+/// Two stores on one file stand for two processes (each has its own connections, so only
+/// SQLite's file locking orders them). Many refreshes race one revocation; revoked must win.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revocation_wins_a_race_between_two_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores = [open(dir.path()), open(dir.path())];
+    for round in 0..20u64 {
+        let s = serial(1_000 + round);
+        let rev = response(revoked(5_000, Some(1)), 5_000);
+        let barrier = Arc::new(tokio::sync::Barrier::new(17));
+        let mut tasks = Vec::new();
+        for n in 0..17i64 {
+            let store = stores[(n % 2) as usize].clone();
+            let (s, rev, barrier) = (s.clone(), rev.clone(), barrier.clone());
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                // Task 8 is the revocation; the others are refreshes with later and later
+                // thisUpdates, some issued after it.
+                let r = if n == 8 {
+                    rev
+                } else {
+                    response(CertStatus::Good, 4_990 + n)
+                };
+                store.put(&issuer(), &s, &r).await.unwrap()
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        for store in &stores {
+            assert_eq!(
+                store.get(&issuer(), &s).await.unwrap(),
+                Some(rev.clone()),
+                "round {round}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn worklist_upserts_are_monotonic() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (i, s) = (issuer(), serial(1));
+    assert_eq!(store.certificate(&i, &s).await.unwrap(), None);
+    assert!(
+        store
+            .upsert_certificate(&i, &s, CertStatus::Good)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .upsert_certificate(&i, &s, CertStatus::Good)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .upsert_certificate(&i, &s, revoked(100, Some(1)))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .upsert_certificate(&i, &s, CertStatus::Good)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .upsert_certificate(&i, &s, revoked(200, Some(1)))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .upsert_certificate(&i, &s, revoked(100, None))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .upsert_certificate(&i, &s, revoked(100, Some(1)))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.certificate(&i, &s).await.unwrap(),
+        Some(revoked(100, Some(1)))
+    );
+
+    let batch = vec![
+        (i.clone(), serial(2), CertStatus::Good),
+        (i.clone(), serial(3), revoked(50, None)),
+        (i.clone(), s.clone(), CertStatus::Good),
+        (i.clone(), serial(2), revoked(60, Some(5))),
+    ];
+    assert_eq!(store.upsert_certificates(batch).await.unwrap(), 3);
+    assert_eq!(
+        store.certificate(&i, &serial(2)).await.unwrap(),
+        Some(revoked(60, Some(5)))
+    );
+    assert_eq!(
+        store.certificate(&i, &s).await.unwrap(),
+        Some(revoked(100, Some(1)))
+    );
+}
+
+#[tokio::test]
+async fn due_puts_revocations_first_then_unpublished_then_oldest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let i = issuer();
+    let now = 100_000;
+    let refresh_after = 10_000; // due when thisUpdate <= 90_000
+    for n in 1..=7 {
+        store
+            .upsert_certificate(&i, &serial(n), CertStatus::Good)
+            .await
+            .unwrap();
+    }
+    // 1: never published. 2: published long ago. 3: published even longer ago. 4: fresh.
+    // 5: published good, then revoked -> pending revocation. 6: revoked from the start.
+    // 7: published exactly at the threshold.
+    store
+        .mark_published(&i, &serial(2), CertStatus::Good, 80_000)
+        .await
+        .unwrap();
+    store
+        .mark_published(&i, &serial(3), CertStatus::Good, 50_000)
+        .await
+        .unwrap();
+    store
+        .mark_published(&i, &serial(4), CertStatus::Good, 95_000)
+        .await
+        .unwrap();
+    store
+        .mark_published(&i, &serial(5), CertStatus::Good, 95_000)
+        .await
+        .unwrap();
+    store
+        .mark_published(&i, &serial(7), CertStatus::Good, 90_000)
+        .await
+        .unwrap();
+    store
+        .upsert_certificate(&i, &serial(5), revoked(96_000, Some(1)))
+        .await
+        .unwrap();
+    store
+        .upsert_certificate(&i, &serial(6), revoked(97_000, None))
+        .await
+        .unwrap();
+
+    let due = store.due(now, refresh_after, 100).await.unwrap();
+    let order: Vec<Serial> = due.iter().map(|(_, s, _)| s.clone()).collect();
+    let (revocations, rest) = order.split_at(2);
+    let mut revocations = revocations.to_vec();
+    revocations.sort();
+    assert_eq!(revocations, vec![serial(5), serial(6)]);
+    assert_eq!(rest, &[serial(1), serial(3), serial(2), serial(7)]);
+    assert!(due.iter().all(|(issuer, _, _)| issuer == &i));
+    assert_eq!(
+        due.iter().find(|(_, s, _)| s == &serial(5)).unwrap().2,
+        revoked(96_000, Some(1))
+    );
+
+    assert_eq!(store.due(now, refresh_after, 3).await.unwrap().len(), 3);
+    assert!(store.due(now, refresh_after, 0).await.unwrap().is_empty());
+
+    let backlog = store.backlog(now, refresh_after).await.unwrap();
+    assert_eq!(
+        backlog,
+        Backlog {
+            certificates: 7,
+            due: 6,
+            revocations_pending: 2,
+            unpublished: 1,
+            oldest_this_update: Some(50_000),
+        }
+    );
+
+    // Publishing the revocations and the rest empties the list.
+    store
+        .mark_published_many(
+            due.iter()
+                .map(|(i, s, st)| (i.clone(), s.clone(), *st, now))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    assert!(store.due(now, refresh_after, 100).await.unwrap().is_empty());
+    // And everything comes back once old enough.
+    assert_eq!(
+        store
+            .due(now + 20_000, refresh_after, 100)
+            .await
+            .unwrap()
+            .len(),
+        7
+    );
+}
+
+#[tokio::test]
+async fn mark_published_needs_the_current_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (i, s) = (issuer(), serial(1));
+    let now = 100_000;
+    store
+        .upsert_certificate(&i, &s, CertStatus::Good)
+        .await
+        .unwrap();
+    store
+        .mark_published(&i, &s, CertStatus::Good, now)
+        .await
+        .unwrap();
+    assert!(store.due(now, 1_000, 10).await.unwrap().is_empty());
+
+    // The revocation arrives while a refresh of `good` is in flight; the refresh finishes later.
+    store
+        .upsert_certificate(&i, &s, revoked(now + 5, Some(1)))
+        .await
+        .unwrap();
+    store
+        .mark_published(&i, &s, CertStatus::Good, now + 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.due(now + 10, 1_000, 10).await.unwrap(),
+        vec![(i.clone(), s.clone(), revoked(now + 5, Some(1)))]
+    );
+    // A revocation with another time or reason is not the current status either.
+    store
+        .mark_published(&i, &s, revoked(now + 5, Some(4)), now + 10)
+        .await
+        .unwrap();
+    store
+        .mark_published(&i, &s, revoked(now + 6, Some(1)), now + 10)
+        .await
+        .unwrap();
+    store
+        .mark_published(&i, &s, revoked(now + 5, None), now + 10)
+        .await
+        .unwrap();
+    assert_eq!(store.due(now + 10, 1_000, 10).await.unwrap().len(), 1);
+
+    store
+        .mark_published(&i, &s, revoked(now + 5, Some(1)), now + 10)
+        .await
+        .unwrap();
+    assert!(store.due(now + 10, 1_000, 10).await.unwrap().is_empty());
+    // A late, older mark does not move the recorded thisUpdate back.
+    store
+        .mark_published(&i, &s, revoked(now + 5, Some(1)), now - 50_000)
+        .await
+        .unwrap();
+    assert!(store.due(now + 10, 1_000, 10).await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .backlog(now + 10, 1_000)
+            .await
+            .unwrap()
+            .oldest_this_update,
+        Some(now + 10)
+    );
+    // Unknown certificates are ignored.
+    store
+        .mark_published(&i, &serial(99), CertStatus::Good, now)
+        .await
+        .unwrap();
+    assert_eq!(store.certificate(&i, &serial(99)).await.unwrap(), None);
+}
+
+/// The child half of `acknowledged_writes_survive_a_crash`: writes, then aborts the process (no
+/// destructors, no SQLite close, no checkpoint). Does nothing unless run by that test.
+#[tokio::test]
+#[ignore = "run as a child process by acknowledged_writes_survive_a_crash"]
+async fn crash_child() {
+    let Ok(path) = std::env::var("OCSP_CRASH_CHILD_DB") else {
+        return;
+    };
+    let store = SqliteStore::open(&path).unwrap();
+    store
+        .put(&issuer(), &serial(1), &response(revoked(10, Some(1)), 20))
+        .await
+        .unwrap();
+    store
+        .upsert_certificate(&issuer(), &serial(1), revoked(10, Some(1)))
+        .await
+        .unwrap();
+    let many = (100..1_100)
+        .map(|n| (issuer(), serial(n), response(CertStatus::Good, 30)))
+        .collect();
+    store.put_many(many).await.unwrap();
+    std::process::abort();
+}
+
+#[tokio::test]
+async fn acknowledged_writes_survive_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ocsp.sqlite");
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "crash_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("OCSP_CRASH_CHILD_DB", &path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the child should have aborted");
+    assert!(
+        dir.path().join("ocsp.sqlite-wal").exists(),
+        "the WAL was left behind, as after a crash"
+    );
+
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(
+        store.get(&issuer(), &serial(1)).await.unwrap(),
+        Some(response(revoked(10, Some(1)), 20))
+    );
+    assert_eq!(
+        store.certificate(&issuer(), &serial(1)).await.unwrap(),
+        Some(revoked(10, Some(1)))
+    );
+    for n in [100, 555, 1_099] {
+        assert_eq!(
+            store
+                .get(&issuer(), &serial(n))
+                .await
+                .unwrap()
+                .unwrap()
+                .this_update,
+            30
+        );
+    }
+    // And still monotonic after recovery.
+    assert!(
+        !store
+            .put(&issuer(), &serial(1), &response(CertStatus::Good, 1_000))
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn reopening_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        store
+            .put(&issuer(), &serial(1), &response(CertStatus::Good, 10))
+            .await
+            .unwrap();
+        store
+            .upsert_certificate(&issuer(), &serial(1), CertStatus::Good)
+            .await
+            .unwrap();
+        store
+            .mark_published(&issuer(), &serial(1), CertStatus::Good, 10)
+            .await
+            .unwrap();
+    }
+    let store = open(dir.path());
+    assert_eq!(
+        store.get(&issuer(), &serial(1)).await.unwrap(),
+        Some(response(CertStatus::Good, 10))
+    );
+    assert_eq!(
+        store.backlog(20, 100).await.unwrap().oldest_this_update,
+        Some(10)
+    );
+}
+
+/// Writes a row that breaks the schema's CHECKs, as damage or a foreign tool would.
+fn corrupt(path: &Path, sql: &str) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    conn.execute_batch(&format!("PRAGMA ignore_check_constraints = ON; {sql}"))
+        .unwrap();
+}
+
+fn is_corrupt<T: std::fmt::Debug>(result: Result<T, Error>) -> bool {
+    matches!(result, Err(Error::Corrupt { .. }))
+}
+
+#[tokio::test]
+async fn corrupt_rows_are_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ocsp.sqlite");
+    let store = SqliteStore::open(&path).unwrap();
+    let i = issuer();
+    for n in 1..=4 {
+        store
+            .put(&i, &serial(n), &response(CertStatus::Good, 10))
+            .await
+            .unwrap();
+        store
+            .upsert_certificate(&i, &serial(n), CertStatus::Good)
+            .await
+            .unwrap();
+    }
+    let hex = |n: u64| hex::encode(serial(n).as_bytes());
+    corrupt(
+        &path,
+        &format!(
+            "UPDATE responses SET status = 9 WHERE serial = x'{}';",
+            hex(1)
+        ),
+    );
+    corrupt(
+        &path,
+        &format!(
+            "UPDATE responses SET status = 1 WHERE serial = x'{}';",
+            hex(2)
+        ),
+    );
+    corrupt(
+        &path,
+        &format!(
+            "UPDATE responses SET status = 1, revoked_at = 5, reason = 300 WHERE serial = x'{}';",
+            hex(3)
+        ),
+    );
+    corrupt(
+        &path,
+        &format!(
+            "UPDATE certificates SET status = 1 WHERE serial = x'{}';",
+            hex(1)
+        ),
+    );
+
+    for n in 1..=3 {
+        let got = store.get(&i, &serial(n)).await;
+        assert!(is_corrupt(got), "serial {n}");
+    }
+    // A put over a corrupt row is refused (it might have been a revocation) and leaves it alone.
+    assert!(is_corrupt(
+        store
+            .put(&i, &serial(2), &response(CertStatus::Good, 20))
+            .await
+    ));
+    assert!(is_corrupt(
+        store
+            .put_many(vec![(i.clone(), serial(2), response(CertStatus::Good, 20))])
+            .await
+    ));
+    assert!(is_corrupt(store.get(&i, &serial(2)).await));
+    // The other rows are fine.
+    assert_eq!(
+        store.get(&i, &serial(4)).await.unwrap(),
+        Some(response(CertStatus::Good, 10))
+    );
+
+    assert!(is_corrupt(store.certificate(&i, &serial(1)).await));
+    // The worklist skips the bad row rather than stopping every refresh.
+    let due: Vec<Serial> = store
+        .due(100, 10, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, s, _)| s)
+        .collect();
+    assert_eq!(due.len(), 3);
+    assert!(!due.contains(&serial(1)));
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_a_database_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ocsp.sqlite");
+    std::fs::write(&path, vec![0x5a; 64 * 1024]).unwrap();
+    match SqliteStore::open(&path) {
+        Err(Error::Corrupt { .. }) => {}
+        other => panic!("expected Error::Corrupt, got {other:?}"),
+    }
+    // A directory that does not exist: an error too.
+    assert!(SqliteStore::open(dir.path().join("missing/ocsp.sqlite")).is_err());
+}
+
+/// Figures for the module documentation. Run:
+/// `cargo test --release -p ocsp --test store_sqlite -- --ignored --nocapture bench_one_million`
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "benchmark: builds a 1,000,000-row store"]
+async fn bench_one_million() {
+    const N: u64 = 1_000_000;
+    const BATCH: u64 = 10_000;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("ocsp.sqlite");
+    let store = SqliteStore::open(&path).unwrap();
+    let i = issuer();
+    let der = vec![0x30; 500];
+
+    let started = Instant::now();
+    for chunk in 0..N / BATCH {
+        let items = (chunk * BATCH..(chunk + 1) * BATCH)
+            .map(|n| {
+                let r = StoredResponse {
+                    status: CertStatus::Good,
+                    this_update: 1_000,
+                    next_update: 2_000,
+                    der: der.clone(),
+                };
+                (i.clone(), serial(n), r)
+            })
+            .collect();
+        store.put_many(items).await.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "put_many: {N} responses in {secs:.1} s = {:.0} rows/s",
+        N as f64 / secs
+    );
+
+    let started = Instant::now();
+    for chunk in 0..N / BATCH {
+        let items = (chunk * BATCH..(chunk + 1) * BATCH)
+            .map(|n| (i.clone(), serial(n), CertStatus::Good))
+            .collect();
+        store.upsert_certificates(items).await.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "upsert_certificates: {N} in {secs:.1} s = {:.0} rows/s",
+        N as f64 / secs
+    );
+
+    // Lookups through the async API, 64 callers, random serials.
+    let run_for = Duration::from_secs(5);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..64u64 {
+        let (store, i) = (store.clone(), i.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (t + 1);
+            let mut done = 0u64;
+            while started.elapsed() < run_for {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let got = store.get(&i, &serial(x % N)).await.unwrap();
+                assert!(got.is_some());
+                done += 1;
+            }
+            done
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "get (async, 64 callers): {total} in {secs:.1} s = {:.0} lookups/s",
+        total as f64 / secs
+    );
+
+    // The same lookups on one connection, synchronously: SQLite's own cost.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.pragma_update(None, "mmap_size", 1i64 << 30).unwrap();
+    let mut stmt = conn
+        .prepare(
+            "SELECT status, revoked_at, reason, this_update, next_update, der FROM responses
+             WHERE issuer = ?1 AND serial = ?2",
+        )
+        .unwrap();
+    let started = Instant::now();
+    let mut x = 0x1234_5678u64;
+    let mut total = 0u64;
+    while started.elapsed() < run_for {
+        for _ in 0..1_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let der: Vec<u8> = stmt
+                .query_row(rusqlite::params![i.0, serial(x % N).as_bytes()], |r| {
+                    r.get(5)
+                })
+                .unwrap();
+            assert_eq!(der.len(), 500);
+        }
+        total += 1_000;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "get (sync, one connection): {:.0} lookups/s",
+        total as f64 / secs
+    );
+    drop(stmt);
+    drop(conn);
+
+    // Single durable puts.
+    let started = Instant::now();
+    for n in 0..100 {
+        let r = StoredResponse {
+            status: CertStatus::Good,
+            this_update: 2_000,
+            next_update: 3_000,
+            der: der.clone(),
+        };
+        assert!(store.put(&i, &serial(n), &r).await.unwrap());
+    }
+    println!(
+        "put (one transaction each): {:.2} ms",
+        started.elapsed().as_secs_f64() * 10.0
+    );
+
+    // Several times: the first call on a connection also pays for preparing the statement.
+    let mut due = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        due = store.due(5_000, 1_000, 256).await.unwrap();
+        println!(
+            "due(limit 256) over {N}: {:.2} ms ({} rows)",
+            started.elapsed().as_secs_f64() * 1e3,
+            due.len()
+        );
+    }
+    let started = Instant::now();
+    store
+        .mark_published_many(
+            due.iter()
+                .map(|(i, s, st)| (i.clone(), s.clone(), *st, 5_000))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    println!(
+        "mark_published_many(256): {:.2} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    for _ in 0..2 {
+        let started = Instant::now();
+        let backlog = store.backlog(5_000, 1_000).await.unwrap();
+        println!(
+            "backlog: {:.1} ms ({backlog:?})",
+            started.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    // The refresh case: everything published, at spread-out times.
+    for chunk in 0..N / BATCH {
+        let items = (chunk * BATCH..(chunk + 1) * BATCH)
+            .map(|n| {
+                (
+                    i.clone(),
+                    serial(n),
+                    CertStatus::Good,
+                    10_000 + (n as i64 * 7_919) % 100_000,
+                )
+            })
+            .collect();
+        store.mark_published_many(items).await.unwrap();
+    }
+    for _ in 0..3 {
+        let started = Instant::now();
+        let due = store.due(50_000, 1_000, 256).await.unwrap();
+        println!(
+            "due(limit 256), refresh case: {:.2} ms ({} rows)",
+            started.elapsed().as_secs_f64() * 1e3,
+            due.len()
+        );
+    }
+    println!("file: {} MB", std::fs::metadata(&path).unwrap().len() >> 20);
+}
