@@ -135,6 +135,12 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// Kills the gateway process (its HSMs with it), as an outage would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn start() -> Self {
         let tokens = tokens();
         let dir = tempfile::Builder::new()

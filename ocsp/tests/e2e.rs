@@ -1,0 +1,358 @@
+//! The whole OCSP pipeline as operators run it, with clients nobody here wrote: the real
+//! `signer` on SoftHSM2, `hsmgate-ocsp import`, `presign` and `serve` as separate processes,
+//! and `openssl ocsp` asking over HTTP (POST) and `curl` (GET). Then the backends go away —
+//! the gateway, and in Redis mode Redis itself — and the responder keeps answering.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::{Env, ISSUER_P256, hsmgate_ocsp};
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `hsmgate-ocsp serve`; its process and HTTP address (from the READY line).
+fn serve(config: &Path) -> (Proc, SocketAddr, Option<SocketAddr>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hsmgate-ocsp"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("READY line");
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse::<SocketAddr>().ok())
+    };
+    let http = field("http").unwrap_or_else(|| panic!("no READY line: {line:?}"));
+    (Proc(child), http, field("metrics"))
+}
+
+/// Starts `hsmgate-ocsp presign` (the refresh loop).
+fn presign(config: &Path) -> Proc {
+    let child = Command::new(env!("CARGO_BIN_EXE_hsmgate-ocsp"))
+        .args(["presign", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn presign");
+    Proc(child)
+}
+
+/// `openssl ocsp -url`: builds the request itself and POSTs it; its whole output.
+fn ask(issuer: &Path, serial: &str, url: SocketAddr, sha256: bool) -> String {
+    let mut cmd = Command::new("openssl");
+    cmd.arg("ocsp")
+        .arg("-issuer")
+        .arg(issuer)
+        .arg("-CAfile")
+        .arg(issuer);
+    if sha256 {
+        cmd.arg("-sha256");
+    }
+    let out = cmd
+        .args([
+            "-serial",
+            &format!("0x{serial}"),
+            "-no_nonce",
+            "-url",
+            &format!("http://{url}"),
+        ])
+        .output()
+        .expect("openssl ocsp");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Asks until `openssl ocsp` reports `want` for the serial, for at most `limit`.
+fn ask_until(issuer: &Path, serial: &str, url: SocketAddr, want: &str, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let text = ask(issuer, serial, url, false);
+        if text.contains(&format!("0x{serial}: {want}")) || Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// GET `/{base64 of the DER request}` with curl, the request made by `openssl ocsp -reqout`;
+/// the response is then checked by `openssl ocsp -respin`.
+fn get_with_curl(env: &Env, issuer: &Path, serial: &str, url: SocketAddr) -> String {
+    let req = env.dir.path().join(format!("req-{serial}.der"));
+    let status = Command::new("openssl")
+        .arg("ocsp")
+        .arg("-issuer")
+        .arg(issuer)
+        .args(["-serial", &format!("0x{serial}"), "-no_nonce", "-reqout"])
+        .arg(&req)
+        .status()
+        .expect("openssl reqout");
+    assert!(status.success());
+    let der = std::fs::read(&req).expect("request");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let path = percent_encode(&b64);
+    let resp = env.dir.path().join(format!("resp-{serial}.der"));
+    let out = Command::new("curl")
+        .args(["-s", "--path-as-is", "-D", "-", "-o"])
+        .arg(&resp)
+        .arg(format!("http://{url}/{path}"))
+        .output()
+        .expect("curl");
+    let headers = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(headers.contains("200"), "{headers}");
+    assert!(
+        headers
+            .to_ascii_lowercase()
+            .contains("content-type: application/ocsp-response"),
+        "{headers}"
+    );
+    let check = common::openssl_ocsp(&resp, issuer, serial, false, &["-no_nonce"]);
+    assert!(check.success, "{}", check.text);
+    check.text
+}
+
+fn percent_encode(b64: &str) -> String {
+    b64.replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D")
+}
+
+fn metrics(addr: SocketAddr) -> String {
+    let out = Command::new("curl")
+        .args(["-s", &format!("http://{addr}/metrics")])
+        .output()
+        .expect("curl metrics");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn import(env: &Env, lines: &str) {
+    let list = env.write("import.txt", lines.as_bytes());
+    let config = env.config_path.display().to_string();
+    let out = hsmgate_ocsp(&["import", "--config", &config, &list.display().to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn imported_certificates_are_served_good_then_revoked_and_survive_the_gateway() {
+    let mut env = Env::start_with(|text| {
+        text.replace(
+            "[responder]\nlisten = \"127.0.0.1:0\"",
+            "[responder]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\ncache_fresh_secs = 1",
+        )
+    });
+    let issuer = env.issuer_p256.clone();
+    let serials = ["5e1a0001", "5e1a0002", "00ff5e1a0003"];
+    import(
+        &env,
+        &serials
+            .iter()
+            .map(|s| format!("{ISSUER_P256} {s} good\n"))
+            .collect::<String>(),
+    );
+    let _presigner = presign(&env.config_path);
+    let (_responder, http, metrics_addr) = serve(&env.config_path);
+
+    // The refresh loop signs the imported certificates; openssl then verifies them as good,
+    // with SHA-1 and SHA-256 CertIDs, over POST...
+    for serial in serials {
+        let text = ask_until(&issuer, serial, http, "good", Duration::from_secs(20));
+        assert!(text.contains(&format!("0x{serial}: good")), "{text}");
+        assert!(text.contains("Response verify OK"), "{text}");
+    }
+    let text = ask(&issuer, serials[0], http, true);
+    assert!(
+        text.contains("good") && text.contains("Response verify OK"),
+        "{text}"
+    );
+    // ...and over GET.
+    let text = get_with_curl(&env, &issuer, serials[1], http);
+    assert!(text.contains(": good"), "{text}");
+
+    // A serial never issued is never good.
+    let text = ask(&issuer, "0badbad0", http, false);
+    assert!(text.contains("unauthorized"), "{text}");
+
+    // Revocation: durable and signed before `publish` returns; served within cache_fresh_secs.
+    let config = env.config_path.display().to_string();
+    let out = hsmgate_ocsp(&[
+        "publish",
+        "--config",
+        &config,
+        "--issuer",
+        ISSUER_P256,
+        "--serial",
+        serials[0],
+        "--revoked",
+        "--reason",
+        "1",
+        "--at",
+        "2026-11-01T10:00:00Z",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = ask_until(&issuer, serials[0], http, "revoked", Duration::from_secs(5));
+    assert!(
+        text.contains(&format!("0x{}: revoked", serials[0])),
+        "{text}"
+    );
+    assert!(text.contains("Reason: keyCompromise"), "{text}");
+    assert!(
+        text.contains("Revocation Time: Nov  1 10:00:00 2026 GMT"),
+        "{text}"
+    );
+    assert!(text.contains("Response verify OK"), "{text}");
+
+    // The gateway and its HSMs go away: the responder does not notice.
+    env.gateway.kill();
+    std::thread::sleep(Duration::from_millis(1500));
+    for (serial, want) in [
+        (serials[0], "revoked"),
+        (serials[1], "good"),
+        (serials[2], "good"),
+    ] {
+        let text = ask(&issuer, serial, http, false);
+        assert!(
+            text.contains(&format!("0x{serial}: {want}")),
+            "after the gateway died: {text}"
+        );
+    }
+    let m = metrics(metrics_addr.expect("metrics listener"));
+    assert!(m.contains("ocsp_responses_total"), "{m}");
+}
+
+/// A private Redis server on a free port, killed on drop.
+struct Redis {
+    proc: Option<Proc>,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            proc: Some(Proc(child)),
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn kill(&mut self) {
+        self.proc = None;
+    }
+}
+
+#[test]
+fn with_redis_the_responder_outlives_redis_and_the_gateway() {
+    let mut redis = Redis::start();
+    let port = redis.port;
+    let mut env = Env::start_with(|text| {
+        text.replace(
+            "[responder]\nlisten = \"127.0.0.1:0\"",
+            "[responder]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\ncache_fresh_secs = 1",
+        )
+        .replace(
+            "[store]\nkind = \"sqlite\"\npath = \"ocsp.sqlite\"",
+            &format!("[store]\nkind = \"redis\"\nurls = [\"redis://127.0.0.1:{port}\"]\nreplica = \"replica.sqlite\""),
+        )
+    });
+    let issuer = env.issuer_p256.clone();
+    let serials = ["7ed150001", "7ed150002"];
+    import(
+        &env,
+        &serials
+            .iter()
+            .map(|s| format!("{ISSUER_P256} {s} good\n"))
+            .collect::<String>(),
+    );
+    let presigner = presign(&env.config_path);
+    let (_responder, http, metrics_addr) = serve(&env.config_path);
+    for serial in serials {
+        let text = ask_until(&issuer, serial, http, "good", Duration::from_secs(20));
+        assert!(
+            text.contains(&format!("0x{serial}: good")) && text.contains("Response verify OK"),
+            "{text}"
+        );
+    }
+    let metrics_addr = metrics_addr.expect("metrics listener");
+    assert!(metrics(metrics_addr).contains("ocsp_degraded 0"));
+
+    // Everything behind the responder stops: Redis, the pre-signer, the gateway.
+    redis.kill();
+    drop(presigner);
+    env.gateway.kill();
+    std::thread::sleep(Duration::from_millis(1500)); // past cache_fresh_secs: cache entries are stale
+    for serial in serials {
+        let text = ask(&issuer, serial, http, false);
+        assert!(
+            text.contains(&format!("0x{serial}: good")) && text.contains("Response verify OK"),
+            "with Redis down: {text}"
+        );
+    }
+    let m = metrics(metrics_addr);
+    assert!(
+        m.contains("ocsp_degraded 1"),
+        "the responder does not say it is degraded:\n{m}"
+    );
+    // A certificate it never saw cannot be vouched for: never `good`.
+    let text = ask(&issuer, "7ed15ffff", http, false);
+    assert!(!text.contains(": good"), "{text}");
+}
