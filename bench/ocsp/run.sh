@@ -1,0 +1,424 @@
+#!/usr/bin/env bash
+# The OCSP benchmark of issue 3 ("Speed"), in one run:
+#
+#  1. SoftHSM2 tokens for a small gateway (one datacenter, two HSMs, key `ocsp-p256`), the
+#     `signer` gateway on them, an issuer certificate made through it (`hsmgate-ocsp issuer-cert`);
+#  2. the gateway's own SignBatch rate (`hsm-bench sign --mode batch`), then N certificates
+#     imported (`hsmgate-ocsp import`) and all pre-signed by `hsmgate-ocsp presign` (timed until
+#     its metrics say N responses were signed), then SignBatch again: pre-signing / SignBatch;
+#  3. the responder (`hsmgate-ocsp serve`, SQLite store) and nginx serving the same response
+#     bytes as static files, loaded by wrk alternately: cache hits (K serials, responder cache
+#     large and fresh for an hour), then cache misses (responder cache of ~1 MB, random serials
+#     over all N; nginx over N distinct files, or the K hit files with --nginx-all no);
+#  4. a summary table (Markdown) and the raw outputs in the results directory.
+#
+# Usage: bench/ocsp/run.sh [--count N] [--hits K] [--duration SECONDS] [--rounds R]
+#          [--connections C] [--wrk-threads T] [--signbatch-duration D] [--signbatch-rounds R]
+#          [--miss-cache-bytes B] [--nginx-all yes|no] [--presign-batch B] [--out DIR] [--keep]
+#
+# BIN=DIR (environment) takes the four binaries from DIR instead of target/release (e.g. to run
+# a modified hsmgate-ocsp against the same gateway).
+#
+# Needs: release binaries (cargo build --release -p signer -p hsm-config -p hsm-bench -p ocsp),
+# SoftHSM2, nginx, wrk, curl, openssl, python3 with `cryptography`. Everything runs from a
+# temporary directory that is removed at the end (--keep keeps it); every process started here
+# is stopped on exit, by its pid.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+BIN=${BIN:-$ROOT/target/release}
+PY=(python3 "$HERE/ocspbench.py")
+ISSUER=bench-p256
+KEY=ocsp-p256
+
+COUNT=1000000
+HITS=10000
+DURATION=15
+ROUNDS=2
+CONNS=64
+WRK_THREADS=1
+SB_DURATION=5s
+SB_ROUNDS=3
+MISS_CACHE_BYTES=1048576
+NGINX_ALL=yes
+PRESIGN_BATCH=256
+OUT=
+KEEP=0
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed -e 's/^# \{0,1\}//' -e '/^set -euo/d'; exit "${1:-0}"; }
+while (($#)); do
+    case $1 in
+        --count) COUNT=$2; shift 2 ;;
+        --hits) HITS=$2; shift 2 ;;
+        --duration) DURATION=$2; shift 2 ;;
+        --rounds) ROUNDS=$2; shift 2 ;;
+        --connections) CONNS=$2; shift 2 ;;
+        --wrk-threads) WRK_THREADS=$2; shift 2 ;;
+        --signbatch-duration) SB_DURATION=$2; shift 2 ;;
+        --signbatch-rounds) SB_ROUNDS=$2; shift 2 ;;
+        --miss-cache-bytes) MISS_CACHE_BYTES=$2; shift 2 ;;
+        --nginx-all) NGINX_ALL=$2; shift 2 ;;
+        --presign-batch) PRESIGN_BATCH=$2; shift 2 ;;
+        --out) OUT=$2; shift 2 ;;
+        --keep) KEEP=1; shift ;;
+        -h|--help) usage 0 ;;
+        *) echo "unknown option $1" >&2; usage 2 ;;
+    esac
+done
+((HITS <= COUNT)) || { echo "--hits must be at most --count" >&2; exit 2; }
+((DURATION >= 5)) || { echo "--duration must be at least 5 (seconds)" >&2; exit 2; }
+
+for tool in nginx wrk curl openssl python3; do
+    command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y nginx wrk curl openssl python3)" >&2; exit 2; }
+done
+python3 -c 'import cryptography' 2>/dev/null || { echo "python3 needs the cryptography package" >&2; exit 2; }
+for b in signer hsm-config hsm-bench hsmgate-ocsp; do
+    [[ -x $BIN/$b ]] || { echo "$BIN/$b missing: cargo build --release -p signer -p hsm-config -p hsm-bench -p ocsp" >&2; exit 2; }
+done
+
+TMP=$(mktemp -d /tmp/hsmgate-ocsp-bench.XXXXXX)
+chmod 755 "$TMP" # nginx's workers may run as another user
+OUT=${OUT:-$HERE/results/$(date -u +%Y%m%dT%H%M%SZ)-n$COUNT}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+: > "$OUT/results.jsonl"
+
+PIDS=()
+stop_pid() {
+    local pid=$1 i
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+cleanup() {
+    local status=$? pid
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+    if ((KEEP)); then
+        echo "temporary files kept in $TMP" >&2
+    else
+        rm -rf "$TMP"
+    fi
+    ((status == 0)) || echo "FAILED (status $status); logs in $OUT" >&2
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { printf '[%s] %s\n' "$(date +%T)" "$*" | tee -a "$OUT/run.log" >&2; }
+record() { printf '%s\n' "$1" >> "$OUT/results.jsonl"; }
+now() { date +%s.%N; }
+elapsed() { python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 3))" "$1" "$2"; }
+
+# Starts a process in the background: stdout to $TMP/NAME.out, stderr to $OUT/NAME.log.
+# Sets LAST_PID.
+start_bg() {
+    local name=$1
+    shift
+    "$@" > "$TMP/$name.out" 2> "$OUT/$name.log" &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+}
+
+# Waits for a `READY ...` line on a process's stdout; prints it.
+wait_ready() {
+    local file=$1 pid=$2 timeout=$3 start=$SECONDS
+    while ((SECONDS - start < timeout)); do
+        if grep -q '^READY' "$file" 2>/dev/null; then
+            grep -m1 '^READY' "$file"
+            return 0
+        fi
+        kill -0 "$pid" 2>/dev/null || { echo "process $pid exited before READY" >&2; return 1; }
+        sleep 0.1
+    done
+    echo "no READY line after ${timeout}s in $file" >&2
+    return 1
+}
+field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p"; }
+prom() { "${PY[@]}" prom "$@" 2>/dev/null || echo 0; }
+
+render() { # TEMPLATE OUT KEY=VALUE...
+    local template=$1 out=$2 text
+    shift 2
+    text=$(<"$template")
+    local kv
+    for kv in "$@"; do text=${text//@${kv%%=*}@/${kv#*=}}; done
+    printf '%s\n' "$text" > "$out"
+}
+
+# ---------------------------------------------------------------------------------------------
+log "results in $OUT; temporary files in $TMP"
+{
+    echo "date: $(date -u +%FT%TZ)"
+    echo "git: $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')"
+    echo "nproc: $(nproc); cpu: $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)"
+    echo "uptime: $(uptime)"
+    echo "nginx: $(nginx -v 2>&1); wrk: $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
+    echo "softhsm2: $(softhsm2-util --version 2>/dev/null || echo '?')"
+    echo "command: $0 --count $COUNT --hits $HITS --duration $DURATION --rounds $ROUNDS --connections $CONNS --wrk-threads $WRK_THREADS --signbatch-duration $SB_DURATION --signbatch-rounds $SB_ROUNDS --miss-cache-bytes $MISS_CACHE_BYTES --nginx-all $NGINX_ALL --presign-batch $PRESIGN_BATCH"
+    echo
+    top -bn1 | head -15
+} > "$OUT/machine.txt"
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+log "machine: $(nproc) cores, load average $LOAD_BEFORE"
+record "$("${PY[@]}" json kind=meta date="$(date -u +%FT%TZ)" count="$COUNT" hits="$HITS" \
+    machine="$(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)" \
+    load_before="load average $LOAD_BEFORE" \
+    wrk_args="-t$WRK_THREADS -c$CONNS -d${DURATION}s --latency, $ROUNDS rounds alternating" \
+    git="$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')")"
+
+# --- 1. tokens, gateway, issuer -------------------------------------------------------------
+export SOFTHSM2_CONF=$TMP/softhsm2.conf
+render "$HERE/signer.toml.in" "$TMP/signer.toml" PIN="$TMP/user.pin"
+log "provisioning SoftHSM2 tokens"
+"$BIN/hsm-config" provision "$TMP/signer.toml" > "$OUT/provision.log" 2>&1
+
+start_bg signer env RUST_LOG=info "$BIN/signer" --config "$TMP/signer.toml"
+SIGNER_PID=$LAST_PID
+READY=$(wait_ready "$TMP/signer.out" "$SIGNER_PID" 30)
+GRPC=$(field "$READY" grpc)
+GW_METRICS=$(field "$READY" metrics)
+GATEWAY=http://$GRPC
+for ((i = 0; i < 200; i++)); do
+    [[ $(prom "http://$GW_METRICS/metrics" '^hsmgate_hsm_up\{') == 2 ]] && break
+    sleep 0.1
+done
+[[ $(prom "http://$GW_METRICS/metrics" '^hsmgate_hsm_up\{') == 2 ]] || { log "both HSMs not up after 20 s"; exit 1; }
+log "gateway $GATEWAY ready, both HSMs up"
+
+for ((i = 0; ; i++)); do
+    if RUST_LOG=warn "$BIN/hsmgate-ocsp" issuer-cert --gateway "$GATEWAY" --key "$KEY" \
+        --subject "CN=hsmgate OCSP bench CA P-256,O=hsmgate" --days 30 --out "$TMP/issuer.pem" \
+        > "$OUT/issuer-cert.log" 2>&1; then
+        break
+    fi
+    ((i < 20)) || { log "issuer-cert failed"; cat "$OUT/issuer-cert.log" >&2; exit 1; }
+    sleep 0.5
+done
+cp "$TMP/issuer.pem" "$OUT/issuer.pem"
+
+for mode in presign hit miss; do
+    case $mode in
+        presign) bytes=$((64 << 20)) fresh=5 ;;
+        hit) bytes=$((256 << 20)) fresh=3600 ;;
+        miss) bytes=$MISS_CACHE_BYTES fresh=3600 ;;
+    esac
+    render "$HERE/ocsp.toml.in" "$TMP/ocsp-$mode.toml" GATEWAY="$GATEWAY" CACHE_BYTES="$bytes" \
+        CACHE_FRESH_SECS="$fresh" BATCH="$PRESIGN_BATCH"
+    cp "$TMP/ocsp-$mode.toml" "$OUT/"
+done
+
+# --- 2. SignBatch, import, pre-signing, SignBatch -------------------------------------------
+signbatch() {
+    local label=$1 rate
+    log "SignBatch rate ($label): hsm-bench sign --mode batch, $SB_ROUNDS x $SB_DURATION"
+    "$BIN/hsm-bench" sign --config "$TMP/signer.toml" --key "$KEY" --mode batch --gateway "$GATEWAY" \
+        --duration "$SB_DURATION" --rounds "$SB_ROUNDS" --json "$OUT/signbatch-$label.json" \
+        > "$OUT/signbatch-$label.txt" 2>&1
+    rate=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["modes"][0]["median_signatures_per_s"])' \
+        "$OUT/signbatch-$label.json")
+    log "SignBatch ($label): $rate signatures/s"
+    record "$("${PY[@]}" json kind=signbatch label="$label" rate="$rate")"
+}
+signbatch before
+
+log "import list: $COUNT certificates (random 16-byte serials, 1 % revoked)"
+"${PY[@]}" import-list "$COUNT" "$TMP/certs.txt" "$ISSUER"
+t0=$(now)
+RUST_LOG=warn "$BIN/hsmgate-ocsp" import --config "$TMP/ocsp-presign.toml" "$TMP/certs.txt" > "$OUT/import.txt" 2>&1
+IMPORT_SECONDS=$(elapsed "$t0" "$(now)")
+log "imported in ${IMPORT_SECONDS}s: $(cat "$OUT/import.txt")"
+
+PRESIGN_METRICS=127.0.0.1:$("${PY[@]}" free-port)
+SAMPLES=$OUT/presign-samples.txt
+echo "$(now) 0" > "$SAMPLES"
+start_bg presign env RUST_LOG=info "$BIN/hsmgate-ocsp" presign --config "$TMP/ocsp-presign.toml" \
+    --metrics-listen "$PRESIGN_METRICS"
+PRESIGN_PID=$LAST_PID
+"${PY[@]}" cpu-snap "$TMP/cpu-presign-a.json" gateway="$SIGNER_PID" presigner="$PRESIGN_PID"
+log "pre-signing $COUNT responses (hsmgate-ocsp presign, pid $PRESIGN_PID)"
+deadline=$((SECONDS + 300 + COUNT / 1000))
+signed=0
+while ((SECONDS < deadline)); do
+    kill -0 "$PRESIGN_PID" 2>/dev/null || { log "presign exited"; exit 1; }
+    # curl + awk, not Python: this loop must cost the machine next to nothing.
+    v=$(curl -sf "http://$PRESIGN_METRICS/metrics" 2>/dev/null |
+        awk '$1 == "hsmgate_ocsp_presigner_responses_signed_total" {print $2}') || v=
+    if [[ -n $v ]]; then
+        echo "$(now) $v" >> "$SAMPLES"
+        signed=$v
+        ((signed >= COUNT)) && break
+    fi
+    sleep 0.25
+done
+"${PY[@]}" cpu-snap "$TMP/cpu-presign-b.json" gateway="$SIGNER_PID" presigner="$PRESIGN_PID"
+((signed >= COUNT)) || { log "only $signed of $COUNT signed before the deadline"; exit 1; }
+# The tick ends after the last chunk is stored and marked; then the backlog gauge is set.
+for ((i = 0; i < 300; i++)); do
+    grep -q 'refresh tick' "$OUT/presign.log" && break
+    sleep 0.1
+done
+BACKLOG=$(prom "http://$PRESIGN_METRICS/metrics" '^hsmgate_ocsp_presigner_backlog ')
+curl -s "http://$PRESIGN_METRICS/metrics" > "$OUT/presign-metrics.txt" || true
+stop_pid "$PRESIGN_PID"
+"${PY[@]}" cpu-diff "$TMP/cpu-presign-a.json" "$TMP/cpu-presign-b.json" > "$OUT/cpu-presign.json"
+PRESIGN=$("${PY[@]}" presign-samples "$SAMPLES" "$COUNT")
+CPU_BRIEF=$(python3 -c '
+import json, sys
+c = json.load(open(sys.argv[1]))
+r = c["roles"]
+print(json.dumps({"machine": c["machine_cores"], "others": c["others_cores"],
+                  "gateway": r["gateway"]["cores"], "presigner": r["presigner"]["cores"],
+                  "gateway_threads": r["gateway"]["by_name"],
+                  "presigner_threads": r["presigner"]["by_name"]}))' "$OUT/cpu-presign.json")
+record "$(python3 -c '
+import json, sys
+d = json.loads(sys.argv[1]); d.update(kind="presign", import_seconds=float(sys.argv[2]),
+    backlog_after=float(sys.argv[3]), cpu_brief=json.loads(sys.argv[4])); print(json.dumps(d))' \
+    "$PRESIGN" "$IMPORT_SECONDS" "$BACKLOG" "$CPU_BRIEF")"
+log "pre-signing: $PRESIGN; backlog after: $BACKLOG"
+signbatch after
+
+stop_pid "$SIGNER_PID" # not needed any more: keep the machine quiet for the serving runs
+
+# --- 3. request lists, files for nginx, nginx --------------------------------------------
+log "request lists (hit set of $HITS, all $COUNT) and files for nginx (all: $NGINX_ALL)"
+"${PY[@]}" requests "$TMP/issuer.pem" "$TMP/certs.txt" "$HITS" "$TMP/req"
+t0=$(now)
+"${PY[@]}" dump "$TMP/ocsp.sqlite" "$ISSUER" "$TMP/certs.txt" "$HITS" "$TMP/www" \
+    "$([[ $NGINX_ALL == yes ]] && echo 1 || echo 0)" | tee -a "$OUT/run.log"
+log "files written in $(elapsed "$t0" "$(now)")s"
+chmod -R a+rX "$TMP/www"
+
+NGINX_PORT=$("${PY[@]}" free-port)
+# open_file_cache holds each cached file open, in each worker: room for the hit set, below the
+# open-files limit (setrlimit may be refused in a container) with room for connections.
+NOFILE=$(ulimit -n)
+OPEN_FILE_CACHE=$((HITS + HITS / 10 + 100))
+if [[ $NOFILE != unlimited ]] && ((OPEN_FILE_CACHE > NOFILE - 4096)); then
+    OPEN_FILE_CACHE=$((NOFILE - 4096))
+    log "open_file_cache limited to $OPEN_FILE_CACHE by the open-files limit ($NOFILE)"
+fi
+mkdir -p "$TMP/nginx/tmp"
+render "$HERE/nginx.conf.in" "$TMP/nginx/nginx.conf" PREFIX="$TMP/nginx" PORT="$NGINX_PORT" WWW="$TMP/www" \
+    OPEN_FILE_CACHE=$OPEN_FILE_CACHE USER="$( ((EUID == 0)) && echo 'user root;' || echo '')"
+cp "$TMP/nginx/nginx.conf" "$OUT/nginx.conf"
+nginx -t -c "$TMP/nginx/nginx.conf" -p "$TMP/nginx/" > "$OUT/nginx-t.log" 2>&1
+start_bg nginx nginx -c "$TMP/nginx/nginx.conf" -p "$TMP/nginx/" -g 'daemon off;'
+NGINX_PID=$LAST_PID
+NGINX=http://127.0.0.1:$NGINX_PORT
+FIRST_NGINX=$(head -1 "$TMP/req/nginx-hit.txt")
+for ((i = 0; i < 100; i++)); do
+    curl -sf -o /dev/null "$NGINX$FIRST_NGINX" && break
+    sleep 0.1
+done
+
+RESP_PID=
+start_responder() { # hit|miss
+    [[ -z $RESP_PID ]] || stop_pid "$RESP_PID"
+    start_bg "responder-$1" env RUST_LOG=info "$BIN/hsmgate-ocsp" serve --config "$TMP/ocsp-$1.toml"
+    RESP_PID=$LAST_PID
+    local ready
+    ready=$(wait_ready "$TMP/responder-$1.out" "$RESP_PID" 30)
+    RESP=http://$(field "$ready" http)
+    RESP_METRICS=http://$(field "$ready" metrics)/metrics
+    log "responder ($1 config) at $RESP, pid $RESP_PID"
+}
+start_responder hit
+
+# The same bytes from both, and a response OpenSSL accepts.
+FIRST_RESP=$(head -1 "$TMP/req/resp-hit.txt")
+FIRST_SERIAL=${FIRST_NGINX##*/}
+curl -s -D "$OUT/headers-responder.txt" -o "$TMP/first-responder.der" "$RESP$FIRST_RESP"
+curl -s -D "$OUT/headers-nginx.txt" -o "$TMP/first-nginx.der" "$NGINX$FIRST_NGINX"
+cmp "$TMP/first-responder.der" "$TMP/first-nginx.der" || { log "responder and nginx differ"; exit 1; }
+openssl ocsp -respin "$TMP/first-responder.der" -issuer "$TMP/issuer.pem" -CAfile "$TMP/issuer.pem" \
+    -serial "0x$FIRST_SERIAL" > "$OUT/check-openssl.txt" 2>&1 || { log "openssl rejects the response"; cat "$OUT/check-openssl.txt" >&2; exit 1; }
+log "same $(stat -c %s "$TMP/first-nginx.der") response bytes from both; openssl: $(tr '\n' ' ' < "$OUT/check-openssl.txt")"
+
+# --- 4. wrk runs ----------------------------------------------------------------------------
+# wrk_run NAME ROUND URL LIST MODE [DURATION]: one wrk run; records its figures, the CPU of the
+# server and of wrk (from 1 s after the load starts to 1 s before it ends), and for the
+# responder its answers by kind (from its metrics, before and after the run).
+wrk_run() {
+    local name=$1 round=$2 url=$3 list=$4 mode=$5 dur=${6:-$DURATION}
+    local tag=$name-$round marker=$TMP/marker-$name-$round server_pid wpid i
+    local -a extra=()
+    case $name in responder*) server_pid=$RESP_PID ;; *) server_pid=$NGINX_PID ;; esac
+    local ans0=0 bad0=0 hit0=0 miss0=0
+    if [[ $name == responder* ]]; then
+        ans0=$(prom "$RESP_METRICS" '^ocsp_responses_total\{')
+        bad0=$(prom "$RESP_METRICS" '^ocsp_responses_total\{status="(unauthorized|malformed|try_later)"')
+        hit0=$(prom "$RESP_METRICS" '^ocsp_cache_requests_total\{result="hit"')
+        miss0=$(prom "$RESP_METRICS" '^ocsp_cache_requests_total\{result="miss"')
+    fi
+    rm -f "$marker"
+    wrk -t"$WRK_THREADS" -c"$CONNS" -d"${dur}s" --latency --timeout 5s -s "$HERE/paths.lua" "$url" \
+        -- "$list" "$mode" "$marker" > "$OUT/wrk-$tag.txt" 2>&1 &
+    wpid=$!
+    PIDS+=("$wpid")
+    for ((i = 0; i < 1200; i++)); do
+        [[ -e $marker ]] && break
+        kill -0 "$wpid" 2>/dev/null || break
+        sleep 0.1
+    done
+    [[ -e $marker ]] || { log "wrk did not start: $(cat "$OUT/wrk-$tag.txt")"; exit 1; }
+    sleep 1
+    "${PY[@]}" cpu-snap "$TMP/cpu-$tag-a.json" server="$server_pid" wrk="$wpid"
+    if [[ $round == 1 && $name == responder* ]]; then
+        # top's own view of the responder's threads, over the middle of the run.
+        top -H -b -d $((dur - 3)) -n 2 -p "$server_pid" > "$OUT/top-H-$tag.txt" 2>&1 &
+        PIDS+=("$!")
+    fi
+    sleep $((dur - 2))
+    "${PY[@]}" cpu-snap "$TMP/cpu-$tag-b.json" server="$server_pid" wrk="$wpid"
+    wait "$wpid" || { log "wrk failed: $(cat "$OUT/wrk-$tag.txt")"; exit 1; }
+    if [[ $name == responder* ]]; then
+        local ans bad hit miss
+        ans=$(($(prom "$RESP_METRICS" '^ocsp_responses_total\{') - ans0))
+        bad=$(($(prom "$RESP_METRICS" '^ocsp_responses_total\{status="(unauthorized|malformed|try_later)"') - bad0))
+        hit=$(($(prom "$RESP_METRICS" '^ocsp_cache_requests_total\{result="hit"') - hit0))
+        miss=$(($(prom "$RESP_METRICS" '^ocsp_cache_requests_total\{result="miss"') - miss0))
+        extra=(bad_answers="$bad" cache="\"answers $ans, of which not signed $bad; cache hit $hit, miss $miss\"")
+    fi
+    if [[ $round != warm ]]; then
+        record "$("${PY[@]}" wrk-record "$name" "$round" "$OUT/wrk-$tag.txt" "$TMP/cpu-$tag-a.json" "$TMP/cpu-$tag-b.json" "${extra[@]}")"
+        cp "$TMP/cpu-$tag-a.json" "$TMP/cpu-$tag-b.json" "$OUT/" 2>/dev/null || true
+    fi
+    log "$tag: $(sed -n 's/^Requests\/sec: *//p' "$OUT/wrk-$tag.txt") req/s, p99 $(awk '$1 == "99%" {print $2}' "$OUT/wrk-$tag.txt") ${extra[*]:+(${extra[*]})}"
+}
+
+log "cache hits: warming up, then $ROUNDS rounds of nginx / responder, ${DURATION}s each"
+wrk_run nginx-hit warm "$NGINX" "$TMP/req/nginx-hit.txt" cycle 5
+wrk_run responder-hit warm "$RESP" "$TMP/req/resp-hit.txt" cycle 5
+for ((r = 1; r <= ROUNDS; r++)); do
+    wrk_run nginx-hit "$r" "$NGINX" "$TMP/req/nginx-hit.txt" cycle
+    wrk_run responder-hit "$r" "$RESP" "$TMP/req/resp-hit.txt" cycle
+done
+curl -s "$RESP_METRICS" > "$OUT/responder-hit-metrics.txt" || true
+
+start_responder miss
+if [[ $NGINX_ALL == yes ]]; then
+    NGINX_MISS=(nginx-all "$TMP/req/nginx-all.txt" random)
+else
+    NGINX_MISS=(nginx-hit "$TMP/req/nginx-hit.txt" cycle)
+fi
+log "cache misses: responder cache $MISS_CACHE_BYTES bytes, random serials of all $COUNT; nginx: ${NGINX_MISS[0]}"
+wrk_run responder-miss warm "$RESP" "$TMP/req/resp-all.txt" random 5
+wrk_run "${NGINX_MISS[0]}" warm "$NGINX" "${NGINX_MISS[1]}" "${NGINX_MISS[2]}" 5
+for ((r = 1; r <= ROUNDS; r++)); do
+    wrk_run "${NGINX_MISS[0]}" "$r" "$NGINX" "${NGINX_MISS[1]}" "${NGINX_MISS[2]}"
+    wrk_run responder-miss "$r" "$RESP" "$TMP/req/resp-all.txt" random
+done
+curl -s "$RESP_METRICS" > "$OUT/responder-miss-metrics.txt" || true
+
+# --- 5. summary -----------------------------------------------------------------------------
+cp "$TMP/nginx/error.log" "$OUT/nginx-error.log" 2>/dev/null || true
+"${PY[@]}" summary "$OUT" > "$OUT/summary.md"
+log "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+cat "$OUT/summary.md"
