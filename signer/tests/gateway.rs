@@ -458,13 +458,13 @@ async fn health_and_metrics_report_each_hsm() {
             "no hsm_up for {hsm}:\n{metrics}"
         );
     }
-    assert!(
-        !metrics.contains("hsmgate_hsm_up{")
-            || !metrics
-                .lines()
-                .any(|l| l.starts_with("hsmgate_hsm_up{") && l.ends_with(" 0")),
-        "{metrics}"
-    );
+    // Every HSM is in rotation: each of the four series reads 1.
+    let up: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("hsmgate_hsm_up{"))
+        .collect();
+    assert_eq!(up.len(), 4, "{metrics}");
+    assert!(up.iter().all(|l| l.ends_with(" 1")), "{metrics}");
 }
 
 #[tokio::test]
