@@ -25,6 +25,8 @@
 //! - [`responder`]: the HTTP layer.
 //! - [`metrics`]: Prometheus metrics.
 
+// The der 0.7 derive macros name their crate `der`; this crate has it as `der07`.
+extern crate der07 as der;
 pub mod config;
 mod error;
 pub mod issuers;

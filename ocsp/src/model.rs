@@ -83,6 +83,35 @@ pub struct StoredResponse {
     /// nextUpdate, Unix seconds.
     pub next_update: i64,
     pub der: Vec<u8>,
+    /// What the responder sends for this response besides its status line, derived from the
+    /// fields above on first use and kept with the response (so a cache hit formats nothing
+    /// and hashes nothing). Not part of the response's identity: ignored by `==`.
+    pub http: HttpMemo,
+}
+
+/// See [`StoredResponse::http`]. Boxed: most responses the pre-signer handles are never served
+/// by this process, and should not carry the space.
+#[derive(Clone, Debug, Default)]
+pub struct HttpMemo(pub std::sync::OnceLock<Box<HttpParts>>);
+
+impl PartialEq for HttpMemo {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for HttpMemo {}
+
+/// The body and the headers of a response that do not change while it is served.
+#[derive(Clone, Debug)]
+pub struct HttpParts {
+    pub body: axum::body::Bytes,
+    /// The quoted hex SHA-256 of the DER.
+    pub etag: axum::http::HeaderValue,
+    /// thisUpdate as an HTTP date.
+    pub last_modified: axum::http::HeaderValue,
+    /// nextUpdate as an HTTP date.
+    pub expires: axum::http::HeaderValue,
 }
 
 /// Whether `new` may replace `old`. Publishing is monotonic:
@@ -113,6 +142,7 @@ mod tests {
             this_update,
             next_update: this_update + 86_400,
             der: vec![],
+            http: Default::default(),
         }
     }
 

@@ -15,7 +15,8 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use der07::asn1::{BitString, GeneralizedTime, Null, ObjectIdentifier, OctetString};
+use der07::asn1::{AnyRef, BitString, GeneralizedTime, Null, ObjectIdentifier, OctetString};
+use der07::oid::AssociatedOid;
 use der07::{Decode, Encode};
 use futures_util::{StreamExt, TryStreamExt, stream};
 use hsmgate_signer_api::v1::signer_client::SignerClient;
@@ -29,12 +30,44 @@ use x509_cert_02::ext::pkix::CrlReason;
 use x509_cert_02::serial_number::SerialNumber;
 use x509_ocsp::{
     BasicOcspResponse, CertId, OcspGeneralizedTime, OcspResponse, OcspResponseStatus, ResponderId,
-    ResponseData, RevokedInfo, SingleResponse, Version,
+    ResponseBytes, ResponseData, RevokedInfo, SingleResponse, Version,
 };
 
 use crate::error::Error;
 use crate::issuers::{HashAlg, Issuer};
 use crate::model::{CertStatus, ReasonCode, Serial, StoredResponse};
+
+/// BasicOCSPResponse (RFC 6960 §4.2.1) around a tbsResponseData that is already DER: the bytes
+/// that were signed are embedded as they are instead of being decoded and encoded again (which
+/// was most of the pre-signer's encoding work).
+#[derive(der07::Sequence)]
+struct SignedBasicResponse<'a> {
+    tbs_response_data: AnyRef<'a>,
+    signature_algorithm: AlgorithmIdentifierOwned,
+    signature: BitString,
+}
+
+/// A successful `OCSPResponse` carrying the BasicOCSPResponse made of `tbs`, the gateway's
+/// `algorithm` (DER AlgorithmIdentifier) and `signature`.
+fn ocsp_response(tbs: &[u8], algorithm: &[u8], signature: &[u8]) -> Result<Vec<u8>, Error> {
+    let basic = SignedBasicResponse {
+        tbs_response_data: AnyRef::try_from(tbs).map_err(|e| encoding("ResponseData", e))?,
+        signature_algorithm: AlgorithmIdentifierOwned::from_der(algorithm)
+            .map_err(|e| encoding("signatureAlgorithm from the gateway", e))?,
+        signature: BitString::from_bytes(signature).map_err(|e| encoding("signature", e))?,
+    }
+    .to_der()
+    .map_err(|e| encoding("BasicOCSPResponse", e))?;
+    OcspResponse {
+        response_status: OcspResponseStatus::Successful,
+        response_bytes: Some(ResponseBytes {
+            response_type: <BasicOcspResponse as AssociatedOid>::OID,
+            response: OctetString::new(basic).map_err(|e| encoding("responseBytes", e))?,
+        }),
+    }
+    .to_der()
+    .map_err(|e| encoding("OCSPResponse", e))
+}
 
 /// id-sha1 (RFC 3279 §2.2.1): the CertID hash of RFC 5019 clients.
 const ID_SHA1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.14.3.2.26");
@@ -468,14 +501,12 @@ pub async fn sign_responses(
     let this = generalized_time(this_update, "thisUpdate")?;
     let next = generalized_time(next_update, "nextUpdate")?;
     let produced = generalized_time(produced_at, "producedAt")?;
-    let mut data = Vec::with_capacity(items.len());
     let mut tbs = Vec::with_capacity(items.len());
     for (serial, status) in items {
         let rd = response_data(issuer, serial, *status, &this, &next, &produced)?;
         tbs.push(rd.to_der().map_err(|e| encoding("ResponseData", e))?);
-        data.push(rd);
     }
-    let signatures = signer.sign(&issuer.signing_key, tbs).await?;
+    let signatures = signer.sign(&issuer.signing_key, tbs.clone()).await?;
     if signatures.len() != items.len() {
         return Err(Error::Encoding {
             what: "signer answer".into(),
@@ -486,25 +517,14 @@ pub async fn sign_responses(
             ),
         });
     }
-    // `tbs_response_data` is encoded again inside BasicOCSPResponse; DER is canonical, so those
-    // are the bytes that were signed (the tests verify every signature with OpenSSL).
     let mut out = Vec::with_capacity(items.len());
-    for ((rd, (signature, algorithm)), (_, status)) in data.into_iter().zip(signatures).zip(items) {
-        let basic = BasicOcspResponse {
-            tbs_response_data: rd,
-            signature_algorithm: AlgorithmIdentifierOwned::from_der(&algorithm)
-                .map_err(|e| encoding("signatureAlgorithm from the gateway", e))?,
-            signature: BitString::from_bytes(&signature).map_err(|e| encoding("signature", e))?,
-            certs: None,
-        };
-        let der = OcspResponse::successful(basic)
-            .and_then(|r| r.to_der())
-            .map_err(|e| encoding("OCSPResponse", e))?;
+    for ((tbs, (signature, algorithm)), (_, status)) in tbs.iter().zip(signatures).zip(items) {
         out.push(StoredResponse {
             status: *status,
             this_update,
             next_update,
-            der,
+            der: ocsp_response(tbs, &algorithm, &signature)?,
+            http: Default::default(),
         });
     }
     Ok(out)

@@ -364,7 +364,7 @@ enum Miss {
 ///   pre-signer stores it.
 pub struct CachedSource<S> {
     inner: S,
-    cache: Cache<(IssuerName, Serial), Entry>,
+    cache: Cache<(IssuerName, Serial), Entry, foldhash::fast::RandomState>,
     fresh: Duration,
     metrics: Arc<Metrics>,
 }
@@ -390,7 +390,9 @@ impl<S: Source> CachedSource<S> {
                     + ENTRY_OVERHEAD;
                 u32::try_from(bytes).unwrap_or(u32::MAX)
             })
-            .build();
+            // foldhash's seed is random per process, as SipHash's is: keys come from requests,
+            // and a fixed seed would let clients aim collisions.
+            .build_with_hasher(foldhash::fast::RandomState::default());
         Self {
             inner,
             cache,
@@ -543,6 +545,7 @@ mod tests {
             this_update: unix_now() - 10,
             next_update,
             der: vec![0x30, 0x00],
+            http: Default::default(),
         }
     }
 

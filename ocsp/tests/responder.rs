@@ -187,6 +187,7 @@ fn stored(der: Vec<u8>, status: CertStatus) -> StoredResponse {
         this_update,
         next_update,
         der,
+        http: Default::default(),
     }
 }
 
@@ -749,6 +750,7 @@ async fn an_expired_response_is_never_served() {
         this_update: this_update - 5 * 86_400,
         next_update: now() - 60,
         der,
+        http: Default::default(),
     };
     let serial = Serial::from_hex("1001").unwrap();
     assert!(

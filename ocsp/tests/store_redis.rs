@@ -59,6 +59,7 @@ fn response(status: CertStatus, this_update: i64) -> StoredResponse {
             &this_update.to_be_bytes()[..],
         ]
         .concat(),
+        http: Default::default(),
     }
 }
 

@@ -31,6 +31,7 @@ fn response(status: CertStatus, this_update: i64) -> StoredResponse {
         this_update,
         next_update: this_update + 4 * 86_400,
         der: format!("der {status:?} {this_update}").into_bytes(),
+        http: Default::default(),
     }
 }
 
@@ -686,6 +687,7 @@ async fn bench_one_million() {
                     this_update: 1_000,
                     next_update: 2_000,
                     der: der.clone(),
+                    http: Default::default(),
                 };
                 (i.clone(), serial(n), r)
             })
@@ -783,6 +785,7 @@ async fn bench_one_million() {
             this_update: 2_000,
             next_update: 3_000,
             der: der.clone(),
+            http: Default::default(),
         };
         assert!(store.put(&i, &serial(n), &r).await.unwrap());
     }

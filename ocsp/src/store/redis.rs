@@ -252,6 +252,7 @@ fn decode(key: &str, fields: Vec<Option<Vec<u8>>>) -> Result<Option<StoredRespon
         this_update: parse_int(key, "this_update", &need("this_update", this_update)?)?,
         next_update: parse_int(key, "next_update", &need("next_update", next_update)?)?,
         der: need("der", der)?,
+        http: Default::default(),
     }))
 }
 
