@@ -5,7 +5,13 @@
 //! store, all behind this one module and one PKCS#11 context, and a test makes one of them fail
 //! with an exact CKR code, hang (like a SIGSTOPped HSM: no timeout), or slow down, then heals it,
 //! by editing a control file. p11-kit remoting covers "the HSM process died" but not hangs on
-//! demand, exact codes, or Ed25519; later the bench will use it for a Luna-class timing model.
+//! demand, exact codes, or Ed25519.
+//!
+//! It is also the bench's **Luna-class HSM model** (`model.rs`): a `model` line gives a token
+//! parallel signing units and a latency distribution, hence a rated speed (default 10,000
+//! signatures/s), with real signatures from SoftHSM2 or cheap stand-ins for measuring the
+//! gateway at rates this machine cannot sign at. One module serves the failover tests and the
+//! capacity model; a modelled token can be knocked out and healed like any other.
 //!
 //! # Environment
 //!
@@ -30,6 +36,10 @@
 //! EAST-2 hang             # intercepted calls block until the line changes, then go on
 //! WEST-1 delay 5000       # +5000 µs on each C_Sign/C_SignFinal that returns a signature
 //! WEST-2 fail-sign 0x30   # only C_SignInit/C_Sign/C_SignUpdate/C_SignFinal fail
+//! SIM-A model units=10 rate=10000 dist=exp signature=stand-in
+//!                         # the timing model (see `model`): kept apart from the fault
+//!                         # lines, so `SIM-A fail` knocks the modelled HSM out and
+//!                         # removing that line brings it back with its model
 //! "My HSM" ok             # explicit healthy: overrides a `*` line
 //! * fail 0xE0             # every other token
 //! ```
@@ -55,10 +65,12 @@
 #![allow(unsafe_code)]
 
 pub mod control;
+pub mod model;
 mod sim;
 mod wrappers;
 
 pub use control::{ControlState, Fault};
+pub use model::{Dist, Model, SignatureMode};
 
 use cryptoki_sys::{CK_FUNCTION_LIST, CK_RV, CKR_ARGUMENTS_BAD, CKR_OK};
 
