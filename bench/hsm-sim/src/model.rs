@@ -139,9 +139,7 @@ impl Model {
                         "real" | "delegate" => SignatureMode::Real,
                         "stand-in" | "standin" | "fake" => SignatureMode::StandIn,
                         other => {
-                            return Err(format!(
-                                "signature={other}: expected real or stand-in"
-                            ));
+                            return Err(format!("signature={other}: expected real or stand-in"));
                         }
                     }
                 }

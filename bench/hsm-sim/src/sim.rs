@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use cryptoki_sys::{
     CK_ATTRIBUTE, CK_ATTRIBUTE_TYPE, CK_FUNCTION_LIST, CK_KEY_TYPE, CK_OBJECT_HANDLE, CK_RV,
-    CK_SESSION_HANDLE, CK_SLOT_ID, CK_TOKEN_INFO, CK_UNAVAILABLE_INFORMATION,
-    CKA_EC_PARAMS, CKA_KEY_TYPE, CKA_MODULUS, CKF_TOKEN_INITIALIZED, CKK_EC, CKK_EC_EDWARDS,
-    CKK_RSA, CKR_FUNCTION_NOT_SUPPORTED, CKR_GENERAL_ERROR, CKR_KEY_HANDLE_INVALID, CKR_OK,
+    CK_SESSION_HANDLE, CK_SLOT_ID, CK_TOKEN_INFO, CK_UNAVAILABLE_INFORMATION, CKA_EC_PARAMS,
+    CKA_KEY_TYPE, CKA_MODULUS, CKF_TOKEN_INITIALIZED, CKK_EC, CKK_EC_EDWARDS, CKK_RSA,
+    CKR_FUNCTION_NOT_SUPPORTED, CKR_GENERAL_ERROR, CKR_KEY_HANDLE_INVALID, CKR_OK,
 };
 use parking_lot::RwLock;
 
@@ -215,7 +215,9 @@ impl Sim {
     /// the unit that frees first and sleeps until the booked end.
     pub fn serve(&self, label: &Arc<str>, model: &Model, requested: Instant) {
         let service = model.sample(uniform(), uniform());
-        let slot = self.units(label, model).reserve(model.units, requested, service);
+        let slot = self
+            .units(label, model)
+            .reserve(model.units, requested, service);
         sleep_until(slot.finish);
     }
 
@@ -386,9 +388,7 @@ impl SessionMap {
     }
 
     pub fn insert(&self, session: CK_SESSION_HANDLE, slot: CK_SLOT_ID, label: Arc<str>) {
-        self.shard(session)
-            .write()
-            .insert(
+        self.shard(session).write().insert(
             session,
             SessionEntry {
                 slot,

@@ -239,7 +239,9 @@ unsafe extern "C" fn sign(
         })?;
         if let Some(len) = signing.standin {
             // SAFETY: the caller's out-pointers, checked for NULL inside.
-            return unsafe { standin_output(sim, session, &signing, len, signature, signature_len) };
+            return unsafe {
+                standin_output(sim, session, &signing, len, signature, signature_len)
+            };
         }
         // SAFETY: the caller's arguments, passed through unchanged.
         let rv =
@@ -260,7 +262,11 @@ unsafe extern "C" fn sign_update(
 ) -> CK_RV {
     guard(|| {
         let sim = sim::get()?;
-        if sim.sessions.entry(session).is_some_and(|e| e.standin.is_some()) {
+        if sim
+            .sessions
+            .entry(session)
+            .is_some_and(|e| e.standin.is_some())
+        {
             // The stand-in ignores its input.
             sim.gate_signing(session, Op::Sign)?;
             return Ok(CKR_OK);
@@ -290,7 +296,9 @@ unsafe extern "C" fn sign_final(
         })?;
         if let Some(len) = signing.standin {
             // SAFETY: the caller's out-pointers, checked for NULL inside.
-            return unsafe { standin_output(sim, session, &signing, len, signature, signature_len) };
+            return unsafe {
+                standin_output(sim, session, &signing, len, signature, signature_len)
+            };
         }
         // SAFETY: passed through unchanged.
         let rv = unsafe { real(sim.real.C_SignFinal)?(session, signature, signature_len) };

@@ -129,7 +129,10 @@ fn model_child() {
             .find_objects(&[Attribute::Class(class), Attribute::Label(b"k".to_vec())])
             .unwrap()[0]
     };
-    let (key, public) = (find(ObjectClass::PRIVATE_KEY), find(ObjectClass::PUBLIC_KEY));
+    let (key, public) = (
+        find(ObjectClass::PRIVATE_KEY),
+        find(ObjectClass::PUBLIC_KEY),
+    );
     let digest = [7u8; 32];
 
     // Real signatures, 4 units × 20 ms fixed: 200/s rated. 12 sessions keep a backlog.
@@ -143,12 +146,17 @@ fn model_child() {
     // Every unit serves at most one signature per 20 ms: an upper bound no machine breaks.
     let most = 4.0 * (span.as_secs_f64() / latency.as_secs_f64() + 1.0);
     let n = calls.len() as f64;
-    assert!(n <= most, "{n} signatures in {span:?}: more than 4 units allow ({most})");
+    assert!(
+        n <= most,
+        "{n} signatures in {span:?}: more than 4 units allow ({most})"
+    );
     // With a backlog of 8 sessions the units stay booked although sleeps overshoot.
     assert!(n >= 0.7 * most, "{n} signatures in {span:?}, rated {most}");
     // The signatures are SoftHSM2's own: they verify.
     let (_, sig) = &calls[0];
-    anchor.verify(&Mechanism::Ecdsa, public, &digest, sig).unwrap();
+    anchor
+        .verify(&Mechanism::Ecdsa, public, &digest, sig)
+        .unwrap();
 
     // Fewer sessions than units: each call still takes the latency, no queueing.
     let (calls, _) = hammer(&pkcs11, slot, key, 2, Duration::from_millis(300));
@@ -178,11 +186,16 @@ fn model_child() {
     // Back to real signatures on the same session.
     set_control("");
     let real = session.sign(&Mechanism::Ecdsa, key, &digest).unwrap();
-    anchor.verify(&Mechanism::Ecdsa, public, &digest, &real).unwrap();
+    anchor
+        .verify(&Mechanism::Ecdsa, public, &digest, &real)
+        .unwrap();
 
     drop((session, anchor));
     pkcs11.finalize().unwrap();
 }
+
+/// Each call's duration and signature.
+type Calls = Vec<(Duration, Vec<u8>)>;
 
 /// `threads` sessions signing in a loop for `run`; every call's duration and signature, and
 /// the time from the first call's start to the last call's end.
@@ -192,13 +205,13 @@ fn hammer(
     key: ObjectHandle,
     threads: usize,
     run: Duration,
-) -> (Vec<(Duration, Vec<u8>)>, Duration) {
+) -> (Calls, Duration) {
     let sessions: Vec<Session> = (0..threads)
         .map(|_| pkcs11.open_ro_session(slot).unwrap())
         .collect();
     let t0 = Instant::now();
     let end = t0 + run;
-    let per_thread: Vec<(Vec<(Duration, Vec<u8>)>, Instant)> = thread::scope(|scope| {
+    let per_thread: Vec<(Calls, Instant)> = thread::scope(|scope| {
         let handles: Vec<_> = sessions
             .into_iter()
             .map(|session| {
