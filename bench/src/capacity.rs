@@ -261,7 +261,11 @@ pub fn run(args: CapacityArgs) -> Result<()> {
 
     let describe = match (mode, open) {
         (Mode::SignBatch, Some(o)) => {
-            format!("open loop {}/s in {}s", thousands(o.rate), args.load.batch)
+            format!(
+                "open loop {}/s in batches of {}",
+                thousands(o.rate),
+                args.load.batch
+            )
         }
         (_, Some(o)) => format!("open loop {}/s", thousands(o.rate)),
         (Mode::SignBatch, None) => format!(

@@ -267,7 +267,7 @@ pub fn run(plan: Plan) -> Result<()> {
                     "open loop {}/s{}, {ch}",
                     report::thousands(open.map_or(0.0, |o| o.rate)),
                     if mode == Mode::SignBatch {
-                        format!(" in {}s", load.map_or(0, |l| l.batch))
+                        format!(" in batches of {}", load.map_or(0, |l| l.batch))
                     } else {
                         String::new()
                     }
