@@ -311,6 +311,11 @@ async fn open_loop(
         }
         if intended > Instant::now() {
             tokio::time::sleep_until(intended.into()).await;
+        } else {
+            // Behind schedule: let the calls' own tasks run (and finish) before issuing more.
+            // Without this the scheduler monopolised a one-thread runtime once it fell behind,
+            // no call completed, and the backlog fed itself until the connection failed.
+            tokio::task::yield_now().await;
         }
         let call = make(k as usize);
         let mut client = clients[k as usize % clients.len()].clone();
