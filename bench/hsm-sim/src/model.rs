@@ -40,9 +40,8 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
-
-use parking_lot::Mutex;
 
 /// The latency distribution of one signature.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -316,6 +315,10 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// One modelled token's signing units: when each becomes free, and what it has done.
+///
+/// A `std` mutex, not parking_lot's: this lock is contended (every signature takes it), and a
+/// thread that parks on a parking_lot lock gets a thread-local destructor inside this module,
+/// which must not outlive a dlclose() of the module (see `uniform`'s seed).
 #[derive(Debug)]
 pub struct Units {
     free_at: Mutex<Vec<Instant>>,
@@ -346,7 +349,8 @@ impl Units {
     /// `now`. The number of units follows `units` (the control file may change it while
     /// signatures are in service: a removed unit finishes what it has booked).
     pub fn reserve(&self, units: u32, now: Instant, service: Duration) -> Slot {
-        let mut free_at = self.free_at.lock();
+        // Poisoned only if a panic happened while booking: the times are still valid.
+        let mut free_at = self.free_at.lock().unwrap_or_else(PoisonError::into_inner);
         let units = units.max(1) as usize;
         if free_at.len() != units {
             free_at.sort_unstable();
