@@ -72,6 +72,10 @@ pub struct CapacityReport {
     pub recover_s: Option<f64>,
     pub bucket_ms: f64,
     pub workdir: String,
+    /// The gateway configuration and the control file's model line, verbatim: with the
+    /// command line, enough to run it again.
+    pub gateway_config: String,
+    pub control: String,
 }
 
 impl CapacityReport {
@@ -310,6 +314,8 @@ pub fn run(args: CapacityArgs) -> Result<()> {
         recover_s: a.recover,
         bucket_ms: bucket_s * 1e3,
         workdir: setup.dir.display().to_string(),
+        gateway_config: std::fs::read_to_string(&setup.config).unwrap_or_default(),
+        control: model_text.clone(),
     };
 
     let timing = TimingArgs {
