@@ -30,7 +30,7 @@ pub fn phase(label: &str, window: &Window) -> PhaseBar {
     let bar =
         ProgressBar::with_draw_target(Some(total.as_millis() as u64), ProgressDrawTarget::stderr());
     if let Ok(style) =
-        ProgressStyle::with_template("{prefix:>24} [{bar:30}] {elapsed:>4}/{duration:4} {msg}")
+        ProgressStyle::with_template("{prefix:>24} [{bar:30}] {pos:>6}/{len} ms  {msg}")
     {
         bar.set_style(style.progress_chars("=> "));
     }
