@@ -59,6 +59,17 @@
 //! C_GetTokenInfo, cached per slot). Closing a session of a failed token closes the real session
 //! too (no leak) but returns the injected code. Only `C_GetFunctionList` is exported (no
 //! `C_GetInterface`: SoftHSM2 2.6 has none either, so callers use the 2.40 list).
+//!
+//! Under a `model` line the signing calls are timed (only the C_Sign/C_SignFinal that returns
+//! a signature), after any fault. With `signature=stand-in` the token's C_SignInit, C_Sign,
+//! C_SignUpdate and C_SignFinal never reach the real module: the operation lives in the
+//! session map, and the signature's length comes from the key's attributes (C_GetAttributeValue
+//! on the real module, cached per token and key handle). Mechanism and key are not otherwise
+//! checked in that mode.
+//!
+//! The module may be dlclose()d by its caller (cryptoki does when a context is dropped): code
+//! in it must not register thread-exit destructors that outlive that (`std::thread::current()`
+//! does; see `model::uniform`).
 
 // A PKCS#11 module is an FFI boundary by nature: raw pointers from C, a dlopen()ed library and
 // `extern "C"` entry points. Each unsafe block says why it is sound.
