@@ -11,15 +11,18 @@ use anyhow::{Context as _, Result, bail};
 use hsm_config::Config;
 
 use crate::gateway::{self, KeyStatus, SpawnedGateway};
-use crate::grpc_load::{self, GrpcLoad, GrpcMode};
+use crate::grpc_load::{self, GrpcLoad, GrpcMode, OpenLoop};
 use crate::measure::{PhaseResult, Window};
 use crate::options::{
     CompareArgs, GatewayArgs, GrpcLoadArgs, RawArgs, SignArgs, SignModes, TargetArgs, TimingArgs,
 };
 use crate::procstat::CpuProbe;
 use crate::raw::RawBench;
-use crate::report::{self, GatewayReport, KeyReport, Mode, ModeReport, Parameters, Report};
+use crate::report::{
+    self, GatewayReport, KeyReport, Mode, ModeReport, Parameters, Report, SweepPoint, SweepReport,
+};
 use crate::workload::Workload;
+use crate::{plot, progress, simsetup};
 
 /// How long the gateway gets to put an HSM holding the key into rotation.
 const KEY_READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -27,13 +30,27 @@ const KEY_READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// What to run.
 #[derive(Debug)]
 pub struct Plan {
-    tool: &'static str,
+    pub tool: &'static str,
     modes: Vec<Mode>,
     target: TargetArgs,
     timing: TimingArgs,
     raw_threads: usize,
     load: Option<GrpcLoadArgs>,
     gateway: Option<GatewayArgs>,
+    /// `raw --sweep`: the thread counts to step through.
+    sweep: Option<Vec<usize>>,
+}
+
+/// 1, 2, 4, … up to `max` (and `max` itself).
+pub fn sweep_steps(max: usize) -> Vec<usize> {
+    let mut steps = Vec::new();
+    let mut n = 1;
+    while n < max {
+        steps.push(n);
+        n *= 2;
+    }
+    steps.push(max.max(1));
+    steps
 }
 
 impl Plan {
@@ -46,18 +63,29 @@ impl Plan {
             raw_threads: a.raw.threads as usize,
             load: Some(a.load),
             gateway: Some(a.gateway),
+            sweep: None,
         }
     }
 
     pub fn raw(a: RawArgs) -> Self {
+        let sweep = a.sweep.then(|| sweep_steps(a.max_threads as usize));
         Self {
-            tool: "hsm-bench raw",
+            tool: if a.sweep {
+                "hsm-bench raw --sweep"
+            } else {
+                "hsm-bench raw"
+            },
             modes: vec![Mode::Raw],
             target: a.target,
             timing: a.timing,
-            raw_threads: a.raw.threads as usize,
+            raw_threads: if a.sweep {
+                a.max_threads as usize
+            } else {
+                a.raw.threads as usize
+            },
             load: None,
             gateway: None,
+            sweep,
         }
     }
 
@@ -75,6 +103,27 @@ impl Plan {
             raw_threads: 0,
             load: Some(a.load),
             gateway: Some(a.gateway),
+            sweep: None,
+        }
+    }
+
+    /// `hsm-bench capacity`'s single phase, described like a `sign` run.
+    pub fn capacity(
+        target: TargetArgs,
+        mode: Mode,
+        timing: TimingArgs,
+        load: GrpcLoadArgs,
+        gateway: GatewayArgs,
+    ) -> Self {
+        Self {
+            tool: "hsm-bench capacity",
+            modes: vec![mode],
+            target,
+            timing,
+            raw_threads: 0,
+            load: Some(load),
+            gateway: Some(gateway),
+            sweep: None,
         }
     }
 
@@ -113,6 +162,16 @@ pub fn run(plan: Plan) -> Result<()> {
         None
     };
 
+    if let (Some(steps), Some(bench)) = (&plan.sweep, raw.as_mut()) {
+        let sweep = run_sweep(&plan, steps, bench, &probe)?;
+        let hsms = bench.hsms.clone();
+        let modules = bench.modules.clone();
+        drop(raw);
+        let mut report = base_report(&plan, &config, &workload, started_unix, hsms, modules);
+        report.sweep = Some(sweep);
+        return finish(&report, &plan.timing);
+    }
+
     let mut gw = if plan.uses_gateway() {
         Some(start_gateway(&plan, &workload, &mut probe)?)
     } else {
@@ -134,15 +193,26 @@ pub fn run(plan: Plan) -> Result<()> {
         }
     };
 
+    let open = load_args.as_ref().and_then(|l| {
+        l.rate.map(|rate| OpenLoop {
+            rate,
+            max_in_flight: l.max_in_flight as usize,
+        })
+    });
     let timing = &plan.timing;
     let mut results: Vec<Vec<PhaseResult>> = plan.modes.iter().map(|_| Vec::new()).collect();
     for round in 1..=timing.rounds {
         for (m, &mode) in plan.modes.iter().enumerate() {
-            let window = Window::starting_now(timing.warmup, timing.duration);
+            let window =
+                Window::starting_now(timing.warmup, timing.duration).with_bucket(timing.interval);
+            let _bar = progress::phase(
+                &format!("round {round}/{} {}", timing.rounds, mode.name()),
+                &window,
+            );
             let result = match (mode, raw.as_mut(), gw.as_mut(), grpc_mode(mode)) {
                 (Mode::Raw, Some(raw), _, _) => raw.run_phase(window, &probe)?,
                 (_, _, Some(g), Some(grpc)) => {
-                    let r = g.load.run_phase(&g.runtime, grpc, window, &probe)?;
+                    let r = g.load.run_phase(&g.runtime, grpc, open, window, &probe)?;
                     if let Some(s) = g.spawned.as_mut() {
                         s.check_alive()?;
                     }
@@ -150,6 +220,7 @@ pub fn run(plan: Plan) -> Result<()> {
                 }
                 _ => bail!("internal: no load generator for mode {}", mode.name()),
             };
+            drop(_bar);
             let errors = result.tally.error_count();
             eprintln!(
                 "round {round}/{}  {:<10} {:>8} sig/s  p50 {:>9}  p99 {:>9}{}",
@@ -192,6 +263,15 @@ pub fn run(plan: Plan) -> Result<()> {
         .map(|(&mode, rounds)| {
             let describe = match mode {
                 Mode::Raw => format!("{} threads", plan.raw_threads),
+                Mode::Sign | Mode::SignBatch if open.is_some() => format!(
+                    "open loop {}/s{}, {ch}",
+                    report::thousands(open.map_or(0.0, |o| o.rate)),
+                    if mode == Mode::SignBatch {
+                        format!(" in batches of {}", load.map_or(0, |l| l.batch))
+                    } else {
+                        String::new()
+                    }
+                ),
                 Mode::Sign => format!("{} in flight, {ch}", load.map_or(0, |l| l.sign_concurrency)),
                 Mode::SignBatch => format!(
                     "{} × {} in flight, {ch}",
@@ -204,7 +284,45 @@ pub fn run(plan: Plan) -> Result<()> {
         .collect();
 
     let spawned = gw.as_ref().and_then(|g| g.spawned.as_ref());
-    let mut report = Report {
+    let mut report = base_report(
+        &plan,
+        &config,
+        &workload,
+        started_unix,
+        raw_hsms,
+        raw_modules,
+    );
+    report.modes = modes;
+    report.gateway = gw.as_ref().map(|g| GatewayReport {
+        url: g.url.clone(),
+        spawned: g.spawned.is_some(),
+        signer: spawned.map(|s| s.signer.display().to_string()),
+        signer_sha256: spawned.and_then(|s| s.sha256.clone()),
+        pid: spawned.map(|s| s.pid),
+        log: spawned.map(|s| s.log.display().to_string()),
+        metrics: spawned.map(|s| s.metrics.clone()),
+        key_status: Some(g.key_status.clone()),
+        stopped: stopped.clone(),
+    });
+    report.versions = report::versions(spawned.and_then(|s| s.version.clone()));
+    report.compute_ratios();
+    finish(&report, timing)
+}
+
+/// The report's common part: what was run, on what, by whom; no results yet.
+pub fn base_report(
+    plan: &Plan,
+    config: &Config,
+    workload: &Workload,
+    started_unix: u64,
+    raw_hsms: Vec<String>,
+    raw_modules: Vec<String>,
+) -> Report {
+    let timing = &plan.timing;
+    let load = plan.load.as_ref();
+    let gateway_args = plan.gateway.as_ref();
+    let config_path = &plan.target.config;
+    Report {
         tool: plan.tool.to_owned(),
         command_line: std::env::args().collect(),
         started_unix,
@@ -220,6 +338,9 @@ pub fn run(plan: Plan) -> Result<()> {
             batch: load.map(|l| l.batch as usize),
             channels: gateway_args.map(|g| g.channels as usize),
             client_threads: gateway_args.map(|g| g.client_threads as usize),
+            rate: load.and_then(|l| l.rate),
+            max_in_flight: load.and_then(|l| l.rate.map(|_| l.max_in_flight as usize)),
+            interval_ms: timing.interval.as_secs_f64() * 1e3,
         },
         config: config_path.display().to_string(),
         config_absolute: std::fs::canonicalize(config_path)
@@ -234,32 +355,87 @@ pub fn run(plan: Plan) -> Result<()> {
         },
         raw_hsms,
         raw_modules,
-        gateway: gw.as_ref().map(|g| GatewayReport {
-            url: g.url.clone(),
-            spawned: g.spawned.is_some(),
-            signer: spawned.map(|s| s.signer.display().to_string()),
-            signer_sha256: spawned.and_then(|s| s.sha256.clone()),
-            pid: spawned.map(|s| s.pid),
-            log: spawned.map(|s| s.log.display().to_string()),
-            metrics: spawned.map(|s| s.metrics.clone()),
-            key_status: Some(g.key_status.clone()),
-            stopped: stopped.clone(),
-        }),
-        versions: report::versions(spawned.and_then(|s| s.version.clone())),
+        gateway: None,
+        versions: report::versions(None),
         machine: report::machine(),
-        modes,
+        modes: Vec::new(),
         ratios: Default::default(),
         targets: Vec::new(),
-    };
-    report.compute_ratios();
+        sim_models: simsetup::describe_models(config, None),
+        sweep: None,
+        capacity: None,
+    }
+}
+
+/// Prints the summary, writes `--json` and `--plot`.
+pub fn finish(report: &Report, timing: &TimingArgs) -> Result<()> {
+    write_outputs(report, timing.json.as_deref(), timing.plot.as_deref())
+}
+
+/// Prints the summary, writes the JSON and the plot if asked.
+pub fn write_outputs(
+    report: &Report,
+    json: Option<&std::path::Path>,
+    plot_file: Option<&std::path::Path>,
+) -> Result<()> {
     print!("{}", report.summary());
-    if let Some(path) = &timing.json {
-        let text = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(report)?;
         std::fs::write(path, text + "\n")
             .with_context(|| format!("cannot write {}", path.display()))?;
         println!("\nfull results: {}", path.display());
     }
+    if let Some(path) = plot_file {
+        plot::write(report, path)?;
+        println!("plot: {}", path.display());
+    }
     Ok(())
+}
+
+/// `raw --sweep`: every round steps through the thread counts; the median per step.
+fn run_sweep(
+    plan: &Plan,
+    steps: &[usize],
+    bench: &mut RawBench,
+    probe: &CpuProbe,
+) -> Result<SweepReport> {
+    let timing = &plan.timing;
+    let mut results: Vec<Vec<PhaseResult>> = steps.iter().map(|_| Vec::new()).collect();
+    for round in 1..=timing.rounds {
+        for (i, &threads) in steps.iter().enumerate() {
+            let window =
+                Window::starting_now(timing.warmup, timing.duration).with_bucket(timing.interval);
+            let bar = progress::phase(
+                &format!("round {round}/{} raw × {threads}", timing.rounds),
+                &window,
+            );
+            let r = bench.run_phase_with(threads, window, probe)?;
+            drop(bar);
+            eprintln!(
+                "round {round}/{}  raw × {threads:<5} {:>8} sig/s  p99 {:>9}",
+                timing.rounds,
+                report::thousands(r.signatures_per_s()),
+                report::micros(quantile_us(&r, 0.99)),
+            );
+            results[i].push(r);
+        }
+    }
+    let points = steps
+        .iter()
+        .zip(&results)
+        .map(|(&threads, rounds)| {
+            let m = ModeReport::new(Mode::Raw, format!("{threads} threads"), rounds);
+            SweepPoint {
+                threads,
+                median_signatures_per_s: m.median_signatures_per_s,
+                per_round: m.rounds.iter().map(|r| r.signatures_per_s).collect(),
+                p50_us: m.latency.p50_us,
+                p99_us: m.latency.p99_us,
+                errors: m.errors.values().sum(),
+            }
+        })
+        .collect();
+    Ok(SweepReport::new(points))
 }
 
 fn start_gateway(
@@ -283,7 +459,7 @@ fn start_gateway(
                 .gateway_log
                 .clone()
                 .unwrap_or_else(gateway::default_log);
-            let s = SpawnedGateway::spawn(&signer, &plan.target.config, &log)?;
+            let s = SpawnedGateway::spawn(&signer, &plan.target.config, &log, &[])?;
             eprintln!(
                 "gateway: started {} (pid {}), gRPC {}, log {}",
                 signer.display(),
@@ -337,7 +513,7 @@ fn quantile_us(r: &PhaseResult, q: f64) -> f64 {
     }
 }
 
-fn unix_now() -> u64 {
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

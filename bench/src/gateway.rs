@@ -58,8 +58,14 @@ pub fn default_log() -> PathBuf {
 }
 
 impl SpawnedGateway {
-    /// Starts `signer --config config` and waits for its READY line.
-    pub fn spawn(signer: &Path, config: &Path, log: &Path) -> Result<Self> {
+    /// Starts `signer --config config` (with hsm-bench's environment plus `envs`) and waits
+    /// for its READY line.
+    pub fn spawn(
+        signer: &Path,
+        config: &Path,
+        log: &Path,
+        envs: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<Self> {
         if !signer.is_file() {
             bail!(
                 "no gateway binary at {} (build it: cargo build --release -p signer; or pass \
@@ -80,6 +86,7 @@ impl SpawnedGateway {
         let mut child = Command::new(signer)
             .arg("--config")
             .arg(config)
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log_file)

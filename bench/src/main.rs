@@ -1,16 +1,21 @@
 //! `hsm-bench`: the operators' tool to measure HSMs and the hsmgate gateway in front of them.
 //!
 //! This file is only the command line; the work is in the modules (see `compare` for the
-//! orchestration, `raw` and `grpc_load` for the two load generators).
+//! orchestration, `raw` and `grpc_load` for the two load generators, `capacity` for the
+//! modelled HSMs, `simsetup` for the one place a gateway configuration is written).
 
+mod capacity;
 mod compare;
 mod gateway;
 mod grpc_load;
 mod measure;
 mod options;
+mod plot;
 mod procstat;
+mod progress;
 mod raw;
 mod report;
+mod simsetup;
 mod workload;
 
 use std::process::ExitCode;
@@ -32,10 +37,15 @@ enum Command {
     /// Alternate raw PKCS#11, gateway Sign and gateway SignBatch phases in one run and compare
     /// their throughput and latency (the gateway's cost over raw PKCS#11).
     Compare(options::CompareArgs),
-    /// Raw PKCS#11 only: N threads, one session each, C_Sign in a loop.
+    /// Raw PKCS#11 only: N threads, one session each, C_Sign in a loop (`--sweep`: step the
+    /// thread count and find where throughput stops growing).
     Raw(options::RawArgs),
-    /// Gateway only: Sign and/or SignBatch load against a spawned or running gateway.
+    /// Gateway only: Sign and/or SignBatch load against a spawned or running gateway, closed
+    /// loop or at a target rate (`--rate`).
     Sign(options::SignArgs),
+    /// The gateway in front of Luna-class modelled HSMs (hsm-sim): rated speed, latency, and
+    /// an HSM knocked out and brought back mid-run (`--knockout-at`).
+    Capacity(options::CapacityArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +54,7 @@ fn main() -> ExitCode {
         Command::Compare(args) => compare::run(compare::Plan::compare(args)),
         Command::Raw(args) => compare::run(compare::Plan::raw(args)),
         Command::Sign(args) => compare::run(compare::Plan::sign(args)),
+        Command::Capacity(args) => capacity::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,13 +5,25 @@
 //! after the end are neither counted nor timed. Throughput is signatures counted divided by
 //! the window's length. Latency is per call (one `C_Sign`, one `Sign` RPC, one `SignBatch`
 //! RPC), recorded in nanoseconds in an HDR histogram (3 significant digits).
+//!
+//! Each tally also keeps a **timeline**: signatures and errors per bucket of the window
+//! (`--interval`, 100 ms by default), by completion time, so that throughput over time can be
+//! plotted and a knocked-out HSM's effect read off it.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
 use crate::procstat::CpuReport;
+
+/// Signatures completed by every load generator of the process, counted or not: what the
+/// progress bar shows as the live rate.
+pub static LIVE_SIGNATURES: AtomicU64 = AtomicU64::new(0);
+
+/// Default width of a timeline bucket.
+pub const DEFAULT_BUCKET: Duration = Duration::from_millis(100);
 
 /// The part of a phase that is measured.
 #[derive(Clone, Copy, Debug)]
@@ -20,6 +32,8 @@ pub struct Window {
     pub start: Instant,
     /// End of the phase: workers start no call after it.
     pub end: Instant,
+    /// Width of a timeline bucket.
+    pub bucket: Duration,
 }
 
 impl Window {
@@ -29,7 +43,27 @@ impl Window {
         Self {
             start,
             end: start + duration,
+            bucket: DEFAULT_BUCKET,
         }
+    }
+
+    /// The same window with timeline buckets of `bucket` (at least 1 ms).
+    pub fn with_bucket(mut self, bucket: Duration) -> Self {
+        self.bucket = bucket.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Number of timeline buckets.
+    pub fn buckets(&self) -> usize {
+        let n = (self.end - self.start).as_secs_f64() / self.bucket.as_secs_f64();
+        (n.ceil() as usize).max(1)
+    }
+
+    /// The bucket of a completion at `t` (inside the window).
+    fn bucket_of(&self, t: Instant) -> usize {
+        let i = (t.saturating_duration_since(self.start).as_secs_f64() / self.bucket.as_secs_f64())
+            as usize;
+        i.min(self.buckets() - 1)
     }
 
     /// Whether a call that completed at `t` counts.
@@ -48,6 +82,43 @@ pub fn histogram() -> Histogram<u64> {
     Histogram::new(3).expect("3 significant digits is a valid precision")
 }
 
+/// Signatures and failed calls per bucket of the window, by completion time.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Timeline {
+    pub bucket_ms: f64,
+    pub signatures: Vec<u64>,
+    pub errors: Vec<u64>,
+}
+
+impl Timeline {
+    fn for_window(w: &Window) -> Self {
+        Self {
+            bucket_ms: w.bucket.as_secs_f64() * 1e3,
+            signatures: vec![0; w.buckets()],
+            errors: vec![0; w.buckets()],
+        }
+    }
+
+    fn merge(&mut self, other: &Timeline) {
+        if self.signatures.is_empty() {
+            *self = other.clone();
+            return;
+        }
+        for (a, b) in self.signatures.iter_mut().zip(&other.signatures) {
+            *a += b;
+        }
+        for (a, b) in self.errors.iter_mut().zip(&other.errors) {
+            *a += b;
+        }
+    }
+
+    /// Signatures per second in each bucket.
+    pub fn rates(&self) -> Vec<f64> {
+        let secs = self.bucket_ms / 1e3;
+        self.signatures.iter().map(|n| *n as f64 / secs).collect()
+    }
+}
+
 /// What one worker (thread or task) counted in the window.
 #[derive(Debug)]
 pub struct Tally {
@@ -60,6 +131,8 @@ pub struct Tally {
     pub errors: BTreeMap<String, u64>,
     /// The first message seen for each error code.
     pub error_samples: BTreeMap<String, String>,
+    pub timeline: Timeline,
+    window: Option<Window>,
 }
 
 impl Default for Tally {
@@ -70,17 +143,48 @@ impl Default for Tally {
             latency: histogram(),
             errors: BTreeMap::new(),
             error_samples: BTreeMap::new(),
+            timeline: Timeline::default(),
+            window: None,
         }
     }
 }
 
 impl Tally {
+    /// A tally that also keeps the window's timeline.
+    pub fn for_window(window: &Window) -> Self {
+        Self {
+            timeline: Timeline::for_window(window),
+            window: Some(*window),
+            ..Self::default()
+        }
+    }
+
+    /// A call that completed at `done` with `signatures`; its latency counts from `started`.
     pub fn success(&mut self, signatures: u64, started: Instant, done: Instant) {
         self.signatures += signatures;
         self.calls += 1;
-        let ns = u64::try_from((done - started).as_nanos()).unwrap_or(u64::MAX);
+        LIVE_SIGNATURES.fetch_add(signatures, Ordering::Relaxed);
+        let ns =
+            u64::try_from(done.saturating_duration_since(started).as_nanos()).unwrap_or(u64::MAX);
         // Grows the histogram as needed; fails only beyond 2^62 ns.
         let _ = self.latency.record(ns.max(1));
+        if let Some(w) = &self.window {
+            let b = w.bucket_of(done);
+            if let Some(n) = self.timeline.signatures.get_mut(b) {
+                *n += signatures;
+            }
+        }
+    }
+
+    /// A failed call that completed at `done` (or was refused then).
+    pub fn error_at(&mut self, done: Instant, code: String, message: impl FnOnce() -> String) {
+        if let Some(w) = &self.window {
+            let b = w.bucket_of(done);
+            if let Some(n) = self.timeline.errors.get_mut(b) {
+                *n += 1;
+            }
+        }
+        self.error(code, message);
     }
 
     pub fn error(&mut self, code: String, message: impl FnOnce() -> String) {
@@ -100,6 +204,10 @@ impl Tally {
         }
         for (code, message) in other.error_samples {
             self.error_samples.entry(code).or_insert(message);
+        }
+        self.timeline.merge(&other.timeline);
+        if self.window.is_none() {
+            self.window = other.window;
         }
     }
 
@@ -152,5 +260,26 @@ mod tests {
         assert_eq!(a.errors["Unavailable"], 2);
         assert_eq!(a.error_samples["Unavailable"], "first");
         assert_eq!(a.latency.len(), 2);
+    }
+
+    #[test]
+    fn timelines_bucket_by_completion_time() {
+        let w = Window::starting_now(Duration::ZERO, Duration::from_millis(1000))
+            .with_bucket(Duration::from_millis(250));
+        assert_eq!(w.buckets(), 4);
+        let mut a = Tally::for_window(&w);
+        a.success(10, w.start, w.start + Duration::from_millis(10));
+        a.success(5, w.start, w.start + Duration::from_millis(600));
+        a.error_at(
+            w.start + Duration::from_millis(999),
+            "Unavailable".into(),
+            || "x".into(),
+        );
+        let mut b = Tally::for_window(&w);
+        b.success(1, w.start, w.end);
+        a.merge(b);
+        assert_eq!(a.timeline.signatures, vec![10, 0, 5, 1]);
+        assert_eq!(a.timeline.errors, vec![0, 0, 0, 1]);
+        assert_eq!(a.timeline.rates()[0], 40.0);
     }
 }

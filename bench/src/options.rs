@@ -33,6 +33,13 @@ pub struct TimingArgs {
     /// Write everything (parameters, per-round figures, versions, machine) to FILE as JSON.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Write a chart to FILE (SVG): throughput over time and latency percentiles (for
+    /// `raw --sweep`: throughput and latency against concurrency).
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// Width of a throughput-over-time bucket (timelines in the JSON and the plot).
+    #[arg(long, default_value = "100ms", value_parser = parse_duration, value_name = "DURATION")]
+    pub interval: Duration,
 }
 
 /// The raw PKCS#11 load.
@@ -78,6 +85,17 @@ pub struct GrpcLoadArgs {
     /// Digests per `SignBatch` request.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub batch: u32,
+    /// Open loop: issue calls at this many signatures per second (a `SignBatch` call carries
+    /// `--batch`), whatever the gateway does; latency counts from each call's intended start.
+    /// Default: closed loop (the concurrency options, as fast as the gateway answers).
+    #[arg(long, value_name = "SIG_PER_S", value_parser = parse_rate)]
+    pub rate: Option<f64>,
+    /// Open loop: most calls outstanding; a call beyond it is not sent and counts as a
+    /// `ClientBacklog` error. Keep it bounded: with tens of thousands of calls queued on one
+    /// HTTP/2 connection (a stalled machine at 19,500/s) the connection itself failed
+    /// (`transport error`, `h2 protocol error`) in a run here.
+    #[arg(long, default_value_t = 4_096, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub max_in_flight: u32,
 }
 
 /// `hsm-bench compare`.
@@ -104,6 +122,13 @@ pub struct RawArgs {
     pub raw: RawLoadArgs,
     #[command(flatten)]
     pub timing: TimingArgs,
+    /// Step the concurrency (1, 2, 4, … threads up to `--max-threads`; each step one phase per
+    /// round) and report where throughput stops growing. `--threads` is ignored.
+    #[arg(long)]
+    pub sweep: bool,
+    /// Largest thread count of `--sweep`.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_threads: u32,
 }
 
 /// Which gateway RPCs `hsm-bench sign` drives.
@@ -131,6 +156,87 @@ pub struct SignArgs {
     pub gateway: GatewayArgs,
     #[command(flatten)]
     pub timing: TimingArgs,
+}
+
+/// `hsm-bench capacity`: the Luna-class model behind the gateway.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CapacityArgs {
+    /// Working directory for the tokens, configuration, control file and gateway log
+    /// (created; default: a new directory in the temp dir, kept for inspection).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// The `signer` binary. Default: `signer` in hsm-bench's own directory.
+    #[arg(long, value_name = "PATH")]
+    pub signer: Option<PathBuf>,
+    /// The hsm-sim module. Default: `libhsm_sim.so` in hsm-bench's own directory.
+    #[arg(long, value_name = "PATH")]
+    pub sim: Option<PathBuf>,
+    /// Modelled HSMs (one datacenter).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub hsms: u32,
+    /// Rated signatures/s of each modelled HSM.
+    #[arg(long, default_value_t = 10_000.0, value_parser = parse_rate)]
+    pub hsm_rate: f64,
+    /// Parallel signing units of each modelled HSM.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub units: u32,
+    /// Latency distribution: `fixed`, `exp` or `lognormal` (floor: 80 % of the mean).
+    #[arg(long, default_value = "exp")]
+    pub dist: String,
+    /// Let SoftHSM2 make real signatures instead of stand-ins (this machine cannot sign
+    /// ECDSA P-256 at 20,000/s alongside the gateway: the default is stand-in signatures).
+    #[arg(long)]
+    pub real_signatures: bool,
+    /// Gateway sessions (worker threads) per HSM: more than `--units`, so the HSM has a queue.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub sessions: u32,
+    /// The gateway's `batching.worker_chunk`.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub worker_chunk: u32,
+    /// Knock the first HSM out (`fail 0x30` in the control file) this long into the measured
+    /// window. Default: no knockout.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub knockout_at: Option<Duration>,
+    /// Bring it back this long into the measured window (default: knockout + 20 s).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub restore_at: Option<Duration>,
+    /// RPCs to drive.
+    #[arg(long, value_enum, default_value_t = SignModes::Sign)]
+    pub mode: SignModes,
+    #[command(flatten)]
+    pub load: GrpcLoadArgs,
+    /// HTTP/2 connections to the gateway.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub channels: u32,
+    /// Threads of the load generator's async runtime.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub client_threads: u32,
+    /// Measured time.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub duration: Duration,
+    /// Warm-up, not counted.
+    #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
+    pub warmup: Duration,
+    /// Width of a throughput-over-time bucket.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration, value_name = "DURATION")]
+    pub interval: Duration,
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+}
+
+/// A positive rate.
+pub fn parse_rate(text: &str) -> anyhow::Result<f64> {
+    let v: f64 = text
+        .trim()
+        .replace('_', "")
+        .parse()
+        .with_context(|| format!("`{text}`: expected a number (per second)"))?;
+    if !v.is_finite() || v <= 0.0 || v > 1e9 {
+        bail!("`{text}`: expected a rate above 0 and at most 1e9");
+    }
+    Ok(v)
 }
 
 /// Parses `5s`, `500ms`, `2.5s`, `1m`, `100us`; a bare number is seconds.
@@ -171,5 +277,14 @@ mod tests {
         assert_eq!(d("250us"), Duration::from_micros(250));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!(parse_rate("20_000").expect("valid"), 20_000.0);
+        assert_eq!(parse_rate("2.5").expect("valid"), 2.5);
+        for bad in ["0", "-5", "fast", "inf"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
     }
 }

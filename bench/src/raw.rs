@@ -171,9 +171,22 @@ impl RawBench {
 
     /// Every thread signs in a loop until the window ends.
     pub fn run_phase(&mut self, window: Window, probe: &CpuProbe) -> Result<PhaseResult> {
+        let n = self.workers.len();
+        self.run_phase_with(n, window, probe)
+    }
+
+    /// The first `threads` threads (sessions) sign in a loop until the window ends; the others
+    /// idle (`--sweep` steps the concurrency over sessions opened once).
+    pub fn run_phase_with(
+        &mut self,
+        threads: usize,
+        window: Window,
+        probe: &CpuProbe,
+    ) -> Result<PhaseResult> {
         let algorithm = self.algorithm;
         let inputs = &self.inputs;
-        let stride = 4096 / self.workers.len().max(1);
+        let threads = threads.clamp(1, self.workers.len().max(1));
+        let stride = 4096 / threads;
         // Threads wait at this gate after their last call until the CPU probe has taken its
         // closing snapshot (a thread that has exited no longer shows its CPU time). The gate
         // opens when `closed` is dropped, also on an early return.
@@ -182,7 +195,7 @@ impl RawBench {
         let (tally, cpu) = std::thread::scope(|scope| -> Result<_> {
             let closed = gate.write();
             let mut handles = Vec::with_capacity(self.workers.len());
-            for (i, worker) in self.workers.iter_mut().enumerate() {
+            for (i, worker) in self.workers.iter_mut().take(threads).enumerate() {
                 let handle = std::thread::Builder::new()
                     .name(format!("raw-{i}"))
                     .spawn_scoped(scope, move || {
@@ -215,7 +228,7 @@ impl RawBench {
 
 impl Worker {
     fn run(&mut self, mechanism: &Mechanism, inputs: &InputPool, first: usize, w: Window) -> Tally {
-        let mut tally = Tally::default();
+        let mut tally = Tally::for_window(&w);
         let mut i = first;
         loop {
             let started = Instant::now();
@@ -230,7 +243,7 @@ impl Worker {
                 Ok(_) => {}
                 Err(e) => {
                     if w.counts(done) {
-                        tally.error(error_code(&e), || e.to_string());
+                        tally.error_at(done, error_code(&e), || e.to_string());
                     }
                     std::thread::sleep(ERROR_PAUSE);
                 }

@@ -10,8 +10,9 @@ use std::process::{Command, Stdio};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::measure::{PhaseResult, histogram};
+use crate::measure::{PhaseResult, Timeline, histogram};
 use crate::procstat::{CpuReport, is_worker};
+use crate::simsetup::SimModelReport;
 
 /// A kind of phase.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -65,6 +66,51 @@ pub struct Report {
     /// `Sign/raw`, `SignBatch/raw`: ratios of the median signatures per second.
     pub ratios: BTreeMap<String, f64>,
     pub targets: Vec<TargetCheck>,
+    /// HSMs of the configuration behind hsm-sim, and their timing models. A model with
+    /// `stand_in_signatures` means the HSMs returned fake signatures: the figures measure the
+    /// gateway, not signing.
+    pub sim_models: Vec<SimModelReport>,
+    /// `raw --sweep`: throughput against concurrency.
+    pub sweep: Option<SweepReport>,
+    /// `capacity`: the modelled HSMs' scenario.
+    pub capacity: Option<crate::capacity::CapacityReport>,
+}
+
+/// `raw --sweep`: one point per thread count.
+#[derive(Debug, Serialize)]
+pub struct SweepReport {
+    pub points: Vec<SweepPoint>,
+    pub max_signatures_per_s: f64,
+    /// The fewest threads reaching 95 % of the best throughput: where it stops growing.
+    pub knee_threads: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SweepPoint {
+    pub threads: usize,
+    pub median_signatures_per_s: f64,
+    pub per_round: Vec<f64>,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub errors: u64,
+}
+
+impl SweepReport {
+    pub fn new(points: Vec<SweepPoint>) -> Self {
+        let max = points
+            .iter()
+            .map(|p| p.median_signatures_per_s)
+            .fold(0.0, f64::max);
+        let knee = points
+            .iter()
+            .find(|p| p.median_signatures_per_s >= 0.95 * max)
+            .map_or(0, |p| p.threads);
+        Self {
+            points,
+            max_signatures_per_s: max,
+            knee_threads: knee,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -80,6 +126,11 @@ pub struct Parameters {
     pub channels: Option<usize>,
     /// Worker threads of the load generator's async runtime.
     pub client_threads: Option<usize>,
+    /// Open loop: target signatures per second (none: closed loop).
+    pub rate: Option<f64>,
+    pub max_in_flight: Option<usize>,
+    /// Width of a timeline bucket.
+    pub interval_ms: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -157,6 +208,8 @@ pub struct RoundReport {
     pub errors: BTreeMap<String, u64>,
     pub error_samples: BTreeMap<String, String>,
     pub cpu: Option<CpuReport>,
+    /// Signatures and errors per bucket of the window.
+    pub timeline: Timeline,
 }
 
 /// Latency of one call, in microseconds.
@@ -317,6 +370,7 @@ impl ModeReport {
                     errors: r.tally.errors.clone(),
                     error_samples: r.tally.error_samples.clone(),
                     cpu: r.cpu.clone(),
+                    timeline: r.tally.timeline.clone(),
                 })
                 .collect(),
         }
@@ -362,8 +416,10 @@ impl Report {
                 met: batch / raw >= 0.75,
             });
         }
+        // An open loop runs at the rate it was given: no throughput target applies.
         if let Some(batch) = batch
             && self.key.algorithm == "ecdsa-p256"
+            && self.parameters.rate.is_none()
         {
             self.targets.push(TargetCheck {
                 target: "SignBatch >= 20,000 ECDSA P-256 signatures/s".into(),
@@ -378,6 +434,24 @@ impl Report {
         let mut out = String::new();
         let p = &self.parameters;
         let _ = writeln!(out, "\n{} — key {}", self.tool, self.key.input);
+        for m in &self.sim_models {
+            let _ = writeln!(
+                out,
+                "modelled HSM {} (token {}): {}",
+                m.hsm,
+                m.token_label,
+                m.model
+                    .as_deref()
+                    .unwrap_or("no model: SoftHSM2's own speed")
+            );
+        }
+        if self.sim_models.iter().any(|m| m.stand_in_signatures) {
+            let _ = writeln!(
+                out,
+                "NOTE: STAND-IN SIGNATURES — the modelled HSMs returned fake signatures; these \
+                 figures measure the gateway and the model, not signing."
+            );
+        }
         if !self.raw_hsms.is_empty() {
             let _ = writeln!(out, "raw HSMs:  {}", self.raw_hsms.join("; "));
         }
@@ -404,11 +478,13 @@ impl Report {
             self.machine.nproc,
             self.machine.cpu_model.as_deref().unwrap_or("unknown CPU")
         );
-        let _ = writeln!(
-            out,
-            "{:<10} {:<30} {:>12}  {:<26} {:>10} {:>10} {:>7} {:>7}",
-            "mode", "load", "sig/s median", "per round", "p50", "p99", "errors", "vs raw"
-        );
+        if !self.modes.is_empty() {
+            let _ = writeln!(
+                out,
+                "{:<10} {:<30} {:>12}  {:<26} {:>10} {:>10} {:>7} {:>7}",
+                "mode", "load", "sig/s median", "per round", "p50", "p99", "errors", "vs raw"
+            );
+        }
         let raw = self
             .modes
             .iter()
@@ -437,12 +513,14 @@ impl Report {
                 ratio
             );
         }
-        let _ = writeln!(
-            out,
-            "latency is per call: raw = one C_SignInit + C_Sign; Sign = one RPC; SignBatch = one \
-             RPC of {} signatures",
-            p.batch.unwrap_or(0)
-        );
+        if !self.modes.is_empty() {
+            let _ = writeln!(
+                out,
+                "latency is per call: raw = one C_SignInit + C_Sign; Sign = one RPC; SignBatch = \
+                 one RPC of {} signatures",
+                p.batch.unwrap_or(0)
+            );
+        }
         for m in &self.modes {
             for (code, n) in &m.errors {
                 let sample = m.error_samples.get(code).map_or("", String::as_str);
@@ -508,6 +586,42 @@ impl Report {
                     c.bench_runtime_per_thread * 100.0
                 );
             }
+        }
+        if let Some(sweep) = &self.sweep {
+            let _ = writeln!(out, "\nsweep (median over rounds):");
+            let _ = writeln!(
+                out,
+                "{:>8} {:>12} {:>10} {:>10} {:>7}",
+                "threads", "sig/s", "p50", "p99", "errors"
+            );
+            for p in &sweep.points {
+                let _ = writeln!(
+                    out,
+                    "{:>8} {:>12} {:>10} {:>10} {:>7}",
+                    p.threads,
+                    thousands(p.median_signatures_per_s),
+                    micros(p.p50_us),
+                    micros(p.p99_us),
+                    p.errors
+                );
+            }
+            let _ = writeln!(
+                out,
+                "throughput stops growing at {} threads: {} sig/s, the first step within 95 % \
+                 of the best ({} sig/s)",
+                sweep.knee_threads,
+                thousands(
+                    sweep
+                        .points
+                        .iter()
+                        .find(|p| p.threads == sweep.knee_threads)
+                        .map_or(0.0, |p| p.median_signatures_per_s)
+                ),
+                thousands(sweep.max_signatures_per_s)
+            );
+        }
+        if let Some(c) = &self.capacity {
+            out.push_str(&c.summary());
         }
         if !self.targets.is_empty() {
             let _ = writeln!(out, "\ntargets:");

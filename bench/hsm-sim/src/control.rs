@@ -17,6 +17,8 @@ use cryptoki_sys::{
 };
 use parking_lot::{Mutex, RwLock};
 
+use crate::model::Model;
+
 /// How often, at most, the control file is stat()ed. Signing runs at ~30k/s: a stat per call
 /// would cost more than the forwarding itself, and tests only need changes seen "soon".
 pub const RECHECK_INTERVAL: Duration = Duration::from_millis(20);
@@ -94,11 +96,23 @@ impl fmt::Display for Fault {
 }
 
 /// The parsed control file.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ControlState {
     by_label: HashMap<String, Fault>,
     /// The `*` line: applies to every token that has no line of its own.
     all: Option<Fault>,
+    /// `LABEL model ...` lines: kept apart from faults, so that a modelled HSM can be knocked
+    /// out (`LABEL fail`) and healed while its model stays.
+    models: HashMap<String, Model>,
+    /// The `* model ...` line.
+    model_all: Option<Model>,
+}
+
+/// What one line of the control file says.
+#[derive(Debug, Clone, PartialEq)]
+enum Line {
+    Fault(String, Fault),
+    Model(String, Model),
 }
 
 impl ControlState {
@@ -112,13 +126,24 @@ impl ControlState {
             let lineno = idx + 1;
             match parse_line(raw) {
                 Ok(None) => {}
-                Ok(Some((label, fault))) => {
-                    let previous = if label == "*" {
-                        state.all.replace(fault)
-                    } else {
-                        state.by_label.insert(label.clone(), fault)
+                Ok(Some(line)) => {
+                    let (label, replaced) = match line {
+                        Line::Fault(label, fault) if label == "*" => {
+                            (label, state.all.replace(fault).is_some())
+                        }
+                        Line::Fault(label, fault) => {
+                            let r = state.by_label.insert(label.clone(), fault).is_some();
+                            (label, r)
+                        }
+                        Line::Model(label, model) if label == "*" => {
+                            (label, state.model_all.replace(model).is_some())
+                        }
+                        Line::Model(label, model) => {
+                            let r = state.models.insert(label.clone(), model).is_some();
+                            (label, r)
+                        }
                     };
-                    if previous.is_some() {
+                    if replaced {
                         warnings.push(format!(
                             "line {lineno}: second line for {label:?}, the last one wins"
                         ));
@@ -143,8 +168,32 @@ impl ControlState {
         }
     }
 
+    /// The timing model of a token: its own `model` line, else the `* model` line, else none
+    /// (plain forwarding at the real module's speed).
+    #[inline]
+    pub fn model_for(&self, label: &str) -> Option<Model> {
+        if self.models.is_empty() {
+            return self.model_all;
+        }
+        self.models.get(label).copied().or(self.model_all)
+    }
+
+    /// Every model line, by label (`*` for the default), sorted: for reports.
+    pub fn models(&self) -> Vec<(String, Model)> {
+        let mut v: Vec<(String, Model)> =
+            self.models.iter().map(|(l, m)| (l.clone(), *m)).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        if let Some(m) = self.model_all {
+            v.push(("*".to_string(), m));
+        }
+        v
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.by_label.is_empty() && self.all.is_none()
+        self.by_label.is_empty()
+            && self.all.is_none()
+            && self.models.is_empty()
+            && self.model_all.is_none()
     }
 }
 
@@ -168,13 +217,21 @@ impl fmt::Display for ControlState {
                 write!(f, "; ")?;
             }
             write!(f, "*: {all}")?;
+            first = false;
+        }
+        for (label, model) in self.models() {
+            if !first {
+                write!(f, "; ")?;
+            }
+            first = false;
+            write!(f, "{label}: {model}")?;
         }
         Ok(())
     }
 }
 
 /// One line: `Ok(None)` for blank/comment lines, `Err` with a reason for bad ones.
-fn parse_line(raw: &str) -> Result<Option<(String, Fault)>, String> {
+fn parse_line(raw: &str) -> Result<Option<Line>, String> {
     // `#` starts a comment anywhere on the line (labels containing `#` are not supported).
     let line = raw.split('#').next().unwrap_or("").trim();
     if line.is_empty() {
@@ -202,6 +259,9 @@ fn parse_line(raw: &str) -> Result<Option<(String, Fault)>, String> {
     }
     let mut words = rest.split_whitespace();
     let mode = words.next().ok_or_else(|| "missing mode".to_string())?;
+    if mode.eq_ignore_ascii_case("model") {
+        return Ok(Some(Line::Model(label.to_string(), Model::parse(words)?)));
+    }
     let arg = words.next();
     if let Some(extra) = words.next() {
         return Err(format!("unexpected {extra:?} after the mode's argument"));
@@ -225,11 +285,11 @@ fn parse_line(raw: &str) -> Result<Option<(String, Fault)>, String> {
         }
         other => {
             return Err(format!(
-                "unknown mode {other:?} (expected ok, fail, fail-sign, hang or delay)"
+                "unknown mode {other:?} (expected ok, fail, fail-sign, hang, delay or model)"
             ));
         }
     };
-    Ok(Some((label.to_string(), fault)))
+    Ok(Some(Line::Fault(label.to_string(), fault)))
 }
 
 /// A CKR code: hex (`0x30`), decimal (`48`), or one of the names a gateway cares about.
@@ -315,6 +375,14 @@ impl Control {
     pub fn fault_for(&self, label: &str) -> Fault {
         self.maybe_refresh();
         self.state.read().fault_for(label)
+    }
+
+    /// The fault and the timing model of a token, under one read of the cached state.
+    #[inline]
+    pub fn fault_and_model(&self, label: &str) -> (Fault, Option<Model>) {
+        self.maybe_refresh();
+        let state = self.state.read();
+        (state.fault_for(label), state.model_for(label))
     }
 
     #[inline]
@@ -450,6 +518,28 @@ J delay 99999999999999999999999
         ] {
             let _ = ControlState::parse(s);
         }
+    }
+
+    #[test]
+    fn model_lines_live_beside_faults() {
+        let text = "\
+* model units=10 rate=10000 signature=stand-in
+SIM-A model units=4 mean=2ms dist=fixed
+SIM-A fail 0x30
+SIM-B model colour=blue
+";
+        let (state, warnings) = ControlState::parse(text);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].starts_with("line 4:"), "{}", warnings[0]);
+        let a = state.model_for("SIM-A").expect("SIM-A has a model");
+        assert_eq!((a.units, a.mean), (4, Duration::from_millis(2)));
+        // The fault line did not replace the model line, nor the other way round.
+        assert_eq!(state.fault_for("SIM-A"), Fault::Fail(0x30));
+        let b = state.model_for("SIM-B").expect("the * model");
+        assert_eq!(b.signature, crate::model::SignatureMode::StandIn);
+        assert_eq!(state.fault_for("SIM-B"), Fault::Healthy);
+        assert_eq!(state.models().len(), 2);
+        assert!(ControlState::parse("A fail").0.model_for("A").is_none());
     }
 
     #[test]

@@ -5,7 +5,13 @@
 //! store, all behind this one module and one PKCS#11 context, and a test makes one of them fail
 //! with an exact CKR code, hang (like a SIGSTOPped HSM: no timeout), or slow down, then heals it,
 //! by editing a control file. p11-kit remoting covers "the HSM process died" but not hangs on
-//! demand, exact codes, or Ed25519; later the bench will use it for a Luna-class timing model.
+//! demand, exact codes, or Ed25519.
+//!
+//! It is also the bench's **Luna-class HSM model** (`model.rs`): a `model` line gives a token
+//! parallel signing units and a latency distribution, hence a rated speed (default 10,000
+//! signatures/s), with real signatures from SoftHSM2 or cheap stand-ins for measuring the
+//! gateway at rates this machine cannot sign at. One module serves the failover tests and the
+//! capacity model; a modelled token can be knocked out and healed like any other.
 //!
 //! # Environment
 //!
@@ -30,6 +36,10 @@
 //! EAST-2 hang             # intercepted calls block until the line changes, then go on
 //! WEST-1 delay 5000       # +5000 µs on each C_Sign/C_SignFinal that returns a signature
 //! WEST-2 fail-sign 0x30   # only C_SignInit/C_Sign/C_SignUpdate/C_SignFinal fail
+//! SIM-A model units=10 rate=10000 dist=exp signature=stand-in
+//!                         # the timing model (see `model`): kept apart from the fault
+//!                         # lines, so `SIM-A fail` knocks the modelled HSM out and
+//!                         # removing that line brings it back with its model
 //! "My HSM" ok             # explicit healthy: overrides a `*` line
 //! * fail 0xE0             # every other token
 //! ```
@@ -49,16 +59,29 @@
 //! C_GetTokenInfo, cached per slot). Closing a session of a failed token closes the real session
 //! too (no leak) but returns the injected code. Only `C_GetFunctionList` is exported (no
 //! `C_GetInterface`: SoftHSM2 2.6 has none either, so callers use the 2.40 list).
+//!
+//! Under a `model` line the signing calls are timed (only the C_Sign/C_SignFinal that returns
+//! a signature), after any fault. With `signature=stand-in` the token's C_SignInit, C_Sign,
+//! C_SignUpdate and C_SignFinal never reach the real module: the operation lives in the
+//! session map, and the signature's length comes from the key's attributes (C_GetAttributeValue
+//! on the real module, cached per token and key handle). Mechanism and key are not otherwise
+//! checked in that mode.
+//!
+//! The module may be dlclose()d by its caller (cryptoki does when a context is dropped): code
+//! in it must not register thread-exit destructors that outlive that (`std::thread::current()`
+//! does; see `model::uniform`).
 
 // A PKCS#11 module is an FFI boundary by nature: raw pointers from C, a dlopen()ed library and
 // `extern "C"` entry points. Each unsafe block says why it is sound.
 #![allow(unsafe_code)]
 
 pub mod control;
+pub mod model;
 mod sim;
 mod wrappers;
 
 pub use control::{ControlState, Fault};
+pub use model::{Dist, Model, SignatureMode};
 
 use cryptoki_sys::{CK_FUNCTION_LIST, CK_RV, CKR_ARGUMENTS_BAD, CKR_OK};
 

@@ -5,14 +5,18 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use cryptoki_sys::{
-    CK_FUNCTION_LIST, CK_RV, CK_SESSION_HANDLE, CK_SLOT_ID, CK_TOKEN_INFO, CKF_TOKEN_INITIALIZED,
-    CKR_FUNCTION_NOT_SUPPORTED, CKR_GENERAL_ERROR, CKR_OK,
+    CK_ATTRIBUTE, CK_ATTRIBUTE_TYPE, CK_FUNCTION_LIST, CK_KEY_TYPE, CK_OBJECT_HANDLE, CK_RV,
+    CK_SESSION_HANDLE, CK_SLOT_ID, CK_TOKEN_INFO, CK_UNAVAILABLE_INFORMATION, CKA_EC_PARAMS,
+    CKA_KEY_TYPE, CKA_MODULUS, CKF_TOKEN_INITIALIZED, CKK_EC, CKK_EC_EDWARDS, CKK_RSA,
+    CKR_FUNCTION_NOT_SUPPORTED, CKR_GENERAL_ERROR, CKR_KEY_HANDLE_INVALID, CKR_OK,
 };
 use parking_lot::RwLock;
 
-use crate::control::{Action, Control, HANG_POLL, Op};
+use crate::control::{Action, Control, Fault, HANG_POLL, Op};
+use crate::model::{Model, Units, uniform};
 
 /// The real module when `HSMSIM_MODULE` is unset.
 pub const DEFAULT_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -35,6 +39,11 @@ pub struct Sim {
     /// the module is initialised (SoftHSM derives them from the token serial); C_InitToken,
     /// C_Initialize and C_Finalize clear it.
     slot_labels: RwLock<HashMap<CK_SLOT_ID, Arc<str>>>,
+    /// The signing units of each modelled token, by label. They outlive control-file
+    /// changes (a knocked-out token keeps its units) and C_Initialize (the "HSM" is the same).
+    units: RwLock<HashMap<Arc<str>, Arc<Units>>>,
+    /// Signature length of each key, by (token label, key handle), for stand-in signatures.
+    signature_lengths: RwLock<HashMap<(Arc<str>, CK_OBJECT_HANDLE), usize>>,
 }
 
 /// Gets (loading it on first use) the global state.
@@ -103,6 +112,8 @@ fn load_inner() -> Result<Sim, String> {
         control,
         sessions: SessionMap::default(),
         slot_labels: RwLock::new(HashMap::new()),
+        units: RwLock::new(HashMap::new()),
+        signature_lengths: RwLock::new(HashMap::new()),
     })
 }
 
@@ -111,6 +122,8 @@ impl Sim {
     pub fn reset(&self) {
         self.sessions.clear();
         self.slot_labels.write().clear();
+        // Key handles are per initialisation.
+        self.signature_lengths.write().clear();
     }
 
     pub fn forget_slot(&self, slot: CK_SLOT_ID) {
@@ -165,6 +178,116 @@ impl Sim {
         }
     }
 
+    /// For the signing calls: applies the session's token's fault like [`Sim::gate_session`],
+    /// and returns what the timing model needs — the token's label, its model (if it has one)
+    /// and the stand-in operation active on the session (its signature length), if any.
+    pub fn gate_signing(&self, session: CK_SESSION_HANDLE, op: Op) -> Result<Signing, CK_RV> {
+        let Some(control) = &self.control else {
+            return Ok(Signing::default());
+        };
+        let Some(entry) = self.sessions.entry(session) else {
+            return Ok(Signing::default());
+        };
+        let (fault, model) = control.fault_and_model(&entry.label);
+        if fault != Fault::Healthy {
+            self.gate(control, &entry.label, op)?;
+        }
+        Ok(Signing {
+            label: Some(entry.label),
+            model,
+            standin: entry.standin,
+        })
+    }
+
+    /// The units of a modelled token, created on first use.
+    pub fn units(&self, label: &Arc<str>, model: &Model) -> Arc<Units> {
+        if let Some(u) = self.units.read().get(label) {
+            return u.clone();
+        }
+        self.units
+            .write()
+            .entry(label.clone())
+            .or_insert_with(|| Arc::new(Units::new(model.units)))
+            .clone()
+    }
+
+    /// Holds one of the token's units for a sampled latency, counted from `requested`: books
+    /// the unit that frees first and sleeps until the booked end.
+    pub fn serve(&self, label: &Arc<str>, model: &Model, requested: Instant) {
+        let service = model.sample(uniform(), uniform());
+        let slot = self
+            .units(label, model)
+            .reserve(model.units, requested, service);
+        sleep_until(slot.finish);
+    }
+
+    /// The length of a signature by `key` (stand-in signatures must have the real length),
+    /// from the key's attributes in the real module; cached per token and handle.
+    pub fn signature_length(
+        &self,
+        label: &Arc<str>,
+        session: CK_SESSION_HANDLE,
+        key: CK_OBJECT_HANDLE,
+    ) -> Result<usize, CK_RV> {
+        let id = (label.clone(), key);
+        if let Some(len) = self.signature_lengths.read().get(&id) {
+            return Ok(*len);
+        }
+        let key_type = self.attribute(session, key, CKA_KEY_TYPE)?;
+        let key_type = key_type
+            .get(..std::mem::size_of::<CK_KEY_TYPE>())
+            .and_then(|b| b.try_into().ok())
+            .map(CK_KEY_TYPE::from_ne_bytes)
+            .ok_or(CKR_KEY_HANDLE_INVALID)?;
+        let len = match key_type {
+            CKK_RSA => {
+                let modulus = self.attribute(session, key, CKA_MODULUS)?;
+                modulus.iter().skip_while(|b| **b == 0).count()
+            }
+            CKK_EC => {
+                let params = self.attribute(session, key, CKA_EC_PARAMS)?;
+                ec_signature_length(&params)
+            }
+            // Ed25519 (Ed448 would be 114; SoftHSM2 2.6 has none).
+            CKK_EC_EDWARDS => 64,
+            _ => return Err(CKR_KEY_HANDLE_INVALID),
+        };
+        self.signature_lengths.write().insert(id, len);
+        Ok(len)
+    }
+
+    /// One attribute's value, through the real module (two calls: length, then value).
+    fn attribute(
+        &self,
+        session: CK_SESSION_HANDLE,
+        key: CK_OBJECT_HANDLE,
+        kind: CK_ATTRIBUTE_TYPE,
+    ) -> Result<Vec<u8>, CK_RV> {
+        let get = real(self.real.C_GetAttributeValue)?;
+        let mut template = CK_ATTRIBUTE {
+            type_: kind,
+            pValue: std::ptr::null_mut(),
+            ulValueLen: 0,
+        };
+        // SAFETY: one template entry we own, NULL value: the module writes the length.
+        let rv = unsafe { get(session, key, &mut template, 1) };
+        if rv != CKR_OK {
+            return Err(rv);
+        }
+        if template.ulValueLen == CK_UNAVAILABLE_INFORMATION || template.ulValueLen > 1 << 16 {
+            return Err(CKR_KEY_HANDLE_INVALID);
+        }
+        let mut value = vec![0u8; template.ulValueLen as usize];
+        template.pValue = value.as_mut_ptr().cast();
+        // SAFETY: pValue points to ulValueLen writable bytes that outlive the call.
+        let rv = unsafe { get(session, key, &mut template, 1) };
+        if rv != CKR_OK {
+            return Err(rv);
+        }
+        value.truncate(template.ulValueLen as usize);
+        Ok(value)
+    }
+
     /// [`Sim::gate`] for a slot-based call; returns the slot's label for the caller's bookkeeping.
     pub fn gate_slot(&self, slot: CK_SLOT_ID) -> Result<Option<Arc<str>>, CK_RV> {
         let Some(control) = &self.control else {
@@ -175,6 +298,49 @@ impl Sim {
             self.gate(control, label, Op::Other)?;
         }
         Ok(label)
+    }
+}
+
+/// What the signing wrappers need to know about a session's token.
+#[derive(Debug, Default)]
+pub struct Signing {
+    /// `None` for sessions the module does not track: no model, no fault.
+    pub label: Option<Arc<str>>,
+    pub model: Option<Model>,
+    /// A stand-in sign operation is active on the session; its signature length.
+    pub standin: Option<usize>,
+}
+
+/// Sleeps until `t` (returns at once if it has passed).
+pub fn sleep_until(t: Instant) {
+    let left = t.saturating_duration_since(Instant::now());
+    if left > Duration::ZERO {
+        thread::sleep(left);
+    }
+}
+
+/// r‖s length of an ECDSA signature for the curve in `CKA_EC_PARAMS` (a DER OID).
+fn ec_signature_length(params: &[u8]) -> usize {
+    const P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    const P384: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+    const P521: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23];
+    match params {
+        p if p == P384 => 96,
+        p if p == P521 => 132,
+        p if p == P256 => 64,
+        // Other curves: the common size; stand-in signatures are not checked by anyone.
+        _ => 64,
+    }
+}
+
+/// Fills `out` with a stand-in signature: a fixed, recognisable pattern (never a valid
+/// signature, no leading zero byte so DER integers keep their length).
+pub fn fill_standin(out: &mut [u8]) {
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = 0x5a ^ (i as u8).wrapping_mul(0x1f);
+    }
+    if let Some(first) = out.first_mut() {
+        *first = 0x5a;
     }
 }
 
@@ -197,9 +363,11 @@ pub struct SessionMap {
 const SHARDS: usize = 16;
 
 #[derive(Debug, Clone)]
-struct SessionEntry {
+pub struct SessionEntry {
     slot: CK_SLOT_ID,
-    label: Arc<str>,
+    pub label: Arc<str>,
+    /// A stand-in sign operation is active: the signature length it will produce.
+    pub standin: Option<usize>,
 }
 
 impl Default for SessionMap {
@@ -220,9 +388,14 @@ impl SessionMap {
     }
 
     pub fn insert(&self, session: CK_SESSION_HANDLE, slot: CK_SLOT_ID, label: Arc<str>) {
-        self.shard(session)
-            .write()
-            .insert(session, SessionEntry { slot, label });
+        self.shard(session).write().insert(
+            session,
+            SessionEntry {
+                slot,
+                label,
+                standin: None,
+            },
+        );
     }
 
     #[inline]
@@ -231,6 +404,19 @@ impl SessionMap {
             .read()
             .get(&session)
             .map(|e| e.label.clone())
+    }
+
+    /// The session's entry (label and stand-in state), if the module tracks it.
+    #[inline]
+    pub fn entry(&self, session: CK_SESSION_HANDLE) -> Option<SessionEntry> {
+        self.shard(session).read().get(&session).cloned()
+    }
+
+    /// Starts (`Some(length)`) or ends (`None`) a stand-in sign operation on a session.
+    pub fn set_standin(&self, session: CK_SESSION_HANDLE, standin: Option<usize>) {
+        if let Some(e) = self.shard(session).write().get_mut(&session) {
+            e.standin = standin;
+        }
     }
 
     pub fn remove(&self, session: CK_SESSION_HANDLE) {

@@ -4,14 +4,17 @@
 
 use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Instant;
 
 use cryptoki_sys::{
     CK_ATTRIBUTE, CK_BYTE, CK_FLAGS, CK_FUNCTION_LIST, CK_MECHANISM, CK_NOTIFY, CK_OBJECT_HANDLE,
     CK_RV, CK_SESSION_HANDLE, CK_SESSION_INFO, CK_SLOT_ID, CK_TOKEN_INFO, CK_ULONG, CK_USER_TYPE,
-    CK_UTF8CHAR, CKR_GENERAL_ERROR, CKR_OK,
+    CK_UTF8CHAR, CKR_ARGUMENTS_BAD, CKR_BUFFER_TOO_SMALL, CKR_GENERAL_ERROR, CKR_OK,
+    CKR_OPERATION_ACTIVE,
 };
 
 use crate::control::Op;
+use crate::model::SignatureMode;
 use crate::sim::{self, Sim, real};
 
 /// Runs a wrapper body; `Err(code)` and panics become return codes.
@@ -177,14 +180,173 @@ session_wrapper!(find_objects_init, C_FindObjectsInit, Op::Other,
 session_wrapper!(find_objects, C_FindObjects, Op::Other,
     (session, objects: *mut CK_OBJECT_HANDLE, max: CK_ULONG, found: *mut CK_ULONG));
 session_wrapper!(find_objects_final, C_FindObjectsFinal, Op::Other, (session));
-session_wrapper!(sign_init, C_SignInit, Op::Sign,
-    (session, mechanism: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE));
-session_wrapper!(sign_update, C_SignUpdate, Op::Sign,
+session_wrapper!(sign_update_real, C_SignUpdate, Op::Sign,
     (session, part: *mut CK_BYTE, part_len: CK_ULONG));
-// A NULL signature buffer is a length query: no private-key work, so no `delay`.
-session_wrapper!(sign, C_Sign, if signature.is_null() { Op::Sign } else { Op::SignOutput },
-    (session, data: *mut CK_BYTE, data_len: CK_ULONG, signature: *mut CK_BYTE,
-     signature_len: *mut CK_ULONG));
-session_wrapper!(sign_final, C_SignFinal,
-    if signature.is_null() { Op::Sign } else { Op::SignOutput },
-    (session, signature: *mut CK_BYTE, signature_len: *mut CK_ULONG));
+
+// The signing calls: faults first, then the token's timing model (see `model.rs`). A model
+// with `signature=stand-in` never reaches the real module: C_SignInit records the operation
+// (and the key's signature length) on the session, C_Sign answers length queries and writes
+// the stand-in bytes; the operation ends as PKCS#11 says (after a signature, or an error
+// other than CKR_BUFFER_TOO_SMALL).
+
+unsafe extern "C" fn sign_init(
+    session: CK_SESSION_HANDLE,
+    mechanism: *mut CK_MECHANISM,
+    key: CK_OBJECT_HANDLE,
+) -> CK_RV {
+    guard(|| {
+        let sim = sim::get()?;
+        let signing = sim.gate_signing(session, Op::Sign)?;
+        if let (Some(label), Some(model)) = (&signing.label, signing.model)
+            && model.signature == SignatureMode::StandIn
+        {
+            if signing.standin.is_some() {
+                return Err(CKR_OPERATION_ACTIVE);
+            }
+            if mechanism.is_null() {
+                return Err(CKR_ARGUMENTS_BAD);
+            }
+            let len = sim.signature_length(label, session, key)?;
+            sim.sessions.set_standin(session, Some(len));
+            return Ok(CKR_OK);
+        }
+        // SAFETY: the caller's arguments, passed through unchanged.
+        Ok(unsafe { real(sim.real.C_SignInit)?(session, mechanism, key) })
+    })
+}
+
+unsafe extern "C" fn sign(
+    session: CK_SESSION_HANDLE,
+    data: *mut CK_BYTE,
+    data_len: CK_ULONG,
+    signature: *mut CK_BYTE,
+    signature_len: *mut CK_ULONG,
+) -> CK_RV {
+    guard(|| {
+        let sim = sim::get()?;
+        let requested = Instant::now();
+        // A NULL signature buffer is a length query: no private-key work, so no `delay` and no
+        // model time.
+        let op = if signature.is_null() {
+            Op::Sign
+        } else {
+            Op::SignOutput
+        };
+        let signing = sim.gate_signing(session, op).inspect_err(|_| {
+            // An error ends a sign operation (PKCS#11 §5.11); the real module's own
+            // operation, if any, is not ours to end.
+            sim.sessions.set_standin(session, None);
+        })?;
+        if let Some(len) = signing.standin {
+            // SAFETY: the caller's out-pointers, checked for NULL inside.
+            return unsafe {
+                standin_output(sim, session, &signing, len, signature, signature_len)
+            };
+        }
+        // SAFETY: the caller's arguments, passed through unchanged.
+        let rv =
+            unsafe { real(sim.real.C_Sign)?(session, data, data_len, signature, signature_len) };
+        if let (CKR_OK, Op::SignOutput, Some(label), Some(model)) =
+            (rv, op, &signing.label, signing.model)
+        {
+            sim.serve(label, &model, requested);
+        }
+        Ok(rv)
+    })
+}
+
+unsafe extern "C" fn sign_update(
+    session: CK_SESSION_HANDLE,
+    part: *mut CK_BYTE,
+    part_len: CK_ULONG,
+) -> CK_RV {
+    guard(|| {
+        let sim = sim::get()?;
+        if sim
+            .sessions
+            .entry(session)
+            .is_some_and(|e| e.standin.is_some())
+        {
+            // The stand-in ignores its input.
+            sim.gate_signing(session, Op::Sign)?;
+            return Ok(CKR_OK);
+        }
+        // SAFETY: passed through unchanged.
+        Ok(unsafe { sign_update_real(session, part, part_len) })
+    })
+}
+
+unsafe extern "C" fn sign_final(
+    session: CK_SESSION_HANDLE,
+    signature: *mut CK_BYTE,
+    signature_len: *mut CK_ULONG,
+) -> CK_RV {
+    guard(|| {
+        let sim = sim::get()?;
+        let requested = Instant::now();
+        let op = if signature.is_null() {
+            Op::Sign
+        } else {
+            Op::SignOutput
+        };
+        let signing = sim.gate_signing(session, op).inspect_err(|_| {
+            // An error ends a sign operation (PKCS#11 §5.11); the real module's own
+            // operation, if any, is not ours to end.
+            sim.sessions.set_standin(session, None);
+        })?;
+        if let Some(len) = signing.standin {
+            // SAFETY: the caller's out-pointers, checked for NULL inside.
+            return unsafe {
+                standin_output(sim, session, &signing, len, signature, signature_len)
+            };
+        }
+        // SAFETY: passed through unchanged.
+        let rv = unsafe { real(sim.real.C_SignFinal)?(session, signature, signature_len) };
+        if let (CKR_OK, Op::SignOutput, Some(label), Some(model)) =
+            (rv, op, &signing.label, signing.model)
+        {
+            sim.serve(label, &model, requested);
+        }
+        Ok(rv)
+    })
+}
+
+/// The output of a stand-in C_Sign/C_SignFinal: the length for a length query, the stand-in
+/// bytes (after the model's time) otherwise.
+///
+/// # Safety
+///
+/// `signature_len` must be NULL or valid for reads and writes; `signature` NULL or valid for
+/// `*signature_len` bytes of writes.
+unsafe fn standin_output(
+    sim: &Sim,
+    session: CK_SESSION_HANDLE,
+    signing: &sim::Signing,
+    len: usize,
+    signature: *mut CK_BYTE,
+    signature_len: *mut CK_ULONG,
+) -> Result<CK_RV, CK_RV> {
+    if signature_len.is_null() {
+        sim.sessions.set_standin(session, None);
+        return Err(CKR_ARGUMENTS_BAD);
+    }
+    // SAFETY: non-null, and the caller guarantees it is valid.
+    let room = unsafe { *signature_len } as usize;
+    // SAFETY: as above.
+    unsafe { *signature_len = len as CK_ULONG };
+    if signature.is_null() {
+        return Ok(CKR_OK);
+    }
+    if room < len {
+        // The operation stays active: the caller may retry with a larger buffer.
+        return Ok(CKR_BUFFER_TOO_SMALL);
+    }
+    if let (Some(label), Some(model)) = (&signing.label, signing.model) {
+        sim.serve(label, &model, Instant::now());
+    }
+    // SAFETY: the caller's buffer has room for `len` bytes (checked above).
+    let out = unsafe { std::slice::from_raw_parts_mut(signature, len) };
+    sim::fill_standin(out);
+    sim.sessions.set_standin(session, None);
+    Ok(CKR_OK)
+}

@@ -1,0 +1,69 @@
+//! A progress bar per phase on a terminal (indicatif; hidden when stderr is not a terminal):
+//! the phase's label, warm-up then measured time, and the live signing rate of the last
+//! 250 ms. A thread draws it; dropping the guard (or the window's end) stops it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::measure::{LIVE_SIGNATURES, Window};
+use crate::report::thousands;
+
+/// How often the bar is redrawn.
+const TICK: Duration = Duration::from_millis(250);
+
+/// The bar of one phase; dropping it clears it.
+#[derive(Debug)]
+pub struct PhaseBar {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Shows a bar for `window` (warm-up included) until the guard is dropped.
+pub fn phase(label: &str, window: &Window) -> PhaseBar {
+    let stop = Arc::new(AtomicBool::new(false));
+    let begin = Instant::now();
+    let total = window.end.saturating_duration_since(begin);
+    let bar =
+        ProgressBar::with_draw_target(Some(total.as_millis() as u64), ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("{prefix:>24} [{bar:30}] {pos:>6}/{len} ms  {msg}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(label.to_owned());
+    let (flag, start) = (stop.clone(), window.start);
+    let thread = std::thread::Builder::new()
+        .name("progress".into())
+        .spawn(move || {
+            let mut last = (Instant::now(), LIVE_SIGNATURES.load(Ordering::Relaxed));
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(TICK);
+                let now = Instant::now();
+                let count = LIVE_SIGNATURES.load(Ordering::Relaxed);
+                let rate = (count - last.1) as f64 / (now - last.0).as_secs_f64().max(1e-3);
+                last = (now, count);
+                bar.set_position(now.saturating_duration_since(begin).as_millis() as u64);
+                bar.set_message(if now < start {
+                    "warm-up".to_owned()
+                } else {
+                    format!("{} sig/s", thousands(rate))
+                });
+            }
+            bar.finish_and_clear();
+        })
+        .ok();
+    PhaseBar { stop, thread }
+}
+
+impl Drop for PhaseBar {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
