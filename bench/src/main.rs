@@ -6,6 +6,7 @@
 
 mod capacity;
 mod compare;
+mod drill;
 mod gateway;
 mod grpc_load;
 mod measure;
@@ -46,6 +47,10 @@ enum Command {
     /// The gateway in front of Luna-class modelled HSMs (hsm-sim): rated speed, latency, and
     /// an HSM knocked out and brought back mid-run (`--knockout-at`).
     Capacity(options::CapacityArgs),
+    /// The mass-revocation drill: N certificates issued with OCSP responses, all revoked, every
+    /// response re-signed through the gateway and verified; the time, the rate against
+    /// `SignBatch`, and the projection to a fleet. Resumable (`--dir`).
+    Drill(drill::DrillArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +60,7 @@ fn main() -> ExitCode {
         Command::Raw(args) => compare::run(compare::Plan::raw(args)),
         Command::Sign(args) => compare::run(compare::Plan::sign(args)),
         Command::Capacity(args) => capacity::run(args),
+        Command::Drill(args) => drill::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

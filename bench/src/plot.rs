@@ -130,10 +130,10 @@ pub fn write(report: &Report, path: &Path) -> Result<()> {
     Ok(())
 }
 
-type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+pub(crate) type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
 
 /// One panel: lines (with points), vertical marks, an optional horizontal reference line.
-fn xy_panel(
+pub(crate) fn xy_panel(
     area: &Area<'_>,
     title: &str,
     x_desc: &str,

@@ -67,3 +67,16 @@ impl Drop for PhaseBar {
         }
     }
 }
+
+/// A bar counting `total` items (hidden when stderr is not a terminal), for phases measured by
+/// work done rather than by time (`drill`).
+pub fn count_bar(total: u64, label: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(label.to_owned());
+    bar
+}

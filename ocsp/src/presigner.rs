@@ -103,6 +103,11 @@ struct ErrorLabels {
 }
 
 impl PresignerMetrics {
+    /// Responses signed since start (the `responses_signed` counter).
+    pub fn signed_total(&self) -> u64 {
+        self.signed.get()
+    }
+
     /// Registers every metric under `hsmgate_ocsp_presigner_`.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("hsmgate_ocsp_presigner");

@@ -1,0 +1,610 @@
+//! `drill`: the mass-revocation drill. How long would it take to revoke every certificate we
+//! have issued and re-sign every OCSP response, with this HSM pair?
+//!
+//! ```text
+//!  N certificates (deterministic serials) ──import──▶ worklist (SQLite) ──presign──▶ `good` responses
+//!        │                                            (the issued fleet; untimed)
+//!        ▼ revoke all (one worklist update)
+//!  refresh_once ──SignBatch──▶ gateway ──▶ `revoked` responses        ◀── timed: the drill
+//!        ▼
+//!  verify every serial: stored, parses as an OCSPResponse whose SingleResponses are all
+//!  `revoked` (x509-ocsp, not the store's status column); a sample of signatures checked with
+//!  RustCrypto against the gateway's public key
+//! ```
+//!
+//! The work lives in `--dir` (the OCSP store, the issuer certificate, `drill-state.json`): run
+//! the same command again after an interruption and it resumes. The worklist is the
+//! pre-signer's own (`ocsp::presigner`): a response is marked published in the transaction that
+//! stores it, so what was stored is never signed again and what was not is still due. Phases
+//! already done are recorded in the state file and skipped.
+//!
+//! The reference rate is the gateway's own `SignBatch` rate, measured in the same run by
+//! `hsm-bench sign --mode batch` against the same gateway, just before the timed phase.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Args;
+use der07::{Decode, Encode};
+use hsmgate_signer_api::v1::GetPublicKeyRequest;
+use ocsp::model::{CertStatus, IssuerName, Serial};
+use ocsp::presigner::{Presigner, PresignerMetrics, unix_now};
+use ocsp::store::ResponseStore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::gateway::{self, SpawnedGateway};
+use crate::grpc_load;
+use crate::progress;
+
+/// `hsm-bench drill` options.
+#[derive(Args, Debug)]
+pub struct DrillArgs {
+    /// The gateway configuration: spawned with it (unless `--gateway`), and read for nothing
+    /// else.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// The gateway key that signs the drill issuer's OCSP responses.
+    #[arg(long)]
+    pub key: String,
+    /// Use a running gateway at this URL instead of spawning one.
+    #[arg(long)]
+    pub gateway: Option<String>,
+    /// The `signer` binary to spawn (default: beside hsm-bench).
+    #[arg(long)]
+    pub signer: Option<PathBuf>,
+    /// The working directory (store, issuer certificate, state); kept for resuming.
+    #[arg(long, default_value = "hsm-bench-drill")]
+    pub dir: PathBuf,
+    /// Certificates in the fleet.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub count: u64,
+    /// Responses per `SignBatch` call.
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
+    /// Seconds of the `SignBatch` reference measurement.
+    #[arg(long, default_value_t = 5)]
+    pub signbatch_seconds: u64,
+    /// Fleet size for the projection.
+    #[arg(long, default_value_t = 200_000_000)]
+    pub fleet: u64,
+    /// CRLReason of the revocations (RFC 5280 §5.3.1; 4 = superseded).
+    #[arg(long, default_value_t = 4)]
+    pub reason: u8,
+    /// Signatures verified with RustCrypto (a random sample; all statuses are checked).
+    #[arg(long, default_value_t = 1000)]
+    pub verify_sample: usize,
+    /// Write the report as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the re-signing rate over time as an SVG chart.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+/// The name of the drill's issuer in the OCSP configuration.
+const ISSUER: &str = "drill";
+/// Rows per worklist transaction while importing and revoking.
+const WRITE_CHUNK: usize = 10_000;
+/// How often the re-signing rate is sampled.
+const SAMPLE_EVERY: Duration = Duration::from_millis(250);
+
+/// What survives an interruption: the phases done.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    count: u64,
+    /// The fleet was imported and every certificate has its `good` response.
+    issued: bool,
+    /// When the revocation was recorded (Unix seconds), once it was.
+    revoked_at: Option<i64>,
+}
+
+/// The drill's report (`--json`).
+#[derive(Debug, Serialize)]
+pub struct DrillReport {
+    pub tool: String,
+    pub count: u64,
+    pub key: String,
+    pub gateway: String,
+    pub batch: usize,
+    /// Responses re-signed by this run (fewer than `count` when resuming).
+    pub resigned: u64,
+    pub resumed: bool,
+    pub seconds: f64,
+    pub responses_per_s: f64,
+    pub signbatch_per_s: f64,
+    pub ratio_to_signbatch: f64,
+    pub verified_revoked: u64,
+    pub missing: u64,
+    pub not_revoked: u64,
+    pub signatures_checked: u64,
+    pub signatures_bad: u64,
+    pub fleet: u64,
+    /// Hours to revoke the fleet and re-sign its responses at the measured rate (none when
+    /// this run had nothing left to re-sign).
+    pub fleet_revocation_hours: Option<f64>,
+    /// Hours for the revocations plus a new certificate and its OCSP response per certificate
+    /// (two more signatures each, at the `SignBatch` rate).
+    pub fleet_replacement_hours: Option<f64>,
+    /// Responses re-signed per second, per sample interval.
+    pub timeline: Vec<(f64, f64)>,
+}
+
+/// Runs the drill.
+pub fn run(args: DrillArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let report = runtime.block_on(drill(&args))?;
+    print_summary(&report);
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.plot {
+        plot(&report, path)?;
+    }
+    if report.missing > 0 || report.not_revoked > 0 || report.signatures_bad > 0 {
+        bail!(
+            "the drill lost responses: {} missing, {} not revoked, {} bad signatures",
+            report.missing,
+            report.not_revoked,
+            report.signatures_bad
+        );
+    }
+    Ok(())
+}
+
+async fn drill(args: &DrillArgs) -> Result<DrillReport> {
+    if args.count == 0 || args.batch == 0 {
+        bail!("--count and --batch must be at least 1");
+    }
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
+    let dir = args.dir.canonicalize()?;
+    let mut spawned = None;
+    let url = match &args.gateway {
+        Some(url) => url.clone(),
+        None => {
+            let signer = match &args.signer {
+                Some(p) => p.clone(),
+                None => gateway::default_signer()?,
+            };
+            let g = SpawnedGateway::spawn(&signer, &args.config, &dir.join("signer.log"), &[])?;
+            let url = g.url();
+            spawned = Some(g);
+            url
+        }
+    };
+    let result = drill_against(args, &dir, &url).await;
+    if let Some(mut g) = spawned {
+        g.stop();
+    }
+    result
+}
+
+async fn drill_against(args: &DrillArgs, dir: &Path, url: &str) -> Result<DrillReport> {
+    let mut client = grpc_load::connect(url).await?;
+    gateway::wait_for_key(&mut client, &args.key, Duration::from_secs(30)).await?;
+    let spki = client
+        .get_public_key(GetPublicKeyRequest {
+            key: args.key.clone(),
+        })
+        .await
+        .map_err(|s| anyhow!("GetPublicKey: {s}"))?
+        .into_inner()
+        .spki_der;
+
+    let state_path = dir.join("drill-state.json");
+    let mut state: State = match std::fs::read(&state_path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not a drill state", state_path.display()))?,
+        Err(_) => State {
+            count: args.count,
+            ..State::default()
+        },
+    };
+    if state.count != args.count {
+        bail!(
+            "{} holds a drill of {} certificates, not {}: use another --dir",
+            dir.display(),
+            state.count,
+            args.count
+        );
+    }
+    let save = |state: &State| -> Result<()> {
+        std::fs::write(&state_path, serde_json::to_vec_pretty(state)?)
+            .with_context(|| format!("writing {}", state_path.display()))
+    };
+
+    let issuer_pem = dir.join("issuer.pem");
+    if !issuer_pem.exists() {
+        issuer_certificate(url, &args.key, &issuer_pem)?;
+    }
+    let config_path = dir.join("ocsp.toml");
+    std::fs::write(&config_path, ocsp_config(url, &args.key, args.batch))?;
+    let config = ocsp::config::Config::load(&config_path).map_err(|e| anyhow!("{e}"))?;
+    let metrics = PresignerMetrics::default();
+    let presigner = Presigner::from_config(&config, metrics.clone())
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    let issuer = IssuerName(ISSUER.into());
+    let serials: Vec<Serial> = (0..args.count).map(serial).collect();
+
+    if !state.issued {
+        eprintln!(
+            "issuing: {} certificates and their `good` responses",
+            args.count
+        );
+        for chunk in serials.chunks(WRITE_CHUNK) {
+            let items = chunk
+                .iter()
+                .map(|s| (issuer.clone(), s.clone(), CertStatus::Good))
+                .collect();
+            presigner
+                .store()
+                .upsert_certificates(items)
+                .await
+                .map_err(|e| anyhow!("{e}"))?;
+        }
+        presigner
+            .refresh_once(unix_now())
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        state.issued = true;
+        save(&state)?;
+    }
+
+    eprintln!(
+        "reference: SignBatch for {} s against the same gateway",
+        args.signbatch_seconds
+    );
+    let signbatch_per_s = signbatch_rate(args, url, dir)?;
+
+    let resumed = state.revoked_at.is_some();
+    let revoked_at = match state.revoked_at {
+        Some(t) => t,
+        None => {
+            let at = unix_now();
+            eprintln!("revoking all {} certificates", args.count);
+            let status = CertStatus::Revoked {
+                at,
+                reason: Some(args.reason),
+            };
+            for chunk in serials.chunks(WRITE_CHUNK) {
+                let items = chunk
+                    .iter()
+                    .map(|s| (issuer.clone(), s.clone(), status))
+                    .collect();
+                presigner
+                    .store()
+                    .upsert_certificates(items)
+                    .await
+                    .map_err(|e| anyhow!("{e}"))?;
+            }
+            state.revoked_at = Some(at);
+            save(&state)?;
+            at
+        }
+    };
+
+    let pending = presigner
+        .store()
+        .backlog(unix_now(), 0)
+        .await
+        .map_err(|e| anyhow!("{e}"))?
+        .revocations_pending;
+    eprintln!("re-signing {pending} revoked responses (revoked at {revoked_at})");
+    let bar = progress::count_bar(pending, "re-signed");
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let metrics = metrics.clone();
+        let done = done.clone();
+        let bar = bar.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let first = metrics.signed_total();
+            let mut last = (0.0, first);
+            let mut timeline = Vec::new();
+            while !done.load(Ordering::Relaxed) {
+                tokio::time::sleep(SAMPLE_EVERY).await;
+                let t = start.elapsed().as_secs_f64();
+                let n = metrics.signed_total();
+                timeline.push((t, (n - last.1) as f64 / (t - last.0).max(1e-9)));
+                last = (t, n);
+                bar.set_position(n - first);
+            }
+            timeline
+        })
+    };
+    let signed_before = metrics.signed_total();
+    let started = Instant::now();
+    let result = presigner.refresh_once(unix_now()).await;
+    let seconds = started.elapsed().as_secs_f64();
+    done.store(true, Ordering::Relaxed);
+    let timeline = sampler.await.unwrap_or_default();
+    bar.finish_and_clear();
+    result.map_err(|e| anyhow!("re-signing: {e}"))?;
+    let resigned = metrics.signed_total() - signed_before;
+
+    eprintln!("verifying {} responses", args.count);
+    let check = verify(&presigner, &issuer, &serials, &spki, args.verify_sample).await?;
+
+    let responses_per_s = resigned as f64 / seconds.max(1e-9);
+    let fleet = args.fleet as f64;
+    let measured = resigned > 0 && signbatch_per_s > 0.0;
+    Ok(DrillReport {
+        tool: format!("hsm-bench {}", env!("CARGO_PKG_VERSION")),
+        count: args.count,
+        key: args.key.clone(),
+        gateway: url.to_owned(),
+        batch: args.batch,
+        resigned,
+        resumed,
+        seconds,
+        responses_per_s,
+        signbatch_per_s,
+        ratio_to_signbatch: responses_per_s / signbatch_per_s.max(1e-9),
+        verified_revoked: check.revoked,
+        missing: check.missing,
+        not_revoked: check.not_revoked,
+        signatures_checked: check.signatures_checked,
+        signatures_bad: check.signatures_bad,
+        fleet: args.fleet,
+        fleet_revocation_hours: measured.then(|| fleet / responses_per_s / 3600.0),
+        fleet_replacement_hours: measured
+            .then(|| (fleet / responses_per_s + 2.0 * fleet / signbatch_per_s) / 3600.0),
+        timeline,
+    })
+}
+
+/// Serial `i` of the drill's fleet: 16 bytes derived from `i` (so a resumed run finds the same
+/// ones without a list), positive.
+fn serial(i: u64) -> Serial {
+    let digest = Sha256::new()
+        .chain_update(b"hsmgate drill serial")
+        .chain_update(i.to_be_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    bytes[0] = (bytes[0] & 0x7f).max(1);
+    Serial::from_be_bytes(&bytes)
+}
+
+/// The OCSP service configuration of the drill (relative paths resolve against `--dir`).
+fn ocsp_config(gateway: &str, key: &str, batch: usize) -> String {
+    format!(
+        "# Written by hsm-bench drill.\n\
+         [responder]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[issuers]]\nname = \"{ISSUER}\"\ncertificate = \"issuer.pem\"\nsigning_key = \"{key}\"\n\n\
+         [store]\nkind = \"sqlite\"\npath = \"ocsp.sqlite\"\n\n\
+         [presigner]\ngateway = \"{gateway}\"\nvalidity_hours = 96\nrefresh_after_hours = 48\n\
+         batch = {batch}\ninterval_secs = 1\n"
+    )
+}
+
+/// A binary built beside hsm-bench.
+fn sibling(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe
+        .parent()
+        .ok_or_else(|| anyhow!("hsm-bench has no directory"))?
+        .join(name);
+    if !path.is_file() {
+        bail!(
+            "no {name} beside hsm-bench at {} (cargo build --release -p ocsp -p hsm-bench)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// The drill issuer's certificate, made through the gateway by `hsmgate-ocsp issuer-cert`.
+fn issuer_certificate(gateway: &str, key: &str, out: &Path) -> Result<()> {
+    let output = Command::new(sibling("hsmgate-ocsp")?)
+        .args(["issuer-cert", "--gateway", gateway, "--key", key])
+        .args(["--subject", "CN=hsmgate drill CA,O=hsmgate", "--days", "30"])
+        .arg("--out")
+        .arg(out)
+        .output()
+        .context("running hsmgate-ocsp issuer-cert")?;
+    if !output.status.success() {
+        bail!(
+            "hsmgate-ocsp issuer-cert failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The gateway's `SignBatch` rate (median signatures/s), by `hsm-bench sign --mode batch`.
+fn signbatch_rate(args: &DrillArgs, gateway: &str, dir: &Path) -> Result<f64> {
+    let json = dir.join("signbatch.json");
+    let output = Command::new(std::env::current_exe()?)
+        .arg("sign")
+        .arg("--config")
+        .arg(&args.config)
+        .args(["--key", &args.key, "--mode", "batch", "--gateway", gateway])
+        .args(["--batch", &args.batch.to_string(), "--rounds", "1"])
+        .args(["--duration", &format!("{}s", args.signbatch_seconds)])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .context("running hsm-bench sign")?;
+    if !output.status.success() {
+        bail!(
+            "hsm-bench sign failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json)?)?;
+    report["modes"][0]["median_signatures_per_s"]
+        .as_f64()
+        .ok_or_else(|| anyhow!("no SignBatch rate in {}", json.display()))
+}
+
+#[derive(Default)]
+struct Check {
+    revoked: u64,
+    missing: u64,
+    not_revoked: u64,
+    signatures_checked: u64,
+    signatures_bad: u64,
+}
+
+/// Reads every serial's stored response and checks, from its DER, that it is a successful
+/// OCSPResponse for that serial whose every SingleResponse says `revoked`; verifies the
+/// signature of every `len / sample`-th one with RustCrypto (P-256 keys).
+async fn verify(
+    presigner: &Presigner,
+    issuer: &IssuerName,
+    serials: &[Serial],
+    spki: &[u8],
+    sample: usize,
+) -> Result<Check> {
+    use p256::ecdsa::signature::Verifier;
+    use p256::pkcs8::DecodePublicKey;
+    let key = p256::ecdsa::VerifyingKey::from_public_key_der(spki).ok();
+    if key.is_none() {
+        eprintln!("note: the key is not P-256; signatures are not sampled");
+    }
+    let every = (serials.len() / sample.max(1)).max(1);
+    let mut check = Check::default();
+    for (i, serial) in serials.iter().enumerate() {
+        let Some(stored) = presigner
+            .store()
+            .get(issuer, serial)
+            .await
+            .map_err(|e| anyhow!("{e}"))?
+        else {
+            check.missing += 1;
+            continue;
+        };
+        let parsed = parse(&stored.der, serial);
+        let Ok((all_revoked, tbs, signature)) = parsed else {
+            check.not_revoked += 1;
+            continue;
+        };
+        if all_revoked {
+            check.revoked += 1;
+        } else {
+            check.not_revoked += 1;
+        }
+        if let Some(key) = &key
+            && i % every == 0
+        {
+            check.signatures_checked += 1;
+            let ok = p256::ecdsa::Signature::from_der(&signature)
+                .is_ok_and(|sig| key.verify(&tbs, &sig).is_ok());
+            if !ok {
+                check.signatures_bad += 1;
+            }
+        }
+    }
+    Ok(check)
+}
+
+/// (every SingleResponse revoked and for `serial`, tbsResponseData DER, signature).
+fn parse(der: &[u8], serial: &Serial) -> Result<(bool, Vec<u8>, Vec<u8>)> {
+    use x509_ocsp::{BasicOcspResponse, OcspResponse, OcspResponseStatus};
+    let response = OcspResponse::from_der(der)?;
+    if response.response_status != OcspResponseStatus::Successful {
+        bail!("not successful");
+    }
+    let bytes = response
+        .response_bytes
+        .ok_or_else(|| anyhow!("no responseBytes"))?;
+    let basic = BasicOcspResponse::from_der(bytes.response.as_bytes())?;
+    let singles = &basic.tbs_response_data.responses;
+    let all_revoked = !singles.is_empty()
+        && singles.iter().all(|s| {
+            matches!(s.cert_status, x509_ocsp::CertStatus::Revoked(_))
+                && Serial::from_be_bytes(s.cert_id.serial_number.as_bytes()) == *serial
+        });
+    Ok((
+        all_revoked,
+        basic.tbs_response_data.to_der()?,
+        basic.signature.raw_bytes().to_vec(),
+    ))
+}
+
+fn print_summary(r: &DrillReport) {
+    println!(
+        "mass-revocation drill: {} certificates, key {}",
+        r.count, r.key
+    );
+    println!("| figure | value |\n|---|---:|");
+    println!(
+        "| revoked responses re-signed (this run) | {}{} |",
+        r.resigned,
+        if r.resumed { " (resumed)" } else { "" }
+    );
+    println!("| wall time | {:.1} s |", r.seconds);
+    println!("| re-signing rate | {:.0} responses/s |", r.responses_per_s);
+    println!(
+        "| gateway SignBatch (same run) | {:.0} signatures/s |",
+        r.signbatch_per_s
+    );
+    println!("| ratio | {:.2} |", r.ratio_to_signbatch);
+    println!(
+        "| verified revoked / missing / not revoked | {} / {} / {} |",
+        r.verified_revoked, r.missing, r.not_revoked
+    );
+    println!(
+        "| signatures checked (RustCrypto) / bad | {} / {} |",
+        r.signatures_checked, r.signatures_bad
+    );
+    match (r.fleet_revocation_hours, r.fleet_replacement_hours) {
+        (Some(revocations), Some(replacement)) => println!(
+            "\n{} M certificates: {revocations:.1} h for the revocations, {replacement:.1} h for \
+             revocations + new certificates + their OCSP responses, with this HSM pair.",
+            r.fleet / 1_000_000
+        ),
+        _ => println!("\nNothing was left to re-sign: no projection from this run."),
+    }
+}
+
+fn plot(r: &DrillReport, path: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (1000, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("plotting: {e}"))?;
+    crate::plot::xy_panel(
+        &root,
+        &format!(
+            "mass-revocation drill: {} responses re-signed, {:.0}/s",
+            r.resigned, r.responses_per_s
+        ),
+        "seconds",
+        "responses re-signed per second",
+        &[("re-signed/s".into(), r.timeline.clone())],
+        &[],
+        Some(r.signbatch_per_s),
+    )?;
+    root.present().map_err(|e| anyhow!("plotting: {e}"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn serials_are_stable_positive_and_distinct() {
+        let a: Vec<Serial> = (0..10_000).map(serial).collect();
+        let b: Vec<Serial> = (0..10_000).map(serial).collect();
+        assert_eq!(a, b);
+        let distinct: std::collections::HashSet<_> = a.iter().collect();
+        assert_eq!(distinct.len(), a.len());
+        assert!(
+            a.iter()
+                .all(|s| !s.as_bytes().is_empty() && s.as_bytes()[0] < 0x80)
+        );
+    }
+}

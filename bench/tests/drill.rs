@@ -1,0 +1,165 @@
+//! `hsm-bench drill` end to end, interrupted: a real gateway on SoftHSM2 tokens, the drill
+//! killed (SIGKILL, as a crash) while it re-signs the revoked responses, then run again on the
+//! same directory. What must hold: the second run resumes (it re-signs only what the first did
+//! not store), and afterwards every certificate's stored response parses as `revoked`, none is
+//! missing, and the sampled signatures verify.
+//!
+//! Needs the `signer`, `hsm-config` and `hsmgate-ocsp` binaries of this build
+//! (`cargo build --workspace`; `hsm-config/dev/test.sh` does it), `softhsm2`, `opensc` and
+//! `openssl`.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Certificates in the drill: enough that re-signing them takes seconds in a debug build.
+const COUNT: u64 = 30_000;
+
+fn built(name: &str) -> PathBuf {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_hsm-bench"));
+    let path = exe.parent().unwrap().join(name);
+    assert!(
+        path.is_file(),
+        "{} not built: run `cargo build --workspace`",
+        path.display()
+    );
+    path
+}
+
+/// The development configuration, with its tokens, PINs and port in `dir`.
+fn provision(dir: &Path) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let text = std::fs::read_to_string(root.join("hsm-config/examples/dev.toml")).unwrap();
+    let pins = dir.join("pins");
+    let text: String = text
+        .lines()
+        .map(|line| {
+            if line.starts_with("listen = ") {
+                "listen = \"127.0.0.1:0\"".to_owned()
+            } else if line.starts_with("metrics_listen") {
+                format!("# {line}")
+            } else {
+                line.replace("../../target/dev/pins/", &format!("{}/", pins.display()))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let config = dir.join("gateway.toml");
+    std::fs::write(&config, text).unwrap();
+    let out = Command::new(built("hsm-config"))
+        .arg("provision")
+        .arg(&config)
+        .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "provision: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    config
+}
+
+/// The gateway, and its gRPC URL once it printed READY.
+fn gateway(dir: &Path, config: &Path) -> (Child, String) {
+    let mut child = Command::new(built("signer"))
+        .arg("--config")
+        .arg(config)
+        .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("signer.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("grpc="))
+        .unwrap_or_else(|| panic!("no READY line from the gateway: {line:?}"))
+        .to_owned();
+    (child, format!("http://{addr}"))
+}
+
+fn drill(dir: &Path, config: &Path, url: &str, json: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hsm-bench"));
+    cmd.arg("drill")
+        .arg("--config")
+        .arg(config)
+        .args(["--key", "dev-p256", "--gateway", url])
+        .args(["--count", &COUNT.to_string(), "--signbatch-seconds", "1"])
+        .arg("--dir")
+        .arg(dir.join("work"))
+        .arg("--json")
+        .arg(json)
+        .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"));
+    cmd
+}
+
+#[test]
+fn an_interrupted_drill_resumes_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = provision(dir.path());
+    let (mut gateway, url) = gateway(dir.path(), &config);
+
+    // First run: killed 0.5 s into re-signing.
+    let first_json = dir.path().join("first.json");
+    let mut first = drill(dir.path(), &config, &url, &first_json)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(first.stderr.take().unwrap());
+    let started = Instant::now();
+    let mut resigning = false;
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        if line.starts_with("re-signing") {
+            resigning = true;
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no re-signing phase"
+        );
+    }
+    assert!(resigning, "the drill ended before re-signing");
+    std::thread::sleep(Duration::from_millis(500));
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(
+        !first_json.exists(),
+        "the first run finished before it was killed: nothing was interrupted"
+    );
+
+    // Second run: resumes.
+    let second_json = dir.path().join("second.json");
+    let out = drill(dir.path(), &config, &url, &second_json)
+        .output()
+        .unwrap();
+    gateway.kill().unwrap();
+    gateway.wait().unwrap();
+    assert!(
+        out.status.success(),
+        "second run: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&second_json).unwrap()).unwrap();
+    assert_eq!(report["resumed"], true);
+    let resigned = report["resigned"].as_u64().unwrap();
+    assert!(
+        resigned < COUNT,
+        "the second run re-signed {resigned} of {COUNT}: the first run's work was lost"
+    );
+    assert_eq!(report["verified_revoked"].as_u64().unwrap(), COUNT);
+    assert_eq!(report["missing"].as_u64().unwrap(), 0);
+    assert_eq!(report["not_revoked"].as_u64().unwrap(), 0);
+    assert!(report["signatures_checked"].as_u64().unwrap() >= 1000);
+    assert_eq!(report["signatures_bad"].as_u64().unwrap(), 0);
+}
