@@ -94,6 +94,13 @@ pub struct Presigner {
     pub batch: usize,
     /// How often the refresh loop looks for due responses.
     pub interval_secs: u64,
+    /// mTLS to the gateway (PEM files, relative to this file): the CA of the gateway's
+    /// certificate, and this client's certificate and key. All three or none; none falls back
+    /// to `HSMGATE_TLS_CA` / `_CERT` / `_KEY`, and without those the connection is plain text
+    /// (a test gateway with `insecure_plaintext`).
+    pub gateway_ca: Option<PathBuf>,
+    pub gateway_cert: Option<PathBuf>,
+    pub gateway_key: Option<PathBuf>,
 }
 
 impl Default for Presigner {
@@ -104,6 +111,9 @@ impl Default for Presigner {
             refresh_after_hours: 48,
             batch: 256,
             interval_secs: 60,
+            gateway_ca: None,
+            gateway_cert: None,
+            gateway_key: None,
         }
     }
 }
@@ -152,6 +162,16 @@ impl Config {
         if p.refresh_after_hours == 0 {
             errors.push("presigner.refresh_after_hours: must be at least 1".into());
         }
+        let tls_set = [&p.gateway_ca, &p.gateway_cert, &p.gateway_key]
+            .iter()
+            .filter(|f| f.is_some())
+            .count();
+        if tls_set != 0 && tls_set != 3 {
+            errors.push(
+                "presigner.gateway_cert: set gateway_ca, gateway_cert and gateway_key together"
+                    .into(),
+            );
+        }
         if !(1..=10_000).contains(&p.batch) {
             errors.push("presigner.batch: must be between 1 and 10000".into());
         }
@@ -178,5 +198,18 @@ impl Config {
 
     pub fn resolve(&self, path: &Path) -> PathBuf {
         self.base_dir.join(path)
+    }
+
+    /// The pre-signer's mTLS files for the gateway: from this file, else the environment.
+    pub fn gateway_tls(&self) -> Option<hsmgate_signer_api::client::ClientTls> {
+        let p = &self.presigner;
+        match (&p.gateway_ca, &p.gateway_cert, &p.gateway_key) {
+            (Some(ca), Some(cert), Some(key)) => Some(hsmgate_signer_api::client::ClientTls::new(
+                self.resolve(ca),
+                self.resolve(cert),
+                self.resolve(key),
+            )),
+            _ => hsmgate_signer_api::client::ClientTls::from_env(),
+        }
     }
 }
