@@ -177,7 +177,7 @@ fn plain_text_is_an_explicit_loopback_only_choice() {
     assert!(!ok);
     assert!(out.contains("gateway.tls: required"), "{out}");
     // The opt-in off loopback.
-    let (ok, out) = check(&two.replace("listen = \"127.0.0.1:0\"", "listen = \"0.0.0.0:50051\""));
+    let (ok, out) = check(&two.replace("\nlisten = \"127.0.0.1:0\"", "\nlisten = \"0.0.0.0:50051\""));
     assert!(!ok);
     assert!(
         out.contains("gateway.insecure_plaintext: refused: gateway.listen `0.0.0.0:50051` is not a loopback address"),
@@ -191,13 +191,13 @@ fn plain_text_is_an_explicit_loopback_only_choice() {
     // TLS alone is fine on any address; the plain-text client then needs an identity.
     let (ok, out) = check(
         &two.replace(plain, tls)
-            .replace("listen = \"127.0.0.1:0\"", "listen = \"0.0.0.0:50051\""),
+            .replace("\nlisten = \"127.0.0.1:0\"", "\nlisten = \"0.0.0.0:50051\""),
     );
     assert!(!ok);
     assert!(out.contains("clients[0].subject: required"), "{out}");
     let (ok, out) = check(
         &two.replace(plain, tls)
-            .replace("listen = \"127.0.0.1:0\"", "listen = \"0.0.0.0:50051\"")
+            .replace("\nlisten = \"127.0.0.1:0\"", "\nlisten = \"0.0.0.0:50051\"")
             .replace("name = \"tests\"\n", "name = \"tests\"\nsubject = \"CN=tests\"\n"),
     );
     assert!(ok, "{out}");

@@ -17,7 +17,7 @@ use hsm_config::{Config, Error as ConfigError};
 )]
 struct Cli {
     /// The gateway's configuration (TOML). SIGHUP re-reads it.
-    #[arg(long, short, required_unless_present = "command")]
+    #[arg(long, short)]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,

@@ -43,13 +43,36 @@ limits = { signatures_per_sec = 1, burst = 5, max_concurrent = 4 }
 
 const NAMES: &[&str] = &["frontend", "ocsp", "stranger", "limited"];
 
-fn start(pki: &Pki, edit: impl FnOnce(String) -> String) -> Gateway {
+/// Starts a gateway with mTLS from `pki` and waits (over mTLS) until every HSM holds every key.
+async fn start(pki: &Pki, edit: impl FnOnce(String) -> String) -> Gateway {
     let text = edit(mtls_config(pki, CLIENTS)).replace(
         "name = \"ca-p256\"\nlabel = \"ca-p256\"\nalgorithm = \"ecdsa-p256\"\n",
         "name = \"ca-p256\"\nlabel = \"ca-p256\"\nalgorithm = \"ecdsa-p256\"\ncheck_payload = true\n",
     );
     assert!(text.contains("check_payload = true"), "two-dc.toml's ca-p256 changed");
-    Gateway::spawn(&text).unwrap_or_else(|e| panic!("gateway did not start: {e}"))
+    let gw = Gateway::spawn(&text).unwrap_or_else(|e| panic!("gateway did not start: {e}"));
+    let mut client = gw
+        .tls_client(&pki.client_tls("frontend"))
+        .await
+        .expect("connect over mTLS");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let keys = client
+            .list_keys(ListKeysRequest {})
+            .await
+            .expect("ListKeys")
+            .into_inner()
+            .keys;
+        if keys.iter().all(|k| k.hsms_available as usize == k.hsms.len()) {
+            return gw;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "HSMs not up: {keys:?}\n{}",
+            gw.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn with_payload<T>(message: T, payload: &str) -> tonic::Request<T> {
@@ -142,7 +165,7 @@ async fn refused(client: Result<SignerClient<Channel>, tonic::transport::Error>)
 async fn no_client_certificate_or_one_from_another_ca_is_refused_at_the_handshake() {
     let pki = Pki::new(NAMES);
     let other = Pki::new(&["frontend"]); // same subject, another CA
-    let gw = start(&pki, |t| t);
+    let gw = start(&pki, |t| t).await;
 
     // Control: a valid client certificate signs.
     let mut ok = gw
@@ -183,7 +206,7 @@ async fn no_client_certificate_or_one_from_another_ca_is_refused_at_the_handshak
 #[tokio::test]
 async fn grants_decide_and_every_refusal_is_audited() {
     let pki = Pki::new(NAMES);
-    let gw = start(&pki, |t| t);
+    let gw = start(&pki, |t| t).await;
     let mut frontend = gw.tls_client(&pki.client_tls("frontend")).await.expect("connect");
     let mut ocsp = gw.tls_client(&pki.client_tls("ocsp")).await.expect("connect");
     let mut stranger = gw.tls_client(&pki.client_tls("stranger")).await.expect("connect");
@@ -269,7 +292,7 @@ async fn grants_decide_and_every_refusal_is_audited() {
 #[tokio::test]
 async fn a_key_that_checks_payloads_signs_only_what_parses_as_declared() {
     let pki = Pki::new(NAMES);
-    let gw = start(&pki, |t| t);
+    let gw = start(&pki, |t| t).await;
     let mut frontend = gw.tls_client(&pki.client_tls("frontend")).await.expect("connect");
     let mut ocsp = gw.tls_client(&pki.client_tls("ocsp")).await.expect("connect");
     let tbs = tbs_certificate(&pki);
@@ -346,7 +369,7 @@ async fn a_key_that_checks_payloads_signs_only_what_parses_as_declared() {
 #[tokio::test]
 async fn a_client_over_its_rate_is_limited_and_others_are_not() {
     let pki = Pki::new(NAMES);
-    let gw = start(&pki, |t| t);
+    let gw = start(&pki, |t| t).await;
     let mut limited = gw.tls_client(&pki.client_tls("limited")).await.expect("connect");
     let mut frontend = gw.tls_client(&pki.client_tls("frontend")).await.expect("connect");
     // Burst of 5, then 1/s.
@@ -390,7 +413,10 @@ async fn a_client_over_its_rate_is_limited_and_others_are_not() {
 #[tokio::test]
 async fn a_hand_edited_audit_log_is_named_by_audit_verify() {
     let pki = Pki::new(NAMES);
-    let mut gw = start(&pki, |t| t.replace("dir = \"audit\"", "dir = \"audit\"\nmax_file_bytes = 4096"));
+    let mut gw = start(&pki, |t| {
+        t.replace("dir = \"audit\"", "dir = \"audit\"\nmax_file_bytes = 4096")
+    })
+    .await;
     let mut frontend = gw.tls_client(&pki.client_tls("frontend")).await.expect("connect");
     for n in 0..12 {
         frontend
@@ -447,7 +473,10 @@ async fn a_hand_edited_audit_log_is_named_by_audit_verify() {
 #[tokio::test]
 async fn losing_the_audit_sink_stops_signing_until_it_is_back() {
     let pki = Pki::new(NAMES);
-    let gw = start(&pki, |t| t.replace("dir = \"audit\"", "dir = \"audit\"\nmax_file_bytes = 4096"));
+    let gw = start(&pki, |t| {
+        t.replace("dir = \"audit\"", "dir = \"audit\"\nmax_file_bytes = 4096")
+    })
+    .await;
     let mut frontend = gw.tls_client(&pki.client_tls("frontend")).await.expect("connect");
     frontend
         .sign(digest_request("ca-p384", digest_for(1, 48)))
@@ -487,7 +516,7 @@ async fn the_pin_appears_in_no_log_audit_record_or_metric() {
     let pin = pin.trim();
     assert!(pin.len() >= 4, "the PIN is long enough to grep for");
     // A full run: every kind of outcome, a reload, a drain.
-    let mut gw = start(&pki, |t| t);
+    let mut gw = start(&pki, |t| t).await;
     let mut frontend = gw.tls_client(&pki.client_tls("frontend")).await.expect("connect");
     let mut stranger = gw.tls_client(&pki.client_tls("stranger")).await.expect("connect");
     frontend
