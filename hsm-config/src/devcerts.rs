@@ -63,8 +63,8 @@ pub fn ensure(dir: &Path, clients: &[&str]) -> Result<Report, Error> {
     // feature, which would pull another ASN.1 stack into the tree).
     let params = ca_params().map_err(|e| fail("CA", &e))?;
     let issuer = if ca_pem.exists() && ca_key.exists() {
-        let key_pem =
-            std::fs::read_to_string(&ca_key).map_err(|e| fail(&ca_key.display().to_string(), &e))?;
+        let key_pem = std::fs::read_to_string(&ca_key)
+            .map_err(|e| fail(&ca_key.display().to_string(), &e))?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| fail("ca.key", &e))?;
         Issuer::new(params, key)
     } else {
@@ -87,14 +87,19 @@ pub fn ensure(dir: &Path, clients: &[&str]) -> Result<Report, Error> {
         Ok::<_, Error>((cert.pem(), key.serialize_pem()))
     };
 
-    let mut wanted: Vec<(String, PathBuf, PathBuf, Vec<String>, ExtendedKeyUsagePurpose)> =
-        vec![(
-            "hsmgate dev gateway".to_owned(),
-            dir.join("server.pem"),
-            dir.join("server.key"),
-            vec!["127.0.0.1".into(), "::1".into(), "localhost".into()],
-            ExtendedKeyUsagePurpose::ServerAuth,
-        )];
+    let mut wanted: Vec<(
+        String,
+        PathBuf,
+        PathBuf,
+        Vec<String>,
+        ExtendedKeyUsagePurpose,
+    )> = vec![(
+        "hsmgate dev gateway".to_owned(),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+        vec!["127.0.0.1".into(), "::1".into(), "localhost".into()],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    )];
     for client in clients {
         let (cert, key) = client_files(dir, client);
         wanted.push((
@@ -166,6 +171,9 @@ mod tests {
         let ca_before = std::fs::read(dir.path().join("ca.pem")).expect("ca");
         let second = ensure(dir.path(), &["alpha", "beta", "gamma"]).expect("again");
         assert_eq!(second.created.len(), 2, "{:?}", second.created);
-        assert_eq!(std::fs::read(dir.path().join("ca.pem")).expect("ca"), ca_before);
+        assert_eq!(
+            std::fs::read(dir.path().join("ca.pem")).expect("ca"),
+            ca_before
+        );
     }
 }

@@ -189,7 +189,10 @@ pub(crate) fn validate(config: &Config) -> Vec<FieldError> {
                 ("client_ca", &tls.client_ca),
             ] {
                 if p.as_os_str().is_empty() {
-                    err(format!("gateway.tls.{field}"), "must be the path of a PEM file");
+                    err(
+                        format!("gateway.tls.{field}"),
+                        "must be the path of a PEM file",
+                    );
                 }
             }
         }

@@ -201,8 +201,7 @@ impl AuditLog {
             Ok(r) => r.map_err(Error::Audit),
             Err(_) => Err(Error::Audit("the audit writer has stopped".into())),
         };
-        self.metrics
-            .audit(result.is_ok(), started.elapsed());
+        self.metrics.audit(result.is_ok(), started.elapsed());
         result
     }
 }
@@ -250,7 +249,10 @@ impl Writer {
     }
 
     /// Writes the records and syncs; the chain head moves only if everything reached the disk.
-    fn write_group<'a>(&mut self, records: impl Iterator<Item = &'a Record>) -> Result<u64, String> {
+    fn write_group<'a>(
+        &mut self,
+        records: impl Iterator<Item = &'a Record>,
+    ) -> Result<u64, String> {
         if !self.recovered {
             self.recover()?;
         }
@@ -281,7 +283,9 @@ impl Writer {
             text.push_str(&hash);
             text.push_str("\"}\n");
             let pending = self.size + buf.len() as u64;
-            if self.file.is_none() || (pending > 0 && pending + text.len() as u64 > self.max_file_bytes) {
+            if self.file.is_none()
+                || (pending > 0 && pending + text.len() as u64 > self.max_file_bytes)
+            {
                 self.flush(&mut buf)?;
                 self.rotate(seq)?;
             }
@@ -503,7 +507,11 @@ pub fn verify(dir: &Path) -> Result<Verification, Error> {
         };
         if !text.is_empty() && !text.ends_with(b"\n") {
             let n = text.iter().filter(|&&b| b == b'\n').count() + 1;
-            v.broken = Some(broken(n, None, "the last record is torn (no newline)".into()));
+            v.broken = Some(broken(
+                n,
+                None,
+                "the last record is torn (no newline)".into(),
+            ));
             return Ok(v);
         }
         for (i, raw) in text.split(|&b| b == b'\n').enumerate() {
@@ -623,12 +631,18 @@ mod tests {
 
     #[test]
     fn dates_are_rfc3339() {
-        assert_eq!(rfc3339(Duration::from_millis(0)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339(Duration::from_millis(0)),
+            "1970-01-01T00:00:00.000Z"
+        );
         assert_eq!(
             rfc3339(Duration::from_millis(1_795_789_871_123)),
             "2026-11-27T14:31:11.123Z"
         );
-        assert_eq!(rfc3339(Duration::from_secs(951_782_400)), "2000-02-29T00:00:00.000Z");
+        assert_eq!(
+            rfc3339(Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00.000Z"
+        );
     }
 
     #[test]
@@ -672,7 +686,10 @@ mod tests {
             .map(|(_, l)| format!("{l}\n"))
             .collect();
         std::fs::write(&path, without).expect("write");
-        let b = verify(dir.path()).expect("verify").broken.expect("removal found");
+        let b = verify(dir.path())
+            .expect("verify")
+            .broken
+            .expect("removal found");
         assert_eq!((b.line, b.seq), (3, Some(4)), "{b}");
     }
 

@@ -174,7 +174,11 @@ impl Clients {
                 }
             }
             let l = &c.limits;
-            metrics.set_client_limit(&c.name, "signatures_per_sec", l.signatures_per_sec.unwrap_or(0));
+            metrics.set_client_limit(
+                &c.name,
+                "signatures_per_sec",
+                l.signatures_per_sec.unwrap_or(0),
+            );
             let burst = l.burst.or(l.signatures_per_sec);
             metrics.set_client_limit(&c.name, "burst", burst.unwrap_or(0));
             metrics.set_client_limit(&c.name, "max_concurrent", l.max_concurrent.unwrap_or(0));

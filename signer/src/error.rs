@@ -112,9 +112,7 @@ impl Error {
             | Error::Tls { .. }
             | Error::Pkcs11 { .. }
             | Error::Hsm { .. }
-            | Error::Io(_) => {
-                Status::new(Code::Internal, "internal error")
-            }
+            | Error::Io(_) => Status::new(Code::Internal, "internal error"),
         }
     }
 }

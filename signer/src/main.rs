@@ -49,10 +49,7 @@ fn audit_verify(dir: &std::path::Path) -> ExitCode {
         }
         Ok(v) => match &v.broken {
             Some(b) => {
-                println!(
-                    "BROKEN: {b} ({} records before it verified)",
-                    v.records
-                );
+                println!("BROKEN: {b} ({} records before it verified)", v.records);
                 ExitCode::FAILURE
             }
             None if v.records == 0 => {
@@ -93,9 +90,12 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let config_path = match (cli.command, cli.config) {
-        (Some(Command::Audit {
-            command: AuditCommand::Verify { dir },
-        }), _) => return audit_verify(&dir),
+        (
+            Some(Command::Audit {
+                command: AuditCommand::Verify { dir },
+            }),
+            _,
+        ) => return audit_verify(&dir),
         (None, Some(path)) => path,
         (None, None) => {
             eprintln!("--config FILE is required");

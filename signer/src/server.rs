@@ -214,9 +214,17 @@ fn server_tls(config: &Config) -> Result<Option<tonic::transport::ServerTlsConfi
     let key = zeroize::Zeroizing::new(read("gateway.tls.key", &tls.key)?);
     let ca = read("gateway.tls.client_ca", &tls.client_ca)?;
     for (field, pem, marker) in [
-        ("gateway.tls.cert", &cert, &b"-----BEGIN CERTIFICATE-----"[..]),
+        (
+            "gateway.tls.cert",
+            &cert,
+            &b"-----BEGIN CERTIFICATE-----"[..],
+        ),
         ("gateway.tls.key", &*key, &b"PRIVATE KEY-----"[..]),
-        ("gateway.tls.client_ca", &ca, &b"-----BEGIN CERTIFICATE-----"[..]),
+        (
+            "gateway.tls.client_ca",
+            &ca,
+            &b"-----BEGIN CERTIFICATE-----"[..],
+        ),
     ] {
         if !pem.windows(marker.len()).any(|w| w == marker) {
             return Err(Error::Tls {

@@ -117,7 +117,14 @@ impl SignerService {
             ..audit::Record::default()
         };
         let result = self
-            .checked_sign(&router, &caller, info.payload, requests, info.deadline, batch)
+            .checked_sign(
+                &router,
+                &caller,
+                info.payload,
+                requests,
+                info.deadline,
+                batch,
+            )
             .await;
         let (code, signatures) = match &result {
             Ok(signed) => {
@@ -145,7 +152,11 @@ impl SignerService {
                 Err(e)
             }
             (Err(e), result) => {
-                tracing::error!(client = caller.name(), method, "no audit record for this call: {e}");
+                tracing::error!(
+                    client = caller.name(),
+                    method,
+                    "no audit record for this call: {e}"
+                );
                 result
             }
         };

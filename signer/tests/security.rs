@@ -49,7 +49,10 @@ async fn start(pki: &Pki, edit: impl FnOnce(String) -> String) -> Gateway {
         "name = \"ca-p256\"\nlabel = \"ca-p256\"\nalgorithm = \"ecdsa-p256\"\n",
         "name = \"ca-p256\"\nlabel = \"ca-p256\"\nalgorithm = \"ecdsa-p256\"\ncheck_payload = true\n",
     );
-    assert!(text.contains("check_payload = true"), "two-dc.toml's ca-p256 changed");
+    assert!(
+        text.contains("check_payload = true"),
+        "two-dc.toml's ca-p256 changed"
+    );
     let gw = Gateway::spawn(&text).unwrap_or_else(|e| panic!("gateway did not start: {e}"));
     let mut client = gw
         .tls_client(&pki.client_tls("frontend"))
@@ -63,7 +66,10 @@ async fn start(pki: &Pki, edit: impl FnOnce(String) -> String) -> Gateway {
             .expect("ListKeys")
             .into_inner()
             .keys;
-        if keys.iter().all(|k| k.hsms_available as usize == k.hsms.len()) {
+        if keys
+            .iter()
+            .all(|k| k.hsms_available as usize == k.hsms.len())
+        {
             return gw;
         }
         assert!(
@@ -125,8 +131,7 @@ fn audit_verify(dir: &std::path::Path) -> (bool, String) {
         .expect("run signer audit verify");
     (
         out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
     )
 }
 
@@ -152,7 +157,10 @@ async fn refused(client: Result<SignerClient<Channel>, tonic::transport::Error>)
     match client {
         Err(e) => format!("connect failed: {e}"),
         Ok(mut c) => match c.sign(digest_request("ca-p384", digest_for(1, 48))).await {
-            Ok(r) => panic!("signed without a valid client certificate: {:?}", r.into_inner()),
+            Ok(r) => panic!(
+                "signed without a valid client certificate: {:?}",
+                r.into_inner()
+            ),
             Err(status) => {
                 assert_ne!(status.code(), Code::Ok);
                 format!("rpc failed: {status}")
@@ -179,10 +187,14 @@ async fn no_client_certificate_or_one_from_another_ca_is_refused_at_the_handshak
 
     // No client certificate (the server's CA is trusted, so only the client side is missing).
     let ca = std::fs::read(pki.path("ca.pem")).expect("ca");
-    let no_identity =
-        tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(&ca));
+    let no_identity = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&ca));
     let why = refused(raw_client(&gw, Some(no_identity), "https").await).await;
     eprintln!("no client certificate: {why}");
+    assert!(
+        why.contains("CertificateRequired"),
+        "refused by the TLS handshake: {why}"
+    );
 
     // A client certificate from another CA, with the very subject a client is granted under.
     let other_tls = other.client_tls("frontend");
@@ -194,6 +206,10 @@ async fn no_client_certificate_or_one_from_another_ca_is_refused_at_the_handshak
         ));
     let why = refused(raw_client(&gw, Some(foreign), "https").await).await;
     eprintln!("other CA: {why}");
+    assert!(
+        why.contains("fatal alert"),
+        "refused by the TLS handshake: {why}"
+    );
 
     // Plain text against the TLS listener.
     let why = refused(raw_client(&gw, None, "http").await).await;
@@ -207,9 +223,18 @@ async fn no_client_certificate_or_one_from_another_ca_is_refused_at_the_handshak
 async fn grants_decide_and_every_refusal_is_audited() {
     let pki = Pki::new(NAMES);
     let gw = start(&pki, |t| t).await;
-    let mut frontend = gw.tls_client(&pki.client_tls("frontend")).await.expect("connect");
-    let mut ocsp = gw.tls_client(&pki.client_tls("ocsp")).await.expect("connect");
-    let mut stranger = gw.tls_client(&pki.client_tls("stranger")).await.expect("connect");
+    let mut frontend = gw
+        .tls_client(&pki.client_tls("frontend"))
+        .await
+        .expect("connect");
+    let mut ocsp = gw
+        .tls_client(&pki.client_tls("ocsp"))
+        .await
+        .expect("connect");
+    let mut stranger = gw
+        .tls_client(&pki.client_tls("stranger"))
+        .await
+        .expect("connect");
 
     // A valid request: signature verified independently, and its audit record.
     let digest = digest_for(42, 48);
@@ -245,7 +270,12 @@ async fn grants_decide_and_every_refusal_is_audited() {
         .await
         .expect_err("ocsp has no grant on ca-p384");
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
-    assert!(err.message().contains("client `ocsp` may not sign-raw with key `ca-p384`"), "{}", err.message());
+    assert!(
+        err.message()
+            .contains("client `ocsp` may not sign-raw with key `ca-p384`"),
+        "{}",
+        err.message()
+    );
     let err = frontend
         .sign_batch(SignBatchRequest {
             requests: vec![
@@ -256,7 +286,11 @@ async fn grants_decide_and_every_refusal_is_audited() {
         .await
         .expect_err("frontend has no grant on west-only");
     assert_eq!(err.code(), Code::PermissionDenied);
-    assert!(err.message().starts_with("requests[1].key:"), "{}", err.message());
+    assert!(
+        err.message().starts_with("requests[1].key:"),
+        "{}",
+        err.message()
+    );
 
     // A certificate from the right CA that is no configured client may do nothing at all.
     let err = stranger
@@ -280,40 +314,71 @@ async fn grants_decide_and_every_refusal_is_audited() {
     assert_eq!(denied[1]["client"], "frontend");
     assert_eq!(denied[1]["items"].as_array().map(Vec::len), Some(2));
     assert_eq!(denied[2]["client"], "-");
-    assert!(denied[2]["identity"].as_str().is_some_and(|i| i.starts_with("CN=stranger")));
-    assert!(denied.iter().all(|r| r["hsms"].as_array().is_some_and(Vec::is_empty)));
+    assert!(
+        denied[2]["identity"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("CN=stranger"))
+    );
+    assert!(
+        denied
+            .iter()
+            .all(|r| r["hsms"].as_array().is_some_and(Vec::is_empty))
+    );
 
     // The chain verifies.
     let (ok, out) = audit_verify(&gw.audit_dir());
     assert!(ok, "{out}");
-    assert!(out.contains(&format!("OK: {} records", records.len())), "{out}");
+    assert!(
+        out.contains(&format!("OK: {} records", records.len())),
+        "{out}"
+    );
 }
 
 #[tokio::test]
 async fn a_key_that_checks_payloads_signs_only_what_parses_as_declared() {
     let pki = Pki::new(NAMES);
     let gw = start(&pki, |t| t).await;
-    let mut frontend = gw.tls_client(&pki.client_tls("frontend")).await.expect("connect");
-    let mut ocsp = gw.tls_client(&pki.client_tls("ocsp")).await.expect("connect");
+    let mut frontend = gw
+        .tls_client(&pki.client_tls("frontend"))
+        .await
+        .expect("connect");
+    let mut ocsp = gw
+        .tls_client(&pki.client_tls("ocsp"))
+        .await
+        .expect("connect");
     let tbs = tbs_certificate(&pki);
     let rd = ocsp_response_data();
 
     // The OCSP signer may sign an OCSP ResponseData...
     let resp = ocsp
-        .sign(with_payload(message("ca-p256", rd.clone()), PAYLOAD_OCSP_RESPONSE_DATA))
+        .sign(with_payload(
+            message("ca-p256", rd.clone()),
+            PAYLOAD_OCSP_RESPONSE_DATA,
+        ))
         .await
         .expect("OCSP ResponseData signed")
         .into_inner();
     verify("ca-p256", Alg::EcdsaSha256, &rd, &resp.signature, false).expect("signature");
     // ...but not a certificate, whatever it declares.
     let err = ocsp
-        .sign(with_payload(message("ca-p256", tbs.clone()), PAYLOAD_OCSP_RESPONSE_DATA))
+        .sign(with_payload(
+            message("ca-p256", tbs.clone()),
+            PAYLOAD_OCSP_RESPONSE_DATA,
+        ))
         .await
         .expect_err("a TBSCertificate is no ResponseData");
     assert_eq!(err.code(), Code::PermissionDenied);
-    assert!(err.message().contains("does not parse as an OCSP ResponseData"), "{}", err.message());
+    assert!(
+        err.message()
+            .contains("does not parse as an OCSP ResponseData"),
+        "{}",
+        err.message()
+    );
     let err = ocsp
-        .sign(with_payload(message("ca-p256", tbs.clone()), PAYLOAD_TBS_CERTIFICATE))
+        .sign(with_payload(
+            message("ca-p256", tbs.clone()),
+            PAYLOAD_TBS_CERTIFICATE,
+        ))
         .await
         .expect_err("no sign-certificate grant");
     assert_eq!(err.code(), Code::PermissionDenied);
@@ -323,20 +388,32 @@ async fn a_key_that_checks_payloads_signs_only_what_parses_as_declared() {
         .await
         .expect_err("raw on a checked key");
     assert_eq!(err.code(), Code::PermissionDenied);
-    let mut digest_req = with_payload(digest_request("ca-p256", digest_for(6, 32)), PAYLOAD_OCSP_RESPONSE_DATA);
+    let mut digest_req = with_payload(
+        digest_request("ca-p256", digest_for(6, 32)),
+        PAYLOAD_OCSP_RESPONSE_DATA,
+    );
     digest_req.set_timeout(Duration::from_secs(5));
-    let err = ocsp.sign(digest_req).await.expect_err("a digest cannot be checked");
+    let err = ocsp
+        .sign(digest_req)
+        .await
+        .expect_err("a digest cannot be checked");
     assert_eq!(err.code(), Code::InvalidArgument);
 
     // The frontend may sign the certificate, and not OCSP.
     let resp = frontend
-        .sign(with_payload(message("ca-p256", tbs.clone()), PAYLOAD_TBS_CERTIFICATE))
+        .sign(with_payload(
+            message("ca-p256", tbs.clone()),
+            PAYLOAD_TBS_CERTIFICATE,
+        ))
         .await
         .expect("certificate signed")
         .into_inner();
     verify("ca-p256", Alg::EcdsaSha256, &tbs, &resp.signature, false).expect("signature");
     let err = frontend
-        .sign(with_payload(message("ca-p256", rd), PAYLOAD_OCSP_RESPONSE_DATA))
+        .sign(with_payload(
+            message("ca-p256", rd),
+            PAYLOAD_OCSP_RESPONSE_DATA,
+        ))
         .await
         .expect_err("frontend has no sign-ocsp grant");
     assert_eq!(err.code(), Code::PermissionDenied);
@@ -349,7 +426,14 @@ async fn a_key_that_checks_payloads_signs_only_what_parses_as_declared() {
     let ops: Vec<String> = gw
         .audit_records()
         .iter()
-        .map(|r| format!("{} {} {}", r["client"].as_str().unwrap_or(""), r["operation"].as_str().unwrap_or(""), r["outcome"].as_str().unwrap_or("")))
+        .map(|r| {
+            format!(
+                "{} {} {}",
+                r["client"].as_str().unwrap_or(""),
+                r["operation"].as_str().unwrap_or(""),
+                r["outcome"].as_str().unwrap_or("")
+            )
+        })
         .collect();
     assert_eq!(
         ops,
@@ -370,8 +454,14 @@ async fn a_key_that_checks_payloads_signs_only_what_parses_as_declared() {
 async fn a_client_over_its_rate_is_limited_and_others_are_not() {
     let pki = Pki::new(NAMES);
     let gw = start(&pki, |t| t).await;
-    let mut limited = gw.tls_client(&pki.client_tls("limited")).await.expect("connect");
-    let mut frontend = gw.tls_client(&pki.client_tls("frontend")).await.expect("connect");
+    let mut limited = gw
+        .tls_client(&pki.client_tls("limited"))
+        .await
+        .expect("connect");
+    let mut frontend = gw
+        .tls_client(&pki.client_tls("frontend"))
+        .await
+        .expect("connect");
     // Burst of 5, then 1/s.
     for n in 0..5 {
         limited
@@ -384,7 +474,11 @@ async fn a_client_over_its_rate_is_limited_and_others_are_not() {
         .await
         .expect_err("over the rate");
     assert_eq!(err.code(), Code::ResourceExhausted);
-    assert!(err.message().contains("client `limited`"), "{}", err.message());
+    assert!(
+        err.message().contains("client `limited`"),
+        "{}",
+        err.message()
+    );
     // Another client is unaffected.
     frontend
         .sign(digest_request("ca-p384", digest_for(10, 48)))
@@ -417,7 +511,10 @@ async fn a_hand_edited_audit_log_is_named_by_audit_verify() {
         t.replace("dir = \"audit\"", "dir = \"audit\"\nmax_file_bytes = 4096")
     })
     .await;
-    let mut frontend = gw.tls_client(&pki.client_tls("frontend")).await.expect("connect");
+    let mut frontend = gw
+        .tls_client(&pki.client_tls("frontend"))
+        .await
+        .expect("connect");
     for n in 0..12 {
         frontend
             .sign(digest_request("ca-p384", digest_for(n, 48)))
@@ -451,9 +548,15 @@ async fn a_hand_edited_audit_log_is_named_by_audit_verify() {
     std::fs::write(victim, &new).expect("write");
     let (ok, out) = audit_verify(&dir);
     assert!(!ok, "{out}");
-    let name = victim.file_name().expect("name").to_string_lossy().into_owned();
+    let name = victim
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
     assert!(
-        out.contains(&name) && out.contains(&format!("line 2 (record seq {seq})")) && out.contains("edited"),
+        out.contains(&name)
+            && out.contains(&format!("line 2 (record seq {seq})"))
+            && out.contains("edited"),
         "{out}"
     );
 
@@ -467,7 +570,10 @@ async fn a_hand_edited_audit_log_is_named_by_audit_verify() {
     std::fs::write(victim, &new).expect("write");
     let (ok, out) = audit_verify(&dir);
     assert!(!ok, "{out}");
-    assert!(out.contains(&format!("seq {}", seq + 1)) && out.contains("missing"), "{out}");
+    assert!(
+        out.contains(&format!("seq {}", seq + 1)) && out.contains("missing"),
+        "{out}"
+    );
 }
 
 #[tokio::test]
@@ -477,7 +583,10 @@ async fn losing_the_audit_sink_stops_signing_until_it_is_back() {
         t.replace("dir = \"audit\"", "dir = \"audit\"\nmax_file_bytes = 4096")
     })
     .await;
-    let mut frontend = gw.tls_client(&pki.client_tls("frontend")).await.expect("connect");
+    let mut frontend = gw
+        .tls_client(&pki.client_tls("frontend"))
+        .await
+        .expect("connect");
     frontend
         .sign(digest_request("ca-p384", digest_for(1, 48)))
         .await
@@ -488,7 +597,9 @@ async fn losing_the_audit_sink_stops_signing_until_it_is_back() {
     std::fs::rename(&dir, &saved).expect("move the audit dir away");
     std::fs::write(&dir, b"not a directory").expect("file in its place");
     let big = SignBatchRequest {
-        requests: (0..64).map(|n| digest_request("ca-p384", digest_for(100 + n, 48))).collect(),
+        requests: (0..64)
+            .map(|n| digest_request("ca-p384", digest_for(100 + n, 48)))
+            .collect(),
     };
     let err = frontend
         .sign_batch(big.clone())
@@ -496,11 +607,19 @@ async fn losing_the_audit_sink_stops_signing_until_it_is_back() {
         .expect_err("no audit record, no signature");
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(err.message().contains("audit log"), "{}", err.message());
-    assert!(gw.logs().contains("audit log write failed"), "{}", gw.logs());
+    assert!(
+        gw.logs().contains("audit log write failed"),
+        "{}",
+        gw.logs()
+    );
     // Back: signing resumes by itself, the chain continues.
     std::fs::remove_file(&dir).expect("rm");
     std::fs::rename(&saved, &dir).expect("restore");
-    let resp = frontend.sign_batch(big).await.expect("signing resumed").into_inner();
+    let resp = frontend
+        .sign_batch(big)
+        .await
+        .expect("signing resumed")
+        .into_inner();
     assert_eq!(resp.responses.len(), 64);
     let (ok, out) = audit_verify(&dir);
     assert!(ok, "{out}");
@@ -517,15 +636,27 @@ async fn the_pin_appears_in_no_log_audit_record_or_metric() {
     assert!(pin.len() >= 4, "the PIN is long enough to grep for");
     // A full run: every kind of outcome, a reload, a drain.
     let mut gw = start(&pki, |t| t).await;
-    let mut frontend = gw.tls_client(&pki.client_tls("frontend")).await.expect("connect");
-    let mut stranger = gw.tls_client(&pki.client_tls("stranger")).await.expect("connect");
+    let mut frontend = gw
+        .tls_client(&pki.client_tls("frontend"))
+        .await
+        .expect("connect");
+    let mut stranger = gw
+        .tls_client(&pki.client_tls("stranger"))
+        .await
+        .expect("connect");
     frontend
         .sign(digest_request("ca-p384", digest_for(1, 48)))
         .await
         .expect("signed");
-    let _ = frontend.sign(digest_request("nope", digest_for(1, 48))).await;
-    let _ = frontend.sign(digest_request("ca-p384", vec![1, 2, 3])).await;
-    let _ = stranger.sign(digest_request("ca-p384", digest_for(1, 48))).await;
+    let _ = frontend
+        .sign(digest_request("nope", digest_for(1, 48)))
+        .await;
+    let _ = frontend
+        .sign(digest_request("ca-p384", vec![1, 2, 3]))
+        .await;
+    let _ = stranger
+        .sign(digest_request("ca-p384", digest_for(1, 48)))
+        .await;
     gw.signal("HUP");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let metrics = gw.metrics_text().await;
@@ -538,4 +669,68 @@ async fn the_pin_appears_in_no_log_audit_record_or_metric() {
         assert!(!text.is_empty(), "{what} is empty");
         assert!(!text.contains(pin), "the PIN is in the {what}");
     }
+}
+
+#[tokio::test]
+async fn grants_reload_with_the_config_and_a_bad_file_keeps_the_last_good_ones() {
+    let pki = Pki::new(NAMES);
+    let gw = start(&pki, |t| t).await;
+    let mut ocsp = gw
+        .tls_client(&pki.client_tls("ocsp"))
+        .await
+        .expect("connect");
+    let err = ocsp
+        .sign(digest_request("ca-p384", digest_for(1, 48)))
+        .await
+        .expect_err("no grant yet");
+    assert_eq!(err.code(), Code::PermissionDenied);
+
+    // Grant `ocsp` raw signing with ca-p384, and reload.
+    let text = std::fs::read_to_string(&gw.config_path).expect("config");
+    let granted = text.replace(
+        r#"grants = [{ keys = ["ca-p256"], operations = ["sign-ocsp"] }]"#,
+        r#"grants = [{ keys = ["ca-p256"], operations = ["sign-ocsp"] }, { keys = ["ca-p384"], operations = ["sign-raw"] }]"#,
+    );
+    assert_ne!(granted, text);
+    std::fs::write(&gw.config_path, &granted).expect("write config");
+    gw.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match ocsp
+            .sign(digest_request("ca-p384", digest_for(2, 48)))
+            .await
+        {
+            Ok(_) => break,
+            Err(e) => assert!(
+                e.code() == Code::PermissionDenied && std::time::Instant::now() < deadline,
+                "{e:?}\n{}",
+                gw.logs()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A broken file (a grant on a key that does not exist) is refused; the grant stays.
+    std::fs::write(
+        &gw.config_path,
+        granted.replace(
+            r#"keys = ["ca-p384"], operations = ["sign-raw"]"#,
+            r#"keys = ["root"], operations = ["sign-raw"]"#,
+        ),
+    )
+    .expect("write config");
+    gw.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !gw.logs().contains("reload refused") {
+        assert!(std::time::Instant::now() < deadline, "{}", gw.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        gw.logs().contains("keys[0]: no key is named `root`"),
+        "{}",
+        gw.logs()
+    );
+    ocsp.sign(digest_request("ca-p384", digest_for(3, 48)))
+        .await
+        .expect("the last good grants still apply");
 }

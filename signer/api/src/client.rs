@@ -159,7 +159,11 @@ mod tests {
 
     #[test]
     fn missing_tls_files_are_named() {
-        let tls = ClientTls::new("/nonexistent/ca.pem", "/nonexistent/c.pem", "/nonexistent/k");
+        let tls = ClientTls::new(
+            "/nonexistent/ca.pem",
+            "/nonexistent/c.pem",
+            "/nonexistent/k",
+        );
         match endpoint("http://127.0.0.1:1", Some(&tls)) {
             Err(Error::Read { path, .. }) => assert_eq!(path, Path::new("/nonexistent/ca.pem")),
             other => panic!("expected a read error, got {other:?}"),

@@ -587,7 +587,10 @@ pub fn mtls_config(pki: &Pki, clients: &str) -> String {
         "[gateway.insecure_plaintext]\nclient = \"tests\"\n",
         &pki.tls_table(),
     );
-    assert!(text.contains("[gateway.tls]"), "two-dc.toml's plain-text table changed");
+    assert!(
+        text.contains("[gateway.tls]"),
+        "two-dc.toml's plain-text table changed"
+    );
     let cut = text
         .find("[[clients]]\nname = \"tests\"")
         .expect("two-dc.toml ends with the `tests` client");
