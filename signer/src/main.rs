@@ -132,6 +132,11 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(signer::server::run(config_path, config)) {
         Ok(()) => ExitCode::SUCCESS,
+        // Unusable TLS files or audit directory: like an invalid configuration.
+        Err(e @ (signer::Error::Tls { .. } | signer::Error::Audit(_))) => {
+            tracing::error!("{e}; refusing to start");
+            ExitCode::from(2)
+        }
         Err(e) => {
             tracing::error!("{e}");
             ExitCode::FAILURE

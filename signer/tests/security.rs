@@ -734,3 +734,64 @@ async fn grants_reload_with_the_config_and_a_bad_file_keeps_the_last_good_ones()
         .await
         .expect("the last good grants still apply");
 }
+
+#[test]
+fn unusable_tls_files_or_a_shared_audit_directory_refuse_start_up() {
+    let pki = Pki::new(NAMES);
+    let text = mtls_config(&pki, CLIENTS);
+    let missing = text.replace(
+        &pki.path("server.pem").display().to_string(),
+        "/nonexistent/server.pem",
+    );
+    let err = Gateway::spawn(&missing)
+        .err()
+        .expect("must refuse to start");
+    assert!(err.contains("exit Some(2)"), "{err}");
+    assert!(
+        err.contains("gateway.tls.cert: cannot read /nonexistent/server.pem"),
+        "{err}"
+    );
+    // A key file that is a certificate.
+    let wrong = text.replace(
+        &pki.path("server.key").display().to_string(),
+        &pki.path("ca.pem").display().to_string(),
+    );
+    let err = Gateway::spawn(&wrong).err().expect("must refuse to start");
+    assert!(err.contains("gateway.tls.key: not a PEM file"), "{err}");
+    // Two gateways on one audit directory would fork the chain: the second refuses.
+    let shared = pki.dir.path().join("shared-audit");
+    let text = text.replace(
+        "dir = \"audit\"",
+        &format!("dir = \"{}\"", shared.display()),
+    );
+    let _first = Gateway::spawn(&text).expect("first gateway");
+    let err = Gateway::spawn(&text)
+        .err()
+        .expect("second gateway must refuse");
+    assert!(
+        err.contains("exit Some(2)") && err.contains("in use by another gateway"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn the_plain_text_opt_in_says_so_loudly_and_callers_act_as_its_client() {
+    let gw = Gateway::start(common::Module::SoftHsm);
+    gw.wait_available("ca-p256", 1, Duration::from_secs(20))
+        .await;
+    assert!(
+        gw.logs()
+            .contains("INSECURE: the signing API speaks PLAIN TEXT"),
+        "{}",
+        gw.logs()
+    );
+    let mut client = gw.client().await;
+    client
+        .sign(digest_request("ca-p256", digest_for(1, 32)))
+        .await
+        .expect("signed");
+    let records = gw.audit_records();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["client"], "tests");
+    assert_eq!(records[0]["identity"], "plaintext");
+}
