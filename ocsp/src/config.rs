@@ -213,3 +213,41 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEV: &str = include_str!("../examples/dev.toml");
+
+    fn parse(text: &str) -> Config {
+        let mut c: Config = toml::from_str(text).expect("config parses");
+        c.base_dir = PathBuf::from("/etc/hsmgate");
+        c
+    }
+
+    #[test]
+    fn gateway_tls_files_come_together_and_resolve_against_the_file() {
+        let full = DEV.replace(
+            "[presigner]\n",
+            "[presigner]\ngateway_ca = \"tls/ca.pem\"\ngateway_cert = \"tls/p.pem\"\ngateway_key = \"tls/p.key\"\n",
+        );
+        let c = parse(&full);
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        let tls = c.gateway_tls().expect("tls from the file");
+        assert_eq!(tls.ca, Path::new("/etc/hsmgate/tls/ca.pem"));
+        assert_eq!(tls.key, Path::new("/etc/hsmgate/tls/p.key"));
+
+        let partial = DEV.replace(
+            "[presigner]\n",
+            "[presigner]\ngateway_cert = \"tls/p.pem\"\n",
+        );
+        let errors = parse(&partial).validate();
+        assert!(
+            errors.iter().any(|e| e.starts_with(
+                "presigner.gateway_cert: set gateway_ca, gateway_cert and gateway_key together"
+            )),
+            "{errors:?}"
+        );
+    }
+}

@@ -39,9 +39,15 @@ name = "limited"
 subject = "CN=limited,O=hsmgate dev"
 grants = [{ keys = ["ca-p384"], operations = ["sign-raw"] }]
 limits = { signatures_per_sec = 1, burst = 5, max_concurrent = 4 }
+
+[[clients]]
+name = "single"
+subject = "CN=single,O=hsmgate dev"
+grants = [{ keys = ["ca-rsa"], operations = ["sign-raw"] }]
+limits = { max_concurrent = 1 }
 "#;
 
-const NAMES: &[&str] = &["frontend", "ocsp", "stranger", "limited"];
+const NAMES: &[&str] = &["frontend", "ocsp", "stranger", "limited", "single"];
 
 /// Starts a gateway with mTLS from `pki` and waits (over mTLS) until every HSM holds every key.
 async fn start(pki: &Pki, edit: impl FnOnce(String) -> String) -> Gateway {
@@ -794,4 +800,109 @@ async fn the_plain_text_opt_in_says_so_loudly_and_callers_act_as_its_client() {
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["client"], "tests");
     assert_eq!(records[0]["identity"], "plaintext");
+}
+
+#[tokio::test]
+async fn a_client_at_its_concurrency_limit_is_refused_until_its_call_ends() {
+    let pki = Pki::new(NAMES);
+    let gw = start(&pki, |t| t).await;
+    let mut first = gw
+        .tls_client(&pki.client_tls("single"))
+        .await
+        .expect("connect");
+    let mut second = gw
+        .tls_client(&pki.client_tls("single"))
+        .await
+        .expect("connect");
+    // A long call: 1,500 RSA signatures (about a second here).
+    let batch = |base: u64| SignBatchRequest {
+        requests: (0..1500u64)
+            .map(|i| SignRequest {
+                key: "ca-rsa".into(),
+                algorithm: Alg::RsaPkcs1Sha256 as i32,
+                input: Some(sign_request::Input::Digest(digest_for(base + i, 32))),
+            })
+            .collect(),
+    };
+    let long = tokio::spawn(async move { first.sign_batch(batch(0)).await });
+    // Wait until the gateway counts it in flight.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !gw
+        .metrics_text()
+        .await
+        .contains(r#"hsmgate_client_in_flight{client="single"} 1"#)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the long call never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let err = second
+        .sign(digest_request("ca-rsa", digest_for(9, 32)))
+        .await
+        .expect_err("second concurrent call");
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(err.message().contains("concurrent"), "{}", err.message());
+    let done = long
+        .await
+        .expect("task")
+        .expect("the long call finishes")
+        .into_inner();
+    assert_eq!(done.responses.len(), 1500);
+    second
+        .sign(digest_request("ca-rsa", digest_for(10, 32)))
+        .await
+        .expect("free again");
+    let m = gw.metrics_text().await;
+    assert!(
+        m.contains(r#"hsmgate_client_limited_total{client="single",limit="max_concurrent"} 1"#),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn log_and_continue_returns_signatures_without_records_and_counts_it() {
+    let pki = Pki::new(NAMES);
+    let gw = start(&pki, |t| {
+        t.replace(
+            "dir = \"audit\"",
+            "dir = \"audit\"\nmax_file_bytes = 4096\non_failure = \"log-and-continue\"",
+        )
+    })
+    .await;
+    let mut frontend = gw
+        .tls_client(&pki.client_tls("frontend"))
+        .await
+        .expect("connect");
+    frontend
+        .sign(digest_request("ca-p384", digest_for(1, 48)))
+        .await
+        .expect("signed");
+    let dir = gw.audit_dir();
+    let saved = gw.dir.path().join("audit.saved");
+    std::fs::rename(&dir, &saved).expect("move the audit dir away");
+    std::fs::write(&dir, b"not a directory").expect("file in its place");
+    let big = SignBatchRequest {
+        requests: (0..64)
+            .map(|n| digest_request("ca-p384", digest_for(100 + n, 48)))
+            .collect(),
+    };
+    let resp = frontend
+        .sign_batch(big)
+        .await
+        .expect("fail open: signed anyway")
+        .into_inner();
+    assert_eq!(resp.responses.len(), 64);
+    assert!(
+        gw.logs().contains("no audit record for this call"),
+        "{}",
+        gw.logs()
+    );
+    let m = gw.metrics_text().await;
+    assert!(m.contains("hsmgate_audit_failures_total 1"), "{m}");
+    assert!(
+        m.contains(r#"hsmgate_audit_records_total{outcome="failed"} 1"#),
+        "{m}"
+    );
 }
