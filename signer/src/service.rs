@@ -209,14 +209,17 @@ impl SignerService {
                 String::new()
             };
             let key: String = r.key.chars().take(128).collect();
-            if !client.allows(&r.key, op) {
+            // An empty key is a malformed request (INVALID_ARGUMENT from `prepare`), not a
+            // question of grants. A key outside the caller's grants is PERMISSION_DENIED even
+            // when it does not exist, so that grants do not reveal which keys do.
+            if !r.key.is_empty() && !client.allows(&r.key, op) {
                 return Err(Error::PermissionDenied(format!(
                     "{field}key: client `{}` may not {} with key `{key}`",
                     client.name,
                     op.as_str()
                 )));
             }
-            if router.clients.checked_keys.contains(&r.key) {
+            if !r.key.is_empty() && router.clients.checked_keys.contains(&r.key) {
                 if op == Operation::SignRaw {
                     return Err(Error::PermissionDenied(format!(
                         "{field}key: key `{key}` signs only declared payloads ({PAYLOAD_HEADER}: {} or {})",
