@@ -904,3 +904,51 @@ async fn log_and_continue_returns_signatures_without_records_and_counts_it() {
         "{m}"
     );
 }
+
+#[tokio::test]
+async fn a_client_known_by_its_key_hash_is_recognised_whatever_its_subject() {
+    use der::{Decode, Encode};
+    use sha2::Digest;
+    let pki = Pki::new(NAMES);
+    // The SHA-256 of `stranger`'s SubjectPublicKeyInfo, computed here from its certificate.
+    let out = Command::new("openssl")
+        .args(["x509", "-outform", "DER", "-in"])
+        .arg(pki.path("stranger.pem"))
+        .output()
+        .expect("openssl");
+    assert!(out.status.success());
+    let cert = x509_cert::Certificate::from_der(&out.stdout).expect("certificate");
+    let spki = cert
+        .tbs_certificate()
+        .subject_public_key_info()
+        .to_der()
+        .expect("spki");
+    let hash = hex::encode(sha2::Sha256::digest(&spki));
+    let gw = start(&pki, |t| {
+        format!(
+            "{t}\n[[clients]]\nname = \"by-key\"\nspki_sha256 = \"{}\"\ngrants = [{{ keys = [\"ca-p384\"], operations = [\"sign-raw\"] }}]\n",
+            hash.to_uppercase()
+        )
+    })
+    .await;
+    let mut client = gw
+        .tls_client(&pki.client_tls("stranger"))
+        .await
+        .expect("connect");
+    let digest = digest_for(77, 48);
+    let resp = client
+        .sign(digest_request("ca-p384", digest.clone()))
+        .await
+        .expect("recognised by its key")
+        .into_inner();
+    verify("ca-p384", Alg::EcdsaSha384, &digest, &resp.signature, true).expect("signature");
+    let records = gw.audit_records();
+    let last = records.last().expect("record");
+    assert_eq!(last["client"], "by-key");
+    assert!(
+        last["identity"]
+            .as_str()
+            .is_some_and(|i| i.ends_with(&format!("spki-sha256={hash}"))),
+        "{last}"
+    );
+}
