@@ -376,16 +376,29 @@ fn serial(i: u64) -> Serial {
     Serial::from_be_bytes(&bytes)
 }
 
-/// The OCSP service configuration of the drill (relative paths resolve against `--dir`).
+/// The OCSP service configuration of the drill (relative paths resolve against `--dir`). The
+/// pre-signer presents the client certificate named by `HSMGATE_TLS_CA` / `_CERT` / `_KEY`
+/// when they are set, as hsm-bench's own connections do.
 fn ocsp_config(gateway: &str, key: &str, batch: usize) -> String {
-    format!(
+    let tls = match (
+        std::env::var("HSMGATE_TLS_CA"),
+        std::env::var("HSMGATE_TLS_CERT"),
+        std::env::var("HSMGATE_TLS_KEY"),
+    ) {
+        (Ok(ca), Ok(cert), Ok(key)) => {
+            format!("gateway_ca = {ca:?}\ngateway_cert = {cert:?}\ngateway_key = {key:?}\n")
+        }
+        _ => String::new(),
+    };
+    let config = format!(
         "# Written by hsm-bench drill.\n\
          [responder]\nlisten = \"127.0.0.1:0\"\n\n\
          [[issuers]]\nname = \"{ISSUER}\"\ncertificate = \"issuer.pem\"\nsigning_key = \"{key}\"\n\n\
          [store]\nkind = \"sqlite\"\npath = \"ocsp.sqlite\"\n\n\
          [presigner]\ngateway = \"{gateway}\"\nvalidity_hours = 96\nrefresh_after_hours = 48\n\
          batch = {batch}\ninterval_secs = 1\n"
-    )
+    );
+    config + &tls
 }
 
 /// A binary built beside hsm-bench.

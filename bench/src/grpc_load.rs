@@ -24,7 +24,7 @@ use anyhow::{Context as _, Result, anyhow};
 use hsmgate_signer_api::v1::signer_client::SignerClient;
 use hsmgate_signer_api::v1::{SignBatchRequest, SignRequest};
 use tokio::runtime::Runtime;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::measure::{PhaseResult, Tally, Window};
 use crate::procstat::CpuProbe;
@@ -60,12 +60,11 @@ pub struct GrpcLoad {
     workload: Arc<Workload>,
 }
 
-/// A client on a new HTTP/2 connection to `url`.
+/// A client on a new HTTP/2 connection to `url`; mTLS with the files named by
+/// `HSMGATE_TLS_CA` / `_CERT` / `_KEY` when they are set (the dev gateway requires it).
 pub async fn connect(url: &str) -> Result<SignerClient<Channel>> {
-    let channel = Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("bad gateway URL `{url}`"))?
-        .tcp_nodelay(true)
-        .connect()
+    let tls = hsmgate_signer_api::client::ClientTls::from_env();
+    let channel = hsmgate_signer_api::client::connect(url, tls.as_ref())
         .await
         .with_context(|| format!("cannot connect to the gateway at {url}"))?;
     Ok(SignerClient::new(channel)

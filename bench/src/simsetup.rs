@@ -54,6 +54,12 @@ pub fn gateway_config_text(g: &SimGateway, pin_file: &Path) -> String {
          [gateway]\n\
          listen = \"127.0.0.1:0\"\n\
          local_datacenter = \"sim\"\n\n\
+         # Plain text on loopback: the capacity model measures the gateway's dispatch, and\n\
+         # hsm-bench is its only caller.\n\
+         [gateway.insecure_plaintext]\n\
+         client = \"bench\"\n\n\
+         [audit]\n\
+         dir = \"audit\"\n\n\
          [timeouts]\n\
          hsm_call_ms = 1000\n\
          default_deadline_ms = 10000\n\
@@ -91,7 +97,10 @@ pub fn gateway_config_text(g: &SimGateway, pin_file: &Path) -> String {
          name = \"{KEY}\"\n\
          label = \"{KEY}\"\n\
          algorithm = \"ecdsa-p256\"\n\
-         hsms = [{}]",
+         hsms = [{}]\n\n\
+         [[clients]]\n\
+         name = \"bench\"\n\
+         grants = [{{ keys = [\"{KEY}\"], operations = [\"sign-raw\"] }}]",
         names.join(", ")
     );
     t

@@ -34,13 +34,24 @@ fn provision(dir: &Path) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let text = std::fs::read_to_string(root.join("hsm-config/examples/dev.toml")).unwrap();
     let pins = dir.join("pins");
+    // Plain text on loopback for the `bench` client (the dev config's mTLS is tested in
+    // signer/tests/security.rs), the audit log and PINs in `dir`.
     let text: String = text
         .lines()
+        .filter(|line| {
+            !["cert = ", "key = ", "client_ca = "]
+                .iter()
+                .any(|p| line.starts_with(p))
+        })
         .map(|line| {
             if line.starts_with("listen = ") {
                 "listen = \"127.0.0.1:0\"".to_owned()
             } else if line.starts_with("metrics_listen") {
                 format!("# {line}")
+            } else if line.starts_with("[gateway.tls]") {
+                "[gateway.insecure_plaintext]\nclient = \"bench\"".to_owned()
+            } else if line.starts_with("dir = \"../../target/dev/audit\"") {
+                format!("dir = \"{}\"", dir.join("audit").display())
             } else {
                 line.replace("../../target/dev/pins/", &format!("{}/", pins.display()))
             }

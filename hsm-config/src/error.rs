@@ -51,4 +51,7 @@ pub enum Error {
     Pin { hsm: String, reason: String },
     #[error("provisioning: {0}")]
     Provision(String),
+    /// Making development certificates failed.
+    #[error("development certificates: {0}")]
+    Certificates(String),
 }

@@ -16,7 +16,10 @@
 //! - `validate`: the whole-file checks that produce [`FieldError`]s.
 //! - [`secret`]: PINs, read from a file or the environment, never printed.
 //! - [`provision`]: SoftHSM2 tokens and cloned keys for a development config.
+//! - [`devcerts`]: a development client CA, a server certificate for 127.0.0.1 and client
+//!   certificates, for mTLS between the gateway and its callers.
 
+pub mod devcerts;
 mod error;
 pub mod provision;
 pub mod schema;
@@ -25,6 +28,7 @@ mod validate;
 
 pub use error::{Error, FieldError};
 pub use schema::{
-    Batching, Config, Datacenter, Dispatch, Gateway, Hsm, Key, KeyAlgorithm, PinSource, Timeouts,
+    Audit, AuditFailure, Batching, Client, ClientLimits, Config, Datacenter, Dispatch, Gateway,
+    Grant, Hsm, InsecurePlaintext, Key, KeyAlgorithm, Operation, PinSource, ServerTls, Timeouts,
 };
 pub use secret::Pin;

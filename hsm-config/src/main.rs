@@ -1,4 +1,5 @@
-//! `hsm-config`: check a configuration file; provision SoftHSM2 tokens for a development one.
+//! `hsm-config`: check a configuration file; provision SoftHSM2 tokens for a development one;
+//! make development certificates for mTLS.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +36,15 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         public_keys: Option<PathBuf>,
     },
+    /// Make a development CA, a gateway certificate for 127.0.0.1/localhost and client
+    /// certificates (`CN=<name>,O=hsmgate dev`) in DIR, for mTLS in development. Idempotent:
+    /// existing files are kept.
+    DevCerts {
+        dir: PathBuf,
+        /// A client to make a certificate for (repeatable).
+        #[arg(long = "client", value_name = "NAME", default_values_t = ["ocsp-presigner".to_owned(), "ca-frontend".to_owned(), "ceremony".to_owned(), "bench".to_owned()])]
+        clients: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -67,6 +77,23 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::DevCerts { dir, clients } => {
+            let names: Vec<&str> = clients.iter().map(String::as_str).collect();
+            match hsm_config::devcerts::ensure(&dir, &names) {
+                Ok(r) => {
+                    println!(
+                        "{}: development CA, gateway and client certificates ({} new files)",
+                        dir.display(),
+                        r.created.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    report(&e);
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 

@@ -27,6 +27,12 @@ pub struct Config {
     pub datacenters: Vec<Datacenter>,
     #[serde(default)]
     pub keys: Vec<Key>,
+    /// Who may call the signing API, and what each caller may sign.
+    #[serde(default)]
+    pub clients: Vec<Client>,
+    /// The tamper-evident record of every signing request. Required: every signature has an
+    /// audit record (ARCHITECTURE.md, invariant 5).
+    pub audit: Audit,
     /// Directory of the file, against which relative paths (PIN files, modules) resolve.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -43,6 +49,132 @@ pub struct Gateway {
     pub metrics_listen: Option<SocketAddr>,
     /// Name of the datacenter this gateway runs in: its HSMs are preferred.
     pub local_datacenter: String,
+    /// mTLS on the signing API: the gateway's certificate and the CA its clients' certificates
+    /// must chain to. Required unless `insecure_plaintext` is set.
+    #[serde(default)]
+    pub tls: Option<ServerTls>,
+    /// Plain-text gRPC with no client authentication, for tests on one machine. Refused unless
+    /// `listen` is a loopback address; every caller acts as the one client named here.
+    #[serde(default)]
+    pub insecure_plaintext: Option<InsecurePlaintext>,
+}
+
+/// `[gateway.tls]`: PEM files, relative to the config file's directory.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTls {
+    /// The gateway's certificate chain (leaf first).
+    pub cert: PathBuf,
+    /// The gateway's private key (PKCS#8 or SEC1 PEM); should be readable by its owner only.
+    pub key: PathBuf,
+    /// CA certificate(s) that client certificates must chain to. A certificate from any other
+    /// CA is refused during the TLS handshake.
+    pub client_ca: PathBuf,
+}
+
+/// `[gateway.insecure_plaintext]`: the explicit opt-out of TLS.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InsecurePlaintext {
+    /// The `[[clients]]` entry whose grants plain-text callers get (they present no identity).
+    pub client: String,
+}
+
+/// A caller of the signing API, known by its client certificate.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Client {
+    /// Used in logs, metrics and the audit log.
+    pub name: String,
+    /// The certificate's subject as RFC 4514 prints it (most specific RDN first), e.g.
+    /// `CN=ocsp-presigner,O=hsmgate` — what `openssl x509 -noout -subject -nameopt RFC2253`
+    /// shows.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// Or: the SHA-256 of the certificate's DER SubjectPublicKeyInfo, in hex. Survives
+    /// re-issuance with the same key; does not depend on how subjects are spelled.
+    #[serde(default)]
+    pub spki_sha256: Option<String>,
+    /// What this client may do. A request outside every grant is refused (PERMISSION_DENIED).
+    #[serde(default)]
+    pub grants: Vec<Grant>,
+    /// Rate and concurrency limits, so that one client cannot starve the others.
+    #[serde(default)]
+    pub limits: ClientLimits,
+}
+
+/// Keys and the operations a client may perform with them.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    /// Key names; `"*"` is every key (meant for test configs, never for a root key).
+    pub keys: Vec<String>,
+    pub operations: Vec<Operation>,
+}
+
+/// What a signing request is for, as the request declares it (`SignRequest.payload`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Operation {
+    /// A digest or message of no declared type. Refused for keys with `check_payload`.
+    SignRaw,
+    /// An X.509 `TBSCertificate` (RFC 5280 §4.1).
+    SignCertificate,
+    /// An OCSP `tbsResponseData` (RFC 6960 §4.2.1).
+    SignOcsp,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SignRaw => "sign-raw",
+            Self::SignCertificate => "sign-certificate",
+            Self::SignOcsp => "sign-ocsp",
+        }
+    }
+}
+
+/// Per-client limits. Absent: unlimited.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientLimits {
+    /// Signatures per second, sustained (a token bucket); beyond it RESOURCE_EXHAUSTED.
+    pub signatures_per_sec: Option<u32>,
+    /// Bucket size: signatures allowed at once after a quiet period. Default: one second's worth.
+    pub burst: Option<u32>,
+    /// Signing RPCs of this client in progress at once; beyond it RESOURCE_EXHAUSTED.
+    pub max_concurrent: Option<u32>,
+}
+
+/// `[audit]`: the append-only, hash-chained log of signing requests.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audit {
+    /// Directory of the log files (`audit-<first seq>.jsonl`), relative to the config file.
+    pub dir: PathBuf,
+    /// A file is closed and a new one started once it reaches this size; the chain continues.
+    #[serde(default = "default_audit_file_bytes")]
+    pub max_file_bytes: u64,
+    /// What happens when a record cannot be written.
+    #[serde(default)]
+    pub on_failure: AuditFailure,
+}
+
+fn default_audit_file_bytes() -> u64 {
+    64 << 20
+}
+
+/// The gateway's choice when the audit sink is lost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuditFailure {
+    /// Fail closed (the default): no signature leaves the gateway without its record; callers
+    /// get UNAVAILABLE until records can be written again.
+    #[default]
+    StopSigning,
+    /// Fail open: signatures are returned, the failure is logged and counted
+    /// (`hsmgate_audit_failures_total`). Only for deployments that audit elsewhere.
+    LogAndContinue,
 }
 
 /// Time limits. All in milliseconds in the file.
@@ -268,6 +400,11 @@ pub struct Key {
     pub algorithm: KeyAlgorithm,
     /// Names of the HSMs that hold a clone of this key.
     pub hsms: Vec<String>,
+    /// Check what is signed: every request must declare its payload (a certificate or an OCSP
+    /// response) and send the message itself, which must parse as that type. Raw digests are
+    /// refused, so a client granted OCSP signing cannot get a certificate signed.
+    #[serde(default)]
+    pub check_payload: bool,
 }
 
 /// Key types the gateway signs with.
@@ -357,5 +494,15 @@ impl Config {
     /// The key of that name.
     pub fn key(&self, name: &str) -> Option<&Key> {
         self.keys.iter().find(|k| k.name == name)
+    }
+
+    /// The client of that name.
+    pub fn client(&self, name: &str) -> Option<&Client> {
+        self.clients.iter().find(|c| c.name == name)
+    }
+
+    /// A path from the file (TLS files, audit directory), resolved against its directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        self.base_dir.join(path)
     }
 }

@@ -1,5 +1,6 @@
 //! PINs: read from a file or the environment when needed, zeroized when dropped, and never
-//! shown by `Debug` or `Display`.
+//! shown by `Debug` or `Display`. A PIN file must not be accessible to others nor writable by
+//! its group (0600 or 0640): a PIN anyone on the machine can read is no secret.
 
 use std::fmt;
 use std::path::Path;
@@ -36,7 +37,19 @@ impl PinSource {
         };
         let raw = match self {
             PinSource::File(path) => {
+                use std::os::unix::fs::PermissionsExt;
                 let path = base_dir.join(path);
+                let mode = std::fs::metadata(&path)
+                    .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?
+                    .permissions()
+                    .mode();
+                if mode & 0o027 != 0 {
+                    return Err(fail(format!(
+                        "{} is accessible to others or writable by its group (mode {:o}): chmod 600 it",
+                        path.display(),
+                        mode & 0o777
+                    )));
+                }
                 Zeroizing::new(
                     std::fs::read_to_string(&path)
                         .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?,

@@ -170,6 +170,64 @@ pub(crate) fn validate(config: &Config) -> Vec<FieldError> {
         );
     }
 
+    // Transport: mTLS, or the explicit loopback-only plain-text opt-in; never neither.
+    let gw = &config.gateway;
+    match (&gw.tls, &gw.insecure_plaintext) {
+        (None, None) => err(
+            "gateway.tls".into(),
+            "required: mTLS for the signing API (cert, key, client_ca); a loopback-only test \
+             gateway may set [gateway.insecure_plaintext] instead",
+        ),
+        (Some(_), Some(_)) => err(
+            "gateway.insecure_plaintext".into(),
+            "cannot be combined with gateway.tls: choose one",
+        ),
+        (Some(tls), None) => {
+            for (field, p) in [
+                ("cert", &tls.cert),
+                ("key", &tls.key),
+                ("client_ca", &tls.client_ca),
+            ] {
+                if p.as_os_str().is_empty() {
+                    err(
+                        format!("gateway.tls.{field}"),
+                        "must be the path of a PEM file",
+                    );
+                }
+            }
+        }
+        (None, Some(plain)) => {
+            if !gw.listen.ip().is_loopback() {
+                err(
+                    "gateway.insecure_plaintext".into(),
+                    &format!(
+                        "refused: gateway.listen `{}` is not a loopback address; plain text \
+                         would open the signing API to the network",
+                        gw.listen
+                    ),
+                );
+            }
+            if config.client(&plain.client).is_none() {
+                err(
+                    "gateway.insecure_plaintext.client".into(),
+                    &format!("no [[clients]] entry is named `{}`", plain.client),
+                );
+            }
+        }
+    }
+
+    // Audit.
+    if config.audit.dir.as_os_str().is_empty() {
+        err("audit.dir".into(), "must be the path of a directory");
+    }
+    range(
+        &mut err,
+        "audit.max_file_bytes",
+        config.audit.max_file_bytes,
+        4_096,
+        1 << 40,
+    );
+
     // Keys.
     let mut key_names = HashSet::new();
     for (k, key) in config.keys.iter().enumerate() {
@@ -204,6 +262,116 @@ pub(crate) fn validate(config: &Config) -> Vec<FieldError> {
                     &format!("`{hsm}` is listed twice"),
                 );
             }
+        }
+    }
+
+    // Clients and their grants.
+    let plaintext_client = gw.insecure_plaintext.as_ref().map(|p| p.client.as_str());
+    let mut client_names = HashSet::new();
+    let mut identities: HashMap<String, String> = HashMap::new();
+    for (c, client) in config.clients.iter().enumerate() {
+        let cpath = format!("clients[{c}]");
+        name(&mut err, &format!("{cpath}.name"), &client.name);
+        if !client_names.insert(client.name.as_str()) {
+            err(
+                format!("{cpath}.name"),
+                &format!("client `{}` is defined twice", client.name),
+            );
+        }
+        match (&client.subject, &client.spki_sha256) {
+            (Some(_), Some(_)) => err(
+                format!("{cpath}.spki_sha256"),
+                "set `subject` or `spki_sha256`, not both",
+            ),
+            (None, None) if plaintext_client != Some(client.name.as_str()) => err(
+                format!("{cpath}.subject"),
+                "required: the client certificate's `subject` or `spki_sha256`",
+            ),
+            _ => {}
+        }
+        if let Some(subject) = &client.subject {
+            if subject.trim().is_empty() || !subject.contains('=') {
+                err(
+                    format!("{cpath}.subject"),
+                    "must be an RFC 4514 name such as `CN=ocsp-presigner,O=hsmgate`",
+                );
+            }
+            let id = format!("subject {}", subject.trim());
+            if let Some(first) = identities.insert(id, cpath.clone()) {
+                err(
+                    format!("{cpath}.subject"),
+                    &format!("the same subject as {first}"),
+                );
+            }
+        }
+        if let Some(spki) = &client.spki_sha256 {
+            if spki.len() != 64 || !spki.chars().all(|c| c.is_ascii_hexdigit()) {
+                err(
+                    format!("{cpath}.spki_sha256"),
+                    "must be 64 hex digits (SHA-256 of the DER SubjectPublicKeyInfo)",
+                );
+            }
+            let id = format!("spki {}", spki.to_ascii_lowercase());
+            if let Some(first) = identities.insert(id, cpath.clone()) {
+                err(
+                    format!("{cpath}.spki_sha256"),
+                    &format!("the same key as {first}"),
+                );
+            }
+        }
+        for (g, grant) in client.grants.iter().enumerate() {
+            let gpath = format!("{cpath}.grants[{g}]");
+            if grant.keys.is_empty() {
+                err(format!("{gpath}.keys"), "at least one key (or \"*\")");
+            }
+            for (i, key) in grant.keys.iter().enumerate() {
+                if key != "*" && !key_names.contains(key.as_str()) {
+                    err(
+                        format!("{gpath}.keys[{i}]"),
+                        &format!("no key is named `{key}`"),
+                    );
+                }
+            }
+            if grant.operations.is_empty() {
+                err(
+                    format!("{gpath}.operations"),
+                    "at least one of sign-raw, sign-certificate, sign-ocsp",
+                );
+            }
+        }
+        let l = &client.limits;
+        if let Some(rate) = l.signatures_per_sec {
+            range(
+                &mut err,
+                &format!("{cpath}.limits.signatures_per_sec"),
+                rate.into(),
+                1,
+                10_000_000,
+            );
+        }
+        if let Some(burst) = l.burst {
+            if l.signatures_per_sec.is_none() {
+                err(
+                    format!("{cpath}.limits.burst"),
+                    "only meaningful with signatures_per_sec",
+                );
+            }
+            range(
+                &mut err,
+                &format!("{cpath}.limits.burst"),
+                burst.into(),
+                1,
+                100_000_000,
+            );
+        }
+        if let Some(n) = l.max_concurrent {
+            range(
+                &mut err,
+                &format!("{cpath}.limits.max_concurrent"),
+                n.into(),
+                1,
+                1_000_000,
+            );
         }
     }
     errors

@@ -124,7 +124,17 @@ fn inline_pins_are_refused_without_being_echoed() {
 #[test]
 fn pins_come_from_files_or_the_environment_and_never_print() {
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("p.pin"), "8642\n").expect("write");
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.path().join("p.pin");
+    std::fs::write(&path, "8642\n").expect("write");
+    // World-readable: refused, without the PIN.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let err = PinSource::File("p.pin".into())
+        .read("h", dir.path())
+        .expect_err("0644 is refused");
+    assert!(err.to_string().contains("mode 644"), "{err}");
+    assert!(!err.to_string().contains("8642"), "{err}");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let pin = PinSource::File("p.pin".into())
         .read("h", dir.path())
         .expect("reads");
@@ -163,5 +173,107 @@ fn module_environment_and_timeouts_are_checked() {
     assert!(
         out.contains("datacenters[0].hsms[0].module_env.BAD=NAME: names must be non-empty"),
         "{out}"
+    );
+}
+
+#[test]
+fn plain_text_is_an_explicit_loopback_only_choice() {
+    let two = std::fs::read_to_string(TWO_DC).expect("example");
+    let plain = "[gateway.insecure_plaintext]\nclient = \"tests\"\n";
+    assert!(
+        two.contains(plain),
+        "two-dc.toml's plain-text table changed"
+    );
+
+    // Neither TLS nor the opt-in.
+    let (ok, out) = check(&two.replace(plain, ""));
+    assert!(!ok);
+    assert!(out.contains("gateway.tls: required"), "{out}");
+    // The opt-in off loopback.
+    let (ok, out) =
+        check(&two.replace("\nlisten = \"127.0.0.1:0\"", "\nlisten = \"0.0.0.0:50051\""));
+    assert!(!ok);
+    assert!(
+        out.contains("gateway.insecure_plaintext: refused: gateway.listen `0.0.0.0:50051` is not a loopback address"),
+        "{out}"
+    );
+    // Both.
+    let tls = "[gateway.tls]\ncert = \"s.pem\"\nkey = \"s.key\"\nclient_ca = \"ca.pem\"\n";
+    let (ok, out) = check(&two.replace(plain, &format!("{plain}\n{tls}")));
+    assert!(!ok);
+    assert!(
+        out.contains("gateway.insecure_plaintext: cannot be combined with gateway.tls"),
+        "{out}"
+    );
+    // TLS alone is fine on any address; the plain-text client then needs an identity.
+    let (ok, out) = check(
+        &two.replace(plain, tls)
+            .replace("\nlisten = \"127.0.0.1:0\"", "\nlisten = \"0.0.0.0:50051\""),
+    );
+    assert!(!ok);
+    assert!(out.contains("clients[0].subject: required"), "{out}");
+    let (ok, out) = check(
+        &two.replace(plain, tls)
+            .replace("\nlisten = \"127.0.0.1:0\"", "\nlisten = \"0.0.0.0:50051\"")
+            .replace(
+                "name = \"tests\"\n",
+                "name = \"tests\"\nsubject = \"CN=tests\"\n",
+            ),
+    );
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn clients_grants_limits_and_audit_are_checked() {
+    let two = std::fs::read_to_string(TWO_DC).expect("example");
+    let text = format!(
+        "{}\n{}",
+        two.replace(
+            "dir = \"audit\"",
+            "dir = \"audit\"\nmax_file_bytes = 10\non_failure = \"log-and-continue\""
+        ),
+        r#"
+[[clients]]
+name = "a"
+subject = "CN=a"
+spki_sha256 = "zz"
+grants = [{ keys = ["ca-p256", "root"], operations = [] }]
+limits = { signatures_per_sec = 0, burst = 10 }
+
+[[clients]]
+name = "b"
+subject = "CN=a"
+"#
+    );
+    let (ok, out) = check(&text);
+    assert!(!ok);
+    for expected in [
+        "audit.max_file_bytes: must be between 4096",
+        "clients[1].spki_sha256: set `subject` or `spki_sha256`, not both",
+        "clients[1].spki_sha256: must be 64 hex digits",
+        "clients[1].grants[0].keys[1]: no key is named `root`",
+        "clients[1].grants[0].operations: at least one of",
+        "clients[1].limits.signatures_per_sec: must be between 1",
+        "clients[2].subject: the same subject as clients[1]",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    // Missing [audit] altogether.
+    let start = two.find("[audit]").expect("audit table");
+    let without = format!(
+        "{}{}",
+        &two[..start],
+        &two[start + "[audit]\ndir = \"audit\"\n".len()..]
+    );
+    let (ok, out) = check(&without);
+    assert!(!ok);
+    assert!(out.contains("missing field `audit`"), "{out}");
+    // The dev config (mTLS) is valid and grants the OCSP pre-signer no root-like wildcard.
+    let dev = Config::load(DEV).expect("dev config");
+    assert!(dev.gateway.tls.is_some() && dev.gateway.insecure_plaintext.is_none());
+    assert!(
+        dev.clients
+            .iter()
+            .all(|c| c.grants.iter().all(|g| !g.keys.contains(&"*".to_owned())))
     );
 }

@@ -97,7 +97,7 @@ fn two_dc_text() -> String {
 /// A one-datacenter config: HSM `x` has token `X` and PIN file `pins/x.pin`.
 fn mini(hsms: &[&str], keys: &[(&str, &str, &[&str])]) -> String {
     let mut t = String::from(
-        "[gateway]\nlisten = \"127.0.0.1:0\"\nlocal_datacenter = \"dc\"\n\n[[datacenters]]\nname = \"dc\"\n",
+        "[gateway]\nlisten = \"127.0.0.1:0\"\nlocal_datacenter = \"dc\"\n\n[gateway.insecure_plaintext]\nclient = \"tests\"\n\n[audit]\ndir = \"audit\"\n\n[[clients]]\nname = \"tests\"\n\n[[datacenters]]\nname = \"dc\"\n",
     );
     for h in hsms {
         t += &format!(

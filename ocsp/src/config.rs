@@ -94,6 +94,13 @@ pub struct Presigner {
     pub batch: usize,
     /// How often the refresh loop looks for due responses.
     pub interval_secs: u64,
+    /// mTLS to the gateway (PEM files, relative to this file): the CA of the gateway's
+    /// certificate, and this client's certificate and key. All three or none; none falls back
+    /// to `HSMGATE_TLS_CA` / `_CERT` / `_KEY`, and without those the connection is plain text
+    /// (a test gateway with `insecure_plaintext`).
+    pub gateway_ca: Option<PathBuf>,
+    pub gateway_cert: Option<PathBuf>,
+    pub gateway_key: Option<PathBuf>,
 }
 
 impl Default for Presigner {
@@ -104,6 +111,9 @@ impl Default for Presigner {
             refresh_after_hours: 48,
             batch: 256,
             interval_secs: 60,
+            gateway_ca: None,
+            gateway_cert: None,
+            gateway_key: None,
         }
     }
 }
@@ -152,6 +162,16 @@ impl Config {
         if p.refresh_after_hours == 0 {
             errors.push("presigner.refresh_after_hours: must be at least 1".into());
         }
+        let tls_set = [&p.gateway_ca, &p.gateway_cert, &p.gateway_key]
+            .iter()
+            .filter(|f| f.is_some())
+            .count();
+        if tls_set != 0 && tls_set != 3 {
+            errors.push(
+                "presigner.gateway_cert: set gateway_ca, gateway_cert and gateway_key together"
+                    .into(),
+            );
+        }
         if !(1..=10_000).contains(&p.batch) {
             errors.push("presigner.batch: must be between 1 and 10000".into());
         }
@@ -178,5 +198,56 @@ impl Config {
 
     pub fn resolve(&self, path: &Path) -> PathBuf {
         self.base_dir.join(path)
+    }
+
+    /// The pre-signer's mTLS files for the gateway: from this file, else the environment.
+    pub fn gateway_tls(&self) -> Option<hsmgate_signer_api::client::ClientTls> {
+        let p = &self.presigner;
+        match (&p.gateway_ca, &p.gateway_cert, &p.gateway_key) {
+            (Some(ca), Some(cert), Some(key)) => Some(hsmgate_signer_api::client::ClientTls::new(
+                self.resolve(ca),
+                self.resolve(cert),
+                self.resolve(key),
+            )),
+            _ => hsmgate_signer_api::client::ClientTls::from_env(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEV: &str = include_str!("../examples/dev.toml");
+
+    fn parse(text: &str) -> Config {
+        let mut c: Config = toml::from_str(text).expect("config parses");
+        c.base_dir = PathBuf::from("/etc/hsmgate");
+        c
+    }
+
+    #[test]
+    fn gateway_tls_files_come_together_and_resolve_against_the_file() {
+        let full = DEV.replace(
+            "[presigner]\n",
+            "[presigner]\ngateway_ca = \"tls/ca.pem\"\ngateway_cert = \"tls/p.pem\"\ngateway_key = \"tls/p.key\"\n",
+        );
+        let c = parse(&full);
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        let tls = c.gateway_tls().expect("tls from the file");
+        assert_eq!(tls.ca, Path::new("/etc/hsmgate/tls/ca.pem"));
+        assert_eq!(tls.key, Path::new("/etc/hsmgate/tls/p.key"));
+
+        let partial = DEV.replace(
+            "[presigner]\n",
+            "[presigner]\ngateway_cert = \"tls/p.pem\"\n",
+        );
+        let errors = parse(&partial).validate();
+        assert!(
+            errors.iter().any(|e| e.starts_with(
+                "presigner.gateway_cert: set gateway_ca, gateway_cert and gateway_key together"
+            )),
+            "{errors:?}"
+        );
     }
 }

@@ -321,8 +321,11 @@ impl Presigner {
     /// go to Redis, the worklist lives in the `replica` SQLite file.
     pub async fn from_config(config: &Config, metrics: PresignerMetrics) -> Result<Self, Error> {
         let issuers = Issuers::load(config)?;
-        let signer =
-            GatewaySigner::connect_lazy(&config.presigner.gateway, config.presigner.batch)?;
+        let signer = GatewaySigner::connect_lazy_tls(
+            &config.presigner.gateway,
+            config.gateway_tls().as_ref(),
+            config.presigner.batch,
+        )?;
         let (path, responses) = match &config.store {
             config::Store::Sqlite { path } => (config.resolve(path), Responses::Embedded),
             config::Store::Redis {

@@ -117,15 +117,24 @@ impl GatewaySigner {
 
     /// A signer for the gateway at `url` (`http://127.0.0.1:50051`). Does not connect: the
     /// channel connects on first use and reconnects by itself, so a pre-signer starts (and the
-    /// responder beside it keeps serving) while the gateway is down.
+    /// responder beside it keeps serving) while the gateway is down. mTLS files come from
+    /// `HSMGATE_TLS_CA` / `_CERT` / `_KEY` when set; see [`Self::connect_lazy_tls`].
     pub fn connect_lazy(url: &str, batch: usize) -> Result<Self, Error> {
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| Error::Config {
+        let tls = hsmgate_signer_api::client::ClientTls::from_env();
+        Self::connect_lazy_tls(url, tls.as_ref(), batch)
+    }
+
+    /// Same, with mTLS to the gateway when `tls` is given (`https` is then forced).
+    pub fn connect_lazy_tls(
+        url: &str,
+        tls: Option<&hsmgate_signer_api::client::ClientTls>,
+        batch: usize,
+    ) -> Result<Self, Error> {
+        let endpoint: Endpoint =
+            hsmgate_signer_api::client::endpoint(url, tls).map_err(|e| Error::Config {
                 path: "presigner.gateway".into(),
-                detail: format!("`{url}`: {e}"),
-            })?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true);
+                detail: e.to_string(),
+            })?;
         Ok(Self::new(endpoint.connect_lazy(), batch))
     }
 

@@ -97,6 +97,8 @@ pub struct Router {
     pub hsms: Vec<Arc<Hsm>>,
     pub limits: Limits,
     pub reference: Arc<KeyReference>,
+    /// Who may call and what they may sign (rebuilt with the router on reload).
+    pub clients: Arc<crate::authz::Clients>,
 }
 
 impl Router {

@@ -22,6 +22,23 @@ pub enum Error {
     #[error("{0}")]
     InvalidArgument(String),
 
+    /// The caller may not do this: not a configured client, outside its grants, or a payload
+    /// that is not what it was declared to be. The message names the item and the grant.
+    #[error("{0}")]
+    PermissionDenied(String),
+
+    /// The caller is over one of its limits (rate, concurrency).
+    #[error("{0}")]
+    ClientLimited(String),
+
+    /// The audit log cannot be written (or read back at start-up).
+    #[error("audit log: {0}")]
+    Audit(String),
+
+    /// TLS set-up of the signing API (a file missing or unusable).
+    #[error("{field}: {detail}")]
+    Tls { field: &'static str, detail: String },
+
     /// An HSM refused the request itself (e.g. `CKR_DATA_LEN_RANGE`): trying another HSM would
     /// not help.
     #[error("HSM {hsm} refused requests[{index}]: {code}")]
@@ -71,6 +88,11 @@ impl Error {
         match self {
             Error::UnknownKey(message) => Status::not_found(message.clone()),
             Error::InvalidArgument(m) => Status::invalid_argument(m.clone()),
+            Error::PermissionDenied(m) => Status::permission_denied(m.clone()),
+            Error::ClientLimited(m) => Status::resource_exhausted(m.clone()),
+            Error::Audit(_) => Status::unavailable(
+                "the audit log cannot be written: this gateway signs nothing until it can",
+            ),
             Error::Refused { index, code, .. } => Status::invalid_argument(format!(
                 "requests[{index}]: every HSM holding the key refused it: {code}"
             )),
@@ -86,9 +108,11 @@ impl Error {
             Error::DeadlineExceeded { .. } => {
                 Status::deadline_exceeded("the deadline passed before every signature was made")
             }
-            Error::Config(_) | Error::Pkcs11 { .. } | Error::Hsm { .. } | Error::Io(_) => {
-                Status::new(Code::Internal, "internal error")
-            }
+            Error::Config(_)
+            | Error::Tls { .. }
+            | Error::Pkcs11 { .. }
+            | Error::Hsm { .. }
+            | Error::Io(_) => Status::new(Code::Internal, "internal error"),
         }
     }
 }

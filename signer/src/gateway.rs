@@ -283,5 +283,6 @@ fn build_router(
         hsms,
         limits: Limits::from_config(config),
         reference,
+        clients: Arc::new(crate::authz::Clients::from_config(config, metrics)),
     }
 }

@@ -5,7 +5,9 @@
 //! sign at the HSMs' full speed through batches, and never notice an HSM dying.
 //!
 //! ```text
-//!  gRPC Sign / SignBatch
+//!  gRPC Sign / SignBatch over mTLS
+//!        │  authz: who is calling (client certificate), their grants, their limits
+//!        │  payload: what the key may sign (TBSCertificate / OCSP ResponseData parse)
 //!        │  service: check every item (key, algorithm, digest size) before anything is signed
 //!        ▼
 //!  gateway ─▶ dispatch: group by key, cut into chunks, pick the least-loaded local HSM,
@@ -15,11 +17,16 @@
 //!       a supervisor thread (watchdog for hung calls; reconnection)
 //!        ▼
 //!  cryptoki ─▶ the vendor's PKCS#11 module (Luna in production, SoftHSM2 here)
+//!        ▼
+//!  audit: one hash-chained record per request, on disk before the signature is returned
 //! ```
 //!
 //! # Layout
 //! - [`server`]: listeners, services, signals (SIGHUP reload, SIGTERM drain).
 //! - [`service`]: the gRPC service; request checks; errors to statuses.
+//! - [`authz`]: client identity, grants, per-client limits.
+//! - [`payload`]: declared payloads and their parse checks.
+//! - [`audit`]: the hash-chained audit log and its verification.
 //! - [`gateway`]: the current router; building it from config; reload.
 //! - [`dispatch`]: HSM choice, failover, retries.
 //! - [`hsm`]: sessions, workers, fault classification, reconnection.
@@ -28,11 +35,14 @@
 //! - [`error`]: the crate's error type and its gRPC mapping.
 
 pub mod algorithm;
+pub mod audit;
+pub mod authz;
 pub mod dispatch;
 pub mod error;
 pub mod gateway;
 pub mod hsm;
 pub mod metrics;
+pub mod payload;
 pub mod server;
 pub mod service;
 

@@ -1,9 +1,13 @@
 //! `signer --config FILE`: runs the hsmgate signing gateway.
+//! `signer audit verify DIR`: checks the hash chain of an audit log and names the first break.
+//!
+//! `audit verify` lives here rather than in `hsm-config` because the record format and its
+//! hashing are the gateway's (`signer::audit`): one implementation writes and checks them.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use hsm_config::{Config, Error as ConfigError};
 
 #[derive(Parser, Debug)]
@@ -14,7 +18,64 @@ use hsm_config::{Config, Error as ConfigError};
 struct Cli {
     /// The gateway's configuration (TOML). SIGHUP re-reads it.
     #[arg(long, short)]
-    config: PathBuf,
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Check every record's hash and the chain across files; exit 1 at the first break.
+    Verify {
+        /// The `[audit] dir` of a gateway.
+        dir: PathBuf,
+    },
+}
+
+fn audit_verify(dir: &std::path::Path) -> ExitCode {
+    match signer::audit::verify(dir) {
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }
+        Ok(v) => match &v.broken {
+            Some(b) => {
+                println!("BROKEN: {b} ({} records before it verified)", v.records);
+                ExitCode::FAILURE
+            }
+            None if v.records == 0 => {
+                println!("{}: no audit records", dir.display());
+                ExitCode::SUCCESS
+            }
+            None => {
+                println!(
+                    "OK: {} records in {} file(s), seq {}..{}, last hash {}",
+                    v.records,
+                    v.files,
+                    v.first_seq.unwrap_or(0),
+                    v.last_seq.unwrap_or(0),
+                    v.last_hash.as_deref().unwrap_or("")
+                );
+                if v.first_seq.is_some_and(|s| s > 1) {
+                    println!(
+                        "note: the log starts at seq {}: earlier files are not in {}",
+                        v.first_seq.unwrap_or(0),
+                        dir.display()
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+        },
+    }
 }
 
 fn main() -> ExitCode {
@@ -28,7 +89,20 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let config = match Config::load(&cli.config) {
+    let config_path = match (cli.command, cli.config) {
+        (
+            Some(Command::Audit {
+                command: AuditCommand::Verify { dir },
+            }),
+            _,
+        ) => return audit_verify(&dir),
+        (None, Some(path)) => path,
+        (None, None) => {
+            eprintln!("--config FILE is required");
+            return ExitCode::from(2);
+        }
+    };
+    let config = match Config::load(&config_path) {
         Ok(c) => c,
         Err(ConfigError::Invalid { path, errors }) => {
             eprintln!(
@@ -56,8 +130,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(signer::server::run(cli.config, config)) {
+    match runtime.block_on(signer::server::run(config_path, config)) {
         Ok(()) => ExitCode::SUCCESS,
+        // Unusable TLS files or audit directory: like an invalid configuration.
+        Err(e @ (signer::Error::Tls { .. } | signer::Error::Audit(_))) => {
+            tracing::error!("{e}; refusing to start");
+            ExitCode::from(2)
+        }
         Err(e) => {
             tracing::error!("{e}");
             ExitCode::FAILURE

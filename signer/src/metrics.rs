@@ -38,6 +38,23 @@ pub struct MethodLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientLabels {
+    pub client: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientCodeLabels {
+    pub client: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientLimitLabels {
+    pub client: String,
+    pub limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
@@ -66,6 +83,14 @@ pub struct Metrics {
     rpc_seconds: HistogramFamily<MethodLabels>,
     rpc_signatures: Family<MethodLabels, Counter>,
     reloads: Family<OutcomeLabels, Counter>,
+    client_requests: Family<ClientCodeLabels, Counter>,
+    client_signatures: Family<ClientLabels, Counter>,
+    client_in_flight: Family<ClientLabels, Gauge>,
+    client_limited: Family<ClientLimitLabels, Counter>,
+    client_limit: Family<ClientLimitLabels, Gauge>,
+    audit_records: Family<OutcomeLabels, Counter>,
+    audit_failures: Counter,
+    audit_seconds: Histogram,
 }
 
 impl Metrics {
@@ -85,6 +110,14 @@ impl Metrics {
             rpc_seconds: Family::new_with_constructor(latency_histogram),
             rpc_signatures: Family::default(),
             reloads: Family::default(),
+            client_requests: Family::default(),
+            client_signatures: Family::default(),
+            client_in_flight: Family::default(),
+            client_limited: Family::default(),
+            client_limit: Family::default(),
+            audit_records: Family::default(),
+            audit_failures: Counter::default(),
+            audit_seconds: latency_histogram(),
             registry: Registry::default(),
         };
         registry.register(
@@ -152,6 +185,46 @@ impl Metrics {
             "Configuration reloads, by outcome",
             m.reloads.clone(),
         );
+        registry.register(
+            "client_requests",
+            "Signing RPCs per client (configured name, `-` for unknown callers) and gRPC code",
+            m.client_requests.clone(),
+        );
+        registry.register(
+            "client_signatures",
+            "Signatures returned, per client",
+            m.client_signatures.clone(),
+        );
+        registry.register(
+            "client_in_flight",
+            "Signing RPCs in progress, per client",
+            m.client_in_flight.clone(),
+        );
+        registry.register(
+            "client_limited",
+            "Signing RPCs refused by a client's limit (rate or concurrency)",
+            m.client_limited.clone(),
+        );
+        registry.register(
+            "client_limit",
+            "Configured per-client limits (signatures_per_sec, burst, max_concurrent)",
+            m.client_limit.clone(),
+        );
+        registry.register(
+            "audit_records",
+            "Audit records, by outcome of their write (written, failed)",
+            m.audit_records.clone(),
+        );
+        registry.register(
+            "audit_failures",
+            "Failed audit writes (each fails every record of its group)",
+            m.audit_failures.clone(),
+        );
+        registry.register(
+            "audit_write_seconds",
+            "Time from handing a record to the audit writer to its fdatasync",
+            m.audit_seconds.clone(),
+        );
         Arc::new(Self { registry, ..m })
     }
 
@@ -188,6 +261,64 @@ impl Metrics {
         if signatures > 0 {
             self.rpc_signatures.get_or_create(&m).inc_by(signatures);
         }
+    }
+
+    /// An audit record written (or not), and how long the caller waited for it.
+    pub fn audit(&self, ok: bool, waited: Duration) {
+        let outcome = if ok { "written" } else { "failed" };
+        self.audit_records
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        self.audit_seconds.observe(waited.as_secs_f64());
+    }
+
+    pub fn audit_failure(&self) {
+        self.audit_failures.inc();
+    }
+
+    /// A signing RPC of `client` answered with `code`, with `signatures` returned.
+    pub fn client_rpc(&self, client: &str, code: tonic::Code, signatures: u64) {
+        self.client_requests
+            .get_or_create(&ClientCodeLabels {
+                client: client.to_owned(),
+                code: format!("{code:?}"),
+            })
+            .inc();
+        if signatures > 0 {
+            self.client_signatures
+                .get_or_create(&ClientLabels {
+                    client: client.to_owned(),
+                })
+                .inc_by(signatures);
+        }
+    }
+
+    /// The in-flight gauge of `client`.
+    pub fn client_in_flight(&self, client: &str) -> Gauge {
+        self.client_in_flight
+            .get_or_create(&ClientLabels {
+                client: client.to_owned(),
+            })
+            .clone()
+    }
+
+    pub fn client_limited(&self, client: &str, limit: &'static str) {
+        self.client_limited
+            .get_or_create(&ClientLimitLabels {
+                client: client.to_owned(),
+                limit,
+            })
+            .inc();
+    }
+
+    /// Publishes a client's configured limit (0 = none).
+    pub fn set_client_limit(&self, client: &str, limit: &'static str, value: u32) {
+        self.client_limit
+            .get_or_create(&ClientLimitLabels {
+                client: client.to_owned(),
+                limit,
+            })
+            .set(value.into());
     }
 
     pub fn reload(&self, outcome: &'static str) {

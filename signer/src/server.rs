@@ -1,5 +1,11 @@
 //! Running the gateway: listeners, gRPC services (signer, health, reflection), `/metrics`,
 //! and the signals operators use — SIGHUP reloads the configuration, SIGTERM drains and stops.
+//!
+//! The gRPC listener speaks mTLS (`[gateway.tls]`): the handshake requires a client
+//! certificate chaining to `client_ca`, so a caller without one, or with one from another CA,
+//! never reaches a service — health and reflection included. Plain text exists only with
+//! `[gateway.insecure_plaintext]` on a loopback address (validation refuses anything else),
+//! and the gateway says so loudly at start-up.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tonic::transport::server::TcpIncoming;
 
+use crate::audit::AuditLog;
 use crate::error::Error;
 use crate::gateway::Gateway;
 use crate::metrics::{self, Metrics};
@@ -24,6 +31,13 @@ pub const SERVICE_NAME: &str = "hsmgate.signer.v1.Signer";
 /// so scripts and tests can use port 0.
 pub async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
     let metrics = Metrics::new();
+    let tls = server_tls(&config)?;
+    let audit = AuditLog::open(
+        config.resolve(&config.audit.dir),
+        config.audit.max_file_bytes,
+        config.audit.on_failure,
+        metrics.clone(),
+    )?;
     let gateway = Gateway::start(&config, metrics.clone());
 
     let grpc_listener = TcpListener::bind(config.gateway.listen).await?;
@@ -91,14 +105,37 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
             hsm: String::new(),
             detail: format!("reflection: {e}"),
         })?;
-    let signer = SignerServer::new(SignerService::new(gateway.clone()))
+    let signer = SignerServer::new(SignerService::new(gateway.clone(), audit.clone()))
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
 
     // Nagle off on accepted sockets: with it, small unary replies wait for delayed ACKs
     // (~40 ms p99). `Server::tcp_nodelay` does not apply to a listener we bind ourselves.
     let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    match tls {
+        Some(tls) => {
+            builder = builder.tls_config(tls).map_err(|e| Error::Tls {
+                field: "gateway.tls",
+                detail: e.to_string(),
+            })?;
+        }
+        None => {
+            let client = config
+                .gateway
+                .insecure_plaintext
+                .as_ref()
+                .map_or("", |p| p.client.as_str());
+            tracing::warn!(
+                listen = %grpc_addr,
+                client,
+                "INSECURE: the signing API speaks PLAIN TEXT with NO CLIENT AUTHENTICATION \
+                 ([gateway.insecure_plaintext]); every local process can sign as client `{client}`. \
+                 For tests on one machine only: configure [gateway.tls] anywhere else."
+            );
+        }
+    }
+    let server = builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(signer)
@@ -122,6 +159,9 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
                     Ok(new) => {
                         if new.gateway.listen != config.gateway.listen || new.gateway.metrics_listen != config.gateway.metrics_listen {
                             tracing::warn!("listen addresses changed: they apply at the next restart");
+                        }
+                        if new.gateway.tls != config.gateway.tls || new.gateway.insecure_plaintext.is_some() != config.gateway.insecure_plaintext.is_some() || new.audit != config.audit {
+                            tracing::warn!("[gateway.tls], [gateway.insecure_plaintext] and [audit] changes apply at the next restart");
                         }
                         drain = new.timeouts.drain();
                         gateway.reload(&new).await;
@@ -154,4 +194,49 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
     }
     gateway.shutdown();
     Ok(())
+}
+
+/// The TLS configuration of the signing API, read from `[gateway.tls]`; `None` for the
+/// explicit plain-text opt-in. Errors name the field whose file is unusable.
+fn server_tls(config: &Config) -> Result<Option<tonic::transport::ServerTlsConfig>, Error> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let Some(tls) = &config.gateway.tls else {
+        return Ok(None);
+    };
+    let read = |field: &'static str, path: &std::path::Path| {
+        let path = config.resolve(path);
+        std::fs::read(&path).map_err(|e| Error::Tls {
+            field,
+            detail: format!("cannot read {}: {e}", path.display()),
+        })
+    };
+    let cert = read("gateway.tls.cert", &tls.cert)?;
+    let key = zeroize::Zeroizing::new(read("gateway.tls.key", &tls.key)?);
+    let ca = read("gateway.tls.client_ca", &tls.client_ca)?;
+    for (field, pem, marker) in [
+        (
+            "gateway.tls.cert",
+            &cert,
+            &b"-----BEGIN CERTIFICATE-----"[..],
+        ),
+        ("gateway.tls.key", &*key, &b"PRIVATE KEY-----"[..]),
+        (
+            "gateway.tls.client_ca",
+            &ca,
+            &b"-----BEGIN CERTIFICATE-----"[..],
+        ),
+    ] {
+        if !pem.windows(marker.len()).any(|w| w == marker) {
+            return Err(Error::Tls {
+                field,
+                detail: "not a PEM file of the expected kind".into(),
+            });
+        }
+    }
+    Ok(Some(
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(cert, key.as_slice()))
+            .client_ca_root(Certificate::from_pem(ca))
+            .timeout(Duration::from_secs(10)),
+    ))
 }

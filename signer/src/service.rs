@@ -1,8 +1,18 @@
 //! The gRPC service: turns `hsmgate.signer.v1` messages into checked items for the gateway,
 //! and the gateway's errors into gRPC statuses.
+//!
+//! A signing call goes: identify the caller ([`crate::authz`]) → its declared payload →
+//! batch limits → every item inside the caller's grants and, for keys that check payloads,
+//! parsing as declared ([`crate::payload`]) → the caller's rate and concurrency limits → item
+//! checks → HSMs → one audit record ([`crate::audit`]), on disk before the answer leaves.
+//! Every refusal is audited too.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use hsm_config::{AuditFailure, Operation};
+use hsmgate_signer_api::PAYLOAD_HEADER;
 
 use hsmgate_signer_api::v1::signer_server::Signer;
 use hsmgate_signer_api::v1::{
@@ -13,18 +23,229 @@ use hsmgate_signer_api::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::algorithm::{self, Input};
+use crate::audit::{self, AuditLog};
+use crate::authz::Caller;
 use crate::dispatch::{Prepared, Router, Signed};
 use crate::error::Error;
 use crate::gateway::Gateway;
+use crate::payload;
 
 #[derive(Debug, Clone)]
 pub struct SignerService {
     gateway: Arc<Gateway>,
+    audit: Arc<AuditLog>,
+}
+
+/// What a signing call's envelope says, read before its message is taken out.
+struct CallInfo {
+    certs: Option<Arc<Vec<tonic::transport::CertificateDer<'static>>>>,
+    peer: Option<SocketAddr>,
+    payload: Result<Operation, Error>,
+    deadline: Instant,
+}
+
+/// The audit log's view of one request item.
+fn audit_item(r: &SignRequest) -> audit::Item {
+    match &r.input {
+        Some(sign_request::Input::Digest(d)) => audit::Item::new(&r.key, "digest", d),
+        Some(sign_request::Input::Message(m)) => audit::Item::new(&r.key, "message", m),
+        None => audit::Item::new(&r.key, "none", &[]),
+    }
 }
 
 impl SignerService {
-    pub fn new(gateway: Arc<Gateway>) -> Self {
-        Self { gateway }
+    pub fn new(gateway: Arc<Gateway>, audit: Arc<AuditLog>) -> Self {
+        Self { gateway, audit }
+    }
+
+    fn call_info<T>(&self, request: &Request<T>) -> CallInfo {
+        let payload = payload::declared(
+            request
+                .metadata()
+                .get(PAYLOAD_HEADER)
+                .map(|v| v.to_str().unwrap_or("(not visible ASCII)")),
+        );
+        CallInfo {
+            certs: request.peer_certs(),
+            peer: request.remote_addr(),
+            payload,
+            deadline: self.deadline(request),
+        }
+    }
+
+    fn caller(&self, router: &Router, info: &CallInfo) -> Caller {
+        router
+            .clients
+            .identify(info.certs.as_deref().map(Vec::as_slice))
+    }
+
+    /// For calls that sign nothing (`GetPublicKey`, `ListKeys`): any configured client.
+    fn require_client<T>(&self, router: &Router, request: &Request<T>) -> Result<(), Error> {
+        let caller = router
+            .clients
+            .identify(request.peer_certs().as_deref().map(Vec::as_slice));
+        match caller.client {
+            Some(_) => Ok(()),
+            None => Err(Error::PermissionDenied(format!(
+                "the caller ({}) is not a client of this gateway",
+                caller.identity
+            ))),
+        }
+    }
+
+    /// A `Sign` or `SignBatch` call from start to audit record.
+    async fn signing_rpc(
+        &self,
+        method: &'static str,
+        info: CallInfo,
+        requests: &[SignRequest],
+        batch: bool,
+    ) -> Result<Vec<Signed>, Error> {
+        let router = self.gateway.router();
+        let caller = self.caller(&router, &info);
+        let operation = match &info.payload {
+            Ok(op) => op.as_str(),
+            Err(_) => "invalid",
+        };
+        let mut record = audit::Record {
+            method,
+            client: caller.name().to_owned(),
+            identity: caller.identity.clone(),
+            peer: info.peer.map(|p| p.to_string()),
+            operation,
+            items: requests.iter().map(audit_item).collect(),
+            ..audit::Record::default()
+        };
+        let result = self
+            .checked_sign(
+                &router,
+                &caller,
+                info.payload,
+                requests,
+                info.deadline,
+                batch,
+            )
+            .await;
+        let (code, signatures) = match &result {
+            Ok(signed) => {
+                record.outcome = "OK".into();
+                let mut hsms: Vec<String> = signed.iter().map(|s| s.hsm.to_string()).collect();
+                hsms.sort();
+                hsms.dedup();
+                record.hsms = hsms;
+                (tonic::Code::Ok, signed.len() as u64)
+            }
+            Err(e) => {
+                let status = e.to_status();
+                record.outcome = format!("{:?}", status.code());
+                record.detail = Some(status.message().to_owned());
+                if status.code() == tonic::Code::PermissionDenied {
+                    tracing::warn!(client = caller.name(), identity = %caller.identity, method, "{e}");
+                }
+                (status.code(), 0)
+            }
+        };
+        let result = match (self.audit.append(record).await, result) {
+            (Ok(_), result) => result,
+            (Err(e), Ok(_)) if self.audit.on_failure() == AuditFailure::StopSigning => {
+                tracing::error!(client = caller.name(), method, "signatures withheld: {e}");
+                Err(e)
+            }
+            (Err(e), result) => {
+                tracing::error!(
+                    client = caller.name(),
+                    method,
+                    "no audit record for this call: {e}"
+                );
+                result
+            }
+        };
+        let code = match &result {
+            Ok(_) => code,
+            Err(e) => e.to_status().code(),
+        };
+        self.gateway.metrics().client_rpc(
+            caller.name(),
+            code,
+            if result.is_ok() { signatures } else { 0 },
+        );
+        result
+    }
+
+    /// Everything a signing call must pass, then the signing itself.
+    async fn checked_sign(
+        &self,
+        router: &Router,
+        caller: &Caller,
+        payload: Result<Operation, Error>,
+        requests: &[SignRequest],
+        deadline: Instant,
+        batch: bool,
+    ) -> Result<Vec<Signed>, Error> {
+        let op = payload?;
+        let client = caller.client.as_ref().ok_or_else(|| {
+            Error::PermissionDenied(format!(
+                "the caller ({}) is not a client of this gateway",
+                caller.identity
+            ))
+        })?;
+        if batch {
+            let max = router.limits.max_request_items;
+            if requests.is_empty() {
+                return Err(Error::InvalidArgument(
+                    "requests: the batch is empty".into(),
+                ));
+            } else if requests.len() > max {
+                return Err(Error::InvalidArgument(format!(
+                    "requests: {} items, at most {max} per call",
+                    requests.len()
+                )));
+            }
+        }
+        for (i, r) in requests.iter().enumerate() {
+            let field = if batch {
+                format!("requests[{i}].")
+            } else {
+                String::new()
+            };
+            let key: String = r.key.chars().take(128).collect();
+            // An empty key is a malformed request (INVALID_ARGUMENT from `prepare`), not a
+            // question of grants. A key outside the caller's grants is PERMISSION_DENIED even
+            // when it does not exist, so that grants do not reveal which keys do.
+            if !r.key.is_empty() && !client.allows(&r.key, op) {
+                return Err(Error::PermissionDenied(format!(
+                    "{field}key: client `{}` may not {} with key `{key}`",
+                    client.name,
+                    op.as_str()
+                )));
+            }
+            if !r.key.is_empty() && router.clients.checked_keys.contains(&r.key) {
+                if op == Operation::SignRaw {
+                    return Err(Error::PermissionDenied(format!(
+                        "{field}key: key `{key}` signs only declared payloads ({PAYLOAD_HEADER}: {} or {})",
+                        hsmgate_signer_api::PAYLOAD_TBS_CERTIFICATE,
+                        hsmgate_signer_api::PAYLOAD_OCSP_RESPONSE_DATA
+                    )));
+                }
+                match &r.input {
+                    Some(sign_request::Input::Message(m)) => {
+                        payload::check(op, m).map_err(|reason| {
+                            Error::PermissionDenied(format!(
+                                "{field}message: declared for {} but {reason}",
+                                op.as_str()
+                            ))
+                        })?
+                    }
+                    _ => {
+                        return Err(Error::InvalidArgument(format!(
+                            "{field}message: key `{key}` checks what it signs: send the message, not a digest"
+                        )));
+                    }
+                }
+            }
+        }
+        let _admission = client.admit(requests.len() as u64, self.gateway.metrics())?;
+        self.sign_all(router, requests, deadline, batch).await
     }
 
     fn prepare(router: &Router, field: &str, req: &SignRequest) -> Result<Prepared, Error> {
@@ -45,11 +266,11 @@ impl SignerService {
 
     async fn sign_all(
         &self,
+        router: &Router,
         requests: &[SignRequest],
         deadline: Instant,
         batch: bool,
     ) -> Result<Vec<Signed>, Error> {
-        let router = self.gateway.router();
         let prepared = requests
             .iter()
             .enumerate()
@@ -59,10 +280,10 @@ impl SignerService {
                 } else {
                     String::new()
                 };
-                Self::prepare(&router, &field, r)
+                Self::prepare(router, &field, r)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        self.gateway.sign(&router, prepared, deadline).await
+        self.gateway.sign(router, prepared, deadline).await
     }
 
     /// The instant by which the answer must be sent. With a caller's `grpc-timeout`, a small
@@ -146,10 +367,10 @@ pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
 impl Signer for SignerService {
     async fn sign(&self, request: Request<SignRequest>) -> Result<Response<SignResponse>, Status> {
         let started = Instant::now();
-        let deadline = self.deadline(&request);
+        let info = self.call_info(&request);
         let req = request.into_inner();
         let result = self
-            .sign_all(std::slice::from_ref(&req), deadline, false)
+            .signing_rpc("Sign", info, std::slice::from_ref(&req), false)
             .await
             .and_then(|mut v| {
                 v.pop()
@@ -164,31 +385,20 @@ impl Signer for SignerService {
         request: Request<SignBatchRequest>,
     ) -> Result<Response<SignBatchResponse>, Status> {
         let started = Instant::now();
-        let deadline = self.deadline(&request);
+        let info = self.call_info(&request);
         let requests = request.into_inner().requests;
-        let max = self.gateway.router().limits.max_request_items;
-        let result = if requests.is_empty() {
-            Err(Error::InvalidArgument(
-                "requests: the batch is empty".into(),
-            ))
-        } else if requests.len() > max {
-            Err(Error::InvalidArgument(format!(
-                "requests: {} items, at most {max} per call",
-                requests.len()
-            )))
-        } else {
-            self.sign_all(&requests, deadline, true)
-                .await
-                .map(|signed| {
-                    let n = signed.len() as u64;
-                    (
-                        SignBatchResponse {
-                            responses: signed.into_iter().map(response).collect(),
-                        },
-                        n,
-                    )
-                })
-        };
+        let result = self
+            .signing_rpc("SignBatch", info, &requests, true)
+            .await
+            .map(|signed| {
+                let n = signed.len() as u64;
+                (
+                    SignBatchResponse {
+                        responses: signed.into_iter().map(response).collect(),
+                    },
+                    n,
+                )
+            });
         self.finish("SignBatch", started, result)
     }
 
@@ -197,8 +407,11 @@ impl Signer for SignerService {
         request: Request<GetPublicKeyRequest>,
     ) -> Result<Response<GetPublicKeyResponse>, Status> {
         let started = Instant::now();
-        let name = request.into_inner().key;
         let router = self.gateway.router();
+        if let Err(e) = self.require_client(&router, &request) {
+            return self.finish("GetPublicKey", started, Err(e));
+        }
+        let name = request.into_inner().key;
         let result = match router.keys.get(&name) {
             None => Err(Error::UnknownKey(format!("key: unknown key `{name}`"))),
             Some(entry) => match router.reference.get(&entry.reference_id()) {
@@ -221,10 +434,13 @@ impl Signer for SignerService {
 
     async fn list_keys(
         &self,
-        _request: Request<ListKeysRequest>,
+        request: Request<ListKeysRequest>,
     ) -> Result<Response<ListKeysResponse>, Status> {
         let started = Instant::now();
         let router = self.gateway.router();
+        if let Err(e) = self.require_client(&router, &request) {
+            return self.finish("ListKeys", started, Err(e));
+        }
         let mut keys: Vec<KeyInfo> = router
             .keys
             .values()

@@ -37,6 +37,17 @@ listen = "127.0.0.1:0"
 metrics_listen = "127.0.0.1:0"
 local_datacenter = "dc-test"
 
+# Plain text on loopback for the test; callers act as client `tests`.
+[gateway.insecure_plaintext]
+client = "tests"
+
+[audit]
+dir = "audit"
+
+[[clients]]
+name = "tests"
+grants = [{ keys = ["*"], operations = ["sign-raw", "sign-certificate", "sign-ocsp"] }]
+
 [timeouts]
 hsm_call_ms = 2000
 default_deadline_ms = 10000

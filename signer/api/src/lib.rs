@@ -2,9 +2,23 @@
 //! `signer/proto/hsmgate/signer/v1/signer.proto`.
 //!
 //! Callers (the OCSP pre-signer, the ACME frontend, `hsm-bench`) depend on this crate alone:
-//! it carries the client stubs and messages but no PKCS#11.
+//! it carries the client stubs and messages but no PKCS#11, and [`client`], which turns an
+//! endpoint URL and optional mTLS files into a tonic `Channel`.
 
 #![allow(missing_debug_implementations)] // generated code; its messages derive Debug already.
+
+pub mod client;
+
+/// gRPC metadata key by which a `Sign` or `SignBatch` call declares what its items are
+/// (operation `sign-certificate` or `sign-ocsp` in the gateway's grants); absent, the items are
+/// raw digests or messages (`sign-raw`). Values: [`PAYLOAD_TBS_CERTIFICATE`],
+/// [`PAYLOAD_OCSP_RESPONSE_DATA`]. Metadata rather than a message field so that the messages
+/// callers build stay as they are; every item of a call has the declared type.
+pub const PAYLOAD_HEADER: &str = "hsmgate-payload";
+/// An X.509 `TBSCertificate` (RFC 5280 §4.1.1.1).
+pub const PAYLOAD_TBS_CERTIFICATE: &str = "tbs-certificate";
+/// An OCSP `ResponseData`, the `tbsResponseData` of a BasicOCSPResponse (RFC 6960 §4.2.1).
+pub const PAYLOAD_OCSP_RESPONSE_DATA: &str = "ocsp-response-data";
 
 /// Generated messages, client and server for `hsmgate.signer.v1`.
 pub mod v1 {

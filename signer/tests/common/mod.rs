@@ -274,6 +274,41 @@ impl Gateway {
         None
     }
 
+    /// The gateway's `[audit] dir` (test configs say `audit`, next to the config file).
+    pub fn audit_dir(&self) -> PathBuf {
+        self.dir.path().join("audit")
+    }
+
+    /// Every audit record so far, in order.
+    pub fn audit_records(&self) -> Vec<serde_json::Value> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.audit_dir())
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.retain(|p| p.extension().is_some_and(|e| e == "jsonl"));
+        files.sort();
+        files
+            .iter()
+            .flat_map(|f| {
+                std::fs::read_to_string(f)
+                    .expect("audit file")
+                    .lines()
+                    .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// A client over mTLS with `tls` (`Err` if the connection or handshake fails).
+    pub async fn tls_client(
+        &self,
+        tls: &hsmgate_signer_api::client::ClientTls,
+    ) -> Result<SignerClient<Channel>, hsmgate_signer_api::client::Error> {
+        let channel =
+            hsmgate_signer_api::client::connect(&format!("https://{}", self.grpc), Some(tls))
+                .await?;
+        Ok(SignerClient::new(channel))
+    }
+
     pub fn logs(&self) -> String {
         self.stderr.lock().expect("lock").clone()
     }
@@ -506,4 +541,58 @@ pub fn served_between(
         }
     }
     m
+}
+
+/// A development PKI for mTLS tests (`hsm_config::devcerts`): a CA, the gateway's certificate
+/// for 127.0.0.1, and a certificate per client name.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn new(clients: &[&str]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("hsmgate-pki-")
+            .tempdir()
+            .expect("tempdir");
+        hsm_config::devcerts::ensure(dir.path(), clients).expect("dev certificates");
+        Self { dir }
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    /// Client `name`'s files, trusting this PKI's CA for the server.
+    pub fn client_tls(&self, name: &str) -> hsmgate_signer_api::client::ClientTls {
+        let (cert, key) = hsm_config::devcerts::client_files(self.dir.path(), name);
+        hsmgate_signer_api::client::ClientTls::new(self.path("ca.pem"), cert, key)
+    }
+
+    /// `[gateway.tls]` for a gateway with this PKI's server certificate and client CA.
+    pub fn tls_table(&self) -> String {
+        format!(
+            "[gateway.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n",
+            self.path("server.pem").display(),
+            self.path("server.key").display(),
+            self.path("ca.pem").display()
+        )
+    }
+}
+
+/// The two-datacenter test config with mTLS from `pki` instead of plain text, and `clients`
+/// (TOML `[[clients]]` entries) instead of the plain-text `tests` client; `edit` applies last.
+pub fn mtls_config(pki: &Pki, clients: &str) -> String {
+    let text = tokens().config_text.replace(
+        "[gateway.insecure_plaintext]\nclient = \"tests\"\n",
+        &pki.tls_table(),
+    );
+    assert!(
+        text.contains("[gateway.tls]"),
+        "two-dc.toml's plain-text table changed"
+    );
+    let cut = text
+        .find("[[clients]]\nname = \"tests\"")
+        .expect("two-dc.toml ends with the `tests` client");
+    format!("{}{clients}", &text[..cut])
 }

@@ -1,0 +1,715 @@
+//! The audit log: one append-only, hash-chained record per signing request.
+//!
+//! Every `Sign` and `SignBatch` call — signed, refused or failed — becomes one JSON line in
+//! `[audit] dir`, written and `fdatasync`ed **before** the signature is returned:
+//!
+//! ```text
+//! {"seq":7,"time":"2026-11-27T14:31:11.123Z","method":"SignBatch","client":"ocsp-presigner",
+//!  "identity":"CN=ocsp-presigner,O=hsmgate dev","peer":"127.0.0.1:40312","operation":"sign-raw",
+//!  "outcome":"OK","detail":null,"hsms":["dev-a"],
+//!  "items":[{"key":"dev-p256","input":"digest","sha256":"…"}],
+//!  "prev":"<hash of record 6>","hash":"<SHA-256 of this line without its hash field>"}
+//! ```
+//!
+//! `items[].sha256` is the SHA-256 of the bytes the caller sent (the digest, or the message),
+//! so a record can be matched to the certificate or OCSP response it produced.
+//!
+//! **The chain.** `hash` is the SHA-256 of the line as it would read without `,"hash":"…"`;
+//! `prev` is the previous record's `hash` (64 zeros for record 1). Editing a record breaks its
+//! own hash; removing or reordering one breaks the next record's `prev` and `seq`; `signer audit
+//! verify DIR` checks everything and names the first break. (Removing the *newest* records is
+//! only detectable against an outside copy of the last hash — ship the log off the machine.)
+//!
+//! **Files.** `audit-<seq of its first record, 20 digits>.jsonl`; once a file reaches
+//! `max_file_bytes` the next record starts a new file and the chain continues across it. At
+//! start-up the last record is read back and checked, so a restarted gateway extends the same
+//! chain; a torn last line (a crash mid-write, never acknowledged) is cut off with a warning.
+//!
+//! **Group commit.** One writer thread owns the file. Requests hand it their record and wait;
+//! it takes every record queued, writes them, syncs once and answers them all, so concurrent
+//! callers share an `fdatasync`.
+//!
+//! **Losing the sink** (disk full, directory gone): the write fails, and with `on_failure =
+//! "stop-signing"` (the default) the caller gets UNAVAILABLE and no signature — fail closed,
+//! because a signature nobody can account for is worse than a retry on another gateway. The
+//! next request tries again (re-reading the tail first), so signing resumes by itself once the
+//! sink is back. `log-and-continue` returns signatures anyway and counts the failures.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hsm_config::AuditFailure;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::Error;
+use crate::metrics::Metrics;
+
+/// `prev` of the first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// Most records the writer takes per sync.
+const GROUP_MAX: usize = 1024;
+/// `,"hash":"` + 64 hex digits + `"}`.
+const HASH_SUFFIX_LEN: usize = 9 + 64 + 2;
+
+/// One item of a signing request, as recorded.
+#[derive(Clone, Debug, Serialize)]
+pub struct Item {
+    /// The key name as the caller sent it (at most 128 characters kept).
+    pub key: String,
+    /// `digest` or `message`; `none` when the item had no input.
+    pub input: &'static str,
+    /// SHA-256 of the bytes sent, hex.
+    pub sha256: String,
+}
+
+impl Item {
+    pub fn new(key: &str, input: &'static str, bytes: &[u8]) -> Self {
+        Self {
+            key: key.chars().take(128).collect(),
+            input,
+            sha256: hex::encode(Sha256::digest(bytes)),
+        }
+    }
+}
+
+/// What one signing request leaves in the log (the writer adds `seq`, `time`, `prev`, `hash`).
+#[derive(Clone, Debug, Default)]
+pub struct Record {
+    pub method: &'static str,
+    /// The configured client name; `-` when the caller is not a configured client.
+    pub client: String,
+    /// How the caller was identified (certificate subject and SPKI hash, or `plaintext`).
+    pub identity: String,
+    pub peer: Option<String>,
+    /// The operation the call declared (`sign-raw`, `sign-certificate`, `sign-ocsp`).
+    pub operation: &'static str,
+    /// `OK` or the gRPC code the caller got.
+    pub outcome: String,
+    /// The message the caller got, for a refusal or failure.
+    pub detail: Option<String>,
+    /// HSMs that made the signatures.
+    pub hsms: Vec<String>,
+    pub items: Vec<Item>,
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    seq: u64,
+    time: &'a str,
+    method: &'a str,
+    client: &'a str,
+    identity: &'a str,
+    peer: Option<&'a str>,
+    operation: &'a str,
+    outcome: &'a str,
+    detail: Option<&'a str>,
+    hsms: &'a [String],
+    items: &'a [Item],
+    prev: &'a str,
+}
+
+struct Pending {
+    record: Record,
+    reply: tokio::sync::oneshot::Sender<Result<u64, String>>,
+}
+
+/// The running audit log: a handle to its writer thread.
+#[derive(Debug)]
+pub struct AuditLog {
+    /// Held (locked) for the process's life: two gateways on one directory would fork the chain.
+    _lock: File,
+    tx: crossbeam_channel::Sender<Pending>,
+    on_failure: AuditFailure,
+    metrics: Arc<Metrics>,
+    dir: PathBuf,
+}
+
+impl AuditLog {
+    /// Opens `dir` (creating it), reads back and checks the last record, and starts the writer.
+    /// Fails if the tail of the log is damaged: the gateway must not start a second chain.
+    pub fn open(
+        dir: PathBuf,
+        max_file_bytes: u64,
+        on_failure: AuditFailure,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, Error> {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::Audit(format!("creating {}: {e}", dir.display())))?;
+        let lock_path = dir.join(".lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::Audit(format!("{}: {e}", lock_path.display())))?;
+        lock.try_lock().map_err(|_| {
+            Error::Audit(format!(
+                "{} is in use by another gateway: each gateway needs its own audit directory",
+                dir.display()
+            ))
+        })?;
+        let mut writer = Writer {
+            dir: dir.clone(),
+            max_file_bytes,
+            file: None,
+            size: 0,
+            next_seq: 1,
+            prev: GENESIS.to_owned(),
+            recovered: false,
+        };
+        writer.recover().map_err(Error::Audit)?;
+        tracing::info!(
+            dir = %dir.display(),
+            next_seq = writer.next_seq,
+            "audit log open; the chain continues from the last record"
+        );
+        let (tx, rx) = crossbeam_channel::unbounded::<Pending>();
+        let thread_metrics = metrics.clone();
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer.run(rx, thread_metrics))
+            .map_err(|e| Error::Audit(format!("cannot start the audit writer: {e}")))?;
+        Ok(Arc::new(Self {
+            _lock: lock,
+            tx,
+            on_failure,
+            metrics,
+            dir,
+        }))
+    }
+
+    pub fn on_failure(&self) -> AuditFailure {
+        self.on_failure
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Appends `record` and returns its sequence number once it is on disk.
+    pub async fn append(&self, record: Record) -> Result<u64, Error> {
+        let started = Instant::now();
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Pending { record, reply })
+            .map_err(|_| Error::Audit("the audit writer has stopped".into()))?;
+        let result = match rx.await {
+            Ok(r) => r.map_err(Error::Audit),
+            Err(_) => Err(Error::Audit("the audit writer has stopped".into())),
+        };
+        self.metrics.audit(result.is_ok(), started.elapsed());
+        result
+    }
+}
+
+/// The writer thread's state: the current file and the chain's head.
+struct Writer {
+    dir: PathBuf,
+    max_file_bytes: u64,
+    file: Option<File>,
+    size: u64,
+    next_seq: u64,
+    prev: String,
+    /// False after a failed write: the tail is read back before the next one.
+    recovered: bool,
+}
+
+impl Writer {
+    fn run(mut self, rx: crossbeam_channel::Receiver<Pending>, metrics: Arc<Metrics>) {
+        while let Ok(first) = rx.recv() {
+            let mut group = vec![first];
+            while group.len() < GROUP_MAX {
+                match rx.try_recv() {
+                    Ok(p) => group.push(p),
+                    Err(_) => break,
+                }
+            }
+            let result = self.write_group(group.iter().map(|p| &p.record));
+            match result {
+                Ok(first_seq) => {
+                    for (i, p) in group.into_iter().enumerate() {
+                        let _ = p.reply.send(Ok(first_seq + i as u64));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(dir = %self.dir.display(), "audit log write failed: {e}");
+                    metrics.audit_failure();
+                    self.file = None;
+                    self.recovered = false;
+                    for p in group {
+                        let _ = p.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes the records and syncs; the chain head moves only if everything reached the disk.
+    fn write_group<'a>(
+        &mut self,
+        records: impl Iterator<Item = &'a Record>,
+    ) -> Result<u64, String> {
+        if !self.recovered {
+            self.recover()?;
+        }
+        let first_seq = self.next_seq;
+        let (mut seq, mut prev) = (self.next_seq, self.prev.clone());
+        let mut buf: Vec<u8> = Vec::new();
+        let time = now_rfc3339();
+        for record in records {
+            let line = Line {
+                seq,
+                time: &time,
+                method: record.method,
+                client: &record.client,
+                identity: &record.identity,
+                peer: record.peer.as_deref(),
+                operation: record.operation,
+                outcome: &record.outcome,
+                detail: record.detail.as_deref(),
+                hsms: &record.hsms,
+                items: &record.items,
+                prev: &prev,
+            };
+            let body = serde_json::to_string(&line).map_err(|e| format!("encoding: {e}"))?;
+            let hash = hex::encode(Sha256::digest(body.as_bytes()));
+            let mut text = body;
+            text.pop(); // the closing brace
+            text.push_str(",\"hash\":\"");
+            text.push_str(&hash);
+            text.push_str("\"}\n");
+            let pending = self.size + buf.len() as u64;
+            if self.file.is_none()
+                || (pending > 0 && pending + text.len() as u64 > self.max_file_bytes)
+            {
+                self.flush(&mut buf)?;
+                self.rotate(seq)?;
+            }
+            buf.extend_from_slice(text.as_bytes());
+            prev = hash;
+            seq += 1;
+        }
+        self.flush(&mut buf)?;
+        self.next_seq = seq;
+        self.prev = prev;
+        Ok(first_seq)
+    }
+
+    fn flush(&mut self, buf: &mut Vec<u8>) -> Result<(), String> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let file = self.file.as_mut().ok_or("no audit file open")?;
+        file.write_all(buf)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| format!("writing {}: {e}", self.dir.display()))?;
+        self.size += buf.len() as u64;
+        buf.clear();
+        Ok(())
+    }
+
+    /// Starts `audit-<seq>.jsonl` and syncs the directory so that the new name is durable.
+    fn rotate(&mut self, seq: u64) -> Result<(), String> {
+        let path = self.dir.join(file_name(seq));
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(|e| format!("creating {}: {e}", path.display()))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| format!("syncing {}: {e}", self.dir.display()))?;
+        self.size = file
+            .metadata()
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .len();
+        self.file = Some(file);
+        Ok(())
+    }
+
+    /// Finds the chain's head from the newest file: its last record, checked. A last line
+    /// without its newline was never acknowledged and is cut off; an empty newest file is
+    /// removed.
+    fn recover(&mut self) -> Result<(), String> {
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| format!("creating {}: {e}", self.dir.display()))?;
+        let mut files = list_files(&self.dir)?;
+        self.file = None;
+        self.size = 0;
+        while let Some((first_seq, path)) = files.pop() {
+            let mut f = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| format!("opening {}: {e}", path.display()))?;
+            let mut text = Vec::new();
+            f.read_to_end(&mut text)
+                .map_err(|e| format!("reading {}: {e}", path.display()))?;
+            if !text.is_empty() && !text.ends_with(b"\n") {
+                let keep = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+                tracing::warn!(
+                    file = %path.display(),
+                    bytes = text.len() - keep,
+                    "audit log: cutting off a torn last record (a crash during its write; it was never acknowledged)"
+                );
+                f.set_len(keep as u64)
+                    .and_then(|()| f.seek(SeekFrom::End(0)).map(|_| ()))
+                    .map_err(|e| format!("truncating {}: {e}", path.display()))?;
+                text.truncate(keep);
+            }
+            let Some(last) = text.split(|&b| b == b'\n').rev().find(|l| !l.is_empty()) else {
+                std::fs::remove_file(&path)
+                    .map_err(|e| format!("removing empty {}: {e}", path.display()))?;
+                continue;
+            };
+            let line = std::str::from_utf8(last)
+                .map_err(|_| format!("{}: the last record is not UTF-8", path.display()))?;
+            let (seq, _, hash) = check_line(line).map_err(|reason| {
+                format!(
+                    "{}: the last record is damaged ({reason}); run `signer audit verify {}`",
+                    path.display(),
+                    self.dir.display()
+                )
+            })?;
+            if seq < first_seq {
+                return Err(format!(
+                    "{}: last record has seq {seq}, before the file's first ({first_seq})",
+                    path.display()
+                ));
+            }
+            self.next_seq = seq + 1;
+            self.prev = hash;
+            self.size = text.len() as u64;
+            self.file = Some(f);
+            break;
+        }
+        self.recovered = true;
+        Ok(())
+    }
+}
+
+fn file_name(first_seq: u64) -> String {
+    format!("audit-{first_seq:020}.jsonl")
+}
+
+/// Audit files of `dir`, by first sequence number.
+fn list_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, String> {
+    let mut files = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(seq) = name
+            .strip_prefix("audit-")
+            .and_then(|r| r.strip_suffix(".jsonl"))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            files.push((seq, entry.path()));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Checks one line's own hash; returns `(seq, prev, hash)`.
+fn check_line(line: &str) -> Result<(u64, String, String), String> {
+    if line.len() < HASH_SUFFIX_LEN + 2 || !line.ends_with("\"}") {
+        return Err("not a record: no hash at the end".into());
+    }
+    let cut = line.len() - HASH_SUFFIX_LEN;
+    let (head, suffix) = (line.get(..cut), line.get(cut..));
+    let (Some(head), Some(suffix)) = (head, suffix) else {
+        return Err("not a record".into());
+    };
+    let hash = suffix
+        .strip_prefix(",\"hash\":\"")
+        .and_then(|s| s.strip_suffix("\"}"))
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or("not a record: no hash at the end")?;
+    let body = format!("{head}}}");
+    let computed = hex::encode(Sha256::digest(body.as_bytes()));
+    if computed != hash {
+        return Err(format!(
+            "its content does not match its hash (edited): computed {computed}, recorded {hash}"
+        ));
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| format!("not JSON: {e}"))?;
+    let seq = value
+        .get("seq")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or("no `seq`")?;
+    let prev = value
+        .get("prev")
+        .and_then(serde_json::Value::as_str)
+        .ok_or("no `prev`")?
+        .to_owned();
+    Ok((seq, prev, hash.to_owned()))
+}
+
+/// Where a chain breaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Break {
+    pub file: PathBuf,
+    /// 1-based line number in `file`.
+    pub line: usize,
+    /// The record's `seq`, when it could be read.
+    pub seq: Option<u64>,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Break {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} line {}", self.file.display(), self.line)?;
+        if let Some(seq) = self.seq {
+            write!(f, " (record seq {seq})")?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+/// What `audit verify` found.
+#[derive(Debug, Default)]
+pub struct Verification {
+    pub files: usize,
+    pub records: u64,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    /// The newest record's hash: compare with an outside copy to detect truncation.
+    pub last_hash: Option<String>,
+    /// The first break, if any; nothing after it is checked.
+    pub broken: Option<Break>,
+}
+
+/// Checks every file of `dir` in order: each record's hash, `seq` one more than the previous,
+/// `prev` equal to the previous record's hash (across files), each file named after its first
+/// record, record 1 chained to the genesis value.
+pub fn verify(dir: &Path) -> Result<Verification, Error> {
+    let files = list_files(dir).map_err(Error::Audit)?;
+    let mut v = Verification {
+        files: files.len(),
+        ..Verification::default()
+    };
+    let mut expected: Option<(u64, String)> = None;
+    for (first_seq, path) in files {
+        let text = std::fs::read(&path)
+            .map_err(|e| Error::Audit(format!("reading {}: {e}", path.display())))?;
+        let broken = |line: usize, seq: Option<u64>, reason: String| Break {
+            file: path.clone(),
+            line,
+            seq,
+            reason,
+        };
+        if !text.is_empty() && !text.ends_with(b"\n") {
+            let n = text.iter().filter(|&&b| b == b'\n').count() + 1;
+            v.broken = Some(broken(
+                n,
+                None,
+                "the last record is torn (no newline)".into(),
+            ));
+            return Ok(v);
+        }
+        for (i, raw) in text.split(|&b| b == b'\n').enumerate() {
+            if raw.is_empty() {
+                continue;
+            }
+            let Ok(line) = std::str::from_utf8(raw) else {
+                v.broken = Some(broken(i + 1, None, "not UTF-8".into()));
+                return Ok(v);
+            };
+            let (seq, prev, hash) = match check_line(line) {
+                Ok(r) => r,
+                Err(reason) => {
+                    let seq = serde_json::from_str::<serde_json::Value>(line)
+                        .ok()
+                        .and_then(|v| v.get("seq").and_then(serde_json::Value::as_u64));
+                    v.broken = Some(broken(i + 1, seq, reason));
+                    return Ok(v);
+                }
+            };
+            let problem = match &expected {
+                None if seq == 1 && prev != GENESIS => {
+                    Some("record 1 does not start from the genesis value".to_owned())
+                }
+                None => None,
+                Some((want, _)) if seq != *want => Some(format!(
+                    "seq {seq} follows {}: records are missing, repeated or out of order",
+                    want - 1
+                )),
+                Some((_, want_prev)) if prev != *want_prev => Some(format!(
+                    "`prev` is not the hash of record {}: a record before it was removed or replaced",
+                    seq - 1
+                )),
+                Some(_) => None,
+            };
+            if let Some(reason) = problem {
+                v.broken = Some(broken(i + 1, Some(seq), reason));
+                return Ok(v);
+            }
+            if i == 0 && seq != first_seq {
+                v.broken = Some(broken(
+                    1,
+                    Some(seq),
+                    format!("the file is named for record {first_seq} but starts with {seq}"),
+                ));
+                return Ok(v);
+            }
+            v.first_seq.get_or_insert(seq);
+            v.last_seq = Some(seq);
+            v.records += 1;
+            expected = Some((seq + 1, hash.clone()));
+            v.last_hash = Some(hash);
+        }
+    }
+    Ok(v)
+}
+
+/// Now, as `2026-11-27T14:31:11.123Z`.
+fn now_rfc3339() -> String {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    rfc3339(since)
+}
+
+fn rfc3339(since_epoch: Duration) -> String {
+    let secs = since_epoch.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since_epoch.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(n: usize) -> Record {
+        Record {
+            method: "Sign",
+            client: "tests".into(),
+            identity: "plaintext".into(),
+            operation: "sign-raw",
+            outcome: "OK".into(),
+            items: vec![Item::new("k", "digest", &n.to_be_bytes())],
+            ..Record::default()
+        }
+    }
+
+    fn writer(dir: &Path, max: u64) -> Writer {
+        let mut w = Writer {
+            dir: dir.to_owned(),
+            max_file_bytes: max,
+            file: None,
+            size: 0,
+            next_seq: 1,
+            prev: GENESIS.into(),
+            recovered: false,
+        };
+        w.recover().expect("recover");
+        w
+    }
+
+    #[test]
+    fn dates_are_rfc3339() {
+        assert_eq!(
+            rfc3339(Duration::from_millis(0)),
+            "1970-01-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            rfc3339(Duration::from_millis(1_795_789_871_123)),
+            "2026-11-27T14:31:11.123Z"
+        );
+        assert_eq!(
+            rfc3339(Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00.000Z"
+        );
+    }
+
+    #[test]
+    fn the_chain_continues_across_files_and_restarts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = writer(dir.path(), 600);
+        for n in 0..10 {
+            w.write_group(std::iter::once(&record(n))).expect("write");
+        }
+        drop(w);
+        // A restart extends the same chain.
+        let mut w = writer(dir.path(), 600);
+        assert_eq!(w.next_seq, 11);
+        let batch: Vec<Record> = (10..15).map(record).collect();
+        w.write_group(batch.iter()).expect("write");
+        let v = verify(dir.path()).expect("verify");
+        assert!(v.broken.is_none(), "{:?}", v.broken);
+        assert_eq!(v.records, 15);
+        assert!(v.files > 2, "rotation by size: {} files", v.files);
+    }
+
+    #[test]
+    fn an_edit_and_a_removal_are_found() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = writer(dir.path(), 1 << 20);
+        let batch: Vec<Record> = (0..5).map(record).collect();
+        w.write_group(batch.iter()).expect("write");
+        let path = dir.path().join(file_name(1));
+        let text = std::fs::read_to_string(&path).expect("read");
+        let edited = text.replacen("\"client\":\"tests\"", "\"client\":\"other\"", 3);
+        std::fs::write(&path, &edited).expect("write");
+        let v = verify(dir.path()).expect("verify");
+        let b = v.broken.expect("edit found");
+        assert_eq!((b.line, b.seq), (1, Some(1)), "{b}");
+        // Removing record 3 (consistent on its own) breaks record 4's link.
+        let lines: Vec<&str> = text.lines().collect();
+        let without: String = lines
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 2)
+            .map(|(_, l)| format!("{l}\n"))
+            .collect();
+        std::fs::write(&path, without).expect("write");
+        let b = verify(dir.path())
+            .expect("verify")
+            .broken
+            .expect("removal found");
+        assert_eq!((b.line, b.seq), (3, Some(4)), "{b}");
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_at_start_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = writer(dir.path(), 1 << 20);
+        let batch: Vec<Record> = (0..3).map(record).collect();
+        w.write_group(batch.iter()).expect("write");
+        drop(w);
+        let path = dir.path().join(file_name(1));
+        let mut f = OpenOptions::new().append(true).open(&path).expect("open");
+        f.write_all(b"{\"seq\":4,\"ti").expect("write");
+        drop(f);
+        assert!(verify(dir.path()).expect("verify").broken.is_some());
+        let mut w = writer(dir.path(), 1 << 20);
+        assert_eq!(w.next_seq, 4);
+        w.write_group(std::iter::once(&record(9))).expect("write");
+        let v = verify(dir.path()).expect("verify");
+        assert!(v.broken.is_none(), "{:?}", v.broken);
+        assert_eq!(v.records, 4);
+    }
+}
