@@ -139,7 +139,28 @@ fn an_interrupted_drill_resumes_and_loses_nothing() {
         );
     }
     assert!(resigning, "the drill ended before re-signing");
-    std::thread::sleep(Duration::from_millis(500));
+    // Killed once some revoked responses are stored (read from the drill's own SQLite file, as
+    // another process would): a fixed delay could kill it before the first chunk on a slow
+    // machine, or after the last on a fast one.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let store = ocsp::store::sqlite::SqliteStore::open(dir.path().join("work").join("ocsp.sqlite"))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let pending = runtime
+            .block_on(store.backlog(ocsp::presigner::unix_now(), 0))
+            .unwrap()
+            .revocations_pending;
+        if pending < COUNT {
+            assert!(
+                pending > 0,
+                "the first run finished before it could be killed"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no revoked response stored");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     first.kill().unwrap();
     first.wait().unwrap();
     assert!(
