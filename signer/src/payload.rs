@@ -31,17 +31,26 @@ pub fn declared(value: Option<&str>) -> Result<Operation, Error> {
 pub fn check(op: Operation, message: &[u8]) -> Result<(), String> {
     match op {
         Operation::SignRaw => Err("a raw payload cannot be checked".into()),
+        // Parsed, then re-encoded: the decoders accept some non-DER input (der 0.7 skips unknown
+        // lower-numbered context-specific fields, so a ResponseData may carry any `[0]` blob
+        // before its extensions), and what the HSM signs is the caller's bytes, not ours.
         Operation::SignCertificate => {
-            use der::Decode;
-            x509_cert::TbsCertificate::from_der(message)
-                .map(|_| ())
-                .map_err(|e| format!("does not parse as a TBSCertificate: {e}"))
+            use der::{Decode, Encode};
+            let tbs = x509_cert::TbsCertificate::from_der(message)
+                .map_err(|e| format!("does not parse as a TBSCertificate: {e}"))?;
+            match tbs.to_der() {
+                Ok(der) if der == message => Ok(()),
+                _ => Err("is not the DER encoding of a TBSCertificate".into()),
+            }
         }
         Operation::SignOcsp => {
-            use der07::Decode;
-            x509_ocsp::ResponseData::from_der(message)
-                .map(|_| ())
-                .map_err(|e| format!("does not parse as an OCSP ResponseData: {e}"))
+            use der07::{Decode, Encode};
+            let rd = x509_ocsp::ResponseData::from_der(message)
+                .map_err(|e| format!("does not parse as an OCSP ResponseData: {e}"))?;
+            match rd.to_der() {
+                Ok(der) if der == message => Ok(()),
+                _ => Err("is not the DER encoding of an OCSP ResponseData".into()),
+            }
         }
     }
 }
@@ -62,6 +71,28 @@ mod tests {
             Some(Operation::SignOcsp)
         );
         assert!(declared(Some("crl")).is_err());
+    }
+
+    /// Found by `fuzz/` (payload_check): an OCSP ResponseData whose `[1]` responseExtensions
+    /// tag was changed to `[0]` parsed (der 0.7 skips the unknown field, extensions and all)
+    /// although it is no DER ResponseData; any `[0]` blob could ride along to the HSM.
+    #[test]
+    fn a_response_data_with_a_skipped_field_is_refused() {
+        let good = include_bytes!(
+            "../fuzz/corpus/payload_check/seed-ocsp-response-data-revoked-bykey-nonce.der"
+        );
+        assert_eq!(check(Operation::SignOcsp, good), Ok(()));
+        // responseExtensions at offset 189: [1] (0xa1) becomes [0].
+        assert_eq!(good[189], 0xa1);
+        let mut smuggled = good.to_vec();
+        smuggled[189] = 0xa0;
+        let err = check(Operation::SignOcsp, &smuggled).expect_err("not DER ResponseData");
+        assert!(err.contains("not the DER encoding"), "{err}");
+        // Not a TBSCertificate either.
+        assert!(check(Operation::SignCertificate, &smuggled).is_err());
+        let tbs = include_bytes!("../fuzz/corpus/payload_check/seed-tbs-certificate-p256-leaf.der");
+        assert_eq!(check(Operation::SignCertificate, tbs), Ok(()));
+        assert!(check(Operation::SignOcsp, tbs).is_err());
     }
 
     #[test]
