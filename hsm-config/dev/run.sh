@@ -6,12 +6,15 @@
 #                           metrics http://127.0.0.1:9464/metrics, audit log target/dev/audit/
 #   - the OCSP pre-signer   signs through the gateway into target/dev/ocsp.sqlite
 #   - the OCSP responder    http://127.0.0.1:8080/, metrics http://127.0.0.1:9465/metrics
-# Ctrl-C stops all three (the gateway drains in-flight requests first).
+#   - the ACME frontend     http://127.0.0.1:4001/directory (CA records in target/dev/ca.sqlite),
+#                           validating on 127.0.0.1 (http-01 port 5002, tls-alpn-01 port 5001,
+#                           DNS from pebble-challtestsrv on 127.0.0.1:8053)
+# Ctrl-C stops them all (the gateway drains in-flight requests first).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 hsm-config/dev/setup.sh
-cargo build --release -p signer -p hsm-config -p hsm-bench -p ocsp
+cargo build --release -p signer -p hsm-config -p hsm-bench -p ocsp -p ca-frontend
 
 dev=target/dev
 mkdir -p "$dev"
@@ -39,26 +42,42 @@ for _ in $(seq 1 100); do grep -q '^READY' "$dev/signer.out" 2>/dev/null && brea
 grep -q '^READY' "$dev/signer.out" || { cat "$dev/signer.log"; exit 1; }
 echo "gateway: $(grep '^READY' "$dev/signer.out") (log: $dev/signer.log)"
 
-# The dev CA: a self-signed certificate for the gateway's dev-p256 key, made through the gateway.
-if [ ! -s "$dev/issuer.pem" ]; then
+# The dev CA: a root for the gateway's dev-root key and an intermediate for dev-p256, signed by
+# the root, both through the gateway by the `ceremony` identity (the keys never leave the HSMs).
+if [ ! -s "$dev/root.pem" ] || [ ! -s "$dev/issuer.pem" ]; then
     for _ in $(seq 1 50); do
-        env $(tls_env ceremony) target/release/hsmgate-ocsp issuer-cert --gateway https://127.0.0.1:50051 --key dev-p256 \
-            --subject "CN=hsmgate dev CA,O=hsmgate" --days 3650 --out "$dev/issuer.pem" 2>/dev/null && break
+        env $(tls_env ceremony) target/release/ca-frontend ceremony --gateway https://127.0.0.1:50051 \
+            --root-key dev-root --intermediate-key dev-p256 \
+            --root-out "$dev/root.pem" --intermediate-out "$dev/issuer.pem" 2>/dev/null && break
         sleep 0.2
     done
 fi
-echo "issuer:  $dev/issuer.pem"
+echo "CA:      root $dev/root.pem, intermediate $dev/issuer.pem"
 
 target/release/hsmgate-ocsp import --config ocsp/examples/dev.toml ocsp/examples/dev-certificates.txt
 env $(tls_env ocsp-presigner) target/release/hsmgate-ocsp presign --config ocsp/examples/dev.toml > /dev/null 2> "$dev/presign.log" &
+pids+=($!)
+
+# Validation DNS for the ACME frontend: Pebble's challenge test server answers every name with
+# 127.0.0.1 (and serves the TXT records dns-01 clients set through its management API).
+pebble-challtestsrv -dns01 127.0.0.1:8053 -management 127.0.0.1:8055 -http01 "" -https01 "" \
+    -tlsalpn01 "" -defaultIPv6 "" > "$dev/challtestsrv.log" 2>&1 &
+pids+=($!)
+env $(tls_env ca-frontend) target/release/ca-frontend serve --config ca-frontend/examples/dev.toml \
+    > "$dev/acme.out" 2> "$dev/acme.log" &
 pids+=($!)
 
 cat <<MSG
 audit:   $dev/audit/ — check the chain with: target/release/signer audit verify $dev/audit
 bench:   env $(tls_env bench) target/release/hsm-bench compare --config hsm-config/examples/dev.toml --key dev-p256 --gateway https://127.0.0.1:50051
 OCSP:    http://127.0.0.1:8080/ — try, once the pre-signer has run (a few seconds):
-  openssl ocsp -issuer $dev/issuer.pem -CAfile $dev/issuer.pem -serial 0x1001 -url http://127.0.0.1:8080 -no_nonce
-  openssl ocsp -issuer $dev/issuer.pem -CAfile $dev/issuer.pem -serial 0x1003 -url http://127.0.0.1:8080 -no_nonce
+  openssl ocsp -issuer $dev/issuer.pem -CAfile $dev/root.pem -serial 0x1001 -url http://127.0.0.1:8080 -no_nonce
+  openssl ocsp -issuer $dev/issuer.pem -CAfile $dev/root.pem -serial 0x1003 -url http://127.0.0.1:8080 -no_nonce
+ACME:    http://127.0.0.1:4001/directory (log: $dev/acme.log) — get a certificate with:
+  certbot certonly --server http://127.0.0.1:4001/directory --standalone --http-01-port 5002 \
+    --config-dir $dev/certbot --work-dir $dev/certbot --logs-dir $dev/certbot \
+    --agree-tos --register-unsafely-without-email -d www.example.test
+  openssl verify -CAfile $dev/root.pem -untrusted $dev/issuer.pem $dev/certbot/live/www.example.test/cert.pem
 MSG
 target/release/hsmgate-ocsp serve --config ocsp/examples/dev.toml &
 pids+=($!)

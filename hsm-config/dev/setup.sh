@@ -2,7 +2,8 @@
 # Installs what hsmgate needs from Debian's packages, if missing: SoftHSM2 (the development
 # HSM), OpenSC's pkcs11-tool, p11-kit (a server per HSM, for real "process died" faults),
 # OpenSSL (key generation in provisioning; `openssl ocsp` checks the OCSP responder), curl,
-# and Python's `cryptography` (checks OCSP responses in the tests). Idempotent; run as root or with sudo.
+# Python's `cryptography` (checks OCSP responses in the tests), and the ACME clients the
+# frontend's end-to-end test drives (certbot, lego, pebble's challenge DNS). Idempotent; run as root or with sudo.
 set -euo pipefail
 
 need=()
@@ -14,6 +15,12 @@ command -v p11-kit >/dev/null || need+=(p11-kit)
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
 command -v cc >/dev/null || need+=(gcc)
+# ACME clients nobody here wrote, and Pebble's fake DNS (pebble-challtestsrv), for
+# ca-frontend/e2e/clients.sh; python3-venv for certbot >= 4.1 (ARI) from PyPI.
+command -v certbot >/dev/null || need+=(certbot)
+command -v lego >/dev/null || need+=(lego)
+command -v pebble-challtestsrv >/dev/null || need+=(pebble)
+python3 -c "import ensurepip" 2>/dev/null || need+=(python3-venv)
 
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"

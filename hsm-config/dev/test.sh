@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what is missing, builds every crate (the tests load the
 # hsm-sim PKCS#11 module and run the real signer binary), then runs every test against real
-# SoftHSM2 tokens that the tests provision for themselves in temporary directories.
+# SoftHSM2 tokens that the tests provision for themselves in temporary directories, and the
+# ACME clients' end-to-end script.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 hsm-config/dev/setup.sh
 cargo build --workspace --all-targets
 cargo test --workspace
+# Real ACME clients (certbot, lego, certbot >= 4.1 for ARI) against ca-frontend, end to end.
+ca-frontend/e2e/clients.sh

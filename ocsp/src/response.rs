@@ -195,6 +195,14 @@ impl GatewaySigner {
         let requests = chunk.into_iter().map(|m| message_request(key, m)).collect();
         let mut request = tonic::Request::new(SignBatchRequest { requests });
         request.set_timeout(self.timeout);
+        // Declared, so the gateway grants this as `sign-ocsp` (and, for keys with
+        // `check_payload`, checks each item parses as a ResponseData) rather than `sign-raw`.
+        request.metadata_mut().insert(
+            hsmgate_signer_api::PAYLOAD_HEADER,
+            tonic::metadata::MetadataValue::from_static(
+                hsmgate_signer_api::PAYLOAD_OCSP_RESPONSE_DATA,
+            ),
+        );
         let responses = self
             .client
             .clone()

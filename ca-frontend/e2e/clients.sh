@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# End to end with ACME clients nobody here wrote: Debian's certbot and lego, and certbot ≥ 4.1
+# from PyPI for ARI, obtain, renew and revoke certificates from ca-frontend, signed through the
+# gateway on SoftHSM2 tokens. Every certificate is checked with `openssl verify` against the
+# root made by the ceremony, and with `openssl ocsp` against the OCSP responder: `good` after
+# issuance, `revoked` (with the reason) after the client revokes it.
+#
+# Everything runs on 127.0.0.1 in a temporary directory, on ports of its own (so it does not
+# collide with hsm-config/dev/run.sh): gateway 50151, OCSP 8180, ACME 4101, challenge DNS 8153
+# (pebble-challtestsrv: every name is 127.0.0.1), http-01 5102, tls-alpn-01 5101.
+#
+# Usage: ca-frontend/e2e/clients.sh   (BIN=target/release to use release binaries)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+BIN=${BIN:-$ROOT/target/debug}
+WORK=$(mktemp -d /tmp/hsmgate-acme-e2e.XXXXXX)
+GW=50151 GWM=9564 OCSP=8180 OCSPM=9565 ACME=4101 DNS=8153 MGMT=8155 HTTP=5102 TLS=5101
+DIR=http://127.0.0.1:$ACME/directory
+started=$(date +%s)
+
+pids=()
+cleanup() {
+    local rc=$?
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    if [ $rc -ne 0 ]; then
+        echo "--- FAILED; logs in $WORK:" >&2
+        for f in "$WORK"/*.log; do echo "=== $f" >&2; tail -n 30 "$f" >&2; done
+    else
+        rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+log() { echo "[e2e $(($(date +%s) - started))s] $*"; }
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+for tool in certbot lego pebble-challtestsrv openssl curl; do
+    command -v $tool >/dev/null || fail "$tool is missing (hsm-config/dev/setup.sh installs it)"
+done
+
+# --- the gateway on two SoftHSM2 tokens, over mTLS ---------------------------------------------
+sed -e "s#\.\./\.\./target/dev#$WORK#g" -e "s#127.0.0.1:50051#127.0.0.1:$GW#" \
+    -e "s#127.0.0.1:9464#127.0.0.1:$GWM#" hsm-config/examples/dev.toml > "$WORK/gateway.toml"
+export SOFTHSM2_CONF=$WORK/softhsm2.conf
+"$BIN/hsm-config" provision "$WORK/gateway.toml" --public-keys "$WORK/public-keys" > "$WORK/provision.log" 2>&1
+"$BIN/hsm-config" dev-certs "$WORK/tls" > /dev/null
+tls() { echo "HSMGATE_TLS_CA=$WORK/tls/ca.pem HSMGATE_TLS_CERT=$WORK/tls/$1.pem HSMGATE_TLS_KEY=$WORK/tls/$1.key"; }
+"$BIN/signer" --config "$WORK/gateway.toml" > "$WORK/signer.out" 2> "$WORK/signer.log" &
+pids+=($!)
+for _ in $(seq 1 100); do grep -q '^READY' "$WORK/signer.out" 2>/dev/null && break; sleep 0.1; done
+grep -q '^READY' "$WORK/signer.out" || fail "the gateway did not start"
+log "gateway up"
+
+# --- the CA hierarchy, made through the gateway by the `ceremony` identity ----------------------
+for i in $(seq 1 50); do
+    if env $(tls ceremony) "$BIN/ca-frontend" ceremony --gateway "https://127.0.0.1:$GW" \
+        --root-key dev-root --intermediate-key dev-p256 \
+        --root-out "$WORK/root.pem" --intermediate-out "$WORK/issuer.pem" > "$WORK/ceremony.log" 2>&1; then
+        break
+    fi
+    [ "$i" -lt 50 ] || fail "ceremony: $(cat "$WORK/ceremony.log")"
+    sleep 0.2
+done
+openssl verify -CAfile "$WORK/root.pem" "$WORK/issuer.pem" > /dev/null || fail "intermediate does not chain to the root"
+log "root and intermediate made through the gateway"
+
+# --- OCSP responder, challenge DNS, the frontend ------------------------------------------------
+sed -e "s#\.\./\.\./target/dev#$WORK#g" -e "s#127.0.0.1:8080#127.0.0.1:$OCSP#" \
+    -e "s#127.0.0.1:9465#127.0.0.1:$OCSPM#" -e "s#127.0.0.1:50051#127.0.0.1:$GW#" \
+    ocsp/examples/dev.toml > "$WORK/ocsp.toml"
+"$BIN/hsmgate-ocsp" serve --config "$WORK/ocsp.toml" > "$WORK/ocsp.out" 2> "$WORK/ocsp.log" &
+pids+=($!)
+pebble-challtestsrv -dns01 "127.0.0.1:$DNS" -management "127.0.0.1:$MGMT" -http01 "" -https01 "" \
+    -tlsalpn01 "" -defaultIPv6 "" > "$WORK/challtestsrv.log" 2>&1 &
+pids+=($!)
+sed -e "s#\.\./\.\./ocsp/examples/dev.toml#$WORK/ocsp.toml#" -e "s#\.\./\.\./target/dev#$WORK#g" \
+    -e "s#127.0.0.1:4001#127.0.0.1:$ACME#g" -e "s#127.0.0.1:50051#127.0.0.1:$GW#" \
+    -e "s#127.0.0.1:8080#127.0.0.1:$OCSP#" -e "s#127.0.0.1:8053#127.0.0.1:$DNS#" \
+    -e "s#^http_port = 5002#http_port = $HTTP#" -e "s#^tls_port = 5001#tls_port = $TLS#" \
+    ca-frontend/examples/dev.toml > "$WORK/acme.toml"
+env $(tls ca-frontend) RUST_LOG=info "$BIN/ca-frontend" serve --config "$WORK/acme.toml" \
+    > "$WORK/acme.out" 2> "$WORK/acme.log" &
+pids+=($!)
+for _ in $(seq 1 300); do grep -q '^READY' "$WORK/acme.out" 2>/dev/null && break; sleep 0.1; done
+grep -q '^READY' "$WORK/acme.out" || fail "ca-frontend did not start"
+log "ca-frontend $DIR, OCSP http://127.0.0.1:$OCSP"
+
+# --- checks ------------------------------------------------------------------------------------
+# check_cert FILE: chains to the root; OCSP says good.
+check_good() {
+    local cert=$1
+    openssl verify -CAfile "$WORK/root.pem" -untrusted "$WORK/issuer.pem" "$cert" > /dev/null \
+        || fail "$cert does not verify against the root"
+    local out
+    out=$(openssl ocsp -issuer "$WORK/issuer.pem" -CAfile "$WORK/root.pem" -cert "$cert" \
+        -url "http://127.0.0.1:$OCSP" -no_nonce 2>&1) || fail "openssl ocsp: $out"
+    grep -q ": good" <<< "$out" || fail "OCSP for $cert is not good: $out"
+    grep -q "Response verify OK" <<< "$out" || fail "OCSP response for $cert does not verify: $out"
+}
+# check_revoked FILE REASON: OCSP says revoked with REASON (within the responder's 5 s cache).
+check_revoked() {
+    local cert=$1 reason=$2 out=""
+    for _ in $(seq 1 40); do
+        out=$(openssl ocsp -issuer "$WORK/issuer.pem" -CAfile "$WORK/root.pem" -cert "$cert" \
+            -url "http://127.0.0.1:$OCSP" -no_nonce 2>&1) || true
+        grep -q ": revoked" <<< "$out" && break
+        sleep 0.25
+    done
+    grep -q ": revoked" <<< "$out" || fail "OCSP for $cert is not revoked: $out"
+    grep -q "Reason: $reason" <<< "$out" || fail "OCSP for $cert: reason is not $reason: $out"
+    grep -q "Response verify OK" <<< "$out" || fail "OCSP response does not verify: $out"
+}
+serial() { openssl x509 -noout -serial -in "$1" | cut -d= -f2; }
+
+# --- certbot (Debian, 2.x) ---------------------------------------------------------------------
+mkdir -p "$WORK/hooks"
+cat > "$WORK/hooks/certbot-auth.sh" <<HOOK
+#!/bin/sh
+curl -sf -X POST -d "{\"host\":\"_acme-challenge.\$CERTBOT_DOMAIN.\",\"value\":\"\$CERTBOT_VALIDATION\"}" http://127.0.0.1:$MGMT/set-txt
+HOOK
+cat > "$WORK/hooks/certbot-cleanup.sh" <<HOOK
+#!/bin/sh
+curl -sf -X POST -d "{\"host\":\"_acme-challenge.\$CERTBOT_DOMAIN.\"}" http://127.0.0.1:$MGMT/clear-txt
+HOOK
+cat > "$WORK/hooks/lego-exec.sh" <<HOOK
+#!/bin/sh
+# lego's exec DNS provider: \$1 = present|cleanup, \$2 = FQDN, \$3 = record value.
+case "\$1" in
+  present) curl -sf -X POST -d "{\"host\":\"\$2\",\"value\":\"\$3\"}" http://127.0.0.1:$MGMT/set-txt ;;
+  cleanup) curl -sf -X POST -d "{\"host\":\"\$2\"}" http://127.0.0.1:$MGMT/clear-txt ;;
+esac
+HOOK
+chmod +x "$WORK"/hooks/*.sh
+
+certbot_run() { # certbot_run BINARY DIR ARGS...
+    local bin=$1 dir=$2; shift 2
+    "$bin" --server "$DIR" --config-dir "$dir/config" --work-dir "$dir/work" --logs-dir "$dir/logs" \
+        --non-interactive --agree-tos --register-unsafely-without-email "$@" >> "$WORK/certbot.log" 2>&1 \
+        || fail "certbot $*: $(tail -n 20 "$WORK/certbot.log")"
+}
+CB=$WORK/certbot
+certbot_run certbot "$CB" certonly --standalone --http-01-port $HTTP --http-01-address 127.0.0.1 \
+    -d cb-http.example.test -d www.cb-http.example.test --cert-name cb-http
+check_good "$CB/config/live/cb-http/cert.pem"
+first=$(serial "$CB/config/live/cb-http/cert.pem")
+log "certbot http-01: issued $first, verifies, OCSP good"
+
+certbot_run certbot "$CB" renew --cert-name cb-http --force-renewal
+second=$(serial "$CB/config/live/cb-http/cert.pem")
+[ "$first" != "$second" ] || fail "certbot renew did not replace the certificate"
+check_good "$CB/config/live/cb-http/cert.pem"
+log "certbot renew: $first -> $second"
+
+certbot_run certbot "$CB" certonly --manual --preferred-challenges dns \
+    --manual-auth-hook "$WORK/hooks/certbot-auth.sh" --manual-cleanup-hook "$WORK/hooks/certbot-cleanup.sh" \
+    -d cb-dns.example.test --cert-name cb-dns
+check_good "$CB/config/live/cb-dns/cert.pem"
+log "certbot dns-01 (manual hooks): issued, OCSP good"
+
+certbot_run certbot "$CB" revoke --cert-name cb-http --reason keycompromise --no-delete-after-revoke
+check_revoked "$CB/config/live/cb-http/cert.pem" keyCompromise
+log "certbot revoke: OCSP revoked (keyCompromise)"
+
+# --- lego (Debian, 4.9) ------------------------------------------------------------------------
+LEGO_DIR=$WORK/lego
+lego_run() {
+    lego --server "$DIR" --accept-tos --email lego@example.test --path "$LEGO_DIR" "$@" >> "$WORK/lego.log" 2>&1 \
+        || fail "lego $*: $(tail -n 20 "$WORK/lego.log")"
+}
+lego_run --http --http.port "127.0.0.1:$HTTP" -d lego-http.example.test run
+check_good "$LEGO_DIR/certificates/lego-http.example.test.crt"
+first=$(serial "$LEGO_DIR/certificates/lego-http.example.test.crt")
+log "lego http-01: issued, OCSP good"
+
+lego_run --tls --tls.port "127.0.0.1:$TLS" -d lego-tls.example.test run
+check_good "$LEGO_DIR/certificates/lego-tls.example.test.crt"
+log "lego tls-alpn-01: issued, OCSP good"
+
+EXEC_PATH=$WORK/hooks/lego-exec.sh EXEC_POLLING_INTERVAL=1 EXEC_PROPAGATION_TIMEOUT=20 EXEC_SEQUENCE_INTERVAL=1 \
+    lego_run --dns exec --dns.resolvers "127.0.0.1:$DNS" --dns.disable-cp \
+    -d '*.lego-wild.example.test' -d lego-wild.example.test run
+check_good "$LEGO_DIR/certificates/_.lego-wild.example.test.crt"
+openssl x509 -noout -ext subjectAltName -in "$LEGO_DIR/certificates/_.lego-wild.example.test.crt" \
+    | grep -q '\*.lego-wild.example.test' || fail "the wildcard is not in the certificate"
+log "lego dns-01 wildcard: issued, OCSP good"
+
+lego_run --http --http.port "127.0.0.1:$HTTP" -d lego-http.example.test renew --days 1000 --no-random-sleep
+second=$(serial "$LEGO_DIR/certificates/lego-http.example.test.crt")
+[ "$first" != "$second" ] || fail "lego renew did not replace the certificate"
+check_good "$LEGO_DIR/certificates/lego-http.example.test.crt"
+log "lego renew: $first -> $second"
+
+lego_run -d lego-http.example.test revoke --reason 4
+check_revoked "$LEGO_DIR/certificates/lego-http.example.test.crt" superseded
+log "lego revoke: OCSP revoked (superseded)"
+
+# --- ARI with certbot ≥ 4.1 from PyPI ----------------------------------------------------------
+VENV=$ROOT/target/e2e-certbot-venv
+if ! "$VENV/bin/certbot" --version 2>/dev/null | grep -qE 'certbot ([5-9]|4\.[1-9])'; then
+    log "installing certbot >= 4.1 from PyPI into $VENV"
+    python3 -m venv "$VENV" > /dev/null
+    "$VENV/bin/pip" install --quiet 'certbot>=4.1' > "$WORK/pip.log" 2>&1 || fail "pip install certbot: $(tail "$WORK/pip.log")"
+fi
+CB4=$WORK/certbot4
+certbot_run "$VENV/bin/certbot" "$CB4" certonly --standalone --http-01-port $HTTP --http-01-address 127.0.0.1 \
+    -d ari.example.test --cert-name ari
+first=$(serial "$CB4/config/live/ari/cert.pem")
+certbot_run "$VENV/bin/certbot" "$CB4" renew --cert-name ari
+[ "$(serial "$CB4/config/live/ari/cert.pem")" = "$first" ] || fail "certbot renewed a certificate ARI did not ask to renew"
+echo "$first" > "$WORK/incident.txt"
+"$BIN/ca-frontend" mark-renewal --config "$WORK/acme.toml" "$WORK/incident.txt" > /dev/null
+certbot_run "$VENV/bin/certbot" "$CB4" renew --cert-name ari
+second=$(serial "$CB4/config/live/ari/cert.pem")
+[ "$second" != "$first" ] || fail "certbot $("$VENV/bin/certbot" --version 2>&1) did not renew after ARI said renew now"
+check_good "$CB4/config/live/ari/cert.pem"
+log "certbot $("$VENV/bin/certbot" --version 2>&1 | cut -d' ' -f2) ARI: not renewed while in window; renewed at once after mark-renewal ($first -> $second)"
+
+# --- every signature has its audit record ------------------------------------------------------
+"$BIN/signer" audit verify "$WORK/audit" > "$WORK/audit-verify.log" 2>&1 || fail "audit chain: $(cat "$WORK/audit-verify.log")"
+log "audit chain verifies; all ACME client checks passed"

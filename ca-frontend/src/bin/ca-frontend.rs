@@ -1,0 +1,300 @@
+//! `ca-frontend`: the ACME server, the ceremony that makes its CA certificates, and the
+//! operator's incident command (mark certificates for early renewal through ARI).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use ca_frontend::config::Config;
+use ca_frontend::issue::{CertSigner, IssuerCert, verify_signature};
+use ca_frontend::nonce::NonceService;
+use ca_frontend::server::{Ca, router};
+use ca_frontend::validate::Validator;
+use clap::{Parser, Subcommand};
+use hsmgate_signer_api::client::{ClientTls, connect_lazy};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "hsmgate ACME frontend (RFC 8555 + ARI)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serves ACME until SIGTERM/SIGINT; prints `READY http=ADDR`.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Makes the root and intermediate certificates through the gateway (keys stay in the HSMs).
+    /// mTLS files from HSMGATE_TLS_CA/CERT/KEY (the `ceremony` identity).
+    Ceremony {
+        #[arg(long)]
+        gateway: String,
+        #[arg(long)]
+        root_key: String,
+        #[arg(long, default_value = "CN=hsmgate dev root,O=hsmgate")]
+        root_subject: String,
+        #[arg(long)]
+        intermediate_key: String,
+        #[arg(long, default_value = "CN=hsmgate dev intermediate,O=hsmgate")]
+        intermediate_subject: String,
+        /// Root lifetime; the intermediate gets half.
+        #[arg(long, default_value_t = 3650)]
+        days: u64,
+        #[arg(long)]
+        root_out: PathBuf,
+        #[arg(long)]
+        intermediate_out: PathBuf,
+    },
+    /// Incident response: ARI tells the holders of these certificates to renew now.
+    /// FILE has one serial (hex) per line.
+    MarkRenewal {
+        #[arg(long)]
+        config: PathBuf,
+        file: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve { config } => serve(config).await,
+            Command::Ceremony {
+                gateway,
+                root_key,
+                root_subject,
+                intermediate_key,
+                intermediate_subject,
+                days,
+                root_out,
+                intermediate_out,
+            } => {
+                let channel = connect_lazy(&gateway, ClientTls::from_env().as_ref())?;
+                let (root, intermediate) = ca_frontend::ceremony::make_hierarchy(
+                    channel,
+                    &root_key,
+                    &root_subject,
+                    &intermediate_key,
+                    &intermediate_subject,
+                    days,
+                )
+                .await?;
+                std::fs::write(&root_out, root)
+                    .with_context(|| format!("writing {}", root_out.display()))?;
+                std::fs::write(&intermediate_out, intermediate)
+                    .with_context(|| format!("writing {}", intermediate_out.display()))?;
+                println!(
+                    "root {} intermediate {}",
+                    root_out.display(),
+                    intermediate_out.display()
+                );
+                Ok(())
+            }
+            Command::MarkRenewal { config, file } => {
+                let config = Config::load(&config)?;
+                let db = ca_frontend::db::open(&config).await?;
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                let serials: Vec<String> = text
+                    .lines()
+                    .map(|l| l.trim().replace(':', "").to_ascii_lowercase())
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .collect();
+                let marked = db.mark_renew_now(&serials).await?;
+                println!(
+                    "marked {marked} of {} certificates for renewal now",
+                    serials.len()
+                );
+                if marked < serials.len() {
+                    bail!(
+                        "{} serials are not certificates of this CA",
+                        serials.len() - marked
+                    );
+                }
+                Ok(())
+            }
+        }
+    })
+}
+
+async fn serve(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    let read = |p: &PathBuf| {
+        let p = config.resolve(p);
+        std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+    };
+    let root = IssuerCert::from_pem(&read(&config.ca.root)?)?;
+    let intermediate = IssuerCert::from_pem(&read(&config.ca.intermediate)?)?;
+    // The intermediate must chain to the root: a mismatched pair would issue unverifiable chains.
+    {
+        use der::{Decode, Encode};
+        let cert = x509_cert::Certificate::from_der(&intermediate.der)?;
+        let tbs = cert.tbs_certificate().to_der()?;
+        let sig = cert
+            .signature()
+            .as_bytes()
+            .context("intermediate signature has unused bits")?;
+        verify_signature(&root.spki, cert.signature_algorithm(), &tbs, sig).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: not signed by the root in {}: {e}",
+                config.ca.intermediate.display(),
+                config.ca.root.display()
+            )
+        })?;
+    }
+    let db = ca_frontend::db::open(&config).await?;
+    let channel = connect_lazy(&config.gateway.url, config.gateway_tls().as_ref())?;
+    let timeout = Duration::from_millis(config.gateway.timeout_ms);
+    // The gateway may still be starting: retry for 30 s.
+    let mut attempt = 0;
+    let (signer, gateway_spki) = loop {
+        match CertSigner::start(
+            channel.clone(),
+            config.gateway.issuing_key.clone(),
+            config.gateway.batch,
+            timeout,
+        )
+        .await
+        {
+            Ok(s) => break s,
+            Err(e) if attempt < 60 => {
+                attempt += 1;
+                tracing::debug!(error = %e, "gateway not ready");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if gateway_spki != intermediate.spki {
+        bail!(
+            "gateway key `{}` is not the key of the intermediate certificate {}",
+            config.gateway.issuing_key,
+            config.ca.intermediate.display()
+        );
+    }
+    let ocsp_path = config.resolve(&config.ocsp.config);
+    let ocsp_config = ocsp::config::Config::load(&ocsp_path)?;
+    if !ocsp_config
+        .issuers
+        .iter()
+        .any(|i| i.name == config.ocsp.issuer)
+    {
+        bail!(
+            "ocsp.issuer `{}` is not an issuer of {}",
+            config.ocsp.issuer,
+            ocsp_path.display()
+        );
+    }
+    let presigner = ocsp::presigner::Presigner::from_config(
+        &ocsp_config,
+        ocsp::presigner::PresignerMetrics::default(),
+    )
+    .await?;
+    let validator = Validator::new(&config.validation, &config.ca.caa_identities)?;
+    let ca = Arc::new(Ca {
+        nonces: NonceService::new(config.server.nonce_capacity),
+        db,
+        validator,
+        signer,
+        intermediate,
+        presigner,
+        ocsp_issuer: ocsp::model::IssuerName(config.ocsp.issuer.clone()),
+        config: config.clone(),
+    });
+    let app = router(ca);
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("binding {}", config.server.listen))?;
+    let addr: SocketAddr = listener.local_addr()?;
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+        }
+    };
+    match &config.server.tls {
+        None => {
+            println!("READY http={addr}");
+            tracing::info!(%addr, base = %config.server.base_url, "ACME frontend listening (plain HTTP, loopback)");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await?;
+        }
+        Some(tls) => {
+            let acceptor = tls_acceptor(&config.resolve(&tls.cert), &config.resolve(&tls.key))?;
+            println!("READY https={addr}");
+            tracing::info!(%addr, base = %config.server.base_url, "ACME frontend listening (HTTPS)");
+            serve_tls(listener, acceptor, app, shutdown).await;
+        }
+    }
+    Ok(())
+}
+
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing {}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading the key {}", key.display()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: axum::Router,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::service::TowerToHyperService;
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = &mut shutdown => return,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let Ok(Ok(tls)) =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
+            else {
+                return;
+            };
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+        });
+    }
+}

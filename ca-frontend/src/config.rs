@@ -1,0 +1,298 @@
+//! The frontend's configuration: one TOML file, validated at start-up. Relative paths resolve
+//! against the file's directory. Every error names the field.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::Error;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: Server,
+    pub gateway: Gateway,
+    pub ca: Ca,
+    pub ocsp: Ocsp,
+    #[serde(default)]
+    pub validation: Validation,
+    pub db: Db,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    pub listen: SocketAddr,
+    /// The URL clients use to reach this server, without a trailing slash
+    /// (`https://acme.example`); every JWS `url` must start with it.
+    pub base_url: String,
+    /// Serve HTTPS with this certificate chain and key (PEM). Without it the server speaks plain
+    /// HTTP, which is allowed only on loopback.
+    pub tls: Option<ServerTls>,
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Outstanding nonces kept (oldest evicted first).
+    #[serde(default = "default_nonces")]
+    pub nonce_capacity: usize,
+    /// Terms of service URL for the directory's `meta`.
+    pub terms_of_service: Option<String>,
+}
+
+fn default_max_body() -> usize {
+    64 * 1024
+}
+
+fn default_nonces() -> usize {
+    1 << 20
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gateway {
+    pub url: String,
+    /// mTLS files (PEM); without them `HSMGATE_TLS_CA/CERT/KEY`, else plain text (loopback
+    /// gateways configured with `insecure_plaintext` only).
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// The gateway key that signs end-entity certificates (the intermediate's).
+    pub issuing_key: String,
+    /// Certificates per `SignBatch` call at most; concurrent finalizations are batched.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_batch() -> usize {
+    64
+}
+
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ca {
+    /// The root certificate (PEM), for clients' `openssl verify` and the chain check at start-up.
+    pub root: PathBuf,
+    /// The issuing (intermediate) certificate (PEM): its key is `gateway.issuing_key`.
+    pub intermediate: PathBuf,
+    /// OCSP URL put in each certificate's Authority Information Access.
+    pub ocsp_url: String,
+    /// caIssuers URL (where the intermediate can be fetched), optional.
+    pub ca_issuers_url: Option<String>,
+    pub profiles: Vec<Profile>,
+    /// The profile an order gets when it names none.
+    pub default_profile: String,
+    /// Domains this CA recognises in CAA `issue`/`issuewild` records (RFC 8659 §4.2).
+    pub caa_identities: Vec<String>,
+    /// Leaf key policy: RSA modulus sizes allowed (bits); EC P-256 and P-384 are always allowed.
+    #[serde(default = "default_rsa_sizes")]
+    pub rsa_key_sizes: Vec<usize>,
+    /// At most this many names per certificate.
+    #[serde(default = "default_max_names")]
+    pub max_names: usize,
+}
+
+fn default_rsa_sizes() -> Vec<usize> {
+    vec![2048, 3072, 4096]
+}
+
+fn default_max_names() -> usize {
+    100
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub name: String,
+    /// Certificate lifetime in hours (90 days = 2160).
+    pub validity_hours: u64,
+    pub description: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ocsp {
+    /// The OCSP service's config (`ocsp/examples/dev.toml`): its store and issuers. The frontend
+    /// publishes each new certificate's status through the pre-signer it describes.
+    pub config: PathBuf,
+    /// The issuer's name in that config (the intermediate).
+    pub issuer: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Validation {
+    /// Port http-01 connects to (80 in production; like Pebble's `httpPort`).
+    pub http_port: u16,
+    /// Port tls-alpn-01 connects to (443 in production; Pebble's `tlsPort`).
+    pub tls_port: u16,
+    /// DNS server for TXT, CAA and address lookups (`127.0.0.1:8053`); none: the system's.
+    pub dns_server: Option<SocketAddr>,
+    pub timeout_ms: u64,
+    /// Hours an authorization stays valid once validated (its `expires`).
+    pub authz_valid_hours: u64,
+    /// Hours a pending order and its authorizations live.
+    pub pending_hours: u64,
+}
+
+impl Default for Validation {
+    fn default() -> Self {
+        Self {
+            http_port: 80,
+            tls_port: 443,
+            dns_server: None,
+            timeout_ms: 10_000,
+            authz_valid_hours: 24 * 30,
+            pending_hours: 24 * 7,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Db {
+    Sqlite {
+        path: PathBuf,
+    },
+    /// A libpq-style connection string (`host=127.0.0.1 user=postgres dbname=test`).
+    Postgres {
+        url: String,
+    },
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// New orders per account per hour (Let's Encrypt: 300 per 3 hours).
+    pub orders_per_account_per_hour: u32,
+    /// Certificates per registered domain per week (Let's Encrypt: 50).
+    pub certificates_per_domain_per_week: u32,
+    /// New accounts per hour from all clients.
+    pub accounts_per_hour: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            orders_per_account_per_hour: 300,
+            certificates_per_domain_per_week: 50,
+            accounts_per_hour: 500,
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| Error::Config {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let problems = config.validate();
+        if !problems.is_empty() {
+            return Err(Error::Config {
+                path: path.display().to_string(),
+                detail: problems.join("; "),
+            });
+        }
+        Ok(config)
+    }
+
+    /// Every problem with the values, each naming its field.
+    pub fn validate(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let base = self.server.base_url.as_str();
+        if !(base.starts_with("http://") || base.starts_with("https://")) || base.ends_with('/') {
+            out.push(format!(
+                "server.base_url `{base}`: must be an http(s) URL without a trailing slash"
+            ));
+        }
+        if self.server.tls.is_none() && !self.server.listen.ip().is_loopback() {
+            out.push(format!(
+                "server.listen {}: plain HTTP is allowed on loopback only; configure server.tls",
+                self.server.listen
+            ));
+        }
+        if self.server.max_body_bytes < 1024 {
+            out.push("server.max_body_bytes: at least 1024".into());
+        }
+        if self.gateway.batch == 0 {
+            out.push("gateway.batch: at least 1".into());
+        }
+        if self.ca.profiles.is_empty() {
+            out.push("ca.profiles: at least one profile".into());
+        }
+        for (i, p) in self.ca.profiles.iter().enumerate() {
+            // CA/Browser Forum BR §6.3.2: at most 398 days (and falling); at least an hour.
+            if !(1..=398 * 24).contains(&p.validity_hours) {
+                out.push(format!(
+                    "ca.profiles[{i}].validity_hours {}: between 1 and 9552 (398 days)",
+                    p.validity_hours
+                ));
+            }
+        }
+        if !self
+            .ca
+            .profiles
+            .iter()
+            .any(|p| p.name == self.ca.default_profile)
+        {
+            out.push(format!(
+                "ca.default_profile `{}`: no profile of that name",
+                self.ca.default_profile
+            ));
+        }
+        if self.ca.caa_identities.is_empty() {
+            out.push("ca.caa_identities: at least one domain".into());
+        }
+        if self.ca.rsa_key_sizes.iter().any(|b| *b < 2048) {
+            out.push("ca.rsa_key_sizes: no size below 2048".into());
+        }
+        if self.validation.timeout_ms == 0 {
+            out.push("validation.timeout_ms: at least 1".into());
+        }
+        out
+    }
+
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        self.base_dir.join(path)
+    }
+
+    pub fn profile(&self, name: &str) -> Option<&Profile> {
+        self.ca.profiles.iter().find(|p| p.name == name)
+    }
+
+    /// The gateway's client TLS files: from this file, else the environment.
+    pub fn gateway_tls(&self) -> Option<hsmgate_signer_api::client::ClientTls> {
+        let g = &self.gateway;
+        match (&g.ca, &g.cert, &g.key) {
+            (Some(ca), Some(cert), Some(key)) => Some(hsmgate_signer_api::client::ClientTls::new(
+                self.resolve(ca),
+                self.resolve(cert),
+                self.resolve(key),
+            )),
+            _ => hsmgate_signer_api::client::ClientTls::from_env(),
+        }
+    }
+}

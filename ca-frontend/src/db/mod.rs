@@ -1,0 +1,153 @@
+//! The CA's records: accounts, orders, authorizations, issued certificates, revocations.
+//!
+//! Two backends behind [`Db`]: embedded SQLite (the default, one frontend) and PostgreSQL
+//! (several frontends sharing one database). Objects are stored as JSON next to the columns that
+//! are queried or constrained (a key's thumbprint is unique; an order's status changes by
+//! compare-and-set, so two finalizations of one order cannot both sign). Both backends run the
+//! same SQL (positional `$n` parameters, which SQLite binds as named parameters in order of
+//! appearance) and create their schema on open ([`MIGRATIONS`]).
+
+mod postgres;
+mod sqlite;
+
+use async_trait::async_trait;
+
+pub use postgres::PostgresDb;
+pub use sqlite::SqliteDb;
+
+use crate::Error;
+use crate::model::{Account, Authorization, CertificateRecord, Order, OrderStatus, Revocation};
+
+/// Schema migrations, applied in order; `schema_version` records how many ran.
+pub const MIGRATIONS: &[&str] = &["CREATE TABLE IF NOT EXISTS accounts (
+        id TEXT PRIMARY KEY,
+        thumbprint TEXT NOT NULL UNIQUE,
+        created BIGINT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS orders (
+        id TEXT PRIMARY KEY,
+        account_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created BIGINT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS orders_by_account ON orders (account_id, created);
+    CREATE TABLE IF NOT EXISTS authzs (
+        id TEXT PRIMARY KEY,
+        order_id TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS certificates (
+        serial TEXT PRIMARY KEY,
+        account_id TEXT NOT NULL,
+        issued BIGINT NOT NULL,
+        spki_sha256 TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS issued_domains (
+        domain TEXT NOT NULL,
+        issued BIGINT NOT NULL,
+        serial TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS issued_domains_by_domain ON issued_domains (domain, issued);"];
+
+pub(crate) mod sql {
+    pub const INSERT_ACCOUNT: &str =
+        "INSERT INTO accounts (id, thumbprint, created, body) VALUES ($1, $2, $3, $4)";
+    pub const ACCOUNT: &str = "SELECT body FROM accounts WHERE id = $1";
+    pub const ACCOUNT_BY_THUMBPRINT: &str = "SELECT body FROM accounts WHERE thumbprint = $1";
+    pub const UPDATE_ACCOUNT: &str = "UPDATE accounts SET thumbprint = $1, body = $2 WHERE id = $3";
+    pub const COUNT_ACCOUNTS: &str = "SELECT COUNT(*) FROM accounts WHERE created >= $1";
+    pub const INSERT_ORDER: &str =
+        "INSERT INTO orders (id, account_id, status, created, body) VALUES ($1, $2, $3, $4, $5)";
+    pub const INSERT_AUTHZ: &str = "INSERT INTO authzs (id, order_id, body) VALUES ($1, $2, $3)";
+    pub const ORDER: &str = "SELECT body FROM orders WHERE id = $1";
+    pub const ORDERS_OF_ACCOUNT: &str =
+        "SELECT id FROM orders WHERE account_id = $1 ORDER BY created DESC LIMIT 1000";
+    pub const COUNT_ORDERS: &str =
+        "SELECT COUNT(*) FROM orders WHERE account_id = $1 AND created >= $2";
+    pub const UPDATE_ORDER: &str = "UPDATE orders SET status = $1, body = $2 WHERE id = $3";
+    pub const UPDATE_ORDER_IF: &str =
+        "UPDATE orders SET status = $1, body = $2 WHERE id = $3 AND status = $4";
+    pub const AUTHZ: &str = "SELECT body FROM authzs WHERE id = $1";
+    pub const UPDATE_AUTHZ: &str = "UPDATE authzs SET body = $1 WHERE id = $2";
+    pub const INSERT_CERTIFICATE: &str = "INSERT INTO certificates (serial, account_id, issued, spki_sha256, body) VALUES ($1, $2, $3, $4, $5)";
+    pub const INSERT_ISSUED_DOMAIN: &str =
+        "INSERT INTO issued_domains (domain, issued, serial) VALUES ($1, $2, $3)";
+    pub const CERTIFICATE: &str = "SELECT body FROM certificates WHERE serial = $1";
+    pub const UPDATE_CERTIFICATE: &str = "UPDATE certificates SET body = $1 WHERE serial = $2";
+    pub const COUNT_DOMAIN: &str =
+        "SELECT COUNT(DISTINCT serial) FROM issued_domains WHERE domain = $1 AND issued >= $2";
+}
+
+/// The CA's record store. Every method is one transaction: it happened or it did not.
+#[async_trait]
+pub trait Db: Send + Sync + std::fmt::Debug {
+    fn kind(&self) -> &'static str;
+    /// Records a new account; `Ok(Err(existing))` if its key already has one.
+    async fn insert_account(&self, account: &Account) -> Result<Result<(), Account>, Error>;
+    async fn account(&self, id: &str) -> Result<Option<Account>, Error>;
+    async fn account_by_thumbprint(&self, thumbprint: &str) -> Result<Option<Account>, Error>;
+    /// Saves an account (status, contact, or a rolled-over key); `Ok(false)` if the new key
+    /// already belongs to another account.
+    async fn update_account(&self, account: &Account) -> Result<bool, Error>;
+    async fn accounts_since(&self, since: i64) -> Result<u64, Error>;
+
+    /// Records an order and its authorizations together.
+    async fn insert_order(&self, order: &Order, authzs: &[Authorization]) -> Result<(), Error>;
+    async fn order(&self, id: &str) -> Result<Option<Order>, Error>;
+    async fn orders_of_account(&self, account_id: &str) -> Result<Vec<String>, Error>;
+    async fn orders_since(&self, account_id: &str, since: i64) -> Result<u64, Error>;
+    /// Saves `order`; with `expected`, only if the stored status is still that one (returns
+    /// whether it was saved).
+    async fn update_order(
+        &self,
+        order: &Order,
+        expected: Option<OrderStatus>,
+    ) -> Result<bool, Error>;
+    async fn authz(&self, id: &str) -> Result<Option<Authorization>, Error>;
+    async fn update_authz(&self, authz: &Authorization) -> Result<(), Error>;
+
+    /// Records an issued certificate and the registered domains it counts against.
+    async fn insert_certificate(
+        &self,
+        cert: &CertificateRecord,
+        domains: &[String],
+    ) -> Result<(), Error>;
+    async fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>, Error>;
+    /// Marks a certificate revoked; returns the revocation now in force (the first one
+    /// recorded: a revocation never changes) or `None` if there is no such certificate.
+    async fn revoke(
+        &self,
+        serial: &str,
+        revocation: Revocation,
+    ) -> Result<Option<Revocation>, Error>;
+    /// Sets `renew_now` on the certificates that exist; returns how many did.
+    async fn mark_renew_now(&self, serials: &[String]) -> Result<usize, Error>;
+    async fn certificates_since(&self, domain: &str, since: i64) -> Result<u64, Error>;
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> Result<String, Error> {
+    serde_json::to_string(value).map_err(|e| Error::Internal(format!("encoding a record: {e}")))
+}
+
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(
+    db: &'static str,
+    text: &str,
+) -> Result<T, Error> {
+    serde_json::from_str(text).map_err(|e| Error::Db {
+        db,
+        detail: format!("a stored record does not decode: {e}"),
+    })
+}
+
+/// Opens the configured database and brings its schema up to date.
+pub async fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn Db>, Error> {
+    Ok(match &config.db {
+        crate::config::Db::Sqlite { path } => {
+            std::sync::Arc::new(SqliteDb::open(&config.resolve(path)).await?)
+        }
+        crate::config::Db::Postgres { url } => std::sync::Arc::new(PostgresDb::connect(url).await?),
+    })
+}

@@ -1,0 +1,353 @@
+//! The embedded backend: one SQLite file in WAL mode, `synchronous=FULL` (a record is on disk
+//! before the client hears of it). Calls run on tokio's blocking pool.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{Db, MIGRATIONS, from_json, sql, to_json};
+use crate::Error;
+use crate::model::{Account, Authorization, CertificateRecord, Order, OrderStatus, Revocation};
+
+const DB: &str = "sqlite";
+
+fn db_err(e: impl std::fmt::Display) -> Error {
+    Error::Db {
+        db: DB,
+        detail: e.to_string(),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SqliteDb {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteDb {
+    pub async fn open(path: &Path) -> Result<Self, Error> {
+        let path = path.to_owned();
+        let conn = tokio::task::spawn_blocking(move || -> Result<Connection, Error> {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(db_err)?;
+            }
+            let conn = Connection::open(&path).map_err(db_err)?;
+            conn.busy_timeout(std::time::Duration::from_secs(5))
+                .map_err(db_err)?;
+            conn.pragma_update(None, "journal_mode", "WAL")
+                .map_err(db_err)?;
+            conn.pragma_update(None, "synchronous", "FULL")
+                .map_err(db_err)?;
+            migrate(&conn)?;
+            Ok(conn)
+        })
+        .await
+        .map_err(db_err)??;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn run<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn
+                .lock()
+                .map_err(|_| db_err("connection lock poisoned"))?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(db_err)?
+    }
+
+    async fn body<T>(&self, query: &'static str, key: String) -> Result<Option<T>, Error>
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+    {
+        self.run(move |c| {
+            let text: Option<String> = c
+                .query_row(query, params![key], |r| r.get(0))
+                .optional()
+                .map_err(db_err)?;
+            text.map(|t| from_json(DB, &t)).transpose()
+        })
+        .await
+    }
+
+    async fn count(
+        &self,
+        query: &'static str,
+        key: Option<String>,
+        since: i64,
+    ) -> Result<u64, Error> {
+        self.run(move |c| {
+            let n: i64 = match key {
+                Some(k) => c.query_row(query, params![k, since], |r| r.get(0)),
+                None => c.query_row(query, params![since], |r| r.get(0)),
+            }
+            .map_err(db_err)?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+}
+
+fn migrate(conn: &Connection) -> Result<(), Error> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+        .map_err(db_err)?;
+    let done: i64 = conn
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(db_err)?;
+    for (i, migration) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(done).unwrap_or(0))
+    {
+        conn.execute_batch(&format!(
+            "BEGIN; {migration}; INSERT INTO schema_version (version) VALUES ({}); COMMIT;",
+            i + 1
+        ))
+        .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
+}
+
+#[async_trait]
+impl Db for SqliteDb {
+    fn kind(&self) -> &'static str {
+        DB
+    }
+
+    async fn insert_account(&self, account: &Account) -> Result<Result<(), Account>, Error> {
+        let body = to_json(account)?;
+        let a = account.clone();
+        self.run(move |c| {
+            match c.execute(
+                sql::INSERT_ACCOUNT,
+                params![a.id, a.thumbprint, a.created, body],
+            ) {
+                Ok(_) => Ok(Ok(())),
+                Err(e) if is_unique_violation(&e) => {
+                    let text: String = c
+                        .query_row(sql::ACCOUNT_BY_THUMBPRINT, params![a.thumbprint], |r| {
+                            r.get(0)
+                        })
+                        .map_err(db_err)?;
+                    Ok(Err(from_json(DB, &text)?))
+                }
+                Err(e) => Err(db_err(e)),
+            }
+        })
+        .await
+    }
+
+    async fn account(&self, id: &str) -> Result<Option<Account>, Error> {
+        self.body(sql::ACCOUNT, id.to_owned()).await
+    }
+
+    async fn account_by_thumbprint(&self, thumbprint: &str) -> Result<Option<Account>, Error> {
+        self.body(sql::ACCOUNT_BY_THUMBPRINT, thumbprint.to_owned())
+            .await
+    }
+
+    async fn update_account(&self, account: &Account) -> Result<bool, Error> {
+        let body = to_json(account)?;
+        let a = account.clone();
+        self.run(
+            move |c| match c.execute(sql::UPDATE_ACCOUNT, params![a.thumbprint, body, a.id]) {
+                Ok(_) => Ok(true),
+                Err(e) if is_unique_violation(&e) => Ok(false),
+                Err(e) => Err(db_err(e)),
+            },
+        )
+        .await
+    }
+
+    async fn accounts_since(&self, since: i64) -> Result<u64, Error> {
+        self.count(sql::COUNT_ACCOUNTS, None, since).await
+    }
+
+    async fn insert_order(&self, order: &Order, authzs: &[Authorization]) -> Result<(), Error> {
+        let body = to_json(order)?;
+        let authzs = authzs
+            .iter()
+            .map(|a| Ok((a.id.clone(), to_json(a)?)))
+            .collect::<Result<Vec<_>, Error>>()?;
+        let o = order.clone();
+        self.run(move |c| {
+            let tx = c.transaction().map_err(db_err)?;
+            tx.execute(
+                sql::INSERT_ORDER,
+                params![o.id, o.account_id, o.status.as_str(), o.created, body],
+            )
+            .map_err(db_err)?;
+            for (id, body) in authzs {
+                tx.execute(sql::INSERT_AUTHZ, params![id, o.id, body])
+                    .map_err(db_err)?;
+            }
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn order(&self, id: &str) -> Result<Option<Order>, Error> {
+        self.body(sql::ORDER, id.to_owned()).await
+    }
+
+    async fn orders_of_account(&self, account_id: &str) -> Result<Vec<String>, Error> {
+        let account_id = account_id.to_owned();
+        self.run(move |c| {
+            let mut stmt = c.prepare_cached(sql::ORDERS_OF_ACCOUNT).map_err(db_err)?;
+            let rows = stmt
+                .query_map(params![account_id], |r| r.get::<_, String>(0))
+                .map_err(db_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn orders_since(&self, account_id: &str, since: i64) -> Result<u64, Error> {
+        self.count(sql::COUNT_ORDERS, Some(account_id.to_owned()), since)
+            .await
+    }
+
+    async fn update_order(
+        &self,
+        order: &Order,
+        expected: Option<OrderStatus>,
+    ) -> Result<bool, Error> {
+        let body = to_json(order)?;
+        let o = order.clone();
+        self.run(move |c| {
+            let n = match expected {
+                Some(old) => c.execute(
+                    sql::UPDATE_ORDER_IF,
+                    params![o.status.as_str(), body, o.id, old.as_str()],
+                ),
+                None => c.execute(sql::UPDATE_ORDER, params![o.status.as_str(), body, o.id]),
+            }
+            .map_err(db_err)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn authz(&self, id: &str) -> Result<Option<Authorization>, Error> {
+        self.body(sql::AUTHZ, id.to_owned()).await
+    }
+
+    async fn update_authz(&self, authz: &Authorization) -> Result<(), Error> {
+        let body = to_json(authz)?;
+        let id = authz.id.clone();
+        self.run(move |c| {
+            c.execute(sql::UPDATE_AUTHZ, params![body, id])
+                .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn insert_certificate(
+        &self,
+        cert: &CertificateRecord,
+        domains: &[String],
+    ) -> Result<(), Error> {
+        let body = to_json(cert)?;
+        let cert = cert.clone();
+        let domains = domains.to_vec();
+        self.run(move |c| {
+            let tx = c.transaction().map_err(db_err)?;
+            tx.execute(
+                sql::INSERT_CERTIFICATE,
+                params![
+                    cert.serial,
+                    cert.account_id,
+                    cert.issued,
+                    cert.spki_sha256,
+                    body
+                ],
+            )
+            .map_err(db_err)?;
+            for d in domains {
+                tx.execute(
+                    sql::INSERT_ISSUED_DOMAIN,
+                    params![d, cert.issued, cert.serial],
+                )
+                .map_err(db_err)?;
+            }
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>, Error> {
+        self.body(sql::CERTIFICATE, serial.to_owned()).await
+    }
+
+    async fn revoke(
+        &self,
+        serial: &str,
+        revocation: Revocation,
+    ) -> Result<Option<Revocation>, Error> {
+        let serial = serial.to_owned();
+        self.run(move |c| {
+            let tx = c.transaction().map_err(db_err)?;
+            let text: Option<String> = tx
+                .query_row(sql::CERTIFICATE, params![serial], |r| r.get(0))
+                .optional()
+                .map_err(db_err)?;
+            let Some(text) = text else { return Ok(None) };
+            let mut record: CertificateRecord = from_json(DB, &text)?;
+            if let Some(existing) = record.revoked {
+                return Ok(Some(existing));
+            }
+            record.revoked = Some(revocation);
+            tx.execute(sql::UPDATE_CERTIFICATE, params![to_json(&record)?, serial])
+                .map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+            Ok(Some(revocation))
+        })
+        .await
+    }
+
+    async fn mark_renew_now(&self, serials: &[String]) -> Result<usize, Error> {
+        let serials = serials.to_vec();
+        self.run(move |c| {
+            let tx = c.transaction().map_err(db_err)?;
+            let mut marked = 0;
+            for serial in serials {
+                let text: Option<String> = tx
+                    .query_row(sql::CERTIFICATE, params![serial], |r| r.get(0))
+                    .optional()
+                    .map_err(db_err)?;
+                let Some(text) = text else { continue };
+                let mut record: CertificateRecord = from_json(DB, &text)?;
+                record.renew_now = true;
+                tx.execute(sql::UPDATE_CERTIFICATE, params![to_json(&record)?, serial])
+                    .map_err(db_err)?;
+                marked += 1;
+            }
+            tx.commit().map_err(db_err)?;
+            Ok(marked)
+        })
+        .await
+    }
+
+    async fn certificates_since(&self, domain: &str, since: i64) -> Result<u64, Error> {
+        self.count(sql::COUNT_DOMAIN, Some(domain.to_owned()), since)
+            .await
+    }
+}

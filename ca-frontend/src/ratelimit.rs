@@ -1,0 +1,104 @@
+//! Rate limits, counted from the CA's records (so they hold across restarts and, on PostgreSQL,
+//! across frontends): new accounts per hour, new orders per account per hour, certificates per
+//! registered domain (public suffix list + one label) per week. A request over a limit gets a
+//! `rateLimited` problem with `Retry-After`.
+
+use crate::config::Limits;
+use crate::db::Db;
+use crate::{Error, Problem, ProblemType};
+
+const HOUR: i64 = 3600;
+const WEEK: i64 = 7 * 24 * HOUR;
+
+fn limited(detail: String, retry_after: i64) -> Error {
+    Error::Problem(Problem {
+        retry_after: Some(u64::try_from(retry_after).unwrap_or(60)),
+        ..Problem::new(ProblemType::RateLimited, detail)
+    })
+}
+
+pub async fn new_account(db: &dyn Db, limits: &Limits, now: i64) -> Result<(), Error> {
+    let n = db.accounts_since(now - HOUR).await?;
+    if n >= u64::from(limits.accounts_per_hour) {
+        return Err(limited(
+            format!(
+                "too many new accounts: {n} in the last hour (limit {})",
+                limits.accounts_per_hour
+            ),
+            HOUR / 4,
+        ));
+    }
+    Ok(())
+}
+
+pub async fn new_order(
+    db: &dyn Db,
+    limits: &Limits,
+    account_id: &str,
+    now: i64,
+) -> Result<(), Error> {
+    let n = db.orders_since(account_id, now - HOUR).await?;
+    if n >= u64::from(limits.orders_per_account_per_hour) {
+        return Err(limited(
+            format!(
+                "too many new orders for this account: {n} in the last hour (limit {})",
+                limits.orders_per_account_per_hour
+            ),
+            HOUR / 4,
+        ));
+    }
+    Ok(())
+}
+
+/// The registered domains (eTLD+1) that `names` count against, sorted and deduplicated.
+pub fn registered_domains(names: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = names
+        .iter()
+        .map(|n| {
+            let n = n.trim_start_matches("*.");
+            psl::domain_str(n).unwrap_or(n).to_owned()
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Checks the per-registered-domain limit for a certificate naming `names`.
+pub async fn certificates(
+    db: &dyn Db,
+    limits: &Limits,
+    names: &[String],
+    now: i64,
+) -> Result<(), Error> {
+    for domain in registered_domains(names) {
+        let n = db.certificates_since(&domain, now - WEEK).await?;
+        if n >= u64::from(limits.certificates_per_domain_per_week) {
+            return Err(limited(
+                format!(
+                    "too many certificates for {domain}: {n} in the last week (limit {})",
+                    limits.certificates_per_domain_per_week
+                ),
+                HOUR,
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_count_against_their_registered_domain() {
+        let names = [
+            "a.example.com",
+            "*.b.example.com",
+            "example.co.uk",
+            "x.example.co.uk",
+        ]
+        .map(String::from);
+        assert_eq!(registered_domains(&names), ["example.co.uk", "example.com"]);
+    }
+}

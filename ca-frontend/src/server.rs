@@ -1,0 +1,1344 @@
+//! The HTTP layer: the ACME resources of RFC 8555 §7 and RFC 9773, on axum.
+//!
+//! Every response carries a fresh `Replay-Nonce`, `Link: <directory>;rel="index"` and
+//! `Cache-Control: no-store`; every POST is a JWS whose `url` must be exactly the URL it was sent
+//! to (under `server.base_url`). Errors are `application/problem+json`; internal errors are
+//! logged with their detail and reach the client as `serverInternal` without it.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http_body_util::BodyExt;
+use ocsp::model::{CertStatus, IssuerName, Serial};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::db::Db;
+use crate::issue::{self, CertSigner, IssuerCert, LeafPlan};
+use crate::jws::{ParsedJws, PublicKey, key_authorization};
+use crate::model::*;
+use crate::nonce::NonceService;
+use crate::validate::Validator;
+use crate::{Error, Problem, ProblemType, ari, random_id, ratelimit, rfc3339, unix_now};
+
+/// Reasons a subscriber may give (RFC 5280 §5.3.1): unspecified, keyCompromise,
+/// affiliationChanged, superseded, cessationOfOperation — as Let's Encrypt accepts.
+const SUBSCRIBER_REASONS: [u8; 5] = [0, 1, 3, 4, 5];
+const KEY_COMPROMISE: u8 = 1;
+/// RFC 9773 §4.3: how long a client should wait before asking about a certificate again.
+const ARI_RETRY_AFTER_SECS: u64 = 6 * 3600;
+
+/// Everything a request handler needs. Cheap to share.
+#[derive(Debug)]
+pub struct Ca {
+    pub config: Config,
+    pub db: Arc<dyn Db>,
+    pub nonces: NonceService,
+    pub validator: Validator,
+    pub signer: CertSigner,
+    pub intermediate: IssuerCert,
+    pub presigner: ocsp::presigner::Presigner,
+    pub ocsp_issuer: IssuerName,
+}
+
+type Shared = State<Arc<Ca>>;
+type Result<T> = std::result::Result<T, Error>;
+
+/// The router for `ca`.
+pub fn router(ca: Arc<Ca>) -> Router {
+    Router::new()
+        .route("/directory", get(directory))
+        .route("/acme/new-nonce", get(new_nonce).head(new_nonce))
+        .route("/acme/new-account", post(new_account))
+        .route("/acme/acct/{id}", post(account))
+        .route("/acme/acct/{id}/orders", post(account_orders))
+        .route("/acme/new-order", post(new_order))
+        .route("/acme/order/{id}", post(order))
+        .route("/acme/order/{id}/finalize", post(finalize))
+        .route("/acme/authz/{id}", post(authorization))
+        .route("/acme/chall/{authz}/{kind}", post(challenge))
+        .route("/acme/cert/{serial}", post(certificate))
+        .route("/acme/revoke-cert", post(revoke_cert))
+        .route("/acme/key-change", post(key_change))
+        .route("/acme/renewal-info/{id}", get(renewal_info))
+        .fallback(not_found)
+        .layer(axum::middleware::map_response_with_state(
+            ca.clone(),
+            common_headers,
+        ))
+        .with_state(ca)
+}
+
+async fn not_found(method: Method) -> Response {
+    if method == Method::GET || method == Method::POST || method == Method::HEAD {
+        Problem::not_found("resource").into_response()
+    } else {
+        Problem::malformed(format!("method {method} is not allowed"))
+            .with_status(StatusCode::METHOD_NOT_ALLOWED)
+            .into_response()
+    }
+}
+
+async fn common_headers(State(ca): Shared, mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    if let Ok(nonce) = ca.nonces.issue()
+        && let Ok(v) = HeaderValue::from_str(&nonce)
+    {
+        headers.insert("replay-nonce", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("<{}>;rel=\"index\"", ca.url("/directory"))) {
+        headers.append(header::LINK, v);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+impl Ca {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.config.server.base_url)
+    }
+
+    fn account_url(&self, id: &str) -> String {
+        self.url(&format!("/acme/acct/{id}"))
+    }
+
+    fn order_url(&self, id: &str) -> String {
+        self.url(&format!("/acme/order/{id}"))
+    }
+
+    fn authz_url(&self, id: &str) -> String {
+        self.url(&format!("/acme/authz/{id}"))
+    }
+
+    fn challenge_url(&self, authz: &str, kind: ChallengeType) -> String {
+        self.url(&format!("/acme/chall/{authz}/{}", kind.as_str()))
+    }
+
+    fn cert_url(&self, serial: &str) -> String {
+        self.url(&format!("/acme/cert/{serial}"))
+    }
+}
+
+// ---------------------------------------------------------------- authentication
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KeyBy {
+    /// `kid`: an existing account (most requests).
+    Account,
+    /// `jwk`: new-account.
+    Jwk,
+    /// Either (revokeCert: by account, or by the certificate's key).
+    Either,
+}
+
+struct Authed {
+    jws: ParsedJws,
+    account: Option<Account>,
+    key: PublicKey,
+}
+
+impl Authed {
+    fn account(&self) -> Result<&Account> {
+        self.account.as_ref().ok_or_else(|| {
+            Problem::malformed("this request must be signed by an account key (`kid`)").into()
+        })
+    }
+
+    fn is_post_as_get(&self) -> bool {
+        self.jws.payload.is_empty()
+    }
+}
+
+async fn read_body(ca: &Ca, headers: &HeaderMap, body: Body) -> Result<Vec<u8>> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if content_type.split(';').next().map(str::trim) != Some("application/jose+json") {
+        return Err(Problem::malformed(format!(
+            "Content-Type must be application/jose+json, not `{content_type}`"
+        ))
+        .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+        .into());
+    }
+    let limit = ca.config.server.max_body_bytes;
+    let bytes = http_body_util::Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|_| {
+            Problem::malformed(format!("the request body is larger than {limit} bytes"))
+                .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+        })?
+        .to_bytes();
+    Ok(bytes.to_vec())
+}
+
+async fn authenticate(
+    ca: &Ca,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+    by: KeyBy,
+) -> Result<Authed> {
+    let body = read_body(ca, headers, body).await?;
+    let jws = ParsedJws::parse(&body)?;
+    let expected_url = ca.url(uri.path());
+    match jws.header.url.as_deref() {
+        Some(url) if url == expected_url => {}
+        Some(url) => {
+            return Err(Problem::unauthorized(format!(
+                "the JWS url `{url}` is not the URL this request was sent to (`{expected_url}`)"
+            ))
+            .into());
+        }
+        None => return Err(Problem::malformed("the protected header has no `url`").into()),
+    }
+    let nonce = jws.header.nonce.as_deref().ok_or_else(|| {
+        Problem::new(ProblemType::BadNonce, "the protected header has no `nonce`")
+    })?;
+    if !ca.nonces.consume(nonce) {
+        return Err(Problem::new(
+            ProblemType::BadNonce,
+            "the nonce was not issued by this server, or was already used; retry with the nonce in this response",
+        )
+        .into());
+    }
+    let (account, key) = match (&jws.header.kid, &jws.header.jwk, by) {
+        (Some(_), Some(_), _) => {
+            return Err(Problem::malformed("the header has both `jwk` and `kid`").into());
+        }
+        (Some(kid), None, KeyBy::Account | KeyBy::Either) => {
+            let id = kid.strip_prefix(&ca.url("/acme/acct/")).ok_or_else(|| {
+                Problem::new(
+                    ProblemType::AccountDoesNotExist,
+                    format!("`{kid}` is not an account URL of this server"),
+                )
+            })?;
+            let account = ca.db.account(id).await?.ok_or_else(|| {
+                Problem::new(
+                    ProblemType::AccountDoesNotExist,
+                    format!("no account `{kid}`"),
+                )
+            })?;
+            if account.status != AccountStatus::Valid {
+                return Err(Problem::unauthorized(
+                    format!("the account is {:?}", account.status).to_lowercase(),
+                )
+                .into());
+            }
+            let key = PublicKey::from_jwk(&account.jwk)?;
+            (Some(account), key)
+        }
+        (None, Some(jwk), KeyBy::Jwk | KeyBy::Either) => (None, PublicKey::from_jwk(jwk)?),
+        (Some(_), None, KeyBy::Jwk) => {
+            return Err(Problem::malformed("this request must carry a `jwk`, not a `kid`").into());
+        }
+        (None, Some(_), KeyBy::Account) => {
+            return Err(Problem::malformed(
+                "this request must carry a `kid` (an account URL), not a `jwk`",
+            )
+            .into());
+        }
+        (None, None, _) => {
+            return Err(Problem::malformed("the header has neither `jwk` nor `kid`").into());
+        }
+    };
+    jws.verify(&key)?;
+    Ok(Authed { jws, account, key })
+}
+
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
+    let mut r = (status, body.to_string()).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn with_header(mut r: Response, name: header::HeaderName, value: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        r.headers_mut().append(name, v);
+    }
+    r
+}
+
+fn ok<T: IntoResponse>(r: Result<T>) -> Response {
+    match r {
+        Ok(r) => r.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+// ---------------------------------------------------------------- directory, nonces
+
+async fn directory(State(ca): Shared) -> Response {
+    let profiles: serde_json::Map<String, serde_json::Value> = ca
+        .config
+        .ca
+        .profiles
+        .iter()
+        .map(|p| {
+            let text = p
+                .description
+                .clone()
+                .unwrap_or_else(|| format!("{} hours", p.validity_hours));
+            (p.name.clone(), serde_json::Value::String(text))
+        })
+        .collect();
+    let mut meta = serde_json::json!({
+        "caaIdentities": ca.config.ca.caa_identities,
+        "profiles": profiles,
+    });
+    if let Some(tos) = &ca.config.server.terms_of_service {
+        meta["termsOfService"] = serde_json::Value::String(tos.clone());
+    }
+    json_response(
+        StatusCode::OK,
+        &serde_json::json!({
+            "newNonce": ca.url("/acme/new-nonce"),
+            "newAccount": ca.url("/acme/new-account"),
+            "newOrder": ca.url("/acme/new-order"),
+            "revokeCert": ca.url("/acme/revoke-cert"),
+            "keyChange": ca.url("/acme/key-change"),
+            "renewalInfo": ca.url("/acme/renewal-info"),
+            "meta": meta,
+        }),
+    )
+}
+
+async fn new_nonce(method: Method) -> StatusCode {
+    // RFC 8555 §7.2: 200 to HEAD, 204 to GET.
+    if method == Method::HEAD {
+        StatusCode::OK
+    } else {
+        StatusCode::NO_CONTENT
+    }
+}
+
+// ---------------------------------------------------------------- accounts
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NewAccount {
+    #[serde(default)]
+    contact: Option<Vec<String>>,
+    #[serde(default)]
+    only_return_existing: bool,
+    #[serde(default, rename = "termsOfServiceAgreed")]
+    _terms_of_service_agreed: Option<bool>,
+}
+
+fn check_contacts(contact: &[String]) -> Result<()> {
+    for c in contact {
+        let Some(address) = c.strip_prefix("mailto:") else {
+            return Err(Problem::new(
+                ProblemType::UnsupportedIdentifier,
+                format!("contact `{c}`: only mailto: URLs are supported"),
+            )
+            .into());
+        };
+        let valid = address.split_once('@').is_some_and(|(user, domain)| {
+            !user.is_empty() && domain.contains('.') && !address.contains([',', '?', ' '])
+        });
+        if !valid {
+            return Err(Problem::new(
+                ProblemType::InvalidContact,
+                format!("`{c}` is not a single valid email address"),
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+fn account_json(ca: &Ca, a: &Account) -> serde_json::Value {
+    serde_json::json!({
+        "status": a.status,
+        "contact": a.contact,
+        "orders": ca.url(&format!("/acme/acct/{}/orders", a.id)),
+        "key": a.jwk,
+        "createdAt": rfc3339(a.created),
+    })
+}
+
+async fn new_account(State(ca): Shared, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    ok(new_account_inner(&ca, &uri, &headers, body).await)
+}
+
+async fn new_account_inner(
+    ca: &Ca,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let authed = authenticate(ca, uri, headers, body, KeyBy::Jwk).await?;
+    let request: NewAccount = authed.jws.json()?;
+    let thumbprint = authed.key.thumbprint();
+    if let Some(existing) = ca.db.account_by_thumbprint(&thumbprint).await? {
+        let r = json_response(StatusCode::OK, &account_json(ca, &existing));
+        return Ok(with_header(
+            r,
+            header::LOCATION,
+            &ca.account_url(&existing.id),
+        ));
+    }
+    if request.only_return_existing {
+        return Err(Problem::new(
+            ProblemType::AccountDoesNotExist,
+            "no account exists for this key",
+        )
+        .into());
+    }
+    let contact = request.contact.unwrap_or_default();
+    check_contacts(&contact)?;
+    let now = unix_now();
+    ratelimit::new_account(ca.db.as_ref(), &ca.config.limits, now).await?;
+    let jwk = authed
+        .jws
+        .header
+        .jwk
+        .clone()
+        .ok_or_else(|| Problem::malformed("no jwk"))?;
+    let account = Account {
+        id: random_id()?,
+        status: AccountStatus::Valid,
+        contact,
+        jwk,
+        thumbprint,
+        created: now,
+    };
+    let (status, account) = match ca.db.insert_account(&account).await? {
+        Ok(()) => (StatusCode::CREATED, account),
+        // Another request created it meanwhile: the same answer as if it had come first.
+        Err(existing) => (StatusCode::OK, existing),
+    };
+    tracing::info!(account = %account.id, "new account");
+    let r = json_response(status, &account_json(ca, &account));
+    Ok(with_header(
+        r,
+        header::LOCATION,
+        &ca.account_url(&account.id),
+    ))
+}
+
+#[derive(Deserialize)]
+struct AccountUpdate {
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    contact: Option<Vec<String>>,
+}
+
+async fn account(
+    State(ca): Shared,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    ok(account_inner(&ca, &id, &uri, &headers, body).await)
+}
+
+async fn account_inner(
+    ca: &Ca,
+    id: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let authed = authenticate(ca, uri, headers, body, KeyBy::Account).await?;
+    let mut account = authed.account()?.clone();
+    if account.id != id {
+        return Err(Problem::unauthorized("the request is signed by another account").into());
+    }
+    if !authed.is_post_as_get() {
+        let update: AccountUpdate = authed.jws.json()?;
+        if let Some(contact) = update.contact {
+            check_contacts(&contact)?;
+            account.contact = contact;
+        }
+        match update.status.as_deref() {
+            None => {}
+            Some("deactivated") => account.status = AccountStatus::Deactivated,
+            Some(other) => {
+                return Err(Problem::malformed(format!(
+                    "an account's status can only be set to `deactivated`, not `{other}`"
+                ))
+                .into());
+            }
+        }
+        ca.db.update_account(&account).await?;
+    }
+    Ok(json_response(StatusCode::OK, &account_json(ca, &account)))
+}
+
+async fn account_orders(
+    State(ca): Shared,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    ok(async {
+        let authed = authenticate(&ca, &uri, &headers, body, KeyBy::Account).await?;
+        if authed.account()?.id != id {
+            return Err(Problem::unauthorized("the request is signed by another account").into());
+        }
+        let ids = ca.db.orders_of_account(&id).await?;
+        let urls: Vec<String> = ids.iter().map(|o| ca.order_url(o)).collect();
+        Ok(json_response(
+            StatusCode::OK,
+            &serde_json::json!({ "orders": urls }),
+        ))
+    }
+    .await)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct KeyChangeInner {
+    account: String,
+    old_key: serde_json::Value,
+}
+
+async fn key_change(State(ca): Shared, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    ok(async {
+        let authed = authenticate(&ca, &uri, &headers, body, KeyBy::Account).await?;
+        let mut account = authed.account()?.clone();
+        // RFC 8555 §7.3.5: the payload is a JWS by the new key, same url, no nonce.
+        let inner = ParsedJws::parse(&authed.jws.payload)?;
+        if inner.header.url != authed.jws.header.url {
+            return Err(Problem::malformed("the inner JWS's url differs from the outer's").into());
+        }
+        if inner.header.nonce.is_some() || inner.header.kid.is_some() {
+            return Err(
+                Problem::malformed("the inner JWS must have a jwk and no nonce or kid").into(),
+            );
+        }
+        let new_jwk = inner
+            .header
+            .jwk
+            .clone()
+            .ok_or_else(|| Problem::malformed("the inner JWS has no jwk"))?;
+        let new_key = PublicKey::from_jwk(&new_jwk)?;
+        inner.verify(&new_key)?;
+        let request: KeyChangeInner = inner.json()?;
+        if request.account != ca.account_url(&account.id) {
+            return Err(Problem::malformed("the inner payload names another account").into());
+        }
+        if PublicKey::from_jwk(&request.old_key)? != authed.key {
+            return Err(Problem::malformed("oldKey is not the account's current key").into());
+        }
+        account.jwk = new_jwk;
+        account.thumbprint = new_key.thumbprint();
+        if !ca.db.update_account(&account).await? {
+            let other = ca.db.account_by_thumbprint(&account.thumbprint).await?;
+            let r = Problem::new(
+                ProblemType::Conflict,
+                "the new key already belongs to an account",
+            )
+            .with_status(StatusCode::CONFLICT)
+            .into_response();
+            return Ok(match other {
+                Some(o) => with_header(r, header::LOCATION, &ca.account_url(&o.id)),
+                None => r,
+            });
+        }
+        tracing::info!(account = %account.id, "account key rolled over");
+        Ok(json_response(StatusCode::OK, &account_json(&ca, &account)))
+    }
+    .await)
+}
+
+// ---------------------------------------------------------------- orders
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NewOrder {
+    identifiers: Vec<Identifier>,
+    #[serde(default)]
+    not_before: Option<String>,
+    #[serde(default)]
+    not_after: Option<String>,
+    #[serde(default)]
+    profile: Option<String>,
+    #[serde(default)]
+    replaces: Option<String>,
+}
+
+/// Checks a DNS identifier: lower-case LDH labels, at most 253 characters, a wildcard only as
+/// the whole leftmost label, at least two labels, not an IP address.
+pub fn check_dns_name(value: &str) -> std::result::Result<(String, bool), Problem> {
+    let name = value.to_ascii_lowercase();
+    let (base, wildcard) = match name.strip_prefix("*.") {
+        Some(rest) => (rest.to_owned(), true),
+        None => (name.clone(), false),
+    };
+    let reject =
+        |why: &str| Problem::new(ProblemType::RejectedIdentifier, format!("`{value}`: {why}"));
+    if base.parse::<std::net::IpAddr>().is_ok() {
+        return Err(Problem::new(
+            ProblemType::UnsupportedIdentifier,
+            format!("`{value}`: IP addresses are not issued for"),
+        ));
+    }
+    if base.is_empty() || base.len() > 253 {
+        return Err(reject("a DNS name is 1 to 253 characters"));
+    }
+    let labels: Vec<&str> = base.split('.').collect();
+    if labels.len() < 2 {
+        return Err(reject("a DNS name needs at least two labels"));
+    }
+    for label in &labels {
+        let ldh = label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if label.is_empty()
+            || label.len() > 63
+            || !ldh
+            || label.starts_with('-')
+            || label.ends_with('-')
+        {
+            return Err(reject(
+                "every label is 1 to 63 letters, digits or inner hyphens",
+            ));
+        }
+    }
+    if psl::suffix_str(&base) == Some(base.as_str()) {
+        return Err(reject("a public suffix cannot be issued for"));
+    }
+    Ok((name, wildcard))
+}
+
+fn order_json(ca: &Ca, o: &Order, status: OrderStatus) -> serde_json::Value {
+    let mut body = serde_json::json!({
+        "status": status.as_str(),
+        "expires": rfc3339(o.expires),
+        "identifiers": o.identifiers,
+        "authorizations": o.authz_ids.iter().map(|a| ca.authz_url(a)).collect::<Vec<_>>(),
+        "finalize": ca.url(&format!("/acme/order/{}/finalize", o.id)),
+        "profile": o.profile,
+    });
+    if let Some(serial) = &o.certificate
+        && status == OrderStatus::Valid
+    {
+        body["certificate"] = serde_json::Value::String(ca.cert_url(serial));
+    }
+    if let Some(error) = &o.error {
+        body["error"] = error.clone();
+    }
+    if let Some(r) = &o.replaces {
+        body["replaces"] = serde_json::Value::String(r.clone());
+    }
+    body
+}
+
+fn order_response(ca: &Ca, status_code: StatusCode, o: &Order, status: OrderStatus) -> Response {
+    let r = json_response(status_code, &order_json(ca, o, status));
+    let r = with_header(r, header::LOCATION, &ca.order_url(&o.id));
+    if matches!(status, OrderStatus::Processing | OrderStatus::Pending) {
+        with_header(r, header::RETRY_AFTER, "1")
+    } else {
+        r
+    }
+}
+
+async fn new_order(State(ca): Shared, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    ok(new_order_inner(&ca, &uri, &headers, body).await)
+}
+
+async fn new_order_inner(ca: &Ca, uri: &Uri, headers: &HeaderMap, body: Body) -> Result<Response> {
+    let authed = authenticate(ca, uri, headers, body, KeyBy::Account).await?;
+    let account = authed.account()?.clone();
+    let request: NewOrder = authed.jws.json()?;
+    if request.not_before.is_some() || request.not_after.is_some() {
+        return Err(Problem::malformed(
+            "notBefore and notAfter are not supported; choose a profile",
+        )
+        .into());
+    }
+    if request.identifiers.is_empty() {
+        return Err(Problem::malformed("an order needs at least one identifier").into());
+    }
+    if request.identifiers.len() > ca.config.ca.max_names {
+        return Err(Problem::new(
+            ProblemType::RejectedIdentifier,
+            format!("at most {} names per certificate", ca.config.ca.max_names),
+        )
+        .into());
+    }
+    let mut names = BTreeSet::new();
+    for id in &request.identifiers {
+        if id.kind != "dns" {
+            return Err(Problem::new(
+                ProblemType::UnsupportedIdentifier,
+                format!("identifier type `{}` is not supported", id.kind),
+            )
+            .into());
+        }
+        let (name, _) = check_dns_name(&id.value)?;
+        names.insert(name);
+    }
+    let profile = request
+        .profile
+        .unwrap_or_else(|| ca.config.ca.default_profile.clone());
+    if ca.config.profile(&profile).is_none() {
+        return Err(Problem::malformed(format!(
+            "unknown profile `{profile}`; see the directory's meta.profiles"
+        ))
+        .into());
+    }
+    if let Some(replaces) = &request.replaces {
+        let record = ari_certificate(ca, replaces).await?;
+        if record.account_id != account.id {
+            return Err(
+                Problem::unauthorized("`replaces` names a certificate of another account").into(),
+            );
+        }
+    }
+    let now = unix_now();
+    ratelimit::new_order(ca.db.as_ref(), &ca.config.limits, &account.id, now).await?;
+    let order_id = random_id()?;
+    let expires =
+        now + i64::try_from(ca.config.validation.pending_hours * 3600).unwrap_or(i64::MAX / 2);
+    let mut authzs = Vec::with_capacity(names.len());
+    for name in &names {
+        let (base, wildcard) = match name.strip_prefix("*.") {
+            Some(b) => (b.to_owned(), true),
+            None => (name.clone(), false),
+        };
+        // A wildcard is proven by DNS only (RFC 8555 §7.1.3).
+        let kinds: &[ChallengeType] = if wildcard {
+            &[ChallengeType::Dns01]
+        } else {
+            &[
+                ChallengeType::Http01,
+                ChallengeType::Dns01,
+                ChallengeType::TlsAlpn01,
+            ]
+        };
+        let challenges = kinds
+            .iter()
+            .map(|k| {
+                Ok(Challenge {
+                    kind: *k,
+                    token: crate::b64(&crate::random_bytes::<32>()?),
+                    status: ChallengeStatus::Pending,
+                    validated: None,
+                    error: None,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        authzs.push(Authorization {
+            id: random_id()?,
+            account_id: account.id.clone(),
+            order_id: order_id.clone(),
+            identifier: Identifier {
+                kind: "dns".into(),
+                value: base,
+            },
+            wildcard,
+            status: AuthzStatus::Pending,
+            expires,
+            challenges,
+        });
+    }
+    let order = Order {
+        id: order_id,
+        account_id: account.id.clone(),
+        status: OrderStatus::Pending,
+        expires,
+        identifiers: names
+            .iter()
+            .map(|n| Identifier {
+                kind: "dns".into(),
+                value: n.clone(),
+            })
+            .collect(),
+        authz_ids: authzs.iter().map(|a| a.id.clone()).collect(),
+        profile,
+        replaces: request.replaces,
+        certificate: None,
+        error: None,
+        created: now,
+    };
+    ca.db.insert_order(&order, &authzs).await?;
+    Ok(order_response(
+        ca,
+        StatusCode::CREATED,
+        &order,
+        OrderStatus::Pending,
+    ))
+}
+
+/// Loads an order owned by `account`, with its status as its authorizations make it now.
+async fn owned_order(
+    ca: &Ca,
+    id: &str,
+    account: &Account,
+) -> Result<(Order, Vec<Authorization>, OrderStatus)> {
+    let order = ca
+        .db
+        .order(id)
+        .await?
+        .ok_or_else(|| Problem::not_found("order"))?;
+    if order.account_id != account.id {
+        return Err(Problem::unauthorized("the order belongs to another account").into());
+    }
+    let mut authzs = Vec::with_capacity(order.authz_ids.len());
+    for a in &order.authz_ids {
+        authzs.push(ca.db.authz(a).await?.ok_or_else(|| {
+            Error::Internal(format!("order {id} names a missing authorization {a}"))
+        })?);
+    }
+    let status = order_status_from_authzs(&order, &authzs, unix_now());
+    Ok((order, authzs, status))
+}
+
+async fn order(
+    State(ca): Shared,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    ok(async {
+        let authed = authenticate(&ca, &uri, &headers, body, KeyBy::Account).await?;
+        let (order, _, status) = owned_order(&ca, &id, authed.account()?).await?;
+        Ok(order_response(&ca, StatusCode::OK, &order, status))
+    }
+    .await)
+}
+
+#[derive(Deserialize)]
+struct Finalize {
+    csr: String,
+}
+
+async fn finalize(
+    State(ca): Shared,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    ok(finalize_inner(&ca, &id, &uri, &headers, body).await)
+}
+
+async fn finalize_inner(
+    ca: &Ca,
+    id: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let authed = authenticate(ca, uri, headers, body, KeyBy::Account).await?;
+    let account = authed.account()?.clone();
+    let (order, _, status) = owned_order(ca, id, &account).await?;
+    if status != OrderStatus::Ready {
+        return Err(Problem::new(
+            ProblemType::OrderNotReady,
+            format!(
+                "the order is {}, not ready: {}",
+                status.as_str(),
+                match status {
+                    OrderStatus::Pending => "complete its authorizations first",
+                    OrderStatus::Processing | OrderStatus::Valid => "it was already finalized",
+                    _ => "it cannot be finalized",
+                }
+            ),
+        )
+        .into());
+    }
+    let request: Finalize = authed.jws.json()?;
+    let csr_der = crate::unb64(&request.csr)
+        .ok_or_else(|| Problem::new(ProblemType::BadCsr, "csr is not base64url"))?;
+    let names: BTreeSet<String> = order.identifiers.iter().map(|i| i.value.clone()).collect();
+    let checked = issue::check_csr(
+        &csr_der,
+        &names,
+        &ca.config.ca.rsa_key_sizes,
+        &account.thumbprint,
+    )?;
+    let name_list: Vec<String> = names.iter().cloned().collect();
+    let now = unix_now();
+    ratelimit::certificates(ca.db.as_ref(), &ca.config.limits, &name_list, now).await?;
+    for name in &names {
+        let (base, wildcard) = match name.strip_prefix("*.") {
+            Some(b) => (b, true),
+            None => (name.as_str(), false),
+        };
+        ca.validator.check_caa(base, wildcard).await?;
+    }
+    // Ready → processing, once: a second finalize (or another frontend) loses this race.
+    let mut processing = order.clone();
+    processing.status = OrderStatus::Processing;
+    if !ca.db.update_order(&processing, Some(order.status)).await? {
+        return Err(Problem::new(
+            ProblemType::OrderNotReady,
+            "the order is already being finalized",
+        )
+        .into());
+    }
+    match issue_certificate(ca, &processing, &account, checked, now).await {
+        Ok(serial) => {
+            let mut valid = processing.clone();
+            valid.status = OrderStatus::Valid;
+            valid.certificate = Some(serial);
+            ca.db
+                .update_order(&valid, Some(OrderStatus::Processing))
+                .await?;
+            Ok(order_response(
+                ca,
+                StatusCode::OK,
+                &valid,
+                OrderStatus::Valid,
+            ))
+        }
+        Err(e) => {
+            let problem = Problem::from(e);
+            let mut invalid = processing.clone();
+            invalid.status = OrderStatus::Invalid;
+            invalid.error = Some(problem.to_json());
+            ca.db
+                .update_order(&invalid, Some(OrderStatus::Processing))
+                .await?;
+            Err(problem.into())
+        }
+    }
+}
+
+/// Builds, lints, signs, checks and records the certificate, and stores its `good` OCSP
+/// response; returns its serial (hex). Only after this returns may the client learn of it.
+async fn issue_certificate(
+    ca: &Ca,
+    order: &Order,
+    account: &Account,
+    csr: issue::CheckedCsr,
+    now: i64,
+) -> Result<String> {
+    let profile = ca.config.profile(&order.profile).ok_or_else(|| {
+        Error::Internal(format!(
+            "order {} has unknown profile {}",
+            order.id, order.profile
+        ))
+    })?;
+    // Backdated a minute for clients whose clocks run a little slow; the lifetime stays exact.
+    let not_before = now - 60;
+    let plan = LeafPlan {
+        serial: issue::random_serial()?,
+        names: csr.names.clone(),
+        spki: csr.spki.clone(),
+        rsa: matches!(csr.key, PublicKey::Rsa { .. }),
+        not_before,
+        not_after: not_before + i64::try_from(profile.validity_hours * 3600).unwrap_or(0) - 1,
+        ocsp_url: ca.config.ca.ocsp_url.clone(),
+        ca_issuers_url: ca.config.ca.ca_issuers_url.clone(),
+    };
+    let tbs = issue::build_leaf_tbs(&plan, &ca.intermediate, &ca.signer.algorithm)?;
+    issue::lint(&tbs, &plan, &ca.intermediate, &ca.signer.algorithm)?;
+    let signature = ca.signer.sign(tbs.clone()).await?;
+    let der_bytes = issue::assemble(
+        &tbs,
+        &ca.signer.algorithm,
+        &signature,
+        &ca.intermediate.spki,
+    )?;
+    let serial = hex::encode(&plan.serial);
+    let record = CertificateRecord {
+        serial: serial.clone(),
+        account_id: account.id.clone(),
+        order_id: order.id.clone(),
+        issued: now,
+        not_before: plan.not_before,
+        not_after: plan.not_after,
+        names: plan.names.iter().cloned().collect(),
+        chain_pem: format!(
+            "{}{}",
+            issue::pem_encode("CERTIFICATE", &der_bytes),
+            ca.intermediate.pem()
+        ),
+        spki_sha256: hex::encode(Sha256::digest(csr.spki.subject_public_key.raw_bytes())),
+        revoked: None,
+        renew_now: false,
+    };
+    ca.db
+        .insert_certificate(&record, &ratelimit::registered_domains(&record.names))
+        .await?;
+    ca.presigner
+        .publish(
+            &ca.ocsp_issuer,
+            &Serial::from_be_bytes(&plan.serial),
+            CertStatus::Good,
+        )
+        .await?;
+    tracing::info!(serial = %serial, order = %order.id, names = ?record.names, "certificate issued");
+    Ok(serial)
+}
+
+// ---------------------------------------------------------------- authorizations, challenges
+
+fn challenge_json(ca: &Ca, authz: &Authorization, c: &Challenge) -> serde_json::Value {
+    let mut body = serde_json::json!({
+        "type": c.kind.as_str(),
+        "url": ca.challenge_url(&authz.id, c.kind),
+        "token": c.token,
+        "status": c.status,
+    });
+    if let Some(t) = c.validated {
+        body["validated"] = serde_json::Value::String(rfc3339(t));
+    }
+    if let Some(e) = &c.error {
+        body["error"] = e.clone();
+    }
+    body
+}
+
+fn authz_json(ca: &Ca, a: &Authorization, now: i64) -> serde_json::Value {
+    let mut body = serde_json::json!({
+        "identifier": a.identifier,
+        "status": a.status_at(now),
+        "expires": rfc3339(a.expires),
+        "challenges": a.challenges.iter().map(|c| challenge_json(ca, a, c)).collect::<Vec<_>>(),
+    });
+    if a.wildcard {
+        body["wildcard"] = serde_json::Value::Bool(true);
+    }
+    body
+}
+
+async fn owned_authz(ca: &Ca, id: &str, account: &Account) -> Result<Authorization> {
+    let authz = ca
+        .db
+        .authz(id)
+        .await?
+        .ok_or_else(|| Problem::not_found("authorization"))?;
+    if authz.account_id != account.id {
+        return Err(Problem::unauthorized("the authorization belongs to another account").into());
+    }
+    Ok(authz)
+}
+
+async fn authorization(
+    State(ca): Shared,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    ok(async {
+        let authed = authenticate(&ca, &uri, &headers, body, KeyBy::Account).await?;
+        let mut authz = owned_authz(&ca, &id, authed.account()?).await?;
+        let now = unix_now();
+        if !authed.is_post_as_get() {
+            #[derive(Deserialize)]
+            struct Update {
+                status: String,
+            }
+            let update: Update = authed.jws.json()?;
+            if update.status != "deactivated" {
+                return Err(Problem::malformed(
+                    "an authorization's status can only be set to `deactivated`",
+                )
+                .into());
+            }
+            if matches!(
+                authz.status_at(now),
+                AuthzStatus::Pending | AuthzStatus::Valid
+            ) {
+                authz.status = AuthzStatus::Deactivated;
+                ca.db.update_authz(&authz).await?;
+            }
+        }
+        let r = json_response(StatusCode::OK, &authz_json(&ca, &authz, now));
+        Ok(if authz.status_at(now) == AuthzStatus::Pending {
+            with_header(r, header::RETRY_AFTER, "1")
+        } else {
+            r
+        })
+    }
+    .await)
+}
+
+async fn challenge(
+    State(ca): Shared,
+    Path((authz_id, kind)): Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    ok(challenge_inner(ca, &authz_id, &kind, &uri, &headers, body).await)
+}
+
+async fn challenge_inner(
+    ca: Arc<Ca>,
+    authz_id: &str,
+    kind: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let authed = authenticate(&ca, uri, headers, body, KeyBy::Account).await?;
+    let account = authed.account()?.clone();
+    let mut authz = owned_authz(&ca, authz_id, &account).await?;
+    let kind = ChallengeType::parse(kind).ok_or_else(|| Problem::not_found("challenge"))?;
+    let index = authz
+        .challenges
+        .iter()
+        .position(|c| c.kind == kind)
+        .ok_or_else(|| Problem::not_found("challenge"))?;
+    let now = unix_now();
+    // A POST with a payload (`{}`) asks for validation; POST-as-GET only reads.
+    if !authed.is_post_as_get() {
+        let _: serde_json::Value = authed.jws.json()?;
+        let pending = authz.status_at(now) == AuthzStatus::Pending
+            && authz.challenges[index].status == ChallengeStatus::Pending
+            && !authz
+                .challenges
+                .iter()
+                .any(|c| c.status == ChallengeStatus::Processing);
+        if pending {
+            authz.challenges[index].status = ChallengeStatus::Processing;
+            ca.db.update_authz(&authz).await?;
+            let key_auth = key_authorization(&authz.challenges[index].token, &account.thumbprint);
+            tokio::spawn(run_validation(ca.clone(), authz.clone(), index, key_auth));
+        }
+    }
+    let r = json_response(
+        StatusCode::OK,
+        &challenge_json(&ca, &authz, &authz.challenges[index]),
+    );
+    let r = with_header(
+        r,
+        header::LINK,
+        &format!("<{}>;rel=\"up\"", ca.authz_url(&authz.id)),
+    );
+    Ok(
+        if authz.challenges[index].status == ChallengeStatus::Processing {
+            with_header(r, header::RETRY_AFTER, "1")
+        } else {
+            r
+        },
+    )
+}
+
+/// Validates in the background; the client polls the authorization.
+async fn run_validation(ca: Arc<Ca>, mut authz: Authorization, index: usize, key_auth: String) {
+    let kind = authz.challenges[index].kind;
+    let outcome = ca
+        .validator
+        .validate(kind, &authz.identifier.value, &key_auth)
+        .await;
+    let now = unix_now();
+    let challenge = &mut authz.challenges[index];
+    match outcome {
+        Ok(()) => {
+            challenge.status = ChallengeStatus::Valid;
+            challenge.validated = Some(now);
+            authz.status = AuthzStatus::Valid;
+            authz.expires =
+                now + i64::try_from(ca.config.validation.authz_valid_hours * 3600).unwrap_or(0);
+        }
+        Err(problem) => {
+            tracing::info!(authz = %authz.id, kind = kind.as_str(), domain = %authz.identifier.value, problem = %problem, "validation failed");
+            challenge.status = ChallengeStatus::Invalid;
+            challenge.error = Some(problem.to_json());
+            authz.status = AuthzStatus::Invalid;
+        }
+    }
+    if let Err(e) = ca.db.update_authz(&authz).await {
+        tracing::error!(authz = %authz.id, error = %e, "could not record a validation outcome");
+    }
+}
+
+// ---------------------------------------------------------------- certificates, revocation
+
+async fn certificate(
+    State(ca): Shared,
+    Path(serial): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    ok(async {
+        let authed = authenticate(&ca, &uri, &headers, body, KeyBy::Account).await?;
+        let record = ca
+            .db
+            .certificate(&serial)
+            .await?
+            .ok_or_else(|| Problem::not_found("certificate"))?;
+        if record.account_id != authed.account()?.id {
+            return Err(Problem::unauthorized("the certificate belongs to another account").into());
+        }
+        let mut r = (StatusCode::OK, record.chain_pem).into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/pem-certificate-chain"),
+        );
+        Ok(r)
+    }
+    .await)
+}
+
+#[derive(Deserialize)]
+struct RevokeCert {
+    certificate: String,
+    #[serde(default)]
+    reason: Option<u8>,
+}
+
+async fn revoke_cert(State(ca): Shared, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    ok(revoke_inner(&ca, &uri, &headers, body).await)
+}
+
+async fn revoke_inner(ca: &Ca, uri: &Uri, headers: &HeaderMap, body: Body) -> Result<Response> {
+    use der::Decode;
+    let authed = authenticate(ca, uri, headers, body, KeyBy::Either).await?;
+    let request: RevokeCert = authed.jws.json()?;
+    let der_bytes = crate::unb64(&request.certificate)
+        .ok_or_else(|| Problem::malformed("certificate is not base64url"))?;
+    let cert = x509_cert::Certificate::from_der(&der_bytes)
+        .map_err(|e| Problem::malformed(format!("the certificate does not parse: {e}")))?;
+    let tbs = cert.tbs_certificate();
+    if tbs.issuer() != &ca.intermediate.subject {
+        return Err(Problem::not_found("certificate issued by this CA").into());
+    }
+    let serial = hex::encode(tbs.serial_number().as_bytes());
+    let record = ca
+        .db
+        .certificate(&serial)
+        .await?
+        .ok_or_else(|| Problem::not_found("certificate issued by this CA"))?;
+    // The bytes sent must be the certificate recorded, not merely share its serial.
+    let recorded = issue::first_pem_der(&record.chain_pem)?;
+    if recorded != der_bytes {
+        return Err(Problem::unauthorized(
+            "the certificate is not the one this CA issued with that serial",
+        )
+        .into());
+    }
+    let by_cert_key = match &authed.account {
+        Some(account) if account.id == record.account_id => false,
+        Some(_) => {
+            return Err(Problem::unauthorized("the certificate belongs to another account").into());
+        }
+        None => {
+            let cert_key = PublicKey::from_spki(tbs.subject_public_key_info())?;
+            if cert_key != authed.key {
+                return Err(Problem::unauthorized(
+                    "the JWS is not signed by the certificate's key",
+                )
+                .into());
+            }
+            true
+        }
+    };
+    let reason = match (request.reason, by_cert_key) {
+        (Some(r), _) if !SUBSCRIBER_REASONS.contains(&r) => {
+            return Err(Problem::new(
+                ProblemType::BadRevocationReason,
+                format!("reason {r} is not accepted; use one of {SUBSCRIBER_REASONS:?}"),
+            )
+            .into());
+        }
+        // Whoever holds the key and asks, the key is compromised.
+        (_, true) => KEY_COMPROMISE,
+        (r, false) => r.unwrap_or(0),
+    };
+    let now = unix_now();
+    let revocation = ca
+        .db
+        .revoke(&serial, Revocation { at: now, reason })
+        .await?
+        .ok_or_else(|| Problem::not_found("certificate"))?;
+    // Publish the revocation in force even when it was recorded earlier: a crash between the
+    // two writes must not leave OCSP saying `good`, and a retry repairs it.
+    let status = CertStatus::Revoked {
+        at: revocation.at,
+        reason: Some(revocation.reason),
+    };
+    let bytes = hex::decode(&serial).map_err(|e| Error::Internal(e.to_string()))?;
+    ca.presigner
+        .publish(&ca.ocsp_issuer, &Serial::from_be_bytes(&bytes), status)
+        .await?;
+    if revocation.at != now || revocation.reason != reason {
+        return Err(Problem::new(
+            ProblemType::AlreadyRevoked,
+            "the certificate was already revoked",
+        )
+        .into());
+    }
+    tracing::info!(serial = %serial, reason, "certificate revoked");
+    Ok(StatusCode::OK.into_response())
+}
+
+// ---------------------------------------------------------------- renewal information
+
+async fn ari_certificate(ca: &Ca, cert_id: &str) -> Result<CertificateRecord> {
+    let (key_id, serial) = ari::parse_cert_id(cert_id)
+        .ok_or_else(|| Problem::malformed(format!("`{cert_id}` is not an ARI CertID")))?;
+    if key_id != ca.intermediate.key_id {
+        return Err(Problem::not_found("certificate issued by this CA").into());
+    }
+    let serial = hex::encode(serial);
+    Ok(ca
+        .db
+        .certificate(&serial)
+        .await?
+        .ok_or_else(|| Problem::not_found("certificate"))?)
+}
+
+async fn renewal_info(State(ca): Shared, Path(id): Path<String>) -> Response {
+    ok(async {
+        let record = ari_certificate(&ca, &id).await?;
+        let r = json_response(
+            StatusCode::OK,
+            &ari::renewal_info(&record, unix_now(), None),
+        );
+        Ok(with_header(
+            r,
+            header::RETRY_AFTER,
+            &ARI_RETRY_AFTER_SECS.to_string(),
+        ))
+    }
+    .await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_names_are_checked() {
+        assert_eq!(
+            check_dns_name("WWW.Example.test").map(|(n, w)| (n, w)),
+            Ok(("www.example.test".into(), false))
+        );
+        assert_eq!(check_dns_name("*.example.test").map(|(_, w)| w), Ok(true));
+        for bad in [
+            "localhost",
+            "a..b",
+            "-a.example",
+            "a_b.example",
+            "*.*.example.com",
+            "a.*.example.com",
+            "com",
+            "co.uk",
+            "",
+        ] {
+            assert!(check_dns_name(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            check_dns_name("127.0.0.1").map_err(|p| p.kind),
+            Err(ProblemType::UnsupportedIdentifier)
+        );
+    }
+}

@@ -1,0 +1,234 @@
+//! The CA's record store, the same assertions against both backends: embedded SQLite and the
+//! real PostgreSQL on 127.0.0.1:5432 (database `test`, trust auth; each run uses its own schema
+//! so runs do not see each other's rows).
+
+use std::sync::Arc;
+
+use ca_frontend::db::{Db, PostgresDb, SqliteDb};
+use ca_frontend::model::*;
+
+fn account(id: &str, thumbprint: &str) -> Account {
+    Account {
+        id: id.into(),
+        status: AccountStatus::Valid,
+        contact: vec![],
+        jwk: serde_json::json!({"kty": "EC"}),
+        thumbprint: thumbprint.into(),
+        created: 1000,
+    }
+}
+
+fn order(id: &str, account_id: &str, created: i64) -> (Order, Vec<Authorization>) {
+    let authz = Authorization {
+        id: format!("{id}-a"),
+        account_id: account_id.into(),
+        order_id: id.into(),
+        identifier: Identifier {
+            kind: "dns".into(),
+            value: "example.test".into(),
+        },
+        wildcard: false,
+        status: AuthzStatus::Pending,
+        expires: created + 100,
+        challenges: vec![],
+    };
+    let order = Order {
+        id: id.into(),
+        account_id: account_id.into(),
+        status: OrderStatus::Pending,
+        expires: created + 100,
+        identifiers: vec![authz.identifier.clone()],
+        authz_ids: vec![authz.id.clone()],
+        profile: "classic".into(),
+        replaces: None,
+        certificate: None,
+        error: None,
+        created,
+    };
+    (order, vec![authz])
+}
+
+fn certificate(serial: &str, account_id: &str, issued: i64) -> CertificateRecord {
+    CertificateRecord {
+        serial: serial.into(),
+        account_id: account_id.into(),
+        order_id: "o".into(),
+        issued,
+        not_before: issued,
+        not_after: issued + 90 * 86_400,
+        names: vec!["a.example.test".into()],
+        chain_pem: "PEM".into(),
+        spki_sha256: "00".into(),
+        revoked: None,
+        renew_now: false,
+    }
+}
+
+async fn exercise(db: Arc<dyn Db>) {
+    // Accounts: one per key; a second insert for the key returns the first account.
+    let a = account("acct-1", "thumb-1");
+    assert_eq!(db.insert_account(&a).await.expect("insert"), Ok(()));
+    let again = db
+        .insert_account(&account("acct-2", "thumb-1"))
+        .await
+        .expect("insert");
+    assert_eq!(again.expect_err("same key").id, "acct-1");
+    assert_eq!(
+        db.account_by_thumbprint("thumb-1")
+            .await
+            .expect("get")
+            .map(|a| a.id),
+        Some("acct-1".into())
+    );
+    assert_eq!(db.account("nope").await.expect("get"), None);
+    db.insert_account(&account("acct-3", "thumb-3"))
+        .await
+        .expect("insert")
+        .expect("new");
+    // Key rollover onto a key another account holds is refused.
+    let mut rolled = a.clone();
+    rolled.thumbprint = "thumb-3".into();
+    assert!(!db.update_account(&rolled).await.expect("update"));
+    rolled.thumbprint = "thumb-new".into();
+    assert!(db.update_account(&rolled).await.expect("update"));
+    assert_eq!(
+        db.account_by_thumbprint("thumb-new")
+            .await
+            .expect("get")
+            .map(|a| a.id),
+        Some("acct-1".into())
+    );
+    assert_eq!(db.accounts_since(0).await.expect("count"), 2);
+
+    // Orders: the compare-and-set that makes finalization happen once.
+    let (o, authzs) = order("order-1", "acct-1", 2000);
+    db.insert_order(&o, &authzs).await.expect("insert order");
+    assert_eq!(
+        db.authz("order-1-a")
+            .await
+            .expect("authz")
+            .map(|a| a.order_id),
+        Some("order-1".into())
+    );
+    let mut processing = o.clone();
+    processing.status = OrderStatus::Processing;
+    assert!(
+        db.update_order(&processing, Some(OrderStatus::Pending))
+            .await
+            .expect("cas")
+    );
+    assert!(
+        !db.update_order(&processing, Some(OrderStatus::Pending))
+            .await
+            .expect("cas"),
+        "a second finalization must lose"
+    );
+    assert_eq!(
+        db.order("order-1").await.expect("get").map(|o| o.status),
+        Some(OrderStatus::Processing)
+    );
+    let (o2, authzs2) = order("order-2", "acct-1", 3000);
+    db.insert_order(&o2, &authzs2).await.expect("insert order");
+    assert_eq!(
+        db.orders_of_account("acct-1").await.expect("list"),
+        ["order-2", "order-1"]
+    );
+    assert_eq!(db.orders_since("acct-1", 2500).await.expect("count"), 1);
+
+    // Certificates: the first revocation stands.
+    let c = certificate("0a0b", "acct-1", 5000);
+    db.insert_certificate(&c, &["example.test".into()])
+        .await
+        .expect("insert cert");
+    assert!(
+        db.insert_certificate(&c, &[]).await.is_err(),
+        "a serial is recorded once"
+    );
+    let first = Revocation {
+        at: 6000,
+        reason: 1,
+    };
+    assert_eq!(db.revoke("0a0b", first).await.expect("revoke"), Some(first));
+    assert_eq!(
+        db.revoke(
+            "0a0b",
+            Revocation {
+                at: 7000,
+                reason: 4
+            }
+        )
+        .await
+        .expect("revoke"),
+        Some(first)
+    );
+    assert_eq!(
+        db.certificate("0a0b")
+            .await
+            .expect("get")
+            .and_then(|c| c.revoked),
+        Some(first)
+    );
+    assert_eq!(db.revoke("ffff", first).await.expect("revoke"), None);
+    assert_eq!(
+        db.certificates_since("example.test", 4000)
+            .await
+            .expect("count"),
+        1
+    );
+    assert_eq!(
+        db.certificates_since("example.test", 5001)
+            .await
+            .expect("count"),
+        0
+    );
+    assert_eq!(
+        db.mark_renew_now(&["0a0b".into(), "ffff".into()])
+            .await
+            .expect("mark"),
+        1
+    );
+    assert!(
+        db.certificate("0a0b")
+            .await
+            .expect("get")
+            .is_some_and(|c| c.renew_now)
+    );
+}
+
+#[tokio::test]
+async fn sqlite_keeps_the_rules() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = SqliteDb::open(&dir.path().join("ca.sqlite"))
+        .await
+        .expect("open");
+    exercise(Arc::new(db)).await;
+    // Reopening runs no migration twice and keeps the rows.
+    let db = SqliteDb::open(&dir.path().join("ca.sqlite"))
+        .await
+        .expect("reopen");
+    assert!(db.certificate("0a0b").await.expect("get").is_some());
+}
+
+#[tokio::test]
+async fn postgres_keeps_the_rules() {
+    let schema = format!("ca_test_{}_{}", std::process::id(), ca_frontend::unix_now());
+    let base = "host=127.0.0.1 port=5432 user=postgres dbname=test";
+    let (admin, conn) = tokio_postgres::connect(base, tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL on 127.0.0.1:5432 (see the env entry of the tool library)");
+    tokio::spawn(conn);
+    admin
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .expect("schema");
+    let url = format!("{base} options=-csearch_path={schema}");
+    let db = PostgresDb::connect(&url).await.expect("connect");
+    exercise(Arc::new(db)).await;
+    // A second frontend on the same database sees the same records and migrates nothing.
+    let other = PostgresDb::connect(&url).await.expect("connect again");
+    assert!(other.certificate("0a0b").await.expect("get").is_some());
+    admin
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .expect("drop");
+}
