@@ -101,6 +101,103 @@ async fn common_headers(State(ca): Shared, mut response: Response) -> Response {
 }
 
 impl Ca {
+    /// Everything `config` names, checked: the root and intermediate certificates (the
+    /// intermediate must chain to the root, and its key must be the gateway's issuing key), the
+    /// database (migrated), the gateway (retried for 30 s while it starts), the OCSP pre-signer.
+    pub async fn build(config: Config) -> Result<Arc<Self>> {
+        use der::{Decode, Encode};
+        let read = |p: &std::path::Path| {
+            let p = config.resolve(p);
+            std::fs::read_to_string(&p).map_err(|e| Error::Config {
+                path: p.display().to_string(),
+                detail: e.to_string(),
+            })
+        };
+        let root = IssuerCert::from_pem(&read(&config.ca.root)?)?;
+        let intermediate = IssuerCert::from_pem(&read(&config.ca.intermediate)?)?;
+        // A mismatched pair would issue chains that verify nowhere.
+        let cert = x509_cert::Certificate::from_der(&intermediate.der)?;
+        let tbs = cert.tbs_certificate().to_der()?;
+        let signature = cert.signature().as_bytes().unwrap_or_default();
+        issue::verify_signature(&root.spki, cert.signature_algorithm(), &tbs, signature).map_err(
+            |e| Error::Config {
+                path: config.ca.intermediate.display().to_string(),
+                detail: format!(
+                    "not signed by the root in {}: {e}",
+                    config.ca.root.display()
+                ),
+            },
+        )?;
+        let db = crate::db::open(&config).await?;
+        let channel = hsmgate_signer_api::client::connect_lazy(
+            &config.gateway.url,
+            config.gateway_tls().as_ref(),
+        )
+        .map_err(|e| Error::Gateway(e.to_string()))?;
+        let timeout = std::time::Duration::from_millis(config.gateway.timeout_ms);
+        let mut attempt = 0;
+        let (signer, gateway_spki) = loop {
+            match CertSigner::start(
+                channel.clone(),
+                config.gateway.issuing_key.clone(),
+                config.gateway.batch,
+                timeout,
+            )
+            .await
+            {
+                Ok(s) => break s,
+                Err(e) if attempt < 60 => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, "gateway not ready");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        if gateway_spki != intermediate.spki {
+            return Err(Error::Config {
+                path: "gateway.issuing_key".into(),
+                detail: format!(
+                    "gateway key `{}` is not the key of the intermediate certificate {}",
+                    config.gateway.issuing_key,
+                    config.ca.intermediate.display()
+                ),
+            });
+        }
+        let ocsp_path = config.resolve(&config.ocsp.config);
+        let ocsp_config = ocsp::config::Config::load(&ocsp_path)?;
+        if !ocsp_config
+            .issuers
+            .iter()
+            .any(|i| i.name == config.ocsp.issuer)
+        {
+            return Err(Error::Config {
+                path: "ocsp.issuer".into(),
+                detail: format!(
+                    "`{}` is not an issuer of {}",
+                    config.ocsp.issuer,
+                    ocsp_path.display()
+                ),
+            });
+        }
+        let presigner = ocsp::presigner::Presigner::from_config(
+            &ocsp_config,
+            ocsp::presigner::PresignerMetrics::default(),
+        )
+        .await?;
+        let validator = Validator::new(&config.validation, &config.ca.caa_identities)?;
+        Ok(Arc::new(Ca {
+            nonces: NonceService::new(config.server.nonce_capacity),
+            db,
+            validator,
+            signer,
+            intermediate,
+            presigner,
+            ocsp_issuer: IssuerName(config.ocsp.issuer.clone()),
+            config,
+        }))
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.config.server.base_url)
     }

@@ -8,10 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use ca_frontend::config::Config;
-use ca_frontend::issue::{CertSigner, IssuerCert, verify_signature};
-use ca_frontend::nonce::NonceService;
-use ca_frontend::server::{Ca, router};
-use ca_frontend::validate::Validator;
+use ca_frontend::server::router;
 use clap::{Parser, Subcommand};
 use hsmgate_signer_api::client::{ClientTls, connect_lazy};
 
@@ -134,88 +131,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
-    let read = |p: &PathBuf| {
-        let p = config.resolve(p);
-        std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
-    };
-    let root = IssuerCert::from_pem(&read(&config.ca.root)?)?;
-    let intermediate = IssuerCert::from_pem(&read(&config.ca.intermediate)?)?;
-    // The intermediate must chain to the root: a mismatched pair would issue unverifiable chains.
-    {
-        use der::{Decode, Encode};
-        let cert = x509_cert::Certificate::from_der(&intermediate.der)?;
-        let tbs = cert.tbs_certificate().to_der()?;
-        let sig = cert
-            .signature()
-            .as_bytes()
-            .context("intermediate signature has unused bits")?;
-        verify_signature(&root.spki, cert.signature_algorithm(), &tbs, sig).map_err(|e| {
-            anyhow::anyhow!(
-                "{}: not signed by the root in {}: {e}",
-                config.ca.intermediate.display(),
-                config.ca.root.display()
-            )
-        })?;
-    }
-    let db = ca_frontend::db::open(&config).await?;
-    let channel = connect_lazy(&config.gateway.url, config.gateway_tls().as_ref())?;
-    let timeout = Duration::from_millis(config.gateway.timeout_ms);
-    // The gateway may still be starting: retry for 30 s.
-    let mut attempt = 0;
-    let (signer, gateway_spki) = loop {
-        match CertSigner::start(
-            channel.clone(),
-            config.gateway.issuing_key.clone(),
-            config.gateway.batch,
-            timeout,
-        )
-        .await
-        {
-            Ok(s) => break s,
-            Err(e) if attempt < 60 => {
-                attempt += 1;
-                tracing::debug!(error = %e, "gateway not ready");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
-    if gateway_spki != intermediate.spki {
-        bail!(
-            "gateway key `{}` is not the key of the intermediate certificate {}",
-            config.gateway.issuing_key,
-            config.ca.intermediate.display()
-        );
-    }
-    let ocsp_path = config.resolve(&config.ocsp.config);
-    let ocsp_config = ocsp::config::Config::load(&ocsp_path)?;
-    if !ocsp_config
-        .issuers
-        .iter()
-        .any(|i| i.name == config.ocsp.issuer)
-    {
-        bail!(
-            "ocsp.issuer `{}` is not an issuer of {}",
-            config.ocsp.issuer,
-            ocsp_path.display()
-        );
-    }
-    let presigner = ocsp::presigner::Presigner::from_config(
-        &ocsp_config,
-        ocsp::presigner::PresignerMetrics::default(),
-    )
-    .await?;
-    let validator = Validator::new(&config.validation, &config.ca.caa_identities)?;
-    let ca = Arc::new(Ca {
-        nonces: NonceService::new(config.server.nonce_capacity),
-        db,
-        validator,
-        signer,
-        intermediate,
-        presigner,
-        ocsp_issuer: ocsp::model::IssuerName(config.ocsp.issuer.clone()),
-        config: config.clone(),
-    });
+    let ca = ca_frontend::server::Ca::build(config.clone()).await?;
     let app = router(ca);
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await

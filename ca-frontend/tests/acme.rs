@@ -1,0 +1,987 @@
+//! The ACME server with hostile and careless clients: forged, replayed and misdirected JWS,
+//! unknown accounts, oversized and mistyped bodies, CSRs with other names or weak keys,
+//! finalization before validation and twice at once, revocation by strangers and twice. Each
+//! gets its RFC 8555 problem type; none panics; none issues a certificate it should not.
+//!
+//! Real parts: a `signer` gateway process on SoftHSM2 tokens (root and intermediate made through
+//! it by the ceremony), http-01 validation against a server this test runs, names resolved by
+//! `pebble-challtestsrv` (every name is 127.0.0.1), the OCSP pre-signer writing to SQLite. The
+//! router is called in process. Issued certificates are checked with `openssl verify`.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use ca_frontend::server::{Ca, router};
+use ca_frontend::{b64, unb64};
+use http_body_util::BodyExt;
+use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const BASE: &str = "http://acme.test";
+
+const GATEWAY_CONFIG: &str = r#"
+[gateway]
+listen = "127.0.0.1:0"
+local_datacenter = "dc"
+[gateway.insecure_plaintext]
+client = "tests"
+[audit]
+dir = "audit"
+[[clients]]
+name = "tests"
+grants = [{ keys = ["*"], operations = ["sign-certificate", "sign-ocsp"] }]
+[[datacenters]]
+name = "dc"
+[[datacenters.hsms]]
+name = "hsm-a"
+module = "/usr/lib/softhsm/libsofthsm2.so"
+token_label = "ACME-A"
+pin = { file = "user.pin" }
+sessions = 2
+[[keys]]
+name = "root"
+label = "root"
+algorithm = "ecdsa-p384"
+hsms = ["hsm-a"]
+[[keys]]
+name = "intermediate"
+label = "intermediate"
+algorithm = "ecdsa-p256"
+hsms = ["hsm-a"]
+"#;
+
+/// The processes every test shares: the gateway, the challenge DNS, the http-01 server, and
+/// the CA certificates. Started once per test binary; killed when it exits.
+struct Infra {
+    dir: PathBuf,
+    gateway: String,
+    dns: SocketAddr,
+    http_port: u16,
+    /// http-01 answers: token → key authorization.
+    tokens: Arc<Mutex<HashMap<String, String>>>,
+    _children: Vec<ChildGuard>,
+}
+
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let target = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let path = target.join(name);
+    assert!(
+        path.is_file(),
+        "{} not found: run `cargo build --workspace` first",
+        path.display()
+    );
+    path
+}
+
+fn infra() -> &'static Infra {
+    static INFRA: OnceLock<Infra> = OnceLock::new();
+    INFRA.get_or_init(|| {
+        let dir = tempfile::Builder::new().prefix("hsmgate-acme-test-").tempdir().expect("tempdir").keep();
+        let config_text = GATEWAY_CONFIG.replace("\"audit\"", &format!("\"{}\"", dir.join("audit").display()))
+            .replace("\"user.pin\"", &format!("\"{}\"", dir.join("user.pin").display()));
+        let config = hsm_config::Config::parse(&config_text, &dir.join("gateway.toml"), dir.clone()).expect("gateway config");
+        let options = hsm_config::provision::ProvisionOptions::new(dir.join("softhsm2.conf"));
+        hsm_config::provision::provision(&config, &options).expect("provisioning SoftHSM2");
+        std::fs::write(dir.join("gateway.toml"), &config_text).expect("write");
+        let mut gateway = Command::new(binary("signer"))
+            .arg("--config")
+            .arg(dir.join("gateway.toml"))
+            .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn signer");
+        let stdout = gateway.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find(|l| l.starts_with("READY"))
+            .expect("gateway READY line");
+        std::thread::spawn(move || for _ in lines {});
+        let grpc = ready
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("grpc="))
+            .expect("grpc=")
+            .to_owned();
+        let (dns_port, mgmt_port) = (free_port(), free_port());
+        let dns = Command::new("pebble-challtestsrv")
+            .args(["-dns01", &format!("127.0.0.1:{dns_port}"), "-management", &format!("127.0.0.1:{mgmt_port}")])
+            .args(["-http01", "", "-https01", "", "-tlsalpn01", "", "-defaultIPv6", ""])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pebble-challtestsrv (hsm-config/dev/setup.sh installs it)");
+        // http-01 answers, on a thread with its own runtime (tests come and go with theirs).
+        let tokens: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let http_port = listener.local_addr().expect("addr").port();
+        let served = tokens.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+            rt.block_on(async move {
+                listener.set_nonblocking(true).expect("nonblocking");
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                let app = axum::Router::new().route(
+                    "/.well-known/acme-challenge/{token}",
+                    axum::routing::get(move |axum::extract::Path(token): axum::extract::Path<String>| {
+                        let answer = served.lock().expect("lock").get(&token).cloned();
+                        async move { answer.ok_or(StatusCode::NOT_FOUND) }
+                    }),
+                );
+                axum::serve(listener, app).await.expect("serve");
+            });
+        });
+        // The hierarchy, through the gateway (retried while its HSM joins the rotation).
+        let url = format!("http://{grpc}");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        let (root, intermediate) = rt.block_on(async {
+            for _ in 0..100 {
+                let channel = hsmgate_signer_api::client::connect_lazy(&url, None).expect("channel");
+                if let Ok(pems) = ca_frontend::ceremony::make_hierarchy(
+                    channel, "root", "CN=test root", "intermediate", "CN=test intermediate", 30,
+                )
+                .await
+                {
+                    return pems;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("the ceremony never succeeded");
+        });
+        std::fs::write(dir.join("root.pem"), root).expect("write");
+        std::fs::write(dir.join("intermediate.pem"), intermediate).expect("write");
+        std::fs::write(
+            dir.join("ocsp.toml"),
+            format!(
+                "[responder]\nlisten = \"127.0.0.1:0\"\n[[issuers]]\nname = \"test\"\ncertificate = \"intermediate.pem\"\nsigning_key = \"intermediate\"\n[store]\nkind = \"sqlite\"\npath = \"ocsp.sqlite\"\n[presigner]\ngateway = \"{url}\"\n"
+            ),
+        )
+        .expect("write");
+        Infra {
+            dir,
+            gateway: url,
+            dns: SocketAddr::from(([127, 0, 0, 1], dns_port)),
+            http_port,
+            tokens,
+            _children: vec![ChildGuard(gateway), ChildGuard(dns)],
+        }
+    })
+}
+
+/// A fresh CA (its own database) over the shared infrastructure.
+async fn ca() -> Arc<Ca> {
+    let infra = infra();
+    let db = infra.dir.join(format!(
+        "ca-{}.sqlite",
+        ca_frontend::random_id().expect("id")
+    ));
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+base_url = "{BASE}"
+max_body_bytes = 8192
+[gateway]
+url = "{gateway}"
+issuing_key = "intermediate"
+[ca]
+root = "root.pem"
+intermediate = "intermediate.pem"
+ocsp_url = "http://127.0.0.1:1"
+default_profile = "classic"
+caa_identities = ["hsmgate.test"]
+[[ca.profiles]]
+name = "classic"
+validity_hours = 2160
+[ocsp]
+config = "ocsp.toml"
+issuer = "test"
+[validation]
+http_port = {http}
+dns_server = "{dns}"
+timeout_ms = 5000
+[db]
+kind = "sqlite"
+path = "{db}"
+"#,
+        gateway = infra.gateway,
+        http = infra.http_port,
+        dns = infra.dns,
+        db = db.display(),
+    );
+    let path = infra.dir.join(format!(
+        "acme-{}.toml",
+        ca_frontend::random_id().expect("id")
+    ));
+    std::fs::write(&path, text).expect("write");
+    let config = ca_frontend::config::Config::load(&path).expect("config");
+    Ca::build(config).await.expect("CA")
+}
+
+/// What came back: status, problem type (if any), JSON body, headers.
+#[derive(Debug)]
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// The problem type's last part (`badNonce`), after checking it is a problem document.
+    fn problem(&self) -> String {
+        assert_eq!(
+            self.headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("application/problem+json"),
+            "{self:?}"
+        );
+        let t = self.json()["type"].as_str().unwrap_or_default().to_owned();
+        t.strip_prefix("urn:ietf:params:acme:error:")
+            .unwrap_or(&t)
+            .to_owned()
+    }
+
+    fn location(&self) -> String {
+        self.headers
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// A small ACME client: an ES256 account key, JWS by hand (so tests can break them).
+struct Client {
+    app: axum::Router,
+    key: EcdsaKeyPair,
+    jwk: Value,
+    kid: Option<String>,
+}
+
+impl Client {
+    fn new(ca: &Arc<Ca>) -> Self {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("key");
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .expect("key");
+        let p = key.public_key().as_ref();
+        let jwk = json!({"kty": "EC", "crv": "P-256", "x": b64(&p[1..33]), "y": b64(&p[33..])});
+        Self {
+            app: router(ca.clone()),
+            key,
+            jwk,
+            kid: None,
+        }
+    }
+
+    fn thumbprint(&self) -> String {
+        ca_frontend::jws::PublicKey::from_jwk(&self.jwk)
+            .expect("jwk")
+            .thumbprint()
+    }
+
+    async fn send(&self, request: Request<Body>) -> Reply {
+        let response = self.app.clone().oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+            .to_vec();
+        assert!(
+            headers.contains_key("replay-nonce"),
+            "every response carries a nonce: {status}"
+        );
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn nonce(&self) -> String {
+        let r = self
+            .send(
+                Request::head("/acme/new-nonce")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await;
+        r.headers["replay-nonce"]
+            .to_str()
+            .expect("ascii")
+            .to_owned()
+    }
+
+    /// A flattened JWS by this key: `kid` when the client has an account, else `jwk`.
+    fn jws(&self, url: &str, nonce: &str, payload: Option<&Value>) -> Vec<u8> {
+        let mut header = json!({"alg": "ES256", "nonce": nonce, "url": url});
+        match &self.kid {
+            Some(kid) => header["kid"] = json!(kid),
+            None => header["jwk"] = self.jwk.clone(),
+        }
+        self.sign(&header, payload)
+    }
+
+    fn sign(&self, header: &Value, payload: Option<&Value>) -> Vec<u8> {
+        let protected = b64(header.to_string().as_bytes());
+        let payload = payload
+            .map(|p| b64(p.to_string().as_bytes()))
+            .unwrap_or_default();
+        let rng = ring::rand::SystemRandom::new();
+        let sig = self
+            .key
+            .sign(&rng, format!("{protected}.{payload}").as_bytes())
+            .expect("sign");
+        json!({"protected": protected, "payload": payload, "signature": b64(sig.as_ref())})
+            .to_string()
+            .into_bytes()
+    }
+
+    async fn post_body(&self, path: &str, body: Vec<u8>) -> Reply {
+        self.send(
+            Request::post(path)
+                .header("content-type", "application/jose+json")
+                .body(Body::from(body))
+                .expect("request"),
+        )
+        .await
+    }
+
+    /// POSTs `payload` (None: POST-as-GET) to `path`, signed properly.
+    async fn post(&self, path: &str, payload: Option<&Value>) -> Reply {
+        let nonce = self.nonce().await;
+        let body = self.jws(&format!("{BASE}{path}"), &nonce, payload);
+        self.post_body(path, body).await
+    }
+
+    async fn register(&mut self) {
+        let r = self
+            .post(
+                "/acme/new-account",
+                Some(&json!({"termsOfServiceAgreed": true})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json());
+        self.kid = Some(r.location());
+    }
+}
+
+fn path_of(url: &str) -> String {
+    url.strip_prefix(BASE)
+        .expect("an URL of this server")
+        .to_owned()
+}
+
+/// An order for `names` whose authorizations are valid (http-01 really validated).
+async fn ready_order(client: &Client, names: &[&str]) -> (String, Value) {
+    let identifiers: Vec<Value> = names
+        .iter()
+        .map(|n| json!({"type": "dns", "value": n}))
+        .collect();
+    let r = client
+        .post(
+            "/acme/new-order",
+            Some(&json!({"identifiers": identifiers})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json());
+    let order_url = r.location();
+    let order = r.json();
+    for authz_url in order["authorizations"].as_array().expect("authorizations") {
+        let authz = client
+            .post(&path_of(authz_url.as_str().expect("url")), None)
+            .await
+            .json();
+        let challenge = authz["challenges"]
+            .as_array()
+            .expect("challenges")
+            .iter()
+            .find(|c| c["type"] == "http-01")
+            .expect("http-01 offered")
+            .clone();
+        let token = challenge["token"].as_str().expect("token").to_owned();
+        infra()
+            .tokens
+            .lock()
+            .expect("lock")
+            .insert(token.clone(), format!("{token}.{}", client.thumbprint()));
+        let r = client
+            .post(
+                &path_of(challenge["url"].as_str().expect("url")),
+                Some(&json!({})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+        assert!(
+            r.headers
+                .get("link")
+                .is_some_and(|l| l.to_str().unwrap_or_default().contains("rel=\"up\""))
+        );
+        let mut status = String::new();
+        for _ in 0..100 {
+            let authz = client
+                .post(&path_of(authz_url.as_str().expect("url")), None)
+                .await
+                .json();
+            status = authz["status"].as_str().unwrap_or_default().to_owned();
+            if status != "pending" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(status, "valid", "http-01 validation of {authz_url}");
+    }
+    let order = client.post(&path_of(&order_url), None).await.json();
+    assert_eq!(order["status"], "ready");
+    (order_url, order)
+}
+
+fn csr(names: &[&str]) -> Vec<u8> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut params =
+        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .expect("params");
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.serialize_request(&key).expect("csr").der().to_vec()
+}
+
+fn openssl_csr(args: &[&str], name: &str) -> Vec<u8> {
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-nodes",
+            "-keyout",
+            "/dev/null",
+            "-outform",
+            "DER",
+            "-subj",
+            &format!("/CN={name}"),
+        ])
+        .args(["-addext", &format!("subjectAltName=DNS:{name}")])
+        .args(args)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+async fn certificates_issued(ca: &Ca, order_url: &str) -> Option<String> {
+    let id = order_url.rsplit('/').next().expect("id");
+    ca.db
+        .order(id)
+        .await
+        .expect("db")
+        .and_then(|o| o.certificate)
+}
+
+#[tokio::test]
+async fn issuance_works_and_a_second_finalization_loses() {
+    let ca = ca().await;
+    let mut client = Client::new(&ca);
+    client.register().await;
+    let (order_url, order) = ready_order(&client, &["one.example.test", "two.example.test"]).await;
+    let finalize = path_of(order["finalize"].as_str().expect("finalize"));
+    let payload = json!({"csr": b64(&csr(&["one.example.test", "two.example.test"]))});
+    let (a, b) = tokio::join!(
+        client.post(&finalize, Some(&payload)),
+        client.post(&finalize, Some(&payload))
+    );
+    let (won, lost) = if a.status == StatusCode::OK {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    assert_eq!(won.status, StatusCode::OK, "{:?}", won.json());
+    assert_eq!(won.json()["status"], "valid");
+    assert_eq!(lost.status, StatusCode::FORBIDDEN, "{:?}", lost.json());
+    assert_eq!(lost.problem(), "orderNotReady");
+    // A third, after the fact, is refused the same way.
+    let r = client.post(&finalize, Some(&payload)).await;
+    assert_eq!(r.problem(), "orderNotReady");
+
+    let cert_url = won.json()["certificate"]
+        .as_str()
+        .expect("certificate URL")
+        .to_owned();
+    let r = client.post(&path_of(&cert_url), None).await;
+    assert_eq!(
+        r.headers["content-type"],
+        "application/pem-certificate-chain"
+    );
+    let chain = infra().dir.join(format!(
+        "chain-{}.pem",
+        ca_frontend::random_id().expect("id")
+    ));
+    std::fs::write(&chain, &r.body).expect("write");
+    // openssl, not our code, checks the signatures up to the root made by the ceremony.
+    let out = Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(infra().dir.join("root.pem"))
+        .arg("-untrusted")
+        .arg(&chain)
+        .arg(&chain)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The OCSP response was stored before the order turned valid.
+    let serial = certificates_issued(&ca, &order_url)
+        .await
+        .expect("recorded");
+    let bytes = hex::decode(&serial).expect("hex");
+    let stored = ca
+        .presigner
+        .store()
+        .certificate(
+            &ocsp::model::IssuerName("test".into()),
+            &ocsp::model::Serial::from_be_bytes(&bytes),
+        )
+        .await
+        .expect("ocsp worklist");
+    assert_eq!(stored, Some(ocsp::model::CertStatus::Good));
+
+    // Revocation: a stranger may not; the owner may, once; an unknown reason is refused.
+    let der = ca_frontend::issue::first_pem_der(&String::from_utf8_lossy(&r.body)).expect("pem");
+    let mut stranger = Client::new(&ca);
+    stranger.register().await;
+    let revoke = |reason: Option<u8>| {
+        let mut p = json!({"certificate": b64(&der)});
+        if let Some(r) = reason {
+            p["reason"] = json!(r);
+        }
+        p
+    };
+    let r = stranger
+        .post("/acme/revoke-cert", Some(&revoke(None)))
+        .await;
+    assert_eq!(r.problem(), "unauthorized");
+    let r = client
+        .post("/acme/revoke-cert", Some(&revoke(Some(7))))
+        .await;
+    assert_eq!(r.problem(), "badRevocationReason");
+    let r = client
+        .post("/acme/revoke-cert", Some(&revoke(Some(4))))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+    let r = client
+        .post("/acme/revoke-cert", Some(&revoke(Some(4))))
+        .await;
+    assert_eq!(r.problem(), "alreadyRevoked");
+    let status = ca
+        .presigner
+        .store()
+        .certificate(
+            &ocsp::model::IssuerName("test".into()),
+            &ocsp::model::Serial::from_be_bytes(&bytes),
+        )
+        .await
+        .expect("ocsp worklist");
+    assert!(
+        matches!(
+            status,
+            Some(ocsp::model::CertStatus::Revoked {
+                reason: Some(4),
+                ..
+            })
+        ),
+        "{status:?}"
+    );
+}
+
+#[tokio::test]
+async fn bad_csrs_and_early_finalization_issue_nothing() {
+    let ca = ca().await;
+    let mut client = Client::new(&ca);
+    client.register().await;
+    // Before validation.
+    let r = client
+        .post(
+            "/acme/new-order",
+            Some(&json!({"identifiers": [{"type": "dns", "value": "early.example.test"}]})),
+        )
+        .await;
+    let early_url = r.location();
+    let finalize = path_of(r.json()["finalize"].as_str().expect("finalize"));
+    let r = client
+        .post(
+            &finalize,
+            Some(&json!({"csr": b64(&csr(&["early.example.test"]))})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.problem()),
+        (StatusCode::FORBIDDEN, "orderNotReady".into())
+    );
+    assert_eq!(certificates_issued(&ca, &early_url).await, None);
+
+    let (order_url, order) = ready_order(&client, &["csr.example.test"]).await;
+    let finalize = path_of(order["finalize"].as_str().expect("finalize"));
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "another name",
+            csr(&["csr.example.test", "evil.example.test"]),
+        ),
+        ("missing name", csr(&["other.example.test"])),
+        (
+            "RSA 1024",
+            openssl_csr(&["-newkey", "rsa:1024"], "csr.example.test"),
+        ),
+        (
+            "Ed25519",
+            openssl_csr(&["-newkey", "ed25519"], "csr.example.test"),
+        ),
+        ("garbage", b"not a CSR".to_vec()),
+    ];
+    for (what, der) in cases {
+        let r = client
+            .post(&finalize, Some(&json!({"csr": b64(&der)})))
+            .await;
+        assert_eq!(
+            (r.status, r.problem()),
+            (StatusCode::BAD_REQUEST, "badCSR".into()),
+            "{what}: {:?}",
+            r.json()
+        );
+    }
+    // The account key in the CSR is refused too.
+    let r = client.post(&finalize, Some(&json!({"csr": "!!"}))).await;
+    assert_eq!(r.problem(), "badCSR");
+    assert_eq!(certificates_issued(&ca, &order_url).await, None);
+    // The order is still ready: a good CSR is then accepted.
+    let r = client
+        .post(
+            &finalize,
+            Some(&json!({"csr": b64(&csr(&["csr.example.test"]))})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+    assert!(certificates_issued(&ca, &order_url).await.is_some());
+}
+
+#[tokio::test]
+async fn forged_replayed_and_misdirected_requests_are_refused() {
+    let ca = ca().await;
+    let mut client = Client::new(&ca);
+    client.register().await;
+    let payload = json!({"identifiers": [{"type": "dns", "value": "x.example.test"}]});
+
+    // Replayed: the same body twice.
+    let nonce = client.nonce().await;
+    let body = client.jws(&format!("{BASE}/acme/new-order"), &nonce, Some(&payload));
+    assert_eq!(
+        client
+            .post_body("/acme/new-order", body.clone())
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let r = client.post_body("/acme/new-order", body).await;
+    assert_eq!(
+        (r.status, r.problem()),
+        (StatusCode::BAD_REQUEST, "badNonce".into())
+    );
+    // A nonce this server never issued.
+    let body = client.jws(
+        &format!("{BASE}/acme/new-order"),
+        "bm90LWEtbm9uY2U",
+        Some(&payload),
+    );
+    assert_eq!(
+        client.post_body("/acme/new-order", body).await.problem(),
+        "badNonce"
+    );
+
+    // Wrong url: signed for another resource.
+    let nonce = client.nonce().await;
+    let body = client.jws(&format!("{BASE}/acme/new-account"), &nonce, Some(&payload));
+    let r = client.post_body("/acme/new-order", body).await;
+    assert_eq!(r.problem(), "unauthorized");
+
+    // Forged: the account's kid, another key's signature.
+    let mut forger = Client::new(&ca);
+    forger.kid = client.kid.clone();
+    let r = forger.post("/acme/new-order", Some(&payload)).await;
+    assert_eq!(r.problem(), "malformed");
+    assert!(
+        r.json()["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("signature")
+    );
+    // A signature that was tampered with after signing.
+    let nonce = client.nonce().await;
+    let mut jws: Value = serde_json::from_slice(&client.jws(
+        &format!("{BASE}/acme/new-order"),
+        &nonce,
+        Some(&payload),
+    ))
+    .expect("json");
+    jws["payload"] = json!(b64(
+        br#"{"identifiers":[{"type":"dns","value":"evil.example.test"}]}"#
+    ));
+    let r = client
+        .post_body("/acme/new-order", jws.to_string().into_bytes())
+        .await;
+    assert_eq!(r.problem(), "malformed");
+
+    // Unknown account.
+    let mut ghost = Client::new(&ca);
+    ghost.kid = Some(format!("{BASE}/acme/acct/no-such-account"));
+    assert_eq!(
+        ghost
+            .post("/acme/new-order", Some(&payload))
+            .await
+            .problem(),
+        "accountDoesNotExist"
+    );
+    // onlyReturnExisting for a key without an account.
+    let stranger = Client::new(&ca);
+    let r = stranger
+        .post(
+            "/acme/new-account",
+            Some(&json!({"onlyReturnExisting": true})),
+        )
+        .await;
+    assert_eq!(r.problem(), "accountDoesNotExist");
+    // kid where jwk is required, and the other way round.
+    assert_eq!(
+        client
+            .post("/acme/new-account", Some(&json!({})))
+            .await
+            .problem(),
+        "malformed"
+    );
+    assert_eq!(
+        stranger
+            .post("/acme/new-order", Some(&payload))
+            .await
+            .problem(),
+        "malformed"
+    );
+
+    // Oversized and mistyped bodies.
+    let big = vec![b'{'; 100_000];
+    let r = client.post_body("/acme/new-order", big).await;
+    assert_eq!(
+        (r.status, r.problem()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "malformed".into())
+    );
+    let r = client
+        .send(
+            Request::post("/acme/new-order")
+                .header("content-type", "application/json")
+                .body(Body::from("{}"))
+                .expect("req"),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.problem()),
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "malformed".into())
+    );
+    for body in [&b""[..], b"null", b"{\"protected\":1}", b"\xff"] {
+        assert_eq!(
+            client
+                .post_body("/acme/new-order", body.to_vec())
+                .await
+                .problem(),
+            "malformed"
+        );
+    }
+
+    // Bad identifiers.
+    for (value, kind) in [
+        ("127.0.0.1", "unsupportedIdentifier"),
+        ("localhost", "rejectedIdentifier"),
+        ("a_b.example.test", "rejectedIdentifier"),
+    ] {
+        let r = client
+            .post(
+                "/acme/new-order",
+                Some(&json!({"identifiers": [{"type": "dns", "value": value}]})),
+            )
+            .await;
+        assert_eq!(r.problem(), kind, "{value}");
+    }
+    // Another account's order is not readable.
+    let r = client.post("/acme/new-order", Some(&payload)).await;
+    let mut other = Client::new(&ca);
+    other.register().await;
+    assert_eq!(
+        other.post(&path_of(&r.location()), None).await.problem(),
+        "unauthorized"
+    );
+    // A method ACME does not use.
+    let r = client
+        .send(
+            Request::put("/acme/new-order")
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn key_rollover_and_deactivation() {
+    let ca = ca().await;
+    let mut client = Client::new(&ca);
+    client.register().await;
+    let kid = client.kid.clone().expect("kid");
+    let new = Client::new(&ca);
+    let url = format!("{BASE}/acme/key-change");
+    let inner = new.sign(
+        &json!({"alg": "ES256", "jwk": new.jwk, "url": url}),
+        Some(&json!({"account": kid, "oldKey": client.jwk})),
+    );
+    let inner: Value = serde_json::from_slice(&inner).expect("json");
+    let r = client.post("/acme/key-change", Some(&inner)).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+    // The old key no longer signs for the account; the new one does.
+    assert_eq!(
+        client.post(&path_of(&kid), None).await.problem(),
+        "malformed"
+    );
+    let mut rolled = Client::new(&ca);
+    rolled.key = new.key;
+    rolled.jwk = new.jwk;
+    rolled.kid = Some(kid.clone());
+    assert_eq!(
+        rolled.post(&path_of(&kid), None).await.status,
+        StatusCode::OK
+    );
+    // Deactivated, it can do nothing more.
+    let r = rolled
+        .post(&path_of(&kid), Some(&json!({"status": "deactivated"})))
+        .await;
+    assert_eq!(r.json()["status"], "deactivated");
+    let r = rolled
+        .post(
+            "/acme/new-order",
+            Some(&json!({"identifiers": [{"type": "dns", "value": "y.example.test"}]})),
+        )
+        .await;
+    assert_eq!(r.problem(), "unauthorized");
+}
+
+#[tokio::test]
+async fn renewal_info_follows_incidents() {
+    let ca = ca().await;
+    let mut client = Client::new(&ca);
+    client.register().await;
+    let (_, order) = ready_order(&client, &["ari.example.test"]).await;
+    let r = client
+        .post(
+            &path_of(order["finalize"].as_str().expect("finalize")),
+            Some(&json!({"csr": b64(&csr(&["ari.example.test"]))})),
+        )
+        .await;
+    let serial = r.json()["certificate"]
+        .as_str()
+        .expect("cert")
+        .rsplit('/')
+        .next()
+        .expect("serial")
+        .to_owned();
+    let id =
+        ca_frontend::ari::cert_id(&ca.intermediate.key_id, &hex::decode(&serial).expect("hex"));
+    let get = |id: String| {
+        let client = &client;
+        async move {
+            client
+                .send(
+                    Request::get(format!("/acme/renewal-info/{id}"))
+                        .body(Body::empty())
+                        .expect("req"),
+                )
+                .await
+        }
+    };
+    let now = ca_frontend::unix_now();
+    let r = get(id.clone()).await;
+    assert!(r.headers.contains_key("retry-after"));
+    let start = r.json()["suggestedWindow"]["start"]
+        .as_str()
+        .expect("start")
+        .to_owned();
+    let start = time::OffsetDateTime::parse(&start, &time::format_description::well_known::Rfc3339)
+        .expect("rfc3339");
+    assert!(
+        start.unix_timestamp() > now + 50 * 86_400,
+        "a fresh 90-day certificate renews in its last third"
+    );
+    assert_eq!(
+        ca.db
+            .mark_renew_now(std::slice::from_ref(&serial))
+            .await
+            .expect("mark"),
+        1
+    );
+    let end = get(id.clone()).await.json()["suggestedWindow"]["end"]
+        .as_str()
+        .expect("end")
+        .to_owned();
+    let end = time::OffsetDateTime::parse(&end, &time::format_description::well_known::Rfc3339)
+        .expect("rfc3339");
+    assert!(
+        end.unix_timestamp() < now,
+        "named in an incident: renew now"
+    );
+    // Unknown and malformed CertIDs.
+    assert_eq!(
+        get(format!("{}.AQID", b64(&ca.intermediate.key_id)))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(get("not-a-cert-id".into()).await.problem(), "malformed");
+    assert!(unb64(&id.replace('.', "")).is_some());
+}
