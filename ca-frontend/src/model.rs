@@ -259,12 +259,12 @@ mod tests {
         );
         // An authorization past its expiry no longer counts as valid.
         assert_eq!(
-            order_status_from_authzs(&pending, &[valid.clone()], 600),
+            order_status_from_authzs(&pending, std::slice::from_ref(&valid), 600),
             OrderStatus::Invalid
         );
         // An expired order is invalid whatever its authorizations say.
         assert_eq!(
-            order_status_from_authzs(&pending, &[valid.clone()], 1000),
+            order_status_from_authzs(&pending, std::slice::from_ref(&valid), 1000),
             OrderStatus::Invalid
         );
         // Finalized orders keep their status.

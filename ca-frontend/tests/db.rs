@@ -148,7 +148,10 @@ async fn exercise(db: Arc<dyn Db>) {
         at: 6000,
         reason: 1,
     };
-    assert_eq!(db.revoke("0a0b", first).await.expect("revoke"), Some(first));
+    assert_eq!(
+        db.revoke("0a0b", first).await.expect("revoke"),
+        Some((first, true))
+    );
     assert_eq!(
         db.revoke(
             "0a0b",
@@ -159,7 +162,7 @@ async fn exercise(db: Arc<dyn Db>) {
         )
         .await
         .expect("revoke"),
-        Some(first)
+        Some((first, false))
     );
     assert_eq!(
         db.certificate("0a0b")

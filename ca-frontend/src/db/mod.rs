@@ -122,7 +122,7 @@ pub trait Db: Send + Sync + std::fmt::Debug {
         &self,
         serial: &str,
         revocation: Revocation,
-    ) -> Result<Option<Revocation>, Error>;
+    ) -> Result<Option<(Revocation, bool)>, Error>;
     /// Sets `renew_now` on the certificates that exist; returns how many did.
     async fn mark_renew_now(&self, serials: &[String]) -> Result<usize, Error>;
     async fn certificates_since(&self, domain: &str, since: i64) -> Result<u64, Error>;

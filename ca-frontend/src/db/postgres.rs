@@ -274,7 +274,7 @@ impl Db for PostgresDb {
         &self,
         serial: &str,
         revocation: Revocation,
-    ) -> Result<Option<Revocation>, Error> {
+    ) -> Result<Option<(Revocation, bool)>, Error> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db_err)?;
         let Some(row) = tx
@@ -286,14 +286,14 @@ impl Db for PostgresDb {
         };
         let mut record: CertificateRecord = from_json(DB, &row.get::<_, String>(0))?;
         if let Some(existing) = record.revoked {
-            return Ok(Some(existing));
+            return Ok(Some((existing, false)));
         }
         record.revoked = Some(revocation);
         tx.execute(sql::UPDATE_CERTIFICATE, &[&to_json(&record)?, &serial])
             .await
             .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
-        Ok(Some(revocation))
+        Ok(Some((revocation, true)))
     }
 
     async fn mark_renew_now(&self, serials: &[String]) -> Result<usize, Error> {

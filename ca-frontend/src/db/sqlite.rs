@@ -301,7 +301,7 @@ impl Db for SqliteDb {
         &self,
         serial: &str,
         revocation: Revocation,
-    ) -> Result<Option<Revocation>, Error> {
+    ) -> Result<Option<(Revocation, bool)>, Error> {
         let serial = serial.to_owned();
         self.run(move |c| {
             let tx = c.transaction().map_err(db_err)?;
@@ -312,13 +312,13 @@ impl Db for SqliteDb {
             let Some(text) = text else { return Ok(None) };
             let mut record: CertificateRecord = from_json(DB, &text)?;
             if let Some(existing) = record.revoked {
-                return Ok(Some(existing));
+                return Ok(Some((existing, false)));
             }
             record.revoked = Some(revocation);
             tx.execute(sql::UPDATE_CERTIFICATE, params![to_json(&record)?, serial])
                 .map_err(db_err)?;
             tx.commit().map_err(db_err)?;
-            Ok(Some(revocation))
+            Ok(Some((revocation, true)))
         })
         .await
     }
