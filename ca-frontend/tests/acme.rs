@@ -206,6 +206,11 @@ fn infra() -> &'static Infra {
 
 /// A fresh CA (its own database) over the shared infrastructure.
 async fn ca() -> Arc<Ca> {
+    ca_with("").await
+}
+
+/// [`ca`] with more TOML appended (e.g. a `[limits]` table).
+async fn ca_with(extra: &str) -> Arc<Ca> {
     let infra = infra();
     let db = infra.dir.join(format!(
         "ca-{}.sqlite",
@@ -239,6 +244,7 @@ timeout_ms = 5000
 [db]
 kind = "sqlite"
 path = "{db}"
+{extra}
 "#,
         gateway = infra.gateway,
         http = infra.http_port,
@@ -990,4 +996,56 @@ async fn renewal_info_follows_incidents() {
         StatusCode::NOT_FOUND
     );
     assert_eq!(get("not-a-cert-id".into()).await.problem(), "malformed");
+}
+
+#[tokio::test]
+async fn rate_limits_answer_rate_limited_with_retry_after() {
+    let ca = ca_with(
+        "[limits]\norders_per_account_per_hour = 2\ncertificates_per_domain_per_week = 1\naccounts_per_hour = 100\n",
+    )
+    .await;
+    let mut client = Client::new(&ca);
+    client.register().await;
+    // One certificate for limit.example.test uses the week's allowance of its registered domain.
+    let (_, order) = ready_order(&client, &["a.limit.example.test"]).await;
+    let finalize = path_of(order["finalize"].as_str().expect("finalize"));
+    let r = client
+        .post(
+            &finalize,
+            Some(&json!({"csr": b64(&csr(&["a.limit.example.test"]))})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+    let (order_url, order) = ready_order(&client, &["b.limit.example.test"]).await;
+    let finalize = path_of(order["finalize"].as_str().expect("finalize"));
+    let r = client
+        .post(
+            &finalize,
+            Some(&json!({"csr": b64(&csr(&["b.limit.example.test"]))})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.problem()),
+        (StatusCode::TOO_MANY_REQUESTS, "rateLimited".into())
+    );
+    assert!(
+        r.json()["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("example.test")
+    );
+    assert!(r.headers.contains_key("retry-after"));
+    assert_eq!(certificates_issued(&ca, &order_url).await, None);
+    // Two orders this hour were the account's allowance.
+    let r = client
+        .post(
+            "/acme/new-order",
+            Some(&json!({"identifiers": [{"type": "dns", "value": "c.example.test"}]})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.problem()),
+        (StatusCode::TOO_MANY_REQUESTS, "rateLimited".into())
+    );
+    assert!(r.headers.contains_key("retry-after"));
 }
