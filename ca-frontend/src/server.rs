@@ -235,6 +235,51 @@ enum KeyBy {
     Either,
 }
 
+/// Who may sign a request: the rule a [`Signed`] extractor applies.
+trait KeyRule {
+    const BY: KeyBy;
+}
+
+/// An existing account's key (`kid`): every request but the two below.
+#[derive(Debug)]
+struct AccountKey;
+impl KeyRule for AccountKey {
+    const BY: KeyBy = KeyBy::Account;
+}
+
+/// A key in the request (`jwk`): new-account.
+#[derive(Debug)]
+struct NewKey;
+impl KeyRule for NewKey {
+    const BY: KeyBy = KeyBy::Jwk;
+}
+
+/// Either: revokeCert, by the account or by the certificate's key.
+#[derive(Debug)]
+struct AnyKey;
+impl KeyRule for AnyKey {
+    const BY: KeyBy = KeyBy::Either;
+}
+
+/// A POST whose JWS verified under rule `R`: the body extractor of every ACME POST handler, so
+/// that authentication is one piece of code that no handler can forget.
+struct Signed<R = AccountKey>(Authed, std::marker::PhantomData<R>);
+
+impl<R: KeyRule + Send> axum::extract::FromRequest<Arc<Ca>> for Signed<R> {
+    type Rejection = Response;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        ca: &Arc<Ca>,
+    ) -> std::result::Result<Self, Response> {
+        let (parts, body) = request.into_parts();
+        authenticate(ca, &parts.uri, &parts.headers, body, R::BY)
+            .await
+            .map(|authed| Signed(authed, std::marker::PhantomData))
+            .map_err(IntoResponse::into_response)
+    }
+}
+
 struct Authed {
     jws: ParsedJws,
     account: Option<Account>,
@@ -367,13 +412,6 @@ fn with_header(mut r: Response, name: header::HeaderName, value: &str) -> Respon
     r
 }
 
-fn ok<T: IntoResponse>(r: Result<T>) -> Response {
-    match r {
-        Ok(r) => r.into_response(),
-        Err(e) => e.into_response(),
-    }
-}
-
 // ---------------------------------------------------------------- directory, nonces
 
 async fn directory(State(ca): Shared) -> Response {
@@ -466,17 +504,11 @@ fn account_json(ca: &Ca, a: &Account) -> serde_json::Value {
     })
 }
 
-async fn new_account(State(ca): Shared, uri: Uri, headers: HeaderMap, body: Body) -> Response {
-    ok(new_account_inner(&ca, &uri, &headers, body).await)
+async fn new_account(State(ca): Shared, signed: Signed<NewKey>) -> Result<Response> {
+    new_account_inner(&ca, signed.0).await
 }
 
-async fn new_account_inner(
-    ca: &Ca,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Response> {
-    let authed = authenticate(ca, uri, headers, body, KeyBy::Jwk).await?;
+async fn new_account_inner(ca: &Ca, authed: Authed) -> Result<Response> {
     let request: NewAccount = authed.jws.json()?;
     let thumbprint = authed.key.thumbprint();
     if let Some(existing) = ca.db.account_by_thumbprint(&thumbprint).await? {
@@ -534,24 +566,11 @@ struct AccountUpdate {
     contact: Option<Vec<String>>,
 }
 
-async fn account(
-    State(ca): Shared,
-    Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    ok(account_inner(&ca, &id, &uri, &headers, body).await)
+async fn account(State(ca): Shared, Path(id): Path<String>, signed: Signed) -> Result<Response> {
+    account_inner(&ca, &id, signed.0).await
 }
 
-async fn account_inner(
-    ca: &Ca,
-    id: &str,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Response> {
-    let authed = authenticate(ca, uri, headers, body, KeyBy::Account).await?;
+async fn account_inner(ca: &Ca, id: &str, authed: Authed) -> Result<Response> {
     let mut account = authed.account()?.clone();
     if account.id != id {
         return Err(Problem::unauthorized("the request is signed by another account").into());
@@ -580,23 +599,18 @@ async fn account_inner(
 async fn account_orders(
     State(ca): Shared,
     Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    ok(async {
-        let authed = authenticate(&ca, &uri, &headers, body, KeyBy::Account).await?;
-        if authed.account()?.id != id {
-            return Err(Problem::unauthorized("the request is signed by another account").into());
-        }
-        let ids = ca.db.orders_of_account(&id).await?;
-        let urls: Vec<String> = ids.iter().map(|o| ca.order_url(o)).collect();
-        Ok(json_response(
-            StatusCode::OK,
-            &serde_json::json!({ "orders": urls }),
-        ))
+    signed: Signed,
+) -> Result<Response> {
+    let authed = signed.0;
+    if authed.account()?.id != id {
+        return Err(Problem::unauthorized("the request is signed by another account").into());
     }
-    .await)
+    let ids = ca.db.orders_of_account(&id).await?;
+    let urls: Vec<String> = ids.iter().map(|o| ca.order_url(o)).collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "orders": urls }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -606,53 +620,48 @@ struct KeyChangeInner {
     old_key: serde_json::Value,
 }
 
-async fn key_change(State(ca): Shared, uri: Uri, headers: HeaderMap, body: Body) -> Response {
-    ok(async {
-        let authed = authenticate(&ca, &uri, &headers, body, KeyBy::Account).await?;
-        let mut account = authed.account()?.clone();
-        // RFC 8555 §7.3.5: the payload is a JWS by the new key, same url, no nonce.
-        let inner = ParsedJws::parse(&authed.jws.payload)?;
-        if inner.header.url != authed.jws.header.url {
-            return Err(Problem::malformed("the inner JWS's url differs from the outer's").into());
-        }
-        if inner.header.nonce.is_some() || inner.header.kid.is_some() {
-            return Err(
-                Problem::malformed("the inner JWS must have a jwk and no nonce or kid").into(),
-            );
-        }
-        let new_jwk = inner
-            .header
-            .jwk
-            .clone()
-            .ok_or_else(|| Problem::malformed("the inner JWS has no jwk"))?;
-        let new_key = PublicKey::from_jwk(&new_jwk)?;
-        inner.verify(&new_key)?;
-        let request: KeyChangeInner = inner.json()?;
-        if request.account != ca.account_url(&account.id) {
-            return Err(Problem::malformed("the inner payload names another account").into());
-        }
-        if PublicKey::from_jwk(&request.old_key)? != authed.key {
-            return Err(Problem::malformed("oldKey is not the account's current key").into());
-        }
-        account.jwk = new_jwk;
-        account.thumbprint = new_key.thumbprint();
-        if !ca.db.update_account(&account).await? {
-            let other = ca.db.account_by_thumbprint(&account.thumbprint).await?;
-            let r = Problem::new(
-                ProblemType::Conflict,
-                "the new key already belongs to an account",
-            )
-            .with_status(StatusCode::CONFLICT)
-            .into_response();
-            return Ok(match other {
-                Some(o) => with_header(r, header::LOCATION, &ca.account_url(&o.id)),
-                None => r,
-            });
-        }
-        tracing::info!(account = %account.id, "account key rolled over");
-        Ok(json_response(StatusCode::OK, &account_json(&ca, &account)))
+async fn key_change(State(ca): Shared, signed: Signed) -> Result<Response> {
+    let authed = signed.0;
+    let mut account = authed.account()?.clone();
+    // RFC 8555 §7.3.5: the payload is a JWS by the new key, same url, no nonce.
+    let inner = ParsedJws::parse(&authed.jws.payload)?;
+    if inner.header.url != authed.jws.header.url {
+        return Err(Problem::malformed("the inner JWS's url differs from the outer's").into());
     }
-    .await)
+    if inner.header.nonce.is_some() || inner.header.kid.is_some() {
+        return Err(Problem::malformed("the inner JWS must have a jwk and no nonce or kid").into());
+    }
+    let new_jwk = inner
+        .header
+        .jwk
+        .clone()
+        .ok_or_else(|| Problem::malformed("the inner JWS has no jwk"))?;
+    let new_key = PublicKey::from_jwk(&new_jwk)?;
+    inner.verify(&new_key)?;
+    let request: KeyChangeInner = inner.json()?;
+    if request.account != ca.account_url(&account.id) {
+        return Err(Problem::malformed("the inner payload names another account").into());
+    }
+    if PublicKey::from_jwk(&request.old_key)? != authed.key {
+        return Err(Problem::malformed("oldKey is not the account's current key").into());
+    }
+    account.jwk = new_jwk;
+    account.thumbprint = new_key.thumbprint();
+    if !ca.db.update_account(&account).await? {
+        let other = ca.db.account_by_thumbprint(&account.thumbprint).await?;
+        let r = Problem::new(
+            ProblemType::Conflict,
+            "the new key already belongs to an account",
+        )
+        .with_status(StatusCode::CONFLICT)
+        .into_response();
+        return Ok(match other {
+            Some(o) => with_header(r, header::LOCATION, &ca.account_url(&o.id)),
+            None => r,
+        });
+    }
+    tracing::info!(account = %account.id, "account key rolled over");
+    Ok(json_response(StatusCode::OK, &account_json(&ca, &account)))
 }
 
 // ---------------------------------------------------------------- orders
@@ -748,12 +757,11 @@ fn order_response(ca: &Ca, status_code: StatusCode, o: &Order, status: OrderStat
     }
 }
 
-async fn new_order(State(ca): Shared, uri: Uri, headers: HeaderMap, body: Body) -> Response {
-    ok(new_order_inner(&ca, &uri, &headers, body).await)
+async fn new_order(State(ca): Shared, signed: Signed) -> Result<Response> {
+    new_order_inner(&ca, signed.0).await
 }
 
-async fn new_order_inner(ca: &Ca, uri: &Uri, headers: &HeaderMap, body: Body) -> Result<Response> {
-    let authed = authenticate(ca, uri, headers, body, KeyBy::Account).await?;
+async fn new_order_inner(ca: &Ca, authed: Authed) -> Result<Response> {
     let account = authed.account()?.clone();
     let request: NewOrder = authed.jws.json()?;
     if request.not_before.is_some() || request.not_after.is_some() {
@@ -900,19 +908,10 @@ async fn owned_order(
     Ok((order, authzs, status))
 }
 
-async fn order(
-    State(ca): Shared,
-    Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    ok(async {
-        let authed = authenticate(&ca, &uri, &headers, body, KeyBy::Account).await?;
-        let (order, _, status) = owned_order(&ca, &id, authed.account()?).await?;
-        Ok(order_response(&ca, StatusCode::OK, &order, status))
-    }
-    .await)
+async fn order(State(ca): Shared, Path(id): Path<String>, signed: Signed) -> Result<Response> {
+    let authed = signed.0;
+    let (order, _, status) = owned_order(&ca, &id, authed.account()?).await?;
+    Ok(order_response(&ca, StatusCode::OK, &order, status))
 }
 
 #[derive(Deserialize)]
@@ -920,24 +919,11 @@ struct Finalize {
     csr: String,
 }
 
-async fn finalize(
-    State(ca): Shared,
-    Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    ok(finalize_inner(&ca, &id, &uri, &headers, body).await)
+async fn finalize(State(ca): Shared, Path(id): Path<String>, signed: Signed) -> Result<Response> {
+    finalize_inner(&ca, &id, signed.0).await
 }
 
-async fn finalize_inner(
-    ca: &Ca,
-    id: &str,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Response> {
-    let authed = authenticate(ca, uri, headers, body, KeyBy::Account).await?;
+async fn finalize_inner(ca: &Ca, id: &str, authed: Authed) -> Result<Response> {
     let account = authed.account()?.clone();
     let (order, _, status) = owned_order(ca, id, &account).await?;
     if status != OrderStatus::Ready {
@@ -1127,63 +1113,53 @@ async fn owned_authz(ca: &Ca, id: &str, account: &Account) -> Result<Authorizati
 async fn authorization(
     State(ca): Shared,
     Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    ok(async {
-        let authed = authenticate(&ca, &uri, &headers, body, KeyBy::Account).await?;
-        let mut authz = owned_authz(&ca, &id, authed.account()?).await?;
-        let now = unix_now();
-        if !authed.is_post_as_get() {
-            #[derive(Deserialize)]
-            struct Update {
-                status: String,
-            }
-            let update: Update = authed.jws.json()?;
-            if update.status != "deactivated" {
-                return Err(Problem::malformed(
-                    "an authorization's status can only be set to `deactivated`",
-                )
-                .into());
-            }
-            if matches!(
-                authz.status_at(now),
-                AuthzStatus::Pending | AuthzStatus::Valid
-            ) {
-                authz.status = AuthzStatus::Deactivated;
-                ca.db.update_authz(&authz).await?;
-            }
+    signed: Signed,
+) -> Result<Response> {
+    let authed = signed.0;
+    let mut authz = owned_authz(&ca, &id, authed.account()?).await?;
+    let now = unix_now();
+    if !authed.is_post_as_get() {
+        #[derive(Deserialize)]
+        struct Update {
+            status: String,
         }
-        let r = json_response(StatusCode::OK, &authz_json(&ca, &authz, now));
-        Ok(if authz.status_at(now) == AuthzStatus::Pending {
-            with_header(r, header::RETRY_AFTER, "1")
-        } else {
-            r
-        })
+        let update: Update = authed.jws.json()?;
+        if update.status != "deactivated" {
+            return Err(Problem::malformed(
+                "an authorization's status can only be set to `deactivated`",
+            )
+            .into());
+        }
+        if matches!(
+            authz.status_at(now),
+            AuthzStatus::Pending | AuthzStatus::Valid
+        ) {
+            authz.status = AuthzStatus::Deactivated;
+            ca.db.update_authz(&authz).await?;
+        }
     }
-    .await)
+    let r = json_response(StatusCode::OK, &authz_json(&ca, &authz, now));
+    Ok(if authz.status_at(now) == AuthzStatus::Pending {
+        with_header(r, header::RETRY_AFTER, "1")
+    } else {
+        r
+    })
 }
 
 async fn challenge(
     State(ca): Shared,
     Path((authz_id, kind)): Path<(String, String)>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    ok(challenge_inner(ca, &authz_id, &kind, &uri, &headers, body).await)
+    signed: Signed,
+) -> Result<Response> {
+    challenge_inner(ca, &authz_id, &kind, signed.0).await
 }
 
 async fn challenge_inner(
     ca: Arc<Ca>,
     authz_id: &str,
     kind: &str,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: Body,
+    authed: Authed,
 ) -> Result<Response> {
-    let authed = authenticate(&ca, uri, headers, body, KeyBy::Account).await?;
     let account = authed.account()?.clone();
     let mut authz = owned_authz(&ca, authz_id, &account).await?;
     let kind = ChallengeType::parse(kind).ok_or_else(|| Problem::not_found("challenge"))?;
@@ -1261,28 +1237,23 @@ async fn run_validation(ca: Arc<Ca>, mut authz: Authorization, index: usize, key
 async fn certificate(
     State(ca): Shared,
     Path(serial): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    ok(async {
-        let authed = authenticate(&ca, &uri, &headers, body, KeyBy::Account).await?;
-        let record = ca
-            .db
-            .certificate(&serial)
-            .await?
-            .ok_or_else(|| Problem::not_found("certificate"))?;
-        if record.account_id != authed.account()?.id {
-            return Err(Problem::unauthorized("the certificate belongs to another account").into());
-        }
-        let mut r = (StatusCode::OK, record.chain_pem).into_response();
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/pem-certificate-chain"),
-        );
-        Ok(r)
+    signed: Signed,
+) -> Result<Response> {
+    let authed = signed.0;
+    let record = ca
+        .db
+        .certificate(&serial)
+        .await?
+        .ok_or_else(|| Problem::not_found("certificate"))?;
+    if record.account_id != authed.account()?.id {
+        return Err(Problem::unauthorized("the certificate belongs to another account").into());
     }
-    .await)
+    let mut r = (StatusCode::OK, record.chain_pem).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/pem-certificate-chain"),
+    );
+    Ok(r)
 }
 
 #[derive(Deserialize)]
@@ -1292,13 +1263,12 @@ struct RevokeCert {
     reason: Option<u8>,
 }
 
-async fn revoke_cert(State(ca): Shared, uri: Uri, headers: HeaderMap, body: Body) -> Response {
-    ok(revoke_inner(&ca, &uri, &headers, body).await)
+async fn revoke_cert(State(ca): Shared, signed: Signed<AnyKey>) -> Result<Response> {
+    revoke_inner(&ca, signed.0).await
 }
 
-async fn revoke_inner(ca: &Ca, uri: &Uri, headers: &HeaderMap, body: Body) -> Result<Response> {
+async fn revoke_inner(ca: &Ca, authed: Authed) -> Result<Response> {
     use der::Decode;
-    let authed = authenticate(ca, uri, headers, body, KeyBy::Either).await?;
     let request: RevokeCert = authed.jws.json()?;
     let der_bytes = crate::unb64(&request.certificate)
         .ok_or_else(|| Problem::malformed("certificate is not base64url"))?;
@@ -1393,20 +1363,17 @@ async fn ari_certificate(ca: &Ca, cert_id: &str) -> Result<CertificateRecord> {
         .ok_or_else(|| Problem::not_found("certificate"))?)
 }
 
-async fn renewal_info(State(ca): Shared, Path(id): Path<String>) -> Response {
-    ok(async {
-        let record = ari_certificate(&ca, &id).await?;
-        let r = json_response(
-            StatusCode::OK,
-            &ari::renewal_info(&record, unix_now(), None),
-        );
-        Ok(with_header(
-            r,
-            header::RETRY_AFTER,
-            &ARI_RETRY_AFTER_SECS.to_string(),
-        ))
-    }
-    .await)
+async fn renewal_info(State(ca): Shared, Path(id): Path<String>) -> Result<Response> {
+    let record = ari_certificate(&ca, &id).await?;
+    let r = json_response(
+        StatusCode::OK,
+        &ari::renewal_info(&record, unix_now(), None),
+    );
+    Ok(with_header(
+        r,
+        header::RETRY_AFTER,
+        &ARI_RETRY_AFTER_SECS.to_string(),
+    ))
 }
 
 #[cfg(test)]
