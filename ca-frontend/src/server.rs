@@ -953,7 +953,11 @@ async fn finalize_inner(ca: &Ca, id: &str, authed: Authed) -> Result<Response> {
     )?;
     let name_list: Vec<String> = names.iter().cloned().collect();
     let now = unix_now();
-    ratelimit::certificates(ca.db.as_ref(), &ca.config.limits, &name_list, now).await?;
+    // A renewal that names the certificate it replaces (ARI, RFC 9773 §5) is not held back by
+    // the per-domain limit: an incident's mass renewal must not be rate-limited into failure.
+    if order.replaces.is_none() {
+        ratelimit::certificates(ca.db.as_ref(), &ca.config.limits, &name_list, now).await?;
+    }
     for name in &names {
         let (base, wildcard) = match name.strip_prefix("*.") {
             Some(b) => (b, true),

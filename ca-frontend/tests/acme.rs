@@ -426,16 +426,17 @@ fn path_of(url: &str) -> String {
 
 /// An order for `names` whose authorizations are valid (http-01 really validated).
 async fn ready_order(client: &Client, names: &[&str]) -> (String, Value) {
+    ready_order_with(client, names, json!({})).await
+}
+
+/// [`ready_order`] with more members in the new-order payload (e.g. `replaces`).
+async fn ready_order_with(client: &Client, names: &[&str], mut payload: Value) -> (String, Value) {
     let identifiers: Vec<Value> = names
         .iter()
         .map(|n| json!({"type": "dns", "value": n}))
         .collect();
-    let r = client
-        .post(
-            "/acme/new-order",
-            Some(&json!({"identifiers": identifiers})),
-        )
-        .await;
+    payload["identifiers"] = json!(identifiers);
+    let r = client.post("/acme/new-order", Some(&payload)).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json());
     let order_url = r.location();
     let order = r.json();
@@ -489,12 +490,18 @@ async fn ready_order(client: &Client, names: &[&str]) -> (String, Value) {
 }
 
 fn csr(names: &[&str]) -> Vec<u8> {
+    csr_with_key(names).0
+}
+
+/// A CSR and the PKCS#8 of its key.
+fn csr_with_key(names: &[&str]) -> (Vec<u8>, Vec<u8>) {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
     let mut params =
         rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
             .expect("params");
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params.serialize_request(&key).expect("csr").der().to_vec()
+    let csr = params.serialize_request(&key).expect("csr").der().to_vec();
+    (csr, key.serialize_der())
 }
 
 fn openssl_csr(args: &[&str], name: &str) -> Vec<u8> {
@@ -1048,4 +1055,99 @@ async fn rate_limits_answer_rate_limited_with_retry_after() {
         (StatusCode::TOO_MANY_REQUESTS, "rateLimited".into())
     );
     assert!(r.headers.contains_key("retry-after"));
+}
+
+#[tokio::test]
+async fn the_certificate_key_may_revoke_and_replacements_skip_the_domain_limit() {
+    let ca = ca_with(
+        "[limits]\norders_per_account_per_hour = 50\ncertificates_per_domain_per_week = 1\naccounts_per_hour = 100\n",
+    )
+    .await;
+    let mut client = Client::new(&ca);
+    client.register().await;
+    let (_, order) = ready_order(&client, &["key.revoke.test"]).await;
+    let (csr_der, pkcs8) = csr_with_key(&["key.revoke.test"]);
+    let r = client
+        .post(
+            &path_of(order["finalize"].as_str().expect("finalize")),
+            Some(&json!({"csr": b64(&csr_der)})),
+        )
+        .await;
+    let cert_url = r.json()["certificate"]
+        .as_str()
+        .expect("certificate")
+        .to_owned();
+    let serial = cert_url.rsplit('/').next().expect("serial").to_owned();
+    let pem = client.post(&path_of(&cert_url), None).await.body;
+    let der = ca_frontend::issue::first_pem_der(&String::from_utf8_lossy(&pem)).expect("pem");
+
+    // A replacement order (ARI `replaces`) gets its certificate although the domain's weekly
+    // allowance is used up; the same order without `replaces` would not.
+    let cert_id =
+        ca_frontend::ari::cert_id(&ca.intermediate.key_id, &hex::decode(&serial).expect("hex"));
+    let (_, order) = ready_order(&client, &["key.revoke.test"]).await;
+    let limited = client
+        .post(
+            &path_of(order["finalize"].as_str().expect("finalize")),
+            Some(&json!({"csr": b64(&csr(&["key.revoke.test"]))})),
+        )
+        .await;
+    assert_eq!(limited.problem(), "rateLimited");
+    let (replacement_url, order) =
+        ready_order_with(&client, &["key.revoke.test"], json!({"replaces": cert_id})).await;
+    assert_eq!(order["replaces"], json!(cert_id));
+    let r = client
+        .post(
+            &path_of(order["finalize"].as_str().expect("finalize")),
+            Some(&json!({"csr": b64(&csr(&["key.revoke.test"]))})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+    assert!(certificates_issued(&ca, &replacement_url).await.is_some());
+    // Another account may not claim to replace it.
+    let mut other = Client::new(&ca);
+    other.register().await;
+    let r = other
+        .post(
+            "/acme/new-order",
+            Some(&json!({"identifiers": [{"type": "dns", "value": "key.revoke.test"}], "replaces": cert_id})),
+        )
+        .await;
+    assert_eq!(r.problem(), "unauthorized");
+
+    // Signed by the certificate's own key (jwk), whoever holds it revokes it — as keyCompromise.
+    let rng = ring::rand::SystemRandom::new();
+    let key =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8, &rng).expect("key");
+    let p = key.public_key().as_ref();
+    let mut holder = Client::new(&ca);
+    holder.jwk = json!({"kty": "EC", "crv": "P-256", "x": b64(&p[1..33]), "y": b64(&p[33..])});
+    holder.key = key;
+    let r = holder
+        .post(
+            "/acme/revoke-cert",
+            Some(&json!({"certificate": b64(&der), "reason": 4})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+    let record = ca
+        .db
+        .certificate(&serial)
+        .await
+        .expect("db")
+        .expect("record");
+    assert_eq!(
+        record.revoked.map(|r| r.reason),
+        Some(1),
+        "revoked by its key: keyCompromise"
+    );
+    // A key that is neither the account's nor the certificate's may not.
+    let stranger = Client::new(&ca);
+    let r = stranger
+        .post(
+            "/acme/revoke-cert",
+            Some(&json!({"certificate": b64(&der)})),
+        )
+        .await;
+    assert_eq!(r.problem(), "unauthorized");
 }
