@@ -10,6 +10,7 @@ mod drill;
 mod gateway;
 mod grpc_load;
 mod measure;
+mod ocsp_load;
 mod options;
 mod plot;
 mod procstat;
@@ -51,6 +52,10 @@ enum Command {
     /// response re-signed through the gateway and verified; the time, the rate against
     /// `SignBatch`, and the projection to a fleet. Resumable (`--dir`).
     Drill(drill::DrillArgs),
+    /// Load on an OCSP responder: cache hits, cold misses, unknown serials and malformed
+    /// requests over GET and POST, SHA-1 and SHA-256 CertIDs; requests/s, latency per kind,
+    /// the status breakdown, and every answer checked against the serials' listed statuses.
+    Ocsp(options::OcspArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +66,7 @@ fn main() -> ExitCode {
         Command::Sign(args) => compare::run(compare::Plan::sign(args)),
         Command::Capacity(args) => capacity::run(args),
         Command::Drill(args) => drill::run(args),
+        Command::Ocsp(args) => ocsp_load::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -226,6 +226,126 @@ pub struct CapacityArgs {
     pub plot: Option<PathBuf>,
 }
 
+/// `hsm-bench ocsp`: load on an OCSP responder.
+#[derive(clap::Args, Debug, Clone)]
+pub struct OcspArgs {
+    /// Base URL of the responder (`http://127.0.0.1:8080`); plain HTTP, as OCSP is served.
+    #[arg(long, value_name = "URL")]
+    pub url: String,
+    /// The issuer certificate (PEM or DER): the CertIDs' issuerNameHash and issuerKeyHash, and
+    /// the key that sampled signatures are checked against.
+    #[arg(long, value_name = "PEM")]
+    pub issuer: PathBuf,
+    /// Certificates the responder's store knows, in the import format of
+    /// `hsmgate-ocsp import` (`<issuer> <serial hex> good | revoked <time> [reason]`): their
+    /// serials and the status each must be answered with.
+    #[arg(long, value_name = "FILE")]
+    pub serials: PathBuf,
+    /// Which issuer of the file `--issuer` is (default: the only one named in the file).
+    #[arg(long, value_name = "NAME")]
+    pub issuer_name: Option<String>,
+    /// The request mix, as relative weights: `hit` (the hot set, warmed into the responder's
+    /// cache first), `miss` (known serials never asked before in this run: cold unless the
+    /// responder served them earlier), `unknown` (random serials the store does not hold:
+    /// `unauthorized`), `malformed` (truncated requests: `malformedRequest`).
+    #[arg(long, default_value = "hit=80,miss=10,unknown=9,malformed=1", value_parser = parse_mix, value_name = "KIND=WEIGHT,...")]
+    pub mix: Mix,
+    /// Known serials in the hot set (default: a tenth of the list, at least 1, at most 10,000).
+    #[arg(long, value_name = "N")]
+    pub hot: Option<usize>,
+    /// Share of POST requests (`application/ocsp-request`); the rest are GET with the
+    /// percent-encoded base64 request in the path (RFC 6960 Appendix A.1).
+    #[arg(long, default_value_t = 0.5, value_parser = parse_share, value_name = "0..1")]
+    pub post: f64,
+    /// Share of SHA-256 CertIDs (RFC 9919 clients); the rest are SHA-1 (RFC 5019).
+    #[arg(long, default_value_t = 0.5, value_parser = parse_share, value_name = "0..1")]
+    pub sha256: f64,
+    /// Requests in flight (tasks each sending one request at a time, HTTP/1.1 keep-alive, one
+    /// connection each).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub concurrency: u32,
+    /// Threads of the load generator's async runtime.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub client_threads: u32,
+    /// Measured time.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub duration: Duration,
+    /// Warm-up after the hot set is loaded, not counted.
+    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
+    pub warmup: Duration,
+    /// A request taking longer than this fails (`Timeout`).
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+    /// Check the signature (P-256 issuers), CertID and validity times of every N-th signed
+    /// response of each task (0: never). Every response's status is checked regardless.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub verify_every: u64,
+    /// The responder's metrics URL (`http://127.0.0.1:9465/metrics`): its own cache hit and
+    /// miss counts over the window are reported beside the load generator's.
+    #[arg(long, value_name = "URL")]
+    pub metrics: Option<String>,
+    /// Width of a throughput-over-time bucket.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration, value_name = "DURATION")]
+    pub interval: Duration,
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+}
+
+/// Relative weights of the OCSP request kinds.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Mix {
+    pub hit: f64,
+    pub miss: f64,
+    pub unknown: f64,
+    pub malformed: f64,
+}
+
+/// `hit=80,miss=10,unknown=9,malformed=1`; kinds left out weigh 0.
+pub fn parse_mix(text: &str) -> anyhow::Result<Mix> {
+    let mut mix = Mix {
+        hit: 0.0,
+        miss: 0.0,
+        unknown: 0.0,
+        malformed: 0.0,
+    };
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (kind, weight) = part
+            .split_once('=')
+            .with_context(|| format!("`{part}`: expected KIND=WEIGHT"))?;
+        let w: f64 = weight
+            .trim()
+            .parse()
+            .ok()
+            .filter(|w: &f64| w.is_finite() && *w >= 0.0)
+            .with_context(|| format!("`{part}`: the weight must be a number >= 0"))?;
+        match kind.trim() {
+            "hit" => mix.hit = w,
+            "miss" => mix.miss = w,
+            "unknown" => mix.unknown = w,
+            "malformed" => mix.malformed = w,
+            other => bail!("`{other}`: the kinds are hit, miss, unknown and malformed"),
+        }
+    }
+    if mix.hit + mix.miss + mix.unknown + mix.malformed <= 0.0 {
+        bail!("`{text}`: at least one kind must weigh more than 0");
+    }
+    Ok(mix)
+}
+
+/// A share between 0 and 1.
+pub fn parse_share(text: &str) -> anyhow::Result<f64> {
+    let v: f64 = text
+        .trim()
+        .parse()
+        .with_context(|| format!("`{text}`: expected a number between 0 and 1"))?;
+    if !(0.0..=1.0).contains(&v) {
+        bail!("`{text}`: expected a number between 0 and 1");
+    }
+    Ok(v)
+}
+
 /// A positive rate.
 pub fn parse_rate(text: &str) -> anyhow::Result<f64> {
     let v: f64 = text
@@ -277,6 +397,22 @@ mod tests {
         assert_eq!(d("250us"), Duration::from_micros(250));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn mixes_parse() {
+        let m = parse_mix("hit=80, miss=10,unknown=9,malformed=1").expect("valid");
+        assert_eq!(
+            (m.hit, m.miss, m.unknown, m.malformed),
+            (80.0, 10.0, 9.0, 1.0)
+        );
+        let m = parse_mix("unknown=1").expect("valid");
+        assert_eq!((m.hit, m.unknown), (0.0, 1.0));
+        for bad in ["", "hit=0", "hit=-1", "hot=5", "hit"] {
+            assert!(parse_mix(bad).is_err(), "{bad}");
+        }
+        assert!(parse_share("1.5").is_err());
+        assert_eq!(parse_share("0.25").expect("valid"), 0.25);
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! A progress bar per phase on a terminal (indicatif; hidden when stderr is not a terminal):
-//! the phase's label, warm-up then measured time, and the live signing rate of the last
-//! 250 ms. A thread draws it; dropping the guard (or the window's end) stops it.
+//! the phase's label, warm-up then measured time, and the live signing (or request) rate of
+//! the last 250 ms. A thread draws it; dropping the guard (or the window's end) stops it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,16 @@ pub struct PhaseBar {
 
 /// Shows a bar for `window` (warm-up included) until the guard is dropped.
 pub fn phase(label: &str, window: &Window) -> PhaseBar {
+    phase_counting(label, window, &LIVE_SIGNATURES, "sig/s")
+}
+
+/// [`phase`] with the live rate of another counter (`ocsp`: requests), shown in `unit`.
+pub fn phase_counting(
+    label: &str,
+    window: &Window,
+    counter: &'static AtomicU64,
+    unit: &'static str,
+) -> PhaseBar {
     let stop = Arc::new(AtomicBool::new(false));
     let begin = Instant::now();
     let total = window.end.saturating_duration_since(begin);
@@ -39,18 +49,18 @@ pub fn phase(label: &str, window: &Window) -> PhaseBar {
     let thread = std::thread::Builder::new()
         .name("progress".into())
         .spawn(move || {
-            let mut last = (Instant::now(), LIVE_SIGNATURES.load(Ordering::Relaxed));
+            let mut last = (Instant::now(), counter.load(Ordering::Relaxed));
             while !flag.load(Ordering::Relaxed) {
                 std::thread::sleep(TICK);
                 let now = Instant::now();
-                let count = LIVE_SIGNATURES.load(Ordering::Relaxed);
+                let count = counter.load(Ordering::Relaxed);
                 let rate = (count - last.1) as f64 / (now - last.0).as_secs_f64().max(1e-3);
                 last = (now, count);
                 bar.set_position(now.saturating_duration_since(begin).as_millis() as u64);
                 bar.set_message(if now < start {
                     "warm-up".to_owned()
                 } else {
-                    format!("{} sig/s", thousands(rate))
+                    format!("{} {unit}", thousands(rate))
                 });
             }
             bar.finish_and_clear();

@@ -226,7 +226,7 @@ pub struct LatencyReport {
 }
 
 impl LatencyReport {
-    fn new(of: &'static str, h: &Histogram<u64>) -> Self {
+    pub(crate) fn new(of: &'static str, h: &Histogram<u64>) -> Self {
         let us = |ns: u64| ns as f64 / 1e3;
         let q = |q: f64| {
             if h.is_empty() {
