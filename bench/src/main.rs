@@ -4,6 +4,7 @@
 //! orchestration, `raw` and `grpc_load` for the two load generators, `capacity` for the
 //! modelled HSMs, `simsetup` for the one place a gateway configuration is written).
 
+mod acme;
 mod capacity;
 mod compare;
 mod drill;
@@ -51,6 +52,9 @@ enum Command {
     /// response re-signed through the gateway and verified; the time, the rate against
     /// `SignBatch`, and the projection to a fleet. Resumable (`--dir`).
     Drill(drill::DrillArgs),
+    /// End-to-end ACME issuance (new order → http-01 → finalize → download) with instant-acme
+    /// against any ACME server: orders/s and per-phase latency.
+    Acme(acme::AcmeArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
         Command::Sign(args) => compare::run(compare::Plan::sign(args)),
         Command::Capacity(args) => capacity::run(args),
         Command::Drill(args) => drill::run(args),
+        Command::Acme(args) => acme::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
