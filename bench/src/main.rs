@@ -4,6 +4,7 @@
 //! orchestration, `raw` and `grpc_load` for the two load generators, `capacity` for the
 //! modelled HSMs, `simsetup` for the one place a gateway configuration is written).
 
+mod acme;
 mod capacity;
 mod compare;
 mod drill;
@@ -56,6 +57,9 @@ enum Command {
     /// requests over GET and POST, SHA-1 and SHA-256 CertIDs; requests/s, latency per kind,
     /// the status breakdown, and every answer checked against the serials' listed statuses.
     Ocsp(options::OcspArgs),
+    /// End-to-end ACME issuance (new order → http-01 → finalize → download) with instant-acme
+    /// against any ACME server: orders/s and per-phase latency.
+    Acme(acme::AcmeArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
         Command::Capacity(args) => capacity::run(args),
         Command::Drill(args) => drill::run(args),
         Command::Ocsp(args) => ocsp_load::run(args),
+        Command::Acme(args) => acme::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
