@@ -362,11 +362,9 @@ fn http_client(args: &AcmeArgs) -> Result<Box<dyn instant_acme::HttpClient>> {
     } else {
         builder.enable_http1().enable_http2().build()
     };
-    let client = hyper_util::client::legacy::Client::builder(
-        hyper_util::rt::TokioExecutor::new(),
-    )
-    .pool_max_idle_per_host(usize::MAX)
-    .build::<_, BodyWrapper<Bytes>>(connector);
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_max_idle_per_host(usize::MAX)
+        .build::<_, BodyWrapper<Bytes>>(connector);
     Ok(Box::new(client))
 }
 
@@ -393,7 +391,11 @@ async fn invalid_reason(order: &mut Order, phase: &'static str) -> Failure {
             }
         }
     }
-    failure(phase, "order-invalid", "the order became invalid (no error given)")
+    failure(
+        phase,
+        "order-invalid",
+        "the order became invalid (no error given)",
+    )
 }
 
 async fn one_order(
@@ -447,10 +449,18 @@ async fn one_order(
             validation_polls += 1;
             match state.map(|s| s.status) {
                 Ok(OrderStatus::Ready) => break Ok(()),
-                Ok(OrderStatus::Pending | OrderStatus::Processing) => tokio::time::sleep(poll).await,
-                Ok(OrderStatus::Invalid) => break Err(invalid_reason(&mut order, "validation").await),
+                Ok(OrderStatus::Pending | OrderStatus::Processing) => {
+                    tokio::time::sleep(poll).await
+                }
+                Ok(OrderStatus::Invalid) => {
+                    break Err(invalid_reason(&mut order, "validation").await);
+                }
                 Ok(OrderStatus::Valid) => {
-                    break Err(failure("validation", "order-state", "valid before finalize"));
+                    break Err(failure(
+                        "validation",
+                        "order-state",
+                        "valid before finalize",
+                    ));
                 }
                 Err(e) => break Err(e),
             }
@@ -491,7 +501,11 @@ async fn one_order(
         .map_err(fail("download"))?
         .ok_or_else(|| failure("download", "no-certificate", "no certificate"))?;
     if !chain.contains("-----BEGIN CERTIFICATE-----") {
-        return Err(failure("download", "not-pem", "the chain has no PEM certificate"));
+        return Err(failure(
+            "download",
+            "not-pem",
+            "the chain has no PEM certificate",
+        ));
     }
     let t4 = Instant::now();
     Ok(Timing {
@@ -531,8 +545,7 @@ async fn worker(account: Account, plan: Arc<Plan>, keys: KeyAuths, seconds: usiz
         let measured_start = now >= plan.start;
         if let Some(t) = &plan.tickets
             && measured_start
-            && t
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            && t.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
                 .is_err()
         {
             break;
@@ -619,7 +632,10 @@ async fn run_async(args: AcmeArgs) -> Result<AcmeReport> {
         let (role, pid) = w
             .split_once('=')
             .ok_or_else(|| anyhow!("--watch {w}: expected ROLE=PID"))?;
-        watch.watch(role, pid.parse().with_context(|| format!("--watch {w}: pid"))?);
+        watch.watch(
+            role,
+            pid.parse().with_context(|| format!("--watch {w}: pid"))?,
+        );
     }
 
     // The http-01 responder.
