@@ -12,26 +12,10 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
+use common::built;
 
-/// A build product in this target directory: the newer of `deps/NAME` (where `cargo test`
-/// rebuilds a cdylib without copying it up) and `NAME`.
-fn built(name: &str) -> PathBuf {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_hsm-bench"));
-    let dir = exe.parent().unwrap();
-    [dir.join("deps").join(name), dir.join(name)]
-        .into_iter()
-        .filter(|p| p.is_file())
-        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "{name} not built in {}: run `cargo build --workspace` (or cargo test \
-                 --workspace)",
-                dir.display()
-            )
-        })
-}
+use std::process::Command;
 
 #[test]
 fn a_knockout_fails_no_request_and_the_report_says_stand_in() {

@@ -10,6 +10,9 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
+mod common;
+use common::built;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,17 +20,6 @@ use std::time::{Duration, Instant};
 
 /// Certificates in the drill: enough that re-signing them takes seconds in a debug build.
 const COUNT: u64 = 30_000;
-
-fn built(name: &str) -> PathBuf {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_hsm-bench"));
-    let path = exe.parent().unwrap().join(name);
-    assert!(
-        path.is_file(),
-        "{} not built: run `cargo build --workspace`",
-        path.display()
-    );
-    path
-}
 
 /// The development configuration, with its tokens, PINs and port in `dir`.
 fn provision(dir: &Path) -> PathBuf {

@@ -15,6 +15,9 @@
 
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
+mod common;
+use common::built;
+
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -33,17 +36,6 @@ const CERTIFICATES: u64 = 5_000;
 const ECDSA_SHA256: &[u8] = &[
     0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02,
 ];
-
-fn built(name: &str) -> PathBuf {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_hsm-bench"));
-    let path = exe.parent().unwrap().join(name);
-    assert!(
-        path.is_file(),
-        "{} not built: run `cargo build --workspace`",
-        path.display()
-    );
-    path
-}
 
 /// Signs with the issuer's key in this process, as the gateway would with the HSM's.
 #[derive(Debug)]
