@@ -36,7 +36,7 @@ pub struct Server {
     pub tls: Option<ServerTls>,
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
-    /// Outstanding nonces kept (oldest evicted first).
+    /// How many of the most recently issued nonces are remembered (older ones are refused).
     #[serde(default = "default_nonces")]
     pub nonce_capacity: usize,
     /// Terms of service URL for the directory's `meta`.

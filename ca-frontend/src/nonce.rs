@@ -1,7 +1,9 @@
 //! `Replay-Nonce` values (RFC 8555 §6.5): issued on every response, each accepted once.
 //!
-//! Outstanding nonces are kept in memory, oldest evicted first once `capacity` are outstanding
-//! (a million by default: ~60 MiB, hours of a busy frontend's traffic). A nonce is refused only
+//! Nonces are kept in memory: of the last `capacity` issued (a million by default: ~60 MiB,
+//! hours of a busy frontend's traffic), each unused one is accepted once; older ones are
+//! forgotten, oldest first. (A used nonce still occupies its slot until it ages out, so the
+//! bound is on nonces issued recently, not on those still unused.) A nonce is refused only
 //! if it was never issued by this process, was already used, or was evicted — never because of
 //! its age alone — because some clients retry `badNonce` once and some never. A restart forgets
 //! the outstanding nonces; clients see one `badNonce` and retry with the fresh nonce it carries.
