@@ -41,7 +41,7 @@ async fn gateway_key(client: &mut SignerClient<Channel>, name: &str) -> Result<G
         .await
         .map_err(|s| Error::Gateway(format!("GetPublicKey {name}: {}", s.message())))?
         .into_inner();
-    let (algorithm, _) = issue::signature_algorithm(public.key_type)?;
+    let algorithm = issue::signature_algorithm(public.key_type)?;
     Ok(GatewayKey {
         name: name.to_owned(),
         spki: SubjectPublicKeyInfoOwned::from_der(&public.spki_der)?,

@@ -102,40 +102,22 @@ pub fn extension(
     })
 }
 
-/// The signature AlgorithmIdentifier (DER) a gateway key of this type signs with, and the
-/// ring algorithm that verifies it.
-pub fn signature_algorithm(
-    key_type: i32,
-) -> Result<
-    (
-        AlgorithmIdentifierOwned,
-        &'static dyn ring::signature::VerificationAlgorithm,
-    ),
-    Error,
-> {
+/// The signature AlgorithmIdentifier a gateway key of this type signs with (what a TBS names;
+/// [`verify_signature`] checks the result).
+pub fn signature_algorithm(key_type: i32) -> Result<AlgorithmIdentifierOwned, Error> {
     use hsmgate_signer_api::v1::KeyType;
-    use ring::signature as rs;
     let none = |oid| AlgorithmIdentifierOwned {
         oid,
         parameters: None,
     };
     Ok(match KeyType::try_from(key_type) {
-        Ok(KeyType::EcdsaP256) => (
-            none(rfc5912::ECDSA_WITH_SHA_256),
-            &rs::ECDSA_P256_SHA256_ASN1,
-        ),
-        Ok(KeyType::EcdsaP384) => (
-            none(rfc5912::ECDSA_WITH_SHA_384),
-            &rs::ECDSA_P384_SHA384_ASN1,
-        ),
-        Ok(KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096) => (
-            AlgorithmIdentifierOwned {
-                oid: rfc5912::SHA_256_WITH_RSA_ENCRYPTION,
-                parameters: Some(der::Any::from(der::asn1::Null)),
-            },
-            &rs::RSA_PKCS1_2048_8192_SHA256,
-        ),
-        Ok(KeyType::Ed25519) => (none(const_oid::db::rfc8410::ID_ED_25519), &rs::ED25519),
+        Ok(KeyType::EcdsaP256) => none(rfc5912::ECDSA_WITH_SHA_256),
+        Ok(KeyType::EcdsaP384) => none(rfc5912::ECDSA_WITH_SHA_384),
+        Ok(KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096) => AlgorithmIdentifierOwned {
+            oid: rfc5912::SHA_256_WITH_RSA_ENCRYPTION,
+            parameters: Some(der::Any::from(der::asn1::Null)),
+        },
+        Ok(KeyType::Ed25519) => none(const_oid::db::rfc8410::ID_ED_25519),
         _ => {
             return Err(Error::Gateway(format!(
                 "unsupported issuing key type {key_type}"
@@ -697,7 +679,7 @@ impl CertSigner {
             .map_err(|s| Error::Gateway(format!("GetPublicKey {key}: {}", s.message())))?
             .into_inner();
         let spki = SubjectPublicKeyInfoOwned::from_der(&public.spki_der)?;
-        let (algorithm, _) = signature_algorithm(public.key_type)?;
+        let algorithm = signature_algorithm(public.key_type)?;
         let algorithm_der = algorithm.to_der()?;
         let (tx, rx) = mpsc::channel(batch * 16);
         tokio::spawn(batch_loop(
@@ -924,7 +906,7 @@ mod tests {
             "x",
         )
         .expect("csr");
-        let (alg, _) =
+        let alg =
             signature_algorithm(hsmgate_signer_api::v1::KeyType::EcdsaP256 as i32).expect("alg");
         let plan = plan(checked.spki.clone());
         let tbs = build_leaf_tbs(&plan, &issuer, &alg).expect("tbs");

@@ -86,7 +86,7 @@ static FIXED: LazyLock<Fixed> = LazyLock::new(|| {
     let rng = ring::rand::SystemRandom::new();
     let issuer =
         IssuerCert::from_der(include_bytes!("../fixtures/issuer.der")).expect("issuer fixture");
-    let alg = |t: KeyType| signature_algorithm(t as i32).expect("algorithm").0;
+    let alg = |t: KeyType| signature_algorithm(t as i32).expect("algorithm");
     let ecdsa = |a, pk8: &[u8], t| {
         FixtureKey::Ecdsa(
             rs::EcdsaKeyPair::from_pkcs8(a, pk8, &rng).expect("EC fixture key"),
