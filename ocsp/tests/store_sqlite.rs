@@ -559,6 +559,34 @@ async fn reopening_keeps_everything() {
     );
 }
 
+/// Several openers of one new file at the same moment (the responder, the pre-signer and the
+/// ACME frontend start together; CI's first red run was this): each must get a working store.
+/// Switching a new file to WAL takes an exclusive lock that SQLite does not wait for, so the
+/// store has to retry that step itself.
+#[test]
+fn simultaneous_openers_of_a_new_file_all_succeed() {
+    const OPENERS: usize = 8;
+    for round in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ocsp.sqlite");
+        let start = Arc::new(std::sync::Barrier::new(OPENERS));
+        let threads: Vec<_> = (0..OPENERS)
+            .map(|_| {
+                let (path, start) = (path.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    SqliteStore::open(&path).map(|_| ())
+                })
+            })
+            .collect();
+        for (i, thread) in threads.into_iter().enumerate() {
+            if let Err(e) = thread.join().unwrap() {
+                panic!("round {round}, opener {i}: {e}");
+            }
+        }
+    }
+}
+
 /// Writes a row that breaks the schema's CHECKs, as damage or a foreign tool would.
 fn corrupt(path: &Path, sql: &str) {
     let conn = rusqlite::Connection::open(path).unwrap();

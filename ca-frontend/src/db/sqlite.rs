@@ -33,10 +33,9 @@ impl SqliteDb {
                 std::fs::create_dir_all(dir).map_err(db_err)?;
             }
             let conn = Connection::open(&path).map_err(db_err)?;
-            conn.busy_timeout(std::time::Duration::from_secs(5))
-                .map_err(db_err)?;
-            conn.pragma_update(None, "journal_mode", "WAL")
-                .map_err(db_err)?;
+            let busy_timeout = std::time::Duration::from_secs(5);
+            conn.busy_timeout(busy_timeout).map_err(db_err)?;
+            ocsp::store::sqlite::enable_wal(&conn, &path, busy_timeout)?;
             conn.pragma_update(None, "synchronous", "FULL")
                 .map_err(db_err)?;
             migrate(&conn)?;

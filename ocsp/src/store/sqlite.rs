@@ -417,18 +417,7 @@ fn open_connection(
     let conn = Connection::open_with_flags(path, flags).map_err(db)?;
     conn.busy_timeout(options.busy_timeout).map_err(db)?;
     if writer {
-        let mode: String = conn
-            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-            .map_err(db)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(Error::Store {
-                store: "sqlite",
-                detail: format!(
-                    "{}: could not enable WAL (journal_mode is {mode})",
-                    path.display()
-                ),
-            });
-        }
+        enable_wal(&conn, path, options.busy_timeout)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(db)?;
         // A bulk import grows the WAL; without a limit the file keeps that size forever.
@@ -451,6 +440,50 @@ fn open_connection(
             .map_err(db)?;
     }
     Ok(conn)
+}
+
+/// Puts the file of `conn` in WAL mode (it stays so), waiting up to `timeout` for other
+/// openers. The ACME frontend's database uses it too.
+pub fn enable_wal(conn: &Connection, path: &Path, timeout: Duration) -> Result<(), Error> {
+    let mode: String = while_busy(timeout, || {
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+    })
+    .map_err(db)?;
+    if mode.eq_ignore_ascii_case("wal") {
+        Ok(())
+    } else {
+        Err(Error::Store {
+            store: "sqlite",
+            detail: format!(
+                "{}: could not enable WAL (journal_mode is {mode})",
+                path.display()
+            ),
+        })
+    }
+}
+
+/// Runs `step` again while SQLite answers busy, for up to `timeout`. Switching a file to WAL
+/// needs an exclusive lock that SQLite takes without calling the busy handler, so when several
+/// processes open a new file at once all but one fail at once, however long the busy timeout
+/// (CI saw it: the responder, the pre-signer and the ACME frontend opening one store).
+fn while_busy<T>(
+    timeout: Duration,
+    mut step: impl FnMut() -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match step() {
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            result => return result,
+        }
+    }
 }
 
 fn create_schema(conn: &mut Connection, path: &Path) -> Result<(), Error> {
