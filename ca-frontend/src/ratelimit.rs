@@ -18,13 +18,10 @@ fn limited(detail: String, retry_after: i64) -> Error {
 }
 
 pub async fn new_account(db: &dyn Db, limits: &Limits, now: i64) -> Result<(), Error> {
-    let n = db.accounts_since(now - HOUR).await?;
-    if n >= u64::from(limits.accounts_per_hour) {
+    let limit = u64::from(limits.accounts_per_hour);
+    if db.accounts_since(now - HOUR, limit).await? >= limit {
         return Err(limited(
-            format!(
-                "too many new accounts: {n} in the last hour (limit {})",
-                limits.accounts_per_hour
-            ),
+            format!("too many new accounts: the limit is {limit} an hour"),
             HOUR / 4,
         ));
     }
@@ -37,13 +34,10 @@ pub async fn new_order(
     account_id: &str,
     now: i64,
 ) -> Result<(), Error> {
-    let n = db.orders_since(account_id, now - HOUR).await?;
-    if n >= u64::from(limits.orders_per_account_per_hour) {
+    let limit = u64::from(limits.orders_per_account_per_hour);
+    if db.orders_since(account_id, now - HOUR, limit).await? >= limit {
         return Err(limited(
-            format!(
-                "too many new orders for this account: {n} in the last hour (limit {})",
-                limits.orders_per_account_per_hour
-            ),
+            format!("too many new orders for this account: the limit is {limit} an hour"),
             HOUR / 4,
         ));
     }
@@ -72,13 +66,10 @@ pub async fn certificates(
     now: i64,
 ) -> Result<(), Error> {
     for domain in registered_domains(names) {
-        let n = db.certificates_since(&domain, now - WEEK).await?;
-        if n >= u64::from(limits.certificates_per_domain_per_week) {
+        let limit = u64::from(limits.certificates_per_domain_per_week);
+        if db.certificates_since(&domain, now - WEEK, limit).await? >= limit {
             return Err(limited(
-                format!(
-                    "too many certificates for {domain}: {n} in the last week (limit {})",
-                    limits.certificates_per_domain_per_week
-                ),
+                format!("too many certificates for {domain}: the limit is {limit} a week"),
                 HOUR,
             ));
         }

@@ -98,7 +98,9 @@ async fn exercise(db: Arc<dyn Db>) {
             .map(|a| a.id),
         Some("acct-1".into())
     );
-    assert_eq!(db.accounts_since(0).await.expect("count"), 2);
+    assert_eq!(db.accounts_since(0, 10).await.expect("count"), 2);
+    // Counts stop at their cap: a rate limit only asks whether it is reached.
+    assert_eq!(db.accounts_since(0, 1).await.expect("count"), 1);
 
     // Orders: the compare-and-set that makes finalization happen once.
     let (o, authzs) = order("order-1", "acct-1", 2000);
@@ -133,7 +135,9 @@ async fn exercise(db: Arc<dyn Db>) {
         db.orders_of_account("acct-1").await.expect("list"),
         ["order-2", "order-1"]
     );
-    assert_eq!(db.orders_since("acct-1", 2500).await.expect("count"), 1);
+    assert_eq!(db.orders_since("acct-1", 2500, 10).await.expect("count"), 1);
+    assert_eq!(db.orders_since("acct-1", 0, 10).await.expect("count"), 2);
+    assert_eq!(db.orders_since("acct-1", 0, 1).await.expect("count"), 1);
 
     // Certificates: the first revocation stands.
     let c = certificate("0a0b", "acct-1", 5000);
@@ -173,13 +177,13 @@ async fn exercise(db: Arc<dyn Db>) {
     );
     assert_eq!(db.revoke("ffff", first).await.expect("revoke"), None);
     assert_eq!(
-        db.certificates_since("example.test", 4000)
+        db.certificates_since("example.test", 4000, 10)
             .await
             .expect("count"),
         1
     );
     assert_eq!(
-        db.certificates_since("example.test", 5001)
+        db.certificates_since("example.test", 5001, 10)
             .await
             .expect("count"),
         0

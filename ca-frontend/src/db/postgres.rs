@@ -83,6 +83,11 @@ impl PostgresDb {
     }
 }
 
+/// A count's cap as SQL's BIGINT.
+fn cap(at_most: u64) -> i64 {
+    i64::try_from(at_most).unwrap_or(i64::MAX)
+}
+
 async fn migrate(client: &mut Client) -> Result<(), Error> {
     // One frontend migrates at a time: an advisory lock held by the migrating transaction.
     let tx = client.transaction().await.map_err(db_err)?;
@@ -163,8 +168,9 @@ impl Db for PostgresDb {
         }
     }
 
-    async fn accounts_since(&self, since: i64) -> Result<u64, Error> {
-        self.count(sql::COUNT_ACCOUNTS, &[&since]).await
+    async fn accounts_since(&self, since: i64, at_most: u64) -> Result<u64, Error> {
+        self.count(sql::COUNT_ACCOUNTS, &[&since, &cap(at_most)])
+            .await
     }
 
     async fn insert_order(&self, o: &Order, authzs: &[Authorization]) -> Result<(), Error> {
@@ -198,8 +204,9 @@ impl Db for PostgresDb {
         Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
     }
 
-    async fn orders_since(&self, account_id: &str, since: i64) -> Result<u64, Error> {
-        self.count(sql::COUNT_ORDERS, &[&account_id, &since]).await
+    async fn orders_since(&self, account_id: &str, since: i64, at_most: u64) -> Result<u64, Error> {
+        self.count(sql::COUNT_ORDERS, &[&account_id, &since, &cap(at_most)])
+            .await
     }
 
     async fn update_order(&self, o: &Order, expected: Option<OrderStatus>) -> Result<bool, Error> {
@@ -319,7 +326,13 @@ impl Db for PostgresDb {
         Ok(marked)
     }
 
-    async fn certificates_since(&self, domain: &str, since: i64) -> Result<u64, Error> {
-        self.count(sql::COUNT_DOMAIN, &[&domain, &since]).await
+    async fn certificates_since(
+        &self,
+        domain: &str,
+        since: i64,
+        at_most: u64,
+    ) -> Result<u64, Error> {
+        self.count(sql::COUNT_DOMAIN, &[&domain, &since, &cap(at_most)])
+            .await
     }
 }

@@ -70,7 +70,9 @@ impl SqliteDb {
     {
         self.run(move |c| {
             let text: Option<String> = c
-                .query_row(query, params![key], |r| r.get(0))
+                .prepare_cached(query)
+                .map_err(db_err)?
+                .query_row(params![key], |r| r.get(0))
                 .optional()
                 .map_err(db_err)?;
             text.map(|t| from_json(DB, &t)).transpose()
@@ -83,11 +85,14 @@ impl SqliteDb {
         query: &'static str,
         key: Option<String>,
         since: i64,
+        at_most: u64,
     ) -> Result<u64, Error> {
+        let at_most = i64::try_from(at_most).unwrap_or(i64::MAX);
         self.run(move |c| {
+            let mut stmt = c.prepare_cached(query).map_err(db_err)?;
             let n: i64 = match key {
-                Some(k) => c.query_row(query, params![k, since], |r| r.get(0)),
-                None => c.query_row(query, params![since], |r| r.get(0)),
+                Some(k) => stmt.query_row(params![k, since, at_most], |r| r.get(0)),
+                None => stmt.query_row(params![since, at_most], |r| r.get(0)),
             }
             .map_err(db_err)?;
             Ok(u64::try_from(n).unwrap_or(0))
@@ -134,16 +139,17 @@ impl Db for SqliteDb {
         let body = to_json(account)?;
         let a = account.clone();
         self.run(move |c| {
-            match c.execute(
-                sql::INSERT_ACCOUNT,
-                params![a.id, a.thumbprint, a.created, body],
-            ) {
+            match c
+                .prepare_cached(sql::INSERT_ACCOUNT)
+                .map_err(db_err)?
+                .execute(params![a.id, a.thumbprint, a.created, body])
+            {
                 Ok(_) => Ok(Ok(())),
                 Err(e) if is_unique_violation(&e) => {
                     let text: String = c
-                        .query_row(sql::ACCOUNT_BY_THUMBPRINT, params![a.thumbprint], |r| {
-                            r.get(0)
-                        })
+                        .prepare_cached(sql::ACCOUNT_BY_THUMBPRINT)
+                        .map_err(db_err)?
+                        .query_row(params![a.thumbprint], |r| r.get(0))
                         .map_err(db_err)?;
                     Ok(Err(from_json(DB, &text)?))
                 }
@@ -165,18 +171,22 @@ impl Db for SqliteDb {
     async fn update_account(&self, account: &Account) -> Result<bool, Error> {
         let body = to_json(account)?;
         let a = account.clone();
-        self.run(
-            move |c| match c.execute(sql::UPDATE_ACCOUNT, params![a.thumbprint, body, a.id]) {
+        self.run(move |c| {
+            match c
+                .prepare_cached(sql::UPDATE_ACCOUNT)
+                .map_err(db_err)?
+                .execute(params![a.thumbprint, body, a.id])
+            {
                 Ok(_) => Ok(true),
                 Err(e) if is_unique_violation(&e) => Ok(false),
                 Err(e) => Err(db_err(e)),
-            },
-        )
+            }
+        })
         .await
     }
 
-    async fn accounts_since(&self, since: i64) -> Result<u64, Error> {
-        self.count(sql::COUNT_ACCOUNTS, None, since).await
+    async fn accounts_since(&self, since: i64, at_most: u64) -> Result<u64, Error> {
+        self.count(sql::COUNT_ACCOUNTS, None, since, at_most).await
     }
 
     async fn insert_order(&self, order: &Order, authzs: &[Authorization]) -> Result<(), Error> {
@@ -188,13 +198,20 @@ impl Db for SqliteDb {
         let o = order.clone();
         self.run(move |c| {
             let tx = c.transaction().map_err(db_err)?;
-            tx.execute(
-                sql::INSERT_ORDER,
-                params![o.id, o.account_id, o.status.as_str(), o.created, body],
-            )
-            .map_err(db_err)?;
+            tx.prepare_cached(sql::INSERT_ORDER)
+                .map_err(db_err)?
+                .execute(params![
+                    o.id,
+                    o.account_id,
+                    o.status.as_str(),
+                    o.created,
+                    body
+                ])
+                .map_err(db_err)?;
             for (id, body) in authzs {
-                tx.execute(sql::INSERT_AUTHZ, params![id, o.id, body])
+                tx.prepare_cached(sql::INSERT_AUTHZ)
+                    .map_err(db_err)?
+                    .execute(params![id, o.id, body])
                     .map_err(db_err)?;
             }
             tx.commit().map_err(db_err)
@@ -218,9 +235,14 @@ impl Db for SqliteDb {
         .await
     }
 
-    async fn orders_since(&self, account_id: &str, since: i64) -> Result<u64, Error> {
-        self.count(sql::COUNT_ORDERS, Some(account_id.to_owned()), since)
-            .await
+    async fn orders_since(&self, account_id: &str, since: i64, at_most: u64) -> Result<u64, Error> {
+        self.count(
+            sql::COUNT_ORDERS,
+            Some(account_id.to_owned()),
+            since,
+            at_most,
+        )
+        .await
     }
 
     async fn update_order(
@@ -232,11 +254,14 @@ impl Db for SqliteDb {
         let o = order.clone();
         self.run(move |c| {
             let n = match expected {
-                Some(old) => c.execute(
-                    sql::UPDATE_ORDER_IF,
-                    params![o.status.as_str(), body, o.id, old.as_str()],
-                ),
-                None => c.execute(sql::UPDATE_ORDER, params![o.status.as_str(), body, o.id]),
+                Some(old) => c
+                    .prepare_cached(sql::UPDATE_ORDER_IF)
+                    .map_err(db_err)?
+                    .execute(params![o.status.as_str(), body, o.id, old.as_str()]),
+                None => c
+                    .prepare_cached(sql::UPDATE_ORDER)
+                    .map_err(db_err)?
+                    .execute(params![o.status.as_str(), body, o.id]),
             }
             .map_err(db_err)?;
             Ok(n == 1)
@@ -252,7 +277,9 @@ impl Db for SqliteDb {
         let body = to_json(authz)?;
         let id = authz.id.clone();
         self.run(move |c| {
-            c.execute(sql::UPDATE_AUTHZ, params![body, id])
+            c.prepare_cached(sql::UPDATE_AUTHZ)
+                .map_err(db_err)?
+                .execute(params![body, id])
                 .map_err(db_err)?;
             Ok(())
         })
@@ -269,23 +296,21 @@ impl Db for SqliteDb {
         let domains = domains.to_vec();
         self.run(move |c| {
             let tx = c.transaction().map_err(db_err)?;
-            tx.execute(
-                sql::INSERT_CERTIFICATE,
-                params![
+            tx.prepare_cached(sql::INSERT_CERTIFICATE)
+                .map_err(db_err)?
+                .execute(params![
                     cert.serial,
                     cert.account_id,
                     cert.issued,
                     cert.spki_sha256,
                     body
-                ],
-            )
-            .map_err(db_err)?;
-            for d in domains {
-                tx.execute(
-                    sql::INSERT_ISSUED_DOMAIN,
-                    params![d, cert.issued, cert.serial],
-                )
+                ])
                 .map_err(db_err)?;
+            for d in domains {
+                tx.prepare_cached(sql::INSERT_ISSUED_DOMAIN)
+                    .map_err(db_err)?
+                    .execute(params![d, cert.issued, cert.serial])
+                    .map_err(db_err)?;
             }
             tx.commit().map_err(db_err)
         })
@@ -305,7 +330,9 @@ impl Db for SqliteDb {
         self.run(move |c| {
             let tx = c.transaction().map_err(db_err)?;
             let text: Option<String> = tx
-                .query_row(sql::CERTIFICATE, params![serial], |r| r.get(0))
+                .prepare_cached(sql::CERTIFICATE)
+                .map_err(db_err)?
+                .query_row(params![serial], |r| r.get(0))
                 .optional()
                 .map_err(db_err)?;
             let Some(text) = text else { return Ok(None) };
@@ -314,7 +341,9 @@ impl Db for SqliteDb {
                 return Ok(Some((existing, false)));
             }
             record.revoked = Some(revocation);
-            tx.execute(sql::UPDATE_CERTIFICATE, params![to_json(&record)?, serial])
+            tx.prepare_cached(sql::UPDATE_CERTIFICATE)
+                .map_err(db_err)?
+                .execute(params![to_json(&record)?, serial])
                 .map_err(db_err)?;
             tx.commit().map_err(db_err)?;
             Ok(Some((revocation, true)))
@@ -329,13 +358,17 @@ impl Db for SqliteDb {
             let mut marked = 0;
             for serial in serials {
                 let text: Option<String> = tx
-                    .query_row(sql::CERTIFICATE, params![serial], |r| r.get(0))
+                    .prepare_cached(sql::CERTIFICATE)
+                    .map_err(db_err)?
+                    .query_row(params![serial], |r| r.get(0))
                     .optional()
                     .map_err(db_err)?;
                 let Some(text) = text else { continue };
                 let mut record: CertificateRecord = from_json(DB, &text)?;
                 record.renew_now = true;
-                tx.execute(sql::UPDATE_CERTIFICATE, params![to_json(&record)?, serial])
+                tx.prepare_cached(sql::UPDATE_CERTIFICATE)
+                    .map_err(db_err)?
+                    .execute(params![to_json(&record)?, serial])
                     .map_err(db_err)?;
                 marked += 1;
             }
@@ -345,8 +378,13 @@ impl Db for SqliteDb {
         .await
     }
 
-    async fn certificates_since(&self, domain: &str, since: i64) -> Result<u64, Error> {
-        self.count(sql::COUNT_DOMAIN, Some(domain.to_owned()), since)
+    async fn certificates_since(
+        &self,
+        domain: &str,
+        since: i64,
+        at_most: u64,
+    ) -> Result<u64, Error> {
+        self.count(sql::COUNT_DOMAIN, Some(domain.to_owned()), since, at_most)
             .await
     }
 }
