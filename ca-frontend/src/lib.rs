@@ -27,6 +27,7 @@
 //! - [`issue`]: CSR checks, certificate building, the pre-signing lint, signing through the gateway.
 //! - [`ari`]: renewal information (RFC 9773).
 //! - [`ratelimit`]: per-account and per-registered-domain limits.
+//! - [`republish`]: publishing the OCSP statuses a crash left recorded but unpublished.
 //! - [`server`]: the HTTP layer and the ACME resources.
 //! - [`ceremony`]: creating the root and intermediate certificates through the gateway.
 
@@ -40,6 +41,7 @@ pub mod jws;
 pub mod model;
 pub mod nonce;
 pub mod ratelimit;
+pub mod republish;
 pub mod server;
 pub mod validate;
 

@@ -26,7 +26,7 @@ use crate::jws::{ParsedJws, PublicKey, key_authorization};
 use crate::model::*;
 use crate::nonce::NonceService;
 use crate::validate::Validator;
-use crate::{Error, Problem, ProblemType, ari, random_id, ratelimit, rfc3339, unix_now};
+use crate::{Error, Problem, ProblemType, ari, random_id, ratelimit, republish, rfc3339, unix_now};
 
 /// Reasons a subscriber may give (RFC 5280 §5.3.1): unspecified, keyCompromise,
 /// affiliationChanged, superseded, cessationOfOperation — as Let's Encrypt accepts.
@@ -976,12 +976,12 @@ async fn finalize_inner(ca: &Ca, id: &str, authed: Authed) -> Result<Response> {
         .into());
     }
     match issue_certificate(ca, &processing, &account, checked, now).await {
-        Ok(serial) => {
+        Ok((serial, mark)) => {
             let mut valid = processing.clone();
             valid.status = OrderStatus::Valid;
-            valid.certificate = Some(serial);
+            valid.certificate = Some(serial.clone());
             ca.db
-                .update_order(&valid, Some(OrderStatus::Processing))
+                .ocsp_published(&serial, Some(mark), Some(&valid))
                 .await?;
             Ok(order_response(
                 ca,
@@ -1004,14 +1004,16 @@ async fn finalize_inner(ca: &Ca, id: &str, authed: Authed) -> Result<Response> {
 }
 
 /// Builds, lints, signs, checks and records the certificate, and stores its `good` OCSP
-/// response; returns its serial (hex). Only after this returns may the client learn of it.
+/// response; returns its serial (hex) and the record's unpublished mark ([`republish`]), which
+/// the caller clears with the order's move to valid. Only after this returns may the client
+/// learn of the certificate.
 async fn issue_certificate(
     ca: &Ca,
     order: &Order,
     account: &Account,
     csr: issue::CheckedCsr,
     now: i64,
-) -> Result<String> {
+) -> Result<(String, i64)> {
     let profile = ca.config.profile(&order.profile).ok_or_else(|| {
         Error::Internal(format!(
             "order {} has unknown profile {}",
@@ -1057,8 +1059,9 @@ async fn issue_certificate(
         revoked: None,
         renew_now: false,
     };
+    let mark = republish::mark();
     ca.db
-        .insert_certificate(&record, &ratelimit::registered_domains(&record.names))
+        .insert_certificate(&record, &ratelimit::registered_domains(&record.names), mark)
         .await?;
     ca.presigner
         .publish(
@@ -1068,7 +1071,7 @@ async fn issue_certificate(
         )
         .await?;
     tracing::info!(serial = %serial, order = %order.id, names = ?record.names, "certificate issued");
-    Ok(serial)
+    Ok((serial, mark))
 }
 
 // ---------------------------------------------------------------- authorizations, challenges
@@ -1327,11 +1330,12 @@ async fn revoke_inner(ca: &Ca, authed: Authed) -> Result<Response> {
     let now = unix_now();
     let (revocation, recorded_now) = ca
         .db
-        .revoke(&serial, Revocation { at: now, reason })
+        .revoke(&serial, Revocation { at: now, reason }, republish::mark())
         .await?
         .ok_or_else(|| Problem::not_found("certificate"))?;
     // Publish the revocation in force even when it was recorded earlier: a crash between the
-    // two writes must not leave OCSP saying `good`, and a retry repairs it.
+    // two writes must not leave OCSP saying `good`. The record's mark has `republish` repair
+    // that within a minute if no retry comes.
     let status = CertStatus::Revoked {
         at: revocation.at,
         reason: Some(revocation.reason),
@@ -1340,6 +1344,8 @@ async fn revoke_inner(ca: &Ca, authed: Authed) -> Result<Response> {
     ca.presigner
         .publish(&ca.ocsp_issuer, &Serial::from_be_bytes(&bytes), status)
         .await?;
+    // Revoked is final: whatever mark the record carries is answered.
+    ca.db.ocsp_published(&serial, None, None).await?;
     if !recorded_now {
         return Err(Problem::new(
             ProblemType::AlreadyRevoked,

@@ -1151,3 +1151,130 @@ async fn the_certificate_key_may_revoke_and_replacements_skip_the_domain_limit()
         .await;
     assert_eq!(r.problem(), "unauthorized");
 }
+
+/// The OCSP worklist's status for one of `ca`'s serials (hex).
+async fn ocsp_status(ca: &Ca, serial: &str) -> Option<ocsp::model::CertStatus> {
+    ca.presigner
+        .store()
+        .certificate(
+            &ocsp::model::IssuerName("test".into()),
+            &ocsp::model::Serial::from_be_bytes(&hex::decode(serial).expect("hex")),
+        )
+        .await
+        .expect("ocsp worklist")
+}
+
+#[tokio::test]
+async fn a_crash_between_recording_and_publishing_is_repaired() {
+    use ca_frontend::model::{CertificateRecord, OrderStatus, Revocation};
+    use ca_frontend::republish::{GRACE, mark, republish_pending};
+    use ocsp::model::CertStatus;
+    let ca = ca().await;
+    let mut client = Client::new(&ca);
+    client.register().await;
+    let (order_url, order) = ready_order(&client, &["crash.example.test"]).await;
+    let r = client
+        .post(
+            &path_of(order["finalize"].as_str().expect("finalize")),
+            Some(&json!({"csr": b64(&csr(&["crash.example.test"]))})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+    let serial = certificates_issued(&ca, &order_url)
+        .await
+        .expect("recorded");
+    assert!(
+        ca.db
+            .ocsp_pending(i64::MAX, 10)
+            .await
+            .expect("pending")
+            .is_empty(),
+        "a finished issuance leaves nothing unpublished"
+    );
+
+    // A revocation recorded, then the process dies before publishing: OCSP still says good.
+    let revocation = Revocation {
+        at: ca_frontend::unix_now(),
+        reason: 1,
+    };
+    ca.db
+        .revoke(&serial, revocation, mark())
+        .await
+        .expect("revoke")
+        .expect("known serial");
+    assert_eq!(ocsp_status(&ca, &serial).await, Some(CertStatus::Good));
+    // A mark younger than the grace may be a request still in flight: left alone.
+    assert_eq!(republish_pending(&ca, GRACE).await.expect("republish"), 0);
+    // Once older (no grace here), the repair publishes the revocation, once.
+    assert_eq!(
+        republish_pending(&ca, Duration::ZERO)
+            .await
+            .expect("republish"),
+        1
+    );
+    assert_eq!(
+        ocsp_status(&ca, &serial).await,
+        Some(CertStatus::Revoked {
+            at: revocation.at,
+            reason: Some(1)
+        })
+    );
+    assert_eq!(
+        republish_pending(&ca, Duration::ZERO)
+            .await
+            .expect("republish"),
+        0
+    );
+
+    // An issuance that died after recording its certificate: the order stuck in processing,
+    // OCSP not knowing the serial. The repair publishes `good` and completes the order.
+    let (order_url, _) = ready_order(&client, &["crash2.example.test"]).await;
+    let id = order_url.rsplit('/').next().expect("id");
+    let mut stuck = ca.db.order(id).await.expect("db").expect("order");
+    let stored_status = stuck.status;
+    stuck.status = OrderStatus::Processing;
+    assert!(
+        ca.db
+            .update_order(&stuck, Some(stored_status))
+            .await
+            .expect("db")
+    );
+    let serial = format!("42{}", hex::encode(rand_bytes()));
+    let now = ca_frontend::unix_now();
+    let record = CertificateRecord {
+        serial: serial.clone(),
+        account_id: stuck.account_id.clone(),
+        order_id: stuck.id.clone(),
+        issued: now,
+        not_before: now,
+        not_after: now + 86_400,
+        names: vec!["crash2.example.test".into()],
+        chain_pem: String::new(),
+        spki_sha256: String::new(),
+        revoked: None,
+        renew_now: false,
+    };
+    ca.db
+        .insert_certificate(&record, &[], mark())
+        .await
+        .expect("insert");
+    assert_eq!(ocsp_status(&ca, &serial).await, None);
+    assert_eq!(
+        republish_pending(&ca, Duration::ZERO)
+            .await
+            .expect("republish"),
+        1
+    );
+    assert_eq!(ocsp_status(&ca, &serial).await, Some(CertStatus::Good));
+    let order = ca.db.order(id).await.expect("db").expect("order");
+    assert_eq!(
+        (order.status, order.certificate),
+        (OrderStatus::Valid, Some(serial))
+    );
+}
+
+fn rand_bytes() -> [u8; 15] {
+    let mut bytes = [0u8; 15];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).expect("random");
+    bytes
+}

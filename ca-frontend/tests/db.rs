@@ -141,19 +141,29 @@ async fn exercise(db: Arc<dyn Db>) {
 
     // Certificates: the first revocation stands.
     let c = certificate("0a0b", "acct-1", 5000);
-    db.insert_certificate(&c, &["example.test".into()])
+    db.insert_certificate(&c, &["example.test".into()], 100)
         .await
         .expect("insert cert");
     assert!(
-        db.insert_certificate(&c, &[]).await.is_err(),
+        db.insert_certificate(&c, &[], 101).await.is_err(),
         "a serial is recorded once"
+    );
+    // Unpublished until its OCSP response is stored: listed once its mark is old enough.
+    assert!(db.ocsp_pending(100, 10).await.expect("pending").is_empty());
+    let pending = db.ocsp_pending(101, 10).await.expect("pending");
+    assert_eq!(
+        pending
+            .iter()
+            .map(|(c, mark)| (c.serial.as_str(), *mark))
+            .collect::<Vec<_>>(),
+        [("0a0b", 100)]
     );
     let first = Revocation {
         at: 6000,
         reason: 1,
     };
     assert_eq!(
-        db.revoke("0a0b", first).await.expect("revoke"),
+        db.revoke("0a0b", first, 200).await.expect("revoke"),
         Some((first, true))
     );
     assert_eq!(
@@ -162,11 +172,61 @@ async fn exercise(db: Arc<dyn Db>) {
             Revocation {
                 at: 7000,
                 reason: 4
-            }
+            },
+            300
         )
         .await
         .expect("revoke"),
         Some((first, false))
+    );
+    // The revocation's mark replaced the issuance's: publishing `good` late (mark 100) does
+    // not clear it, and the order it names is moved to valid only from processing.
+    let mut valid = processing.clone();
+    valid.status = OrderStatus::Valid;
+    valid.certificate = Some("0a0b".into());
+    db.ocsp_published("0a0b", Some(100), Some(&valid))
+        .await
+        .expect("published");
+    assert_eq!(
+        db.ocsp_pending(i64::MAX, 10)
+            .await
+            .expect("pending")
+            .iter()
+            .map(|(c, mark)| (c.serial.as_str(), *mark, c.revoked))
+            .collect::<Vec<_>>(),
+        [("0a0b", 200, Some(first))]
+    );
+    assert_eq!(
+        db.order("order-1").await.expect("get").map(|o| o.status),
+        Some(OrderStatus::Valid)
+    );
+    let mut late = valid.clone();
+    late.status = OrderStatus::Invalid;
+    db.ocsp_published("0a0b", Some(200), Some(&late))
+        .await
+        .expect("published");
+    assert!(
+        db.ocsp_pending(i64::MAX, 10)
+            .await
+            .expect("pending")
+            .is_empty()
+    );
+    assert_eq!(
+        db.order("order-1").await.expect("get").map(|o| o.status),
+        Some(OrderStatus::Valid),
+        "only a processing order is completed"
+    );
+    // `None` clears any mark (after a revocation, the final status, is published).
+    let d = certificate("0c0d", "acct-1", 5000);
+    db.insert_certificate(&d, &[], 400).await.expect("insert");
+    db.ocsp_published("0c0d", None, None)
+        .await
+        .expect("published");
+    assert!(
+        db.ocsp_pending(i64::MAX, 10)
+            .await
+            .expect("pending")
+            .is_empty()
     );
     assert_eq!(
         db.certificate("0a0b")
@@ -175,7 +235,7 @@ async fn exercise(db: Arc<dyn Db>) {
             .and_then(|c| c.revoked),
         Some(first)
     );
-    assert_eq!(db.revoke("ffff", first).await.expect("revoke"), None);
+    assert_eq!(db.revoke("ffff", first, 500).await.expect("revoke"), None);
     assert_eq!(
         db.certificates_since("example.test", 4000, 10)
             .await

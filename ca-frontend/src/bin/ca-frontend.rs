@@ -132,6 +132,8 @@ fn main() -> anyhow::Result<()> {
 async fn serve(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     let ca = ca_frontend::server::Ca::build(config.clone()).await?;
+    // OCSP statuses a crash left recorded but unpublished: at start-up, then every 30 s.
+    tokio::spawn(ca_frontend::republish::run(ca.clone()));
     let app = router(ca);
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await

@@ -54,6 +54,11 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX IF NOT EXISTS issued_domains_by_domain ON issued_domains (domain, issued);",
     // The new-account limit counts accounts by creation time; without this it read them all.
     "CREATE INDEX IF NOT EXISTS accounts_by_created ON accounts (created);",
+    // A certificate whose issuance or revocation is recorded but whose OCSP response is not
+    // yet published carries a mark (see `Db::ocsp_pending`); only marked rows are indexed.
+    "ALTER TABLE certificates ADD COLUMN ocsp_pending BIGINT;
+    CREATE INDEX IF NOT EXISTS certificates_ocsp_pending ON certificates (ocsp_pending)
+        WHERE ocsp_pending IS NOT NULL;",
 ];
 
 pub(crate) mod sql {
@@ -80,11 +85,18 @@ pub(crate) mod sql {
         "UPDATE orders SET status = $1, body = $2 WHERE id = $3 AND status = $4";
     pub const AUTHZ: &str = "SELECT body FROM authzs WHERE id = $1";
     pub const UPDATE_AUTHZ: &str = "UPDATE authzs SET body = $1 WHERE id = $2";
-    pub const INSERT_CERTIFICATE: &str = "INSERT INTO certificates (serial, account_id, issued, spki_sha256, body) VALUES ($1, $2, $3, $4, $5)";
+    pub const INSERT_CERTIFICATE: &str = "INSERT INTO certificates (serial, account_id, issued, spki_sha256, body, ocsp_pending) VALUES ($1, $2, $3, $4, $5, $6)";
     pub const INSERT_ISSUED_DOMAIN: &str =
         "INSERT INTO issued_domains (domain, issued, serial) VALUES ($1, $2, $3)";
     pub const CERTIFICATE: &str = "SELECT body FROM certificates WHERE serial = $1";
     pub const UPDATE_CERTIFICATE: &str = "UPDATE certificates SET body = $1 WHERE serial = $2";
+    pub const REVOKE_CERTIFICATE: &str =
+        "UPDATE certificates SET body = $1, ocsp_pending = $2 WHERE serial = $3";
+    pub const OCSP_PUBLISHED: &str =
+        "UPDATE certificates SET ocsp_pending = NULL WHERE serial = $1 AND ocsp_pending = $2";
+    pub const OCSP_PUBLISHED_ANY: &str =
+        "UPDATE certificates SET ocsp_pending = NULL WHERE serial = $1";
+    pub const OCSP_PENDING: &str = "SELECT body, ocsp_pending FROM certificates WHERE ocsp_pending IS NOT NULL AND ocsp_pending < $1 ORDER BY ocsp_pending LIMIT $2";
     // One row per certificate and registered domain (insert_certificate is given them
     // deduplicated), so rows are certificates and the index alone answers.
     pub const COUNT_DOMAIN: &str = "SELECT COUNT(*) FROM (SELECT 1 FROM issued_domains WHERE domain = $1 AND issued >= $2 LIMIT $3) AS capped";
@@ -120,20 +132,41 @@ pub trait Db: Send + Sync + std::fmt::Debug {
     async fn authz(&self, id: &str) -> Result<Option<Authorization>, Error>;
     async fn update_authz(&self, authz: &Authorization) -> Result<(), Error>;
 
-    /// Records an issued certificate and the registered domains it counts against.
+    /// Records an issued certificate and the registered domains it counts against, with the
+    /// mark `ocsp_pending` until [`Db::ocsp_published`] clears it.
     async fn insert_certificate(
         &self,
         cert: &CertificateRecord,
         domains: &[String],
+        ocsp_pending: i64,
     ) -> Result<(), Error>;
     async fn certificate(&self, serial: &str) -> Result<Option<CertificateRecord>, Error>;
-    /// Marks a certificate revoked; returns the revocation now in force (the first one
-    /// recorded: a revocation never changes) or `None` if there is no such certificate.
+    /// Marks a certificate revoked, and a new revocation with the mark `ocsp_pending`; returns
+    /// the revocation now in force (the first one recorded: a revocation never changes) and
+    /// whether it is new, or `None` if there is no such certificate.
     async fn revoke(
         &self,
         serial: &str,
         revocation: Revocation,
+        ocsp_pending: i64,
     ) -> Result<Option<(Revocation, bool)>, Error>;
+    /// The OCSP response for the certificate's recorded status is stored: clears the mark if
+    /// it is still `ocsp_pending` (a revocation recorded since keeps its own; `None` clears any
+    /// mark, right after a revocation, the final status, was published), and saves `order`
+    /// (the issuing order, now valid) if it is still processing; one transaction.
+    async fn ocsp_published(
+        &self,
+        serial: &str,
+        ocsp_pending: Option<i64>,
+        order: Option<&Order>,
+    ) -> Result<(), Error>;
+    /// Certificates marked before `before` and not yet published, oldest mark first, at most
+    /// `limit`, each with its mark: what a crash between recording and publishing left.
+    async fn ocsp_pending(
+        &self,
+        before: i64,
+        limit: u32,
+    ) -> Result<Vec<(CertificateRecord, i64)>, Error>;
     /// Sets `renew_now` on the certificates that exist; returns how many did.
     async fn mark_renew_now(&self, serials: &[String]) -> Result<usize, Error>;
     /// Certificates issued since `since` that name `domain` (a registered domain), counted up

@@ -249,6 +249,7 @@ impl Db for PostgresDb {
         &self,
         cert: &CertificateRecord,
         domains: &[String],
+        ocsp_pending: i64,
     ) -> Result<(), Error> {
         let body = to_json(cert)?;
         let mut client = self.client().await?;
@@ -261,6 +262,7 @@ impl Db for PostgresDb {
                 &cert.issued,
                 &cert.spki_sha256,
                 &body,
+                &ocsp_pending,
             ],
         )
         .await
@@ -281,6 +283,7 @@ impl Db for PostgresDb {
         &self,
         serial: &str,
         revocation: Revocation,
+        ocsp_pending: i64,
     ) -> Result<Option<(Revocation, bool)>, Error> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db_err)?;
@@ -296,9 +299,12 @@ impl Db for PostgresDb {
             return Ok(Some((existing, false)));
         }
         record.revoked = Some(revocation);
-        tx.execute(sql::UPDATE_CERTIFICATE, &[&to_json(&record)?, &serial])
-            .await
-            .map_err(db_err)?;
+        tx.execute(
+            sql::REVOKE_CERTIFICATE,
+            &[&to_json(&record)?, &ocsp_pending, &serial],
+        )
+        .await
+        .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
         Ok(Some((revocation, true)))
     }
@@ -324,6 +330,50 @@ impl Db for PostgresDb {
         }
         tx.commit().await.map_err(db_err)?;
         Ok(marked)
+    }
+
+    async fn ocsp_published(
+        &self,
+        serial: &str,
+        ocsp_pending: Option<i64>,
+        order: Option<&Order>,
+    ) -> Result<(), Error> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        if let Some(o) = order {
+            tx.execute(
+                sql::UPDATE_ORDER_IF,
+                &[
+                    &o.status.as_str(),
+                    &to_json(o)?,
+                    &o.id,
+                    &OrderStatus::Processing.as_str(),
+                ],
+            )
+            .await
+            .map_err(db_err)?;
+        }
+        match ocsp_pending {
+            Some(mark) => tx.execute(sql::OCSP_PUBLISHED, &[&serial, &mark]).await,
+            None => tx.execute(sql::OCSP_PUBLISHED_ANY, &[&serial]).await,
+        }
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn ocsp_pending(
+        &self,
+        before: i64,
+        limit: u32,
+    ) -> Result<Vec<(CertificateRecord, i64)>, Error> {
+        let client = self.client().await?;
+        let rows = client
+            .query(sql::OCSP_PENDING, &[&before, &i64::from(limit)])
+            .await
+            .map_err(db_err)?;
+        rows.iter()
+            .map(|r| Ok((from_json(DB, &r.get::<_, String>(0))?, r.get::<_, i64>(1))))
+            .collect()
     }
 
     async fn certificates_since(

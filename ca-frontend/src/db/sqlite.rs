@@ -290,6 +290,7 @@ impl Db for SqliteDb {
         &self,
         cert: &CertificateRecord,
         domains: &[String],
+        ocsp_pending: i64,
     ) -> Result<(), Error> {
         let body = to_json(cert)?;
         let cert = cert.clone();
@@ -303,7 +304,8 @@ impl Db for SqliteDb {
                     cert.account_id,
                     cert.issued,
                     cert.spki_sha256,
-                    body
+                    body,
+                    ocsp_pending
                 ])
                 .map_err(db_err)?;
             for d in domains {
@@ -325,6 +327,7 @@ impl Db for SqliteDb {
         &self,
         serial: &str,
         revocation: Revocation,
+        ocsp_pending: i64,
     ) -> Result<Option<(Revocation, bool)>, Error> {
         let serial = serial.to_owned();
         self.run(move |c| {
@@ -341,9 +344,9 @@ impl Db for SqliteDb {
                 return Ok(Some((existing, false)));
             }
             record.revoked = Some(revocation);
-            tx.prepare_cached(sql::UPDATE_CERTIFICATE)
+            tx.prepare_cached(sql::REVOKE_CERTIFICATE)
                 .map_err(db_err)?
-                .execute(params![to_json(&record)?, serial])
+                .execute(params![to_json(&record)?, ocsp_pending, serial])
                 .map_err(db_err)?;
             tx.commit().map_err(db_err)?;
             Ok(Some((revocation, true)))
@@ -374,6 +377,66 @@ impl Db for SqliteDb {
             }
             tx.commit().map_err(db_err)?;
             Ok(marked)
+        })
+        .await
+    }
+
+    async fn ocsp_published(
+        &self,
+        serial: &str,
+        ocsp_pending: Option<i64>,
+        order: Option<&Order>,
+    ) -> Result<(), Error> {
+        let serial = serial.to_owned();
+        let order = order
+            .map(|o| Ok::<_, Error>((o.clone(), to_json(o)?)))
+            .transpose()?;
+        self.run(move |c| {
+            let tx = c.transaction().map_err(db_err)?;
+            if let Some((o, body)) = order {
+                tx.prepare_cached(sql::UPDATE_ORDER_IF)
+                    .map_err(db_err)?
+                    .execute(params![
+                        o.status.as_str(),
+                        body,
+                        o.id,
+                        OrderStatus::Processing.as_str()
+                    ])
+                    .map_err(db_err)?;
+            }
+            match ocsp_pending {
+                Some(mark) => tx
+                    .prepare_cached(sql::OCSP_PUBLISHED)
+                    .map_err(db_err)?
+                    .execute(params![serial, mark]),
+                None => tx
+                    .prepare_cached(sql::OCSP_PUBLISHED_ANY)
+                    .map_err(db_err)?
+                    .execute(params![serial]),
+            }
+            .map_err(db_err)?;
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn ocsp_pending(
+        &self,
+        before: i64,
+        limit: u32,
+    ) -> Result<Vec<(CertificateRecord, i64)>, Error> {
+        self.run(move |c| {
+            let mut stmt = c.prepare_cached(sql::OCSP_PENDING).map_err(db_err)?;
+            let rows = stmt
+                .query_map(params![before, limit], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                })
+                .map_err(db_err)?;
+            rows.map(|row| {
+                let (body, mark) = row.map_err(db_err)?;
+                Ok((from_json(DB, &body)?, mark))
+            })
+            .collect()
         })
         .await
     }

@@ -1,0 +1,110 @@
+//! Repairs what a crash between the two writes of an issuance or a revocation leaves behind.
+//!
+//! Issuance records the certificate, then publishes its `good` OCSP response, then turns the
+//! order `valid`; a revocation records itself, then publishes `revoked`. The OCSP write is in
+//! another store, so the two cannot share a transaction: a process that dies between them
+//! leaves a revocation that OCSP does not know of (it would keep serving `good`, and the
+//! pre-signer would keep re-signing `good`, until the subscriber happened to retry) or an
+//! order stuck in `processing`.
+//!
+//! So each of those records carries a mark (a timestamp in nanoseconds, [`mark`]) from the
+//! moment it is written until its OCSP response is stored. [`republish_pending`], run at
+//! start-up and then every [`INTERVAL`] by `ca-frontend serve`, publishes the status recorded
+//! for every mark older than [`GRACE`] (younger ones belong to requests still in flight, here
+//! or in another frontend sharing the database), completes the order of an issuance, and clears
+//! the mark. Publishing is idempotent and monotonic, so racing a live request is harmless.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ocsp::model::{CertStatus, Serial};
+
+use crate::Error;
+use crate::model::{CertificateRecord, OrderStatus};
+use crate::server::Ca;
+
+/// How often `serve` looks for unpublished records.
+pub const INTERVAL: Duration = Duration::from_secs(30);
+/// How old a mark must be before it is taken for a crash's: longer than a request that
+/// records and publishes can take (the gateway client retries for at most 30 s).
+pub const GRACE: Duration = Duration::from_secs(60);
+/// Records repaired per database read.
+const BATCH: u32 = 500;
+
+/// A fresh mark: the time in nanoseconds, so marks order by age and two writes of one
+/// certificate (its issuance, then its revocation) do not share one.
+pub fn mark() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The OCSP status a record says the certificate has.
+pub fn ocsp_status(record: &CertificateRecord) -> CertStatus {
+    match record.revoked {
+        Some(r) => CertStatus::Revoked {
+            at: r.at,
+            reason: Some(r.reason),
+        },
+        None => CertStatus::Good,
+    }
+}
+
+/// Publishes every record marked more than `grace` ago; returns how many. Stops at the first
+/// failure (the next run starts again from the oldest).
+pub async fn republish_pending(ca: &Ca, grace: Duration) -> Result<usize, Error> {
+    let grace = i64::try_from(grace.as_nanos()).unwrap_or(i64::MAX);
+    let before = mark().saturating_sub(grace);
+    let mut done = 0;
+    loop {
+        let pending = ca.db.ocsp_pending(before, BATCH).await?;
+        let last_batch = pending.len() < BATCH as usize;
+        for (record, mark) in pending {
+            republish(ca, &record, mark).await?;
+            done += 1;
+        }
+        if last_batch {
+            return Ok(done);
+        }
+    }
+}
+
+async fn republish(ca: &Ca, record: &CertificateRecord, mark: i64) -> Result<(), Error> {
+    let serial = hex::decode(&record.serial)
+        .map_err(|e| Error::Internal(format!("certificate {}: {e}", record.serial)))?;
+    let status = ocsp_status(record);
+    ca.presigner
+        .publish(&ca.ocsp_issuer, &Serial::from_be_bytes(&serial), status)
+        .await?;
+    // An issuance that stopped here never told its client: the order becomes valid now.
+    let order = match status {
+        CertStatus::Good => ca
+            .db
+            .order(&record.order_id)
+            .await?
+            .filter(|o| o.status == OrderStatus::Processing)
+            .map(|mut o| {
+                o.status = OrderStatus::Valid;
+                o.certificate = Some(record.serial.clone());
+                o
+            }),
+        _ => None,
+    };
+    ca.db
+        .ocsp_published(&record.serial, Some(mark), order.as_ref())
+        .await?;
+    tracing::warn!(serial = %record.serial, status = ?status, "published an OCSP status a crash had left unpublished");
+    Ok(())
+}
+
+/// [`republish_pending`] now and every [`INTERVAL`], for as long as the process runs.
+pub async fn run(ca: Arc<Ca>) {
+    let mut ticks = tokio::time::interval(INTERVAL);
+    loop {
+        ticks.tick().await;
+        if let Err(e) = republish_pending(&ca, GRACE).await {
+            tracing::error!(error = %e, "could not publish the OCSP statuses left unpublished");
+        }
+    }
+}
