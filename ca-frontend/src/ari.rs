@@ -67,6 +67,7 @@ mod tests {
             spki_sha256: String::new(),
             revoked: None,
             renew_now: false,
+            replaced_by: None,
         }
     }
 

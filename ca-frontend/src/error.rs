@@ -39,6 +39,7 @@ impl From<der::Error> for Error {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProblemType {
     AccountDoesNotExist,
+    AlreadyReplaced,
     AlreadyRevoked,
     BadCsr,
     BadNonce,
@@ -68,6 +69,7 @@ impl ProblemType {
         use ProblemType::*;
         match self {
             AccountDoesNotExist => "accountDoesNotExist",
+            AlreadyReplaced => "alreadyReplaced",
             AlreadyRevoked => "alreadyRevoked",
             BadCsr => "badCSR",
             BadNonce => "badNonce",
@@ -98,6 +100,8 @@ impl ProblemType {
         match self {
             AccountDoesNotExist | Unauthorized => StatusCode::FORBIDDEN,
             OrderNotReady | Conflict => StatusCode::FORBIDDEN,
+            // As Boulder answers it: the request conflicts with a finalized order.
+            AlreadyReplaced => StatusCode::CONFLICT,
             RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ServerInternal => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,

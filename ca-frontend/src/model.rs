@@ -172,6 +172,10 @@ pub struct CertificateRecord {
     pub revoked: Option<Revocation>,
     /// Named in an incident: ARI tells the client to renew now.
     pub renew_now: bool,
+    /// The order whose certificate replaced this one (ARI `replaces`, RFC 9773 §5), once that
+    /// order was finalized; another order naming this certificate gets `alreadyReplaced`.
+    #[serde(default)]
+    pub replaced_by: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -801,12 +801,30 @@ async fn new_order_inner(ca: &Ca, authed: Authed) -> Result<Response> {
         ))
         .into());
     }
+    // RFC 9773 §5: the replaced certificate must be this account's, share a name with the
+    // order, and not be replaced already by a finalized order.
     if let Some(replaces) = &request.replaces {
         let record = ari_certificate(ca, replaces).await?;
         if record.account_id != account.id {
             return Err(
                 Problem::unauthorized("`replaces` names a certificate of another account").into(),
             );
+        }
+        if !record.names.iter().any(|n| names.contains(n)) {
+            return Err(Problem::malformed(
+                "`replaces` names a certificate that shares no identifier with this order",
+            )
+            .into());
+        }
+        if let Some(by) = &record.replaced_by {
+            return Err(Problem::new(
+                ProblemType::AlreadyReplaced,
+                format!(
+                    "the certificate was already replaced by order {}",
+                    ca.order_url(by)
+                ),
+            )
+            .into());
         }
     }
     let now = unix_now();
@@ -983,6 +1001,9 @@ async fn finalize_inner(ca: &Ca, id: &str, authed: Authed) -> Result<Response> {
             ca.db
                 .ocsp_published(&serial, Some(mark), Some(&valid))
                 .await?;
+            if let Some(replaced) = &valid.replaces {
+                mark_replaced(ca, replaced, &valid.id).await;
+            }
             Ok(order_response(
                 ca,
                 StatusCode::OK,
@@ -1000,6 +1021,19 @@ async fn finalize_inner(ca: &Ca, id: &str, authed: Authed) -> Result<Response> {
                 .await?;
             Err(problem.into())
         }
+    }
+}
+
+/// Records that `order` replaced the certificate its `replaces` names. Best effort: the new
+/// certificate is issued either way, and a second replacement order is the only thing a lost
+/// record lets through.
+async fn mark_replaced(ca: &Ca, cert_id: &str, order: &str) {
+    let outcome = match ari_certificate(ca, cert_id).await {
+        Ok(record) => ca.db.mark_replaced(&record.serial, order).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = outcome {
+        tracing::warn!(order, error = %e, "could not record which certificate an order replaced");
     }
 }
 
@@ -1058,6 +1092,7 @@ async fn issue_certificate(
         spki_sha256: hex::encode(Sha256::digest(csr.spki.subject_public_key.raw_bytes())),
         revoked: None,
         renew_now: false,
+        replaced_by: None,
     };
     let mark = republish::mark();
     ca.db

@@ -1104,6 +1104,18 @@ async fn the_certificate_key_may_revoke_and_replacements_skip_the_domain_limit()
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
     assert!(certificates_issued(&ca, &replacement_url).await.is_some());
+    // Replaced once by a finalized order: a second replacement is refused (RFC 9773 §5), as is
+    // a `replaces` for an order that shares no name with the certificate.
+    let again =
+        json!({"identifiers": [{"type": "dns", "value": "key.revoke.test"}], "replaces": cert_id});
+    let r = client.post("/acme/new-order", Some(&again)).await;
+    assert_eq!(
+        (r.status, r.problem()),
+        (StatusCode::CONFLICT, "alreadyReplaced".into())
+    );
+    let unrelated = json!({"identifiers": [{"type": "dns", "value": "other.revoke.test"}], "replaces": cert_id});
+    let r = client.post("/acme/new-order", Some(&unrelated)).await;
+    assert_eq!(r.problem(), "malformed");
     // Another account may not claim to replace it.
     let mut other = Client::new(&ca);
     other.register().await;
@@ -1253,6 +1265,7 @@ async fn a_crash_between_recording_and_publishing_is_repaired() {
         spki_sha256: String::new(),
         revoked: None,
         renew_now: false,
+        replaced_by: None,
     };
     ca.db
         .insert_certificate(&record, &[], mark())

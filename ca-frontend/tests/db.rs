@@ -61,6 +61,7 @@ fn certificate(serial: &str, account_id: &str, issued: i64) -> CertificateRecord
         spki_sha256: "00".into(),
         revoked: None,
         renew_now: false,
+        replaced_by: None,
     }
 }
 
@@ -247,6 +248,17 @@ async fn exercise(db: Arc<dyn Db>) {
             .await
             .expect("count"),
         0
+    );
+    // The first finalized replacement is recorded; a second is not.
+    assert!(db.mark_replaced("0a0b", "order-2").await.expect("mark"));
+    assert!(!db.mark_replaced("0a0b", "order-3").await.expect("mark"));
+    assert!(!db.mark_replaced("ffff", "order-3").await.expect("mark"));
+    assert_eq!(
+        db.certificate("0a0b")
+            .await
+            .expect("get")
+            .and_then(|c| c.replaced_by),
+        Some("order-2".into())
     );
     assert_eq!(
         db.mark_renew_now(&["0a0b".into(), "ffff".into()])

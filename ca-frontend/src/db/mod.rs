@@ -169,6 +169,9 @@ pub trait Db: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<(CertificateRecord, i64)>, Error>;
     /// Sets `renew_now` on the certificates that exist; returns how many did.
     async fn mark_renew_now(&self, serials: &[String]) -> Result<usize, Error>;
+    /// Records that order `by_order` replaced the certificate, unless another order already
+    /// did; returns whether this one is recorded (false also for an unknown serial).
+    async fn mark_replaced(&self, serial: &str, by_order: &str) -> Result<bool, Error>;
     /// Certificates issued since `since` that name `domain` (a registered domain), counted up
     /// to `at_most`.
     async fn certificates_since(

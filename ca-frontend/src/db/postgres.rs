@@ -309,6 +309,28 @@ impl Db for PostgresDb {
         Ok(Some((revocation, true)))
     }
 
+    async fn mark_replaced(&self, serial: &str, by_order: &str) -> Result<bool, Error> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        let Some(row) = tx
+            .query_opt(CERTIFICATE_FOR_UPDATE, &[&serial])
+            .await
+            .map_err(db_err)?
+        else {
+            return Ok(false);
+        };
+        let mut record: CertificateRecord = from_json(DB, &row.get::<_, String>(0))?;
+        if record.replaced_by.is_some() {
+            return Ok(false);
+        }
+        record.replaced_by = Some(by_order.to_owned());
+        tx.execute(sql::UPDATE_CERTIFICATE, &[&to_json(&record)?, &serial])
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(true)
+    }
+
     async fn mark_renew_now(&self, serials: &[String]) -> Result<usize, Error> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db_err)?;

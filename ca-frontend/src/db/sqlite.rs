@@ -354,6 +354,32 @@ impl Db for SqliteDb {
         .await
     }
 
+    async fn mark_replaced(&self, serial: &str, by_order: &str) -> Result<bool, Error> {
+        let (serial, by_order) = (serial.to_owned(), by_order.to_owned());
+        self.run(move |c| {
+            let tx = c.transaction().map_err(db_err)?;
+            let text: Option<String> = tx
+                .prepare_cached(sql::CERTIFICATE)
+                .map_err(db_err)?
+                .query_row(params![serial], |r| r.get(0))
+                .optional()
+                .map_err(db_err)?;
+            let Some(text) = text else { return Ok(false) };
+            let mut record: CertificateRecord = from_json(DB, &text)?;
+            if record.replaced_by.is_some() {
+                return Ok(false);
+            }
+            record.replaced_by = Some(by_order);
+            tx.prepare_cached(sql::UPDATE_CERTIFICATE)
+                .map_err(db_err)?
+                .execute(params![to_json(&record)?, serial])
+                .map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+            Ok(true)
+        })
+        .await
+    }
+
     async fn mark_renew_now(&self, serials: &[String]) -> Result<usize, Error> {
         let serials = serials.to_vec();
         self.run(move |c| {
