@@ -59,7 +59,7 @@ hsms = ["hsm-a"]
 "#;
 
 /// The processes every test shares: the gateway, the challenge DNS, the http-01 server, and
-/// the CA certificates. Started once per test binary; killed when it exits.
+/// the CA certificates. Started once per test binary; they die with it (see [`tied`]).
 struct Infra {
     dir: PathBuf,
     gateway: String,
@@ -67,16 +67,24 @@ struct Infra {
     http_port: u16,
     /// http-01 answers: token → key authorization.
     tokens: Arc<Mutex<HashMap<String, String>>>,
-    _children: Vec<ChildGuard>,
+    /// The [`tied`] children, holding their stdin pipes open until the binary exits.
+    _children: Vec<Child>,
 }
 
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A command for `program` that dies with this test binary. [`Infra`] lives in a static, and
+/// statics are never dropped, so a plain child would outlive the run (each run used to leave
+/// a gateway and a DNS server behind). A shell runs the program in the background and kills it
+/// when its stdin, a pipe only this process holds, reaches end of file: at our exit, however
+/// it happens. Then it removes `$TIED_CLEANUP`, if set (the gateway's directory).
+fn tied(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(r#""$@" & child=$!; read _; kill "$child"; wait "$child"; [ -z "$TIED_CLEANUP" ] || rm -rf "$TIED_CLEANUP""#)
+        .arg("sh")
+        .arg(program)
+        .stdin(Stdio::piped());
+    command
 }
 
 fn free_port() -> u16 {
@@ -111,10 +119,11 @@ fn infra() -> &'static Infra {
         let options = hsm_config::provision::ProvisionOptions::new(dir.join("softhsm2.conf"));
         hsm_config::provision::provision(&config, &options).expect("provisioning SoftHSM2");
         std::fs::write(dir.join("gateway.toml"), &config_text).expect("write");
-        let mut gateway = Command::new(binary("signer"))
+        let mut gateway = tied(binary("signer"))
             .arg("--config")
             .arg(dir.join("gateway.toml"))
             .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
+            .env("TIED_CLEANUP", &dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -133,7 +142,7 @@ fn infra() -> &'static Infra {
             .expect("grpc=")
             .to_owned();
         let (dns_port, mgmt_port) = (free_port(), free_port());
-        let dns = Command::new("pebble-challtestsrv")
+        let dns = tied("pebble-challtestsrv")
             .args(["-dns01", &format!("127.0.0.1:{dns_port}"), "-management", &format!("127.0.0.1:{mgmt_port}")])
             .args(["-http01", "", "-https01", "", "-tlsalpn01", "", "-defaultIPv6", ""])
             .stdout(Stdio::null())
@@ -199,7 +208,7 @@ fn infra() -> &'static Infra {
             dns: SocketAddr::from(([127, 0, 0, 1], dns_port)),
             http_port,
             tokens,
-            _children: vec![ChildGuard(gateway), ChildGuard(dns)],
+            _children: vec![gateway, dns],
         }
     })
 }
