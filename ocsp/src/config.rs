@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::Error;
+use crate::issuers::HashAlg;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -101,6 +102,100 @@ pub struct Presigner {
     pub gateway_ca: Option<PathBuf>,
     pub gateway_cert: Option<PathBuf>,
     pub gateway_key: Option<PathBuf>,
+    /// The CertID hash algorithms each pregenerated response carries a SingleResponse for;
+    /// see [`CertIdHashes`]. Still one signature per certificate whatever the setting.
+    pub cert_id_hashes: CertIdHashes,
+}
+
+/// `presigner.cert_id_hashes`: which CertIDs the pregenerated responses name the certificate
+/// by, one SingleResponse each, all under the one signature.
+///
+/// - `["sha1", "sha256"]` (the default): RFC 9919 §2.2.1's transition layout, "the OCSP
+///   responder MAY include two SingleResponses in a BasicOCSPResponse ... one uses SHA-1 ...
+///   the other SHA-256". Every client finds its CertID, but clients that expect exactly one
+///   SingleResponse refuse it (Python `cryptography`'s `certificate_status` and friends,
+///   so certbot's check; Go's `ocsp.ParseResponse` without a certificate).
+/// - `["sha1"]`: one SingleResponse, for RFC 5019 clients (and those single-response
+///   parsers); SHA-256 requests are answered `unauthorized`.
+/// - `["sha256"]`: one SingleResponse, RFC 9919 only: "OCSP responders SHOULD NOT distribute
+///   OCSP responses that contain CertIDs that use SHA-1 if the OCSP responder has no clients
+///   that require the use of SHA-1". SHA-1 requests are answered `unauthorized`.
+///   `ocsp_requests_by_cert_id_hash_total{hash="sha1"}` says when that point has come.
+///
+/// The responder decides per response, from the signed bytes, not from this setting (see
+/// `responder::answer`): after a change, responses signed under the old setting are served as
+/// they are until the pre-signer re-signs them (within `refresh_after_hours`).
+///
+/// Non-empty, no name twice, only `sha1` and `sha256`; a bad value fails the load with an
+/// error naming `presigner.cert_id_hashes` (the type cannot hold one: the pre-signer takes it
+/// as it is). Kept in SHA-1-then-SHA-256 order whatever order the file lists them in, so
+/// both settings of the two-hash layout give the same bytes as before this setting existed.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "Vec<String>")]
+pub struct CertIdHashes(Vec<HashAlg>);
+
+impl CertIdHashes {
+    /// The set of `algs`: non-empty, no duplicates.
+    pub fn new(algs: &[HashAlg]) -> Result<Self, String> {
+        const FIELD: &str = "presigner.cert_id_hashes";
+        if algs.is_empty() {
+            return Err(format!(
+                "{FIELD}: must name at least one of \"sha1\", \"sha256\""
+            ));
+        }
+        if let Some(dup) = algs
+            .iter()
+            .enumerate()
+            .find_map(|(i, a)| algs[..i].contains(a).then_some(a))
+        {
+            return Err(format!("{FIELD}: \"{}\" is listed twice", dup.name()));
+        }
+        Ok(Self(
+            HashAlg::ALL
+                .into_iter()
+                .filter(|a| algs.contains(a))
+                .collect(),
+        ))
+    }
+
+    /// Only `alg` (one SingleResponse per response).
+    pub fn only(alg: HashAlg) -> Self {
+        Self(vec![alg])
+    }
+
+    /// In the order the SingleResponses appear.
+    pub fn iter(&self) -> impl Iterator<Item = HashAlg> + '_ {
+        self.0.iter().copied()
+    }
+
+    pub fn contains(&self, alg: HashAlg) -> bool {
+        self.0.contains(&alg)
+    }
+}
+
+impl Default for CertIdHashes {
+    /// Both: what every response carried before the setting existed.
+    fn default() -> Self {
+        Self(HashAlg::ALL.to_vec())
+    }
+}
+
+impl TryFrom<Vec<String>> for CertIdHashes {
+    type Error = String;
+
+    fn try_from(names: Vec<String>) -> Result<Self, String> {
+        let algs = names
+            .iter()
+            .map(|n| {
+                HashAlg::from_name(n).ok_or_else(|| {
+                    format!(
+                        "presigner.cert_id_hashes: unknown hash \"{n}\" (expected \"sha1\" or \"sha256\")"
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::new(&algs)
+    }
 }
 
 impl Default for Presigner {
@@ -114,6 +209,7 @@ impl Default for Presigner {
             gateway_ca: None,
             gateway_cert: None,
             gateway_key: None,
+            cert_id_hashes: CertIdHashes::default(),
         }
     }
 }
@@ -224,6 +320,78 @@ mod tests {
         let mut c: Config = toml::from_str(text).expect("config parses");
         c.base_dir = PathBuf::from("/etc/hsmgate");
         c
+    }
+
+    fn with_hashes(line: &str) -> String {
+        DEV.replace("[presigner]\n", &format!("[presigner]\n{line}\n"))
+    }
+
+    #[test]
+    fn cert_id_hashes_default_to_both_and_take_either_alone() {
+        assert_eq!(
+            parse(DEV)
+                .presigner
+                .cert_id_hashes
+                .iter()
+                .collect::<Vec<_>>(),
+            [HashAlg::Sha1, HashAlg::Sha256]
+        );
+        for (line, expect) in [
+            (
+                r#"cert_id_hashes = ["sha1", "sha256"]"#,
+                &[HashAlg::Sha1, HashAlg::Sha256][..],
+            ),
+            // Listed the other way round: still SHA-1 first, the bytes of the default.
+            (
+                r#"cert_id_hashes = ["sha256", "sha1"]"#,
+                &[HashAlg::Sha1, HashAlg::Sha256][..],
+            ),
+            (r#"cert_id_hashes = ["sha1"]"#, &[HashAlg::Sha1][..]),
+            (r#"cert_id_hashes = ["sha256"]"#, &[HashAlg::Sha256][..]),
+        ] {
+            let c = parse(&with_hashes(line));
+            assert!(c.validate().is_empty(), "{line}: {:?}", c.validate());
+            let got: Vec<HashAlg> = c.presigner.cert_id_hashes.iter().collect();
+            assert_eq!(got, expect, "{line}");
+        }
+    }
+
+    #[test]
+    fn bad_cert_id_hashes_fail_the_load_naming_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        for (line, why) in [
+            ("cert_id_hashes = []", "must name at least one"),
+            (
+                r#"cert_id_hashes = ["sha1", "sha1"]"#,
+                "\"sha1\" is listed twice",
+            ),
+            (
+                r#"cert_id_hashes = ["sha256", "md5"]"#,
+                "unknown hash \"md5\"",
+            ),
+            (r#"cert_id_hashes = ["SHA1"]"#, "unknown hash \"SHA1\""),
+            (r#"cert_id_hashes = "sha1""#, "cert_id_hashes"),
+        ] {
+            let path = dir.path().join("ocsp.toml");
+            std::fs::write(&path, with_hashes(line)).unwrap();
+            let err = Config::load(&path).unwrap_err();
+            let text = err.to_string();
+            assert!(matches!(err, Error::Config { .. }), "{line}: {text}");
+            assert!(text.contains("cert_id_hashes"), "{line}: {text}");
+            assert!(text.contains(why), "{line}: {text}");
+            if why != "cert_id_hashes" {
+                assert!(
+                    text.contains("presigner.cert_id_hashes: "),
+                    "{line}: {text}"
+                );
+            }
+        }
+        assert!(CertIdHashes::new(&[]).is_err());
+        assert!(CertIdHashes::new(&[HashAlg::Sha256, HashAlg::Sha256]).is_err());
+        assert_eq!(
+            CertIdHashes::new(&[HashAlg::Sha256]).unwrap(),
+            CertIdHashes::only(HashAlg::Sha256)
+        );
     }
 
     #[test]

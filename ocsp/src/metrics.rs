@@ -17,7 +17,13 @@
 //! - `ocsp_store_latency_seconds{store, outcome}`, `ocsp_store_errors_total{store}`;
 //! - `ocsp_degraded` (1 while the durable store is failing and answers come from the cache or
 //!   the replica) and `ocsp_degraded_since_seconds` (Unix time, 0 when healthy);
-//! - `ocsp_replica_writes_total{outcome}`: copies of primary hits into the local replica.
+//! - `ocsp_replica_writes_total{outcome}`: copies of primary hits into the local replica;
+//! - `ocsp_requests_by_cert_id_hash_total{hash}`: well-formed requests by their CertID hash
+//!   algorithm (`sha1`, `sha256`, `other`), whatever the answer. RFC 9919: "Operators
+//!   of OCSP responders may consider logging the hash algorithm used by OCSP clients to inform
+//!   their determination of when it is appropriate to obsolete the distribution of OCSP
+//!   responses that employ SHA-1" — once the `sha1` rate stays at zero,
+//!   `presigner.cert_id_hashes = ["sha256"]` drops the SHA-1 SingleResponse.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +34,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::issuers::HashAlg;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResponseLabels {
@@ -54,6 +62,11 @@ pub struct StoreNameLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HashLabels {
+    pub hash: &'static str,
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -84,6 +97,12 @@ pub struct Metrics {
     store_latency: HistogramFamily<StoreLabels>,
     store_errors: Family<StoreNameLabels, Counter>,
     replica_writes: Family<OutcomeLabels, Counter>,
+    /// `ocsp_requests_by_cert_id_hash_total`, one handle per label taken at registration: the
+    /// series exist (at 0) from start-up, so "no SHA-1 client" reads as a flat 0 rather than
+    /// as a missing series, and a request costs one atomic add, not a family lookup.
+    requests_sha1: Counter,
+    requests_sha256: Counter,
+    requests_other_hash: Counter,
     pub(crate) degraded: Gauge,
     pub(crate) degraded_since: Gauge,
 }
@@ -91,6 +110,8 @@ pub struct Metrics {
 impl Metrics {
     /// Registers the responder's metrics in `registry` and returns their handles.
     pub fn register(registry: &mut Registry) -> Arc<Self> {
+        let by_hash: Family<HashLabels, Counter> = Family::default();
+        let hash_counter = |hash| by_hash.get_or_create(&HashLabels { hash }).clone();
         let m = Self {
             responses: Family::default(),
             cache: Family::default(),
@@ -100,6 +121,9 @@ impl Metrics {
             store_latency: Family::new_with_constructor(store_latency_histogram),
             store_errors: Family::default(),
             replica_writes: Family::default(),
+            requests_sha1: hash_counter(HashAlg::Sha1.name()),
+            requests_sha256: hash_counter(HashAlg::Sha256.name()),
+            requests_other_hash: hash_counter("other"),
             degraded: Gauge::default(),
             degraded_since: Gauge::default(),
         };
@@ -142,6 +166,11 @@ impl Metrics {
             "ocsp_replica_writes",
             "Copies of primary-store hits into the local replica: stored, kept (replica already newer), error, dropped (queue full)",
             m.replica_writes.clone(),
+        );
+        registry.register(
+            "ocsp_requests_by_cert_id_hash",
+            "Well-formed OCSP requests by CertID hash algorithm: sha1, sha256, other (RFC 9919: when sha1 stays at 0, SHA-1 CertIDs can go)",
+            by_hash,
         );
         registry.register(
             "ocsp_degraded",
@@ -193,6 +222,17 @@ impl Metrics {
         }
     }
 
+    /// A well-formed request whose CertID uses `hash` (`None`: an algorithm this service does
+    /// not serve).
+    pub fn cert_id_hash(&self, hash: Option<HashAlg>) {
+        match hash {
+            Some(HashAlg::Sha1) => &self.requests_sha1,
+            Some(HashAlg::Sha256) => &self.requests_sha256,
+            None => &self.requests_other_hash,
+        }
+        .inc();
+    }
+
     pub fn replica_write(&self, outcome: &'static str) {
         self.replica_writes
             .get_or_create(&OutcomeLabels { outcome })
@@ -235,4 +275,34 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_counted_by_cert_id_hash_from_zero() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        let line = |text: &str, hash: &str| {
+            let prefix = format!("ocsp_requests_by_cert_id_hash_total{{hash=\"{hash}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .map(str::to_owned)
+        };
+        // Every series is there before the first request.
+        let text = encode(&registry);
+        for hash in ["sha1", "sha256", "other"] {
+            assert_eq!(line(&text, hash).as_deref(), Some("0"), "{hash}: {text}");
+        }
+        m.cert_id_hash(Some(HashAlg::Sha1));
+        m.cert_id_hash(Some(HashAlg::Sha1));
+        m.cert_id_hash(Some(HashAlg::Sha256));
+        m.cert_id_hash(None);
+        let text = encode(&registry);
+        assert_eq!(line(&text, "sha1").as_deref(), Some("2"), "{text}");
+        assert_eq!(line(&text, "sha256").as_deref(), Some("1"), "{text}");
+        assert_eq!(line(&text, "other").as_deref(), Some("1"), "{text}");
+    }
 }

@@ -112,6 +112,10 @@ pub struct HttpParts {
     pub last_modified: axum::http::HeaderValue,
     /// nextUpdate as an HTTP date.
     pub expires: axum::http::HeaderValue,
+    /// The CertID hash algorithms the response has a SingleResponse for, read from the DER
+    /// (`response::cert_id_hashes_in`; empty if it does not parse): the responder answers a
+    /// request with this response only if its CertID hash is among them.
+    pub cert_id_hashes: Vec<crate::issuers::HashAlg>,
 }
 
 /// Whether `new` may replace `old`. Publishing is monotonic:

@@ -517,9 +517,10 @@ impl Presigner {
                 .iter()
                 .map(|&i| (items[i].1.clone(), items[i].2))
                 .collect();
-            let responses = response::sign_responses(
+            let responses = response::sign_responses_with(
                 self.signer.as_ref(),
                 issuer,
+                &self.config.cert_id_hashes,
                 &batch,
                 this_update,
                 next_update,

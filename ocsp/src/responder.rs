@@ -15,6 +15,7 @@
 //! |---|---|---|
 //! | stored response, before its nextUpdate | 200 (304 on a matching `If-None-Match`) | the signed response |
 //! | unknown issuer or serial, expired response, other hash algorithm | 200 | `unauthorized` |
+//! | stored response without a SingleResponse for the request's CertID hash (`presigner.cert_id_hashes`) | 200 | `unauthorized` |
 //! | not a single-certificate DER request, bad base64 or URL escape, wrong content type | 400 | `malformedRequest` |
 //! | POST body larger than `max_request_bytes` | 413 | `malformedRequest` |
 //! | GET path longer than the encoding of `max_request_bytes` | 414 | `malformedRequest` |
@@ -55,7 +56,7 @@ use crate::issuers::Issuers;
 use crate::metrics::{self, Metrics};
 use crate::model::{CertStatus, HttpParts, StoredResponse};
 use crate::request::{self, Refusal};
-use crate::response::status_only;
+use crate::response::{cert_id_hashes_in, status_only};
 use crate::source::{
     CachedSource, Health, Lookup, ReplicatedSource, Source, StoreSource, unix_now,
 };
@@ -222,6 +223,9 @@ async fn answer(state: &AppState, der: &[u8], if_none_match: Option<&HeaderValue
     let req = match request::parse(der) {
         Ok(r) => r,
         Err(e) => {
+            if matches!(e, request::RequestError::UnknownHash(_)) {
+                state.metrics.cert_id_hash(None);
+            }
             tracing::debug!("request refused: {e}");
             let http = match e.status() {
                 Refusal::Malformed => StatusCode::BAD_REQUEST,
@@ -230,6 +234,7 @@ async fn answer(state: &AppState, der: &[u8], if_none_match: Option<&HeaderValue
             return refuse(&state.metrics, http, e.status());
         }
     };
+    state.metrics.cert_id_hash(Some(req.hash));
     let Some(issuer) = state
         .issuers
         .find(req.hash, &req.issuer_name_hash, &req.issuer_key_hash)
@@ -248,6 +253,26 @@ async fn answer(state: &AppState, der: &[u8], if_none_match: Option<&HeaderValue
                 tracing::debug!(issuer = %issuer.name.0, serial = %req.serial, "stored response has expired; answering unauthorized");
                 return refuse(&state.metrics, StatusCode::OK, Refusal::Unauthorized);
             }
+            let parts = response
+                .http
+                .0
+                .get_or_init(|| Box::new(http_parts(&response)));
+            // A client accepts a response only if "the certificate identified in a received
+            // response corresponds to the certificate that was identified in the
+            // corresponding request" (RFC 6960 §3.2): a response with no SingleResponse for the
+            // request's CertID hash answers nothing that was asked (`openssl ocsp` says "No
+            // Status found"). Such a request gets `unauthorized`, which RFC 5019 §2.2.3 (and
+            // RFC 9919 after it) gives as "the responder is not capable of responding
+            // authoritatively" — what this responder is for that CertID; a client may retry
+            // with the other hash.
+            // This is read from the signed bytes, not from `presigner.cert_id_hashes`: the
+            // responder may run with another file than the pre-signer, and after the setting
+            // changes the store holds both layouts until every response is re-signed. The
+            // bytes are what the client will check, so they decide.
+            if !parts.cert_id_hashes.contains(&req.hash) {
+                tracing::debug!(issuer = %issuer.name.0, serial = %req.serial, hash = req.hash.name(), "stored response has no SingleResponse for this CertID hash; answering unauthorized");
+                return refuse(&state.metrics, StatusCode::OK, Refusal::Unauthorized);
+            }
             state
                 .metrics
                 .served(now - response.this_update, response.next_update - now);
@@ -256,7 +281,7 @@ async fn answer(state: &AppState, der: &[u8], if_none_match: Option<&HeaderValue
                 CertStatus::Revoked { .. } => "revoked",
             };
             state.metrics.response(status, origin.label());
-            signed(&response, now, if_none_match)
+            signed(&response, parts, now, if_none_match)
         }
         Lookup::NotFound => refuse(&state.metrics, StatusCode::OK, Refusal::Unauthorized),
         Lookup::Unavailable(e) => {
@@ -300,11 +325,12 @@ fn error_response(http: StatusCode, der: &Bytes) -> Response {
 ///
 /// RFC 9110 §15.4.5: a 304 carries the headers a 200 would have (Cache-Control, ETag, Expires,
 /// Last-Modified), and no body.
-fn signed(response: &StoredResponse, now: i64, if_none_match: Option<&HeaderValue>) -> Response {
-    let parts = response
-        .http
-        .0
-        .get_or_init(|| Box::new(http_parts(response)));
+fn signed(
+    response: &StoredResponse,
+    parts: &HttpParts,
+    now: i64,
+    if_none_match: Option<&HeaderValue>,
+) -> Response {
     let max_age = (response.next_update - now).max(0);
     let mut headers = HeaderMap::with_capacity(6);
     headers.insert(header::LAST_MODIFIED, parts.last_modified.clone());
@@ -337,6 +363,9 @@ fn http_parts(response: &StoredResponse) -> HttpParts {
         etag: value(etag),
         last_modified: value(http_date(response.this_update)),
         expires: value(http_date(response.next_update)),
+        // The pre-signer only stores responses it built; one that does not parse answers no
+        // request (unauthorized) rather than being sent as it is.
+        cert_id_hashes: cert_id_hashes_in(&response.der).unwrap_or_default(),
     }
 }
 

@@ -33,6 +33,7 @@ use x509_ocsp::{
     ResponseBytes, ResponseData, RevokedInfo, SingleResponse, Version,
 };
 
+use crate::config::CertIdHashes;
 use crate::error::Error;
 use crate::issuers::{HashAlg, Issuer};
 use crate::model::{CertStatus, ReasonCode, Serial, StoredResponse};
@@ -429,18 +430,23 @@ fn cert_status(status: CertStatus) -> Result<x509_ocsp::CertStatus, Error> {
 ///
 /// - version v1 is the DEFAULT, so DER omits it;
 /// - responderID byKey: the issuer signs its own responses (RFC 5019 §2.2.3 prefers byKey);
-/// - **two SingleResponses** for the one certificate, SHA-1 CertID first, then SHA-256: RFC 5019
-///   clients send SHA-1 CertIDs and RFC 9919 clients SHA-256, and OpenSSL and others pick the
+/// - one SingleResponse per CertID hash in `hashes` (`presigner.cert_id_hashes`), all for the
+///   one certificate, SHA-1 first. By default **two**, SHA-1 then SHA-256: RFC 5019 clients
+///   send SHA-1 CertIDs and RFC 9919 clients SHA-256, and OpenSSL and others pick the
 ///   SingleResponse whose CertID matches their request. RFC 5019 §2.2.1 allows "additional
 ///   SingleResponse elements if necessary to improve response pre-generation performance or
-///   cache efficiency" — which is the point: one signature covers both, so the capacity plan's
-///   one HSM signature per certificate (and per revocation) holds, and one stored response
-///   answers both kinds of request;
+///   cache efficiency", and RFC 9919 §2.2.1 this very pair — which is the point: one signature
+///   covers both, so the capacity plan's one HSM signature per certificate (and per
+///   revocation) holds, and one stored response answers both kinds of request. RFC 9919 also
+///   says responses "SHOULD include only one SingleResponse", and some clients need exactly
+///   one: `["sha1"]` or `["sha256"]` gives that, at the same signing cost (see
+///   [`CertIdHashes`]);
 /// - nextUpdate always present (RFC 5019 §2.2.4: a response without it would be "newer
 ///   information is always available" and uncacheable);
 /// - no extensions and no nonce: responses are pregenerated (RFC 5019 §2.2.1).
 fn response_data(
     issuer: &Issuer,
+    hashes: &CertIdHashes,
     serial: &Serial,
     status: CertStatus,
     this_update: &OcspGeneralizedTime,
@@ -465,7 +471,7 @@ fn response_data(
                 .map_err(|e| encoding("responderID", e))?,
         ),
         produced_at: *produced_at,
-        responses: vec![single(HashAlg::Sha1)?, single(HashAlg::Sha256)?],
+        responses: hashes.iter().map(single).collect::<Result<_, _>>()?,
         response_extensions: None,
     })
 }
@@ -496,11 +502,35 @@ fn response_data(
 /// ResponseData" (§4.2.1): the gateway receives that DER and hashes it itself.
 /// `signatureAlgorithm` is the AlgorithmIdentifier the gateway returned for the signature it
 /// made; `certs` is absent because the issuer signs directly (no delegated responder). Each
-/// `ResponseData` carries two SingleResponses (SHA-1 and SHA-256 CertIDs), see
-/// [`response_data`].
+/// `ResponseData` carries the default two SingleResponses (SHA-1 and SHA-256 CertIDs), see
+/// [`response_data`]; [`sign_responses_with`] chooses them.
 pub async fn sign_responses(
     signer: &dyn TbsSigner,
     issuer: &Issuer,
+    items: &[(Serial, CertStatus)],
+    this_update: i64,
+    next_update: i64,
+    produced_at: i64,
+) -> Result<Vec<StoredResponse>, Error> {
+    let hashes = CertIdHashes::default();
+    sign_responses_with(
+        signer,
+        issuer,
+        &hashes,
+        items,
+        this_update,
+        next_update,
+        produced_at,
+    )
+    .await
+}
+
+/// [`sign_responses`] with one SingleResponse per CertID hash in `hashes` (the pre-signer's
+/// `presigner.cert_id_hashes`). One signature per item whatever `hashes` holds.
+pub async fn sign_responses_with(
+    signer: &dyn TbsSigner,
+    issuer: &Issuer,
+    hashes: &CertIdHashes,
     items: &[(Serial, CertStatus)],
     this_update: i64,
     next_update: i64,
@@ -520,7 +550,7 @@ pub async fn sign_responses(
     let produced = generalized_time(produced_at, "producedAt")?;
     let mut tbs = Vec::with_capacity(items.len());
     for (serial, status) in items {
-        let rd = response_data(issuer, serial, *status, &this, &next, &produced)?;
+        let rd = response_data(issuer, hashes, serial, *status, &this, &next, &produced)?;
         tbs.push(rd.to_der().map_err(|e| encoding("ResponseData", e))?);
     }
     let signatures = signer.sign(&issuer.signing_key, tbs.clone()).await?;
@@ -545,6 +575,36 @@ pub async fn sign_responses(
         });
     }
     Ok(out)
+}
+
+/// The CertID hash algorithms of the SingleResponses in a signed `OCSPResponse` (`der`, as
+/// stored), in their order; algorithms other than SHA-1 and SHA-256 are left out. `None` if
+/// `der` is not a successful response carrying a BasicOCSPResponse.
+///
+/// The responder reads this once per stored response (it is kept with the response's HTTP
+/// parts) to answer a request only with a response that holds a SingleResponse for the
+/// request's CertID hash. Only the algorithm is compared: the store found the response by
+/// the issuer the CertID's hashes named and by its serial, and the pre-signer built every
+/// SingleResponse from those.
+pub fn cert_id_hashes_in(der: &[u8]) -> Option<Vec<HashAlg>> {
+    let response = OcspResponse::from_der(der).ok()?;
+    let bytes = response.response_bytes?;
+    if bytes.response_type != <BasicOcspResponse as AssociatedOid>::OID {
+        return None;
+    }
+    let basic = BasicOcspResponse::from_der(bytes.response.as_bytes()).ok()?;
+    Some(
+        basic
+            .tbs_response_data
+            .responses
+            .iter()
+            .filter_map(|r| match r.cert_id.hash_algorithm.oid {
+                ID_SHA1 => Some(HashAlg::Sha1),
+                ID_SHA256 => Some(HashAlg::Sha256),
+                _ => None,
+            })
+            .collect(),
+    )
 }
 
 /// An `OCSPResponse` with a status and no `responseBytes` (RFC 6960 §4.2.1: "If the value of
@@ -747,6 +807,97 @@ oqmvrAf5tbRQFdQCIQCpZ72fpBE/ecRqUX96VOFi2aJRymPGFGCn8PRMn6knzQ==
         assert_eq!(&produced[..2], &[0x18, 15]);
         assert_eq!(produced.last(), Some(&b'Z'));
         assert_eq!(basic.signature_algorithm.to_der().unwrap(), ECDSA_SHA256);
+    }
+
+    /// The SingleResponses of a built `OCSPResponse`, decoded by x509-ocsp (not by the code
+    /// that built it).
+    fn singles(der: &[u8]) -> Vec<SingleResponse> {
+        let resp = OcspResponse::from_der(der).unwrap();
+        let bytes = resp.response_bytes.unwrap();
+        BasicOcspResponse::from_der(bytes.response.as_bytes())
+            .unwrap()
+            .tbs_response_data
+            .responses
+    }
+
+    #[tokio::test]
+    async fn each_cert_id_hash_setting_gives_exactly_its_single_responses_under_one_signature() {
+        let issuer = issuer();
+        let items: Vec<(Serial, CertStatus)> = ["01", "8badf00d", "7f"]
+            .iter()
+            .map(|h| (Serial::from_hex(h).unwrap(), CertStatus::Good))
+            .collect();
+        for (setting, oids) in [
+            (
+                CertIdHashes::default(),
+                &["1.3.14.3.2.26", "2.16.840.1.101.3.4.2.1"][..],
+            ),
+            (CertIdHashes::only(HashAlg::Sha1), &["1.3.14.3.2.26"][..]),
+            (
+                CertIdHashes::only(HashAlg::Sha256),
+                &["2.16.840.1.101.3.4.2.1"][..],
+            ),
+        ] {
+            let signer = FakeSigner::default();
+            let out = sign_responses_with(
+                &signer,
+                &issuer,
+                &setting,
+                &items,
+                1_800_000_000,
+                1_800_345_600,
+                1_800_000_000,
+            )
+            .await
+            .unwrap();
+            // One signature per certificate, whatever the number of SingleResponses.
+            assert_eq!(
+                signer.seen.lock().unwrap().len(),
+                items.len(),
+                "{setting:?}"
+            );
+            assert_eq!(out.len(), items.len());
+            let expected: Vec<HashAlg> = setting.iter().collect();
+            for (response, (serial, _)) in out.iter().zip(&items) {
+                let singles = singles(&response.der);
+                let got: Vec<String> = singles
+                    .iter()
+                    .map(|r| r.cert_id.hash_algorithm.oid.to_string())
+                    .collect();
+                assert_eq!(got, oids, "{setting:?}");
+                for (single, alg) in singles.iter().zip(setting.iter()) {
+                    assert_eq!(
+                        single.cert_id.issuer_name_hash.as_bytes(),
+                        issuer.name_hash.get(alg)
+                    );
+                    assert_eq!(
+                        single.cert_id.issuer_key_hash.as_bytes(),
+                        issuer.key_hash.get(alg)
+                    );
+                    assert_eq!(single.cert_id.serial_number, serial_number(serial).unwrap());
+                    assert_eq!(single.cert_status, x509_ocsp::CertStatus::good());
+                }
+                assert_eq!(cert_id_hashes_in(&response.der), Some(expected.clone()));
+            }
+        }
+        // The default layout is the one `sign_responses` has always built, byte for byte.
+        let (a, b) = (FakeSigner::default(), FakeSigner::default());
+        let old = sign_responses(&a, &issuer, &items, 10, 20, 10)
+            .await
+            .unwrap();
+        let new = sign_responses_with(&b, &issuer, &CertIdHashes::default(), &items, 10, 20, 10)
+            .await
+            .unwrap();
+        assert_eq!(old, new);
+    }
+
+    #[test]
+    fn cert_id_hashes_in_refuses_what_is_not_a_signed_response() {
+        assert_eq!(cert_id_hashes_in(b"not der"), None);
+        assert_eq!(
+            cert_id_hashes_in(&status_only(OcspResponseStatus::Unauthorized)),
+            None
+        );
     }
 
     #[tokio::test]

@@ -356,3 +356,71 @@ fn with_redis_the_responder_outlives_redis_and_the_gateway() {
     let text = ask(&issuer, "7ed15ffff", http, false);
     assert!(!text.contains(": good"), "{text}");
 }
+
+/// `presigner.cert_id_hashes = ["sha256"]` through the processes: the refresh loop signs
+/// SHA-256-only responses, `openssl ocsp -sha256` gets good, a SHA-1 request gets
+/// `unauthorized` (the response has nothing it could match), and the responder counts both
+/// kinds of request. A bad value stops `serve` at start-up naming the field.
+#[test]
+fn sha256_only_responses_answer_sha256_and_refuse_sha1() {
+    let env = Env::start_with(|text| {
+        text.replace(
+            "[responder]\nlisten = \"127.0.0.1:0\"",
+            "[responder]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"",
+        )
+        .replace(
+            "[presigner]\n",
+            "[presigner]\ncert_id_hashes = [\"sha256\"]\n",
+        )
+    });
+    let issuer = env.issuer_p256.clone();
+    let serial = "5e256001";
+    import(&env, &format!("{ISSUER_P256} {serial} good\n"));
+    let _presigner = presign(&env.config_path);
+    let (_responder, http, metrics_addr) = serve(&env.config_path);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = ask(&issuer, serial, http, true);
+        if text.contains(&format!("0x{serial}: good")) || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(text.contains(&format!("0x{serial}: good")), "{text}");
+    assert!(text.contains("Response verify OK"), "{text}");
+
+    let text = ask(&issuer, serial, http, false);
+    assert!(text.contains("Responder Error: unauthorized (6)"), "{text}");
+    assert!(!text.contains("good"), "{text}");
+
+    let m = metrics(metrics_addr.expect("metrics listener"));
+    let count = |hash: &str| -> u64 {
+        let prefix = format!("ocsp_requests_by_cert_id_hash_total{{hash=\"{hash}\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {hash} series in:\n{m}"))
+    };
+    assert_eq!(count("sha1"), 1, "{m}");
+    assert!(count("sha256") >= 1, "{m}");
+    assert_eq!(count("other"), 0, "{m}");
+
+    let bad = env.write(
+        "bad.toml",
+        std::fs::read_to_string(&env.config_path)
+            .expect("config")
+            .replace(
+                "cert_id_hashes = [\"sha256\"]",
+                "cert_id_hashes = [\"sha256\", \"sha512\"]",
+            )
+            .as_bytes(),
+    );
+    let out = hsmgate_ocsp(&["serve", "--config", &bad.display().to_string()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("presigner.cert_id_hashes: unknown hash \"sha512\""),
+        "{stderr}"
+    );
+}

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::{Env, ISSUER_P256, ISSUER_RSA, KEY_P256, KEY_RSA};
 use ocsp::Error;
-use ocsp::config::Config;
-use ocsp::issuers::Issuers;
+use ocsp::config::{CertIdHashes, Config};
+use ocsp::issuers::{HashAlg, Issuers};
 use ocsp::model::{CertStatus, IssuerName, Serial};
 use ocsp::presigner::{self, Outcome, Presigner, PresignerMetrics};
 use ocsp::response::GatewaySigner;
@@ -178,9 +178,116 @@ async fn openssl_and_python_accept_good_and_revoked_responses() {
                     }
                 ),
             };
-            match common::python_check(&resp, issuer_pem, hex, &expected) {
+            match common::python_check(&resp, issuer_pem, hex, &expected, &["sha1", "sha256"]) {
                 Ok(text) => println!("{issuer} 0x{hex}: {}", text.trim()),
                 Err(text) => panic!("python cryptography rejected {issuer} 0x{hex}:\n{text}"),
+            }
+        }
+    }
+}
+
+/// `presigner.cert_id_hashes`: each setting signs (through the real gateway) responses with
+/// exactly its SingleResponses — read back by x509-ocsp, by `openssl ocsp` (which finds the
+/// status through a configured hash and "No Status found" through the other) and by Python
+/// `cryptography`, whose single-response accessors (what certbot reads) work on the one-hash
+/// responses and refuse the two-hash one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_cert_id_hash_setting_signs_exactly_its_single_responses() {
+    use der07::Decode;
+    use x509_ocsp::{BasicOcspResponse, OcspResponse};
+
+    let env = Env::start();
+    let python = common::python_cryptography();
+    if !python {
+        println!("NOTE: python3 `cryptography` is not installed: skipping the Python checks");
+    }
+    let issuer_pem = env.issuer_pem(ISSUER_P256);
+    let settings: [&[HashAlg]; 3] = [
+        &[HashAlg::Sha1],
+        &[HashAlg::Sha256],
+        &[HashAlg::Sha1, HashAlg::Sha256],
+    ];
+    for (n, setting) in settings.into_iter().enumerate() {
+        let mut config = env.config();
+        config.presigner.cert_id_hashes = CertIdHashes::new(setting).expect("setting");
+        let p = Presigner::from_config(&config, PresignerMetrics::default())
+            .await
+            .expect("presigner");
+        let names: Vec<&str> = setting.iter().map(|a| a.name()).collect();
+        let revoked = CertStatus::Revoked {
+            at: REVOKED_AT,
+            reason: Some(1),
+        };
+        for (i, status) in [CertStatus::Good, revoked].into_iter().enumerate() {
+            let hex = format!("ce{n}{i}");
+            let response = p
+                .publish(&name(ISSUER_P256), &serial(&hex), status)
+                .await
+                .expect("publish");
+
+            let outer = OcspResponse::from_der(&response.der).expect("OCSPResponse");
+            let basic = BasicOcspResponse::from_der(
+                outer
+                    .response_bytes
+                    .expect("responseBytes")
+                    .response
+                    .as_bytes(),
+            )
+            .expect("BasicOCSPResponse");
+            let oids: Vec<String> = basic
+                .tbs_response_data
+                .responses
+                .iter()
+                .map(|r| r.cert_id.hash_algorithm.oid.to_string())
+                .collect();
+            let expected: Vec<&str> = setting
+                .iter()
+                .map(|a| match a {
+                    HashAlg::Sha1 => "1.3.14.3.2.26",
+                    HashAlg::Sha256 => "2.16.840.1.101.3.4.2.1",
+                })
+                .collect();
+            assert_eq!(oids, expected, "{names:?}");
+
+            let resp = env.write(&format!("{hex}.der"), &response.der);
+            for alg in [HashAlg::Sha1, HashAlg::Sha256] {
+                let sha256 = alg == HashAlg::Sha256;
+                let out = common::openssl_ocsp(&resp, issuer_pem, &hex, sha256, &["-no_nonce"]);
+                println!(
+                    "--- {names:?}: openssl ocsp 0x{hex} sha256={sha256}\n{}",
+                    out.text
+                );
+                assert!(out.text.contains("Response verify OK"), "{}", out.text);
+                assert_eq!(
+                    out.text.matches("Cert Status:").count(),
+                    setting.len(),
+                    "{}",
+                    out.text
+                );
+                if setting.contains(&alg) {
+                    let word = if status == CertStatus::Good {
+                        "good"
+                    } else {
+                        "revoked"
+                    };
+                    assert!(
+                        out.text.contains(&format!("0x{hex}: {word}")),
+                        "{}",
+                        out.text
+                    );
+                } else {
+                    assert!(out.text.contains("No Status found"), "{}", out.text);
+                }
+            }
+            if python {
+                let expected = match status {
+                    CertStatus::Good => "good".to_owned(),
+                    CertStatus::Revoked { at, .. } => format!("revoked:{at}:key_compromise"),
+                };
+                match common::python_check(&resp, issuer_pem, &hex, &expected, &names) {
+                    Ok(text) => println!("{names:?} 0x{hex}: {}", text.trim()),
+                    Err(text) => panic!("python cryptography rejected {names:?} 0x{hex}:\n{text}"),
+                }
             }
         }
     }

@@ -474,6 +474,77 @@ async fn openssl_over_post_gets_good_revoked_and_unauthorized() {
     );
 }
 
+/// A stored response answers only requests whose CertID hash it has a SingleResponse for
+/// (`presigner.cert_id_hashes = ["sha1"]` or `["sha256"]` leaves one): the other hash gets
+/// `unauthorized`, not a signed response the client cannot match to its request. OpenSSL as
+/// the responder signs exactly one SingleResponse, with the request's hash, so these are
+/// single-hash responses made by someone else. Requests are counted by CertID hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_cert_id_hash_the_response_lacks_is_unauthorized() {
+    // Fresh for a minute: the second GET of 2001 must be a cache hit however slow the machine.
+    let s = Server::start(Duration::from_secs(60)).await;
+    s.publish("2001", false, false).await; // SHA-1 CertID only
+    s.publish("2002", true, true).await; // SHA-256 CertID only
+
+    let out = s.openssl("2001", &["-no_nonce"]).await;
+    assert!(out.contains("Response verify OK"), "{out}");
+    assert!(out.contains("0x2001: good"), "{out}");
+    let out = s.openssl("2001", &["-sha256", "-no_nonce"]).await;
+    assert!(out.contains("Responder Error: unauthorized (6)"), "{out}");
+    assert!(!out.contains("good"), "{out}");
+
+    let out = s.openssl("2002", &["-sha256", "-no_nonce"]).await;
+    assert!(out.contains("Response verify OK"), "{out}");
+    assert!(out.contains("0x2002: revoked"), "{out}");
+    let out = s.openssl("2002", &["-no_nonce"]).await;
+    assert!(out.contains("Responder Error: unauthorized (6)"), "{out}");
+    assert!(!out.contains("revoked"), "{out}");
+
+    // Over GET, byte for byte, and from the cache this time (the entry is held, the refusal
+    // is per request): the bare `unauthorized` with no-cache headers, no ETag.
+    for _ in 0..2 {
+        let req = s.pki.request("2001", true);
+        let reply = get(s.addr, &format!("/{}", B64.encode(&req)), "").await;
+        assert_refused(&reply, 200, UNAUTHORIZED);
+        // …and with an If-None-Match that the stored response's ETag would have matched.
+        let reply = get(
+            s.addr,
+            &format!("/{}", B64.encode(&req)),
+            "If-None-Match: *",
+        )
+        .await;
+        assert_refused(&reply, 200, UNAUTHORIZED);
+    }
+    let req = s.pki.request("2001", false);
+    let reply = get(s.addr, &format!("/{}", B64.encode(&req)), "").await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(reply.header("etag").is_some(), "{reply:?}");
+
+    // A hash this service does not serve at all (SHA-512) is counted as `other`.
+    let reply = post(
+        s.addr,
+        Some("application/ocsp-request"),
+        include_bytes!("data/req-sha512.der"),
+    )
+    .await;
+    assert_refused(&reply, 200, UNAUTHORIZED);
+
+    let m = s.metrics();
+    for line in [
+        // openssl 2001 sha1, 2002 sha1, one GET sha1.
+        r#"ocsp_requests_by_cert_id_hash_total{hash="sha1"} 3"#,
+        // openssl 2001 sha256, 2002 sha256, four GETs sha256.
+        r#"ocsp_requests_by_cert_id_hash_total{hash="sha256"} 6"#,
+        r#"ocsp_requests_by_cert_id_hash_total{hash="other"} 1"#,
+        r#"ocsp_responses_total{status="unauthorized",source="none"} 7"#,
+        r#"ocsp_responses_total{status="good",source="store"} 1"#,
+        r#"ocsp_responses_total{status="good",source="cache"} 1"#,
+        r#"ocsp_responses_total{status="revoked",source="store"} 1"#,
+    ] {
+        assert!(m.contains(line), "{line} missing from:\n{m}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_sets_caching_headers_and_honours_if_none_match() {
     let s = Server::start(Duration::from_secs(5)).await;
@@ -544,13 +615,15 @@ async fn get_sets_caching_headers_and_honours_if_none_match() {
     assert_eq!(p.body, der);
     assert_eq!(p.header("etag"), Some(etag.as_str()));
 
-    // A SHA-256 CertID names the same certificate.
+    // A SHA-256 CertID names the same certificate, but OpenSSL signed this response for a
+    // SHA-1 request: it holds no SingleResponse a SHA-256 client could match, so that client
+    // gets `unauthorized` rather than these bytes (see
+    // `a_request_whose_cert_id_hash_the_response_lacks_is_unauthorized`).
     let b64_256 = B64.encode(s.pki.request("1001", true));
     let r256 = get(s.addr, &format!("/{b64_256}"), "").await;
-    assert_eq!(r256.status, 200);
-    assert_eq!(r256.body, der);
+    assert_refused(&r256, 200, UNAUTHORIZED);
 
-    // Served twice from the cache by now.
+    // Served twice from the cache by now; the refusal is not counted as served.
     let m = s.metrics();
     assert!(
         m.contains(r#"ocsp_responses_total{status="good",source="cache"}"#),
@@ -560,9 +633,9 @@ async fn get_sets_caching_headers_and_honours_if_none_match() {
         m.contains(r#"ocsp_cache_requests_total{result="hit"}"#),
         "{m}"
     );
-    assert!(m.contains("ocsp_response_age_seconds_count 5"), "{m}");
+    assert!(m.contains("ocsp_response_age_seconds_count 4"), "{m}");
     assert!(
-        m.contains("ocsp_response_time_to_expiry_seconds_count 5"),
+        m.contains("ocsp_response_time_to_expiry_seconds_count 4"),
         "{m}"
     );
 }

@@ -484,15 +484,19 @@ pub fn python_cryptography() -> bool {
 }
 
 /// Checks a response with Python's `cryptography`, independently of this crate: parses it,
-/// walks `.responses`, requires exactly one SingleResponse per CertID hash (SHA-1 and SHA-256)
-/// naming `serial_hex` with the issuer's name and key hashes, and the expected status
-/// (`good`, or `revoked:<unix time>:<reason name or none>`), and verifies the signature over
-/// `tbs_response_bytes` with the issuer's public key. Prints one summary line on success.
+/// walks `.responses`, requires exactly one SingleResponse per CertID hash in `hashes`
+/// (`sha1`, `sha256`) and no other, each naming `serial_hex` with the issuer's name and key
+/// hashes, and the expected status (`good`, or `revoked:<unix time>:<reason name or none>`),
+/// and verifies the signature over `tbs_response_bytes` with the issuer's public key. With
+/// one hash it also reads the single-response accessors certbot uses
+/// (`response.certificate_status`, `.serial_number`, ...); with two, it checks they raise
+/// `ValueError` (they need exactly one SingleResponse). Prints one summary line on success.
 pub fn python_check(
     resp: &Path,
     issuer: &Path,
     serial_hex: &str,
     expected: &str,
+    hashes: &[&str],
 ) -> Result<String, String> {
     const SCRIPT: &str = r#"
 import sys, hashlib
@@ -501,7 +505,8 @@ from cryptography.x509 import ocsp
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-resp_path, issuer_path, serial_hex, expected = sys.argv[1:5]
+resp_path, issuer_path, serial_hex, expected, hashes = sys.argv[1:6]
+hashes = hashes.split(",")
 resp = ocsp.load_der_ocsp_response(open(resp_path, "rb").read())
 issuer = x509.load_pem_x509_certificate(open(issuer_path, "rb").read())
 assert resp.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL, resp.response_status
@@ -544,7 +549,25 @@ for single in resp.responses:
         got = single.revocation_reason.name if single.revocation_reason else "none"
         assert got == reason, got
     seen[h] = single
-assert sorted(seen) == ["sha1", "sha256"], sorted(seen)
+assert sorted(seen) == sorted(hashes), (sorted(seen), hashes)
+if len(hashes) == 1:
+    (only,) = seen.values()
+    assert resp.hash_algorithm.name == hashes[0], resp.hash_algorithm
+    assert resp.serial_number == int(serial_hex, 16), resp.serial_number
+    assert resp.issuer_key_hash == only.issuer_key_hash
+    assert resp.certificate_status == only.certificate_status, resp.certificate_status
+    assert resp.next_update_utc == only.next_update_utc
+    if expected != "good":
+        assert resp.revocation_time_utc == only.revocation_time_utc
+        assert resp.revocation_reason == only.revocation_reason
+    accessors = "single-response accessors OK"
+else:
+    try:
+        resp.certificate_status
+    except ValueError:
+        accessors = "single-response accessors refuse %d SingleResponses" % len(hashes)
+    else:
+        raise AssertionError("certificate_status read from %d SingleResponses" % len(hashes))
 key = issuer.public_key()
 if isinstance(key, ec.EllipticCurvePublicKey):
     key.verify(resp.signature, resp.tbs_response_bytes, ec.ECDSA(resp.signature_hash_algorithm))
@@ -552,9 +575,9 @@ elif isinstance(key, rsa.RSAPublicKey):
     key.verify(resp.signature, resp.tbs_response_bytes, padding.PKCS1v15(), resp.signature_hash_algorithm)
 else:
     raise SystemExit("unexpected key type")
-s = seen["sha256"]
-print("python cryptography: signature OK (%s), SingleResponses %s, status %s, thisUpdate %s, nextUpdate %s%s" % (
-    resp.signature_algorithm_oid._name, sorted(seen), s.certificate_status.name, s.this_update_utc, s.next_update_utc,
+s = seen[hashes[-1]]
+print("python cryptography: signature OK (%s), SingleResponses %s, %s, status %s, thisUpdate %s, nextUpdate %s%s" % (
+    resp.signature_algorithm_oid._name, sorted(seen), accessors, s.certificate_status.name, s.this_update_utc, s.next_update_utc,
     "" if expected == "good" else ", revoked %s reason %s" % (s.revocation_time_utc, s.revocation_reason)))
 "#;
     let out = Command::new("python3")
@@ -564,6 +587,7 @@ print("python cryptography: signature OK (%s), SingleResponses %s, status %s, th
         .arg(issuer)
         .arg(serial_hex)
         .arg(expected)
+        .arg(hashes.join(","))
         .output()
         .map_err(|e| format!("python3: {e}"))?;
     let text = format!(
