@@ -60,14 +60,22 @@ for c in sorted({d["_c"] for d in runs}):
               f"{ph('validation', 'p50_ms'):.1f} | {ph('finalize', 'p50_ms'):.1f} | {ph('download', 'p50_ms'):.1f} | {polls} | "
               f"{fmt(server, 2)}, {fmt(gw, 2)}, {fmt(bench, 2)}, {fmt(mach, 2)} |")
 
-print("\n## Ratio ca-frontend / pebble (median orders/s)\n")
-print("| concurrency | pebble | ca-frontend | ratio | target ≥ 2 |")
-print("|---|---|---|---|---|")
+# Pebble's rounds at 32 in flight are erratic (a fresh instance each round, yet 98, 33 and 2.4
+# orders/s in one run), so the target is judged on the conservative ratio: ca-frontend's median
+# against Pebble's best round.
+best = {}
+for d in runs:
+    if d["_label"] == "pebble":
+        best[d["_c"]] = max(best.get(d["_c"], 0), d["orders_per_s"])
+print("\n## Ratio ca-frontend / pebble\n")
+print("| concurrency | pebble median | pebble best round | ca-frontend median | ratio of medians | ratio to Pebble's best | target ≥ 2 (vs best) |")
+print("|---|---|---|---|---|---|---|")
 for c in sorted({d["_c"] for d in runs}):
     p, f = medians.get((c, "pebble")), medians.get((c, "ca-frontend"))
     if p and f:
-        ratio = f / p
-        print(f"| {c} | {p:.1f} | {f:.1f} | **{ratio:.2f}** | {'met' if ratio >= 2 else 'NOT met'} |")
+        ratio, conservative = f / p, f / best[c]
+        print(f"| {c} | {p:.1f} | {best[c]:.1f} | {f:.1f} | {ratio:.2f} | **{conservative:.2f}** | "
+              f"{'met' if conservative >= 2 else 'NOT met'} |")
 
 print("\n## ca-frontend: gateway signatures per order, errors\n")
 for d in runs:
