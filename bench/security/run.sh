@@ -16,7 +16,8 @@
 #  3. ROUNDS rounds; in each, for each load point of --loads (CALLSxBATCH: SignBatch calls in
 #     flight × signatures per call), one `hsm-bench sign --mode batch` run of DURATION (after
 #     WARMUP) against each gateway, the order of the four rotating from round to round; the
-#     gateway's CPU time and its audit / RPC latency histograms are read around every run. The
+#     gateway's CPU time, its audit / RPC latency histograms and its audit writer thread's
+#     scheduler statistics (CPU time, run-queue wait) are read around every run. The
 #     default points: 8 × 256 (batching as the OCSP pre-signer does it), 8 × 16 (small calls, so
 #     per-call costs weigh 16 times more), 64 × 16 (the same small calls, more of them in flight);
 #  4. results under bench/security/results/<UTC timestamp>/: runs.jsonl (one line per run),
@@ -276,6 +277,18 @@ histograms() {
         END {printf "{\"audit_sum\": %s, \"audit_count\": %s, \"rpc_sum\": %s, \"rpc_count\": %s, \"signatures\": %s}\n",
              as + 0, ac + 0, rs + 0, rc + 0, sg + 0}'
 }
+# The audit writer thread's scheduler figures (/proc/PID/task/TID/schedstat): nanoseconds on a
+# CPU, nanoseconds runnable but waiting for one. "0 0" for a gateway without the thread.
+writer_sched() {
+    local task
+    for task in /proc/"$1"/task/*; do
+        if [[ $(cat "$task/comm" 2>/dev/null) == audit-writer ]]; then
+            cut -d' ' -f1-2 "$task/schedstat"
+            return
+        fi
+    done
+    echo "0 0"
+}
 run_one() { # CONFIG CALLS BATCH ROUND
     local name=$1 calls=$2 batch=$3 round=$4 t json cpu0 cpu1 h0 h1 env=()
     t=$(tag "$name")-${calls}x$batch-r$round
@@ -283,16 +296,19 @@ run_one() { # CONFIG CALLS BATCH ROUND
     [[ $name == mtls* ]] && env=("${TLS_ENV[@]}")
     cpu0=$(cpu_seconds "${PID[$name]}")
     h0=$(histograms "${METRICS[$name]}")
+    w0=$(writer_sched "${PID[$name]}")
     env "${env[@]}" RUST_LOG=warn "$BIN/hsm-bench" sign --config "$WORK/gateway-$(tag "$name").toml" \
         --key "$KEY" --mode batch --gateway "${URL[$name]}" --batch "$batch" \
         --batch-concurrency "$calls" --duration "$DURATION" --warmup "$WARMUP" --rounds 1 \
         --json "$json" > "$OUT/$t.txt" 2>&1 || { cat "$OUT/$t.txt" >&2; fail "hsm-bench sign $t"; }
     cpu1=$(cpu_seconds "${PID[$name]}")
     h1=$(histograms "${METRICS[$name]}")
+    w1=$(writer_sched "${PID[$name]}")
     line=$(python3 - "$json" "$name" "$calls" "$batch" "$round" "$cpu0" "$cpu1" "$h0" "$h1" \
-        "$(loadavg)" "$OUT/runs.jsonl" <<'PY'
+        "$(loadavg)" "$OUT/runs.jsonl" "$w0" "$w1" <<'PY'
 import json, sys
-path, name, calls, batch, rnd, cpu0, cpu1, h0, h1, load, runs = sys.argv[1:12]
+path, name, calls, batch, rnd, cpu0, cpu1, h0, h1, load, runs, w0, w1 = sys.argv[1:14]
+w = [b - a for a, b in zip(map(int, w0.split()), map(int, w1.split()))]
 report = json.load(open(path))
 mode = report["modes"][0]
 h0, h1 = json.loads(h0), json.loads(h1)
@@ -315,14 +331,21 @@ r = {
     "signbatch_mean_ms": 1e3 * d["rpc_sum"] / d["rpc_count"] if d["rpc_count"] else None,
     "audit_records": d["audit_count"],
     "audit_mean_wait_ms": 1e3 * d["audit_sum"] / d["audit_count"] if d["audit_count"] else None,
+    # The audit writer thread, per record: time on a CPU, and time runnable but not running
+    # (waiting behind the signing threads for a core).
+    "writer_cpu_us_per_record": 1e-3 * w[0] / d["audit_count"] if d["audit_count"] else None,
+    "writer_runqueue_us_per_record": 1e-3 * w[1] / d["audit_count"] if d["audit_count"] else None,
     "load_average": load,
     "signatures_in_window": signed,
 }
 with open(runs, "a") as f:
     f.write(json.dumps(r) + "\n")
 wait = r["audit_mean_wait_ms"]
+wcpu, wq = r["writer_cpu_us_per_record"], r["writer_runqueue_us_per_record"]
 print(f"{rate:>9,.0f} sig/s  SignBatch mean {r['signbatch_mean_ms'] or 0:.1f} ms  "
-      f"audit wait {'-' if wait is None else format(wait, '.2f')} ms  "
+      f"audit wait {'-' if wait is None else format(wait, '.2f')} ms"
+      + ("" if wcpu is None else f" (writer per record: CPU {wcpu:.0f} µs, run queue {wq:.0f} µs)")
+      + "  "
       f"gateway CPU {r['gateway_cpu_us_per_signature']:.1f} µs/sig  errors {r['errors']}")
 PY
 )

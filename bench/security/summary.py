@@ -70,6 +70,9 @@ def main():
                 "signbatch_mean_ms": median(r["signbatch_mean_ms"] for r in rs),
                 "p99_ms": median((r["latency_us"]["p99_us"] or 0) / 1e3 for r in rs),
                 "audit_mean_wait_ms": median(r["audit_mean_wait_ms"] for r in rs),
+                "writer_cpu_us_per_record": median(r.get("writer_cpu_us_per_record") for r in rs),
+                "writer_runqueue_us_per_record":
+                    median(r.get("writer_runqueue_us_per_record") for r in rs),
                 "gateway_cpu_us_per_signature": median(r["gateway_cpu_us_per_signature"] for r in rs),
                 "bench_cores": median(r.get("bench_cores") for r in rs),
                 "errors": sum(r["errors"] for r in rs),
@@ -126,8 +129,9 @@ def main():
             f"## SignBatch, {calls} calls × {batch} signatures in flight",
             "",
             "| configuration | median sig/s | vs baseline (medians) | vs baseline (paired, median) "
-            "| per round | SignBatch mean | p99 | audit wait (mean) | gateway CPU/sig | errors |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| per round | SignBatch mean | p99 | audit wait (mean) | writer per record: CPU, run queue "
+            "| gateway CPU/sig | errors |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             md.append(
@@ -136,7 +140,9 @@ def main():
                 f"| {' / '.join(format(v, ',.0f') for v in r['per_round'])} "
                 f"| {f(r['signbatch_mean_ms'], '.2f')} ms | {f(r['p99_ms'], '.1f')} ms "
                 f"| {f(r['audit_mean_wait_ms'], '.2f') + ' ms' if r['audit_mean_wait_ms'] is not None else '–'} "
-                f"| {f(r['gateway_cpu_us_per_signature'], '.1f')} µs | {r['errors']} |")
+                + (f"| {r['writer_cpu_us_per_record']:.0f} µs, {r['writer_runqueue_us_per_record']:.0f} µs "
+                   if r.get("writer_cpu_us_per_record") is not None else "| – ")
+                + f"| {f(r['gateway_cpu_us_per_signature'], '.1f')} µs | {r['errors']} |")
         md.append("")
     if target:
         md += [
@@ -151,7 +157,9 @@ def main():
         + " (on 2 cores the gateway's 4 signing threads and the load generator alone hold it at 4–5).",
         "",
         "Audit wait: time from handing a call's record to the audit writer to its fdatasync "
-        "(`hsmgate_audit_write_seconds`), per call. Gateway CPU/sig: the gateway process's CPU "
+        "(`hsmgate_audit_write_seconds`), per call. Writer per record: the audit-writer "
+        "thread's time on a CPU and time runnable but waiting for one (/proc schedstat), per "
+        "record (one record per call). Gateway CPU/sig: the gateway process's CPU "
         "time (user + system, SoftHSM2's signing included) over the run, per signature.",
     ]
     with open(f"{out}/summary.md", "w") as fh:
