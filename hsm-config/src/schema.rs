@@ -158,6 +158,13 @@ pub struct Audit {
     /// What happens when a record cannot be written.
     #[serde(default)]
     pub on_failure: AuditFailure,
+    /// **Benchmarks only**: run with no audit log at all, to measure what the log costs
+    /// (`bench/security/run.sh`). Only a `signer` built with its `bench-unaudited` feature —
+    /// which no crate and no default build enables — honours it; every other build refuses the
+    /// file at start-up, naming this field. Refused here unless `gateway.listen` is a loopback
+    /// address, so that even a benchmark build cannot serve unaudited signatures to a network.
+    #[serde(default)]
+    pub bench_unaudited: bool,
 }
 
 fn default_audit_file_bytes() -> u64 {

@@ -227,6 +227,16 @@ pub(crate) fn validate(config: &Config) -> Vec<FieldError> {
         4_096,
         1 << 40,
     );
+    if config.audit.bench_unaudited && !gw.listen.ip().is_loopback() {
+        err(
+            "audit.bench_unaudited".into(),
+            &format!(
+                "refused: gateway.listen `{}` is not a loopback address; a gateway without its \
+                 audit log is for benchmarks on one machine only",
+                gw.listen
+            ),
+        );
+    }
 
     // Keys.
     let mut key_names = HashSet::new();

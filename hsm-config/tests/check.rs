@@ -277,3 +277,31 @@ subject = "CN=a"
             .all(|c| c.grants.iter().all(|g| !g.keys.contains(&"*".to_owned())))
     );
 }
+
+/// `[audit] bench_unaudited` parses (only a `bench-unaudited` build of the gateway honours it;
+/// signer/tests/security.rs checks that every other build refuses it), but never off loopback.
+#[test]
+fn an_unaudited_benchmark_gateway_is_loopback_only() {
+    let two = std::fs::read_to_string(TWO_DC).expect("example");
+    let unaudited = two.replace("dir = \"audit\"", "dir = \"audit\"\nbench_unaudited = true");
+    assert_ne!(unaudited, two, "two-dc.toml's [audit] table changed");
+    let (ok, out) = check(&unaudited);
+    assert!(ok, "{out}");
+    assert!(!Config::load(TWO_DC).expect("loads").audit.bench_unaudited);
+
+    let tls = "[gateway.tls]\ncert = \"s.pem\"\nkey = \"s.key\"\nclient_ca = \"ca.pem\"\n";
+    let (ok, out) = check(
+        &unaudited
+            .replace("[gateway.insecure_plaintext]\nclient = \"tests\"\n", tls)
+            .replace("\nlisten = \"127.0.0.1:0\"", "\nlisten = \"0.0.0.0:50051\"")
+            .replace(
+                "name = \"tests\"\n",
+                "name = \"tests\"\nsubject = \"CN=tests\"\n",
+            ),
+    );
+    assert!(!ok);
+    assert!(
+        out.contains("audit.bench_unaudited: refused: gateway.listen `0.0.0.0:50051` is not a loopback address"),
+        "{out}"
+    );
+}

@@ -34,6 +34,11 @@
 //! because a signature nobody can account for is worse than a retry on another gateway. The
 //! next request tries again (re-reading the tail first), so signing resumes by itself once the
 //! sink is back. `log-and-continue` returns signatures anyway and counts the failures.
+//!
+//! **No log at all** exists only for benchmarks: [`Sink::Unaudited`] is compiled in by the
+//! `bench-unaudited` feature alone (off by default, enabled by no other crate), and chosen by
+//! `[audit] bench_unaudited = true` on a loopback listener. A normal build refuses that setting
+//! at start-up, so it cannot run unaudited whatever its configuration says.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -41,7 +46,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hsm_config::AuditFailure;
+use hsm_config::{AuditFailure, Config};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -203,6 +208,61 @@ impl AuditLog {
         };
         self.metrics.audit(result.is_ok(), started.elapsed());
         result
+    }
+}
+
+/// Where the signing service's records go.
+#[derive(Clone, Debug)]
+pub enum Sink {
+    /// The audit log: every build, every production configuration.
+    Log(Arc<AuditLog>),
+    /// Nowhere: no record is made and nothing waits for a disk. Only what
+    /// `bench/security/run.sh` compares the audited gateway with; the variant does not exist
+    /// without the `bench-unaudited` feature, so a normal build has no unaudited path at all.
+    #[cfg(feature = "bench-unaudited")]
+    Unaudited,
+}
+
+impl Sink {
+    /// The sink `config` asks for: its `[audit]` log, or — in a `bench-unaudited` build, with
+    /// `bench_unaudited = true` — none, said loudly in the log and in `hsmgate_audit_disabled`.
+    /// Without the feature that setting is a configuration error naming the field, whatever
+    /// else the file says. `path` is the configuration file, for that error.
+    pub fn open(config: &Config, path: &Path, metrics: Arc<Metrics>) -> Result<Self, Error> {
+        if config.audit.bench_unaudited {
+            return Self::unaudited(path, &metrics);
+        }
+        let log = AuditLog::open(
+            config.resolve(&config.audit.dir),
+            config.audit.max_file_bytes,
+            config.audit.on_failure,
+            metrics,
+        )?;
+        Ok(Self::Log(log))
+    }
+
+    #[cfg(feature = "bench-unaudited")]
+    fn unaudited(_path: &Path, metrics: &Metrics) -> Result<Self, Error> {
+        metrics.audit_disabled();
+        tracing::warn!(
+            "UNAUDITED: this gateway keeps NO AUDIT LOG ([audit] bench_unaudited = true in a \
+             `bench-unaudited` build): signatures leave without a record. For benchmarks only; \
+             never deploy this binary."
+        );
+        Ok(Self::Unaudited)
+    }
+
+    #[cfg(not(feature = "bench-unaudited"))]
+    fn unaudited(path: &Path, _metrics: &Metrics) -> Result<Self, Error> {
+        Err(Error::Config(hsm_config::Error::Invalid {
+            path: path.to_owned(),
+            errors: vec![hsm_config::FieldError {
+                path: "audit.bench_unaudited".into(),
+                message: "refused: this signer was built without the `bench-unaudited` feature; \
+                          a gateway without its audit log exists for benchmarks only"
+                    .into(),
+            }],
+        }))
     }
 }
 

@@ -132,8 +132,11 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(signer::server::run(config_path, config)) {
         Ok(()) => ExitCode::SUCCESS,
-        // Unusable TLS files or audit directory: like an invalid configuration.
-        Err(e @ (signer::Error::Tls { .. } | signer::Error::Audit(_))) => {
+        // Unusable TLS files or audit directory, or a setting this build refuses
+        // (`audit.bench_unaudited`): like an invalid configuration.
+        Err(
+            e @ (signer::Error::Tls { .. } | signer::Error::Audit(_) | signer::Error::Config(_)),
+        ) => {
             tracing::error!("{e}; refusing to start");
             ExitCode::from(2)
         }

@@ -91,6 +91,7 @@ pub struct Metrics {
     audit_records: Family<OutcomeLabels, Counter>,
     audit_failures: Counter,
     audit_seconds: Histogram,
+    audit_disabled: Gauge,
 }
 
 impl Metrics {
@@ -118,6 +119,7 @@ impl Metrics {
             audit_records: Family::default(),
             audit_failures: Counter::default(),
             audit_seconds: latency_histogram(),
+            audit_disabled: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -225,6 +227,12 @@ impl Metrics {
             "Time from handing a record to the audit writer to its fdatasync",
             m.audit_seconds.clone(),
         );
+        // Always exported (0 in production), so that an alert on `== 1` needs no other rule.
+        registry.register(
+            "audit_disabled",
+            "1 while this gateway runs WITHOUT an audit log (a bench-unaudited build: benchmarks only)",
+            m.audit_disabled.clone(),
+        );
         Arc::new(Self { registry, ..m })
     }
 
@@ -270,6 +278,11 @@ impl Metrics {
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
         self.audit_seconds.observe(waited.as_secs_f64());
+    }
+
+    /// This gateway signs with no audit log (`[audit] bench_unaudited`, benchmarks only).
+    pub fn audit_disabled(&self) {
+        self.audit_disabled.set(1);
     }
 
     pub fn audit_failure(&self) {

@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tonic::transport::server::TcpIncoming;
 
-use crate::audit::AuditLog;
+use crate::audit;
 use crate::error::Error;
 use crate::gateway::Gateway;
 use crate::metrics::{self, Metrics};
@@ -32,12 +32,7 @@ pub const SERVICE_NAME: &str = "hsmgate.signer.v1.Signer";
 pub async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
     let metrics = Metrics::new();
     let tls = server_tls(&config)?;
-    let audit = AuditLog::open(
-        config.resolve(&config.audit.dir),
-        config.audit.max_file_bytes,
-        config.audit.on_failure,
-        metrics.clone(),
-    )?;
+    let audit = audit::Sink::open(&config, &config_path, metrics.clone())?;
     let gateway = Gateway::start(&config, metrics.clone());
 
     let grpc_listener = TcpListener::bind(config.gateway.listen).await?;
@@ -105,7 +100,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
             hsm: String::new(),
             detail: format!("reflection: {e}"),
         })?;
-    let signer = SignerServer::new(SignerService::new(gateway.clone(), audit.clone()))
+    let signer = SignerServer::new(SignerService::new(gateway.clone(), audit))
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
 

@@ -5,7 +5,8 @@
 //! batch limits → every item inside the caller's grants and, for keys that check payloads,
 //! parsing as declared ([`crate::payload`]) → the caller's rate and concurrency limits → item
 //! checks → HSMs → one audit record ([`crate::audit`]), on disk before the answer leaves.
-//! Every refusal is audited too.
+//! Every refusal is audited too. (A `bench-unaudited` build can skip the record: see
+//! [`audit::Sink`].)
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use hsmgate_signer_api::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::algorithm::{self, Input};
-use crate::audit::{self, AuditLog};
+use crate::audit;
 use crate::authz::Caller;
 use crate::dispatch::{Prepared, Router, Signed};
 use crate::error::Error;
@@ -33,7 +34,7 @@ use crate::payload;
 #[derive(Debug, Clone)]
 pub struct SignerService {
     gateway: Arc<Gateway>,
-    audit: Arc<AuditLog>,
+    audit: audit::Sink,
 }
 
 /// What a signing call's envelope says, read before its message is taken out.
@@ -54,7 +55,7 @@ fn audit_item(r: &SignRequest) -> audit::Item {
 }
 
 impl SignerService {
-    pub fn new(gateway: Arc<Gateway>, audit: Arc<AuditLog>) -> Self {
+    pub fn new(gateway: Arc<Gateway>, audit: audit::Sink) -> Self {
         Self { gateway, audit }
     }
 
@@ -107,15 +108,7 @@ impl SignerService {
             Ok(op) => op.as_str(),
             Err(_) => "invalid",
         };
-        let mut record = audit::Record {
-            method,
-            client: caller.name().to_owned(),
-            identity: caller.identity.clone(),
-            peer: info.peer.map(|p| p.to_string()),
-            operation,
-            items: requests.iter().map(audit_item).collect(),
-            ..audit::Record::default()
-        };
+        let peer = info.peer;
         let result = self
             .checked_sign(
                 &router,
@@ -127,27 +120,52 @@ impl SignerService {
             )
             .await;
         let (code, signatures) = match &result {
+            Ok(signed) => (tonic::Code::Ok, signed.len() as u64),
+            Err(e) => {
+                let code = e.to_status().code();
+                if code == tonic::Code::PermissionDenied {
+                    tracing::warn!(client = caller.name(), identity = %caller.identity, method, "{e}");
+                }
+                (code, 0)
+            }
+        };
+        // A `match` rather than `let Sink::Log(log) = …`: without the `bench-unaudited` feature
+        // the unaudited arm does not exist, and no code path skips the record.
+        #[allow(
+            clippy::infallible_destructuring_match,
+            reason = "a second arm exists in bench-unaudited builds"
+        )]
+        let log = match &self.audit {
+            audit::Sink::Log(log) => log,
+            #[cfg(feature = "bench-unaudited")]
+            audit::Sink::Unaudited => return self.count(&caller, code, signatures, result),
+        };
+        let mut record = audit::Record {
+            method,
+            client: caller.name().to_owned(),
+            identity: caller.identity.clone(),
+            peer: peer.map(|p| p.to_string()),
+            operation,
+            items: requests.iter().map(audit_item).collect(),
+            ..audit::Record::default()
+        };
+        match &result {
             Ok(signed) => {
                 record.outcome = "OK".into();
                 let mut hsms: Vec<String> = signed.iter().map(|s| s.hsm.to_string()).collect();
                 hsms.sort();
                 hsms.dedup();
                 record.hsms = hsms;
-                (tonic::Code::Ok, signed.len() as u64)
             }
             Err(e) => {
                 let status = e.to_status();
                 record.outcome = format!("{:?}", status.code());
                 record.detail = Some(status.message().to_owned());
-                if status.code() == tonic::Code::PermissionDenied {
-                    tracing::warn!(client = caller.name(), identity = %caller.identity, method, "{e}");
-                }
-                (status.code(), 0)
             }
-        };
-        let result = match (self.audit.append(record).await, result) {
+        }
+        let result = match (log.append(record).await, result) {
             (Ok(_), result) => result,
-            (Err(e), Ok(_)) if self.audit.on_failure() == AuditFailure::StopSigning => {
+            (Err(e), Ok(_)) if log.on_failure() == AuditFailure::StopSigning => {
                 tracing::error!(client = caller.name(), method, "signatures withheld: {e}");
                 Err(e)
             }
@@ -160,6 +178,17 @@ impl SignerService {
                 result
             }
         };
+        self.count(&caller, code, signatures, result)
+    }
+
+    /// Per-client metrics of a signing call's final outcome (after its audit record).
+    fn count(
+        &self,
+        caller: &Caller,
+        code: tonic::Code,
+        signatures: u64,
+        result: Result<Vec<Signed>, Error>,
+    ) -> Result<Vec<Signed>, Error> {
         let code = match &result {
             Ok(_) => code,
             Err(e) => e.to_status().code(),

@@ -503,6 +503,8 @@ async fn a_client_over_its_rate_is_limited_and_others_are_not() {
         r#"hsmgate_client_signatures_total{client="limited"} 6"#,
         r#"hsmgate_client_requests_total{client="limited",code="ResourceExhausted"} 1"#,
         r#"hsmgate_audit_records_total{outcome="written"} 8"#,
+        // A production gateway says it is audited, so an alert on `== 1` is enough.
+        "hsmgate_audit_disabled 0",
     ] {
         assert!(m.contains(line), "missing `{line}` in metrics:\n{m}");
     }
@@ -951,4 +953,49 @@ async fn a_client_known_by_its_key_hash_is_recognised_whatever_its_subject() {
             .is_some_and(|i| i.ends_with(&format!("spki-sha256={hash}"))),
         "{last}"
     );
+}
+
+/// `[audit] bench_unaudited` exists for `bench/security/run.sh` only: a signer built without
+/// the `bench-unaudited` feature (every build but that benchmark's) refuses to start on it,
+/// naming the field, and signs nothing unaudited.
+#[cfg(not(feature = "bench-unaudited"))]
+#[test]
+fn a_normal_build_refuses_to_run_without_its_audit_log() {
+    let text = common::tokens()
+        .config_text
+        .replace("dir = \"audit\"", "dir = \"audit\"\nbench_unaudited = true");
+    assert_ne!(text, common::tokens().config_text, "[audit] table changed");
+    let err = Gateway::spawn(&text).err().expect("must refuse to start");
+    assert!(err.contains("exit Some(2)"), "{err}");
+    assert!(
+        err.contains("audit.bench_unaudited: refused: this signer was built without the `bench-unaudited` feature"),
+        "{err}"
+    );
+    assert!(!err.contains("READY"), "{err}");
+}
+
+/// In a `bench-unaudited` build (`cargo test -p signer --features bench-unaudited`) the switch
+/// works, and says so: a loud warning, `hsmgate_audit_disabled 1`, and no audit file.
+#[cfg(feature = "bench-unaudited")]
+#[tokio::test]
+async fn a_bench_unaudited_build_runs_without_its_audit_log_and_says_so() {
+    let gw = Gateway::start_with(common::Module::SoftHsm, |t| {
+        t.replace("dir = \"audit\"", "dir = \"audit\"\nbench_unaudited = true")
+    });
+    gw.wait_available("ca-p256", 1, Duration::from_secs(20))
+        .await;
+    assert!(
+        gw.logs()
+            .contains("UNAUDITED: this gateway keeps NO AUDIT LOG"),
+        "{}",
+        gw.logs()
+    );
+    let mut client = gw.client().await;
+    client
+        .sign(digest_request("ca-p256", digest_for(1, 32)))
+        .await
+        .expect("signed");
+    assert!(!gw.audit_dir().exists(), "an unaudited gateway wrote a log");
+    let m = gw.metrics_text().await;
+    assert!(m.contains("hsmgate_audit_disabled 1"), "{m}");
 }
