@@ -83,6 +83,33 @@ impl PostgresDb {
     }
 }
 
+/// The certificate `serial`, locked until `tx` ends.
+async fn certificate_for_update(
+    tx: &tokio_postgres::Transaction<'_>,
+    serial: &str,
+) -> Result<Option<CertificateRecord>, Error> {
+    let row = tx
+        .query_opt(CERTIFICATE_FOR_UPDATE, &[&serial])
+        .await
+        .map_err(db_err)?;
+    row.map(|r| from_json(DB, &r.get::<_, String>(0)))
+        .transpose()
+}
+
+/// Saves a certificate record read with [`certificate_for_update`].
+async fn save_certificate(
+    tx: &tokio_postgres::Transaction<'_>,
+    record: &CertificateRecord,
+) -> Result<(), Error> {
+    tx.execute(
+        sql::UPDATE_CERTIFICATE,
+        &[&to_json(record)?, &record.serial],
+    )
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
 /// A count's cap as SQL's BIGINT.
 fn cap(at_most: u64) -> i64 {
     i64::try_from(at_most).unwrap_or(i64::MAX)
@@ -287,14 +314,9 @@ impl Db for PostgresDb {
     ) -> Result<Option<(Revocation, bool)>, Error> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db_err)?;
-        let Some(row) = tx
-            .query_opt(CERTIFICATE_FOR_UPDATE, &[&serial])
-            .await
-            .map_err(db_err)?
-        else {
+        let Some(mut record) = certificate_for_update(&tx, serial).await? else {
             return Ok(None);
         };
-        let mut record: CertificateRecord = from_json(DB, &row.get::<_, String>(0))?;
         if let Some(existing) = record.revoked {
             return Ok(Some((existing, false)));
         }
@@ -312,21 +334,14 @@ impl Db for PostgresDb {
     async fn mark_replaced(&self, serial: &str, by_order: &str) -> Result<bool, Error> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db_err)?;
-        let Some(row) = tx
-            .query_opt(CERTIFICATE_FOR_UPDATE, &[&serial])
-            .await
-            .map_err(db_err)?
-        else {
+        let Some(mut record) = certificate_for_update(&tx, serial).await? else {
             return Ok(false);
         };
-        let mut record: CertificateRecord = from_json(DB, &row.get::<_, String>(0))?;
         if record.replaced_by.is_some() {
             return Ok(false);
         }
         record.replaced_by = Some(by_order.to_owned());
-        tx.execute(sql::UPDATE_CERTIFICATE, &[&to_json(&record)?, &serial])
-            .await
-            .map_err(db_err)?;
+        save_certificate(&tx, &record).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(true)
     }
@@ -336,18 +351,11 @@ impl Db for PostgresDb {
         let tx = client.transaction().await.map_err(db_err)?;
         let mut marked = 0;
         for serial in serials {
-            let Some(row) = tx
-                .query_opt(CERTIFICATE_FOR_UPDATE, &[serial])
-                .await
-                .map_err(db_err)?
-            else {
+            let Some(mut record) = certificate_for_update(&tx, serial).await? else {
                 continue;
             };
-            let mut record: CertificateRecord = from_json(DB, &row.get::<_, String>(0))?;
             record.renew_now = true;
-            tx.execute(sql::UPDATE_CERTIFICATE, &[&to_json(&record)?, serial])
-                .await
-                .map_err(db_err)?;
+            save_certificate(&tx, &record).await?;
             marked += 1;
         }
         tx.commit().await.map_err(db_err)?;

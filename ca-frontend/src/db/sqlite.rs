@@ -125,6 +125,26 @@ fn migrate(conn: &Connection) -> Result<(), Error> {
     Ok(())
 }
 
+/// The certificate `serial`, read inside a transaction that may then save it.
+fn certificate_in(c: &Connection, serial: &str) -> Result<Option<CertificateRecord>, Error> {
+    let text: Option<String> = c
+        .prepare_cached(sql::CERTIFICATE)
+        .map_err(db_err)?
+        .query_row(params![serial], |r| r.get(0))
+        .optional()
+        .map_err(db_err)?;
+    text.map(|t| from_json(DB, &t)).transpose()
+}
+
+/// Saves a certificate record read with [`certificate_in`].
+fn save_certificate(c: &Connection, record: &CertificateRecord) -> Result<(), Error> {
+    c.prepare_cached(sql::UPDATE_CERTIFICATE)
+        .map_err(db_err)?
+        .execute(params![to_json(record)?, record.serial])
+        .map_err(db_err)?;
+    Ok(())
+}
+
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
 }
@@ -332,14 +352,9 @@ impl Db for SqliteDb {
         let serial = serial.to_owned();
         self.run(move |c| {
             let tx = c.transaction().map_err(db_err)?;
-            let text: Option<String> = tx
-                .prepare_cached(sql::CERTIFICATE)
-                .map_err(db_err)?
-                .query_row(params![serial], |r| r.get(0))
-                .optional()
-                .map_err(db_err)?;
-            let Some(text) = text else { return Ok(None) };
-            let mut record: CertificateRecord = from_json(DB, &text)?;
+            let Some(mut record) = certificate_in(&tx, &serial)? else {
+                return Ok(None);
+            };
             if let Some(existing) = record.revoked {
                 return Ok(Some((existing, false)));
             }
@@ -358,22 +373,14 @@ impl Db for SqliteDb {
         let (serial, by_order) = (serial.to_owned(), by_order.to_owned());
         self.run(move |c| {
             let tx = c.transaction().map_err(db_err)?;
-            let text: Option<String> = tx
-                .prepare_cached(sql::CERTIFICATE)
-                .map_err(db_err)?
-                .query_row(params![serial], |r| r.get(0))
-                .optional()
-                .map_err(db_err)?;
-            let Some(text) = text else { return Ok(false) };
-            let mut record: CertificateRecord = from_json(DB, &text)?;
+            let Some(mut record) = certificate_in(&tx, &serial)? else {
+                return Ok(false);
+            };
             if record.replaced_by.is_some() {
                 return Ok(false);
             }
             record.replaced_by = Some(by_order);
-            tx.prepare_cached(sql::UPDATE_CERTIFICATE)
-                .map_err(db_err)?
-                .execute(params![to_json(&record)?, serial])
-                .map_err(db_err)?;
+            save_certificate(&tx, &record)?;
             tx.commit().map_err(db_err)?;
             Ok(true)
         })
@@ -386,19 +393,11 @@ impl Db for SqliteDb {
             let tx = c.transaction().map_err(db_err)?;
             let mut marked = 0;
             for serial in serials {
-                let text: Option<String> = tx
-                    .prepare_cached(sql::CERTIFICATE)
-                    .map_err(db_err)?
-                    .query_row(params![serial], |r| r.get(0))
-                    .optional()
-                    .map_err(db_err)?;
-                let Some(text) = text else { continue };
-                let mut record: CertificateRecord = from_json(DB, &text)?;
+                let Some(mut record) = certificate_in(&tx, &serial)? else {
+                    continue;
+                };
                 record.renew_now = true;
-                tx.prepare_cached(sql::UPDATE_CERTIFICATE)
-                    .map_err(db_err)?
-                    .execute(params![to_json(&record)?, serial])
-                    .map_err(db_err)?;
+                save_certificate(&tx, &record)?;
                 marked += 1;
             }
             tx.commit().map_err(db_err)?;
