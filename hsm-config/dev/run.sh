@@ -12,6 +12,8 @@
 # Ctrl-C stops them all (the gateway drains in-flight requests first).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# rustup's cargo, also when this shell's PATH does not have it (a fresh CI shell).
+export PATH="$HOME/.cargo/bin:$PATH"
 
 hsm-config/dev/setup.sh
 cargo build --release -p signer -p hsm-config -p hsm-bench -p ocsp -p ca-frontend

@@ -33,4 +33,16 @@ fi
 if command -v python3 >/dev/null && ! python3 -c "import cryptography" 2>/dev/null; then
     python3 -m pip install --quiet cryptography
 fi
-command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
+# Rust cannot come from Debian here (bookworm's rustc is 1.63; the workspace needs 1.94, edition
+# 2024) nor from rustup.rs when only the package registries are reachable: the toolchain must be
+# on the machine. Say so precisely instead of failing later in the build.
+command -v cargo >/dev/null || [ -x "$HOME/.cargo/bin/cargo" ] || {
+    echo "cargo >= 1.94 is required: install it with rustup (https://rustup.rs)" >&2
+    exit 1
+}
+PATH="$HOME/.cargo/bin:$PATH"
+rustc_minor=$(rustc --version | sed -n 's/^rustc 1\.\([0-9]*\).*/\1/p')
+if [ "${rustc_minor:-0}" -lt 94 ]; then
+    echo "rustc >= 1.94 is required (found: $(rustc --version)); update with: rustup update stable" >&2
+    exit 1
+fi

@@ -5,6 +5,8 @@
 # ACME clients' end-to-end script.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# rustup's cargo, also when this shell's PATH does not have it (a fresh CI shell).
+export PATH="$HOME/.cargo/bin:$PATH"
 
 hsm-config/dev/setup.sh
 cargo build --workspace --all-targets
