@@ -228,8 +228,7 @@ start_pebble() {
     done
     curl -sf --cacert "$WORK/tlsca.pem" "$PEBBLE_DIR" > /dev/null || fail "pebble did not start: $(tail "$WORK/pebble.log")"
 }
-start_pebble
-log "pebble $PEBBLE_DIR (pid $PEBBLE_PID; restarted before each of its rounds)"
+log "pebble: started fresh before each of its rounds at $PEBBLE_DIR"
 
 # --- the runs --------------------------------------------------------------------------------
 bench() { # LABEL DIRECTORY CONCURRENCY ROUND

@@ -20,7 +20,7 @@ use std::time::Duration;
 use ocsp::model::{CertStatus, Serial};
 
 use crate::Error;
-use crate::model::{CertificateRecord, OrderStatus};
+use crate::model::{CertificateRecord, OrderStatus, Revocation};
 use crate::server::Ca;
 
 /// How often `serve` looks for unpublished records.
@@ -42,12 +42,14 @@ pub fn mark() -> i64 {
 
 /// The OCSP status a record says the certificate has.
 pub fn ocsp_status(record: &CertificateRecord) -> CertStatus {
-    match record.revoked {
-        Some(r) => CertStatus::Revoked {
-            at: r.at,
-            reason: Some(r.reason),
-        },
-        None => CertStatus::Good,
+    record.revoked.map_or(CertStatus::Good, revoked_status)
+}
+
+/// The OCSP status of a recorded revocation.
+pub fn revoked_status(r: Revocation) -> CertStatus {
+    CertStatus::Revoked {
+        at: r.at,
+        reason: Some(r.reason),
     }
 }
 

@@ -1371,10 +1371,7 @@ async fn revoke_inner(ca: &Ca, authed: Authed) -> Result<Response> {
     // Publish the revocation in force even when it was recorded earlier: a crash between the
     // two writes must not leave OCSP saying `good`. The record's mark has `republish` repair
     // that within a minute if no retry comes.
-    let status = CertStatus::Revoked {
-        at: revocation.at,
-        reason: Some(revocation.reason),
-    };
+    let status = republish::revoked_status(revocation);
     let bytes = hex::decode(&serial).map_err(|e| Error::Internal(e.to_string()))?;
     ca.presigner
         .publish(&ca.ocsp_issuer, &Serial::from_be_bytes(&bytes), status)

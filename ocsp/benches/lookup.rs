@@ -14,7 +14,6 @@
 mod common;
 
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -22,7 +21,6 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use ocsp::metrics::Metrics;
 use ocsp::model::{IssuerName, Serial};
 use ocsp::source::{CachedSource, Health, Lookup, Source, StoreSource};
-use ocsp::store::sqlite::SqliteStore;
 
 const ROWS: u64 = 10_000;
 
@@ -43,19 +41,7 @@ fn lookup(c: &mut Criterion) {
     };
     let serials: Vec<Serial> = (0..ROWS).map(common::serial).collect();
     let (store_source, cached) = rt.block_on(async {
-        let store = match SqliteStore::open(dir.path().join("ocsp.sqlite")) {
-            Ok(s) => Arc::new(s),
-            Err(e) => panic!("SQLite store: {e}"),
-        };
-        let responses = common::responses(&issuer, &serials).await;
-        let items = serials
-            .iter()
-            .zip(responses)
-            .map(|(s, r)| (name.clone(), s.clone(), r))
-            .collect();
-        if let Err(e) = store.put_many(items).await {
-            panic!("storing responses: {e}");
-        }
+        let store = common::filled_store(&dir.path().join("ocsp.sqlite"), &issuer, &serials).await;
         let metrics = Metrics::unregistered();
         let health = Health::new(metrics.clone());
         let store_source = StoreSource::new(store.clone(), health.clone(), metrics.clone());

@@ -32,7 +32,6 @@ use ocsp::model::{IssuerName, Serial};
 use ocsp::request::parse;
 use ocsp::responder::{AppState, router};
 use ocsp::source::{CachedSource, Health, Source, StoreSource};
-use ocsp::store::sqlite::SqliteStore;
 
 const SERIALS: u64 = 1024;
 
@@ -101,19 +100,7 @@ fn handler(c: &mut Criterion) {
     };
     let serials: Vec<Serial> = (0..SERIALS).map(common::serial).collect();
     let (app, requests) = rt.block_on(async {
-        let store = match SqliteStore::open(dir.path().join("ocsp.sqlite")) {
-            Ok(s) => Arc::new(s),
-            Err(e) => panic!("SQLite store: {e}"),
-        };
-        let responses = common::responses(&issuer, &serials).await;
-        let items = serials
-            .iter()
-            .zip(responses)
-            .map(|(s, r)| (IssuerName(common::ISSUER_NAME.into()), s.clone(), r))
-            .collect();
-        if let Err(e) = store.put_many(items).await {
-            panic!("storing responses: {e}");
-        }
+        let store = common::filled_store(&dir.path().join("ocsp.sqlite"), &issuer, &serials).await;
         let metrics = Metrics::unregistered();
         let health = Health::new(metrics.clone());
         let source = CachedSource::new(

@@ -126,6 +126,29 @@ pub fn unix_now() -> i64 {
 
 /// Responses as the pre-signer stores them (two SingleResponses, 4 days' validity), with a
 /// stand-in signature: every third one revoked.
+/// A SQLite store at `path` holding a response of [`responses`] for each of `serials`, under
+/// [`ISSUER_NAME`].
+pub async fn filled_store(
+    path: &std::path::Path,
+    issuer: &Issuer,
+    serials: &[Serial],
+) -> std::sync::Arc<ocsp::store::sqlite::SqliteStore> {
+    let store = match ocsp::store::sqlite::SqliteStore::open(path) {
+        Ok(s) => std::sync::Arc::new(s),
+        Err(e) => panic!("SQLite store: {e}"),
+    };
+    let name = ocsp::model::IssuerName(ISSUER_NAME.into());
+    let items = serials
+        .iter()
+        .zip(responses(issuer, serials).await)
+        .map(|(s, r)| (name.clone(), s.clone(), r))
+        .collect();
+    if let Err(e) = store.put_many(items).await {
+        panic!("storing responses: {e}");
+    }
+    store
+}
+
 pub async fn responses(issuer: &Issuer, serials: &[Serial]) -> Vec<StoredResponse> {
     let now = unix_now();
     let items: Vec<(Serial, CertStatus)> = serials
