@@ -26,6 +26,7 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
+. "$ROOT/bench/lib.sh" # usage, PIDS, stop_pid, log, fail
 BIN=${BIN:-$ROOT/target/release}
 
 CONCURRENCY="8 32"
@@ -37,7 +38,6 @@ HTTP1=
 CLIENT_THREADS=1
 OUT=
 KEEP=0
-usage() { sed -n '2,/^set -euo/p' "$0" | sed -e 's/^# \{0,1\}//' -e '/^set -euo/d'; exit "${1:-0}"; }
 while (($#)); do
     case $1 in
         --concurrency) CONCURRENCY=$2; shift 2 ;;
@@ -69,17 +69,6 @@ OUT=${OUT:-$HERE/results/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
-PIDS=()
-stop_pid() {
-    local pid=$1 i
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
 cleanup() {
     local status=$? pid
     trap - EXIT INT TERM
@@ -91,8 +80,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-log() { printf '[%s] %s\n' "$(date +%T)" "$*" | tee -a "$OUT/run.log" >&2; }
-fail() { log "FAIL: $*"; exit 1; }
 start_bg() { # NAME CMD...: stdout to $WORK/NAME.out, stderr to $WORK/NAME.log; sets LAST_PID
     local name=$1
     shift

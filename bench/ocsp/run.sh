@@ -27,6 +27,7 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
+. "$ROOT/bench/lib.sh" # usage, PIDS, stop_pid, log, fail
 BIN=${BIN:-$ROOT/target/release}
 PY=(python3 "$HERE/ocspbench.py")
 ISSUER=bench-p256
@@ -46,7 +47,6 @@ PRESIGN_BATCH=256
 OUT=
 KEEP=0
 
-usage() { sed -n '2,/^set -euo/p' "$0" | sed -e 's/^# \{0,1\}//' -e '/^set -euo/d'; exit "${1:-0}"; }
 while (($#)); do
     case $1 in
         --count) COUNT=$2; shift 2 ;;
@@ -84,17 +84,6 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 : > "$OUT/results.jsonl"
 
-PIDS=()
-stop_pid() {
-    local pid=$1 i
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
 cleanup() {
     local status=$? pid
     trap - EXIT INT TERM
@@ -110,7 +99,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-log() { printf '[%s] %s\n' "$(date +%T)" "$*" | tee -a "$OUT/run.log" >&2; }
 record() { printf '%s\n' "$1" >> "$OUT/results.jsonl"; }
 now() { date +%s.%N; }
 elapsed() { python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 3))" "$1" "$2"; }

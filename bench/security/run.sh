@@ -43,6 +43,7 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
+. "$ROOT/bench/lib.sh" # usage, PIDS, stop_pid, log, fail
 BIN=${BIN:-$ROOT/target/release}
 SIGNER=${SIGNER:-$BIN/signer-bench-unaudited}
 KEY=bench-p256
@@ -54,7 +55,6 @@ DURATION=4s
 WARMUP=1s
 OUT=
 KEEP=0
-usage() { sed -n '2,/^set -euo/p' "$0" | sed -e 's/^# \{0,1\}//' -e '/^set -euo/d'; exit "${1:-0}"; }
 while (($#)); do
     case $1 in
         --loads) LOADS=$2; shift 2 ;;
@@ -90,17 +90,6 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 : > "$OUT/runs.jsonl"
 
-PIDS=()
-stop_pid() {
-    local pid=$1 i
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
 cleanup() {
     local status=$? pid
     trap - EXIT INT TERM
@@ -112,8 +101,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-log() { printf '[%s] %s\n' "$(date +%T)" "$*" | tee -a "$OUT/run.log" >&2; }
-fail() { log "FAIL: $*"; exit 1; }
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 # File-safe name of a configuration: plain+audit -> plain-audit.
 tag() { echo "${1//+/-}"; }
