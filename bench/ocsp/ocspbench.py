@@ -400,6 +400,9 @@ def cmd_summary(d: str) -> None:
     w(f"## Results ({meta.get('date', '?')}, N = {meta.get('count', '?'):,}, "
       f"hit set K = {meta.get('hits', '?'):,})\n")
     w(f"Machine: {meta.get('machine', '?')}; load before the run: {meta.get('load_before', '?')}\n")
+    w("HSMs: " + (f"two modelled by hsm-sim (`--model {meta['model']}`; pre-signing and SignBatch "
+                  "run at the modelled pair's speed)" if meta.get("model")
+                  else "two SoftHSM2 tokens, signing on the same two cores as everything else") + "\n")
 
     w("### Serving (wrk " + meta.get("wrk_args", "") + ")\n")
     w("| run | round | requests/s | p50 | p99 | errors | server CPU (cores) | server CPU per request | wrk CPU | others |")

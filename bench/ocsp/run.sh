@@ -14,7 +14,13 @@
 #
 # Usage: bench/ocsp/run.sh [--count N] [--hits K] [--duration SECONDS] [--rounds R]
 #          [--connections C] [--wrk-threads T] [--signbatch-duration D] [--signbatch-rounds R]
-#          [--miss-cache-bytes B] [--nginx-all yes|no] [--presign-batch B] [--out DIR] [--keep]
+#          [--miss-cache-bytes B] [--nginx-all yes|no] [--presign-batch B] [--model MODEL]
+#          [--out DIR] [--keep]
+#
+# --model "units=10 rate=10000" puts the two HSMs behind hsm-sim's Luna-class timing model
+# (libhsm_sim.so beside the binaries, 32 sessions each; SoftHSM2 still makes the signatures
+# unless the model says signature=stand-in): the gateway's speed is then the modelled pair's,
+# not what SoftHSM2 gets of the two cores the pre-signer also runs on. Serving is unaffected.
 #
 # BIN=DIR (environment) takes the four binaries from DIR instead of target/release (e.g. to run
 # a modified hsmgate-ocsp against the same gateway).
@@ -44,6 +50,7 @@ SB_ROUNDS=3
 MISS_CACHE_BYTES=1048576
 NGINX_ALL=yes
 PRESIGN_BATCH=256
+MODEL=
 OUT=
 KEEP=0
 
@@ -60,6 +67,7 @@ while (($#)); do
         --miss-cache-bytes) MISS_CACHE_BYTES=$2; shift 2 ;;
         --nginx-all) NGINX_ALL=$2; shift 2 ;;
         --presign-batch) PRESIGN_BATCH=$2; shift 2 ;;
+        --model) MODEL=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         --keep) KEEP=1; shift ;;
         -h|--help) usage 0 ;;
@@ -148,7 +156,7 @@ log "results in $OUT; temporary files in $TMP"
     echo "uptime: $(uptime)"
     echo "nginx: $(nginx -v 2>&1); wrk: $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
     echo "softhsm2: $(softhsm2-util --version 2>/dev/null || echo '?')"
-    echo "command: $0 --count $COUNT --hits $HITS --duration $DURATION --rounds $ROUNDS --connections $CONNS --wrk-threads $WRK_THREADS --signbatch-duration $SB_DURATION --signbatch-rounds $SB_ROUNDS --miss-cache-bytes $MISS_CACHE_BYTES --nginx-all $NGINX_ALL --presign-batch $PRESIGN_BATCH"
+    echo "command: $0 --count $COUNT --hits $HITS --duration $DURATION --rounds $ROUNDS --connections $CONNS --wrk-threads $WRK_THREADS --signbatch-duration $SB_DURATION --signbatch-rounds $SB_ROUNDS --miss-cache-bytes $MISS_CACHE_BYTES --nginx-all $NGINX_ALL --presign-batch $PRESIGN_BATCH${MODEL:+ --model \"$MODEL\"}"
     echo
     top -bn1 | head -15
 } > "$OUT/machine.txt"
@@ -156,13 +164,24 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 log "machine: $(nproc) cores, load average $LOAD_BEFORE"
 record "$("${PY[@]}" json kind=meta date="$(date -u +%FT%TZ)" count="$COUNT" hits="$HITS" \
     machine="$(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)" \
-    load_before="load average $LOAD_BEFORE" \
+    load_before="load average $LOAD_BEFORE" model="$MODEL" \
     wrk_args="-t$WRK_THREADS -c$CONNS -d${DURATION}s --latency, $ROUNDS rounds alternating" \
     git="$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')")"
 
 # --- 1. tokens, gateway, issuer -------------------------------------------------------------
 export SOFTHSM2_CONF=$TMP/softhsm2.conf
-render "$HERE/signer.toml.in" "$TMP/signer.toml" PIN="$TMP/user.pin"
+if [[ -n $MODEL ]]; then
+    [[ -f $BIN/libhsm_sim.so ]] || fail "$BIN/libhsm_sim.so missing: cargo build --release -p hsm-sim"
+    printf '* model %s\n' "$MODEL" > "$TMP/control"
+    cp "$TMP/control" "$OUT/hsm-sim-control"
+    export HSMSIM_CONTROL=$TMP/control
+    render "$HERE/signer.toml.in" "$TMP/signer.toml" PIN="$TMP/user.pin" \
+        MODULE="$BIN/libhsm_sim.so" SESSIONS=32
+else
+    render "$HERE/signer.toml.in" "$TMP/signer.toml" PIN="$TMP/user.pin" \
+        MODULE=/usr/lib/softhsm/libsofthsm2.so SESSIONS=2
+fi
+cp "$TMP/signer.toml" "$OUT/signer.toml"
 log "provisioning SoftHSM2 tokens"
 "$BIN/hsm-config" provision "$TMP/signer.toml" > "$OUT/provision.log" 2>&1
 

@@ -21,6 +21,12 @@
 //! The reference rate is the gateway's own `SignBatch` rate, measured in the same run by
 //! `hsm-bench sign --mode batch` against the same gateway, just before and just after the timed
 //! phase (their mean).
+//!
+//! With `--model` the gateway runs in front of modelled HSMs (hsm-sim's Luna-class model, the
+//! setup `capacity` uses) instead of `--config`'s. On this machine SoftHSM2 signs on the same
+//! two cores as the pre-signer, so against the tokens themselves the ratio measures how the
+//! cores are shared; against a modelled pair, whose rated speed and not the host's CPU limits
+//! signing (as a network HSM's does), it measures whether the pipeline keeps up with the HSMs.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,6 +37,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use der07::{Decode, Encode};
+use hsm_config::Config;
 use hsmgate_signer_api::v1::GetPublicKeyRequest;
 use ocsp::model::{CertStatus, IssuerName, Serial};
 use ocsp::presigner::{Presigner, PresignerMetrics, unix_now};
@@ -41,17 +48,37 @@ use sha2::{Digest, Sha256};
 use crate::gateway::{self, SpawnedGateway};
 use crate::grpc_load;
 use crate::progress;
+use crate::simsetup::{self, SimGateway, SimModelReport};
 
 /// `hsm-bench drill` options.
 #[derive(Args, Debug)]
 pub struct DrillArgs {
     /// The gateway configuration: spawned with it (unless `--gateway`), and read for nothing
-    /// else.
-    #[arg(long)]
-    pub config: PathBuf,
-    /// The gateway key that signs the drill issuer's OCSP responses.
-    #[arg(long)]
-    pub key: String,
+    /// else. Not with `--model`, which writes its own.
+    #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+    pub config: Option<PathBuf>,
+    /// The gateway key that signs the drill issuer's OCSP responses (with `--model`: the
+    /// modelled HSMs' key).
+    #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+    pub key: Option<String>,
+    /// Drill against modelled HSMs instead of `--config`'s: `--hsms` tokens behind hsm-sim's
+    /// Luna-class timing model, given in its syntax, e.g. `"units=10 rate=10000"` (a pair
+    /// rated 20,000/s, SoftHSM2 making the signatures) or `"... signature=stand-in"` (fake
+    /// signatures: the gateway and pipeline at a rate this machine cannot sign at; statuses
+    /// are still checked, signatures cannot be). The setup (tokens, gateway config, hsm-sim
+    /// control file) goes to `--dir`/hsms, as `capacity` makes it.
+    #[arg(long, value_name = "MODEL")]
+    pub model: Option<String>,
+    /// With `--model`: how many modelled HSMs.
+    #[arg(long, default_value_t = 2, requires = "model")]
+    pub hsms: u32,
+    /// With `--model`: gateway sessions per modelled HSM (more than its units, so it has a
+    /// queue).
+    #[arg(long, default_value_t = 32, requires = "model")]
+    pub sessions: u32,
+    /// With `--model`: the hsm-sim module (default: `libhsm_sim.so` beside hsm-bench).
+    #[arg(long, requires = "model")]
+    pub sim: Option<PathBuf>,
     /// Use a running gateway at this URL instead of spawning one.
     #[arg(long)]
     pub gateway: Option<String>,
@@ -127,6 +154,11 @@ pub struct DrillReport {
     pub not_revoked: u64,
     pub signatures_checked: u64,
     pub signatures_bad: u64,
+    /// The hsm-sim HSMs of the gateway and their timing models (empty: real HSMs).
+    pub modelled_hsms: Vec<SimModelReport>,
+    /// The modelled HSMs returned stand-in signatures: no signature was checked, and the
+    /// responses are not valid OCSP responses (the statuses were still checked).
+    pub stand_in_signatures: bool,
     pub fleet: u64,
     /// Hours to revoke the fleet and re-sign its responses at the measured rate (none when
     /// this run had nothing left to re-sign).
@@ -171,6 +203,15 @@ async fn drill(args: &DrillArgs) -> Result<DrillReport> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
     let dir = args.dir.canonicalize()?;
+    let target = match &args.model {
+        Some(model) => modelled(args, model, &dir)?,
+        None => Target {
+            config: args.config.clone().context("--config is required")?,
+            key: args.key.clone().context("--key is required")?,
+            envs: Vec::new(),
+            control: None,
+        },
+    };
     let mut spawned = None;
     let url = match &args.gateway {
         Some(url) => url.clone(),
@@ -179,25 +220,87 @@ async fn drill(args: &DrillArgs) -> Result<DrillReport> {
                 Some(p) => p.clone(),
                 None => gateway::default_signer()?,
             };
-            let g = SpawnedGateway::spawn(&signer, &args.config, &dir.join("signer.log"), &[])?;
+            let envs: Vec<(&str, &std::ffi::OsStr)> = target
+                .envs
+                .iter()
+                .map(|(k, v)| (*k, v.as_os_str()))
+                .collect();
+            let g = SpawnedGateway::spawn(&signer, &target.config, &dir.join("signer.log"), &envs)?;
             let url = g.url();
             spawned = Some(g);
             url
         }
     };
-    let result = drill_against(args, &dir, &url).await;
+    let result = drill_against(args, &target, &dir, &url).await;
     if let Some(mut g) = spawned {
         g.stop();
     }
     result
 }
 
-async fn drill_against(args: &DrillArgs, dir: &Path, url: &str) -> Result<DrillReport> {
+/// The gateway the drill runs against: its configuration, the key, and what the gateway's
+/// environment needs (the modelled HSMs' SoftHSM2 store and hsm-sim control file).
+struct Target {
+    config: PathBuf,
+    key: String,
+    envs: Vec<(&'static str, PathBuf)>,
+    control: Option<PathBuf>,
+}
+
+/// `--model`: tokens, gateway configuration and control file in `dir/hsms` (kept, so a
+/// resumed drill finds the same key), the model written for every token.
+fn modelled(args: &DrillArgs, model: &str, dir: &Path) -> Result<Target> {
+    let line = format!("* model {model}\n");
+    simsetup::parse_models(&line).with_context(|| format!("--model {model:?}"))?;
+    let module = match &args.sim {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("libhsm_sim.so"),
+    };
+    if !module.is_file() {
+        bail!(
+            "no hsm-sim module at {} (build it: cargo build --release -p hsm-sim; or --sim PATH)",
+            module.display()
+        );
+    }
+    let g = SimGateway {
+        module,
+        hsms: args.hsms,
+        sessions: args.sessions,
+        worker_chunk: 32,
+    };
+    eprintln!(
+        "modelled HSMs: {} × `{model}` in {}/hsms",
+        args.hsms,
+        dir.display()
+    );
+    let setup = simsetup::prepare(&dir.join("hsms"), &g)?;
+    simsetup::write_control(&setup.control, &line)?;
+    Ok(Target {
+        config: setup.config,
+        key: simsetup::KEY.to_owned(),
+        envs: vec![
+            ("SOFTHSM2_CONF", setup.softhsm_conf),
+            ("HSMSIM_CONTROL", setup.control.clone()),
+        ],
+        control: Some(setup.control),
+    })
+}
+
+async fn drill_against(
+    args: &DrillArgs,
+    target: &Target,
+    dir: &Path,
+    url: &str,
+) -> Result<DrillReport> {
+    let models = Config::load(&target.config)
+        .map(|c| simsetup::describe_models(&c, target.control.as_deref()))
+        .unwrap_or_default();
+    let stand_in = models.iter().any(|m| m.stand_in_signatures);
     let mut client = grpc_load::connect(url).await?;
-    gateway::wait_for_key(&mut client, &args.key, Duration::from_secs(30)).await?;
+    gateway::wait_for_key(&mut client, &target.key, Duration::from_secs(30)).await?;
     let spki = client
         .get_public_key(GetPublicKeyRequest {
-            key: args.key.clone(),
+            key: target.key.clone(),
         })
         .await
         .map_err(|s| anyhow!("GetPublicKey: {s}"))?
@@ -228,10 +331,10 @@ async fn drill_against(args: &DrillArgs, dir: &Path, url: &str) -> Result<DrillR
 
     let issuer_pem = dir.join("issuer.pem");
     if !issuer_pem.exists() {
-        issuer_certificate(url, &args.key, &issuer_pem)?;
+        issuer_certificate(url, &target.key, &issuer_pem)?;
     }
     let config_path = dir.join("ocsp.toml");
-    std::fs::write(&config_path, ocsp_config(url, &args.key, args.batch))?;
+    std::fs::write(&config_path, ocsp_config(url, &target.key, args.batch))?;
     let config = ocsp::config::Config::load(&config_path).map_err(|e| anyhow!("{e}"))?;
     let metrics = PresignerMetrics::default();
     let presigner = Presigner::from_config(&config, metrics.clone())
@@ -268,7 +371,7 @@ async fn drill_against(args: &DrillArgs, dir: &Path, url: &str) -> Result<DrillR
         "reference: SignBatch for {} s against the same gateway",
         args.signbatch_seconds
     );
-    let signbatch_before = signbatch_rate(args, url, dir)?;
+    let signbatch_before = signbatch_rate(args, target, url, dir)?;
 
     let resumed = state.revoked_at.is_some();
     let revoked_at = match state.revoked_at {
@@ -341,11 +444,12 @@ async fn drill_against(args: &DrillArgs, dir: &Path, url: &str) -> Result<DrillR
         "reference again: SignBatch for {} s",
         args.signbatch_seconds
     );
-    let signbatch_after = signbatch_rate(args, url, dir)?;
+    let signbatch_after = signbatch_rate(args, target, url, dir)?;
     let signbatch_per_s = (signbatch_before + signbatch_after) / 2.0;
 
     eprintln!("verifying {} responses", args.count);
-    let check = verify(&presigner, &issuer, &serials, &spki, args.verify_sample).await?;
+    let sample = if stand_in { 0 } else { args.verify_sample };
+    let check = verify(&presigner, &issuer, &serials, &spki, sample).await?;
 
     let responses_per_s = resigned as f64 / seconds.max(1e-9);
     let fleet = args.fleet as f64;
@@ -353,7 +457,7 @@ async fn drill_against(args: &DrillArgs, dir: &Path, url: &str) -> Result<DrillR
     Ok(DrillReport {
         tool: format!("hsm-bench {}", env!("CARGO_PKG_VERSION")),
         count: args.count,
-        key: args.key.clone(),
+        key: target.key.clone(),
         gateway: url.to_owned(),
         batch: args.batch,
         resigned,
@@ -369,6 +473,8 @@ async fn drill_against(args: &DrillArgs, dir: &Path, url: &str) -> Result<DrillR
         not_revoked: check.not_revoked,
         signatures_checked: check.signatures_checked,
         signatures_bad: check.signatures_bad,
+        modelled_hsms: models,
+        stand_in_signatures: stand_in,
         fleet: args.fleet,
         fleet_revocation_hours: measured.then(|| fleet / responses_per_s / 3600.0),
         fleet_replacement_hours: measured
@@ -450,13 +556,20 @@ fn issuer_certificate(gateway: &str, key: &str, out: &Path) -> Result<()> {
 }
 
 /// The gateway's `SignBatch` rate (median signatures/s), by `hsm-bench sign --mode batch`.
-fn signbatch_rate(args: &DrillArgs, gateway: &str, dir: &Path) -> Result<f64> {
+fn signbatch_rate(args: &DrillArgs, target: &Target, gateway: &str, dir: &Path) -> Result<f64> {
     let json = dir.join("signbatch.json");
     let output = Command::new(std::env::current_exe()?)
         .arg("sign")
         .arg("--config")
-        .arg(&args.config)
-        .args(["--key", &args.key, "--mode", "batch", "--gateway", gateway])
+        .arg(&target.config)
+        .args([
+            "--key",
+            &target.key,
+            "--mode",
+            "batch",
+            "--gateway",
+            gateway,
+        ])
         .args(["--batch", &args.batch.to_string(), "--rounds", "1"])
         .args(["--duration", &format!("{}s", args.signbatch_seconds)])
         .arg("--json")
@@ -496,10 +609,16 @@ async fn verify(
 ) -> Result<Check> {
     use p256::ecdsa::signature::Verifier;
     use p256::pkcs8::DecodePublicKey;
-    let key = p256::ecdsa::VerifyingKey::from_public_key_der(spki).ok();
-    if key.is_none() {
-        eprintln!("note: the key is not P-256; signatures are not sampled");
-    }
+    let key = if sample == 0 {
+        eprintln!("note: stand-in signatures (or --verify-sample 0): no signature is checked");
+        None
+    } else {
+        let key = p256::ecdsa::VerifyingKey::from_public_key_der(spki).ok();
+        if key.is_none() {
+            eprintln!("note: the key is not P-256; signatures are not sampled");
+        }
+        key
+    };
     let every = (serials.len() / sample.max(1)).max(1);
     let mut check = Check::default();
     for (i, serial) in serials.iter().enumerate() {
@@ -565,6 +684,22 @@ fn print_summary(r: &DrillReport) {
         "mass-revocation drill: {} certificates, key {}",
         r.count, r.key
     );
+    for m in &r.modelled_hsms {
+        println!(
+            "modelled HSM {} ({}): {}",
+            m.hsm,
+            m.token_label,
+            m.model
+                .as_deref()
+                .unwrap_or("no model: SoftHSM2's own speed")
+        );
+    }
+    if r.stand_in_signatures {
+        println!(
+            "STAND-IN SIGNATURES: the responses are not validly signed; this run measures the \
+             gateway and the pipeline, not signing"
+        );
+    }
     println!("| figure | value |\n|---|---:|");
     println!(
         "| revoked responses re-signed (this run) | {}{} |",

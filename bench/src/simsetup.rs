@@ -100,7 +100,7 @@ pub fn gateway_config_text(g: &SimGateway, pin_file: &Path) -> String {
          hsms = [{}]\n\n\
          [[clients]]\n\
          name = \"bench\"\n\
-         grants = [{{ keys = [\"{KEY}\"], operations = [\"sign-raw\"] }}]",
+         grants = [{{ keys = [\"{KEY}\"], operations = [\"sign-raw\", \"sign-ocsp\"] }}]",
         names.join(", ")
     );
     t

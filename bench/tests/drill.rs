@@ -4,7 +4,9 @@
 //! not store), and afterwards every certificate's stored response parses as `revoked`, none is
 //! missing, and the sampled signatures verify.
 //!
-//! Needs the `signer`, `hsm-config` and `hsmgate-ocsp` binaries of this build
+//! A second test runs the drill against modelled HSMs (`--model`).
+//!
+//! Needs the `signer`, `hsm-config` and `hsmgate-ocsp` binaries and `libhsm_sim.so` of this build
 //! (`cargo build --workspace`; `hsm-config/dev/test.sh` does it), `softhsm2`, `opensc` and
 //! `openssl`.
 
@@ -185,5 +187,57 @@ fn an_interrupted_drill_resumes_and_loses_nothing() {
     assert_eq!(report["missing"].as_u64().unwrap(), 0);
     assert_eq!(report["not_revoked"].as_u64().unwrap(), 0);
     assert!(report["signatures_checked"].as_u64().unwrap() >= 1000);
+    assert_eq!(report["signatures_bad"].as_u64().unwrap(), 0);
+}
+
+/// `--model`: the drill sets up two modelled HSMs (hsm-sim over SoftHSM2, real signatures),
+/// runs against them, and says so; the gateway's speed is the model's, not SoftHSM2's.
+#[test]
+fn a_drill_against_modelled_hsms_runs_at_their_speed_and_says_so() {
+    const N: u64 = 3_000;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_hsm-bench"))
+        .arg("drill")
+        // Two slow modelled HSMs (4 units, 2,000/s each), so that any test machine keeps up.
+        .args(["--model", "units=4 rate=2000", "--sessions", "8"])
+        .arg("--signer")
+        .arg(built("signer"))
+        .arg("--sim")
+        .arg(built("libhsm_sim.so"))
+        .args(["--count", &N.to_string(), "--signbatch-seconds", "1"])
+        .arg("--dir")
+        .arg(dir.path().join("work"))
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{}: {text}", out.status);
+    assert!(!text.contains("STAND-IN"), "{text}");
+
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let models = report["modelled_hsms"].as_array().unwrap();
+    assert_eq!(models.len(), 2, "{report}");
+    for m in models {
+        assert_eq!(m["rated_per_s"].as_f64().unwrap(), 2000.0, "{m}");
+        assert_eq!(m["stand_in_signatures"], false);
+    }
+    assert_eq!(report["stand_in_signatures"], false);
+    // The model bounds the gateway: SoftHSM2 alone signs several times faster than 4,000/s.
+    let signbatch = report["signbatch_per_s"].as_f64().unwrap();
+    assert!(
+        signbatch > 0.0 && signbatch < 4_400.0,
+        "SignBatch {signbatch}/s"
+    );
+    assert_eq!(report["resigned"].as_u64().unwrap(), N);
+    assert_eq!(report["verified_revoked"].as_u64().unwrap(), N);
+    assert_eq!(report["missing"].as_u64().unwrap(), 0);
+    assert_eq!(report["not_revoked"].as_u64().unwrap(), 0);
+    assert_eq!(report["signatures_checked"].as_u64().unwrap(), 1_000);
     assert_eq!(report["signatures_bad"].as_u64().unwrap(), 0);
 }
