@@ -13,7 +13,7 @@
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod common;
-use common::built;
+use common::{built, output_text};
 
 use std::process::Command;
 
@@ -47,11 +47,7 @@ fn a_knockout_fails_no_request_and_the_report_says_stand_in() {
         .arg(&svg)
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(out.status.success(), "{}: {text}", out.status);
     assert!(text.contains("STAND-IN SIGNATURES"), "{text}");
 

@@ -13,7 +13,7 @@
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod common;
-use common::built;
+use common::{built, output_text};
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -169,12 +169,7 @@ fn an_interrupted_drill_resumes_and_loses_nothing() {
         .unwrap();
     gateway.kill().unwrap();
     gateway.wait().unwrap();
-    assert!(
-        out.status.success(),
-        "second run: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "second run: {}", output_text(&out));
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&second_json).unwrap()).unwrap();
     assert_eq!(report["resumed"], true);
@@ -212,11 +207,7 @@ fn a_drill_against_modelled_hsms_runs_at_their_speed_and_says_so() {
         .arg(&json)
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(out.status.success(), "{}: {text}", out.status);
     assert!(!text.contains("STAND-IN"), "{text}");
 

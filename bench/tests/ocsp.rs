@@ -16,7 +16,7 @@
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod common;
-use common::built;
+use common::{built, output_text};
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
@@ -213,11 +213,7 @@ fn bench(responder: &Responder, dir: &Path, serials: &Path, json: &Path, extra: 
         .args(extra)
         .output()
         .unwrap();
-    eprintln!(
-        "hsm-bench ocsp {extra:?}:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    eprintln!("hsm-bench ocsp {extra:?}:\n{}", output_text(&out));
     out.status.success()
 }
 

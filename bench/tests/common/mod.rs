@@ -1,6 +1,7 @@
 //! What the bench crate's integration tests share.
 
 use std::path::PathBuf;
+use std::process::Output;
 
 /// A workspace binary (`signer`, `hsmgate-ocsp`, `hsm-config`, `libhsm_sim.so`, …) built beside
 /// `hsm-bench`: the newest of `target/<profile>/deps/<name>` and `target/<profile>/<name>`.
@@ -18,4 +19,13 @@ pub fn built(name: &str) -> PathBuf {
                 dir.display()
             )
         })
+}
+
+/// A finished command's stdout then stderr, for assertion messages.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
