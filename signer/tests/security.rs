@@ -582,11 +582,27 @@ async fn a_hand_edited_audit_log_is_named_by_audit_verify() {
     );
 }
 
-#[tokio::test]
-async fn losing_the_audit_sink_stops_signing_until_it_is_back() {
-    let pki = Pki::new(NAMES);
-    let gw = start(&pki, |t| {
-        t.replace("dir = \"audit\"", "dir = \"audit\"\nmax_file_bytes = 4096")
+/// A gateway whose audit directory disappeared after one signed request.
+struct LostSink {
+    gw: Gateway,
+    frontend: SignerClient<Channel>,
+    /// Where the audit directory was (now a file, so no new audit file can be created there).
+    dir: std::path::PathBuf,
+    /// Where it was moved to.
+    saved: std::path::PathBuf,
+    /// 64 signatures: more than the 4,096-byte audit files hold, so the next record needs a
+    /// new file.
+    big: SignBatchRequest,
+}
+
+/// Starts a gateway with 4,096-byte audit files (and `audit_settings` added to `[audit]`),
+/// signs once as `frontend`, then moves the audit directory away and puts a file in its place.
+async fn lose_the_audit_sink(pki: &Pki, audit_settings: &str) -> LostSink {
+    let gw = start(pki, |t| {
+        t.replace(
+            "dir = \"audit\"",
+            &format!("dir = \"audit\"\nmax_file_bytes = 4096{audit_settings}"),
+        )
     })
     .await;
     let mut frontend = gw
@@ -597,7 +613,6 @@ async fn losing_the_audit_sink_stops_signing_until_it_is_back() {
         .sign(digest_request("ca-p384", digest_for(1, 48)))
         .await
         .expect("signed");
-    // The directory disappears (a file in its place), so the next file cannot be created.
     let dir = gw.audit_dir();
     let saved = gw.dir.path().join("audit.saved");
     std::fs::rename(&dir, &saved).expect("move the audit dir away");
@@ -607,6 +622,25 @@ async fn losing_the_audit_sink_stops_signing_until_it_is_back() {
             .map(|n| digest_request("ca-p384", digest_for(100 + n, 48)))
             .collect(),
     };
+    LostSink {
+        gw,
+        frontend,
+        dir,
+        saved,
+        big,
+    }
+}
+
+#[tokio::test]
+async fn losing_the_audit_sink_stops_signing_until_it_is_back() {
+    let pki = Pki::new(NAMES);
+    let LostSink {
+        gw,
+        mut frontend,
+        dir,
+        saved,
+        big,
+    } = lose_the_audit_sink(&pki, "").await;
     let err = frontend
         .sign_batch(big.clone())
         .await
@@ -614,7 +648,8 @@ async fn losing_the_audit_sink_stops_signing_until_it_is_back() {
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(err.message().contains("audit log"), "{}", err.message());
     assert!(
-        gw.logs().contains("audit log write failed"),
+        gw.log_shows("audit log write failed", Duration::from_secs(5))
+            .await,
         "{}",
         gw.logs()
     );
@@ -864,30 +899,12 @@ async fn a_client_at_its_concurrency_limit_is_refused_until_its_call_ends() {
 #[tokio::test]
 async fn log_and_continue_returns_signatures_without_records_and_counts_it() {
     let pki = Pki::new(NAMES);
-    let gw = start(&pki, |t| {
-        t.replace(
-            "dir = \"audit\"",
-            "dir = \"audit\"\nmax_file_bytes = 4096\non_failure = \"log-and-continue\"",
-        )
-    })
-    .await;
-    let mut frontend = gw
-        .tls_client(&pki.client_tls("frontend"))
-        .await
-        .expect("connect");
-    frontend
-        .sign(digest_request("ca-p384", digest_for(1, 48)))
-        .await
-        .expect("signed");
-    let dir = gw.audit_dir();
-    let saved = gw.dir.path().join("audit.saved");
-    std::fs::rename(&dir, &saved).expect("move the audit dir away");
-    std::fs::write(&dir, b"not a directory").expect("file in its place");
-    let big = SignBatchRequest {
-        requests: (0..64)
-            .map(|n| digest_request("ca-p384", digest_for(100 + n, 48)))
-            .collect(),
-    };
+    let LostSink {
+        gw,
+        mut frontend,
+        big,
+        ..
+    } = lose_the_audit_sink(&pki, "\non_failure = \"log-and-continue\"").await;
     let resp = frontend
         .sign_batch(big)
         .await
@@ -895,7 +912,8 @@ async fn log_and_continue_returns_signatures_without_records_and_counts_it() {
         .into_inner();
     assert_eq!(resp.responses.len(), 64);
     assert!(
-        gw.logs().contains("no audit record for this call"),
+        gw.log_shows("no audit record for this call", Duration::from_secs(5))
+            .await,
         "{}",
         gw.logs()
     );

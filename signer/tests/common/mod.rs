@@ -313,6 +313,19 @@ impl Gateway {
         self.stderr.lock().expect("lock").clone()
     }
 
+    /// Whether the log says `text` within `timeout`: the gateway's stderr is read by a thread,
+    /// so a line written just before a reply can reach [`Self::logs`] just after it.
+    pub async fn log_shows(&self, text: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.logs().contains(text) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     pub async fn metrics_text(&self) -> String {
         let addr = self.metrics.expect("metrics endpoint");
         let out = Command::new("curl")
