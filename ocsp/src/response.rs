@@ -656,6 +656,15 @@ mod tests {
         }
     }
 
+    /// `cert_id` carries `issuer`'s name and key hashes under `alg`.
+    fn assert_names_issuer(cert_id: &CertId, issuer: &Issuer, alg: HashAlg) {
+        assert_eq!(
+            cert_id.issuer_name_hash.as_bytes(),
+            issuer.name_hash.get(alg)
+        );
+        assert_eq!(cert_id.issuer_key_hash.as_bytes(), issuer.key_hash.get(alg));
+    }
+
     const ISSUER_PEM: &str = "-----BEGIN CERTIFICATE-----
 MIIBejCCAR+gAwIBAgIUeD8IUzJEL3I5rKNvBXHPPBUg3lowCgYIKoZIzj0EAwIw
 EjEQMA4GA1UEAwwHVGVzdCBDQTAeFw0yNjExMjcxMjUzMTZaFw0zNjExMjQxMjUz
@@ -773,14 +782,7 @@ oqmvrAf5tbRQFdQCIQCpZ72fpBE/ecRqUX96VOFi2aJRymPGFGCn8PRMn6knzQ==
             .collect();
         assert_eq!(algs, ["1.3.14.3.2.26", "2.16.840.1.101.3.4.2.1"]);
         for (r, alg) in rd.responses.iter().zip([HashAlg::Sha1, HashAlg::Sha256]) {
-            assert_eq!(
-                r.cert_id.issuer_name_hash.as_bytes(),
-                issuer.name_hash.get(alg)
-            );
-            assert_eq!(
-                r.cert_id.issuer_key_hash.as_bytes(),
-                issuer.key_hash.get(alg)
-            );
+            assert_names_issuer(&r.cert_id, &issuer, alg);
             assert_eq!(
                 r.cert_id.serial_number.to_der().unwrap(),
                 [0x02, 0x05, 0x00, 0x8b, 0xad, 0xf0, 0x0d]
@@ -866,14 +868,7 @@ oqmvrAf5tbRQFdQCIQCpZ72fpBE/ecRqUX96VOFi2aJRymPGFGCn8PRMn6knzQ==
                     .collect();
                 assert_eq!(got, oids, "{setting:?}");
                 for (single, alg) in singles.iter().zip(setting.iter()) {
-                    assert_eq!(
-                        single.cert_id.issuer_name_hash.as_bytes(),
-                        issuer.name_hash.get(alg)
-                    );
-                    assert_eq!(
-                        single.cert_id.issuer_key_hash.as_bytes(),
-                        issuer.key_hash.get(alg)
-                    );
+                    assert_names_issuer(&single.cert_id, &issuer, alg);
                     assert_eq!(single.cert_id.serial_number, serial_number(serial).unwrap());
                     assert_eq!(single.cert_status, x509_ocsp::CertStatus::good());
                 }
