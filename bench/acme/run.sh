@@ -14,7 +14,8 @@
 #     by hsm-bench itself on 127.0.0.1:$HTTP (both CAs' http-01 port), the CPU of every process
 #     of the stack measured in the window, the gateway's signatures counted from its metrics;
 #  4. results under bench/acme/results/<UTC timestamp>/: one JSON per run, summary.md with the
-#     ratio ca-frontend / pebble per concurrency (median of the rounds), the logs.
+#     ratio ca-frontend / pebble per concurrency (median of the rounds), the logs. The folder is
+#     not tracked by git (.gitignore); figures worth keeping go in bench/RESULTS.md.
 #
 # Usage: bench/acme/run.sh [--concurrency "8 32"] [--rounds 2] [--duration 20s] [--warmup 3s]
 #          [--poll 10ms] [--http1] [--client-threads 1] [--out DIR] [--keep]
@@ -65,6 +66,7 @@ done
 GW=50251 GWM=9664 OCSP=8280 OCSPM=9665 ACME=4201 DNS=8253 MGMT=8255 HTTP=5202 TLS=5201
 PEBBLE=14200 PEBBLEM=15200
 WORK=$(mktemp -d /tmp/hsmgate-acme-bench.XXXXXX)
+# Raw output, ignored by git: figures worth keeping go in bench/RESULTS.md (date, commit, command).
 OUT=${OUT:-$HERE/results/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)

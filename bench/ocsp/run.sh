@@ -10,7 +10,8 @@
 #     bytes as static files, loaded by wrk alternately: cache hits (K serials, responder cache
 #     large and fresh for an hour), then cache misses (responder cache of ~1 MB, random serials
 #     over all N; nginx over N distinct files, or the K hit files with --nginx-all no);
-#  4. a summary table (Markdown) and the raw outputs in the results directory.
+#  4. a summary table (Markdown) and the raw outputs in bench/ocsp/results/<UTC time>-n<N>/ (or
+#     --out DIR): not tracked by git (.gitignore); figures worth keeping go in bench/RESULTS.md.
 #
 # Usage: bench/ocsp/run.sh [--count N] [--hits K] [--duration SECONDS] [--rounds R]
 #          [--connections C] [--wrk-threads T] [--signbatch-duration D] [--signbatch-rounds R]
@@ -87,6 +88,7 @@ done
 
 TMP=$(mktemp -d /tmp/hsmgate-ocsp-bench.XXXXXX)
 chmod 755 "$TMP" # nginx's workers may run as another user
+# Raw output, ignored by git: figures worth keeping go in bench/RESULTS.md (date, commit, command).
 OUT=${OUT:-$HERE/results/$(date -u +%Y%m%dT%H%M%SZ)-n$COUNT}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)

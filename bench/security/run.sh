@@ -22,7 +22,8 @@
 #     per-call costs weigh 16 times more), 64 × 16 (the same small calls, more of them in flight);
 #  4. results under bench/security/results/<UTC timestamp>/: runs.jsonl (one line per run),
 #     summary.md and summary.json (median sig/s per configuration and load point, ratio to the
-#     baseline, the target check), machine.txt (git revision, load average), logs.
+#     baseline, the target check), machine.txt (git revision, load average), logs. The folder is
+#     not tracked by git (.gitignore); figures worth keeping go in bench/RESULTS.md.
 #
 # The audit logs go to the work directory (mktemp under /tmp, or TMPDIR): it must be a real disk,
 # as in production — on tmpfs `fdatasync` costs nothing, and the script refuses to run there.
@@ -85,6 +86,7 @@ if [[ $FSTYPE == tmpfs || $FSTYPE == ramfs ]]; then
     echo "the work directory is on $FSTYPE, where fdatasync is free: set TMPDIR to a disk" >&2
     exit 2
 fi
+# Raw output, ignored by git: figures worth keeping go in bench/RESULTS.md (date, commit, command).
 OUT=${OUT:-$HERE/results/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
