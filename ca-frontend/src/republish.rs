@@ -13,6 +13,10 @@
 //! for every mark older than [`GRACE`] (younger ones belong to requests still in flight, here
 //! or in another frontend sharing the database), completes the order of an issuance, and clears
 //! the mark. Publishing is idempotent and monotonic, so racing a live request is harmless.
+//!
+//! A live finalization whose publish fails (the gateway refusing or gone, the OCSP store busy)
+//! ends the same way: its certificate is recorded and good, so its order stays `processing`,
+//! never `invalid`, and this pass completes it.
 
 use std::sync::Arc;
 use std::time::Duration;
