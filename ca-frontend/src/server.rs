@@ -1223,12 +1223,22 @@ async fn authorization(
             )
             .into());
         }
-        if matches!(
-            authz.status_at(now),
-            AuthzStatus::Pending | AuthzStatus::Valid
-        ) {
-            authz.status = AuthzStatus::Deactivated;
-            ca.db.update_authz(&authz).await?;
+        // Compare-and-set, retried on the record as it now is: a validation finishing at the
+        // same moment changes pending into valid, which is deactivated just the same.
+        for _ in 0..3 {
+            if !matches!(
+                authz.status_at(now),
+                AuthzStatus::Pending | AuthzStatus::Valid
+            ) {
+                break;
+            }
+            let mut deactivated = authz.clone();
+            deactivated.status = AuthzStatus::Deactivated;
+            if ca.db.update_authz_if(&deactivated, &authz).await? {
+                authz = deactivated;
+                break;
+            }
+            authz = owned_authz(&ca, &id, authed.account()?).await?;
         }
     }
     let r = json_response(StatusCode::OK, &authz_json(&ca, &authz, now));
@@ -1272,10 +1282,17 @@ async fn challenge_inner(
                 .iter()
                 .any(|c| c.status == ChallengeStatus::Processing);
         if pending {
-            authz.challenges[index].status = ChallengeStatus::Processing;
-            ca.db.update_authz(&authz).await?;
-            let key_auth = key_authorization(&authz.challenges[index].token, &account.thumbprint);
-            tokio::spawn(run_validation(ca.clone(), authz.clone(), index, key_auth));
+            let mut processing = authz.clone();
+            processing.challenges[index].status = ChallengeStatus::Processing;
+            // Only from the record as read: a deactivation in between is not undone.
+            if ca.db.update_authz_if(&processing, &authz).await? {
+                authz = processing;
+                let key_auth =
+                    key_authorization(&authz.challenges[index].token, &account.thumbprint);
+                tokio::spawn(run_validation(ca.clone(), authz.clone(), index, key_auth));
+            } else {
+                authz = owned_authz(&ca, authz_id, &account).await?;
+            }
         }
     }
     let r = json_response(
@@ -1298,6 +1315,7 @@ async fn challenge_inner(
 
 /// Validates in the background; the client polls the authorization.
 async fn run_validation(ca: Arc<Ca>, mut authz: Authorization, index: usize, key_auth: String) {
+    let started = authz.clone();
     let kind = authz.challenges[index].kind;
     let outcome = ca
         .validator
@@ -1320,8 +1338,17 @@ async fn run_validation(ca: Arc<Ca>, mut authz: Authorization, index: usize, key
             authz.status = AuthzStatus::Invalid;
         }
     }
-    if let Err(e) = ca.db.update_authz(&authz).await {
-        tracing::error!(authz = %authz.id, error = %e, "could not record a validation outcome");
+    // Compare-and-set from the record as this validation left it (pending, the challenge
+    // processing): an authorization deactivated meanwhile stays deactivated and cannot
+    // authorize an order.
+    match ca.db.update_authz_if(&authz, &started).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::info!(authz = %authz.id, "the authorization changed while it was validated (deactivated); the outcome is dropped");
+        }
+        Err(e) => {
+            tracing::error!(authz = %authz.id, error = %e, "could not record a validation outcome");
+        }
     }
 }
 

@@ -64,6 +64,8 @@ struct Infra {
     dir: PathBuf,
     gateway: String,
     dns: SocketAddr,
+    /// pebble-challtestsrv's management API (to point a name at another address).
+    dns_management: SocketAddr,
     http_port: u16,
     /// http-01 answers: token → key authorization.
     tokens: Arc<Mutex<HashMap<String, String>>>,
@@ -206,6 +208,7 @@ fn infra() -> &'static Infra {
             dir,
             gateway: url,
             dns: SocketAddr::from(([127, 0, 0, 1], dns_port)),
+            dns_management: SocketAddr::from(([127, 0, 0, 1], mgmt_port)),
             http_port,
             tokens,
             _children: vec![gateway, dns],
@@ -1560,4 +1563,119 @@ async fn a_recorded_certificate_whose_publishing_failed_ends_valid() {
     let r = client.post(&path_of(cert_url), None).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_chain_verifies(&r.body);
+}
+
+/// Answers http-01 for names pointed at 127.0.0.2, each answer `delay` late: a validation
+/// that is still running while the test acts.
+fn slow_http01(delay: Duration) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind(("127.0.0.2", infra().http_port))
+        .expect("bind 127.0.0.2 at the http-01 port");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&request);
+                let token = text
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|p| p.strip_prefix("/.well-known/acme-challenge/"))
+                    .unwrap_or_default()
+                    .to_owned();
+                std::thread::sleep(delay);
+                let answer = infra().tokens.lock().expect("lock").get(&token).cloned();
+                let reply = match answer {
+                    Some(a) => format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{a}",
+                        a.len()
+                    ),
+                    None => {
+                        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            .into()
+                    }
+                };
+                let _ = stream.write_all(reply.as_bytes());
+            });
+        }
+    });
+}
+
+/// Points `host`'s A record at `address` in pebble-challtestsrv.
+fn point_at(host: &str, address: &str) {
+    use std::io::{Read, Write};
+    let body = json!({"host": host, "addresses": [address]}).to_string();
+    let mut stream =
+        std::net::TcpStream::connect(infra().dns_management).expect("challtestsrv management");
+    write!(
+        stream,
+        "POST /add-a HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).expect("read");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+}
+
+#[tokio::test]
+async fn an_authorization_deactivated_during_validation_stays_deactivated() {
+    let ca = ca().await;
+    let mut client = Client::new(&ca);
+    client.register().await;
+    slow_http01(Duration::from_millis(1500));
+    let name = "slow.deactivate.test";
+    point_at(name, "127.0.0.2");
+    let r = client
+        .post(
+            "/acme/new-order",
+            Some(&json!({"identifiers": [{"type": "dns", "value": name}]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json());
+    let order_url = r.location();
+    let order = r.json();
+    let authz_url = path_of(order["authorizations"][0].as_str().expect("authz"));
+    let authz = client.post(&authz_url, None).await.json();
+    let challenge = authz["challenges"]
+        .as_array()
+        .expect("challenges")
+        .iter()
+        .find(|c| c["type"] == "http-01")
+        .expect("http-01")
+        .clone();
+    let token = challenge["token"].as_str().expect("token").to_owned();
+    infra()
+        .tokens
+        .lock()
+        .expect("lock")
+        .insert(token.clone(), format!("{token}.{}", client.thumbprint()));
+    let r = client
+        .post(
+            &path_of(challenge["url"].as_str().expect("url")),
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(r.json()["status"], "processing", "{:?}", r.json());
+    // While the validation waits for its answer, the subscriber deactivates.
+    let r = client
+        .post(&authz_url, Some(&json!({"status": "deactivated"})))
+        .await;
+    assert_eq!(r.json()["status"], "deactivated", "{:?}", r.json());
+    // The validation then succeeds, and must not revive the authorization.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let authz = client.post(&authz_url, None).await.json();
+    assert_eq!(authz["status"], "deactivated", "{authz:?}");
+    let order = client.post(&path_of(&order_url), None).await.json();
+    assert_eq!(order["status"], "invalid", "{order:?}");
+    let r = finalize(&client, &order, &[name]).await;
+    assert_eq!(r.problem(), "orderNotReady");
+    assert_eq!(certificates_issued(&ca, &order_url).await, None);
 }

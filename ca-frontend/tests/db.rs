@@ -305,7 +305,7 @@ fn issuance(o: &Order, serial: &str, limit: u64, replaces: Option<&str>) -> Issu
     }
 }
 
-/// The rules of a finalization's start, with `dbs` as
+/// The rules of a finalization's start and of an authorization's last write, with `dbs` as
 /// several frontends (connections) on one database.
 async fn exercise_races(dbs: Vec<Arc<dyn Db>>) {
     let db = dbs[0].clone();
@@ -464,6 +464,53 @@ async fn exercise_races(dbs: Vec<Arc<dyn Db>>) {
     assert_eq!(
         db.begin_issuance(&retry).await.expect("begin"),
         Begun::Started
+    );
+
+    // (b) A deactivation while a validation runs: the validation's write is a compare-and-set
+    // from the record it started from, so it loses and the authorization stays deactivated;
+    // a finalization then does not start.
+    let (o, mut authzs) = authorized_order("deact", "d.deact.example.org", AuthzStatus::Pending);
+    authzs[0].challenges = vec![Challenge {
+        kind: ChallengeType::Http01,
+        token: "t".into(),
+        status: ChallengeStatus::Processing,
+        validated: None,
+        error: None,
+    }];
+    db.insert_order(&o, &authzs).await.expect("insert");
+    let started = db.authz("deact-a").await.expect("get").expect("authz");
+    assert_eq!(started, authzs[0], "a record reads back as it was written");
+    let mut deactivated = started.clone();
+    deactivated.status = AuthzStatus::Deactivated;
+    assert!(
+        dbs[dbs.len() - 1]
+            .update_authz_if(&deactivated, &started)
+            .await
+            .expect("cas")
+    );
+    let mut validated = started.clone();
+    validated.status = AuthzStatus::Valid;
+    validated.challenges[0].status = ChallengeStatus::Valid;
+    assert!(
+        !db.update_authz_if(&validated, &started).await.expect("cas"),
+        "the validation must not undo the deactivation"
+    );
+    assert_eq!(
+        db.authz("deact-a").await.expect("get").map(|a| a.status),
+        Some(AuthzStatus::Deactivated)
+    );
+    let mut ready = o.clone();
+    ready.status = OrderStatus::Pending;
+    assert_eq!(
+        db.begin_issuance(&issuance(&ready, "cc00", 100, None))
+            .await
+            .expect("begin"),
+        Begun::NotReady,
+        "a deactivated authorization authorizes nothing"
+    );
+    assert_eq!(
+        db.order("deact").await.expect("get").map(|o| o.status),
+        Some(OrderStatus::Pending)
     );
 }
 

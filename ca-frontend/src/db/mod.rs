@@ -87,6 +87,8 @@ pub(crate) mod sql {
         "UPDATE orders SET status = $1, body = $2 WHERE id = $3 AND status = $4";
     pub const AUTHZ: &str = "SELECT body FROM authzs WHERE id = $1";
     pub const UPDATE_AUTHZ: &str = "UPDATE authzs SET body = $1 WHERE id = $2";
+    // Compare-and-set on the whole record: saved only if nobody wrote it since it was read.
+    pub const UPDATE_AUTHZ_IF: &str = "UPDATE authzs SET body = $1 WHERE id = $2 AND body = $3";
     pub const DELETE_ISSUED_DOMAINS: &str = "DELETE FROM issued_domains WHERE serial = $1";
     pub const CERTIFICATE_EXISTS: &str = "SELECT 1 FROM certificates WHERE serial = $1";
     pub const INSERT_CERTIFICATE: &str = "INSERT INTO certificates (serial, account_id, issued, spki_sha256, body, ocsp_pending) VALUES ($1, $2, $3, $4, $5, $6)";
@@ -171,6 +173,14 @@ pub trait Db: Send + Sync + std::fmt::Debug {
     ) -> Result<bool, Error>;
     async fn authz(&self, id: &str) -> Result<Option<Authorization>, Error>;
     async fn update_authz(&self, authz: &Authorization) -> Result<(), Error>;
+    /// Saves `authz` only if the stored record is still exactly `read` (compare-and-set:
+    /// a validation finishing must not undo a deactivation made while it ran); returns whether
+    /// it was saved.
+    async fn update_authz_if(
+        &self,
+        authz: &Authorization,
+        read: &Authorization,
+    ) -> Result<bool, Error>;
 
     /// Starts a finalization, one transaction: the order moves from `expected` to processing
     /// if all its authorizations are still valid at `issuance.issued`; each counted domain's

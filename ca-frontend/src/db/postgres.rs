@@ -278,6 +278,20 @@ impl Db for PostgresDb {
         Ok(())
     }
 
+    async fn update_authz_if(
+        &self,
+        a: &Authorization,
+        read: &Authorization,
+    ) -> Result<bool, Error> {
+        let (body, old) = (to_json(a)?, to_json(read)?);
+        let client = self.client().await?;
+        let n = client
+            .execute(sql::UPDATE_AUTHZ_IF, &[&body, &a.id, &old])
+            .await
+            .map_err(db_err)?;
+        Ok(n == 1)
+    }
+
     async fn begin_issuance(&self, i: &Issuance) -> Result<Begun, Error> {
         let body = to_json(&i.order)?;
         let mut client = self.client().await?;

@@ -306,6 +306,24 @@ impl Db for SqliteDb {
         .await
     }
 
+    async fn update_authz_if(
+        &self,
+        authz: &Authorization,
+        read: &Authorization,
+    ) -> Result<bool, Error> {
+        let (body, old) = (to_json(authz)?, to_json(read)?);
+        let id = authz.id.clone();
+        self.run(move |c| {
+            let n = c
+                .prepare_cached(sql::UPDATE_AUTHZ_IF)
+                .map_err(db_err)?
+                .execute(params![body, id, old])
+                .map_err(db_err)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
     async fn begin_issuance(&self, issuance: &Issuance) -> Result<Begun, Error> {
         let i = issuance.clone();
         let body = to_json(&i.order)?;
