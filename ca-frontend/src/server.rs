@@ -995,6 +995,7 @@ async fn finalize_inner(ca: &Ca, id: &str, authed: Authed) -> Result<Response> {
     let serial_bytes = issue::random_serial()?;
     let mut processing = order.clone();
     processing.status = OrderStatus::Processing;
+    processing.certificate = Some(hex::encode(&serial_bytes));
     let limit = u64::from(ca.config.limits.certificates_per_domain_per_week);
     let issuance = Issuance {
         order: processing.clone(),
@@ -1037,6 +1038,7 @@ async fn finalize_inner(ca: &Ca, id: &str, authed: Authed) -> Result<Response> {
             let problem = Problem::from(e);
             let mut invalid = processing.clone();
             invalid.status = OrderStatus::Invalid;
+            invalid.certificate = None;
             invalid.error = Some(problem.to_json());
             // Nothing recorded: the reservations and the replacement mark go, the order is
             // invalid. Recorded after all (the write's answer was lost): it is finished below.
@@ -1469,7 +1471,7 @@ async fn revoke_inner(ca: &Ca, authed: Authed) -> Result<Response> {
 
 // ---------------------------------------------------------------- renewal information
 
-async fn ari_certificate(ca: &Ca, cert_id: &str) -> Result<CertificateRecord> {
+pub(crate) async fn ari_certificate(ca: &Ca, cert_id: &str) -> Result<CertificateRecord> {
     let (key_id, serial) = ari::parse_cert_id(cert_id)
         .ok_or_else(|| Problem::malformed(format!("`{cert_id}` is not an ARI CertID")))?;
     if key_id != ca.intermediate.key_id {

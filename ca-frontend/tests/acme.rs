@@ -1679,3 +1679,90 @@ async fn an_authorization_deactivated_during_validation_stays_deactivated() {
     assert_eq!(r.problem(), "orderNotReady");
     assert_eq!(certificates_issued(&ca, &order_url).await, None);
 }
+
+#[tokio::test]
+async fn a_finalization_stopped_before_recording_gives_back_what_it_reserved() {
+    use ca_frontend::db::{Begun, Issuance};
+    use ca_frontend::model::OrderStatus;
+    use ca_frontend::republish::{GRACE, abandon_stalled};
+    let ca = ca_with(
+        "[limits]\norders_per_account_per_hour = 50\ncertificates_per_domain_per_week = 3\naccounts_per_hour = 100\n",
+    )
+    .await;
+    let mut client = Client::new(&ca);
+    client.register().await;
+    let (order_url, order) = ready_order(&client, &["a.stall.test"]).await;
+    let r = finalize(&client, &order, &["a.stall.test"]).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+    let (serial, cert_id) = cert_id_of(&ca, &order_url).await;
+    // A replacement's finalization begins (domains reserved, the certificate marked replaced),
+    // then the process dies while signing: nothing is recorded, the order stays processing.
+    let (url, _) = ready_order_with(&client, &["a.stall.test"], json!({"replaces": cert_id})).await;
+    let id = url.rsplit('/').next().expect("id");
+    let stored = ca.db.order(id).await.expect("db").expect("order");
+    let planned = format!("43{}", hex::encode(rand_bytes()));
+    let mut processing = stored.clone();
+    processing.status = OrderStatus::Processing;
+    processing.certificate = Some(planned.clone());
+    let now = ca_frontend::unix_now();
+    let issuance = Issuance {
+        order: processing,
+        expected: stored.status,
+        serial: planned,
+        issued: now - 5,
+        domains: vec!["stall.test".into()],
+        counted: vec![],
+        since: now - ca_frontend::ratelimit::WEEK,
+        limit: 2,
+        replaces: Some(serial.clone()),
+    };
+    assert_eq!(
+        ca.db.begin_issuance(&issuance).await.expect("begin"),
+        Begun::Started
+    );
+    assert_eq!(
+        ca.db
+            .certificates_since("stall.test", 0, 10)
+            .await
+            .expect("count"),
+        2
+    );
+    // Younger than the grace: maybe still signing, left alone.
+    assert_eq!(abandon_stalled(&ca, GRACE).await.expect("repair"), 0);
+    assert_eq!(
+        abandon_stalled(&ca, Duration::ZERO).await.expect("repair"),
+        1
+    );
+    let polled = client.post(&path_of(&url), None).await.json();
+    assert_eq!(polled["status"], "invalid", "{polled:?}");
+    assert!(polled.get("certificate").is_none());
+    assert_eq!(
+        ca.db
+            .certificates_since("stall.test", 0, 10)
+            .await
+            .expect("count"),
+        1,
+        "the reservation is given back"
+    );
+    assert_eq!(
+        ca.db
+            .certificate(&serial)
+            .await
+            .expect("db")
+            .and_then(|c| c.replaced_by),
+        None
+    );
+    // So a new replacement goes through, and (the renewal counting, the lost reservation not)
+    // a new certificate still fits the limit of three.
+    let (_, order) =
+        ready_order_with(&client, &["a.stall.test"], json!({"replaces": cert_id})).await;
+    let r = finalize(&client, &order, &["a.stall.test"]).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+    let (_, order) = ready_order(&client, &["b.stall.test"]).await;
+    let r = finalize(&client, &order, &["b.stall.test"]).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+    assert_eq!(
+        abandon_stalled(&ca, Duration::ZERO).await.expect("repair"),
+        0
+    );
+}

@@ -353,6 +353,19 @@ async fn exercise_races(dbs: Vec<Arc<dyn Db>>) {
         5,
         "a limited order stays as it was"
     );
+    // What a repair reads: the processing orders, and when each one's domains were reserved.
+    assert_eq!(db.processing_orders(100).await.expect("list").len(), 5);
+    let reserved = outcomes
+        .iter()
+        .position(|o| *o.as_ref().expect("task") == Begun::Started)
+        .expect("one started");
+    assert_eq!(
+        db.reserved_at(&format!("aa{reserved:02}"))
+            .await
+            .expect("reserved"),
+        Some(20_000)
+    );
+    assert_eq!(db.reserved_at("ffff").await.expect("reserved"), None);
     // A signing that failed before recording gives its reservation back; one recorded keeps it.
     let first = outcomes
         .iter()

@@ -61,6 +61,10 @@ pub const MIGRATIONS: &[&str] = &[
     "ALTER TABLE certificates ADD COLUMN ocsp_pending BIGINT;
     CREATE INDEX IF NOT EXISTS certificates_ocsp_pending ON certificates (ocsp_pending)
         WHERE ocsp_pending IS NOT NULL;",
+    // A finalization reserves its domains' rows under the serial it will sign, and gives them
+    // back by serial if it fails; the repair finds orders a crash left processing.
+    "CREATE INDEX IF NOT EXISTS issued_domains_by_serial ON issued_domains (serial);
+    CREATE INDEX IF NOT EXISTS orders_processing ON orders (id) WHERE status = 'processing';",
 ];
 
 pub(crate) mod sql {
@@ -91,6 +95,9 @@ pub(crate) mod sql {
     pub const UPDATE_AUTHZ_IF: &str = "UPDATE authzs SET body = $1 WHERE id = $2 AND body = $3";
     pub const DELETE_ISSUED_DOMAINS: &str = "DELETE FROM issued_domains WHERE serial = $1";
     pub const CERTIFICATE_EXISTS: &str = "SELECT 1 FROM certificates WHERE serial = $1";
+    pub const PROCESSING_ORDERS: &str =
+        "SELECT body FROM orders WHERE status = 'processing' ORDER BY id LIMIT $1";
+    pub const RESERVED_AT: &str = "SELECT MIN(issued) FROM issued_domains WHERE serial = $1";
     pub const INSERT_CERTIFICATE: &str = "INSERT INTO certificates (serial, account_id, issued, spki_sha256, body, ocsp_pending) VALUES ($1, $2, $3, $4, $5, $6)";
     pub const INSERT_ISSUED_DOMAIN: &str =
         "INSERT INTO issued_domains (domain, issued, serial) VALUES ($1, $2, $3)";
@@ -199,6 +206,11 @@ pub trait Db: Send + Sync + std::fmt::Debug {
         serial: &str,
         replaces: Option<&str>,
     ) -> Result<bool, Error>;
+
+    /// Orders in processing (at most `limit`): finalizations in flight, or stopped by a crash.
+    async fn processing_orders(&self, limit: u32) -> Result<Vec<Order>, Error>;
+    /// When the domains were reserved under `serial` ([`Db::begin_issuance`]), if they are.
+    async fn reserved_at(&self, serial: &str) -> Result<Option<i64>, Error>;
 
     /// Records an issued certificate and the registered domains it counts against (none when
     /// [`Db::begin_issuance`] reserved them), with the mark `ocsp_pending` until [`Db::ocsp_published`] clears it.

@@ -405,6 +405,26 @@ impl Db for PostgresDb {
         Ok(true)
     }
 
+    async fn processing_orders(&self, limit: u32) -> Result<Vec<Order>, Error> {
+        let client = self.client().await?;
+        let rows = client
+            .query(sql::PROCESSING_ORDERS, &[&i64::from(limit)])
+            .await
+            .map_err(db_err)?;
+        rows.iter()
+            .map(|r| from_json(DB, &r.get::<_, String>(0)))
+            .collect()
+    }
+
+    async fn reserved_at(&self, serial: &str) -> Result<Option<i64>, Error> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(sql::RESERVED_AT, &[&serial])
+            .await
+            .map_err(db_err)?;
+        Ok(row.get::<_, Option<i64>>(0))
+    }
+
     async fn insert_certificate(
         &self,
         cert: &CertificateRecord,

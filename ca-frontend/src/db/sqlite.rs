@@ -445,6 +445,29 @@ impl Db for SqliteDb {
         .await
     }
 
+    async fn processing_orders(&self, limit: u32) -> Result<Vec<Order>, Error> {
+        self.run(move |c| {
+            let mut stmt = c.prepare_cached(sql::PROCESSING_ORDERS).map_err(db_err)?;
+            let rows = stmt
+                .query_map(params![limit], |r| r.get::<_, String>(0))
+                .map_err(db_err)?;
+            rows.map(|row| from_json(DB, &row.map_err(db_err)?))
+                .collect()
+        })
+        .await
+    }
+
+    async fn reserved_at(&self, serial: &str) -> Result<Option<i64>, Error> {
+        let serial = serial.to_owned();
+        self.run(move |c| {
+            c.prepare_cached(sql::RESERVED_AT)
+                .map_err(db_err)?
+                .query_row(params![serial], |r| r.get::<_, Option<i64>>(0))
+                .map_err(db_err)
+        })
+        .await
+    }
+
     async fn insert_certificate(
         &self,
         cert: &CertificateRecord,
