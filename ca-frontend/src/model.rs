@@ -64,7 +64,8 @@ pub struct Order {
     pub profile: String,
     /// ARI (RFC 9773 §5): the certificate this order replaces, by its ARI CertID.
     pub replaces: Option<String>,
-    /// The issued certificate's serial (hex), once valid.
+    /// The issued certificate's serial (hex), once valid; while processing, the serial being
+    /// signed (so a repair can find what a crashed finalization reserved).
     pub certificate: Option<String>,
     pub error: Option<serde_json::Value>,
     pub created: i64,

@@ -8,7 +8,8 @@ use crate::db::Db;
 use crate::{Error, Problem, ProblemType};
 
 const HOUR: i64 = 3600;
-const WEEK: i64 = 7 * 24 * HOUR;
+/// The window of the per-domain limit.
+pub const WEEK: i64 = 7 * 24 * HOUR;
 
 fn limited(detail: String, retry_after: i64) -> Error {
     Error::Problem(Problem {
@@ -58,20 +59,39 @@ pub fn registered_domains(names: &[String]) -> Vec<String> {
     out
 }
 
-/// Checks the per-registered-domain limit for a certificate naming `names`.
+/// The registered domains a certificate for `names` is held to the weekly limit in. A renewal
+/// is exempt (RFC 9773 §5 `replaces`; Let's Encrypt's "renewals are exempt"), but only for
+/// what it renews: the names of the certificate it replaces. A name that certificate did not
+/// have is a new certificate for its domain, so its domain counts; a renewal of the same set
+/// of names counts against none.
+pub fn counted_domains(names: &[String], replaced: Option<&[String]>) -> Vec<String> {
+    let new_names: Vec<String> = match replaced {
+        Some(old) => names.iter().filter(|n| !old.contains(n)).cloned().collect(),
+        None => names.to_vec(),
+    };
+    registered_domains(&new_names)
+}
+
+/// The answer to a certificate over `domain`'s weekly allowance of `limit`.
+pub fn domain_limited(domain: &str, limit: u64) -> Error {
+    limited(
+        format!("too many certificates for {domain}: the limit is {limit} a week"),
+        HOUR,
+    )
+}
+
+/// Checks the per-registered-domain limit for a certificate naming `names` (an early answer;
+/// [`Db::begin_issuance`](crate::db::Db::begin_issuance) counts and reserves atomically).
 pub async fn certificates(
     db: &dyn Db,
     limits: &Limits,
-    names: &[String],
+    domains: &[String],
     now: i64,
 ) -> Result<(), Error> {
-    for domain in registered_domains(names) {
+    for domain in domains {
         let limit = u64::from(limits.certificates_per_domain_per_week);
-        if db.certificates_since(&domain, now - WEEK, limit).await? >= limit {
-            return Err(limited(
-                format!("too many certificates for {domain}: the limit is {limit} a week"),
-                HOUR,
-            ));
+        if db.certificates_since(domain, now - WEEK, limit).await? >= limit {
+            return Err(domain_limited(domain, limit));
         }
     }
     Ok(())
@@ -91,5 +111,22 @@ mod tests {
         ]
         .map(String::from);
         assert_eq!(registered_domains(&names), ["example.co.uk", "example.com"]);
+    }
+
+    #[test]
+    fn a_renewal_is_exempt_only_for_the_names_it_renews() {
+        let old = ["a.example.com", "b.example.org"].map(String::from);
+        let same = ["b.example.org", "a.example.com"].map(String::from);
+        assert!(counted_domains(&same, Some(&old)).is_empty());
+        // A name the replaced certificate did not have counts against its domain, even when
+        // another name under that domain is renewed.
+        let grown = ["a.example.com", "new.example.com", "b.example.org"].map(String::from);
+        assert_eq!(counted_domains(&grown, Some(&old)), ["example.com"]);
+        let narrowed = ["a.example.com"].map(String::from);
+        assert!(counted_domains(&narrowed, Some(&old)).is_empty());
+        assert_eq!(
+            counted_domains(&grown, None),
+            ["example.com", "example.org"]
+        );
     }
 }

@@ -13,15 +13,23 @@
 //! for every mark older than [`GRACE`] (younger ones belong to requests still in flight, here
 //! or in another frontend sharing the database), completes the order of an issuance, and clears
 //! the mark. Publishing is idempotent and monotonic, so racing a live request is harmless.
+//!
+//! A live finalization whose publish fails (the gateway refusing or gone, the OCSP store busy)
+//! ends the same way: its certificate is recorded and good, so its order stays `processing`,
+//! never `invalid`, and this pass completes it. One that stopped before its certificate was
+//! recorded (a crash while signing) left its order processing with the domains reserved:
+//! once its reservation is older than the grace, the order is made invalid and the
+//! reservation and any replacement mark given back ([`abandon_stalled`]); the client orders
+//! again.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ocsp::model::{CertStatus, Serial};
 
-use crate::Error;
 use crate::model::{CertificateRecord, OrderStatus, Revocation};
 use crate::server::Ca;
+use crate::{Error, Problem, ProblemType};
 
 /// How often `serve` looks for unpublished records.
 pub const INTERVAL: Duration = Duration::from_secs(30);
@@ -100,13 +108,67 @@ async fn republish(ca: &Ca, record: &CertificateRecord, mark: i64) -> Result<(),
     Ok(())
 }
 
-/// [`republish_pending`] now and every [`INTERVAL`], for as long as the process runs.
+/// Makes invalid every order left processing by a finalization that reserved its domains more
+/// than `grace` ago and recorded no certificate; returns how many.
+pub async fn abandon_stalled(ca: &Ca, grace: Duration) -> Result<usize, Error> {
+    let before = crate::unix_now() - i64::try_from(grace.as_secs()).unwrap_or(i64::MAX / 2);
+    let mut done = 0;
+    for order in ca.db.processing_orders(BATCH).await? {
+        // Orders processing since before serials were kept in them are left alone.
+        let Some(serial) = order.certificate.clone() else {
+            continue;
+        };
+        if ca.db.certificate(&serial).await?.is_some() {
+            continue; // recorded: republish_pending completes it
+        }
+        if ca
+            .db
+            .reserved_at(&serial)
+            .await?
+            .is_none_or(|at| at >= before)
+        {
+            continue; // in flight
+        }
+        let replaced = match &order.replaces {
+            Some(cert_id) => crate::server::ari_certificate(ca, cert_id)
+                .await
+                .ok()
+                .map(|r| r.serial),
+            None => None,
+        };
+        let mut invalid = order.clone();
+        invalid.status = OrderStatus::Invalid;
+        invalid.certificate = None;
+        invalid.error = Some(
+            Problem::new(
+                ProblemType::ServerInternal,
+                "the finalization stopped before a certificate was issued; order again",
+            )
+            .to_json(),
+        );
+        if ca
+            .db
+            .abandon_issuance(&invalid, &serial, replaced.as_deref())
+            .await?
+        {
+            tracing::warn!(order = %order.id, serial = %serial, "made invalid an order whose finalization stopped before recording");
+            done += 1;
+        }
+    }
+    Ok(done)
+}
+
+/// [`republish_pending`] and [`abandon_stalled`] now and every [`INTERVAL`], for as long as
+/// the process runs.
 pub async fn run(ca: Arc<Ca>) {
     let mut ticks = tokio::time::interval(INTERVAL);
     loop {
         ticks.tick().await;
         if let Err(e) = republish_pending(&ca, GRACE).await {
             tracing::error!(error = %e, "could not publish the OCSP statuses left unpublished");
+        }
+        if let Err(e) = abandon_stalled(&ca, GRACE).await {
+            tracing::error!(error = %e, "could not give back the reservations of stopped finalizations");
         }
     }
 }

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
-use crate::db::Db;
+use crate::db::{Begun, Db, Issuance};
 use crate::issue::{self, CertSigner, IssuerCert, LeafPlan};
 use crate::jws::{ParsedJws, PublicKey, key_authorization};
 use crate::model::*;
@@ -802,7 +802,7 @@ async fn new_order_inner(ca: &Ca, authed: Authed) -> Result<Response> {
         .into());
     }
     // RFC 9773 §5: the replaced certificate must be this account's, share a name with the
-    // order, and not be replaced already by a finalized order.
+    // order, and not be replaced already (checked again, atomically, when finalization begins).
     if let Some(replaces) = &request.replaces {
         let record = ari_certificate(ca, replaces).await?;
         if record.account_id != account.id {
@@ -972,10 +972,15 @@ async fn finalize_inner(ca: &Ca, id: &str, authed: Authed) -> Result<Response> {
     let name_list: Vec<String> = names.iter().cloned().collect();
     let now = unix_now();
     // A renewal that names the certificate it replaces (ARI, RFC 9773 §5) is not held back by
-    // the per-domain limit: an incident's mass renewal must not be rate-limited into failure.
-    if order.replaces.is_none() {
-        ratelimit::certificates(ca.db.as_ref(), &ca.config.limits, &name_list, now).await?;
-    }
+    // the per-domain limit for the names it renews (an incident's mass renewal must not be
+    // rate-limited into failure); names it adds count as any new certificate's do.
+    let replaced = match &order.replaces {
+        Some(cert_id) => Some(ari_certificate(ca, cert_id).await?),
+        None => None,
+    };
+    let counted =
+        ratelimit::counted_domains(&name_list, replaced.as_ref().map(|r| r.names.as_slice()));
+    ratelimit::certificates(ca.db.as_ref(), &ca.config.limits, &counted, now).await?;
     for name in &names {
         let (base, wildcard) = match name.strip_prefix("*.") {
             Some(b) => (b, true),
@@ -983,71 +988,128 @@ async fn finalize_inner(ca: &Ca, id: &str, authed: Authed) -> Result<Response> {
         };
         ca.validator.check_caa(base, wildcard).await?;
     }
-    // Ready → processing, once: a second finalize (or another frontend) loses this race.
+    // Ready → processing, once (a second finalize, or another frontend, loses this race), in
+    // one transaction with the domains' reservations under the serial to be signed and the
+    // replaced certificate's `replaced_by`: concurrent finalizations can neither overshoot a
+    // limit together nor both replace one certificate.
+    let serial_bytes = issue::random_serial()?;
     let mut processing = order.clone();
     processing.status = OrderStatus::Processing;
-    if !ca.db.update_order(&processing, Some(order.status)).await? {
-        return Err(Problem::new(
-            ProblemType::OrderNotReady,
-            "the order is already being finalized",
-        )
-        .into());
-    }
-    match issue_certificate(ca, &processing, &account, checked, now).await {
-        Ok((serial, mark)) => {
-            let mut valid = processing.clone();
-            valid.status = OrderStatus::Valid;
-            valid.certificate = Some(serial.clone());
-            ca.db
-                .ocsp_published(&serial, Some(mark), Some(&valid))
-                .await?;
-            if let Some(replaced) = &valid.replaces {
-                mark_replaced(ca, replaced, &valid.id).await;
-            }
-            Ok(order_response(
-                ca,
-                StatusCode::OK,
-                &valid,
-                OrderStatus::Valid,
-            ))
+    processing.certificate = Some(hex::encode(&serial_bytes));
+    let limit = u64::from(ca.config.limits.certificates_per_domain_per_week);
+    let issuance = Issuance {
+        order: processing.clone(),
+        expected: order.status,
+        serial: hex::encode(&serial_bytes),
+        issued: now,
+        domains: ratelimit::registered_domains(&name_list),
+        counted,
+        since: now - ratelimit::WEEK,
+        limit,
+        replaces: replaced.as_ref().map(|r| r.serial.clone()),
+    };
+    match ca.db.begin_issuance(&issuance).await? {
+        Begun::Started => {}
+        Begun::NotReady => {
+            return Err(Problem::new(
+                ProblemType::OrderNotReady,
+                "the order is already being finalized, or an authorization is no longer valid",
+            )
+            .into());
         }
+        Begun::Limited(domain) => return Err(ratelimit::domain_limited(&domain, limit)),
+        Begun::AlreadyReplaced(by) => {
+            return Err(Problem::new(
+                ProblemType::AlreadyReplaced,
+                format!(
+                    "the certificate was already replaced by order {}",
+                    ca.order_url(&by)
+                ),
+            )
+            .into());
+        }
+    }
+    let mark = republish::mark();
+    let record = match sign_and_record(ca, &processing, &account, checked, serial_bytes, now, mark)
+        .await
+    {
+        Ok(record) => record,
         Err(e) => {
             let problem = Problem::from(e);
             let mut invalid = processing.clone();
             invalid.status = OrderStatus::Invalid;
+            invalid.certificate = None;
             invalid.error = Some(problem.to_json());
-            ca.db
-                .update_order(&invalid, Some(OrderStatus::Processing))
-                .await?;
-            Err(problem.into())
+            // Nothing recorded: the reservations and the replacement mark go, the order is
+            // invalid. Recorded after all (the write's answer was lost): it is finished below.
+            if ca
+                .db
+                .abandon_issuance(&invalid, &issuance.serial, issuance.replaces.as_deref())
+                .await?
+            {
+                return Err(problem.into());
+            }
+            tracing::warn!(order = %processing.id, error = %problem, "recording a certificate failed, yet it is recorded");
+            match ca.db.certificate(&issuance.serial).await? {
+                Some(record) => record,
+                None => return Err(problem.into()),
+            }
+        }
+    };
+    Ok(publish_and_complete(ca, processing, &record, mark).await)
+}
+
+/// Publishes a recorded certificate's `good` OCSP response and completes its order. A failure
+/// here (the gateway busy or gone, the OCSP store unwritable) leaves a good certificate
+/// recorded, so the order is never made invalid: it stays processing, its record keeps the
+/// unpublished mark, and [`republish`] publishes and completes it. The client, told to poll,
+/// sees it valid then.
+async fn publish_and_complete(
+    ca: &Ca,
+    processing: Order,
+    record: &CertificateRecord,
+    mark: i64,
+) -> Response {
+    let published = async {
+        let serial = hex::decode(&record.serial)
+            .map_err(|e| Error::Internal(format!("certificate {}: {e}", record.serial)))?;
+        ca.presigner
+            .publish(
+                &ca.ocsp_issuer,
+                &Serial::from_be_bytes(&serial),
+                CertStatus::Good,
+            )
+            .await?;
+        let mut valid = processing.clone();
+        valid.status = OrderStatus::Valid;
+        valid.certificate = Some(record.serial.clone());
+        ca.db
+            .ocsp_published(&record.serial, Some(mark), Some(&valid))
+            .await?;
+        Ok::<_, Error>(valid)
+    }
+    .await;
+    match published {
+        Ok(valid) => order_response(ca, StatusCode::OK, &valid, OrderStatus::Valid),
+        Err(e) => {
+            tracing::error!(order = %processing.id, serial = %record.serial, error = %e, "a recorded certificate's OCSP response or order could not be saved; the repair pass completes it");
+            order_response(ca, StatusCode::OK, &processing, OrderStatus::Processing)
         }
     }
 }
 
-/// Records that `order` replaced the certificate its `replaces` names. Best effort: the new
-/// certificate is issued either way, and a second replacement order is the only thing a lost
-/// record lets through.
-async fn mark_replaced(ca: &Ca, cert_id: &str, order: &str) {
-    let outcome = match ari_certificate(ca, cert_id).await {
-        Ok(record) => ca.db.mark_replaced(&record.serial, order).await,
-        Err(e) => Err(e),
-    };
-    if let Err(e) = outcome {
-        tracing::warn!(order, error = %e, "could not record which certificate an order replaced");
-    }
-}
-
-/// Builds, lints, signs, checks and records the certificate, and stores its `good` OCSP
-/// response; returns its serial (hex) and the record's unpublished mark ([`republish`]), which
-/// the caller clears with the order's move to valid. Only after this returns may the client
-/// learn of the certificate.
-async fn issue_certificate(
+/// Builds, lints, signs, checks and records the certificate (with the unpublished `mark`,
+/// [`republish`]); its `good` OCSP response is stored by [`publish_and_complete`] before the
+/// client may learn of it.
+async fn sign_and_record(
     ca: &Ca,
     order: &Order,
     account: &Account,
     csr: issue::CheckedCsr,
+    serial: Vec<u8>,
     now: i64,
-) -> Result<(String, i64)> {
+    mark: i64,
+) -> Result<CertificateRecord> {
     let profile = ca.config.profile(&order.profile).ok_or_else(|| {
         Error::Internal(format!(
             "order {} has unknown profile {}",
@@ -1057,7 +1119,7 @@ async fn issue_certificate(
     // Backdated a minute for clients whose clocks run a little slow; the lifetime stays exact.
     let not_before = now - 60;
     let plan = LeafPlan {
-        serial: issue::random_serial()?,
+        serial,
         names: csr.names.clone(),
         spki: csr.spki.clone(),
         rsa: matches!(csr.key, PublicKey::Rsa { .. }),
@@ -1094,19 +1156,10 @@ async fn issue_certificate(
         renew_now: false,
         replaced_by: None,
     };
-    let mark = republish::mark();
-    ca.db
-        .insert_certificate(&record, &ratelimit::registered_domains(&record.names), mark)
-        .await?;
-    ca.presigner
-        .publish(
-            &ca.ocsp_issuer,
-            &Serial::from_be_bytes(&plan.serial),
-            CertStatus::Good,
-        )
-        .await?;
+    // The domains were reserved under this serial when the finalization began.
+    ca.db.insert_certificate(&record, &[], mark).await?;
     tracing::info!(serial = %serial, order = %order.id, names = ?record.names, "certificate issued");
-    Ok((serial, mark))
+    Ok(record)
 }
 
 // ---------------------------------------------------------------- authorizations, challenges
@@ -1172,12 +1225,22 @@ async fn authorization(
             )
             .into());
         }
-        if matches!(
-            authz.status_at(now),
-            AuthzStatus::Pending | AuthzStatus::Valid
-        ) {
-            authz.status = AuthzStatus::Deactivated;
-            ca.db.update_authz(&authz).await?;
+        // Compare-and-set, retried on the record as it now is: a validation finishing at the
+        // same moment changes pending into valid, which is deactivated just the same.
+        for _ in 0..3 {
+            if !matches!(
+                authz.status_at(now),
+                AuthzStatus::Pending | AuthzStatus::Valid
+            ) {
+                break;
+            }
+            let mut deactivated = authz.clone();
+            deactivated.status = AuthzStatus::Deactivated;
+            if ca.db.update_authz_if(&deactivated, &authz).await? {
+                authz = deactivated;
+                break;
+            }
+            authz = owned_authz(&ca, &id, authed.account()?).await?;
         }
     }
     let r = json_response(StatusCode::OK, &authz_json(&ca, &authz, now));
@@ -1221,10 +1284,17 @@ async fn challenge_inner(
                 .iter()
                 .any(|c| c.status == ChallengeStatus::Processing);
         if pending {
-            authz.challenges[index].status = ChallengeStatus::Processing;
-            ca.db.update_authz(&authz).await?;
-            let key_auth = key_authorization(&authz.challenges[index].token, &account.thumbprint);
-            tokio::spawn(run_validation(ca.clone(), authz.clone(), index, key_auth));
+            let mut processing = authz.clone();
+            processing.challenges[index].status = ChallengeStatus::Processing;
+            // Only from the record as read: a deactivation in between is not undone.
+            if ca.db.update_authz_if(&processing, &authz).await? {
+                authz = processing;
+                let key_auth =
+                    key_authorization(&authz.challenges[index].token, &account.thumbprint);
+                tokio::spawn(run_validation(ca.clone(), authz.clone(), index, key_auth));
+            } else {
+                authz = owned_authz(&ca, authz_id, &account).await?;
+            }
         }
     }
     let r = json_response(
@@ -1247,6 +1317,7 @@ async fn challenge_inner(
 
 /// Validates in the background; the client polls the authorization.
 async fn run_validation(ca: Arc<Ca>, mut authz: Authorization, index: usize, key_auth: String) {
+    let started = authz.clone();
     let kind = authz.challenges[index].kind;
     let outcome = ca
         .validator
@@ -1269,8 +1340,17 @@ async fn run_validation(ca: Arc<Ca>, mut authz: Authorization, index: usize, key
             authz.status = AuthzStatus::Invalid;
         }
     }
-    if let Err(e) = ca.db.update_authz(&authz).await {
-        tracing::error!(authz = %authz.id, error = %e, "could not record a validation outcome");
+    // Compare-and-set from the record as this validation left it (pending, the challenge
+    // processing): an authorization deactivated meanwhile stays deactivated and cannot
+    // authorize an order.
+    match ca.db.update_authz_if(&authz, &started).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::info!(authz = %authz.id, "the authorization changed while it was validated (deactivated); the outcome is dropped");
+        }
+        Err(e) => {
+            tracing::error!(authz = %authz.id, error = %e, "could not record a validation outcome");
+        }
     }
 }
 
@@ -1391,7 +1471,7 @@ async fn revoke_inner(ca: &Ca, authed: Authed) -> Result<Response> {
 
 // ---------------------------------------------------------------- renewal information
 
-async fn ari_certificate(ca: &Ca, cert_id: &str) -> Result<CertificateRecord> {
+pub(crate) async fn ari_certificate(ca: &Ca, cert_id: &str) -> Result<CertificateRecord> {
     let (key_id, serial) = ari::parse_cert_id(cert_id)
         .ok_or_else(|| Problem::malformed(format!("`{cert_id}` is not an ARI CertID")))?;
     if key_id != ca.intermediate.key_id {

@@ -64,6 +64,8 @@ struct Infra {
     dir: PathBuf,
     gateway: String,
     dns: SocketAddr,
+    /// pebble-challtestsrv's management API (to point a name at another address).
+    dns_management: SocketAddr,
     http_port: u16,
     /// http-01 answers: token → key authorization.
     tokens: Arc<Mutex<HashMap<String, String>>>,
@@ -206,6 +208,7 @@ fn infra() -> &'static Infra {
             dir,
             gateway: url,
             dns: SocketAddr::from(([127, 0, 0, 1], dns_port)),
+            dns_management: SocketAddr::from(([127, 0, 0, 1], mgmt_port)),
             http_port,
             tokens,
             _children: vec![gateway, dns],
@@ -220,6 +223,11 @@ async fn ca() -> Arc<Ca> {
 
 /// [`ca`] with more TOML appended (e.g. a `[limits]` table).
 async fn ca_with(extra: &str) -> Arc<Ca> {
+    ca_with_ocsp(extra, "ocsp.toml").await
+}
+
+/// [`ca_with`] whose OCSP pre-signer is configured by `ocsp_config` (in the shared directory).
+async fn ca_with_ocsp(extra: &str, ocsp_config: &str) -> Arc<Ca> {
     let infra = infra();
     let db = infra.dir.join(format!(
         "ca-{}.sqlite",
@@ -244,7 +252,7 @@ caa_identities = ["hsmgate.test"]
 name = "classic"
 validity_hours = 2160
 [ocsp]
-config = "ocsp.toml"
+config = "{ocsp_config}"
 issuer = "test"
 [validation]
 http_port = {http}
@@ -1299,4 +1307,462 @@ fn rand_bytes() -> [u8; 15] {
     let mut bytes = [0u8; 15];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).expect("random");
     bytes
+}
+
+/// The ARI cert-id of the certificate an order was issued.
+async fn cert_id_of(ca: &Ca, order_url: &str) -> (String, String) {
+    let serial = certificates_issued(ca, order_url).await.expect("issued");
+    let id =
+        ca_frontend::ari::cert_id(&ca.intermediate.key_id, &hex::decode(&serial).expect("hex"));
+    (serial, id)
+}
+
+/// Finalizes a ready order with a fresh CSR for `names`.
+async fn finalize(client: &Client, order: &Value, names: &[&str]) -> Reply {
+    client
+        .post(
+            &path_of(order["finalize"].as_str().expect("finalize")),
+            Some(&json!({"csr": b64(&csr(names))})),
+        )
+        .await
+}
+
+/// `openssl verify` of a downloaded chain against the ceremony's root.
+fn assert_chain_verifies(pem: &[u8]) {
+    let chain = infra().dir.join(format!(
+        "chain-{}.pem",
+        ca_frontend::random_id().expect("id")
+    ));
+    std::fs::write(&chain, pem).expect("write");
+    let out = Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(infra().dir.join("root.pem"))
+        .arg("-untrusted")
+        .arg(&chain)
+        .arg(&chain)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_replacement_is_exempt_only_for_the_names_it_renews() {
+    let ca = ca_with(
+        "[limits]\norders_per_account_per_hour = 50\ncertificates_per_domain_per_week = 1\naccounts_per_hour = 100\n",
+    )
+    .await;
+    let mut client = Client::new(&ca);
+    client.register().await;
+    // One certificate uses renew.test's weekly allowance.
+    let (order_url, order) = ready_order(&client, &["a.renew.test"]).await;
+    let r = finalize(&client, &order, &["a.renew.test"]).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+    let (serial, cert_id) = cert_id_of(&ca, &order_url).await;
+    // Five orders, each claiming to replace it while adding a name under the same domain (all
+    // made before any is finalized, so none is refused as already replaced): each new name is a
+    // new certificate for renew.test, which is at its limit.
+    let mut grown = Vec::new();
+    for i in 0..5 {
+        let new_name = format!("new{i}.renew.test");
+        let (url, order) = ready_order_with(
+            &client,
+            &["a.renew.test", &new_name],
+            json!({"replaces": cert_id}),
+        )
+        .await;
+        grown.push((url, order, new_name));
+    }
+    for (url, order, new_name) in &grown {
+        let r = finalize(&client, order, &["a.renew.test", new_name]).await;
+        assert_eq!(
+            (r.status, r.problem()),
+            (StatusCode::TOO_MANY_REQUESTS, "rateLimited".into()),
+            "{:?}",
+            r.json()
+        );
+        assert!(r.headers.contains_key("retry-after"));
+        assert_eq!(certificates_issued(&ca, url).await, None);
+    }
+    assert_eq!(
+        ca.db
+            .certificate(&serial)
+            .await
+            .expect("db")
+            .and_then(|c| c.replaced_by),
+        None,
+        "a refused replacement replaced nothing"
+    );
+    // The renewal of the same set of names is exempt, and is recorded as the replacement.
+    let (url, order) =
+        ready_order_with(&client, &["a.renew.test"], json!({"replaces": cert_id})).await;
+    let r = finalize(&client, &order, &["a.renew.test"]).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+    assert_eq!(r.json()["status"], "valid");
+    assert_eq!(
+        ca.db
+            .certificate(&serial)
+            .await
+            .expect("db")
+            .and_then(|c| c.replaced_by),
+        url.rsplit('/').next().map(str::to_owned)
+    );
+}
+
+#[tokio::test]
+async fn two_finalizations_replacing_one_certificate_issue_one() {
+    let ca = ca().await;
+    let mut client = Client::new(&ca);
+    client.register().await;
+    let (order_url, order) = ready_order(&client, &["twice.replace.test"]).await;
+    let r = finalize(&client, &order, &["twice.replace.test"]).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+    let (serial, cert_id) = cert_id_of(&ca, &order_url).await;
+    // Two replacement orders, both accepted (neither finalized yet), finalized at once.
+    let (url_a, order_a) = ready_order_with(
+        &client,
+        &["twice.replace.test"],
+        json!({"replaces": cert_id}),
+    )
+    .await;
+    let (url_b, order_b) = ready_order_with(
+        &client,
+        &["twice.replace.test"],
+        json!({"replaces": cert_id}),
+    )
+    .await;
+    let (a, b) = tokio::join!(
+        finalize(&client, &order_a, &["twice.replace.test"]),
+        finalize(&client, &order_b, &["twice.replace.test"])
+    );
+    let ((won, won_url), (lost, lost_url)) = if a.status == StatusCode::OK {
+        ((a, url_a), (b, url_b))
+    } else {
+        ((b, url_b), (a, url_a))
+    };
+    assert_eq!(won.status, StatusCode::OK, "{:?}", won.json());
+    assert_eq!(won.json()["status"], "valid");
+    assert_eq!(
+        (lost.status, lost.problem()),
+        (StatusCode::CONFLICT, "alreadyReplaced".into()),
+        "{:?}",
+        lost.json()
+    );
+    assert!(certificates_issued(&ca, &won_url).await.is_some());
+    assert_eq!(
+        certificates_issued(&ca, &lost_url).await,
+        None,
+        "nothing issued to the loser"
+    );
+    assert_eq!(
+        ca.db
+            .certificate(&serial)
+            .await
+            .expect("db")
+            .and_then(|c| c.replaced_by),
+        won_url.rsplit('/').next().map(str::to_owned)
+    );
+}
+
+#[tokio::test]
+async fn concurrent_finalizations_do_not_overshoot_the_domain_limit() {
+    let ca = ca_with(
+        "[limits]\norders_per_account_per_hour = 50\ncertificates_per_domain_per_week = 3\naccounts_per_hour = 100\n",
+    )
+    .await;
+    let mut client = Client::new(&ca);
+    client.register().await;
+    const N: usize = 8;
+    let mut orders = Vec::new();
+    for i in 0..N {
+        let name = format!("n{i}.burst.test");
+        let (url, order) = ready_order(&client, &[&name]).await;
+        orders.push((url, order, name));
+    }
+    let names: Vec<[&str; 1]> = orders.iter().map(|(_, _, n)| [n.as_str()]).collect();
+    let replies = futures_util::future::join_all(
+        orders
+            .iter()
+            .zip(&names)
+            .map(|((_, order, _), name)| finalize(&client, order, name)),
+    )
+    .await;
+    let valid = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::OK)
+        .count();
+    let limited = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::TOO_MANY_REQUESTS && r.problem() == "rateLimited")
+        .count();
+    assert_eq!((valid, limited), (3, N - 3), "{replies:?}");
+    let mut issued = 0;
+    for (url, _, _) in &orders {
+        issued += usize::from(certificates_issued(&ca, url).await.is_some());
+    }
+    assert_eq!(issued, 3, "exactly the limit is issued");
+}
+
+#[tokio::test]
+async fn a_recorded_certificate_whose_publishing_failed_ends_valid() {
+    use ca_frontend::republish::republish_pending;
+    // This CA's OCSP store is its own, so locking it disturbs no other test.
+    let id = ca_frontend::random_id().expect("id");
+    let dir = &infra().dir;
+    let shared = std::fs::read_to_string(dir.join("ocsp.toml")).expect("ocsp.toml");
+    let store = dir.join(format!("ocsp-{id}.sqlite"));
+    std::fs::write(
+        dir.join(format!("ocsp-{id}.toml")),
+        shared.replace("\"ocsp.sqlite\"", &format!("\"{}\"", store.display())),
+    )
+    .expect("write");
+    let ca = ca_with_ocsp("", &format!("ocsp-{id}.toml")).await;
+    let mut client = Client::new(&ca);
+    client.register().await;
+    let (order_url, order) = ready_order(&client, &["orphan.example.test"]).await;
+    // Another writer holds the OCSP store: the certificate is signed and recorded, then storing
+    // its `good` response fails (after the store's busy timeout).
+    let lock = rusqlite::Connection::open(&store).expect("open the OCSP store");
+    lock.busy_timeout(Duration::from_secs(10)).expect("timeout");
+    lock.execute_batch("BEGIN EXCLUSIVE").expect("lock");
+    let r = finalize(&client, &order, &["orphan.example.test"]).await;
+    lock.execute_batch("ROLLBACK").expect("unlock");
+    drop(lock);
+    // Not invalid, not an error: the order is processing and the client is told to poll.
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+    assert_eq!(r.json()["status"], "processing", "{:?}", r.json());
+    assert!(r.headers.contains_key("retry-after"));
+    let order_id = order_url.rsplit('/').next().expect("id");
+    let pending = ca.db.ocsp_pending(i64::MAX, 10).await.expect("pending");
+    let serial = pending
+        .iter()
+        .find(|(c, _)| c.order_id == order_id)
+        .map(|(c, _)| c.serial.clone())
+        .expect("the certificate is recorded, its OCSP response not yet published");
+    assert_eq!(ocsp_status(&ca, &serial).await, None);
+    // The repair pass publishes `good` and completes the order.
+    assert_eq!(
+        republish_pending(&ca, Duration::ZERO)
+            .await
+            .expect("republish"),
+        1
+    );
+    assert_eq!(
+        ocsp_status(&ca, &serial).await,
+        Some(ocsp::model::CertStatus::Good)
+    );
+    let polled = client.post(&path_of(&order_url), None).await.json();
+    assert_eq!(polled["status"], "valid", "{polled:?}");
+    let cert_url = polled["certificate"].as_str().expect("certificate URL");
+    assert!(cert_url.ends_with(&serial));
+    let r = client.post(&path_of(cert_url), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_chain_verifies(&r.body);
+}
+
+/// Answers http-01 for names pointed at 127.0.0.2, each answer `delay` late: a validation
+/// that is still running while the test acts.
+fn slow_http01(delay: Duration) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind(("127.0.0.2", infra().http_port))
+        .expect("bind 127.0.0.2 at the http-01 port");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&request);
+                let token = text
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|p| p.strip_prefix("/.well-known/acme-challenge/"))
+                    .unwrap_or_default()
+                    .to_owned();
+                std::thread::sleep(delay);
+                let answer = infra().tokens.lock().expect("lock").get(&token).cloned();
+                let reply = match answer {
+                    Some(a) => format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{a}",
+                        a.len()
+                    ),
+                    None => {
+                        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            .into()
+                    }
+                };
+                let _ = stream.write_all(reply.as_bytes());
+            });
+        }
+    });
+}
+
+/// Points `host`'s A record at `address` in pebble-challtestsrv.
+fn point_at(host: &str, address: &str) {
+    use std::io::{Read, Write};
+    let body = json!({"host": host, "addresses": [address]}).to_string();
+    let mut stream =
+        std::net::TcpStream::connect(infra().dns_management).expect("challtestsrv management");
+    write!(
+        stream,
+        "POST /add-a HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).expect("read");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+}
+
+#[tokio::test]
+async fn an_authorization_deactivated_during_validation_stays_deactivated() {
+    let ca = ca().await;
+    let mut client = Client::new(&ca);
+    client.register().await;
+    slow_http01(Duration::from_millis(1500));
+    let name = "slow.deactivate.test";
+    point_at(name, "127.0.0.2");
+    let r = client
+        .post(
+            "/acme/new-order",
+            Some(&json!({"identifiers": [{"type": "dns", "value": name}]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json());
+    let order_url = r.location();
+    let order = r.json();
+    let authz_url = path_of(order["authorizations"][0].as_str().expect("authz"));
+    let authz = client.post(&authz_url, None).await.json();
+    let challenge = authz["challenges"]
+        .as_array()
+        .expect("challenges")
+        .iter()
+        .find(|c| c["type"] == "http-01")
+        .expect("http-01")
+        .clone();
+    let token = challenge["token"].as_str().expect("token").to_owned();
+    infra()
+        .tokens
+        .lock()
+        .expect("lock")
+        .insert(token.clone(), format!("{token}.{}", client.thumbprint()));
+    let r = client
+        .post(
+            &path_of(challenge["url"].as_str().expect("url")),
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(r.json()["status"], "processing", "{:?}", r.json());
+    // While the validation waits for its answer, the subscriber deactivates.
+    let r = client
+        .post(&authz_url, Some(&json!({"status": "deactivated"})))
+        .await;
+    assert_eq!(r.json()["status"], "deactivated", "{:?}", r.json());
+    // The validation then succeeds, and must not revive the authorization.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let authz = client.post(&authz_url, None).await.json();
+    assert_eq!(authz["status"], "deactivated", "{authz:?}");
+    let order = client.post(&path_of(&order_url), None).await.json();
+    assert_eq!(order["status"], "invalid", "{order:?}");
+    let r = finalize(&client, &order, &[name]).await;
+    assert_eq!(r.problem(), "orderNotReady");
+    assert_eq!(certificates_issued(&ca, &order_url).await, None);
+}
+
+#[tokio::test]
+async fn a_finalization_stopped_before_recording_gives_back_what_it_reserved() {
+    use ca_frontend::db::{Begun, Issuance};
+    use ca_frontend::model::OrderStatus;
+    use ca_frontend::republish::{GRACE, abandon_stalled};
+    let ca = ca_with(
+        "[limits]\norders_per_account_per_hour = 50\ncertificates_per_domain_per_week = 3\naccounts_per_hour = 100\n",
+    )
+    .await;
+    let mut client = Client::new(&ca);
+    client.register().await;
+    let (order_url, order) = ready_order(&client, &["a.stall.test"]).await;
+    let r = finalize(&client, &order, &["a.stall.test"]).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+    let (serial, cert_id) = cert_id_of(&ca, &order_url).await;
+    // A replacement's finalization begins (domains reserved, the certificate marked replaced),
+    // then the process dies while signing: nothing is recorded, the order stays processing.
+    let (url, _) = ready_order_with(&client, &["a.stall.test"], json!({"replaces": cert_id})).await;
+    let id = url.rsplit('/').next().expect("id");
+    let stored = ca.db.order(id).await.expect("db").expect("order");
+    let planned = format!("43{}", hex::encode(rand_bytes()));
+    let mut processing = stored.clone();
+    processing.status = OrderStatus::Processing;
+    processing.certificate = Some(planned.clone());
+    let now = ca_frontend::unix_now();
+    let issuance = Issuance {
+        order: processing,
+        expected: stored.status,
+        serial: planned,
+        issued: now - 5,
+        domains: vec!["stall.test".into()],
+        counted: vec![],
+        since: now - ca_frontend::ratelimit::WEEK,
+        limit: 2,
+        replaces: Some(serial.clone()),
+    };
+    assert_eq!(
+        ca.db.begin_issuance(&issuance).await.expect("begin"),
+        Begun::Started
+    );
+    assert_eq!(
+        ca.db
+            .certificates_since("stall.test", 0, 10)
+            .await
+            .expect("count"),
+        2
+    );
+    // Younger than the grace: maybe still signing, left alone.
+    assert_eq!(abandon_stalled(&ca, GRACE).await.expect("repair"), 0);
+    assert_eq!(
+        abandon_stalled(&ca, Duration::ZERO).await.expect("repair"),
+        1
+    );
+    let polled = client.post(&path_of(&url), None).await.json();
+    assert_eq!(polled["status"], "invalid", "{polled:?}");
+    assert!(polled.get("certificate").is_none());
+    assert_eq!(
+        ca.db
+            .certificates_since("stall.test", 0, 10)
+            .await
+            .expect("count"),
+        1,
+        "the reservation is given back"
+    );
+    assert_eq!(
+        ca.db
+            .certificate(&serial)
+            .await
+            .expect("db")
+            .and_then(|c| c.replaced_by),
+        None
+    );
+    // So a new replacement goes through, and (the renewal counting, the lost reservation not)
+    // a new certificate still fits the limit of three.
+    let (_, order) =
+        ready_order_with(&client, &["a.stall.test"], json!({"replaces": cert_id})).await;
+    let r = finalize(&client, &order, &["a.stall.test"]).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+    let (_, order) = ready_order(&client, &["b.stall.test"]).await;
+    let r = finalize(&client, &order, &["b.stall.test"]).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+    assert_eq!(
+        abandon_stalled(&ca, Duration::ZERO).await.expect("repair"),
+        0
+    );
 }

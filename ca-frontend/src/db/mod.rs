@@ -16,7 +16,9 @@ pub use postgres::PostgresDb;
 pub use sqlite::SqliteDb;
 
 use crate::Error;
-use crate::model::{Account, Authorization, CertificateRecord, Order, OrderStatus, Revocation};
+use crate::model::{
+    Account, Authorization, AuthzStatus, CertificateRecord, Order, OrderStatus, Revocation,
+};
 
 /// Schema migrations, applied in order; `schema_version` records how many ran.
 pub const MIGRATIONS: &[&str] = &[
@@ -59,6 +61,10 @@ pub const MIGRATIONS: &[&str] = &[
     "ALTER TABLE certificates ADD COLUMN ocsp_pending BIGINT;
     CREATE INDEX IF NOT EXISTS certificates_ocsp_pending ON certificates (ocsp_pending)
         WHERE ocsp_pending IS NOT NULL;",
+    // A finalization reserves its domains' rows under the serial it will sign, and gives them
+    // back by serial if it fails; the repair finds orders a crash left processing.
+    "CREATE INDEX IF NOT EXISTS issued_domains_by_serial ON issued_domains (serial);
+    CREATE INDEX IF NOT EXISTS orders_processing ON orders (id) WHERE status = 'processing';",
 ];
 
 pub(crate) mod sql {
@@ -85,6 +91,13 @@ pub(crate) mod sql {
         "UPDATE orders SET status = $1, body = $2 WHERE id = $3 AND status = $4";
     pub const AUTHZ: &str = "SELECT body FROM authzs WHERE id = $1";
     pub const UPDATE_AUTHZ: &str = "UPDATE authzs SET body = $1 WHERE id = $2";
+    // Compare-and-set on the whole record: saved only if nobody wrote it since it was read.
+    pub const UPDATE_AUTHZ_IF: &str = "UPDATE authzs SET body = $1 WHERE id = $2 AND body = $3";
+    pub const DELETE_ISSUED_DOMAINS: &str = "DELETE FROM issued_domains WHERE serial = $1";
+    pub const CERTIFICATE_EXISTS: &str = "SELECT 1 FROM certificates WHERE serial = $1";
+    pub const PROCESSING_ORDERS: &str =
+        "SELECT body FROM orders WHERE status = 'processing' ORDER BY id LIMIT $1";
+    pub const RESERVED_AT: &str = "SELECT MIN(issued) FROM issued_domains WHERE serial = $1";
     pub const INSERT_CERTIFICATE: &str = "INSERT INTO certificates (serial, account_id, issued, spki_sha256, body, ocsp_pending) VALUES ($1, $2, $3, $4, $5, $6)";
     pub const INSERT_ISSUED_DOMAIN: &str =
         "INSERT INTO issued_domains (domain, issued, serial) VALUES ($1, $2, $3)";
@@ -100,6 +113,42 @@ pub(crate) mod sql {
     // One row per certificate and registered domain (insert_certificate is given them
     // deduplicated), so rows are certificates and the index alone answers.
     pub const COUNT_DOMAIN: &str = "SELECT COUNT(*) FROM (SELECT 1 FROM issued_domains WHERE domain = $1 AND issued >= $2 LIMIT $3) AS capped";
+}
+
+/// What a finalization asks for before it signs: see [`Db::begin_issuance`].
+#[derive(Debug, Clone)]
+pub struct Issuance {
+    /// The order as it is to be saved (processing), if its stored status is still `expected`.
+    pub order: Order,
+    pub expected: OrderStatus,
+    /// The serial the certificate will carry: the domains' reservation rows are its.
+    pub serial: String,
+    /// The time the certificate counts from (its record's `issued`).
+    pub issued: i64,
+    /// Every registered domain the certificate names: a row each is reserved.
+    pub domains: Vec<String>,
+    /// Those of `domains` held to the weekly limit (a renewal's are not, see
+    /// [`crate::ratelimit::counted_domains`]).
+    pub counted: Vec<String>,
+    /// Certificates for a counted domain since `since`, at most `limit` of them (this one
+    /// included) are allowed.
+    pub since: i64,
+    pub limit: u64,
+    /// The serial of the certificate the order replaces (ARI `replaces`, RFC 9773 §5).
+    pub replaces: Option<String>,
+}
+
+/// How [`Db::begin_issuance`] ended; nothing was written unless it is `Started`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Begun {
+    Started,
+    /// The order is not the one that was read (another finalization moved it), or one of its
+    /// authorizations is no longer valid (deactivated, expired).
+    NotReady,
+    /// This registered domain has had its allowance of certificates this week.
+    Limited(String),
+    /// The replaced certificate was already replaced by this order.
+    AlreadyReplaced(String),
 }
 
 /// The CA's record store. Every method is one transaction: it happened or it did not.
@@ -131,9 +180,40 @@ pub trait Db: Send + Sync + std::fmt::Debug {
     ) -> Result<bool, Error>;
     async fn authz(&self, id: &str) -> Result<Option<Authorization>, Error>;
     async fn update_authz(&self, authz: &Authorization) -> Result<(), Error>;
+    /// Saves `authz` only if the stored record is still exactly `read` (compare-and-set:
+    /// a validation finishing must not undo a deactivation made while it ran); returns whether
+    /// it was saved.
+    async fn update_authz_if(
+        &self,
+        authz: &Authorization,
+        read: &Authorization,
+    ) -> Result<bool, Error>;
 
-    /// Records an issued certificate and the registered domains it counts against, with the
-    /// mark `ocsp_pending` until [`Db::ocsp_published`] clears it.
+    /// Starts a finalization, one transaction: the order moves from `expected` to processing
+    /// if all its authorizations are still valid at `issuance.issued`; each counted domain's
+    /// certificates this week are counted and a row per domain reserved under the planned
+    /// serial, the count and the reservation serialized per domain (so concurrent
+    /// finalizations cannot together overshoot the limit); and the replaced certificate, if
+    /// any, is marked replaced by this order unless another order already did.
+    async fn begin_issuance(&self, issuance: &Issuance) -> Result<Begun, Error>;
+    /// Undoes [`Db::begin_issuance`] after signing or recording failed, one transaction:
+    /// unless a certificate `serial` was recorded after all (then nothing changes and this
+    /// returns false), drops its reservation rows, clears the replaced certificate's mark if
+    /// it is this order's, and saves `order` (invalid) if it is still processing.
+    async fn abandon_issuance(
+        &self,
+        order: &Order,
+        serial: &str,
+        replaces: Option<&str>,
+    ) -> Result<bool, Error>;
+
+    /// Orders in processing (at most `limit`): finalizations in flight, or stopped by a crash.
+    async fn processing_orders(&self, limit: u32) -> Result<Vec<Order>, Error>;
+    /// When the domains were reserved under `serial` ([`Db::begin_issuance`]), if they are.
+    async fn reserved_at(&self, serial: &str) -> Result<Option<i64>, Error>;
+
+    /// Records an issued certificate and the registered domains it counts against (none when
+    /// [`Db::begin_issuance`] reserved them), with the mark `ocsp_pending` until [`Db::ocsp_published`] clears it.
     async fn insert_certificate(
         &self,
         cert: &CertificateRecord,
@@ -204,4 +284,16 @@ pub async fn open(config: &crate::config::Config) -> Result<std::sync::Arc<dyn D
         }
         crate::config::Db::Postgres { url } => std::sync::Arc::new(PostgresDb::connect(url).await?),
     })
+}
+
+/// Whether every authorization (stored JSON bodies) is valid at `now`: an order is only
+/// authorized by valid authorizations, checked again where its finalization starts.
+pub(crate) fn all_valid(db: &'static str, bodies: &[String], now: i64) -> Result<bool, Error> {
+    for body in bodies {
+        let authz: Authorization = from_json(db, body)?;
+        if authz.status_at(now) != AuthzStatus::Valid {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }

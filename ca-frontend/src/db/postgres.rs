@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls, error::SqlState};
 
-use super::{Db, MIGRATIONS, from_json, sql, to_json};
+use super::{Begun, Db, Issuance, MIGRATIONS, all_valid, from_json, sql, to_json};
 use crate::Error;
 use crate::model::{Account, Authorization, CertificateRecord, Order, OrderStatus, Revocation};
 
@@ -25,6 +25,12 @@ fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
 }
 
 const CERTIFICATE_FOR_UPDATE: &str = "SELECT body FROM certificates WHERE serial = $1 FOR UPDATE";
+/// An authorization read where a finalization starts: a deactivation waits for it to end.
+const AUTHZ_FOR_SHARE: &str = "SELECT body FROM authzs WHERE id = $1 FOR SHARE";
+/// Serializes the count and reservation of one registered domain's certificates across
+/// connections and frontends, until the transaction ends (a row lock cannot: the rows that
+/// would be counted do not exist yet).
+const LOCK_DOMAIN: &str = "SELECT pg_advisory_xact_lock(hashtext('hsmgate issued_domains ' || $1))";
 
 #[derive(Debug)]
 pub struct PostgresDb {
@@ -270,6 +276,153 @@ impl Db for PostgresDb {
             .await
             .map_err(db_err)?;
         Ok(())
+    }
+
+    async fn update_authz_if(
+        &self,
+        a: &Authorization,
+        read: &Authorization,
+    ) -> Result<bool, Error> {
+        let (body, old) = (to_json(a)?, to_json(read)?);
+        let client = self.client().await?;
+        let n = client
+            .execute(sql::UPDATE_AUTHZ_IF, &[&body, &a.id, &old])
+            .await
+            .map_err(db_err)?;
+        Ok(n == 1)
+    }
+
+    async fn begin_issuance(&self, i: &Issuance) -> Result<Begun, Error> {
+        let body = to_json(&i.order)?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        // Locks are taken in one order (order row, its authorizations, domains sorted, the
+        // replaced certificate), so two finalizations cannot deadlock.
+        let moved = tx
+            .execute(
+                sql::UPDATE_ORDER_IF,
+                &[
+                    &i.order.status.as_str(),
+                    &body,
+                    &i.order.id,
+                    &i.expected.as_str(),
+                ],
+            )
+            .await
+            .map_err(db_err)?;
+        if moved != 1 {
+            return Ok(Begun::NotReady);
+        }
+        let mut bodies = Vec::with_capacity(i.order.authz_ids.len());
+        for id in &i.order.authz_ids {
+            let Some(row) = tx.query_opt(AUTHZ_FOR_SHARE, &[id]).await.map_err(db_err)? else {
+                return Ok(Begun::NotReady);
+            };
+            bodies.push(row.get::<_, String>(0));
+        }
+        if !all_valid(DB, &bodies, i.issued)? {
+            return Ok(Begun::NotReady);
+        }
+        let mut locked = i.domains.clone();
+        locked.extend(i.counted.iter().cloned());
+        locked.sort();
+        locked.dedup();
+        for domain in &locked {
+            tx.execute(LOCK_DOMAIN, &[domain]).await.map_err(db_err)?;
+        }
+        // READ COMMITTED: each count below sees every reservation committed before its lock
+        // was granted.
+        for domain in &i.counted {
+            let n: i64 = tx
+                .query_one(sql::COUNT_DOMAIN, &[domain, &i.since, &cap(i.limit)])
+                .await
+                .map_err(db_err)?
+                .get(0);
+            if n >= cap(i.limit) {
+                return Ok(Begun::Limited(domain.clone()));
+            }
+        }
+        if let Some(serial) = &i.replaces
+            && let Some(mut record) = certificate_for_update(&tx, serial).await?
+        {
+            match &record.replaced_by {
+                Some(by) if *by != i.order.id => return Ok(Begun::AlreadyReplaced(by.clone())),
+                Some(_) => {}
+                None => {
+                    record.replaced_by = Some(i.order.id.clone());
+                    save_certificate(&tx, &record).await?;
+                }
+            }
+        }
+        for domain in &i.domains {
+            tx.execute(sql::INSERT_ISSUED_DOMAIN, &[domain, &i.issued, &i.serial])
+                .await
+                .map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(Begun::Started)
+    }
+
+    async fn abandon_issuance(
+        &self,
+        o: &Order,
+        serial: &str,
+        replaces: Option<&str>,
+    ) -> Result<bool, Error> {
+        let body = to_json(o)?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        if tx
+            .query_opt(sql::CERTIFICATE_EXISTS, &[&serial])
+            .await
+            .map_err(db_err)?
+            .is_some()
+        {
+            return Ok(false);
+        }
+        tx.execute(sql::DELETE_ISSUED_DOMAINS, &[&serial])
+            .await
+            .map_err(db_err)?;
+        if let Some(replaced) = replaces
+            && let Some(mut record) = certificate_for_update(&tx, replaced).await?
+            && record.replaced_by.as_deref() == Some(o.id.as_str())
+        {
+            record.replaced_by = None;
+            save_certificate(&tx, &record).await?;
+        }
+        tx.execute(
+            sql::UPDATE_ORDER_IF,
+            &[
+                &o.status.as_str(),
+                &body,
+                &o.id,
+                &OrderStatus::Processing.as_str(),
+            ],
+        )
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(true)
+    }
+
+    async fn processing_orders(&self, limit: u32) -> Result<Vec<Order>, Error> {
+        let client = self.client().await?;
+        let rows = client
+            .query(sql::PROCESSING_ORDERS, &[&i64::from(limit)])
+            .await
+            .map_err(db_err)?;
+        rows.iter()
+            .map(|r| from_json(DB, &r.get::<_, String>(0)))
+            .collect()
+    }
+
+    async fn reserved_at(&self, serial: &str) -> Result<Option<i64>, Error> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(sql::RESERVED_AT, &[&serial])
+            .await
+            .map_err(db_err)?;
+        Ok(row.get::<_, Option<i64>>(0))
     }
 
     async fn insert_certificate(

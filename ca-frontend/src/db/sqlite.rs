@@ -5,9 +5,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{Db, MIGRATIONS, from_json, sql, to_json};
+use super::{Begun, Db, Issuance, MIGRATIONS, all_valid, from_json, sql, to_json};
 use crate::Error;
 use crate::model::{Account, Authorization, CertificateRecord, Order, OrderStatus, Revocation};
 
@@ -302,6 +302,168 @@ impl Db for SqliteDb {
                 .execute(params![body, id])
                 .map_err(db_err)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn update_authz_if(
+        &self,
+        authz: &Authorization,
+        read: &Authorization,
+    ) -> Result<bool, Error> {
+        let (body, old) = (to_json(authz)?, to_json(read)?);
+        let id = authz.id.clone();
+        self.run(move |c| {
+            let n = c
+                .prepare_cached(sql::UPDATE_AUTHZ_IF)
+                .map_err(db_err)?
+                .execute(params![body, id, old])
+                .map_err(db_err)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn begin_issuance(&self, issuance: &Issuance) -> Result<Begun, Error> {
+        let i = issuance.clone();
+        let body = to_json(&i.order)?;
+        let cap = i64::try_from(i.limit).unwrap_or(i64::MAX);
+        self.run(move |c| {
+            // IMMEDIATE: the write lock is taken first, so the counts below cannot be
+            // overtaken by another connection's reservation (another process on the file).
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let moved = tx
+                .prepare_cached(sql::UPDATE_ORDER_IF)
+                .map_err(db_err)?
+                .execute(params![
+                    i.order.status.as_str(),
+                    body,
+                    i.order.id,
+                    i.expected.as_str()
+                ])
+                .map_err(db_err)?;
+            if moved != 1 {
+                return Ok(Begun::NotReady);
+            }
+            let mut bodies = Vec::with_capacity(i.order.authz_ids.len());
+            for id in &i.order.authz_ids {
+                let text: Option<String> = tx
+                    .prepare_cached(sql::AUTHZ)
+                    .map_err(db_err)?
+                    .query_row(params![id], |r| r.get(0))
+                    .optional()
+                    .map_err(db_err)?;
+                let Some(text) = text else {
+                    return Ok(Begun::NotReady);
+                };
+                bodies.push(text);
+            }
+            if !all_valid(DB, &bodies, i.issued)? {
+                return Ok(Begun::NotReady);
+            }
+            for domain in &i.counted {
+                let n: i64 = tx
+                    .prepare_cached(sql::COUNT_DOMAIN)
+                    .map_err(db_err)?
+                    .query_row(params![domain, i.since, cap], |r| r.get(0))
+                    .map_err(db_err)?;
+                if n >= cap {
+                    return Ok(Begun::Limited(domain.clone()));
+                }
+            }
+            if let Some(serial) = &i.replaces
+                && let Some(mut record) = certificate_in(&tx, serial)?
+            {
+                match &record.replaced_by {
+                    Some(by) if *by != i.order.id => return Ok(Begun::AlreadyReplaced(by.clone())),
+                    Some(_) => {}
+                    None => {
+                        record.replaced_by = Some(i.order.id.clone());
+                        save_certificate(&tx, &record)?;
+                    }
+                }
+            }
+            for domain in &i.domains {
+                tx.prepare_cached(sql::INSERT_ISSUED_DOMAIN)
+                    .map_err(db_err)?
+                    .execute(params![domain, i.issued, i.serial])
+                    .map_err(db_err)?;
+            }
+            tx.commit().map_err(db_err)?;
+            Ok(Begun::Started)
+        })
+        .await
+    }
+
+    async fn abandon_issuance(
+        &self,
+        order: &Order,
+        serial: &str,
+        replaces: Option<&str>,
+    ) -> Result<bool, Error> {
+        let body = to_json(order)?;
+        let o = order.clone();
+        let serial = serial.to_owned();
+        let replaces = replaces.map(str::to_owned);
+        self.run(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let recorded = tx
+                .prepare_cached(sql::CERTIFICATE_EXISTS)
+                .map_err(db_err)?
+                .exists(params![serial])
+                .map_err(db_err)?;
+            if recorded {
+                return Ok(false);
+            }
+            tx.prepare_cached(sql::DELETE_ISSUED_DOMAINS)
+                .map_err(db_err)?
+                .execute(params![serial])
+                .map_err(db_err)?;
+            if let Some(replaced) = replaces
+                && let Some(mut record) = certificate_in(&tx, &replaced)?
+                && record.replaced_by.as_deref() == Some(o.id.as_str())
+            {
+                record.replaced_by = None;
+                save_certificate(&tx, &record)?;
+            }
+            tx.prepare_cached(sql::UPDATE_ORDER_IF)
+                .map_err(db_err)?
+                .execute(params![
+                    o.status.as_str(),
+                    body,
+                    o.id,
+                    OrderStatus::Processing.as_str()
+                ])
+                .map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn processing_orders(&self, limit: u32) -> Result<Vec<Order>, Error> {
+        self.run(move |c| {
+            let mut stmt = c.prepare_cached(sql::PROCESSING_ORDERS).map_err(db_err)?;
+            let rows = stmt
+                .query_map(params![limit], |r| r.get::<_, String>(0))
+                .map_err(db_err)?;
+            rows.map(|row| from_json(DB, &row.map_err(db_err)?))
+                .collect()
+        })
+        .await
+    }
+
+    async fn reserved_at(&self, serial: &str) -> Result<Option<i64>, Error> {
+        let serial = serial.to_owned();
+        self.run(move |c| {
+            c.prepare_cached(sql::RESERVED_AT)
+                .map_err(db_err)?
+                .query_row(params![serial], |r| r.get::<_, Option<i64>>(0))
+                .map_err(db_err)
         })
         .await
     }
