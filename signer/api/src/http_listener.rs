@@ -167,7 +167,10 @@ impl Gate {
         {
             return;
         }
-        tracing::debug!(open = self.open(), "listener crowded: shedding idle connections");
+        tracing::debug!(
+            open = self.open(),
+            "listener crowded: shedding idle connections"
+        );
         self.shed.send_replace(Instant::now());
     }
 }
@@ -218,7 +221,10 @@ where
         };
         let Ok(permit) = gate.permits.clone().try_acquire_owned() else {
             // At the cap: closed at once (see the module doc for why not left in the backlog).
-            tracing::debug!(cap = gate.limits.max_connections, "connection refused: at the cap");
+            tracing::debug!(
+                cap = gate.limits.max_connections,
+                "connection refused: at the cap"
+            );
             drop(tcp);
             gate.shed_if_crowded();
             continue;
@@ -374,5 +380,109 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn limits_name_the_field_they_break() {
+        let limits = Limits {
+            header_read_timeout_secs: 0,
+            max_connections: 0,
+            ..Limits::default()
+        };
+        assert_eq!(
+            limits.problems("responder.connections"),
+            [
+                "responder.connections.header_read_timeout_secs: must be at least 1",
+                "responder.connections.max_connections: must be at least 1",
+            ]
+        );
+        assert!(Limits::default().problems("x").is_empty());
+    }
+
+    /// A listener on port 0 serving `GET /` with `limits`; its address.
+    async fn listening(limits: Limits) -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        tokio::spawn(serve(
+            listener,
+            app,
+            Gate::new(limits),
+            std::future::pending(),
+        ));
+        addr
+    }
+
+    /// Reads until EOF or a reset (true), or until `within` passes (false).
+    async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+        let mut buf = [0u8; 1024];
+        tokio::time::timeout(within, async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    async fn get(addr: std::net::SocketAddr) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn silent_and_half_sent_connections_are_closed_after_the_header_timeout() {
+        let addr = listening(Limits {
+            header_read_timeout_secs: 1,
+            idle_timeout_secs: 60,
+            ..Limits::default()
+        })
+        .await;
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let mut half = TcpStream::connect(addr).await.unwrap();
+        half.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUser-Ag")
+            .await
+            .unwrap();
+        // Meanwhile an ordinary request is answered.
+        assert!(get(addr).await.starts_with("HTTP/1.1 200"));
+        assert!(!closed_within(&mut silent, Duration::from_millis(500)).await);
+        assert!(closed_within(&mut silent, Duration::from_secs(3)).await);
+        assert!(closed_within(&mut half, Duration::from_secs(3)).await);
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_a_new_connection_is_closed_at_once_and_idle_ones_make_room() {
+        let addr = listening(Limits {
+            max_connections: 2,
+            ..Limits::default()
+        })
+        .await;
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        let _second = TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        assert!(closed_within(&mut third, Duration::from_millis(500)).await);
+        // The two have been silent for over a second: the next arrival sheds them, and a
+        // client that speaks gets in (header timeout 10 s, so only shedding can explain it).
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let _nudge = TcpStream::connect(addr).await.unwrap();
+        assert!(closed_within(&mut first, Duration::from_secs(2)).await);
+        assert!(get(addr).await.starts_with("HTTP/1.1 200"));
     }
 }
