@@ -190,4 +190,3 @@ fn tls_acceptor(
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
-
