@@ -28,6 +28,9 @@ WORK=$(mktemp -d /tmp/hsmgate-acme-e2e.XXXXXX)
 GW=50151 GWM=9564 OCSP=8180 OCSPM=9565 ACME=4101 DNS=8153 MGMT=8155 HTTP=5102 TLS=5101
 OCSP2=8182 OCSP2M=9566
 DIR=http://127.0.0.1:$ACME/directory
+# The slow-connection checks open 2,050 connections to each listener: the processes started
+# here inherit a file limit above that (CI shells often start at 1,024).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 started=$(date +%s)
 
 pids=()
