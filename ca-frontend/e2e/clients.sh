@@ -5,18 +5,32 @@
 # root made by the ceremony, and with `openssl ocsp` against the OCSP responder: `good` after
 # issuance, `revoked` (with the reason) after the client revokes it.
 #
+# The client matrix of issue 13 and the hostile input of issue 12 run against the same stack:
+#   - more ACME clients from Debian (dehydrated, uacme, acme-tiny; acme-clients.sh), http-01;
+#   - OCSP as openssl, Python cryptography and Go's x/crypto/ocsp see it (ocsp-matrix.sh), with
+#     the default config and with both CertID hashes configured (a second responder);
+#   - gRPC health and reflection v1/v1alpha with Python's grpcio clients (grpc_check.py);
+#   - slow and idle connections against the OCSP and ACME listeners (slow_connections.py);
+#   - forgery attempts, internal names, an oversized refused batch (hostile.py).
+#
 # Everything runs on 127.0.0.1 in a temporary directory, on ports of its own (so it does not
 # collide with hsm-config/dev/run.sh): gateway 50151, OCSP 8180, ACME 4101, challenge DNS 8153
-# (pebble-challtestsrv: every name is 127.0.0.1), http-01 5102, tls-alpn-01 5101.
+# (pebble-challtestsrv: every name is 127.0.0.1), http-01 5102, tls-alpn-01 5101, a second OCSP
+# responder with both CertID hashes 8182.
 #
-# Usage: ca-frontend/e2e/clients.sh   (BIN=target/release to use release binaries)
+# Usage: ca-frontend/e2e/clients.sh   (BIN=target/release to use release binaries;
+#        E2E_KEEP_GOING=1 to run every check and list the failures at the end)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 BIN=${BIN:-$ROOT/target/debug}
 WORK=$(mktemp -d /tmp/hsmgate-acme-e2e.XXXXXX)
 GW=50151 GWM=9564 OCSP=8180 OCSPM=9565 ACME=4101 DNS=8153 MGMT=8155 HTTP=5102 TLS=5101
+OCSP2=8182 OCSP2M=9566
 DIR=http://127.0.0.1:$ACME/directory
+# The slow-connection checks open 2,050 connections to each listener: the processes started
+# here inherit a file limit above that (CI shells often start at 1,024).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 started=$(date +%s)
 
 pids=()
@@ -24,7 +38,7 @@ cleanup() {
     local rc=$?
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    if [ $rc -ne 0 ]; then
+    if [ $rc -ne 0 ] || [ ${#failed[@]} -gt 0 ]; then
         echo "--- FAILED; logs in $WORK:" >&2
         for f in "$WORK"/*.log; do echo "=== $f" >&2; tail -n 30 "$f" >&2; done
     else
@@ -33,11 +47,24 @@ cleanup() {
 }
 trap cleanup EXIT
 log() { echo "[e2e $(($(date +%s) - started))s] $*"; }
-fail() { echo "FAIL: $*" >&2; exit 1; }
+# die: the stack cannot go on. fail: a check failed; with E2E_KEEP_GOING=1 it is listed at the
+# end and the remaining checks still run.
+failed=()
+die() { echo "FAIL: $*" >&2; exit 1; }
+fail() {
+    echo "FAIL: $*" >&2
+    [ "${E2E_KEEP_GOING:-0}" = 1 ] || exit 1
+    failed+=("$*")
+}
 
-for tool in certbot lego pebble-challtestsrv openssl curl; do
-    command -v $tool >/dev/null || fail "$tool is missing (hsm-config/dev/setup.sh installs it)"
+for tool in certbot lego dehydrated uacme acme-tiny go pebble-challtestsrv openssl curl python3; do
+    command -v $tool >/dev/null || die "$tool is missing (hsm-config/dev/setup.sh installs it)"
 done
+for module in cryptography grpc grpc_health grpc_reflection grpc_tools; do
+    python3 -c "import $module" 2>/dev/null || die "python3 module $module is missing (hsm-config/dev/setup.sh installs it)"
+done
+. ca-frontend/e2e/ocsp-matrix.sh
+. ca-frontend/e2e/acme-clients.sh
 
 # --- the gateway on two SoftHSM2 tokens, over mTLS ---------------------------------------------
 sed -e "s#\.\./\.\./target/dev#$WORK#g" -e "s#127.0.0.1:50051#127.0.0.1:$GW#" \
@@ -49,7 +76,7 @@ tls() { echo "HSMGATE_TLS_CA=$WORK/tls/ca.pem HSMGATE_TLS_CERT=$WORK/tls/$1.pem 
 "$BIN/signer" --config "$WORK/gateway.toml" > "$WORK/signer.out" 2> "$WORK/signer.log" &
 pids+=($!)
 for _ in $(seq 1 100); do grep -q '^READY' "$WORK/signer.out" 2>/dev/null && break; sleep 0.1; done
-grep -q '^READY' "$WORK/signer.out" || fail "the gateway did not start"
+grep -q '^READY' "$WORK/signer.out" || die "the gateway did not start"
 log "gateway up"
 
 # --- the CA hierarchy, made through the gateway by the `ceremony` identity ----------------------
@@ -59,16 +86,20 @@ for i in $(seq 1 50); do
         --root-out "$WORK/root.pem" --intermediate-out "$WORK/issuer.pem" > "$WORK/ceremony.log" 2>&1; then
         break
     fi
-    [ "$i" -lt 50 ] || fail "ceremony: $(cat "$WORK/ceremony.log")"
+    [ "$i" -lt 50 ] || die "ceremony: $(cat "$WORK/ceremony.log")"
     sleep 0.2
 done
-openssl verify -CAfile "$WORK/root.pem" "$WORK/issuer.pem" > /dev/null || fail "intermediate does not chain to the root"
+openssl verify -CAfile "$WORK/root.pem" "$WORK/issuer.pem" > /dev/null || die "intermediate does not chain to the root"
 log "root and intermediate made through the gateway"
 
 # --- OCSP responder, challenge DNS, the frontend ------------------------------------------------
 sed -e "s#\.\./\.\./target/dev#$WORK#g" -e "s#127.0.0.1:8080#127.0.0.1:$OCSP#" \
     -e "s#127.0.0.1:9465#127.0.0.1:$OCSPM#" -e "s#127.0.0.1:50051#127.0.0.1:$GW#" \
     ocsp/examples/dev.toml > "$WORK/ocsp.toml"
+# Short connection timeouts, so that the slow-connection check below sees them act in seconds.
+SLOW_TIMEOUT=3
+printf '\n[responder.connections]\nheader_read_timeout_secs = %s\nidle_timeout_secs = %s\n' \
+    $SLOW_TIMEOUT $SLOW_TIMEOUT >> "$WORK/ocsp.toml"
 "$BIN/hsmgate-ocsp" serve --config "$WORK/ocsp.toml" > "$WORK/ocsp.out" 2> "$WORK/ocsp.log" &
 pids+=($!)
 pebble-challtestsrv -dns01 "127.0.0.1:$DNS" -management "127.0.0.1:$MGMT" -http01 "" -https01 "" \
@@ -79,12 +110,27 @@ sed -e "s#\.\./\.\./ocsp/examples/dev.toml#$WORK/ocsp.toml#" -e "s#\.\./\.\./tar
     -e "s#127.0.0.1:8080#127.0.0.1:$OCSP#" -e "s#127.0.0.1:8053#127.0.0.1:$DNS#" \
     -e "s#^http_port = 5002#http_port = $HTTP#" -e "s#^tls_port = 5001#tls_port = $TLS#" \
     ca-frontend/examples/dev.toml > "$WORK/acme.toml"
+printf '\n[server.connections]\nheader_read_timeout_secs = %s\nidle_timeout_secs = %s\n' \
+    $SLOW_TIMEOUT $SLOW_TIMEOUT >> "$WORK/acme.toml"
 env $(tls ca-frontend) RUST_LOG=info "$BIN/ca-frontend" serve --config "$WORK/acme.toml" \
     > "$WORK/acme.out" 2> "$WORK/acme.log" &
 pids+=($!)
 for _ in $(seq 1 300); do grep -q '^READY' "$WORK/acme.out" 2>/dev/null && break; sleep 0.1; done
-grep -q '^READY' "$WORK/acme.out" || fail "ca-frontend did not start"
+grep -q '^READY' "$WORK/acme.out" || die "ca-frontend did not start"
 log "ca-frontend $DIR, OCSP http://127.0.0.1:$OCSP"
+
+# --- slow and idle connections (issue 12 item 3), in the background while the clients run -------
+# 2,000 connections that never send a byte and 50 that send half a header, on the OCSP and the
+# ACME port: 50 ordinary GETs (a new connection each) must answer with p99 < 1 s meanwhile, and
+# every slow connection must be closed by the server soon after the header-read timeout.
+openssl ocsp -issuer "$WORK/issuer.pem" -serial 0x1001 -no_nonce -reqout "$WORK/slow-req.der" 2>/dev/null
+OCSP_GET_PATH=/$(python3 -c 'import base64,sys,urllib.parse; print(urllib.parse.quote(base64.b64encode(open(sys.argv[1],"rb").read()).decode(), safe=""))' "$WORK/slow-req.der")
+slow_check() { # NAME TARGET PATH
+    python3 ca-frontend/e2e/slow_connections.py --target "$2" --path "$3" --idle 2000 --half 50 \
+        --requests 50 --p99-limit 1.0 --expect-closed-after $((SLOW_TIMEOUT + 5)) > "$WORK/slow-$1.log" 2>&1
+}
+slow_check ocsp "127.0.0.1:$OCSP" "$OCSP_GET_PATH" & slow_ocsp=$!
+slow_check acme "127.0.0.1:$ACME" /directory & slow_acme=$!
 
 # --- checks ------------------------------------------------------------------------------------
 # check_cert FILE: chains to the root; OCSP says good.
@@ -162,6 +208,11 @@ certbot_run certbot "$CB" revoke --cert-name cb-http --reason keycompromise --no
 check_revoked "$CB/config/live/cb-http/cert.pem" keyCompromise
 log "certbot revoke: OCSP revoked (keyCompromise)"
 
+# --- OCSP clients, default config (issue 13) ---------------------------------------------------
+build_ocspcheck
+ocsp_matrix "http://127.0.0.1:$OCSP" "$CB/config/live/cb-dns/cert.pem" "$CB/config/live/cb-http/cert.pem" sha1
+log "OCSP, default config: $OCSP_PASSED checks passed (openssl GET/POST, Python cryptography, Go ParseResponse/ParseResponseForCert; SHA-1 CertIDs; good and revoked)"
+
 # --- lego (Debian, 4.9) ------------------------------------------------------------------------
 LEGO_DIR=$WORK/lego
 lego_run() {
@@ -195,6 +246,13 @@ lego_run -d lego-http.example.test revoke --reason 4 --keep
 check_revoked "$LEGO_DIR/certificates/lego-http.example.test.crt" superseded
 log "lego revoke: OCSP revoked (superseded)"
 
+# --- dehydrated, uacme, acme-tiny (Debian), http-01 from a webroot (issue 13) -------------------
+acme_webroot_start
+acme_dehydrated
+acme_uacme
+acme_tiny
+acme_webroot_stop
+
 # --- ARI with certbot ≥ 4.1 from PyPI ----------------------------------------------------------
 VENV=$ROOT/target/e2e-certbot-venv
 if ! "$VENV/bin/certbot" --version 2>/dev/null | grep -qE 'certbot ([5-9]|4\.[1-9])'; then
@@ -221,6 +279,52 @@ second=$(serial "$CB4/config/live/ari/cert.pem")
 check_good "$CB4/config/live/ari/cert.pem"
 log "certbot $("$VENV/bin/certbot" --version 2>&1 | cut -d' ' -f2) ARI: renewed the certificate named in an incident at once ($first -> $second), left the other alone"
 
+# --- OCSP clients with both CertID hashes configured (issue 13) --------------------------------
+# A second store and responder whose pre-signer serves SHA-1 and SHA-256 CertIDs; the good and
+# the revoked certificate from certbot are published into it through the gateway.
+sed -e "s#$WORK/ocsp.sqlite#$WORK/ocsp-both.sqlite#" -e "s#127.0.0.1:$OCSP\"#127.0.0.1:$OCSP2\"#" \
+    -e "s#127.0.0.1:$OCSPM\"#127.0.0.1:$OCSP2M\"#" -e '/^cert_id_hashes/d' \
+    -e 's#^\[presigner\]#[presigner]\ncert_id_hashes = ["sha1", "sha256"]#' "$WORK/ocsp.toml" > "$WORK/ocsp-both.toml"
+good_cert=$CB/config/live/cb-dns/cert.pem revoked_cert=$CB/config/live/cb-http/cert.pem
+env $(tls ocsp-presigner) "$BIN/hsmgate-ocsp" publish --config "$WORK/ocsp-both.toml" --issuer dev-ca \
+    --serial "$(serial "$good_cert")" --good > "$WORK/publish.log" 2>&1 || die "publish: $(cat "$WORK/publish.log")"
+env $(tls ocsp-presigner) "$BIN/hsmgate-ocsp" publish --config "$WORK/ocsp-both.toml" --issuer dev-ca \
+    --serial "$(serial "$revoked_cert")" --revoked --reason 1 >> "$WORK/publish.log" 2>&1 || die "publish: $(cat "$WORK/publish.log")"
+"$BIN/hsmgate-ocsp" serve --config "$WORK/ocsp-both.toml" > "$WORK/ocsp-both.out" 2> "$WORK/ocsp-both.log" &
+pids+=($!)
+for _ in $(seq 1 100); do grep -q '^READY' "$WORK/ocsp-both.out" 2>/dev/null && break; sleep 0.1; done
+grep -q '^READY' "$WORK/ocsp-both.out" || die "the second OCSP responder did not start"
+ocsp_matrix "http://127.0.0.1:$OCSP2" "$good_cert" "$revoked_cert" sha1 sha256
+log "OCSP, cert_id_hashes = [sha1, sha256]: $OCSP_PASSED checks passed (SHA-1 and SHA-256 CertIDs)"
+
+# --- gRPC health and reflection with Python's clients (issue 13) -------------------------------
+if out=$(python3 ca-frontend/e2e/grpc_check.py "127.0.0.1:$GW" "$WORK/tls/ca.pem" "$WORK/tls/ca-frontend.pem" \
+    "$WORK/tls/ca-frontend.key" 2>&1); then
+    log "gRPC: grpcio-health-checking SERVING; grpcio-reflection v1alpha and v1 list hsmgate.signer.v1.Signer"
+else
+    fail "gRPC health/reflection: $out"
+fi
+
+# --- hostile input (issue 12) -----------------------------------------------------------------
+if python3 ca-frontend/e2e/hostile.py --work "$WORK" --gateway "127.0.0.1:$GW" --acme "$DIR" \
+    --ocsp "127.0.0.1:$OCSP" --ocsp-path "$OCSP_GET_PATH" > "$WORK/hostile.log" 2>&1; then
+    log "hostile input: $(tail -n 1 "$WORK/hostile.log")"
+else
+    fail "hostile input: $(grep '^FAIL' "$WORK/hostile.log")"
+fi
+
+# --- the slow connections started at the beginning ---------------------------------------------
+for name in ocsp acme; do
+    pid=$slow_ocsp; [ $name = acme ] && pid=$slow_acme
+    if wait "$pid"; then log "slow connections, $name: $(head -n 1 "$WORK/slow-$name.log")"
+    else fail "slow connections, $name: $(tr '\n' ' ' < "$WORK/slow-$name.log")"; fi
+done
+
 # --- every signature has its audit record ------------------------------------------------------
 "$BIN/signer" audit verify "$WORK/audit" > "$WORK/audit-verify.log" 2>&1 || fail "audit chain: $(cat "$WORK/audit-verify.log")"
-log "audit chain verifies; all ACME client checks passed"
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "${#failed[@]} check(s) failed:" >&2
+    printf '  - %s\n' "${failed[@]}" >&2
+    exit 1
+fi
+log "audit chain verifies; all client checks passed"

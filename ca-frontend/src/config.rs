@@ -41,6 +41,10 @@ pub struct Server {
     pub nonce_capacity: usize,
     /// Terms of service URL for the directory's `meta`.
     pub terms_of_service: Option<String>,
+    /// `[server.connections]`: header-read and idle timeouts, connection age and cap of the
+    /// listener (defaults in `hsmgate_signer_api::http_listener::Limits`).
+    #[serde(default)]
+    pub connections: hsmgate_signer_api::http_listener::Limits,
 }
 
 fn default_max_body() -> usize {
@@ -234,6 +238,7 @@ impl Config {
                 self.server.listen
             ));
         }
+        out.extend(self.server.connections.problems("server.connections"));
         if self.server.max_body_bytes < 1024 {
             out.push("server.max_body_bytes: at least 1024".into());
         }

@@ -2,8 +2,9 @@
 # Installs what hsmgate needs from Debian's packages, if missing: SoftHSM2 (the development
 # HSM), OpenSC's pkcs11-tool, p11-kit (a server per HSM, for real "process died" faults),
 # OpenSSL (key generation in provisioning; `openssl ocsp` checks the OCSP responder), curl,
-# Python's `cryptography` (checks OCSP responses in the tests), and the ACME clients the
-# frontend's end-to-end test drives (certbot, lego, pebble's challenge DNS). Idempotent; run as root or with sudo.
+# Python's `cryptography` and grpcio clients, Go's x/crypto/ocsp, and the ACME clients the
+# frontend's end-to-end test drives (certbot, lego, dehydrated, uacme, acme-tiny, pebble's
+# challenge DNS). Idempotent; run as root or with sudo.
 set -euo pipefail
 
 need=()
@@ -21,6 +22,13 @@ command -v certbot >/dev/null || need+=(certbot)
 command -v lego >/dev/null || need+=(lego)
 command -v pebble-challtestsrv >/dev/null || need+=(pebble)
 python3 -c "import ensurepip" 2>/dev/null || need+=(python3-venv)
+# The client matrix (issue 13): three more ACME clients, and Go with x/crypto/ocsp for the OCSP
+# check built offline (GOPATH=/usr/share/gocode) in ca-frontend/e2e/ocspcheck.
+command -v dehydrated >/dev/null || need+=(dehydrated)
+command -v uacme >/dev/null || need+=(uacme)
+command -v acme-tiny >/dev/null || need+=(acme-tiny)
+command -v go >/dev/null || need+=(golang-go)
+[ -d /usr/share/gocode/src/golang.org/x/crypto/ocsp ] || need+=(golang-golang-x-crypto-dev)
 
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
@@ -29,9 +37,18 @@ if [ ${#need[@]} -gt 0 ]; then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-# Python `cryptography` checks OCSP responses in the tests, independently of our code.
-if command -v python3 >/dev/null && ! python3 -c "import cryptography" 2>/dev/null; then
-    python3 -m pip install --quiet cryptography
+# Python `cryptography` checks OCSP responses in the tests, independently of our code; grpcio's
+# health-checking and reflection clients check the gateway's gRPC services, and grpcio-tools
+# makes the stubs hostile.py calls the gateway with (ca-frontend/e2e/).
+if command -v python3 >/dev/null; then
+    py_need=()
+    python3 -c "import cryptography" 2>/dev/null || py_need+=(cryptography)
+    python3 -c "import grpc_health" 2>/dev/null || py_need+=(grpcio-health-checking)
+    python3 -c "import grpc_reflection" 2>/dev/null || py_need+=(grpcio-reflection)
+    python3 -c "import grpc_tools" 2>/dev/null || py_need+=(grpcio-tools)
+    if [ ${#py_need[@]} -gt 0 ]; then
+        python3 -m pip install --quiet "${py_need[@]}"
+    fi
 fi
 # Rust cannot come from Debian here (bookworm's rustc is 1.63; the workspace needs 1.94, edition
 # 2024) nor from rustup.rs when only the package registries are reachable: the toolchain must be

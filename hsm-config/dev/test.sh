@@ -11,5 +11,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 hsm-config/dev/setup.sh
 cargo build --workspace --all-targets
 cargo test --workspace
-# Real ACME clients (certbot, lego, certbot >= 4.1 for ARI) against ca-frontend, end to end.
+# End to end against the real stack: ACME clients (certbot, lego, certbot >= 4.1 for ARI,
+# dehydrated, uacme, acme-tiny), the OCSP client matrix (openssl, Python cryptography, Go
+# x/crypto/ocsp), gRPC health/reflection clients, slow connections and hostile input.
 ca-frontend/e2e/clients.sh

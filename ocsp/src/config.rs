@@ -42,6 +42,10 @@ pub struct Responder {
     /// served from cache while the store is unreachable.
     #[serde(default = "default_cache_fresh_secs")]
     pub cache_fresh_secs: u64,
+    /// `[responder.connections]`: header-read and idle timeouts, connection age and cap of the
+    /// HTTP listener (defaults in `hsmgate_signer_api::http_listener::Limits`).
+    #[serde(default)]
+    pub connections: hsmgate_signer_api::http_listener::Limits,
 }
 
 fn default_max_request_bytes() -> usize {
@@ -281,6 +285,7 @@ impl Config {
                 ));
             }
         }
+        errors.extend(self.responder.connections.problems("responder.connections"));
         if self.responder.max_request_bytes < 64 {
             errors.push("responder.max_request_bytes: must be at least 64".into());
         }

@@ -40,9 +40,9 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::serve::ListenerExt;
 use base64::Engine;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use hsmgate_signer_api::http_listener::{self, Gate};
 use percent_encoding::percent_decode_str;
 use prometheus_client::registry::Registry;
 use sha2_010::{Digest, Sha256};
@@ -458,26 +458,17 @@ const LISTEN_BACKLOG: u32 = 1024;
 fn http_thread(
     listener: std::net::TcpListener,
     state: Arc<AppState>,
+    gate: Gate,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        // Nagle off: an OCSP answer is one small write, which Nagle would hold back waiting
-        // for the client's delayed ACK.
-        let listener = TcpListener::from_std(listener)?.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::trace!("TCP_NODELAY: {e}");
-            }
-        });
-        let serve = axum::serve(listener, router(state)).with_graceful_shutdown(stop);
-        serve.await
+        let listener = TcpListener::from_std(listener)?;
+        http_listener::serve(listener, router(state), gate, stop).await
     })
 }
-
-/// How long in-flight requests may take to finish after SIGTERM/SIGINT.
-const DRAIN: Duration = Duration::from_secs(10);
 
 /// Runs the responder on `config` until SIGTERM or SIGINT. Prints one
 /// `READY http=ADDR metrics=ADDR` line on stdout once listening (`metrics=disabled` without a
@@ -497,6 +488,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
     });
 
     let threads = http_threads();
+    // One connection budget (timeouts, cap) for all the threads' sockets.
+    let gate = Gate::new(config.responder.connections);
+    let drain = Duration::from_secs(config.responder.connections.drain_secs + 1);
     let first = reuseport_listener(config.responder.listen)?;
     let http_addr = first.local_addr()?;
     let mut listeners = vec![first];
@@ -529,9 +523,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
             // `Arc` would bounce its reference count between the cores.
             let state = Arc::new(AppState::clone(&state));
             let stop = stopped();
+            let gate = gate.clone();
             std::thread::Builder::new()
                 .name(format!("ocsp-http-{i}"))
-                .spawn(move || http_thread(listener, state, stop))
+                .spawn(move || http_thread(listener, state, gate, stop))
         })
         .collect::<std::io::Result<Vec<_>>>()?;
     let server = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
@@ -556,7 +551,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     }
     tracing::info!("stopping: draining in-flight requests");
     let _ = stop_tx.send(true);
-    match tokio::time::timeout(DRAIN, server).await {
+    match tokio::time::timeout(drain, server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::error!("HTTP server: {e}"),
         Ok(Err(e)) => tracing::error!("HTTP server task: {e}"),

@@ -408,9 +408,11 @@ pub async fn serve(
             }
         }),
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    // A handful of connections for the scraper, with the usual timeouts.
+    let gate = hsmgate_signer_api::http_listener::Gate::new(
+        hsmgate_signer_api::http_listener::Limits::metrics(),
+    );
+    hsmgate_signer_api::http_listener::serve(listener, app, gate, shutdown).await
 }
 
 /// Where `/metrics` listens, for logs.

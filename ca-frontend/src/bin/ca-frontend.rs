@@ -4,13 +4,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use ca_frontend::config::Config;
 use ca_frontend::server::router;
 use clap::{Parser, Subcommand};
 use hsmgate_signer_api::client::{ClientTls, connect_lazy};
+use hsmgate_signer_api::http_listener::{self, Gate};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "hsmgate ACME frontend (RFC 8555 + ARI)")]
@@ -147,19 +147,23 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
         }
     };
+    let gate = Gate::new(config.server.connections);
     match &config.server.tls {
         None => {
             println!("READY http={addr}");
             tracing::info!(%addr, base = %config.server.base_url, "ACME frontend listening (plain HTTP, loopback)");
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await?;
+            http_listener::serve(listener, app, gate, shutdown).await?;
         }
         Some(tls) => {
             let acceptor = tls_acceptor(&config.resolve(&tls.cert), &config.resolve(&tls.key))?;
             println!("READY https={addr}");
             tracing::info!(%addr, base = %config.server.base_url, "ACME frontend listening (HTTPS)");
-            serve_tls(listener, acceptor, app, shutdown).await;
+            // The TLS handshake runs within the header-read timeout.
+            http_listener::serve_with(listener, app, gate, shutdown, move |tcp| {
+                let acceptor = acceptor.clone();
+                async move { acceptor.accept(tcp).await }
+            })
+            .await?;
         }
     }
     Ok(())
@@ -185,34 +189,4 @@ fn tls_acceptor(
     .with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
-}
-
-async fn serve_tls(
-    listener: tokio::net::TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    app: axum::Router,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use hyper_util::service::TowerToHyperService;
-    tokio::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = &mut shutdown => return,
-        };
-        let Ok((stream, _)) = accepted else { continue };
-        let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(app.clone());
-        tokio::spawn(async move {
-            let Ok(Ok(tls)) =
-                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
-            else {
-                return;
-            };
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
-        });
-    }
 }

@@ -27,6 +27,7 @@ use base64::Engine as _;
 use clap::{Args, Parser, Subcommand};
 use der07::asn1::{BitString, GeneralizedTime, OctetString, UtcTime};
 use der07::{Decode, Encode};
+use hsmgate_signer_api::http_listener::{self, Gate, Limits};
 use ocsp::Error;
 use ocsp::config::Config;
 use ocsp::model::{CertStatus, IssuerName, Serial};
@@ -291,7 +292,9 @@ async fn serve_metrics(addr: SocketAddr, registry: Arc<Registry>) -> Result<(), 
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "metrics");
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        let gate = Gate::new(Limits::metrics());
+        let forever = std::future::pending::<()>();
+        if let Err(e) = http_listener::serve(listener, app, gate, forever).await {
             tracing::error!(error = %e, "metrics server stopped");
         }
     });

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# The full-size slow-connection figure of issue 12 item 3 (CI runs 2,000 in
+# ca-frontend/e2e/clients.sh; this is the 20,000 the issue reported, not run in CI):
+#
+#  1. the OCSP responder (`hsmgate-ocsp serve`, SQLite store, a throwaway issuer certificate:
+#     every answer is `unauthorized`, which is still a full request through the responder);
+#  2. P attacker processes (ca-frontend/e2e/slow_connections.py) open SLOW connections that
+#     never send a byte and HALF that send half a header, and hold them for HOLD seconds (not
+#     reopening those the responder closes: from one source address, reopening thousands a
+#     second exhausts the local ports within seconds, which measures the kernel, not us);
+#  3. from 2 s after the attackers start, R ordinary GETs 50 ms apart, each on a new
+#     connection: p50, p99, failures; and the responder's open file descriptors meanwhile.
+#
+# Usage: bench/slow-connections/run.sh [--slow N] [--half H] [--procs P] [--hold S]
+#          [--requests R] [--max-connections C] [--header-timeout S] [--out DIR]
+#
+# Defaults: 20,000 slow, 1,000 half-header, 4 processes, 30 s, 200 GETs, the responder's default
+# limits. Needs release binaries (cargo build --release -p ocsp), openssl, python3, and a file
+# limit (`ulimit -n`) above SLOW / P + 300 for each attacker and above the connection cap for
+# the responder (the script raises the soft limit to the hard one).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+BIN=${BIN:-$ROOT/target/release}
+SLOW=20000 HALF=1000 PROCS=4 HOLD=30 REQUESTS=200 MAX_CONN= HEADER_TIMEOUT= OUT=
+while (($#)); do
+    case $1 in
+        --slow) SLOW=$2; shift 2 ;;
+        --half) HALF=$2; shift 2 ;;
+        --procs) PROCS=$2; shift 2 ;;
+        --hold) HOLD=$2; shift 2 ;;
+        --requests) REQUESTS=$2; shift 2 ;;
+        --max-connections) MAX_CONN=$2; shift 2 ;;
+        --header-timeout) HEADER_TIMEOUT=$2; shift 2 ;;
+        --out) OUT=$2; shift 2 ;;
+        -h | --help) sed -n '2,/^set -euo/p' "$0" | sed -e 's/^# \{0,1\}//' -e '/^set -euo/d'; exit 0 ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+done
+. "$ROOT/bench/lib.sh" # PIDS, stop_pid, log, fail
+WORK=$(mktemp -d /tmp/hsmgate-slow-bench.XXXXXX)
+OUT=${OUT:-$WORK}
+mkdir -p "$OUT"
+cleanup() {
+    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+ulimit -n "$(ulimit -Hn)"
+
+# A throwaway issuer: the responder needs its name and key hashes, not its key.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$WORK/issuer.key" \
+    -subj "/CN=slow-connections bench" -days 2 -out "$WORK/issuer.pem" 2>/dev/null
+cat > "$WORK/ocsp.toml" <<TOML
+[responder]
+listen = "127.0.0.1:0"
+
+[[issuers]]
+name = "bench"
+certificate = "issuer.pem"
+signing_key = "unused"
+
+[store]
+kind = "sqlite"
+path = "ocsp.sqlite"
+TOML
+if [ -n "$MAX_CONN$HEADER_TIMEOUT" ]; then
+    echo "[responder.connections]" >> "$WORK/ocsp.toml"
+    [ -z "$MAX_CONN" ] || echo "max_connections = $MAX_CONN" >> "$WORK/ocsp.toml"
+    [ -z "$HEADER_TIMEOUT" ] || echo "header_read_timeout_secs = $HEADER_TIMEOUT" >> "$WORK/ocsp.toml"
+fi
+"$BIN/hsmgate-ocsp" serve --config "$WORK/ocsp.toml" > "$WORK/ocsp.out" 2> "$OUT/ocsp.log" &
+responder=$!
+PIDS+=("$responder")
+for _ in $(seq 1 100); do grep -q '^READY' "$WORK/ocsp.out" 2>/dev/null && break; sleep 0.1; done
+grep -q '^READY' "$WORK/ocsp.out" || fail "the responder did not start: $(cat "$OUT/ocsp.log")"
+addr=$(sed -n 's/^READY http=\([^ ]*\).*/\1/p' "$WORK/ocsp.out")
+openssl ocsp -issuer "$WORK/issuer.pem" -serial 0x1001 -no_nonce -reqout "$WORK/req.der" 2>/dev/null
+path=/$(python3 -c 'import base64,sys,urllib.parse; print(urllib.parse.quote(base64.b64encode(open(sys.argv[1],"rb").read()).decode(), safe=""))' "$WORK/req.der")
+SLOW_PY=$ROOT/ca-frontend/e2e/slow_connections.py
+
+echo "responder $addr; $SLOW idle + $HALF half-header connections from $PROCS processes, held ${HOLD} s"
+python3 "$SLOW_PY" --target "$addr" --path "$path" --idle 0 --half 0 --requests "$REQUESTS" \
+    --p99-limit 1 | sed 's/^/baseline (no slow connections): /' || true
+attackers=()
+for i in $(seq 1 "$PROCS"); do
+    python3 "$SLOW_PY" --target "$addr" --path "$path" --idle $((SLOW / PROCS)) --half $((HALF / PROCS)) \
+        --requests 0 --hold "$HOLD" > "$OUT/attacker-$i.log" 2>&1 &
+    attackers+=($!)
+    PIDS+=($!)
+done
+sleep 2
+(for _ in $(seq 1 $((HOLD * 2))); do ls "/proc/$responder/fd" 2>/dev/null | wc -l; sleep 0.5; done \
+    | sort -n | tail -n 1 > "$WORK/fds") &
+python3 "$SLOW_PY" --target "$addr" --path "$path" --idle 0 --half 0 --requests "$REQUESTS" \
+    --interval 0.05 --p99-limit 1 | sed 's/^/under attack: /' || true
+wait $!
+echo "responder's open file descriptors, most seen: $(cat "$WORK/fds") (limit $(ulimit -n))"
+for pid in "${attackers[@]}"; do wait "$pid" || true; done
+sed 's/^/attacker: /' "$OUT"/attacker-*.log | grep -v '^attacker: $' | head -n "$((PROCS * 2))"
