@@ -97,7 +97,8 @@ pub fn gateway_config_text(g: &SimGateway, pin_file: &Path) -> String {
          name = \"{KEY}\"\n\
          label = \"{KEY}\"\n\
          algorithm = \"ecdsa-p256\"\n\
-         hsms = [{}]\n\n\
+         hsms = [{}]\n\
+         allow_unchecked_payloads = \"benchmark key: raw signatures and the drill's issuer certificate\"\n\n\
          [[clients]]\n\
          name = \"bench\"\n\
          grants = [{{ keys = [\"{KEY}\"], operations = [\"sign-raw\", \"sign-ocsp\"] }}]",

@@ -248,13 +248,17 @@ impl SignerService {
                     op.as_str()
                 )));
             }
-            if !r.key.is_empty() && router.clients.checked_keys.contains(&r.key) {
+            let policy = router.clients.payload_policies.get(&r.key);
+            if let Some(policy) = policy.filter(|p| p.check_declared) {
                 if op == Operation::SignRaw {
-                    return Err(Error::PermissionDenied(format!(
-                        "{field}key: key `{key}` signs only declared payloads ({PAYLOAD_HEADER}: {} or {})",
-                        hsmgate_signer_api::PAYLOAD_TBS_CERTIFICATE,
-                        hsmgate_signer_api::PAYLOAD_OCSP_RESPONSE_DATA
-                    )));
+                    if !policy.allow_raw {
+                        return Err(Error::PermissionDenied(format!(
+                            "{field}key: key `{key}` signs only declared payloads ({PAYLOAD_HEADER}: {} or {})",
+                            hsmgate_signer_api::PAYLOAD_TBS_CERTIFICATE,
+                            hsmgate_signer_api::PAYLOAD_OCSP_RESPONSE_DATA
+                        )));
+                    }
+                    continue;
                 }
                 match &r.input {
                     Some(sign_request::Input::Message(m)) => {
@@ -265,8 +269,12 @@ impl SignerService {
                             ))
                         })?
                     }
-                    _ => {
-                        return Err(Error::InvalidArgument(format!(
+                    // No input at all is malformed: `prepare` answers INVALID_ARGUMENT.
+                    None => {}
+                    // A digest could be of anything: refused like a payload that does not
+                    // parse, so that no declaration makes an unchecked signature possible.
+                    Some(sign_request::Input::Digest(_)) => {
+                        return Err(Error::PermissionDenied(format!(
                             "{field}message: key `{key}` checks what it signs: send the message, not a digest"
                         )));
                     }

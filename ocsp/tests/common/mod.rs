@@ -80,12 +80,16 @@ name = "ocsp-p256"
 label = "ocsp-p256"
 algorithm = "ecdsa-p256"
 hsms = ["ocsp-a", "ocsp-b"]
+# `hsmgate-ocsp issuer-cert` signs the tests' issuer certificates undeclared (sign-raw).
+allow_unchecked_payloads = "tests: issuer certificates made by hsmgate-ocsp issuer-cert"
 
 [[keys]]
 name = "ocsp-rsa"
 label = "ocsp-rsa"
 algorithm = "rsa-2048"
 hsms = ["ocsp-a", "ocsp-b"]
+# `hsmgate-ocsp issuer-cert` signs the tests' issuer certificates undeclared (sign-raw).
+allow_unchecked_payloads = "tests: issuer certificates made by hsmgate-ocsp issuer-cert"
 "#;
 
 /// Tokens provisioned once for this test binary.
