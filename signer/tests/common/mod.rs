@@ -319,6 +319,11 @@ impl Gateway {
         Ok(SignerClient::new(channel))
     }
 
+    /// The `signer` process id (for `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn logs(&self) -> String {
         self.stderr.lock().expect("lock").clone()
     }
