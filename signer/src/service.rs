@@ -246,7 +246,12 @@ impl SignerService {
         result
     }
 
-    /// Everything a signing call must pass, then the signing itself.
+    /// Everything a signing call must pass, then the signing itself. `dispatched` is set once
+    /// the items go to the HSMs: a call refused before that is audited as a summary.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the call's parts, each used once; a struct would only rename them"
+    )]
     async fn checked_sign(
         &self,
         router: &Router,
