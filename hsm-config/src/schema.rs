@@ -251,7 +251,9 @@ impl Timeouts {
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Batching {
-    /// Most signatures one `SignBatch` call may ask for.
+    /// Most signatures one `SignBatch` call may ask for. At most what every key's HSMs can hold
+    /// in flight together (the sum of their `max_in_flight`), checked at load. It also bounds the
+    /// size of a request message (1 KiB an item).
     pub max_request_items: usize,
     /// Most signatures a worker takes off its HSM's queue in one go: large enough to keep
     /// per-signature overhead small, small enough to spread a batch over every session.
@@ -261,7 +263,8 @@ pub struct Batching {
 impl Default for Batching {
     fn default() -> Self {
         Self {
-            max_request_items: 10_000,
+            // One HSM's default max_in_flight: valid for a one-HSM configuration.
+            max_request_items: 4_096,
             worker_chunk: 32,
         }
     }

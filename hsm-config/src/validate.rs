@@ -275,6 +275,40 @@ pub(crate) fn validate(config: &Config) -> Vec<FieldError> {
         }
     }
 
+    // A batch fails RESOURCE_EXHAUSTED when its key's HSMs cannot hold it in flight together
+    // (issue 12, item 6: 2 x 4,096 < 10,000 made batches of 8,193 items always fail, after some
+    // were signed). The smallest such total bounds every batch.
+    let in_flight: HashMap<&str, u64> = config
+        .hsms()
+        .map(|(_, h)| (h.name.as_str(), u64::from(h.max_in_flight)))
+        .collect();
+    let tightest = config
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(k, key)| {
+            let total: u64 = key
+                .hsms
+                .iter()
+                .filter_map(|h| in_flight.get(h.as_str()))
+                .sum();
+            (total, k, key)
+        })
+        .filter(|(total, _, _)| *total > 0)
+        .min_by_key(|(total, _, _)| *total);
+    if let Some((total, k, key)) = tightest
+        && b.max_request_items as u64 > total
+    {
+        err(
+            "batching.max_request_items".into(),
+            &format!(
+                "{} is more than key `{}`'s HSMs can ever take in flight together ({total}, the \
+                 sum of max_in_flight over keys[{k}].hsms): such a batch could never be signed",
+                b.max_request_items, key.name
+            ),
+        );
+    }
+
     // What issuing keys sign (ARCHITECTURE.md, invariant 1: a client granted OCSP signing cannot
     // get a certificate signed). An issuing key checks every declared payload; anything that
     // would let an unchecked payload reach it needs the key's explicit, logged opt-in.

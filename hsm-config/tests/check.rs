@@ -408,3 +408,29 @@ fn unchecked_payloads_on_issuing_keys_are_refused_naming_the_field() {
     ));
     assert!(ok, "{out}");
 }
+
+/// Issue 12, item 6: a batch the key's HSMs can never hold in flight together always failed
+/// (RESOURCE_EXHAUSTED, after some items were signed): such a limit is refused at load.
+#[test]
+fn a_batch_limit_the_hsms_cannot_hold_is_refused() {
+    let dev = std::fs::read_to_string(DEV).expect("dev config");
+    assert!(dev.contains("max_request_items = 8192"));
+    let (ok, out) = check(&dev.replace("max_request_items = 8192", "max_request_items = 8193"));
+    assert!(!ok);
+    assert!(
+        out.contains(
+            "batching.max_request_items: 8193 is more than key `dev-root`'s HSMs can ever take \
+             in flight together (8192, the sum of max_in_flight over keys[0].hsms)"
+        ),
+        "{out}"
+    );
+    // A key on one HSM of the pair bounds every batch by that HSM alone.
+    let (ok, out) = check(&dev.replace(
+        "name = \"dev-p384\"\nlabel = \"dev-p384\"\nalgorithm = \"ecdsa-p384\"\nhsms = [\"dev-a\", \"dev-b\"]",
+        "name = \"dev-p384\"\nlabel = \"dev-p384\"\nalgorithm = \"ecdsa-p384\"\nhsms = [\"dev-a\"]",
+    ));
+    assert!(!ok);
+    assert!(out.contains("key `dev-p384`'s HSMs"), "{out}");
+    // The default fits one HSM with its default max_in_flight.
+    assert_eq!(hsm_config::Batching::default().max_request_items, 4096);
+}

@@ -2,7 +2,7 @@
 //! reflection versions tools speak (issue 13), on the real `signer` process.
 //!
 //! The largest request message the gateway decodes is derived from `max_request_items`
-//! (`service::max_message_bytes`: 10,000 items of 1 KiB in two-dc.toml); a refused call leaves
+//! (`service::max_message_bytes`: 8,192 items of 1 KiB in two-dc.toml); a refused call leaves
 //! one summary audit record (counts and the SHA-256 of the request), never a line per item.
 
 mod common;
@@ -19,7 +19,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 /// two-dc.toml's `max_request_items`, and the message limit the gateway derives from it.
-const MAX_ITEMS: usize = 10_000;
+const MAX_ITEMS: usize = 8_192;
 const MAX_MESSAGE: usize = MAX_ITEMS * 1024;
 
 fn item_for_x(n: u64) -> SignRequest {
