@@ -174,7 +174,7 @@ probe_interval_ms = 200
 drain_ms = 2000
 
 [batching]
-max_request_items = 10000
+max_request_items = 8192
 worker_chunk = 32
 
 [[datacenters]]

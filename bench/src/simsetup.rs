@@ -44,6 +44,11 @@ pub fn label(i: u32) -> String {
     format!("SIM-{}", i + 1)
 }
 
+/// Each modelled HSM's `max_in_flight`: 64 signatures a session, at least the default 4,096.
+fn hsm_max_in_flight(g: &SimGateway) -> u32 {
+    (g.sessions * 64).max(4096)
+}
+
 /// The gateway configuration: one datacenter `sim` with `hsms` HSMs behind hsm-sim, listening
 /// on an ephemeral loopback port without a metrics listener, one P-256 key cloned into all.
 pub fn gateway_config_text(g: &SimGateway, pin_file: &Path) -> String {
@@ -66,11 +71,14 @@ pub fn gateway_config_text(g: &SimGateway, pin_file: &Path) -> String {
          probe_interval_ms = 200\n\
          drain_ms = 2000\n\n\
          [batching]\n\
-         max_request_items = 10000\n\
+         max_request_items = {}\n\
          worker_chunk = {}\n\n\
          [[datacenters]]\n\
          name = \"sim\"",
-        g.hsms, g.worker_chunk
+        g.hsms,
+        // At most what the HSMs hold in flight together (validation refuses more).
+        (u64::from(g.hsms) * u64::from(hsm_max_in_flight(g))).min(10_000),
+        g.worker_chunk
     );
     let names: Vec<String> = (0..g.hsms).map(|i| format!("\"sim-{}\"", i + 1)).collect();
     for i in 0..g.hsms {
@@ -88,7 +96,7 @@ pub fn gateway_config_text(g: &SimGateway, pin_file: &Path) -> String {
             label = label(i),
             pin = pin_file.display().to_string(),
             sessions = g.sessions,
-            max = (g.sessions * 64).max(4096),
+            max = hsm_max_in_flight(g),
         );
     }
     let _ = writeln!(
@@ -97,7 +105,8 @@ pub fn gateway_config_text(g: &SimGateway, pin_file: &Path) -> String {
          name = \"{KEY}\"\n\
          label = \"{KEY}\"\n\
          algorithm = \"ecdsa-p256\"\n\
-         hsms = [{}]\n\n\
+         hsms = [{}]\n\
+         allow_unchecked_payloads = \"benchmark key: raw signatures and the drill's issuer certificate\"\n\n\
          [[clients]]\n\
          name = \"bench\"\n\
          grants = [{{ keys = [\"{KEY}\"], operations = [\"sign-raw\", \"sign-ocsp\"] }}]",

@@ -95,7 +95,7 @@ fn drill(dir: &Path, config: &Path, url: &str, json: &Path) -> Command {
     cmd.arg("drill")
         .arg("--config")
         .arg(config)
-        .args(["--key", "dev-p256", "--gateway", url])
+        .args(["--key", "dev-bench-p256", "--gateway", url])
         .args(["--count", &COUNT.to_string(), "--signbatch-seconds", "1"])
         .arg("--dir")
         .arg(dir.join("work"))

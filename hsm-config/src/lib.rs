@@ -29,6 +29,7 @@ mod validate;
 pub use error::{Error, FieldError};
 pub use schema::{
     Audit, AuditFailure, Batching, Client, ClientLimits, Config, Datacenter, Dispatch, Gateway,
-    Grant, Hsm, InsecurePlaintext, Key, KeyAlgorithm, Operation, PinSource, ServerTls, Timeouts,
+    Grant, Hsm, InsecurePlaintext, Key, KeyAlgorithm, Operation, PayloadPolicy, PinSource,
+    ServerTls, Timeouts,
 };
 pub use secret::Pin;

@@ -112,11 +112,16 @@ pub struct Grant {
     pub operations: Vec<Operation>,
 }
 
-/// What a signing request is for, as the request declares it (`SignRequest.payload`).
+/// What a signing request is for, as the request declares it (`hsmgate-payload` metadata).
+///
+/// Every operation but `sign-raw` names a payload the gateway can parse; a key granted any of
+/// them is an *issuing* key ([`Config::is_issuing_key`]) and signs only what parses as declared.
+/// A future `sign-crl` (an RFC 5280 §5.1 `TBSCertList`) belongs here, as an issuing operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Operation {
-    /// A digest or message of no declared type. Refused for keys with `check_payload`.
+    /// A digest or message of no declared type: nothing can be checked. Refused on keys that
+    /// check payloads (every issuing key, unless it sets `allow_unchecked_payloads`).
     SignRaw,
     /// An X.509 `TBSCertificate` (RFC 5280 §4.1).
     SignCertificate,
@@ -132,6 +137,23 @@ impl Operation {
             Self::SignOcsp => "sign-ocsp",
         }
     }
+
+    /// Does this operation sign something relying parties trust (a certificate, an OCSP
+    /// response)? Such operations have a payload the gateway parses before signing.
+    pub fn is_issuing(self) -> bool {
+        self != Self::SignRaw
+    }
+}
+
+/// What a key signs, as the gateway enforces it: derived from the key's settings and from
+/// the grants that name it ([`Config::payload_policy`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PayloadPolicy {
+    /// Declared payloads must be messages that parse (and re-encode) as declared; digests are
+    /// refused, since they cannot be checked.
+    pub check_declared: bool,
+    /// Undeclared (`sign-raw`) calls may use the key.
+    pub allow_raw: bool,
 }
 
 /// Per-client limits. Absent: unlimited.
@@ -229,7 +251,9 @@ impl Timeouts {
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Batching {
-    /// Most signatures one `SignBatch` call may ask for.
+    /// Most signatures one `SignBatch` call may ask for. At most what every key's HSMs can hold
+    /// in flight together (the sum of their `max_in_flight`), checked at load. It also bounds the
+    /// size of a request message (1 KiB an item).
     pub max_request_items: usize,
     /// Most signatures a worker takes off its HSM's queue in one go: large enough to keep
     /// per-signature overhead small, small enough to spread a batch over every session.
@@ -239,7 +263,8 @@ pub struct Batching {
 impl Default for Batching {
     fn default() -> Self {
         Self {
-            max_request_items: 10_000,
+            // One HSM's default max_in_flight: valid for a one-HSM configuration.
+            max_request_items: 4_096,
             worker_chunk: 32,
         }
     }
@@ -409,9 +434,18 @@ pub struct Key {
     pub hsms: Vec<String>,
     /// Check what is signed: every request must declare its payload (a certificate or an OCSP
     /// response) and send the message itself, which must parse as that type. Raw digests are
-    /// refused, so a client granted OCSP signing cannot get a certificate signed.
+    /// refused, so a client granted OCSP signing cannot get a certificate signed. Default: on
+    /// for issuing keys (any client is granted `sign-certificate` or `sign-ocsp` on it, `"*"`
+    /// included), off for others. `false` on an issuing key is refused unless the key sets
+    /// `allow_unchecked_payloads`.
     #[serde(default)]
-    pub check_payload: bool,
+    pub check_payload: Option<bool>,
+    /// The explicit opt-in, with its reason, to sign unchecked payloads with an issuing key:
+    /// `sign-raw` grants on it and `check_payload = false` are accepted. Logged as a warning at
+    /// every start and reload and exported as `hsmgate_unchecked_payload_keys{key, reason}`. For
+    /// test and benchmark keys that nothing trusts, never for a CA's keys.
+    #[serde(default)]
+    pub allow_unchecked_payloads: Option<String>,
 }
 
 /// Key types the gateway signs with.
@@ -565,6 +599,28 @@ impl Config {
     /// The key of that name.
     pub fn key(&self, name: &str) -> Option<&Key> {
         self.keys.iter().find(|k| k.name == name)
+    }
+
+    /// Is `key` an issuing key: is some client granted an issuing operation (`sign-certificate`,
+    /// `sign-ocsp`) on it, by name or by `"*"`?
+    pub fn is_issuing_key(&self, key: &str) -> bool {
+        self.clients.iter().flat_map(|c| &c.grants).any(|g| {
+            g.operations.iter().any(|op| op.is_issuing())
+                && g.keys.iter().any(|k| k == key || k == "*")
+        })
+    }
+
+    /// How the gateway treats what `key` signs. Issuing keys check declared payloads unless
+    /// `check_payload = false`, and take `sign-raw` only with `allow_unchecked_payloads`;
+    /// validation refuses a file where the grants or settings would need more.
+    pub fn payload_policy(&self, key: &Key) -> PayloadPolicy {
+        let check_declared = key
+            .check_payload
+            .unwrap_or_else(|| self.is_issuing_key(&key.name));
+        PayloadPolicy {
+            check_declared,
+            allow_raw: !check_declared || key.allow_unchecked_payloads.is_some(),
+        }
     }
 
     /// The client of that name.

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::error::FieldError;
-use crate::schema::{Config, PinSource};
+use crate::schema::{Config, Operation, PinSource};
 
 /// PKCS#11 token labels are 32 bytes, blank-padded.
 const TOKEN_LABEL_MAX: usize = 32;
@@ -275,6 +275,102 @@ pub(crate) fn validate(config: &Config) -> Vec<FieldError> {
         }
     }
 
+    // A batch fails RESOURCE_EXHAUSTED when its key's HSMs cannot hold it in flight together
+    // (issue 12, item 6: 2 x 4,096 < 10,000 made batches of 8,193 items always fail, after some
+    // were signed). The smallest such total bounds every batch.
+    let in_flight: HashMap<&str, u64> = config
+        .hsms()
+        .map(|(_, h)| (h.name.as_str(), u64::from(h.max_in_flight)))
+        .collect();
+    let tightest = config
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(k, key)| {
+            let total: u64 = key
+                .hsms
+                .iter()
+                .filter_map(|h| in_flight.get(h.as_str()))
+                .sum();
+            (total, k, key)
+        })
+        .filter(|(total, _, _)| *total > 0)
+        .min_by_key(|(total, _, _)| *total);
+    if let Some((total, k, key)) = tightest
+        && b.max_request_items as u64 > total
+    {
+        err(
+            "batching.max_request_items".into(),
+            &format!(
+                "{} is more than key `{}`'s HSMs can ever take in flight together ({total}, the \
+                 sum of max_in_flight over keys[{k}].hsms): such a batch could never be signed",
+                b.max_request_items, key.name
+            ),
+        );
+    }
+
+    // What issuing keys sign (ARCHITECTURE.md, invariant 1: a client granted OCSP signing cannot
+    // get a certificate signed). An issuing key checks every declared payload; anything that
+    // would let an unchecked payload reach it needs the key's explicit, logged opt-in.
+    for (k, key) in config.keys.iter().enumerate() {
+        let kpath = format!("keys[{k}]");
+        if let Some(reason) = &key.allow_unchecked_payloads
+            && reason.trim().is_empty()
+        {
+            err(
+                format!("{kpath}.allow_unchecked_payloads"),
+                "must say why this key may sign unchecked payloads (it is logged at every start)",
+            );
+        }
+        if key.check_payload == Some(false)
+            && key.allow_unchecked_payloads.is_none()
+            && let Some(by) = issuing_grant(config, &key.name)
+        {
+            err(
+                format!("{kpath}.check_payload"),
+                &format!(
+                    "refused: key `{}` is an issuing key ({by}), so what it signs must parse as \
+                     declared; remove `check_payload = false`, or opt in with \
+                     allow_unchecked_payloads = \"<reason>\" on a key nothing trusts",
+                    key.name
+                ),
+            );
+        }
+    }
+    for (c, client) in config.clients.iter().enumerate() {
+        for (g, grant) in client.grants.iter().enumerate() {
+            let Some(o) = grant
+                .operations
+                .iter()
+                .position(|op| *op == Operation::SignRaw)
+            else {
+                continue;
+            };
+            let named: Vec<_> = if grant.keys.iter().any(|k| k == "*") {
+                config.keys.iter().collect()
+            } else {
+                grant.keys.iter().filter_map(|k| config.key(k)).collect()
+            };
+            for key in named {
+                if key.allow_unchecked_payloads.is_some() {
+                    continue;
+                }
+                if let Some(by) = issuing_grant(config, &key.name) {
+                    err(
+                        format!("clients[{c}].grants[{g}].operations[{o}]"),
+                        &format!(
+                            "refused: sign-raw on key `{}`, an issuing key ({by}): an undeclared \
+                             payload cannot be checked, so it could be a certificate; grant \
+                             sign-raw on a separate key, or opt in with \
+                             keys[].allow_unchecked_payloads = \"<reason>\" on a key nothing trusts",
+                            key.name
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
     // Clients and their grants.
     let plaintext_client = gw.insecure_plaintext.as_ref().map(|p| p.client.as_str());
     let mut client_names = HashSet::new();
@@ -385,6 +481,19 @@ pub(crate) fn validate(config: &Config) -> Vec<FieldError> {
         }
     }
     errors
+}
+
+/// The first grant that makes `key` an issuing key, described for an error message
+/// (`sign-ocsp granted to `ocsp-presigner``), or `None` if it is not one.
+fn issuing_grant(config: &Config, key: &str) -> Option<String> {
+    config.clients.iter().find_map(|c| {
+        c.grants
+            .iter()
+            .filter(|g| g.keys.iter().any(|k| k == key || k == "*"))
+            .flat_map(|g| &g.operations)
+            .find(|op| op.is_issuing())
+            .map(|op| format!("{} granted to `{}`", op.as_str(), c.name))
+    })
 }
 
 fn range(err: &mut impl FnMut(String, &str), path: &str, value: u64, min: u64, max: u64) {

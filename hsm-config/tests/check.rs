@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use hsm_config::{Config, Error, KeyAlgorithm, PinSource};
+use hsm_config::{Config, Error, KeyAlgorithm, PayloadPolicy, PinSource};
 
 const DEV: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/dev.toml");
 const TWO_DC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/two-dc.toml");
@@ -304,4 +304,133 @@ fn an_unaudited_benchmark_gateway_is_loopback_only() {
         out.contains("audit.bench_unaudited: refused: gateway.listen `0.0.0.0:50051` is not a loopback address"),
         "{out}"
     );
+}
+
+/// Issue 12, item 1: an issuing key (some client may sign certificates or OCSP responses with
+/// it, `"*"` included) checks what it signs by default, and a file that would let an unchecked
+/// payload reach one is refused at load, naming the field — unless the key opts in, with a
+/// reason.
+#[test]
+fn unchecked_payloads_on_issuing_keys_are_refused_naming_the_field() {
+    let dev = std::fs::read_to_string(DEV).expect("dev config");
+    let config = Config::load(DEV).expect("dev config");
+    let policy = |name: &str| config.payload_policy(config.key(name).expect("key"));
+    for issuing in ["dev-root", "dev-p256", "dev-rsa"] {
+        assert!(config.is_issuing_key(issuing), "{issuing}");
+        assert_eq!(
+            policy(issuing),
+            PayloadPolicy {
+                check_declared: true,
+                allow_raw: false
+            },
+            "{issuing}"
+        );
+    }
+    assert!(!config.is_issuing_key("dev-p384"));
+    assert!(!policy("dev-p384").check_declared && policy("dev-p384").allow_raw);
+    assert_eq!(
+        policy("dev-bench-p256"),
+        PayloadPolicy {
+            check_declared: true,
+            allow_raw: true
+        }
+    );
+
+    // sign-raw granted on the intermediate, by name.
+    let bench_raw =
+        r#"{ keys = ["dev-bench-p256", "dev-p384", "dev-ed25519"], operations = ["sign-raw"] }"#;
+    assert!(dev.contains(bench_raw), "dev.toml's bench grant changed");
+    let (ok, out) = check(&dev.replace(
+        bench_raw,
+        r#"{ keys = ["dev-p384", "dev-p256"], operations = ["sign-raw"] }"#,
+    ));
+    assert!(!ok);
+    assert!(
+        out.contains(
+            "clients[3].grants[0].operations[0]: refused: sign-raw on key `dev-p256`, an issuing \
+             key (sign-ocsp granted to `ocsp-presigner`)"
+        ),
+        "{out}"
+    );
+
+    // sign-raw on every key by `"*"`: refused for each issuing key, not for the others.
+    let wildcard = format!(
+        "{dev}\n[[clients]]\nname = \"wild\"\nsubject = \"CN=wild\"\n\
+         grants = [{{ keys = [\"*\"], operations = [\"sign-ocsp\", \"sign-raw\"] }}]\n"
+    );
+    let (ok, out) = check(&wildcard);
+    assert!(!ok);
+    for key in ["dev-root", "dev-p256", "dev-p384", "dev-rsa", "dev-ed25519"] {
+        assert!(
+            out.contains(&format!(
+                "clients[4].grants[0].operations[1]: refused: sign-raw on key `{key}`"
+            )),
+            "{key}: {out}"
+        );
+    }
+    // ... but "*" with sign-ocsp made every key issuing, so the bench's raw grant on dev-p384
+    // is refused too; dev-bench-p256 opted in.
+    assert!(
+        out.contains("clients[3].grants[0].operations[0]: refused: sign-raw on key `dev-p384`"),
+        "{out}"
+    );
+    assert!(!out.contains("`dev-bench-p256`"), "{out}");
+
+    // check_payload = false on an issuing key.
+    let p256 = "name = \"dev-p256\"\nlabel = \"dev-p256\"\n";
+    assert!(dev.contains(p256));
+    let unchecked = dev.replace(p256, &format!("{p256}check_payload = false\n"));
+    let (ok, out) = check(&unchecked);
+    assert!(!ok);
+    assert!(
+        out.contains("keys[1].check_payload: refused: key `dev-p256` is an issuing key"),
+        "{out}"
+    );
+
+    // The opt-in accepts both, and must give a reason.
+    let opted = unchecked.replace(
+        "check_payload = false\n",
+        "check_payload = false\nallow_unchecked_payloads = \"test key\"\n",
+    );
+    let (ok, out) = check(&opted);
+    assert!(ok, "{out}");
+    let (ok, out) = check(&opted.replace("\"test key\"", "\" \""));
+    assert!(!ok);
+    assert!(
+        out.contains("keys[1].allow_unchecked_payloads: must say why"),
+        "{out}"
+    );
+
+    // A non-issuing key may sign raw and may ask for checks (then raw is refused at run time).
+    let (ok, out) = check(&dev.replace(
+        "name = \"dev-p384\"\nlabel = \"dev-p384\"\n",
+        "name = \"dev-p384\"\nlabel = \"dev-p384\"\ncheck_payload = true\n",
+    ));
+    assert!(ok, "{out}");
+}
+
+/// Issue 12, item 6: a batch the key's HSMs can never hold in flight together always failed
+/// (RESOURCE_EXHAUSTED, after some items were signed): such a limit is refused at load.
+#[test]
+fn a_batch_limit_the_hsms_cannot_hold_is_refused() {
+    let dev = std::fs::read_to_string(DEV).expect("dev config");
+    assert!(dev.contains("max_request_items = 8192"));
+    let (ok, out) = check(&dev.replace("max_request_items = 8192", "max_request_items = 8193"));
+    assert!(!ok);
+    assert!(
+        out.contains(
+            "batching.max_request_items: 8193 is more than key `dev-root`'s HSMs can ever take \
+             in flight together (8192, the sum of max_in_flight over keys[0].hsms)"
+        ),
+        "{out}"
+    );
+    // A key on one HSM of the pair bounds every batch by that HSM alone.
+    let (ok, out) = check(&dev.replace(
+        "name = \"dev-p384\"\nlabel = \"dev-p384\"\nalgorithm = \"ecdsa-p384\"\nhsms = [\"dev-a\", \"dev-b\"]",
+        "name = \"dev-p384\"\nlabel = \"dev-p384\"\nalgorithm = \"ecdsa-p384\"\nhsms = [\"dev-a\"]",
+    ));
+    assert!(!ok);
+    assert!(out.contains("key `dev-p384`'s HSMs"), "{out}");
+    // The default fits one HSM with its default max_in_flight.
+    assert_eq!(hsm_config::Batching::default().max_request_items, 4096);
 }

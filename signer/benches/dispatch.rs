@@ -74,7 +74,7 @@ fn config_text(module: &Path, dir: &Path) -> String {
          [gateway.insecure_plaintext]\nclient = \"bench\"\n\n\
          [audit]\ndir = \"audit\"\n\n\
          [timeouts]\nhsm_call_ms = 2000\ndefault_deadline_ms = 10000\nprobe_interval_ms = 200\n\n\
-         [batching]\nmax_request_items = 10000\nworker_chunk = {WORKER_CHUNK}\n\n\
+         [batching]\nmax_request_items = 8192\nworker_chunk = {WORKER_CHUNK}\n\n\
          [[datacenters]]\nname = \"bench\"\n\n{}\n{}\n\
          [[keys]]\nname = \"{KEY}\"\nlabel = \"{KEY}\"\nalgorithm = \"ecdsa-p256\"\n\
          hsms = [\"sim-1\", \"sim-2\"]\n\n\

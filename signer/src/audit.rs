@@ -14,6 +14,12 @@
 //! `items[].sha256` is the SHA-256 of the bytes the caller sent (the digest, or the message),
 //! so a record can be matched to the certificate or OCSP response it produced.
 //!
+//! A call refused before any HSM was asked (grants, payload checks, limits, malformed items)
+//! has no `items`: its record carries `"refused":{"items":N,"request_sha256":"…"}` instead, the
+//! SHA-256 of the request message's protobuf encoding. What a refused call writes is then a few
+//! hundred bytes whatever its size, so oversized refused batches cannot fill the disk (and, with
+//! `stop-signing`, stop all signing).
+//!
 //! **The chain.** `hash` is the SHA-256 of the line as it would read without `,"hash":"…"`;
 //! `prev` is the previous record's `hash` (64 zeros for record 1). Editing a record breaks its
 //! own hash; removing or reordering one breaks the next record's `prev` and `seq`; `signer audit
@@ -81,6 +87,16 @@ impl Item {
     }
 }
 
+/// A refused call, summarised instead of itemised (see the module documentation).
+#[derive(Clone, Debug, Serialize)]
+pub struct Refused {
+    /// Items the request held.
+    pub items: u64,
+    /// SHA-256 of the request message's protobuf encoding (`SignRequest` or
+    /// `SignBatchRequest`), hex.
+    pub request_sha256: String,
+}
+
 /// What one signing request leaves in the log (the writer adds `seq`, `time`, `prev`, `hash`).
 #[derive(Clone, Debug, Default)]
 pub struct Record {
@@ -99,6 +115,8 @@ pub struct Record {
     /// HSMs that made the signatures.
     pub hsms: Vec<String>,
     pub items: Vec<Item>,
+    /// For a call refused before any HSM was asked: its summary (then `items` is empty).
+    pub refused: Option<Refused>,
 }
 
 #[derive(Serialize)]
@@ -114,6 +132,8 @@ struct Line<'a> {
     detail: Option<&'a str>,
     hsms: &'a [String],
     items: &'a [Item],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refused: Option<&'a Refused>,
     prev: &'a str,
 }
 
@@ -333,6 +353,7 @@ impl Writer {
                 detail: record.detail.as_deref(),
                 hsms: &record.hsms,
                 items: &record.items,
+                refused: record.refused.as_ref(),
                 prev: &prev,
             };
             let body = serde_json::to_string(&line).map_err(|e| format!("encoding: {e}"))?;

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use der::{Decode, Encode};
-use hsm_config::{Config, Operation};
+use hsm_config::{Config, Operation, PayloadPolicy};
 use prometheus_client::metrics::gauge::Gauge;
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -143,21 +143,38 @@ pub struct Clients {
     by_spki: HashMap<String, Arc<ClientEntry>>,
     by_subject: HashMap<String, Arc<ClientEntry>>,
     plaintext: Option<Arc<ClientEntry>>,
-    /// Keys with `check_payload`.
-    pub checked_keys: HashSet<String>,
+    /// What each key signs (`Config::payload_policy`): issuing keys check declared payloads.
+    pub payload_policies: HashMap<String, PayloadPolicy>,
 }
 
 impl Clients {
     pub fn from_config(config: &Config, metrics: &Metrics) -> Self {
         let mut clients = Self {
-            checked_keys: config
+            payload_policies: config
                 .keys
                 .iter()
-                .filter(|k| k.check_payload)
-                .map(|k| k.name.clone())
+                .map(|k| (k.name.clone(), config.payload_policy(k)))
                 .collect(),
             ..Self::default()
         };
+        // Every start and reload says which issuing keys may sign what the gateway cannot
+        // check, so the opt-in is never forgotten in a config copied from a test.
+        metrics.clear_unchecked_payload_keys();
+        for key in &config.keys {
+            if let Some(reason) = &key.allow_unchecked_payloads
+                && config.is_issuing_key(&key.name)
+            {
+                tracing::warn!(
+                    key = %key.name,
+                    reason = %reason,
+                    "UNCHECKED PAYLOADS: issuing key `{}` may sign payloads the gateway cannot check \
+                     (allow_unchecked_payloads); a client holding sign-raw on it can get anything \
+                     signed, certificates included. Never on a key that relying parties trust.",
+                    key.name
+                );
+                metrics.set_unchecked_payload_key(&key.name, reason);
+            }
+        }
         let plaintext = config
             .gateway
             .insecure_plaintext

@@ -55,6 +55,12 @@ pub struct ClientLimitLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyReasonLabels {
+    pub key: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
@@ -88,6 +94,7 @@ pub struct Metrics {
     client_in_flight: Family<ClientLabels, Gauge>,
     client_limited: Family<ClientLimitLabels, Counter>,
     client_limit: Family<ClientLimitLabels, Gauge>,
+    unchecked_payload_keys: Family<KeyReasonLabels, Gauge>,
     audit_records: Family<OutcomeLabels, Counter>,
     audit_failures: Counter,
     audit_seconds: Histogram,
@@ -116,6 +123,7 @@ impl Metrics {
             client_in_flight: Family::default(),
             client_limited: Family::default(),
             client_limit: Family::default(),
+            unchecked_payload_keys: Family::default(),
             audit_records: Family::default(),
             audit_failures: Counter::default(),
             audit_seconds: latency_histogram(),
@@ -211,6 +219,11 @@ impl Metrics {
             "client_limit",
             "Configured per-client limits (signatures_per_sec, burst, max_concurrent)",
             m.client_limit.clone(),
+        );
+        registry.register(
+            "unchecked_payload_keys",
+            "1 per issuing key that may sign unchecked payloads (allow_unchecked_payloads), with its reason",
+            m.unchecked_payload_keys.clone(),
         );
         registry.register(
             "audit_records",
@@ -332,6 +345,21 @@ impl Metrics {
                 limit,
             })
             .set(value.into());
+    }
+
+    /// Marks `key` as an issuing key with `allow_unchecked_payloads` (`reason`).
+    pub fn set_unchecked_payload_key(&self, key: &str, reason: &str) {
+        self.unchecked_payload_keys
+            .get_or_create(&KeyReasonLabels {
+                key: key.to_owned(),
+                reason: reason.chars().take(200).collect(),
+            })
+            .set(1);
+    }
+
+    /// Forgets the keys of the previous configuration (a reload may have removed an opt-in).
+    pub fn clear_unchecked_payload_keys(&self) {
+        self.unchecked_payload_keys.clear();
     }
 
     pub fn reload(&self, outcome: &'static str) {

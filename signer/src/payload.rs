@@ -2,8 +2,9 @@
 //!
 //! A call declares its payload in the `hsmgate-payload` metadata (see
 //! `hsmgate_signer_api::PAYLOAD_HEADER`); the declaration is the operation its grants are
-//! checked against. For keys with `check_payload = true` the gateway also parses each item's
-//! message: a `tbs-certificate` must be a DER `TBSCertificate` (RFC 5280 §4.1) and an
+//! checked against. For keys that check payloads — every issuing key by default (one some
+//! client may sign certificates or OCSP responses with; `hsm_config::Config::payload_policy`) —
+//! the gateway also parses each item's message: a `tbs-certificate` must be a DER `TBSCertificate` (RFC 5280 §4.1) and an
 //! `ocsp-response-data` a DER `ResponseData` (RFC 6960 §4.2.1), with nothing after it. So a
 //! client granted only `sign-ocsp` on the intermediate key cannot get a certificate signed
 //! with it: a TBSCertificate does not parse as a ResponseData. Digests cannot be checked and

@@ -93,15 +93,26 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
         });
     }
 
+    // Reflection in both versions: grpcurl and grpcio-reflection's client still speak
+    // v1alpha, newer tools v1 (issue 13).
+    let reflection_error = |e: tonic_reflection::server::Error| Error::Hsm {
+        hsm: String::new(),
+        detail: format!("reflection: {e}"),
+    };
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(hsmgate_signer_api::v1::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .map_err(|e| Error::Hsm {
-            hsm: String::new(),
-            detail: format!("reflection: {e}"),
-        })?;
+        .map_err(reflection_error)?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(hsmgate_signer_api::v1::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(reflection_error)?;
+    // Requests larger than the configured batch can need are refused before decoding
+    // (OUT_OF_RANGE); set at start-up, so a reload's new max_request_items applies at the next
+    // restart. Responses are a signature per item.
+    let max_message = crate::service::max_message_bytes(config.batching.max_request_items);
     let signer = SignerServer::new(SignerService::new(gateway.clone(), audit))
-        .max_decoding_message_size(64 << 20)
+        .max_decoding_message_size(max_message)
         .max_encoding_message_size(64 << 20);
 
     // Nagle off on accepted sockets: with it, small unary replies wait for delayed ACKs
@@ -133,6 +144,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
     let server = builder
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(signer)
         .serve_with_incoming_shutdown(incoming, wait_shutdown());
     let server = tokio::spawn(server);

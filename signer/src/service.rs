@@ -45,6 +45,41 @@ struct CallInfo {
     deadline: Instant,
 }
 
+/// The largest digest or message one item may carry: a TBSCertificate or OCSP ResponseData of
+/// a real CA is a few KiB at most. It bounds, with `batching.max_request_items`, the size of a
+/// request message the gateway decodes ([`max_message_bytes`]).
+pub const MAX_INPUT_BYTES: usize = 16 << 10;
+/// What an average item of a full batch may take on the wire: a digest item is about 100
+/// bytes, an OCSP ResponseData item a few hundred.
+const BATCH_ITEM_BYTES: usize = 1 << 10;
+
+/// The largest request message the gateway decodes: `max_request_items` items of
+/// [`BATCH_ITEM_BYTES`], and never less than one item of [`MAX_INPUT_BYTES`]. A larger message
+/// is refused by the gRPC layer (OUT_OF_RANGE) before it is decoded, so what a caller can make
+/// the gateway hold is bounded by its configuration, not by a fixed 64 MiB.
+pub fn max_message_bytes(max_request_items: usize) -> usize {
+    max_request_items
+        .saturating_mul(BATCH_ITEM_BYTES)
+        .max(MAX_INPUT_BYTES + 1024)
+}
+
+/// SHA-256 of the request message as the caller encoded it (for a batch, `SignBatchRequest`:
+/// each item is field 1, length-delimited), computed item by item without a second copy.
+fn request_sha256(requests: &[SignRequest], batch: bool) -> String {
+    use prost::Message;
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for r in requests {
+        if batch {
+            hash.update([0x0a]); // field 1, wire type 2
+            hash.update(r.encode_length_delimited_to_vec());
+        } else {
+            hash.update(r.encode_to_vec());
+        }
+    }
+    hex::encode(hash.finalize())
+}
+
 /// The audit log's view of one request item.
 fn audit_item(r: &SignRequest) -> audit::Item {
     match &r.input {
@@ -109,6 +144,7 @@ impl SignerService {
             Err(_) => "invalid",
         };
         let peer = info.peer;
+        let mut dispatched = false;
         let result = self
             .checked_sign(
                 &router,
@@ -117,6 +153,7 @@ impl SignerService {
                 requests,
                 info.deadline,
                 batch,
+                &mut dispatched,
             )
             .await;
         let (code, signatures) = match &result {
@@ -146,9 +183,17 @@ impl SignerService {
             identity: caller.identity.clone(),
             peer: peer.map(|p| p.to_string()),
             operation,
-            items: requests.iter().map(audit_item).collect(),
             ..audit::Record::default()
         };
+        // Refused before any HSM was asked: one bounded summary, not a line per item.
+        if result.is_err() && !dispatched {
+            record.refused = Some(audit::Refused {
+                items: requests.len() as u64,
+                request_sha256: request_sha256(requests, batch),
+            });
+        } else {
+            record.items = requests.iter().map(audit_item).collect();
+        }
         match &result {
             Ok(signed) => {
                 record.outcome = "OK".into();
@@ -201,7 +246,12 @@ impl SignerService {
         result
     }
 
-    /// Everything a signing call must pass, then the signing itself.
+    /// Everything a signing call must pass, then the signing itself. `dispatched` is set once
+    /// the items go to the HSMs: a call refused before that is audited as a summary.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the call's parts, each used once; a struct would only rename them"
+    )]
     async fn checked_sign(
         &self,
         router: &Router,
@@ -210,6 +260,7 @@ impl SignerService {
         requests: &[SignRequest],
         deadline: Instant,
         batch: bool,
+        dispatched: &mut bool,
     ) -> Result<Vec<Signed>, Error> {
         let op = payload?;
         let client = caller.client.as_ref().ok_or_else(|| {
@@ -238,6 +289,16 @@ impl SignerService {
                 String::new()
             };
             let key: String = r.key.chars().take(128).collect();
+            let input_len = match &r.input {
+                Some(sign_request::Input::Digest(d)) => d.len(),
+                Some(sign_request::Input::Message(m)) => m.len(),
+                None => 0,
+            };
+            if input_len > MAX_INPUT_BYTES {
+                return Err(Error::InvalidArgument(format!(
+                    "{field}input: {input_len} bytes, at most {MAX_INPUT_BYTES}"
+                )));
+            }
             // An empty key is a malformed request (INVALID_ARGUMENT from `prepare`), not a
             // question of grants. A key outside the caller's grants is PERMISSION_DENIED even
             // when it does not exist, so that grants do not reveal which keys do.
@@ -248,13 +309,17 @@ impl SignerService {
                     op.as_str()
                 )));
             }
-            if !r.key.is_empty() && router.clients.checked_keys.contains(&r.key) {
+            let policy = router.clients.payload_policies.get(&r.key);
+            if let Some(policy) = policy.filter(|p| p.check_declared) {
                 if op == Operation::SignRaw {
-                    return Err(Error::PermissionDenied(format!(
-                        "{field}key: key `{key}` signs only declared payloads ({PAYLOAD_HEADER}: {} or {})",
-                        hsmgate_signer_api::PAYLOAD_TBS_CERTIFICATE,
-                        hsmgate_signer_api::PAYLOAD_OCSP_RESPONSE_DATA
-                    )));
+                    if !policy.allow_raw {
+                        return Err(Error::PermissionDenied(format!(
+                            "{field}key: key `{key}` signs only declared payloads ({PAYLOAD_HEADER}: {} or {})",
+                            hsmgate_signer_api::PAYLOAD_TBS_CERTIFICATE,
+                            hsmgate_signer_api::PAYLOAD_OCSP_RESPONSE_DATA
+                        )));
+                    }
+                    continue;
                 }
                 match &r.input {
                     Some(sign_request::Input::Message(m)) => {
@@ -265,8 +330,12 @@ impl SignerService {
                             ))
                         })?
                     }
-                    _ => {
-                        return Err(Error::InvalidArgument(format!(
+                    // No input at all is malformed: `prepare` answers INVALID_ARGUMENT.
+                    None => {}
+                    // A digest could be of anything: refused like a payload that does not
+                    // parse, so that no declaration makes an unchecked signature possible.
+                    Some(sign_request::Input::Digest(_)) => {
+                        return Err(Error::PermissionDenied(format!(
                             "{field}message: key `{key}` checks what it signs: send the message, not a digest"
                         )));
                     }
@@ -274,7 +343,8 @@ impl SignerService {
             }
         }
         let _admission = client.admit(requests.len() as u64, self.gateway.metrics())?;
-        self.sign_all(router, requests, deadline, batch).await
+        self.sign_all(router, requests, deadline, batch, dispatched)
+            .await
     }
 
     fn prepare(router: &Router, field: &str, req: &SignRequest) -> Result<Prepared, Error> {
@@ -299,6 +369,7 @@ impl SignerService {
         requests: &[SignRequest],
         deadline: Instant,
         batch: bool,
+        dispatched: &mut bool,
     ) -> Result<Vec<Signed>, Error> {
         let prepared = requests
             .iter()
@@ -312,6 +383,7 @@ impl SignerService {
                 Self::prepare(router, &field, r)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        *dispatched = true;
         self.gateway.sign(router, prepared, deadline).await
     }
 

@@ -219,10 +219,10 @@ async fn bad_input_gets_a_precise_error_and_nothing_is_signed() {
     );
     check(
         client
-            .sign_batch(batch((0..10_001).map(|_| ok()).collect()))
+            .sign_batch(batch((0..8_193).map(|_| ok()).collect()))
             .await,
         Code::InvalidArgument,
-        "at most 10000",
+        "at most 8192",
     );
     check(
         client.sign(digest_request("ca-ed25519", vec![0; 32])).await,
@@ -509,26 +509,45 @@ async fn work_spills_to_the_other_datacenter_past_the_spill_depth() {
 
 #[tokio::test]
 async fn saturated_hsms_shed_load_with_resource_exhausted() {
-    // Every HSM accepts at most 2 signatures in flight: a batch of 1000 cannot be admitted.
+    // Every HSM accepts at most 2 signatures in flight, so batches are at most 4 (west-only's
+    // pair holds 4 together: validation refuses more). A chunk of 4 fits only an idle HSM:
+    // 200 such batches at once cannot all be admitted.
     let gw = Gateway::start_with(Module::SoftHsm, |text| {
         text.replace("sessions = 2", "sessions = 2\nmax_in_flight = 2")
+            .replace("max_request_items = 8192", "max_request_items = 4")
     });
     gw.wait_available("ca-p256", 4, Duration::from_secs(20))
         .await;
-    let mut client = gw.client().await;
-    let requests: Vec<SignRequest> = (0..1000u64)
-        .map(|i| digest_request("ca-p256", digest_for(i, 32)))
-        .collect();
-    let status = client
-        .sign_batch(SignBatchRequest { requests })
-        .await
-        .expect_err("must shed");
-    assert_eq!(
-        status.code(),
-        Code::ResourceExhausted,
-        "{}",
-        status.message()
+    let client = gw.client().await;
+    let calls = (0..200u64).map(|n| {
+        let mut client = client.clone();
+        tokio::spawn(async move {
+            let requests: Vec<SignRequest> = (0..4u64)
+                .map(|i| digest_request("ca-p256", digest_for(n * 4 + i, 32)))
+                .collect();
+            client.sign_batch(SignBatchRequest { requests }).await
+        })
+    });
+    let mut shed = 0;
+    for call in calls.collect::<Vec<_>>() {
+        match call.await.expect("task") {
+            Ok(_) => {}
+            Err(status) => {
+                assert_eq!(
+                    status.code(),
+                    Code::ResourceExhausted,
+                    "{}",
+                    status.message()
+                );
+                shed += 1;
+            }
+        }
+    }
+    assert!(
+        shed > 0,
+        "200 concurrent batches on 4 HSMs of 2 in flight: none shed"
     );
+    let mut client = client;
     // A single signature still fits.
     let resp = client
         .sign(digest_request("ca-p256", digest_for(1, 32)))

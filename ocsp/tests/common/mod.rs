@@ -55,7 +55,7 @@ probe_interval_ms = 200
 drain_ms = 2000
 
 [batching]
-max_request_items = 10000
+max_request_items = 8192
 worker_chunk = 32
 
 [[datacenters]]
@@ -80,12 +80,16 @@ name = "ocsp-p256"
 label = "ocsp-p256"
 algorithm = "ecdsa-p256"
 hsms = ["ocsp-a", "ocsp-b"]
+# `hsmgate-ocsp issuer-cert` signs the tests' issuer certificates undeclared (sign-raw).
+allow_unchecked_payloads = "tests: issuer certificates made by hsmgate-ocsp issuer-cert"
 
 [[keys]]
 name = "ocsp-rsa"
 label = "ocsp-rsa"
 algorithm = "rsa-2048"
 hsms = ["ocsp-a", "ocsp-b"]
+# `hsmgate-ocsp issuer-cert` signs the tests' issuer certificates undeclared (sign-raw).
+allow_unchecked_payloads = "tests: issuer certificates made by hsmgate-ocsp issuer-cert"
 "#;
 
 /// Tokens provisioned once for this test binary.

@@ -67,9 +67,14 @@ pub fn tokens() -> &'static Tokens {
 /// its path. Each gateway gets its own copy: SoftHSM2 rewrites a token's file on every
 /// `C_Login`, and another process starting at that moment can miss the token.
 pub fn private_store(dir: &Path) -> PathBuf {
+    private_store_of(&tokens().dir, dir)
+}
+
+/// [`private_store`] of the tokens provisioned in `provisioned` (its `tokens/` directory).
+pub fn private_store_of(provisioned: &Path, dir: &Path) -> PathBuf {
     let status = Command::new("cp")
         .arg("-a")
-        .arg(tokens().dir.join("tokens"))
+        .arg(provisioned.join("tokens"))
         .arg(dir)
         .status()
         .expect("cp");
@@ -138,11 +143,16 @@ impl Gateway {
     /// Spawns `signer` on this config text with a private copy of the tokens; `Err` carries
     /// its exit status and stderr.
     pub fn spawn(text: &str) -> Result<Self, String> {
+        Self::spawn_on(text, &tokens().dir)
+    }
+
+    /// [`Self::spawn`] on a copy of the tokens provisioned in `provisioned`.
+    pub fn spawn_on(text: &str, provisioned: &Path) -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("hsmgate-gw-")
             .tempdir()
             .expect("tempdir");
-        let softhsm_conf = private_store(dir.path());
+        let softhsm_conf = private_store_of(provisioned, dir.path());
         let config_path = dir.path().join("signer.toml");
         std::fs::write(&config_path, text).expect("write config");
         let control = dir.path().join("faults");
@@ -307,6 +317,11 @@ impl Gateway {
             hsmgate_signer_api::client::connect(&format!("https://{}", self.grpc), Some(tls))
                 .await?;
         Ok(SignerClient::new(channel))
+    }
+
+    /// The `signer` process id (for `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn logs(&self) -> String {
@@ -591,6 +606,44 @@ impl Pki {
             self.path("ca.pem").display()
         )
     }
+}
+
+/// The development config, `hsm-config/examples/dev.toml`, exactly as `run.sh` runs it but for
+/// its files: its two tokens (DEV-A, DEV-B) provisioned once per test binary, mTLS from `pki`,
+/// port 0, the audit log in the gateway's directory. Returns the text and the provisioned
+/// directory for [`Gateway::spawn_on`].
+pub fn dev_config(pki: &Pki) -> (String, &'static Path) {
+    const DEV: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../hsm-config/examples/dev.toml"
+    );
+    static DEV_TOKENS: OnceLock<(PathBuf, String)> = OnceLock::new();
+    let (dir, text) = DEV_TOKENS.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("hsmgate-dev-tokens-")
+            .tempdir()
+            .expect("tempdir")
+            .keep();
+        let text = std::fs::read_to_string(DEV).expect("dev config").replace(
+            "../../target/dev/pins/",
+            &format!("{}/pins/", dir.display()),
+        );
+        let config = Config::parse(&text, Path::new(DEV), dir.clone()).expect("dev config");
+        provision(&config, &ProvisionOptions::new(dir.join("softhsm2.conf"))).expect("provision");
+        (dir, text)
+    });
+    let tls = "[gateway.tls]\ncert = \"../../target/dev/tls/server.pem\"\nkey = \"../../target/dev/tls/server.key\"\nclient_ca = \"../../target/dev/tls/ca.pem\"\n";
+    assert!(text.contains(tls), "dev.toml's [gateway.tls] changed");
+    let text = text
+        .replace(tls, &pki.tls_table())
+        .replace("listen = \"127.0.0.1:50051\"", "listen = \"127.0.0.1:0\"")
+        .replace(
+            "metrics_listen = \"127.0.0.1:9464\"",
+            "metrics_listen = \"127.0.0.1:0\"",
+        )
+        .replace("dir = \"../../target/dev/audit\"", "dir = \"audit\"");
+    assert!(!text.contains("../../target"), "{text}");
+    (text, dir.as_path())
 }
 
 /// The two-datacenter test config with mTLS from `pki` instead of plain text, and `clients`
