@@ -353,6 +353,65 @@ async fn a_stale_refresh_never_replaces_a_revocation() {
     );
 }
 
+/// Issue 12 item 7: a certificate revoked a minute ago got a response whose thisUpdate,
+/// backdated an hour, preceded its revocationTime. Now thisUpdate is the revocation time
+/// (nextUpdate moves with it), checked in the signed bytes by Python `cryptography`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_revocation_is_not_backdated_before_its_revocation_time() {
+    let env = Env::start();
+    let p = presigner(&env).await;
+    let at = presigner::unix_now() - 60;
+    let revoked = CertStatus::Revoked {
+        at,
+        reason: Some(1),
+    };
+    let hex = "7e0c0001";
+    let response = p
+        .publish(&name(ISSUER_P256), &serial(hex), revoked)
+        .await
+        .expect("publish");
+    assert_eq!(response.status, revoked);
+    assert_eq!(
+        response.this_update, at,
+        "thisUpdate clamped to revocationTime"
+    );
+    assert_eq!(response.next_update - response.this_update, 96 * 3600);
+    // A certificate revoked long ago keeps the usual hour of backdating.
+    let old = p
+        .publish(
+            &name(ISSUER_P256),
+            &serial("7e0c0002"),
+            CertStatus::Revoked {
+                at: REVOKED_AT,
+                reason: Some(1),
+            },
+        )
+        .await
+        .expect("publish");
+    assert!(old.this_update <= presigner::unix_now() - 3_600 + 5);
+    let resp = env.write("fresh-revocation.der", &response.der);
+    let out = common::openssl_ocsp(&resp, &env.issuer_p256, hex, false, &["-no_nonce"]);
+    assert!(
+        out.text.contains(&format!("0x{hex}: revoked")),
+        "{}",
+        out.text
+    );
+    if common::python_cryptography() {
+        let hashes: Vec<&str> = env
+            .config()
+            .presigner
+            .cert_id_hashes
+            .iter()
+            .map(|a| a.name())
+            .collect();
+        let expected = format!("revoked:{at}:key_compromise");
+        match common::python_check(&resp, &env.issuer_p256, hex, &expected, &hashes) {
+            Ok(text) => println!("{}", text.trim()),
+            Err(text) => panic!("python cryptography: {text}"),
+        }
+    }
+}
+
 /// The other order: the revocation is recorded (an import) but not yet signed when the stale
 /// `good` is stored. The put succeeds (good over good), but `mark_published` must not count
 /// it as publishing the revocation, so the next refresh signs the revocation first.
