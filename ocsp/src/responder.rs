@@ -248,7 +248,11 @@ async fn answer(state: &AppState, der: &[u8], if_none_match: Option<&HeaderValue
         tracing::debug!(serial = %req.serial, "request for an issuer we do not serve");
         return refuse(&state.metrics, StatusCode::OK, Refusal::Unauthorized);
     };
-    match state.source.response(&issuer.name, &req.serial).await {
+    match state
+        .source
+        .response(&issuer.name, &req.serial, req.hash)
+        .await
+    {
         Lookup::Found(response, origin) => {
             let now = unix_now();
             // The last gate: whatever a source returned, a response at or past its nextUpdate
@@ -271,10 +275,11 @@ async fn answer(state: &AppState, der: &[u8], if_none_match: Option<&HeaderValue
             // RFC 9919 after it) gives as "the responder is not capable of responding
             // authoritatively" — what this responder is for that CertID; a client may retry
             // with the other hash.
-            // This is read from the signed bytes, not from `presigner.cert_id_hashes`: the
-            // responder may run with another file than the pre-signer, and after the setting
-            // changes the store holds both layouts until every response is re-signed. The
-            // bytes are what the client will check, so they decide.
+            // The source asked the store for the response of the request's hash (one per
+            // hash, `store::Slot`), which falls back to a response of the old layout (a
+            // SingleResponse per hash) until it is re-signed; this check reads the signed
+            // bytes, not `presigner.cert_id_hashes` (the responder may run with another file
+            // than the pre-signer): the bytes are what the client will check, so they decide.
             if !parts.cert_id_hashes.contains(&req.hash) {
                 tracing::debug!(issuer = %issuer.name.0, serial = %req.serial, hash = req.hash.name(), "stored response has no SingleResponse for this CertID hash; answering unauthorized");
                 return refuse(&state.metrics, StatusCode::OK, Refusal::Unauthorized);

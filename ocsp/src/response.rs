@@ -430,17 +430,13 @@ fn cert_status(status: CertStatus) -> Result<x509_ocsp::CertStatus, Error> {
 ///
 /// - version v1 is the DEFAULT, so DER omits it;
 /// - responderID byKey: the issuer signs its own responses (RFC 5019 §2.2.3 prefers byKey);
-/// - one SingleResponse per CertID hash in `hashes` (`presigner.cert_id_hashes`), all for the
-///   one certificate, SHA-1 first. By default **two**, SHA-1 then SHA-256: RFC 5019 clients
-///   send SHA-1 CertIDs and RFC 9919 clients SHA-256, and OpenSSL and others pick the
-///   SingleResponse whose CertID matches their request. RFC 5019 §2.2.1 allows "additional
-///   SingleResponse elements if necessary to improve response pre-generation performance or
-///   cache efficiency", and RFC 9919 §2.2.1 this very pair — which is the point: one signature
-///   covers both, so the capacity plan's one HSM signature per certificate (and per
-///   revocation) holds, and one stored response answers both kinds of request. RFC 9919 also
-///   says responses "SHOULD include only one SingleResponse", and some clients need exactly
-///   one: `["sha1"]` or `["sha256"]` gives that, at the same signing cost (see
-///   [`CertIdHashes`]);
+/// - one SingleResponse per CertID hash in `hashes`, all for the one certificate, SHA-1
+///   first. The pre-signer passes one hash at a time: RFC 5019 §2.2.1 and RFC 9919 §2.2.1 say
+///   responses "SHOULD include only one SingleResponse", and Go's `ocsp.ParseResponse` and
+///   Python `cryptography`'s `certificate_status` refuse two, so each configured hash gets its
+///   own signed response (see [`CertIdHashes`]). Two hashes in one response is the layout
+///   responses were stored in before (one signature covering both); it is still built here
+///   for [`sign_responses`] and for tests of how such stored responses are served;
 /// - nextUpdate always present (RFC 5019 §2.2.4: a response without it would be "newer
 ///   information is always available" and uncacheable);
 /// - no extensions and no nonce: responses are pregenerated (RFC 5019 §2.2.1).
@@ -502,8 +498,9 @@ fn response_data(
 /// ResponseData" (§4.2.1): the gateway receives that DER and hashes it itself.
 /// `signatureAlgorithm` is the AlgorithmIdentifier the gateway returned for the signature it
 /// made; `certs` is absent because the issuer signs directly (no delegated responder). Each
-/// `ResponseData` carries the default two SingleResponses (SHA-1 and SHA-256 CertIDs), see
-/// [`response_data`]; [`sign_responses_with`] chooses them.
+/// `ResponseData` carries two SingleResponses (SHA-1 and SHA-256 CertIDs) under one signature:
+/// the layout responses were stored in before one response per hash (see [`response_data`]);
+/// the pre-signer uses [`sign_responses_with`] with one hash at a time.
 pub async fn sign_responses(
     signer: &dyn TbsSigner,
     issuer: &Issuer,
@@ -525,8 +522,8 @@ pub async fn sign_responses(
     .await
 }
 
-/// [`sign_responses`] with one SingleResponse per CertID hash in `hashes` (the pre-signer's
-/// `presigner.cert_id_hashes`). One signature per item whatever `hashes` holds.
+/// [`sign_responses`] with one SingleResponse per CertID hash in `hashes` (the pre-signer
+/// passes one hash per call). One signature per item whatever `hashes` holds.
 pub async fn sign_responses_with(
     signer: &dyn TbsSigner,
     issuer: &Issuer,

@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use x509_ocsp::{BasicOcspResponse, OcspResponse};
 
 use ocsp::Error;
-use ocsp::issuers::{Issuer, Issuers};
+use ocsp::issuers::{HashAlg, Issuer, Issuers};
 use ocsp::metrics::{self, Metrics};
 use ocsp::model::{CertStatus, IssuerName, Serial, StoredResponse};
 use ocsp::responder::{AppState, router};
@@ -222,6 +222,20 @@ impl ResponseStore for Flaky {
             });
         }
         self.inner.get(issuer, serial).await
+    }
+    async fn get_for(
+        &self,
+        issuer: &IssuerName,
+        serial: &Serial,
+        hash: HashAlg,
+    ) -> Result<Option<StoredResponse>, Error> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(Error::Store {
+                store: "sqlite",
+                detail: "test: store is down".into(),
+            });
+        }
+        self.inner.get_for(issuer, serial, hash).await
     }
     async fn put(
         &self,
