@@ -139,10 +139,14 @@ pub struct DrillReport {
     pub key: String,
     pub gateway: String,
     pub batch: usize,
-    /// Responses re-signed by this run (fewer than `count` when resuming).
+    /// Certificates whose responses this run re-signed (fewer than `count` when resuming).
     pub resigned: u64,
+    /// HSM signatures each certificate's revocation costs: one response per CertID hash of
+    /// `presigner.cert_id_hashes` (2 with the default `["sha1", "sha256"]`, 1 with one hash).
+    pub signatures_per_certificate: u64,
     pub resumed: bool,
     pub seconds: f64,
+    /// Responses (signatures) per second: `signatures_per_certificate` per certificate.
     pub responses_per_s: f64,
     /// The mean of `signbatch_before` and `signbatch_after`.
     pub signbatch_per_s: f64,
@@ -161,10 +165,10 @@ pub struct DrillReport {
     pub stand_in_signatures: bool,
     pub fleet: u64,
     /// Hours to revoke the fleet and re-sign its responses at the measured rate (none when
-    /// this run had nothing left to re-sign).
+    /// this run had nothing left to re-sign): `fleet × signatures_per_certificate` responses.
     pub fleet_revocation_hours: Option<f64>,
-    /// Hours for the revocations plus a new certificate and its OCSP response per certificate
-    /// (two more signatures each, at the `SignBatch` rate).
+    /// Hours for the revocations plus a new certificate and its OCSP responses per certificate
+    /// (1 + `signatures_per_certificate` more signatures each, at the `SignBatch` rate).
     pub fleet_replacement_hours: Option<f64>,
     /// Responses re-signed per second, per sample interval.
     pub timeline: Vec<(f64, f64)>,
@@ -437,7 +441,10 @@ async fn drill_against(
     let timeline = sampler.await.unwrap_or_default();
     bar.finish_and_clear();
     result.map_err(|e| anyhow!("re-signing: {e}"))?;
-    let resigned = metrics.signed_total() - signed_before;
+    // The pre-signer counts signatures: one response per CertID hash per certificate.
+    let per_certificate = (config.presigner.cert_id_hashes.iter().count() as u64).max(1);
+    let signatures = metrics.signed_total() - signed_before;
+    let resigned = signatures / per_certificate;
     // The reference again after the timed phase: on a shared machine one short measurement
     // can be off by a third; the report uses the mean of the two.
     eprintln!(
@@ -451,8 +458,9 @@ async fn drill_against(
     let sample = if stand_in { 0 } else { args.verify_sample };
     let check = verify(&presigner, &issuer, &serials, &spki, sample).await?;
 
-    let responses_per_s = resigned as f64 / seconds.max(1e-9);
+    let responses_per_s = signatures as f64 / seconds.max(1e-9);
     let fleet = args.fleet as f64;
+    let signatures = per_certificate as f64;
     let measured = resigned > 0 && signbatch_per_s > 0.0;
     Ok(DrillReport {
         tool: format!("hsm-bench {}", env!("CARGO_PKG_VERSION")),
@@ -461,6 +469,7 @@ async fn drill_against(
         gateway: url.to_owned(),
         batch: args.batch,
         resigned,
+        signatures_per_certificate: per_certificate,
         resumed,
         seconds,
         responses_per_s,
@@ -476,9 +485,11 @@ async fn drill_against(
         modelled_hsms: models,
         stand_in_signatures: stand_in,
         fleet: args.fleet,
-        fleet_revocation_hours: measured.then(|| fleet / responses_per_s / 3600.0),
-        fleet_replacement_hours: measured
-            .then(|| (fleet / responses_per_s + 2.0 * fleet / signbatch_per_s) / 3600.0),
+        fleet_revocation_hours: measured.then(|| fleet * signatures / responses_per_s / 3600.0),
+        fleet_replacement_hours: measured.then(|| {
+            (fleet * signatures / responses_per_s + (1.0 + signatures) * fleet / signbatch_per_s)
+                / 3600.0
+        }),
         timeline,
     })
 }
@@ -702,12 +713,15 @@ fn print_summary(r: &DrillReport) {
     }
     println!("| figure | value |\n|---|---:|");
     println!(
-        "| revoked responses re-signed (this run) | {}{} |",
+        "| revoked certificates re-signed (this run) | {}{} |",
         r.resigned,
         if r.resumed { " (resumed)" } else { "" }
     );
     println!("| wall time | {:.1} s |", r.seconds);
-    println!("| re-signing rate | {:.0} responses/s |", r.responses_per_s);
+    println!(
+        "| re-signing rate | {:.0} responses/s ({} per certificate: one per CertID hash) |",
+        r.responses_per_s, r.signatures_per_certificate
+    );
     println!(
         "| gateway SignBatch (same run: before, after → mean) | {:.0}, {:.0} → {:.0} signatures/s |",
         r.signbatch_before, r.signbatch_after, r.signbatch_per_s
@@ -724,8 +738,10 @@ fn print_summary(r: &DrillReport) {
     match (r.fleet_revocation_hours, r.fleet_replacement_hours) {
         (Some(revocations), Some(replacement)) => println!(
             "\n{} M certificates: {revocations:.1} h for the revocations, {replacement:.1} h for \
-             revocations + new certificates + their OCSP responses, with this HSM pair.",
-            r.fleet / 1_000_000
+             revocations + new certificates + their OCSP responses, with this HSM pair \
+             ({} signatures per certificate's OCSP responses: one per CertID hash).",
+            r.fleet / 1_000_000,
+            r.signatures_per_certificate
         ),
         _ => println!("\nNothing was left to re-sign: no projection from this run."),
     }
@@ -738,7 +754,7 @@ fn plot(r: &DrillReport, path: &Path) -> Result<()> {
     crate::plot::xy_panel(
         &root,
         &format!(
-            "mass-revocation drill: {} responses re-signed, {:.0}/s",
+            "mass-revocation drill: {} certificates re-signed, {:.0} responses/s",
             r.resigned, r.responses_per_s
         ),
         "seconds",

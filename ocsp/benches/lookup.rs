@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 
+use ocsp::issuers::HashAlg;
 use ocsp::metrics::Metrics;
 use ocsp::model::{IssuerName, Serial};
 use ocsp::source::{CachedSource, Health, Lookup, Source, StoreSource};
@@ -52,7 +53,7 @@ fn lookup(c: &mut Criterion) {
             metrics,
         );
         for s in &serials {
-            match cached.response(&name, s).await {
+            match cached.response(&name, s, HashAlg::Sha1).await {
                 Lookup::Found(..) => {}
                 other => panic!("serial {s}: {other:?}"),
             }
@@ -67,7 +68,11 @@ fn lookup(c: &mut Criterion) {
                 let start = Instant::now();
                 for i in 0..iters {
                     let serial = &serials[(i % ROWS) as usize];
-                    black_box(cached.response(black_box(&name), serial).await);
+                    black_box(
+                        cached
+                            .response(black_box(&name), serial, HashAlg::Sha1)
+                            .await,
+                    );
                 }
                 start.elapsed()
             })
@@ -80,7 +85,11 @@ fn lookup(c: &mut Criterion) {
                 for i in 0..iters {
                     // A stride, so that consecutive reads do not hit the same B-tree page.
                     let serial = &serials[(i.wrapping_mul(7919) % ROWS) as usize];
-                    black_box(store_source.response(black_box(&name), serial).await);
+                    black_box(
+                        store_source
+                            .response(black_box(&name), serial, HashAlg::Sha1)
+                            .await,
+                    );
                 }
                 start.elapsed()
             })

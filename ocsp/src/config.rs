@@ -106,34 +106,43 @@ pub struct Presigner {
     pub gateway_ca: Option<PathBuf>,
     pub gateway_cert: Option<PathBuf>,
     pub gateway_key: Option<PathBuf>,
-    /// The CertID hash algorithms each pregenerated response carries a SingleResponse for;
-    /// see [`CertIdHashes`]. Still one signature per certificate whatever the setting.
+    /// The CertID hash algorithms the pre-signer signs a response for, one response (one
+    /// SingleResponse, one HSM signature) per hash per certificate; see [`CertIdHashes`].
     pub cert_id_hashes: CertIdHashes,
 }
 
-/// `presigner.cert_id_hashes`: which CertIDs the pregenerated responses name the certificate
-/// by, one SingleResponse each, all under the one signature.
+/// `presigner.cert_id_hashes`: the CertID hashes the pre-signer keeps a response for. Each is
+/// a separately signed response with exactly one SingleResponse (RFC 5019 §2.2.1 and RFC 9919
+/// §2.2.1: responses "SHOULD include only one SingleResponse"; Go's `ocsp.ParseResponse` and
+/// Python `cryptography`'s `certificate_status` refuse two), stored per (certificate, hash);
+/// a request is answered with the response for the hash its CertID used, and a request whose
+/// hash has no response gets `unauthorized`.
 ///
-/// - `["sha1", "sha256"]` (the default): RFC 9919 §2.2.1's transition layout, "the OCSP
-///   responder MAY include two SingleResponses in a BasicOCSPResponse ... one uses SHA-1 ...
-///   the other SHA-256". Every client finds its CertID, but clients that expect exactly one
-///   SingleResponse refuse it (Python `cryptography`'s `certificate_status` and friends,
-///   so certbot's check; Go's `ocsp.ParseResponse` without a certificate).
-/// - `["sha1"]`: one SingleResponse, for RFC 5019 clients (and those single-response
-///   parsers); SHA-256 requests are answered `unauthorized`.
-/// - `["sha256"]`: one SingleResponse, RFC 9919 only: "OCSP responders SHOULD NOT distribute
-///   OCSP responses that contain CertIDs that use SHA-1 if the OCSP responder has no clients
-///   that require the use of SHA-1". SHA-1 requests are answered `unauthorized`.
-///   `ocsp_requests_by_cert_id_hash_total{hash="sha1"}` says when that point has come.
+/// **Cost: one HSM signature per certificate per hash, at every refresh and revocation** —
+/// two hashes double the signing load of the capacity plan (README, "Speed"; the drill's
+/// projection counts it).
 ///
-/// The responder decides per response, from the signed bytes, not from this setting (see
-/// `responder::answer`): after a change, responses signed under the old setting are served as
-/// they are until the pre-signer re-signs them (within `refresh_after_hours`).
+/// - `["sha1", "sha256"]` (the default): every client finds its CertID — RFC 5019 clients
+///   (OpenSSL's default, Go, Python, most TLS stacks' stapling) send SHA-1 and RFC 9919 clients
+///   SHA-256 — so no request answered before this layout is answered `unauthorized` after it.
+///   Chosen for that: a CA whose subscribers run every common client should not turn SHA-256
+///   clients away to save signatures it can afford. At 2 signatures per certificate.
+/// - `["sha1"]`: what Let's Encrypt served and RFC 5019 profiles; half the signatures;
+///   SHA-256 requests are answered `unauthorized`.
+/// - `["sha256"]`: RFC 9919 only: "OCSP responders SHOULD NOT distribute OCSP responses that
+///   contain CertIDs that use SHA-1 if the OCSP responder has no clients that require the use
+///   of SHA-1". `ocsp_requests_by_cert_id_hash_total{hash="sha1"}` says when that point has
+///   come.
+///
+/// The responder reads the store, not this setting: after a change, the responses of a hash
+/// dropped from the list are served until they expire (a revocation removes them at once:
+/// see `store`), and those of an added hash appear as the pre-signer re-signs (within
+/// `refresh_after_hours`). Responses signed before this layout (one response with a
+/// SingleResponse per hash) are served for either hash until the refresh re-signs them.
 ///
 /// Non-empty, no name twice, only `sha1` and `sha256`; a bad value fails the load with an
 /// error naming `presigner.cert_id_hashes` (the type cannot hold one: the pre-signer takes it
-/// as it is). Kept in SHA-1-then-SHA-256 order whatever order the file lists them in, so
-/// both settings of the two-hash layout give the same bytes as before this setting existed.
+/// as it is). Kept in SHA-1-then-SHA-256 order whatever order the file lists them in.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "Vec<String>")]
 pub struct CertIdHashes(Vec<HashAlg>);
@@ -162,12 +171,12 @@ impl CertIdHashes {
         ))
     }
 
-    /// Only `alg` (one SingleResponse per response).
+    /// Only `alg`.
     pub fn only(alg: HashAlg) -> Self {
         Self(vec![alg])
     }
 
-    /// In the order the SingleResponses appear.
+    /// SHA-1 first.
     pub fn iter(&self) -> impl Iterator<Item = HashAlg> + '_ {
         self.0.iter().copied()
     }
@@ -178,7 +187,7 @@ impl CertIdHashes {
 }
 
 impl Default for CertIdHashes {
-    /// Both: what every response carried before the setting existed.
+    /// Both, as separate responses (see [`CertIdHashes`] for why).
     fn default() -> Self {
         Self(HashAlg::ALL.to_vec())
     }

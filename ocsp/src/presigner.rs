@@ -482,32 +482,48 @@ impl Presigner {
     /// stored ones published; one [`Outcome`] per item, in order. Items whose status is no
     /// longer current are still signed and offered to the store: the store and
     /// `mark_published` decide (that is the race the monotonic rule is for).
+    ///
+    /// Each certificate gets one response per CertID hash (`presigner.cert_id_hashes`); its
+    /// [`Outcome`] is its first refused response's, else [`Outcome::Published`] with the
+    /// response of the first hash.
     pub async fn sign_and_store(
         &self,
         items: &[(IssuerName, Serial, CertStatus)],
         now: i64,
     ) -> Result<Vec<Outcome>, Error> {
         let signed = self.sign_items(items, now).await?;
-        Ok(self
-            .store_signed(signed)
-            .await?
-            .into_iter()
-            .map(|(_, _, o)| o)
+        let per_certificate = self.config.cert_id_hashes.iter().count().max(1);
+        let outcomes = self.store_signed(signed).await?;
+        Ok(outcomes
+            .chunks(per_certificate)
+            .filter_map(|group| {
+                group
+                    .iter()
+                    .find(|(_, _, o)| matches!(o, Outcome::Refused { .. }))
+                    .or_else(|| group.first())
+                    .map(|(_, _, o)| o.clone())
+            })
             .collect())
     }
 
-    /// Signs, grouping by issuer (one gateway key each); results in the order of `items`.
+    /// Signs, grouping by issuer (one gateway key each): one response per configured CertID
+    /// hash for each item, each with exactly one SingleResponse under its own signature (RFC
+    /// 5019 §2.2.1: "SHOULD include only one"; Go's `ocsp.ParseResponse` and Python
+    /// `cryptography`'s `certificate_status` refuse two). Results in the order of `items`, a
+    /// certificate's responses next to each other in hash order. So each hash costs one HSM
+    /// signature per certificate per refresh.
     async fn sign_items(
         &self,
         items: &[(IssuerName, Serial, CertStatus)],
         now: i64,
     ) -> Result<Vec<(IssuerName, Serial, StoredResponse)>, Error> {
         let (this_update, next_update) = self.validity(now);
+        let hashes: Vec<_> = self.config.cert_id_hashes.iter().collect();
         let mut by_issuer: BTreeMap<&IssuerName, Vec<usize>> = BTreeMap::new();
         for (i, (issuer, _, _)) in items.iter().enumerate() {
             by_issuer.entry(issuer).or_default().push(i);
         }
-        let mut out: Vec<Option<StoredResponse>> = vec![None; items.len()];
+        let mut out: Vec<Vec<StoredResponse>> = vec![Vec::new(); items.len()];
         for (name, positions) in by_issuer {
             let issuer = self
                 .issuers
@@ -517,32 +533,47 @@ impl Presigner {
                 .iter()
                 .map(|&i| (items[i].1.clone(), items[i].2))
                 .collect();
-            let responses = response::sign_responses_with(
-                self.signer.as_ref(),
-                issuer,
-                &self.config.cert_id_hashes,
-                &batch,
-                this_update,
-                next_update,
-                now,
-            )
+            // One gateway call per hash, each a full batch: the signatures of the two hashes
+            // are as many as of two certificates.
+            let signed = try_join_all(hashes.iter().map(|alg| {
+                let only = config::CertIdHashes::only(*alg);
+                let batch = &batch;
+                async move {
+                    response::sign_responses_with(
+                        self.signer.as_ref(),
+                        issuer,
+                        &only,
+                        batch,
+                        this_update,
+                        next_update,
+                        now,
+                    )
+                    .await
+                }
+            }))
             .await?;
-            self.metrics.signed.inc_by(responses.len() as u64);
-            for (i, r) in positions.into_iter().zip(responses) {
-                out[i] = Some(r);
+            for responses in signed {
+                self.metrics.signed.inc_by(responses.len() as u64);
+                for (&i, r) in positions.iter().zip(responses) {
+                    out[i].push(r);
+                }
             }
         }
-        items
-            .iter()
-            .zip(out)
-            .map(|((issuer, serial, _), r)| {
-                r.map(|r| (issuer.clone(), serial.clone(), r))
-                    .ok_or_else(|| Error::Encoding {
-                        what: "signer answer".into(),
-                        detail: format!("no response for {}/{serial}", issuer.0),
-                    })
-            })
-            .collect()
+        let mut flat = Vec::with_capacity(items.len() * hashes.len());
+        for ((issuer, serial, _), responses) in items.iter().zip(out) {
+            if responses.len() != hashes.len() {
+                return Err(Error::Encoding {
+                    what: "signer answer".into(),
+                    detail: format!("no response for {}/{serial}", issuer.0),
+                });
+            }
+            flat.extend(
+                responses
+                    .into_iter()
+                    .map(|r| (issuer.clone(), serial.clone(), r)),
+            );
+        }
+        Ok(flat)
     }
 
     /// Puts, then marks what was stored as published (after the put, or in its transaction:
@@ -585,9 +616,14 @@ impl Presigner {
                 continue;
             }
             self.metrics.refused.inc();
+            // What a request for this response's hash is now answered with.
+            let hash = match crate::store::Slot::of(&response.der) {
+                crate::store::Slot::Hash(alg) => alg,
+                crate::store::Slot::Legacy => crate::issuers::HashAlg::Sha1,
+            };
             let kept = match &self.responses {
-                Responses::Embedded => self.store.get(&issuer, &serial).await?,
-                Responses::Other(store) => store.get(&issuer, &serial).await?,
+                Responses::Embedded => self.store.get_for(&issuer, &serial, hash).await?,
+                Responses::Other(store) => store.get_for(&issuer, &serial, hash).await?,
             };
             match &kept {
                 // A newer response of the same status is in place (another signer was faster):

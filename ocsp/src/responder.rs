@@ -3,8 +3,8 @@
 //! [`Source`] lookups, and lookups into HTTP responses; it does not know where answers live.
 //!
 //! ```text
-//!  GET /{url-encoded base64 DER}  ─┐
-//!  POST / (application/ocsp-request) ┴─▶ request::parse ─▶ Issuers::find ─▶ Source::response
+//!  GET|HEAD /{url-encoded base64 DER}  ─┐
+//!  POST / (application/ocsp-request) ──────┴─▶ request::parse ─▶ Issuers::find ─▶ Source::response
 //!                                                                              │
 //!   200 application/ocsp-response + caching headers ◀── signed DER, if before nextUpdate
 //! ```
@@ -20,7 +20,8 @@
 //! | POST body larger than `max_request_bytes` | 413 | `malformedRequest` |
 //! | GET path longer than the encoding of `max_request_bytes` | 414 | `malformedRequest` |
 //! | store down and nothing cached | 503 | `tryLater` |
-//! | any method but GET and POST | 405, `Allow: GET, POST` | none |
+//! | `HEAD` on any of the above | the same status and headers as GET (Content-Length included) | none |
+//! | any method but GET, HEAD and POST | 405, `Allow: GET, HEAD, POST` | none |
 //!
 //! Every error answer carries `Cache-Control: max-age=0, no-cache` so caches in between keep
 //! nothing that is not a signed response. A 400 for malformed requests follows the issue (and
@@ -108,16 +109,21 @@ pub fn router(state: Arc<AppState>) -> Router {
 async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let if_none_match = req.headers().get(header::IF_NONE_MATCH).cloned();
     let der = match *req.method() {
-        Method::GET => from_get_path(req.uri().path(), state.max_request_bytes),
+        Method::GET | Method::HEAD => from_get_path(req.uri().path(), state.max_request_bytes),
         Method::POST => from_post(req, state.max_request_bytes).await,
         _ => {
             return (
                 StatusCode::METHOD_NOT_ALLOWED,
-                [(header::ALLOW, "GET, POST")],
+                [(header::ALLOW, "GET, HEAD, POST")],
             )
                 .into_response();
         }
     };
+    // HEAD runs exactly the GET path: same status, same headers, same metrics. RFC 9110
+    // §9.3.2: "The HEAD method is identical to GET except that the server MUST NOT send content
+    // in the response"; §9.1: "All general-purpose servers MUST support the methods GET and
+    // HEAD." axum's router drops the body of a HEAD answer after setting Content-Length from
+    // it (`Route`, for the fallback too), so caches and probes see GET's Content-Length.
     match der {
         Ok(der) => answer(&state, &der, if_none_match.as_ref()).await,
         Err((http, why)) => {
@@ -242,7 +248,11 @@ async fn answer(state: &AppState, der: &[u8], if_none_match: Option<&HeaderValue
         tracing::debug!(serial = %req.serial, "request for an issuer we do not serve");
         return refuse(&state.metrics, StatusCode::OK, Refusal::Unauthorized);
     };
-    match state.source.response(&issuer.name, &req.serial).await {
+    match state
+        .source
+        .response(&issuer.name, &req.serial, req.hash)
+        .await
+    {
         Lookup::Found(response, origin) => {
             let now = unix_now();
             // The last gate: whatever a source returned, a response at or past its nextUpdate
@@ -265,10 +275,11 @@ async fn answer(state: &AppState, der: &[u8], if_none_match: Option<&HeaderValue
             // RFC 9919 after it) gives as "the responder is not capable of responding
             // authoritatively" — what this responder is for that CertID; a client may retry
             // with the other hash.
-            // This is read from the signed bytes, not from `presigner.cert_id_hashes`: the
-            // responder may run with another file than the pre-signer, and after the setting
-            // changes the store holds both layouts until every response is re-signed. The
-            // bytes are what the client will check, so they decide.
+            // The source asked the store for the response of the request's hash (one per
+            // hash, `store::Slot`), which falls back to a response of the old layout (a
+            // SingleResponse per hash) until it is re-signed; this check reads the signed
+            // bytes, not `presigner.cert_id_hashes` (the responder may run with another file
+            // than the pre-signer): the bytes are what the client will check, so they decide.
             if !parts.cert_id_hashes.contains(&req.hash) {
                 tracing::debug!(issuer = %issuer.name.0, serial = %req.serial, hash = req.hash.name(), "stored response has no SingleResponse for this CertID hash; answering unauthorized");
                 return refuse(&state.metrics, StatusCode::OK, Refusal::Unauthorized);
@@ -344,6 +355,9 @@ fn signed(
     }
     headers.insert(header::ETAG, parts.etag.clone());
     if if_none_match.is_some_and(|v| etag_matches(v, parts.etag.as_bytes())) {
+        // RFC 9110 §8.6: a 304 may carry Content-Length only with the value a 200 would have.
+        // Said explicitly, or the router's default (0, from the empty body) reaches a HEAD.
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(parts.body.len()));
         return (StatusCode::NOT_MODIFIED, headers).into_response();
     }
     headers.insert(

@@ -430,17 +430,13 @@ fn cert_status(status: CertStatus) -> Result<x509_ocsp::CertStatus, Error> {
 ///
 /// - version v1 is the DEFAULT, so DER omits it;
 /// - responderID byKey: the issuer signs its own responses (RFC 5019 §2.2.3 prefers byKey);
-/// - one SingleResponse per CertID hash in `hashes` (`presigner.cert_id_hashes`), all for the
-///   one certificate, SHA-1 first. By default **two**, SHA-1 then SHA-256: RFC 5019 clients
-///   send SHA-1 CertIDs and RFC 9919 clients SHA-256, and OpenSSL and others pick the
-///   SingleResponse whose CertID matches their request. RFC 5019 §2.2.1 allows "additional
-///   SingleResponse elements if necessary to improve response pre-generation performance or
-///   cache efficiency", and RFC 9919 §2.2.1 this very pair — which is the point: one signature
-///   covers both, so the capacity plan's one HSM signature per certificate (and per
-///   revocation) holds, and one stored response answers both kinds of request. RFC 9919 also
-///   says responses "SHOULD include only one SingleResponse", and some clients need exactly
-///   one: `["sha1"]` or `["sha256"]` gives that, at the same signing cost (see
-///   [`CertIdHashes`]);
+/// - one SingleResponse per CertID hash in `hashes`, all for the one certificate, SHA-1
+///   first. The pre-signer passes one hash at a time: RFC 5019 §2.2.1 and RFC 9919 §2.2.1 say
+///   responses "SHOULD include only one SingleResponse", and Go's `ocsp.ParseResponse` and
+///   Python `cryptography`'s `certificate_status` refuse two, so each configured hash gets its
+///   own signed response (see [`CertIdHashes`]). Two hashes in one response is the layout
+///   responses were stored in before (one signature covering both); it is still built here
+///   for [`sign_responses`] and for tests of how such stored responses are served;
 /// - nextUpdate always present (RFC 5019 §2.2.4: a response without it would be "newer
 ///   information is always available" and uncacheable);
 /// - no extensions and no nonce: responses are pregenerated (RFC 5019 §2.2.1).
@@ -502,8 +498,9 @@ fn response_data(
 /// ResponseData" (§4.2.1): the gateway receives that DER and hashes it itself.
 /// `signatureAlgorithm` is the AlgorithmIdentifier the gateway returned for the signature it
 /// made; `certs` is absent because the issuer signs directly (no delegated responder). Each
-/// `ResponseData` carries the default two SingleResponses (SHA-1 and SHA-256 CertIDs), see
-/// [`response_data`]; [`sign_responses_with`] chooses them.
+/// `ResponseData` carries two SingleResponses (SHA-1 and SHA-256 CertIDs) under one signature:
+/// the layout responses were stored in before one response per hash (see [`response_data`]);
+/// the pre-signer uses [`sign_responses_with`] with one hash at a time.
 pub async fn sign_responses(
     signer: &dyn TbsSigner,
     issuer: &Issuer,
@@ -525,8 +522,8 @@ pub async fn sign_responses(
     .await
 }
 
-/// [`sign_responses`] with one SingleResponse per CertID hash in `hashes` (the pre-signer's
-/// `presigner.cert_id_hashes`). One signature per item whatever `hashes` holds.
+/// [`sign_responses`] with one SingleResponse per CertID hash in `hashes` (the pre-signer
+/// passes one hash per call). One signature per item whatever `hashes` holds.
 pub async fn sign_responses_with(
     signer: &dyn TbsSigner,
     issuer: &Issuer,
@@ -545,13 +542,17 @@ pub async fn sign_responses_with(
             format!("{next_update} is not after thisUpdate {this_update}"),
         ));
     }
-    let this = generalized_time(this_update, "thisUpdate")?;
-    let next = generalized_time(next_update, "nextUpdate")?;
     let produced = generalized_time(produced_at, "producedAt")?;
     let mut tbs = Vec::with_capacity(items.len());
+    let mut validity = Vec::with_capacity(items.len());
     for (serial, status) in items {
+        let (this_update, next_update) =
+            not_before_revocation(*status, this_update, next_update, produced_at);
+        let this = generalized_time(this_update, "thisUpdate")?;
+        let next = generalized_time(next_update, "nextUpdate")?;
         let rd = response_data(issuer, hashes, serial, *status, &this, &next, &produced)?;
         tbs.push(rd.to_der().map_err(|e| encoding("ResponseData", e))?);
+        validity.push((this_update, next_update));
     }
     let signatures = signer.sign(&issuer.signing_key, tbs.clone()).await?;
     if signatures.len() != items.len() {
@@ -565,7 +566,9 @@ pub async fn sign_responses_with(
         });
     }
     let mut out = Vec::with_capacity(items.len());
-    for ((tbs, (signature, algorithm)), (_, status)) in tbs.iter().zip(signatures).zip(items) {
+    for (((tbs, (signature, algorithm)), (_, status)), (this_update, next_update)) in
+        tbs.iter().zip(signatures).zip(items).zip(validity)
+    {
         out.push(StoredResponse {
             status: *status,
             this_update,
@@ -575,6 +578,32 @@ pub async fn sign_responses_with(
         });
     }
     Ok(out)
+}
+
+/// The (thisUpdate, nextUpdate) of a response with `status`, given the backdated validity the
+/// caller chose: a revocation's thisUpdate never precedes its revocationTime.
+///
+/// RFC 6960 §2.4: thisUpdate is "the most recent time at which the status being indicated is
+/// known by the responder to have been correct". A revoked response backdated to before the
+/// revocation would claim the certificate was known revoked at a time it was not yet (issue 12:
+/// thisUpdate an hour before revocationTime). Let's Encrypt's responses never show that either:
+/// Boulder signs a revocation's first response after recording it, with thisUpdate no earlier
+/// than the revocation. So the backdate is clamped to the revocation time, and never past
+/// `produced_at` (a revocation time in the future cannot move thisUpdate after the signing);
+/// nextUpdate moves with it, so the validity period stays what the caller chose.
+fn not_before_revocation(
+    status: CertStatus,
+    this_update: i64,
+    next_update: i64,
+    produced_at: i64,
+) -> (i64, i64) {
+    match status {
+        CertStatus::Revoked { at, .. } if at > this_update => {
+            let clamped = at.min(produced_at).max(this_update);
+            (clamped, next_update + (clamped - this_update))
+        }
+        _ => (this_update, next_update),
+    }
 }
 
 /// The CertID hash algorithms of the SingleResponses in a signed `OCSPResponse` (`der`, as
@@ -884,6 +913,55 @@ oqmvrAf5tbRQFdQCIQCpZ72fpBE/ecRqUX96VOFi2aJRymPGFGCn8PRMn6knzQ==
             .await
             .unwrap();
         assert_eq!(old, new);
+    }
+
+    /// Issue 12 item 7: a revocation signed an hour-backdated thisUpdate before its
+    /// revocationTime. Read back from the DER by x509-ocsp.
+    #[tokio::test]
+    async fn a_revoked_response_never_has_this_update_before_the_revocation() {
+        let signer = FakeSigner::default();
+        let issuer = issuer();
+        let now = 1_800_000_000;
+        let (this_update, next_update) = (now - 3_600, now - 3_600 + 345_600);
+        let cases = [
+            // Revoked a minute ago: thisUpdate moves up to the revocation time.
+            (now - 60, now - 60),
+            // Revoked long ago: the backdate stands.
+            (now - 86_400, this_update),
+            // A revocation time ahead of the clock: thisUpdate stops at producedAt.
+            (now + 600, now),
+        ];
+        let items: Vec<(Serial, CertStatus)> = cases
+            .iter()
+            .enumerate()
+            .map(|(i, (at, _))| {
+                let status = CertStatus::Revoked {
+                    at: *at,
+                    reason: Some(1),
+                };
+                (Serial::from_be_bytes(&[i as u8 + 1]), status)
+            })
+            .chain([(Serial::from_be_bytes(&[9]), CertStatus::Good)])
+            .collect();
+        let out = sign_responses(&signer, &issuer, &items, this_update, next_update, now)
+            .await
+            .unwrap();
+        let expected = cases.iter().map(|(_, t)| *t).chain([this_update]);
+        for ((response, want), (_, status)) in out.iter().zip(expected).zip(&items) {
+            assert_eq!(response.this_update, want, "{status:?}");
+            assert_eq!(response.next_update - response.this_update, 345_600);
+            for single in singles(&response.der) {
+                let signed_this = single.this_update.0.to_unix_duration().as_secs() as i64;
+                assert_eq!(signed_this, want, "{status:?}");
+                if let x509_ocsp::CertStatus::Revoked(info) = single.cert_status {
+                    let at = info.revocation_time.0.to_unix_duration().as_secs() as i64;
+                    assert!(
+                        signed_this >= at.min(now),
+                        "{status:?}: {signed_this} < {at}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -26,6 +26,7 @@ use moka::future::Cache;
 use tokio::sync::mpsc;
 
 use crate::error::Error;
+use crate::issuers::HashAlg;
 use crate::metrics::Metrics;
 use crate::model::{IssuerName, Serial, StoredResponse};
 use crate::store::ResponseStore;
@@ -63,16 +64,17 @@ pub enum Lookup {
     Unavailable(Arc<Error>),
 }
 
-/// Something that answers for certificates by issuer and serial.
+/// Something that answers for certificates by issuer and serial, with the response for the
+/// CertID hash the request used ([`ResponseStore::get_for`]).
 #[async_trait]
 pub trait Source: Send + Sync + fmt::Debug {
-    async fn response(&self, issuer: &IssuerName, serial: &Serial) -> Lookup;
+    async fn response(&self, issuer: &IssuerName, serial: &Serial, hash: HashAlg) -> Lookup;
 }
 
 #[async_trait]
 impl<S: Source + ?Sized> Source for Arc<S> {
-    async fn response(&self, issuer: &IssuerName, serial: &Serial) -> Lookup {
-        (**self).response(issuer, serial).await
+    async fn response(&self, issuer: &IssuerName, serial: &Serial, hash: HashAlg) -> Lookup {
+        (**self).response(issuer, serial, hash).await
     }
 }
 
@@ -165,11 +167,12 @@ async fn timed_get(
     store: &dyn ResponseStore,
     issuer: &IssuerName,
     serial: &Serial,
+    hash: HashAlg,
     timeout: Duration,
     metrics: &Metrics,
 ) -> Result<Option<StoredResponse>, Error> {
     let start = Instant::now();
-    let result = match tokio::time::timeout(timeout, store.get(issuer, serial)).await {
+    let result = match tokio::time::timeout(timeout, store.get_for(issuer, serial, hash)).await {
         Ok(r) => r,
         Err(_) => Err(Error::Store {
             store: store.kind(),
@@ -207,8 +210,17 @@ impl StoreSource {
 
 #[async_trait]
 impl Source for StoreSource {
-    async fn response(&self, issuer: &IssuerName, serial: &Serial) -> Lookup {
-        match timed_get(&*self.store, issuer, serial, self.timeout, &self.metrics).await {
+    async fn response(&self, issuer: &IssuerName, serial: &Serial, hash: HashAlg) -> Lookup {
+        match timed_get(
+            &*self.store,
+            issuer,
+            serial,
+            hash,
+            self.timeout,
+            &self.metrics,
+        )
+        .await
+        {
             Ok(found) => {
                 self.health.store_ok();
                 match found {
@@ -293,29 +305,46 @@ impl ReplicatedSource {
 
 #[async_trait]
 impl Source for ReplicatedSource {
-    async fn response(&self, issuer: &IssuerName, serial: &Serial) -> Lookup {
-        let primary_error =
-            match timed_get(&*self.primary, issuer, serial, self.timeout, &self.metrics).await {
-                Ok(Some(r)) => {
-                    self.health.store_ok();
-                    let r = Arc::new(r);
-                    if self
-                        .copies
-                        .try_send((issuer.clone(), serial.clone(), r.clone()))
-                        .is_err()
-                    {
-                        self.metrics.replica_write("dropped");
-                    }
-                    return Lookup::Found(r, Origin::Store);
+    async fn response(&self, issuer: &IssuerName, serial: &Serial, hash: HashAlg) -> Lookup {
+        let primary_error = match timed_get(
+            &*self.primary,
+            issuer,
+            serial,
+            hash,
+            self.timeout,
+            &self.metrics,
+        )
+        .await
+        {
+            Ok(Some(r)) => {
+                self.health.store_ok();
+                let r = Arc::new(r);
+                if self
+                    .copies
+                    .try_send((issuer.clone(), serial.clone(), r.clone()))
+                    .is_err()
+                {
+                    self.metrics.replica_write("dropped");
                 }
-                Ok(None) => {
-                    self.health.store_ok();
-                    return Lookup::NotFound;
-                }
-                Err(e) => e,
-            };
+                return Lookup::Found(r, Origin::Store);
+            }
+            Ok(None) => {
+                self.health.store_ok();
+                return Lookup::NotFound;
+            }
+            Err(e) => e,
+        };
         self.health.store_failed(&primary_error);
-        match timed_get(&*self.replica, issuer, serial, self.timeout, &self.metrics).await {
+        match timed_get(
+            &*self.replica,
+            issuer,
+            serial,
+            hash,
+            self.timeout,
+            &self.metrics,
+        )
+        .await
+        {
             Ok(Some(r)) => Lookup::Found(Arc::new(r), Origin::Replica),
             Ok(None) => Lookup::NotFound,
             Err(replica_error) => {
@@ -334,6 +363,9 @@ struct Entry {
     origin: Origin,
     fetched: Instant,
 }
+
+/// A cached answer is for one CertID hash: a certificate has a response per hash.
+type CacheKey = (IssuerName, Serial, HashAlg);
 
 /// Bytes an entry costs beyond its DER: the key, the `Arc`s, moka's bookkeeping (roughly).
 const ENTRY_OVERHEAD: usize = 160;
@@ -364,7 +396,7 @@ enum Miss {
 ///   pre-signer stores it.
 pub struct CachedSource<S> {
     inner: S,
-    cache: Cache<(IssuerName, Serial), Entry, foldhash::fast::RandomState>,
+    cache: Cache<CacheKey, Entry, foldhash::fast::RandomState>,
     fresh: Duration,
     metrics: Arc<Metrics>,
 }
@@ -383,7 +415,7 @@ impl<S: Source> CachedSource<S> {
     pub fn new(inner: S, cache_bytes: u64, fresh: Duration, metrics: Arc<Metrics>) -> Self {
         let cache = Cache::builder()
             .max_capacity(cache_bytes)
-            .weigher(|key: &(IssuerName, Serial), entry: &Entry| {
+            .weigher(|key: &CacheKey, entry: &Entry| {
                 let bytes = entry.response.der.len()
                     + key.0.0.len()
                     + key.1.as_bytes().len()
@@ -406,8 +438,8 @@ impl<S: Source> CachedSource<S> {
         (self.cache.entry_count(), self.cache.weighted_size())
     }
 
-    async fn revalidate(&self, key: (IssuerName, Serial), cached: Entry) -> Lookup {
-        match self.inner.response(&key.0, &key.1).await {
+    async fn revalidate(&self, key: CacheKey, cached: Entry) -> Lookup {
+        match self.inner.response(&key.0, &key.1, key.2).await {
             Lookup::Found(response, origin) => {
                 self.metrics.cache("revalidated");
                 if response.next_update > unix_now() {
@@ -445,8 +477,8 @@ impl<S: Source> CachedSource<S> {
 
 #[async_trait]
 impl<S: Source> Source for CachedSource<S> {
-    async fn response(&self, issuer: &IssuerName, serial: &Serial) -> Lookup {
-        let key = (issuer.clone(), serial.clone());
+    async fn response(&self, issuer: &IssuerName, serial: &Serial, hash: HashAlg) -> Lookup {
+        let key = (issuer.clone(), serial.clone(), hash);
         if let Some(entry) = self.cache.get(&key).await {
             if entry.response.next_update <= unix_now() {
                 self.cache.invalidate(&key).await;
@@ -460,7 +492,7 @@ impl<S: Source> Source for CachedSource<S> {
 
         self.metrics.cache("miss");
         let fetch = async {
-            match self.inner.response(issuer, serial).await {
+            match self.inner.response(issuer, serial, hash).await {
                 Lookup::Found(response, origin) if response.next_update > unix_now() => Ok(Entry {
                     response,
                     origin,
@@ -566,11 +598,11 @@ mod tests {
         let cached = CachedSource::new(store, 1 << 20, Duration::from_millis(500), metrics);
 
         assert!(matches!(
-            cached.response(&i, &s).await,
+            cached.response(&i, &s, HashAlg::Sha1).await,
             Lookup::Found(_, Origin::Store)
         ));
         assert!(matches!(
-            cached.response(&i, &s).await,
+            cached.response(&i, &s, HashAlg::Sha1).await,
             Lookup::Found(_, Origin::Cache)
         ));
         assert_eq!(mem.reads.load(Ordering::SeqCst), 1);
@@ -585,7 +617,7 @@ mod tests {
         );
         assert!(mem.put(&i, &s, &revoked).await.unwrap());
         tokio::time::sleep(Duration::from_millis(600)).await;
-        match cached.response(&i, &s).await {
+        match cached.response(&i, &s, HashAlg::Sha1).await {
             Lookup::Found(r, Origin::Store) => assert!(r.status.is_revoked()),
             other => panic!("{other:?}"),
         }
@@ -594,14 +626,14 @@ mod tests {
         // not asked again until the entry is old again.
         mem.fail.store(true, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(600)).await;
-        match cached.response(&i, &s).await {
+        match cached.response(&i, &s, HashAlg::Sha1).await {
             Lookup::Found(r, Origin::Cache) => assert!(r.status.is_revoked()),
             other => panic!("{other:?}"),
         }
         assert!(health.degraded_since().is_some());
         let reads = mem.reads.load(Ordering::SeqCst);
         assert!(matches!(
-            cached.response(&i, &s).await,
+            cached.response(&i, &s, HashAlg::Sha1).await,
             Lookup::Found(_, Origin::Cache)
         ));
         assert_eq!(mem.reads.load(Ordering::SeqCst), reads);
@@ -609,14 +641,14 @@ mod tests {
         // Nothing cached for another serial: unavailable.
         let other = Serial::from_be_bytes(&[2]);
         assert!(matches!(
-            cached.response(&i, &other).await,
+            cached.response(&i, &other, HashAlg::Sha1).await,
             Lookup::Unavailable(_)
         ));
 
         mem.fail.store(false, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(600)).await;
         assert!(matches!(
-            cached.response(&i, &s).await,
+            cached.response(&i, &s, HashAlg::Sha1).await,
             Lookup::Found(_, Origin::Store)
         ));
         assert!(health.degraded_since().is_none());
@@ -635,13 +667,13 @@ mod tests {
         let store = StoreSource::new(mem.clone(), health, metrics.clone());
         let cached = CachedSource::new(store, 1 << 20, Duration::from_secs(3600), metrics);
         assert!(matches!(
-            cached.response(&i, &s).await,
+            cached.response(&i, &s, HashAlg::Sha1).await,
             Lookup::Found(_, Origin::Store)
         ));
         tokio::time::sleep(Duration::from_millis(2100)).await;
         // The cached copy has expired: it is evicted and the store's (also expired) copy is
         // handed up for the responder to refuse — not cached.
-        match cached.response(&i, &s).await {
+        match cached.response(&i, &s, HashAlg::Sha1).await {
             Lookup::Found(r, Origin::Store) => assert!(r.next_update <= unix_now()),
             other => panic!("{other:?}"),
         }
@@ -664,7 +696,7 @@ mod tests {
             ReplicatedSource::new(primary.clone(), replica.clone(), health.clone(), metrics);
 
         assert!(matches!(
-            source.response(&i, &s).await,
+            source.response(&i, &s, HashAlg::Sha1).await,
             Lookup::Found(_, Origin::Store)
         ));
         // The copy is written in the background.
@@ -681,14 +713,14 @@ mod tests {
         }
         primary.fail.store(true, Ordering::SeqCst);
         assert!(matches!(
-            source.response(&i, &s).await,
+            source.response(&i, &s, HashAlg::Sha1).await,
             Lookup::Found(_, Origin::Replica)
         ));
         assert!(health.degraded_since().is_some());
         assert!(health.last_error().is_some_and(|e| e.contains("down")));
         replica.fail.store(true, Ordering::SeqCst);
         assert!(matches!(
-            source.response(&i, &s).await,
+            source.response(&i, &s, HashAlg::Sha1).await,
             Lookup::Unavailable(_)
         ));
     }

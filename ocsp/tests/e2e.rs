@@ -424,3 +424,106 @@ fn sha256_only_responses_answer_sha256_and_refuse_sha1() {
         "{stderr}"
     );
 }
+
+/// Issue 13: every response the responder sends holds exactly one SingleResponse, whose CertID
+/// uses the hash the request used — with the default `cert_id_hashes` (both hashes, two
+/// separately signed responses per certificate) and with `["sha1"]` (SHA-256 requests then get
+/// `unauthorized`). Checked over HTTP by `openssl ocsp` (count of "Cert Status:" and the hash
+/// algorithm it prints) and by Python `cryptography`'s single-response `certificate_status`
+/// (what certbot reads), for a good and a revoked certificate.
+#[test]
+fn each_response_has_one_single_response_for_the_hash_the_request_used() {
+    let python = common::python_cryptography();
+    if !python {
+        println!("NOTE: python3 `cryptography` is not installed: skipping the Python checks");
+    }
+    for setting in [None, Some("[\"sha1\"]")] {
+        let env = Env::start_with(|text| match setting {
+            None => text,
+            Some(list) => text.replace(
+                "[presigner]\n",
+                &format!("[presigner]\ncert_id_hashes = {list}\n"),
+            ),
+        });
+        let issuer = env.issuer_p256.clone();
+        let (good, revoked) = ("5e1e0001", "5e1e0002");
+        import(
+            &env,
+            &format!("{ISSUER_P256} {good} good\n{ISSUER_P256} {revoked} good\n"),
+        );
+        let _presigner = presign(&env.config_path);
+        let (_responder, http, _) = serve(&env.config_path);
+        let text = ask_until(&issuer, good, http, "good", Duration::from_secs(20));
+        assert!(text.contains(&format!("0x{good}: good")), "{text}");
+        let out = hsmgate_ocsp(&[
+            "publish",
+            "--config",
+            &env.config_path.display().to_string(),
+            "--issuer",
+            ISSUER_P256,
+            "--serial",
+            revoked,
+            "--revoked",
+            "--reason",
+            "1",
+            "--at",
+            "2026-11-01T10:00:00Z",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = ask_until(&issuer, revoked, http, "revoked", Duration::from_secs(10));
+        assert!(text.contains(&format!("0x{revoked}: revoked")), "{text}");
+
+        for (serial, expected) in [
+            (good, "good".to_owned()),
+            (revoked, "revoked:1793527200:key_compromise".to_owned()),
+        ] {
+            for (hash, sha256) in [("sha1", false), ("sha256", true)] {
+                let resp = env.dir.path().join(format!("{serial}-{hash}.der"));
+                let mut cmd = Command::new("openssl");
+                cmd.arg("ocsp")
+                    .arg("-issuer")
+                    .arg(&issuer)
+                    .arg("-CAfile")
+                    .arg(&issuer);
+                if sha256 {
+                    cmd.arg("-sha256");
+                }
+                let out = cmd
+                    .args(["-serial", &format!("0x{serial}"), "-no_nonce", "-resp_text"])
+                    .args(["-url", &format!("http://{http}"), "-respout"])
+                    .arg(&resp)
+                    .output()
+                    .expect("openssl ocsp");
+                let text = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                println!("--- {setting:?} 0x{serial} {hash}\n{text}");
+                if setting.is_some() && sha256 {
+                    assert!(text.contains("Responder Error: unauthorized (6)"), "{text}");
+                    continue;
+                }
+                assert!(text.contains("Response verify OK"), "{text}");
+                assert_eq!(text.matches("Cert Status:").count(), 1, "{text}");
+                assert!(text.contains(&format!("Hash Algorithm: {hash}")), "{text}");
+                let word = if expected == "good" {
+                    "good"
+                } else {
+                    "revoked"
+                };
+                assert!(text.contains(&format!("0x{serial}: {word}")), "{text}");
+                if python {
+                    match common::python_check(&resp, &issuer, serial, &expected, &[hash]) {
+                        Ok(text) => println!("{}", text.trim()),
+                        Err(text) => panic!("python cryptography, {setting:?} {hash}: {text}"),
+                    }
+                }
+            }
+        }
+    }
+}

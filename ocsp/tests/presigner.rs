@@ -119,9 +119,23 @@ async fn openssl_and_python_accept_good_and_revoked_responses() {
             .expect("publish");
         assert_eq!(response.status, status);
         assert_eq!(response.next_update - response.this_update, 96 * 3600);
-        let resp = env.write(&format!("{hex}.der"), &response.der);
         let issuer_pem = env.issuer_pem(issuer);
         for sha256 in [false, true] {
+            // The default config signs one response per CertID hash: the one a request with
+            // this hash is answered with.
+            let alg = if sha256 {
+                HashAlg::Sha256
+            } else {
+                HashAlg::Sha1
+            };
+            let response = p
+                .store()
+                .get_for(&name(issuer), &serial(hex), alg)
+                .await
+                .expect("store")
+                .expect("a response for each hash");
+            assert_eq!(response.status, status);
+            let resp = env.write(&format!("{hex}-{}.der", alg.name()), &response.der);
             for extra in [&[][..], &["-no_nonce"][..]] {
                 let out = common::openssl_ocsp(&resp, issuer_pem, hex, sha256, extra);
                 println!(
@@ -157,30 +171,35 @@ async fn openssl_and_python_accept_good_and_revoked_responses() {
                         }
                     }
                 }
-                // Both SingleResponses, the responder by key hash, no nonce, version omitted.
-                assert_eq!(out.text.matches("Cert Status:").count(), 2, "{}", out.text);
-                assert!(out.text.contains("Hash Algorithm: sha1"), "{}", out.text);
-                assert!(out.text.contains("Hash Algorithm: sha256"), "{}", out.text);
+                // One SingleResponse, under the request's hash; the responder by key hash, no
+                // nonce, version omitted.
+                assert_eq!(out.text.matches("Cert Status:").count(), 1, "{}", out.text);
+                assert!(
+                    out.text
+                        .contains(&format!("Hash Algorithm: {}", alg.name())),
+                    "{}",
+                    out.text
+                );
                 assert!(out.text.contains("Responder Id: "), "{}", out.text);
                 assert!(!out.text.contains("OCSP Nonce"), "{}", out.text);
                 assert!(out.text.contains("Next Update: "), "{}", out.text);
             }
-        }
-        if python {
-            let expected = match status {
-                CertStatus::Good => "good".to_owned(),
-                CertStatus::Revoked { at, reason } => format!(
-                    "revoked:{at}:{}",
-                    match reason {
-                        Some(1) => "key_compromise",
-                        Some(4) => "superseded",
-                        _ => "none",
-                    }
-                ),
-            };
-            match common::python_check(&resp, issuer_pem, hex, &expected, &["sha1", "sha256"]) {
-                Ok(text) => println!("{issuer} 0x{hex}: {}", text.trim()),
-                Err(text) => panic!("python cryptography rejected {issuer} 0x{hex}:\n{text}"),
+            if python {
+                let expected = match status {
+                    CertStatus::Good => "good".to_owned(),
+                    CertStatus::Revoked { at, reason } => format!(
+                        "revoked:{at}:{}",
+                        match reason {
+                            Some(1) => "key_compromise",
+                            Some(4) => "superseded",
+                            _ => "none",
+                        }
+                    ),
+                };
+                match common::python_check(&resp, issuer_pem, hex, &expected, &[alg.name()]) {
+                    Ok(text) => println!("{issuer} 0x{hex}: {}", text.trim()),
+                    Err(text) => panic!("python cryptography rejected {issuer} 0x{hex}:\n{text}"),
+                }
             }
         }
     }
@@ -220,137 +239,263 @@ async fn each_cert_id_hash_setting_signs_exactly_its_single_responses() {
         };
         for (i, status) in [CertStatus::Good, revoked].into_iter().enumerate() {
             let hex = format!("ce{n}{i}");
-            let response = p
+            let published = p
                 .publish(&name(ISSUER_P256), &serial(&hex), status)
                 .await
                 .expect("publish");
-
-            let outer = OcspResponse::from_der(&response.der).expect("OCSPResponse");
-            let basic = BasicOcspResponse::from_der(
-                outer
-                    .response_bytes
-                    .expect("responseBytes")
-                    .response
-                    .as_bytes(),
-            )
-            .expect("BasicOCSPResponse");
-            let oids: Vec<String> = basic
-                .tbs_response_data
-                .responses
-                .iter()
-                .map(|r| r.cert_id.hash_algorithm.oid.to_string())
-                .collect();
-            let expected: Vec<&str> = setting
-                .iter()
-                .map(|a| match a {
+            assert_eq!(published.status, status);
+            for alg in [HashAlg::Sha1, HashAlg::Sha256] {
+                let stored = p
+                    .store()
+                    .get_for(&name(ISSUER_P256), &serial(&hex), alg)
+                    .await
+                    .expect("store");
+                let Some(response) = stored else {
+                    // No response for a hash the setting leaves out: the responder answers
+                    // such a request `unauthorized`.
+                    assert!(!setting.contains(&alg), "{names:?}: no {alg:?} response");
+                    continue;
+                };
+                assert!(setting.contains(&alg), "{names:?}: a {alg:?} response");
+                let outer = OcspResponse::from_der(&response.der).expect("OCSPResponse");
+                let basic = BasicOcspResponse::from_der(
+                    outer
+                        .response_bytes
+                        .expect("responseBytes")
+                        .response
+                        .as_bytes(),
+                )
+                .expect("BasicOCSPResponse");
+                let oids: Vec<String> = basic
+                    .tbs_response_data
+                    .responses
+                    .iter()
+                    .map(|r| r.cert_id.hash_algorithm.oid.to_string())
+                    .collect();
+                let expected = match alg {
                     HashAlg::Sha1 => "1.3.14.3.2.26",
                     HashAlg::Sha256 => "2.16.840.1.101.3.4.2.1",
-                })
-                .collect();
-            assert_eq!(oids, expected, "{names:?}");
+                };
+                assert_eq!(oids, [expected], "{names:?}");
 
-            let resp = env.write(&format!("{hex}.der"), &response.der);
-            for alg in [HashAlg::Sha1, HashAlg::Sha256] {
-                let sha256 = alg == HashAlg::Sha256;
-                let out = common::openssl_ocsp(&resp, issuer_pem, &hex, sha256, &["-no_nonce"]);
-                println!(
-                    "--- {names:?}: openssl ocsp 0x{hex} sha256={sha256}\n{}",
-                    out.text
-                );
-                assert!(out.text.contains("Response verify OK"), "{}", out.text);
-                assert_eq!(
-                    out.text.matches("Cert Status:").count(),
-                    setting.len(),
-                    "{}",
-                    out.text
-                );
-                if setting.contains(&alg) {
-                    let word = if status == CertStatus::Good {
-                        "good"
-                    } else {
-                        "revoked"
-                    };
-                    assert!(
-                        out.text.contains(&format!("0x{hex}: {word}")),
-                        "{}",
+                let resp = env.write(&format!("{hex}-{}.der", alg.name()), &response.der);
+                for asked in [HashAlg::Sha1, HashAlg::Sha256] {
+                    let sha256 = asked == HashAlg::Sha256;
+                    let out = common::openssl_ocsp(&resp, issuer_pem, &hex, sha256, &["-no_nonce"]);
+                    println!(
+                        "--- {names:?}: {alg:?} response, openssl ocsp 0x{hex} sha256={sha256}\n{}",
                         out.text
                     );
-                } else {
-                    assert!(out.text.contains("No Status found"), "{}", out.text);
+                    assert!(out.text.contains("Response verify OK"), "{}", out.text);
+                    assert_eq!(out.text.matches("Cert Status:").count(), 1, "{}", out.text);
+                    if asked == alg {
+                        let word = if status == CertStatus::Good {
+                            "good"
+                        } else {
+                            "revoked"
+                        };
+                        assert!(
+                            out.text.contains(&format!("0x{hex}: {word}")),
+                            "{}",
+                            out.text
+                        );
+                    } else {
+                        assert!(out.text.contains("No Status found"), "{}", out.text);
+                    }
                 }
-            }
-            if python {
-                let expected = match status {
-                    CertStatus::Good => "good".to_owned(),
-                    CertStatus::Revoked { at, .. } => format!("revoked:{at}:key_compromise"),
-                };
-                match common::python_check(&resp, issuer_pem, &hex, &expected, &names) {
-                    Ok(text) => println!("{names:?} 0x{hex}: {}", text.trim()),
-                    Err(text) => panic!("python cryptography rejected {names:?} 0x{hex}:\n{text}"),
+                if python {
+                    let expected = match status {
+                        CertStatus::Good => "good".to_owned(),
+                        CertStatus::Revoked { at, .. } => format!("revoked:{at}:key_compromise"),
+                    };
+                    match common::python_check(&resp, issuer_pem, &hex, &expected, &[alg.name()]) {
+                        Ok(text) => println!("{names:?} 0x{hex}: {}", text.trim()),
+                        Err(text) => {
+                            panic!("python cryptography rejected {names:?} 0x{hex}:\n{text}")
+                        }
+                    }
                 }
             }
         }
     }
 }
 
-/// A refresh that listed a certificate as good before its revocation, signs and stores that
-/// stale batch after the revocation was published: the revocation stays, and the stale
-/// publication is not recorded.
+/// Issue 13: a response stored in the old layout (one signature over a SingleResponse per
+/// hash) is served for both hashes until the refresh re-signs the certificate into one
+/// response per hash; a revocation then replaces every hash's response, and no `good` can
+/// come back under either hash. Read through the responder's own source chain (what a
+/// request with that CertID hash gets) and checked by `openssl ocsp`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stale_refresh_never_replaces_a_revocation() {
+async fn an_old_layout_response_is_served_until_the_refresh_re_signs_it_per_hash() {
+    use ocsp::metrics::Metrics;
+    use ocsp::source::{Lookup, Source, StoreSource};
+
     let env = Env::start();
+    let config = env.config();
     let p = presigner(&env).await;
     let store = p.store().clone();
     let issuer = name(ISSUER_P256);
-    let s = serial("51a1e0001");
+    let hex = "01d1a0001";
+    let s = serial(hex);
     let now = presigner::unix_now();
+
+    // What the previous version stored: both SingleResponses under one signature.
+    let issuers = Issuers::load(&config).expect("issuers");
+    let signer = GatewaySigner::connect_lazy(&env.gateway.url(), 16).expect("signer");
+    let old = ocsp::response::sign_responses(
+        &signer,
+        issuers.get(&issuer).expect("issuer"),
+        &[(s.clone(), CertStatus::Good)],
+        now - 3600,
+        now - 3600 + 96 * 3600,
+        now,
+    )
+    .await
+    .expect("sign")
+    .remove(0);
+    assert!(store.put(&issuer, &s, &old).await.expect("put"));
     store
         .upsert_certificate(&issuer, &s, CertStatus::Good)
         .await
-        .unwrap();
+        .expect("worklist");
+    // Published two days ago by the worklist's clock: due for its refresh now.
+    store
+        .mark_published(&issuer, &s, CertStatus::Good, now - 49 * 3600)
+        .await
+        .expect("mark");
 
-    // The refresh reads its worklist...
-    let stale = store.due(now, 48 * 3600, 100).await.unwrap();
-    assert_eq!(stale, vec![(issuer.clone(), s.clone(), CertStatus::Good)]);
-    // ... the revocation is published meanwhile ...
+    let metrics = Metrics::unregistered();
+    let health = ocsp::source::Health::new(metrics.clone());
+    let source = StoreSource::new(store.clone(), health, metrics);
+    let served = |alg: HashAlg| {
+        let (source, issuer, s) = (&source, &issuer, &s);
+        async move {
+            match source.response(issuer, s, alg).await {
+                Lookup::Found(r, _) => Some(r),
+                _ => None,
+            }
+        }
+    };
+    let check = |der: &[u8], alg: HashAlg, singles: usize, word: &str, tag: &str| {
+        let resp = env.write(&format!("{tag}-{}.der", alg.name()), der);
+        let out = common::openssl_ocsp(
+            &resp,
+            &env.issuer_p256,
+            hex,
+            alg == HashAlg::Sha256,
+            &["-no_nonce"],
+        );
+        println!("--- {tag} {alg:?}\n{}", out.text);
+        assert!(out.text.contains("Response verify OK"), "{}", out.text);
+        assert!(
+            out.text.contains(&format!("0x{hex}: {word}")),
+            "{}",
+            out.text
+        );
+        assert_eq!(
+            out.text.matches("Cert Status:").count(),
+            singles,
+            "{}",
+            out.text
+        );
+    };
+    // Before the refresh: the old response answers both hashes, right.
+    for alg in [HashAlg::Sha1, HashAlg::Sha256] {
+        let r = served(alg).await.expect("served from the old layout");
+        assert_eq!(r.der, old.der);
+        check(&r.der, alg, 2, "good", "old");
+    }
+    // The refresh re-signs it: one response per hash, each with its one SingleResponse.
+    assert_eq!(p.refresh_once(now).await.expect("refresh"), 1);
+    for alg in [HashAlg::Sha1, HashAlg::Sha256] {
+        let r = served(alg).await.expect("served");
+        assert_ne!(r.der, old.der);
+        check(&r.der, alg, 1, "good", "new");
+    }
+    // A revocation replaces both; a stale `good` for either hash is refused.
     let revoked = CertStatus::Revoked {
         at: REVOKED_AT,
         reason: Some(1),
     };
-    let published = p.publish(&issuer, &s, revoked).await.unwrap();
-    assert_eq!(published.status, revoked);
-    // ... and the refresh then signs and stores its stale `good`.
-    let outcomes = p.sign_and_store(&stale, now + 1).await.unwrap();
-    match &outcomes[..] {
-        [
-            Outcome::Refused {
-                signed,
-                stored: Some(kept),
-            },
-        ] => {
-            assert_eq!(signed.status, CertStatus::Good);
-            assert_eq!(kept.status, revoked);
-        }
-        other => panic!("expected the store to refuse the stale good: {other:?}"),
+    p.publish(&issuer, &s, revoked).await.expect("revoke");
+    for alg in [HashAlg::Sha1, HashAlg::Sha256] {
+        let r = served(alg).await.expect("served");
+        assert_eq!(r.status, revoked);
+        check(&r.der, alg, 1, "revoked", "revoked");
     }
-    let served = store.get(&issuer, &s).await.unwrap().expect("a response");
-    assert_eq!(served.status, revoked);
-    assert_eq!(served.der, published.der);
-    let resp = env.write("race.der", &served.der);
-    let out = common::openssl_ocsp(&resp, &env.issuer_p256, "51a1e0001", true, &["-no_nonce"]);
-    assert!(out.text.contains("0x51a1e0001: revoked"), "{}", out.text);
-    // Nothing left to do: the revocation counts as published, the stale good did not move it.
-    assert_eq!(store.certificate(&issuer, &s).await.unwrap(), Some(revoked));
-    assert!(store.due(now + 1, 48 * 3600, 100).await.unwrap().is_empty());
-    let backlog = store.backlog(now + 1, 48 * 3600).await.unwrap();
-    assert_eq!((backlog.revocations_pending, backlog.due), (0, 0));
-    // A refresh after the revocation's responses fall due re-signs it revoked.
-    let later = now + 49 * 3600;
-    assert_eq!(p.refresh_once(later).await.unwrap(), 1);
-    assert_eq!(
-        store.get(&issuer, &s).await.unwrap().unwrap().status,
-        revoked
+    let outcomes = p
+        .sign_and_store(&[(issuer.clone(), s.clone(), CertStatus::Good)], now + 1)
+        .await
+        .expect("stale refresh");
+    assert!(
+        matches!(&outcomes[..], [Outcome::Refused { .. }]),
+        "{outcomes:?}"
     );
+    // And an old-layout `good` cannot slip in either.
+    assert!(!store.put(&issuer, &s, &old).await.expect("put"));
+    for alg in [HashAlg::Sha1, HashAlg::Sha256] {
+        assert_eq!(served(alg).await.expect("served").status, revoked);
+    }
+}
+
+/// Issue 12 item 7: a certificate revoked a minute ago got a response whose thisUpdate,
+/// backdated an hour, preceded its revocationTime. Now thisUpdate is the revocation time
+/// (nextUpdate moves with it), checked in the signed bytes by Python `cryptography`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_revocation_is_not_backdated_before_its_revocation_time() {
+    let env = Env::start();
+    let p = presigner(&env).await;
+    let at = presigner::unix_now() - 60;
+    let revoked = CertStatus::Revoked {
+        at,
+        reason: Some(1),
+    };
+    let hex = "7e0c0001";
+    let response = p
+        .publish(&name(ISSUER_P256), &serial(hex), revoked)
+        .await
+        .expect("publish");
+    assert_eq!(response.status, revoked);
+    assert_eq!(
+        response.this_update, at,
+        "thisUpdate clamped to revocationTime"
+    );
+    assert_eq!(response.next_update - response.this_update, 96 * 3600);
+    // A certificate revoked long ago keeps the usual hour of backdating.
+    let old = p
+        .publish(
+            &name(ISSUER_P256),
+            &serial("7e0c0002"),
+            CertStatus::Revoked {
+                at: REVOKED_AT,
+                reason: Some(1),
+            },
+        )
+        .await
+        .expect("publish");
+    assert!(old.this_update <= presigner::unix_now() - 3_600 + 5);
+    let resp = env.write("fresh-revocation.der", &response.der);
+    let out = common::openssl_ocsp(&resp, &env.issuer_p256, hex, false, &["-no_nonce"]);
+    assert!(
+        out.text.contains(&format!("0x{hex}: revoked")),
+        "{}",
+        out.text
+    );
+    if common::python_cryptography() {
+        let hashes: Vec<&str> = env
+            .config()
+            .presigner
+            .cert_id_hashes
+            .iter()
+            .map(|a| a.name())
+            .collect();
+        let expected = format!("revoked:{at}:key_compromise");
+        // `publish` returns the response of the first configured hash.
+        match common::python_check(&resp, &env.issuer_p256, hex, &expected, &hashes[..1]) {
+            Ok(text) => println!("{}", text.trim()),
+            Err(text) => panic!("python cryptography: {text}"),
+        }
+    }
 }
 
 /// The other order: the revocation is recorded (an import) but not yet signed when the stale
@@ -574,7 +719,8 @@ async fn the_refresh_loop_signs_imports_and_stops() {
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     println!("{text}");
     assert!(
-        text.contains("hsmgate_ocsp_presigner_responses_signed_total 301"),
+        // 301 certificates, a response (a signature) for each of the default two hashes.
+        text.contains("hsmgate_ocsp_presigner_responses_signed_total 602"),
         "{text}"
     );
     assert!(

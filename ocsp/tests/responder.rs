@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use x509_ocsp::{BasicOcspResponse, OcspResponse};
 
 use ocsp::Error;
-use ocsp::issuers::{Issuer, Issuers};
+use ocsp::issuers::{HashAlg, Issuer, Issuers};
 use ocsp::metrics::{self, Metrics};
 use ocsp::model::{CertStatus, IssuerName, Serial, StoredResponse};
 use ocsp::responder::{AppState, router};
@@ -222,6 +222,20 @@ impl ResponseStore for Flaky {
             });
         }
         self.inner.get(issuer, serial).await
+    }
+    async fn get_for(
+        &self,
+        issuer: &IssuerName,
+        serial: &Serial,
+        hash: HashAlg,
+    ) -> Result<Option<StoredResponse>, Error> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(Error::Store {
+                store: "sqlite",
+                detail: "test: store is down".into(),
+            });
+        }
+        self.inner.get_for(issuer, serial, hash).await
     }
     async fn put(
         &self,
@@ -640,6 +654,128 @@ async fn get_sets_caching_headers_and_honours_if_none_match() {
     );
 }
 
+/// `HEAD` (RFC 9110 §9.3.2) on every kind of GET URL gets GET's status and header fields,
+/// Content-Length included, and no body — through the raw client (which sees every byte the
+/// server sends) and through `curl -I`. It answered 405 before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_answers_like_get_without_a_body() {
+    let s = Server::start(Duration::from_secs(5)).await;
+    let der = s.publish("1001", false, false).await;
+    let b64 = B64.encode(s.pki.request("1001", false));
+    let unknown = B64.encode(s.pki.request("1002", false));
+    let etag = format!(
+        "\"{}\"",
+        hex::encode(<sha2_010::Sha256 as sha2_010::Digest>::digest(&der))
+    );
+    let cases: [(String, String, u16); 7] = [
+        (format!("/{b64}"), String::new(), 200),
+        // A client that built `{url}/{b64}` from a URL ending in `/`, and full escaping.
+        (
+            format!("//{}", percent_encode_all(&b64)),
+            String::new(),
+            200,
+        ),
+        (format!("/{b64}"), format!("If-None-Match: {etag}"), 304),
+        (format!("/{unknown}"), String::new(), 200),
+        ("/not-base64!".into(), String::new(), 400),
+        ("/".into(), String::new(), 400),
+        (format!("/{}", "A".repeat(50_000)), String::new(), 414),
+    ];
+    for (path, extra, status) in &cases {
+        let got = get(s.addr, path, extra).await;
+        let head = if extra.is_empty() {
+            format!("HEAD {path} HTTP/1.1")
+        } else {
+            format!("HEAD {path} HTTP/1.1\r\n{extra}")
+        };
+        let r = http(s.addr, &head, b"").await;
+        let what = &path[..path.len().min(40)];
+        assert_eq!(got.status, *status, "GET {what}: {got:?}");
+        assert_eq!(r.status, got.status, "HEAD {what}: {r:?}");
+        assert!(r.body.is_empty(), "HEAD {what} sent a body: {r:?}");
+        // Every header GET sent, with the same value (Date may tick between the two).
+        let without_date = |reply: &Reply| {
+            let mut h: Vec<(String, String)> = reply
+                .headers
+                .iter()
+                .filter(|(k, _)| !k.eq_ignore_ascii_case("date"))
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .collect();
+            h.sort();
+            h
+        };
+        let (get_headers, head_headers) = (without_date(&got), without_date(&r));
+        // max-age counts down by the second: compare it within one second.
+        let strip_age = |h: &[(String, String)]| -> Vec<(String, String)> {
+            h.iter()
+                .filter(|(k, _)| k != "cache-control" && (*status != 304 || k != "content-length"))
+                .cloned()
+                .collect()
+        };
+        assert_eq!(
+            strip_age(&head_headers),
+            strip_age(&get_headers),
+            "HEAD {what}"
+        );
+        let cc = |reply: &Reply| reply.header("cache-control").map(str::to_owned);
+        if *status == 200 && got.header("etag").is_some() {
+            let age = |v: Option<String>| -> i64 {
+                v.unwrap()
+                    .strip_prefix("max-age=")
+                    .and_then(|rest| rest.split(',').next())
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            };
+            assert!((age(cc(&got)) - age(cc(&r))).abs() <= 1, "HEAD {what}");
+        } else {
+            assert_eq!(cc(&r), cc(&got), "HEAD {what}");
+        }
+        if *status == 304 {
+            // RFC 9110 §8.6: on a 304, only the length a 200 would have.
+            for reply in [&got, &r] {
+                if let Some(n) = reply.header("content-length") {
+                    assert_eq!(n, der.len().to_string(), "{reply:?}");
+                }
+            }
+        } else {
+            assert_eq!(
+                r.header("content-length"),
+                Some(got.body.len().to_string().as_str()),
+                "HEAD {what}: {r:?}"
+            );
+        }
+    }
+
+    // curl -I: what caches and probes send.
+    let url = format!("http://{}/{}", s.addr, percent_encode_all(&b64));
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("curl")
+            .args(["-sS", "-I", "--max-time", "10", &url])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let lower = text.to_ascii_lowercase();
+    assert!(
+        lower.contains(&format!("content-length: {}\r\n", der.len())),
+        "{text}"
+    );
+    assert!(
+        lower.contains("content-type: application/ocsp-response"),
+        "{text}"
+    );
+    assert!(lower.contains(&format!("etag: {etag}")), "{text}");
+}
+
 /// A 3-byte serial whose SHA-1 request's base64 holds `//`, `+` and `=` padding. The
 /// request's layout is fixed (the CA's hashes are fixed-length), so the last base64 groups
 /// are the serial's bytes; search rather than hard-code offsets.
@@ -784,7 +920,7 @@ async fn bad_requests_get_precise_statuses() {
     assert_refused(&post(s.addr, ocsp, other_ca).await, 200, UNAUTHORIZED);
 
     // Methods.
-    for method in ["PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"] {
+    for method in ["PUT", "DELETE", "PATCH", "OPTIONS"] {
         let r = http(
             s.addr,
             &format!(
@@ -795,7 +931,7 @@ async fn bad_requests_get_precise_statuses() {
         )
         .await;
         assert_eq!(r.status, 405, "{method}");
-        assert_eq!(r.header("allow"), Some("GET, POST"), "{method}");
+        assert_eq!(r.header("allow"), Some("GET, HEAD, POST"), "{method}");
     }
 
     let m = s.metrics();

@@ -38,7 +38,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use ocsp::Error;
 use ocsp::config;
-use ocsp::issuers::{Issuer, Issuers};
+use ocsp::issuers::{HashAlg, Issuer, Issuers};
 use ocsp::model::{CertStatus, IssuerName, Serial, StoredResponse};
 use ocsp::presigner::{Presigner, PresignerMetrics, Responses};
 use ocsp::response::TbsSigner;
@@ -457,6 +457,22 @@ impl Model {
             let stored_status = stored.as_ref().map(|r| r.status);
             if stored_status.is_some_and(CertStatus::is_revoked) {
                 self.revocation_stored[index] = true;
+            }
+            // Issue 13: the pre-signer stores a response per CertID hash (the direct puts here
+            // are of the old layout, one response for both). Once a revocation is stored, what a
+            // request with either hash is answered is that revocation or nothing: catches a
+            // `good` left under one hash while the other is revoked, and a revocation put for
+            // one hash beside another revocation under the other.
+            if self.revocation_stored[index] {
+                for hash in [HashAlg::Sha1, HashAlg::Sha256] {
+                    let served = self.store.get_for(&i, &s, hash).await.unwrap();
+                    assert!(
+                        served
+                            .as_ref()
+                            .is_none_or(|r| Some(r.status) == stored_status),
+                        "{context}: serial {index} stored {stored_status:?}, a {hash:?} request gets {served:?}"
+                    );
+                }
             }
             match expected {
                 // A good certificate never has a revoked response: catches responses stored

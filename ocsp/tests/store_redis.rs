@@ -647,6 +647,109 @@ impl Servers {
     }
 }
 
+// ---- issue 13: one response per CertID hash, keys of the old layout ----
+
+/// Returns a stand-in signature: the store reads only which CertID hash a response's
+/// SingleResponse uses (as `store_sqlite.rs`'s helper of the same name).
+#[derive(Debug)]
+struct StandInSigner;
+
+#[async_trait::async_trait]
+impl ocsp::response::TbsSigner for StandInSigner {
+    async fn sign(&self, _key: &str, tbs: Vec<Vec<u8>>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+        // ecdsa-with-SHA256 (RFC 5758 §3.2).
+        let alg = vec![
+            0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02,
+        ];
+        Ok(tbs
+            .iter()
+            .map(|_| (vec![0x30, 0x00], alg.clone()))
+            .collect())
+    }
+}
+
+/// A built `OCSPResponse` for `s` with a SingleResponse per hash of `hashes`.
+async fn built(
+    s: &Serial,
+    status: CertStatus,
+    this_update: i64,
+    hashes: &[ocsp::issuers::HashAlg],
+) -> StoredResponse {
+    let issuer =
+        ocsp::issuers::Issuer::new("test-ca", "k", include_bytes!("data/ca.pem").as_slice())
+            .unwrap();
+    ocsp::response::sign_responses_with(
+        &StandInSigner,
+        &issuer,
+        &ocsp::config::CertIdHashes::new(hashes).unwrap(),
+        &[(s.clone(), status)],
+        this_update,
+        this_update + 86_400,
+        this_update,
+    )
+    .await
+    .unwrap()
+    .remove(0)
+}
+
+/// A response of the old layout (its key without a hash suffix) answers both hashes until
+/// each has its own; a revocation for one hash removes `good` under the other and the old
+/// key in the same script, and binds every hash.
+async fn check_per_hash(store: &dyn ResponseStore, issuer: &IssuerName) {
+    use ocsp::issuers::HashAlg::{Sha1, Sha256};
+    let s = serial(13);
+    let t = now();
+    let old = built(&s, CertStatus::Good, t - 100, &[Sha1, Sha256]).await;
+    assert!(store.put(issuer, &s, &old).await.unwrap());
+    for alg in [Sha1, Sha256] {
+        assert_eq!(
+            store.get_for(issuer, &s, alg).await.unwrap(),
+            Some(old.clone())
+        );
+    }
+    let new1 = built(&s, CertStatus::Good, t, &[Sha1]).await;
+    assert!(store.put(issuer, &s, &new1).await.unwrap());
+    assert_eq!(store.get_for(issuer, &s, Sha1).await.unwrap(), Some(new1));
+    assert_eq!(
+        store.get_for(issuer, &s, Sha256).await.unwrap(),
+        Some(old.clone())
+    );
+    // Older than the old-layout response SHA-256 is served: refused.
+    let stale = built(&s, CertStatus::Good, t - 200, &[Sha256]).await;
+    assert!(!store.put(issuer, &s, &stale).await.unwrap());
+
+    let rev1 = built(&s, revoked(t - 50, Some(1)), t + 1, &[Sha1]).await;
+    assert!(store.put(issuer, &s, &rev1).await.unwrap());
+    assert_eq!(
+        store.get_for(issuer, &s, Sha1).await.unwrap(),
+        Some(rev1.clone())
+    );
+    // The old key's `good` is gone with the revocation: SHA-256 has nothing, never `good`.
+    assert_eq!(store.get_for(issuer, &s, Sha256).await.unwrap(), None);
+    assert_eq!(store.get(issuer, &s).await.unwrap(), Some(rev1));
+    for status in [CertStatus::Good, revoked(t - 40, Some(1))] {
+        let other = built(&s, status, t + 2, &[Sha256]).await;
+        assert!(!store.put(issuer, &s, &other).await.unwrap(), "{status:?}");
+    }
+    let rev256 = built(&s, revoked(t - 50, Some(1)), t + 2, &[Sha256]).await;
+    assert!(store.put(issuer, &s, &rev256).await.unwrap());
+    assert_eq!(
+        store.get_for(issuer, &s, Sha256).await.unwrap(),
+        Some(rev256)
+    );
+    assert!(!store.put(issuer, &s, &old).await.unwrap());
+}
+
+#[tokio::test]
+async fn single_node_one_response_per_hash() {
+    let issuer = unique_issuer("per-hash");
+    let _cleanup = Cleanup {
+        urls: vec![SHARED.into()],
+        issuer: issuer.clone(),
+    };
+    check_per_hash(&shared_store().await, &issuer).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_works_and_spreads_keys() {
     let cluster = Servers::cluster();
@@ -657,6 +760,8 @@ async fn cluster_works_and_spreads_keys() {
     let issuer = unique_issuer("cluster");
     check_round_trip(&store, &issuer).await;
     check_monotonic(&store, &issuer).await;
+    // The put script reads and writes a certificate's three keys: one cluster slot.
+    check_per_hash(&store, &issuer).await;
     let stores: Vec<Arc<dyn ResponseStore>> = vec![
         Arc::new(store.clone()),
         Arc::new(RedisStore::open(&urls, true).await.unwrap()),

@@ -879,3 +879,178 @@ async fn bench_one_million() {
     }
     println!("file: {} MB", std::fs::metadata(&path).unwrap().len() >> 20);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 13: one response per CertID hash, and files written before that layout.
+
+/// Returns a fixed stand-in signature: the store reads only which CertID hash a response's
+/// SingleResponse uses, so the bytes need the structure of a signed response, not a signature.
+#[derive(Debug)]
+struct StandInSigner;
+
+#[async_trait::async_trait]
+impl ocsp::response::TbsSigner for StandInSigner {
+    async fn sign(&self, _key: &str, tbs: Vec<Vec<u8>>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+        // ecdsa-with-SHA256 (RFC 5758 §3.2).
+        let alg = vec![
+            0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02,
+        ];
+        Ok(tbs
+            .iter()
+            .map(|_| (vec![0x30, 0x00], alg.clone()))
+            .collect())
+    }
+}
+
+/// A built `OCSPResponse` for `s` with a SingleResponse per hash of `hashes`.
+async fn built(
+    s: &Serial,
+    status: CertStatus,
+    this_update: i64,
+    hashes: &[ocsp::issuers::HashAlg],
+) -> StoredResponse {
+    let issuer =
+        ocsp::issuers::Issuer::new("test-ca", "k", include_bytes!("data/ca.pem").as_slice())
+            .unwrap();
+    ocsp::response::sign_responses_with(
+        &StandInSigner,
+        &issuer,
+        &ocsp::config::CertIdHashes::new(hashes).unwrap(),
+        &[(s.clone(), status)],
+        this_update,
+        this_update + 86_400,
+        this_update,
+    )
+    .await
+    .unwrap()
+    .remove(0)
+}
+
+/// A file of schema version 1 (responses keyed by issuer and serial, each with both
+/// SingleResponses) is moved to the new layout when opened: its response answers both hashes
+/// until per-hash responses replace it, and its revocation still binds every hash.
+#[tokio::test]
+async fn a_version_1_file_is_migrated_and_its_responses_served_for_both_hashes() {
+    use ocsp::issuers::HashAlg::{Sha1, Sha256};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ocsp.sqlite");
+    let (s, r) = (serial(1), serial(2));
+    let old_good = built(&s, CertStatus::Good, 1_000, &[Sha1, Sha256]).await;
+    let old_revoked = built(&r, revoked(900, Some(1)), 1_000, &[Sha1, Sha256]).await;
+    {
+        // The version 1 schema, as the previous release wrote it.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE responses (
+                issuer TEXT NOT NULL, serial BLOB NOT NULL,
+                status INTEGER NOT NULL CHECK (status IN (0, 1)), revoked_at INTEGER,
+                reason INTEGER CHECK (reason BETWEEN 0 AND 255),
+                this_update INTEGER NOT NULL, next_update INTEGER NOT NULL, der BLOB NOT NULL,
+                CHECK ((status = 1) = (revoked_at IS NOT NULL)),
+                PRIMARY KEY (issuer, serial)) STRICT, WITHOUT ROWID;
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        for (sr, resp, st, at, reason) in [
+            (&s, &old_good, 0, None, None),
+            (&r, &old_revoked, 1, Some(900), Some(1)),
+        ] {
+            conn.execute(
+                "INSERT INTO responses VALUES ('test-ca', ?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                rusqlite::params![
+                    sr.as_bytes(),
+                    st,
+                    at,
+                    reason,
+                    resp.this_update,
+                    resp.next_update,
+                    resp.der
+                ],
+            )
+            .unwrap();
+        }
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let version: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+    for alg in [Sha1, Sha256] {
+        assert_eq!(
+            store.get_for(&issuer(), &s, alg).await.unwrap(),
+            Some(old_good.clone())
+        );
+        assert_eq!(
+            store.get_for(&issuer(), &r, alg).await.unwrap(),
+            Some(old_revoked.clone())
+        );
+    }
+    // The refresh re-signs the good one per hash: each hash gets its own response.
+    let new_sha1 = built(&s, CertStatus::Good, 2_000, &[Sha1]).await;
+    assert!(store.put(&issuer(), &s, &new_sha1).await.unwrap());
+    assert_eq!(
+        store.get_for(&issuer(), &s, Sha1).await.unwrap(),
+        Some(new_sha1.clone())
+    );
+    // SHA-256 still has the old response until its own is stored.
+    assert_eq!(
+        store.get_for(&issuer(), &s, Sha256).await.unwrap(),
+        Some(old_good.clone())
+    );
+    // An older response for SHA-256 than the one it is served is refused.
+    let stale = built(&s, CertStatus::Good, 500, &[Sha256]).await;
+    assert!(!store.put(&issuer(), &s, &stale).await.unwrap());
+    let new_sha256 = built(&s, CertStatus::Good, 2_000, &[Sha256]).await;
+    assert!(store.put(&issuer(), &s, &new_sha256).await.unwrap());
+    assert_eq!(
+        store.get_for(&issuer(), &s, Sha256).await.unwrap(),
+        Some(new_sha256)
+    );
+
+    // The old revocation binds both hashes: no `good`, no other revocation, for either.
+    for alg in [Sha1, Sha256] {
+        let good = built(&r, CertStatus::Good, 2_000, &[alg]).await;
+        assert!(!store.put(&issuer(), &r, &good).await.unwrap(), "{alg:?}");
+        let other = built(&r, revoked(950, Some(1)), 2_000, &[alg]).await;
+        assert!(!store.put(&issuer(), &r, &other).await.unwrap(), "{alg:?}");
+        let same = built(&r, revoked(900, Some(1)), 2_000, &[alg]).await;
+        assert!(store.put(&issuer(), &r, &same).await.unwrap(), "{alg:?}");
+        assert_eq!(store.get_for(&issuer(), &r, alg).await.unwrap(), Some(same));
+    }
+    // Opening again changes nothing.
+    drop(store);
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(
+        store.get_for(&issuer(), &s, Sha1).await.unwrap(),
+        Some(new_sha1)
+    );
+}
+
+/// A revocation stored for one hash removes the other hashes' `good` responses (and the old
+/// layout's) in the same transaction, so no request is answered `good` after it, whichever
+/// hash it uses and however late the other hash's revoked response comes.
+#[tokio::test]
+async fn a_revocation_for_one_hash_removes_good_under_every_other() {
+    use ocsp::issuers::HashAlg::{Sha1, Sha256};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let s = serial(3);
+    let legacy = built(&s, CertStatus::Good, 1_000, &[Sha1, Sha256]).await;
+    let good256 = built(&s, CertStatus::Good, 1_500, &[Sha256]).await;
+    assert!(store.put(&issuer(), &s, &legacy).await.unwrap());
+    assert!(store.put(&issuer(), &s, &good256).await.unwrap());
+    let revoked1 = built(&s, revoked(1_200, Some(4)), 2_000, &[Sha1]).await;
+    assert!(store.put(&issuer(), &s, &revoked1).await.unwrap());
+    assert_eq!(
+        store.get_for(&issuer(), &s, Sha1).await.unwrap(),
+        Some(revoked1.clone())
+    );
+    // SHA-256 has nothing until its revoked response is stored: `unauthorized`, never `good`.
+    assert_eq!(store.get_for(&issuer(), &s, Sha256).await.unwrap(), None);
+    assert_eq!(store.get(&issuer(), &s).await.unwrap(), Some(revoked1));
+    // A stale `good` for SHA-256 (signed before the revocation) is refused.
+    let stale = built(&s, CertStatus::Good, 3_000, &[Sha256]).await;
+    assert!(!store.put(&issuer(), &s, &stale).await.unwrap());
+    assert_eq!(store.get_for(&issuer(), &s, Sha256).await.unwrap(), None);
+}

@@ -10,11 +10,27 @@
 //! Every `put` applies [`crate::model::may_replace`] atomically inside the store (a SQLite
 //! transaction; a Lua script in Redis), so two writers racing — a refresh and a revocation —
 //! can never leave a `good` response over a revoked one.
+//!
+//! # One response per CertID hash
+//! A certificate has one stored response per CertID hash the pre-signer signs for
+//! (`presigner.cert_id_hashes`), each with exactly one SingleResponse (RFC 5019 §2.2.1), kept
+//! under its [`Slot`]: the store reads the slot from the response's signed bytes, so a put
+//! cannot file a response under a hash it does not answer for. Responses signed before this
+//! layout carry a SingleResponse per hash under one signature: they sit in the
+//! [`Slot::Legacy`] slot, and a request for a hash with no response of its own is answered
+//! from there until the refresh re-signs the certificate into the new layout.
+//!
+//! The monotonic rule holds per certificate across its slots ([`may_store`]): no slot takes
+//! `good` while another holds a revocation, no slot takes a different revocation than another
+//! holds, and storing a revocation removes the `good` responses of the other slots — so a
+//! revocation never leaves a `good` answer behind for some hash, even while the other hash's
+//! revoked response is still being signed.
 
 use async_trait::async_trait;
 
 use crate::error::Error;
-use crate::model::{IssuerName, Serial, StoredResponse};
+use crate::issuers::HashAlg;
+use crate::model::{IssuerName, Serial, StoredResponse, may_replace};
 
 pub mod redis;
 pub mod sqlite;
@@ -25,15 +41,30 @@ pub trait ResponseStore: Send + Sync + std::fmt::Debug {
     /// Short name for metrics and logs (`sqlite`, `redis`).
     fn kind(&self) -> &'static str;
 
-    /// The stored response for this certificate, if any (expired ones included: the caller
-    /// decides what to serve).
+    /// The response to answer a request whose CertID uses `hash`: the certificate's response
+    /// for that hash, else its old-layout one ([`Slot::Legacy`]), if any (expired ones
+    /// included: the caller decides what to serve). A store with one response per certificate
+    /// (test doubles) answers [`Self::get`].
+    async fn get_for(
+        &self,
+        issuer: &IssuerName,
+        serial: &Serial,
+        hash: HashAlg,
+    ) -> Result<Option<StoredResponse>, Error> {
+        let _ = hash;
+        self.get(issuer, serial).await
+    }
+
+    /// A stored response for this certificate, if any: the old-layout one, else SHA-1's, else
+    /// SHA-256's (expired ones included). For callers that want the certificate's status, not
+    /// the bytes a given request gets ([`Self::get_for`]).
     async fn get(
         &self,
         issuer: &IssuerName,
         serial: &Serial,
     ) -> Result<Option<StoredResponse>, Error>;
 
-    /// Stores `response` unless the stored one must win ([`crate::model::may_replace`]);
+    /// Stores `response` in its [`Slot`] unless the stored ones must win ([`may_store`]);
     /// returns whether it was stored. Atomic against concurrent writers.
     async fn put(
         &self,
@@ -41,4 +72,127 @@ pub trait ResponseStore: Send + Sync + std::fmt::Debug {
         serial: &Serial,
         response: &StoredResponse,
     ) -> Result<bool, Error>;
+}
+
+/// Where a certificate's response is kept: per CertID hash, or the old layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Slot {
+    /// A response from before one response per hash: several SingleResponses (or bytes that
+    /// do not parse, which answer no request). Read for any hash without its own response.
+    Legacy,
+    /// The response whose one SingleResponse has a CertID under this hash.
+    Hash(HashAlg),
+}
+
+impl Slot {
+    /// The slot of a signed `OCSPResponse`, from its SingleResponses.
+    pub fn of(der: &[u8]) -> Self {
+        match crate::response::cert_id_hashes_in(der).as_deref() {
+            Some([alg]) => Slot::Hash(*alg),
+            _ => Slot::Legacy,
+        }
+    }
+
+    /// Every slot, in the order [`ResponseStore::get`] prefers them.
+    pub const ALL: [Slot; 3] = [
+        Slot::Legacy,
+        Slot::Hash(HashAlg::Sha1),
+        Slot::Hash(HashAlg::Sha256),
+    ];
+
+    /// The integer the SQLite store keeps (`cert_id_hash`).
+    pub fn code(self) -> i64 {
+        match self {
+            Slot::Legacy => 0,
+            Slot::Hash(HashAlg::Sha1) => 1,
+            Slot::Hash(HashAlg::Sha256) => 2,
+        }
+    }
+
+    pub fn from_code(code: i64) -> Option<Self> {
+        Slot::ALL.into_iter().find(|s| s.code() == code)
+    }
+}
+
+/// Whether `new`, for `slot`, may be stored beside what the certificate has (`stored`: each
+/// slot's response). [`may_replace`] against the response a request for `slot` is answered
+/// with today (its own, else the old-layout one), and across the other slots: a revocation
+/// anywhere admits only the same revocation (time and reason) anywhere else.
+pub fn may_store(stored: &[(Slot, StoredResponse)], slot: Slot, new: &StoredResponse) -> bool {
+    let own = stored.iter().find(|(s, _)| *s == slot);
+    let same = own.or_else(|| stored.iter().find(|(s, _)| *s == Slot::Legacy));
+    if same.is_some_and(|(_, old)| !may_replace(old, new)) {
+        return false;
+    }
+    stored.iter().all(|(_, old)| match old.status {
+        crate::model::CertStatus::Revoked { .. } => old.status == new.status,
+        crate::model::CertStatus::Good => true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::CertStatus;
+
+    fn resp(status: CertStatus, this_update: i64) -> StoredResponse {
+        StoredResponse {
+            status,
+            this_update,
+            next_update: this_update + 100,
+            der: vec![],
+            http: Default::default(),
+        }
+    }
+
+    const SHA1: Slot = Slot::Hash(HashAlg::Sha1);
+    const SHA256: Slot = Slot::Hash(HashAlg::Sha256);
+    const REVOKED: CertStatus = CertStatus::Revoked {
+        at: 50,
+        reason: Some(1),
+    };
+
+    #[test]
+    fn the_monotonic_rule_holds_across_every_hash_of_a_certificate() {
+        let good = resp(CertStatus::Good, 100);
+        let revoked = resp(REVOKED, 100);
+        // Nothing stored: anything goes.
+        assert!(may_store(&[], SHA1, &good));
+        // A revocation under SHA-1 keeps SHA-256 from taking `good`, even a newer one.
+        let stored = [(SHA1, revoked.clone())];
+        assert!(!may_store(&stored, SHA256, &resp(CertStatus::Good, 500)));
+        assert!(may_store(&stored, SHA256, &resp(REVOKED, 100)));
+        // ... and from taking another revocation.
+        let other = CertStatus::Revoked {
+            at: 60,
+            reason: Some(1),
+        };
+        assert!(!may_store(&stored, SHA256, &resp(other, 200)));
+        // An old-layout revocation binds both hashes.
+        let stored = [(Slot::Legacy, revoked.clone())];
+        assert!(!may_store(&stored, SHA1, &resp(CertStatus::Good, 500)));
+        assert!(may_store(&stored, SHA1, &resp(REVOKED, 200)));
+        // A hash without its own response is compared with the old-layout one it is served.
+        let stored = [(Slot::Legacy, resp(CertStatus::Good, 300))];
+        assert!(!may_store(&stored, SHA256, &resp(CertStatus::Good, 200)));
+        assert!(may_store(&stored, SHA256, &resp(CertStatus::Good, 300)));
+        // Its own response decides the thisUpdate order once it has one.
+        let stored = [
+            (Slot::Legacy, resp(CertStatus::Good, 300)),
+            (SHA256, resp(CertStatus::Good, 100)),
+        ];
+        assert!(may_store(&stored, SHA256, &resp(CertStatus::Good, 200)));
+        assert!(!may_store(&stored, SHA256, &resp(CertStatus::Good, 50)));
+        // A revocation replaces good everywhere.
+        assert!(may_store(&stored, SHA1, &revoked));
+    }
+
+    #[test]
+    fn slots_round_trip_and_unparsable_bytes_are_legacy() {
+        for slot in Slot::ALL {
+            assert_eq!(Slot::from_code(slot.code()), Some(slot));
+        }
+        assert_eq!(Slot::from_code(3), None);
+        assert_eq!(Slot::of(b"not der"), Slot::Legacy);
+    }
 }

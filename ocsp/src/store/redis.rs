@@ -2,15 +2,19 @@
 //! reconnecting `ConnectionManager`) or a Redis Cluster (`cluster_async::ClusterConnection`).
 //!
 //! # Layout
-//! One hash per response, key `ocsp:<issuer>:{<serial hex>}`, fields `status` (`0` good, `1`
+//! One hash per response, key `ocsp:<issuer>:{<serial hex>}:sha1` or `...:sha256` for the
+//! response to requests with that CertID hash, and `ocsp:<issuer>:{<serial hex>}` (no suffix)
+//! for one in the old layout (a SingleResponse per hash, [`Slot::Legacy`]), which `get_for`
+//! reads when the hash has no key of its own. Fields `status` (`0` good, `1`
 //! revoked), `revoked_at`, `reason` (absent when good / when no reason), `this_update`,
 //! `next_update` (decimal Unix seconds) and `der`. The hash tag is the serial, not the issuer,
-//! so one issuer's responses spread over every slot (and every master) of a cluster; a put
-//! touches one key, so it never needs two slots.
+//! so one issuer's responses spread over every slot (and every master) of a cluster, and a
+//! certificate's keys share one slot: the put script reads and writes all three atomically.
 //!
 //! # Atomic, monotonic puts
 //! `put` is one Lua script ([`PUT_SCRIPT`], sent as EVALSHA, loaded on NOSCRIPT by
-//! `redis::Script`) that implements [`crate::model::may_replace`] server-side: Redis runs a
+//! `redis::Script`) that implements [`super::may_store`] over the certificate's three keys
+//! server-side (and, storing a revocation, deletes the other keys' `good`): Redis runs a
 //! script without interleaving other commands, so a refresh racing a revocation cannot leave
 //! `good` over `revoked`. Times are compared as Lua numbers (doubles): exact for any Unix time
 //! below 2^53 seconds. Revocation time and reason are compared as the decimal strings this module
@@ -51,35 +55,56 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 use tokio::sync::OnceCell;
 
-use super::ResponseStore;
+use super::{ResponseStore, Slot};
 use crate::error::Error;
+use crate::issuers::HashAlg;
 use crate::model::{CertStatus, IssuerName, ReasonCode, Serial, StoredResponse};
 
-/// The monotonic put. KEYS[1]: the response's hash. ARGV: status (`0`/`1`), revoked_at (`""` if
-/// good), reason (`""` if none), this_update, next_update, der, expire_at.
-/// Returns 1 if stored, 0 if the stored response wins, -1 if the stored record is corrupt (it
-/// is then left alone: it might have been a revocation).
+/// The monotonic put ([`super::may_store`]). KEYS[1]: the response's own key; KEYS[2], KEYS[3]:
+/// the certificate's other two keys, the old-layout key (if KEYS[1] is not it) at KEYS[2].
+/// ARGV: status (`0`/`1`), revoked_at (`""` if good), reason (`""` if none), this_update,
+/// next_update, der, expire_at, and `1` if KEYS[2] is the old-layout key a request for KEYS[1]'s
+/// hash falls back to. Returns 1 if stored, 0 if the stored responses win, -1 if a stored record
+/// is corrupt (it is then left alone: it might have been a revocation).
 pub const PUT_SCRIPT: &str = r"
-local ok, old = pcall(redis.call, 'HMGET', KEYS[1], 'status', 'revoked_at', 'reason', 'this_update')
-if not ok then return -1 end
+local function read(key)
+  local ok, v = pcall(redis.call, 'HMGET', key, 'status', 'revoked_at', 'reason', 'this_update')
+  if not ok then return nil, true end
+  if not v[1] then return nil, redis.call('EXISTS', key) == 1 end
+  if tonumber(v[4]) == nil then return nil, true end
+  if v[1] == '1' then
+    if not v[2] then return nil, true end
+  elseif v[1] ~= '0' then
+    return nil, true
+  end
+  return v, false
+end
+local rows = {}
+for i = 1, #KEYS do
+  local v, bad = read(KEYS[i])
+  if bad then return -1 end
+  rows[i] = v
+end
 local new_status, new_this_update = ARGV[1], tonumber(ARGV[4])
-if old[1] then
-  local old_this_update = tonumber(old[4])
-  if old_this_update == nil then return -1 end
-  if old[1] == '1' then
-    if not old[2] then return -1 end
+local same = rows[1]
+if not same and ARGV[8] == '1' then same = rows[2] end
+if same then
+  if same[1] == '1' then
     -- a revocation is replaced only by the same revocation (time and reason), not older
     if new_status ~= '1' then return 0 end
-    if old[2] ~= ARGV[2] or (old[3] or '') ~= ARGV[3] then return 0 end
-    if new_this_update < old_this_update then return 0 end
-  elseif old[1] == '0' then
+    if same[2] ~= ARGV[2] or (same[3] or '') ~= ARGV[3] then return 0 end
+    if new_this_update < tonumber(same[4]) then return 0 end
+  elseif new_status == '0' and new_this_update < tonumber(same[4]) then
     -- good is replaced by any revocation, or by good that is not older
-    if new_status == '0' and new_this_update < old_this_update then return 0 end
-  else
-    return -1
+    return 0
   end
-elseif redis.call('EXISTS', KEYS[1]) == 1 then
-  return -1
+end
+-- a revocation under any hash admits only the same revocation under every other
+for i = 2, #KEYS do
+  local o = rows[i]
+  if o and o[1] == '1' then
+    if new_status ~= '1' or o[2] ~= ARGV[2] or (o[3] or '') ~= ARGV[3] then return 0 end
+  end
 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'status', new_status, 'this_update', ARGV[4],
@@ -87,6 +112,9 @@ redis.call('HSET', KEYS[1], 'status', new_status, 'this_update', ARGV[4],
 if new_status == '1' then
   redis.call('HSET', KEYS[1], 'revoked_at', ARGV[2])
   if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'reason', ARGV[3]) end
+  for i = 2, #KEYS do
+    if rows[i] and rows[i][1] == '0' then redis.call('DEL', KEYS[i]) end
+  end
 end
 redis.call('EXPIREAT', KEYS[1], ARGV[7])
 return 1
@@ -202,9 +230,18 @@ fn corrupt(key: &str, detail: impl Into<String>) -> Error {
     }
 }
 
-/// The hash holding one response. The `{…}` hash tag on the serial spreads keys over slots.
+/// The old-layout key of a certificate ([`Slot::Legacy`]). The `{…}` hash tag on the serial
+/// spreads keys over slots and keeps a certificate's keys in one.
 pub fn response_key(issuer: &IssuerName, serial: &Serial) -> String {
     format!("ocsp:{}:{{{}}}", issuer.0, serial.to_hex())
+}
+
+/// The key of a certificate's response in `slot`.
+pub fn slot_key(issuer: &IssuerName, serial: &Serial, slot: Slot) -> String {
+    match slot {
+        Slot::Legacy => response_key(issuer, serial),
+        Slot::Hash(alg) => format!("{}:{}", response_key(issuer, serial), alg.name()),
+    }
 }
 
 fn parse_int(key: &str, field: &str, bytes: &[u8]) -> Result<i64, Error> {
@@ -367,7 +404,42 @@ impl ResponseStore for RedisStore {
         issuer: &IssuerName,
         serial: &Serial,
     ) -> Result<Option<StoredResponse>, Error> {
-        let key = response_key(issuer, serial);
+        for slot in Slot::ALL {
+            if let Some(found) = self.read(slot_key(issuer, serial, slot)).await? {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn get_for(
+        &self,
+        issuer: &IssuerName,
+        serial: &Serial,
+        hash: HashAlg,
+    ) -> Result<Option<StoredResponse>, Error> {
+        match self
+            .read(slot_key(issuer, serial, Slot::Hash(hash)))
+            .await?
+        {
+            Some(found) => Ok(Some(found)),
+            None => self.read(response_key(issuer, serial)).await,
+        }
+    }
+
+    async fn put(
+        &self,
+        issuer: &IssuerName,
+        serial: &Serial,
+        response: &StoredResponse,
+    ) -> Result<bool, Error> {
+        self.put_script(issuer, serial, response).await
+    }
+}
+
+impl RedisStore {
+    /// One response hash, by key.
+    async fn read(&self, key: String) -> Result<Option<StoredResponse>, Error> {
         self.call("HMGET", |mut conn| async move {
             let fields: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
                 .arg(&key)
@@ -393,13 +465,21 @@ impl ResponseStore for RedisStore {
         .await
     }
 
-    async fn put(
+    async fn put_script(
         &self,
         issuer: &IssuerName,
         serial: &Serial,
         response: &StoredResponse,
     ) -> Result<bool, Error> {
-        let key = response_key(issuer, serial);
+        let slot = Slot::of(&response.der);
+        let key = slot_key(issuer, serial, slot);
+        // The old-layout key second: a hash without its own key is answered from it.
+        let others: Vec<String> = Slot::ALL
+            .into_iter()
+            .filter(|s| *s != slot)
+            .map(|s| slot_key(issuer, serial, s))
+            .collect();
+        let falls_back = if slot == Slot::Legacy { "0" } else { "1" };
         let (status, revoked_at, reason) = match response.status {
             CertStatus::Good => ("0", String::new(), String::new()),
             CertStatus::Revoked { at, reason } => (
@@ -415,6 +495,7 @@ impl ResponseStore for RedisStore {
         self.call("put script", |mut conn| async move {
             let outcome: i64 = script
                 .key(&key)
+                .key(&others)
                 .arg(status)
                 .arg(revoked_at)
                 .arg(reason)
@@ -422,6 +503,7 @@ impl ResponseStore for RedisStore {
                 .arg(response.next_update)
                 .arg(response.der.as_slice())
                 .arg(expire_at)
+                .arg(falls_back)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(redis_error)?;

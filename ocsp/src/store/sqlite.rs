@@ -21,9 +21,13 @@
 //! - the file: 647 MB for 1,000,000 responses and 1,000,000 certificates.
 //!
 //! # Tables
-//! - `responses`: one signed response per (issuer, serial). Every `put` reads the old row,
-//!   applies [`may_replace`] and writes in one `BEGIN IMMEDIATE` transaction, so writers in
-//!   several processes cannot interleave between the check and the write.
+//! - `responses`: one signed response per (issuer, serial, `cert_id_hash`), the hash being
+//!   the [`Slot`] code (0: the old layout, a SingleResponse per hash under one signature; 1:
+//!   SHA-1; 2: SHA-256; see [`super`]). Every `put` reads the certificate's rows, applies
+//!   [`may_store`] and writes in one `BEGIN IMMEDIATE` transaction, so writers in several
+//!   processes cannot interleave between the check and the write. Schema version 1 keyed
+//!   responses by (issuer, serial) alone: opening such a file moves its rows to slot 0, in the
+//!   transaction that creates the new table, and they are served from there until re-signed.
 //! - `certificates`: the pre-signer's worklist — what the CA says (`status`, `revoked_at`,
 //!   `reason`) and what was last published (`responded_*`). `due_key` is maintained on every
 //!   write so that [`SqliteStore::due`] is one range scan of an index:
@@ -58,9 +62,10 @@ use rusqlite::types::FromSql;
 use rusqlite::{Connection, ErrorCode, OpenFlags, Row, Transaction, TransactionBehavior, params};
 use tokio::sync::Semaphore;
 
-use super::ResponseStore;
+use super::{ResponseStore, Slot, may_store};
 use crate::error::Error;
-use crate::model::{CertStatus, IssuerName, ReasonCode, Serial, StoredResponse, may_replace};
+use crate::issuers::HashAlg;
+use crate::model::{CertStatus, IssuerName, ReasonCode, Serial, StoredResponse};
 
 /// `due_key` of a certificate whose current status (a revocation) differs from the published
 /// one: sorts before everything else, so revocations are published first.
@@ -70,24 +75,48 @@ pub const DUE_UNPUBLISHED: i64 = i64::MIN + 1;
 /// Published thisUpdates are clamped above the two sentinels.
 const DUE_PUBLISHED_MIN: i64 = i64::MIN + 2;
 
-/// The schema version this code writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+/// The schema version this code writes (`PRAGMA user_version`). 2: responses per CertID hash.
+const SCHEMA_VERSION: i64 = 2;
+
+/// Version 1 to 2: the responses table gains `cert_id_hash` in its key; the old rows, each a
+/// response with a SingleResponse per hash, go to slot 0 ([`Slot::Legacy`]).
+const MIGRATE_1_TO_2: &str = "
+ALTER TABLE responses RENAME TO responses_v1;
+CREATE TABLE responses (
+    issuer       TEXT    NOT NULL,
+    serial       BLOB    NOT NULL,
+    cert_id_hash INTEGER NOT NULL CHECK (cert_id_hash IN (0, 1, 2)),
+    status       INTEGER NOT NULL CHECK (status IN (0, 1)),
+    revoked_at   INTEGER,
+    reason       INTEGER CHECK (reason BETWEEN 0 AND 255),
+    this_update  INTEGER NOT NULL,
+    next_update  INTEGER NOT NULL,
+    der          BLOB    NOT NULL,
+    CHECK ((status = 1) = (revoked_at IS NOT NULL)),
+    PRIMARY KEY (issuer, serial, cert_id_hash)
+) STRICT, WITHOUT ROWID;
+INSERT INTO responses
+    SELECT issuer, serial, 0, status, revoked_at, reason, this_update, next_update, der
+    FROM responses_v1;
+DROP TABLE responses_v1;
+";
 
 // STRICT tables reject values of the wrong type; the CHECKs reject impossible statuses. Reads
 // still validate every row (a file can be damaged, or written by other tools), returning
 // `Error::Corrupt` rather than trusting it.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS responses (
-    issuer      TEXT    NOT NULL,
-    serial      BLOB    NOT NULL,
-    status      INTEGER NOT NULL CHECK (status IN (0, 1)),
-    revoked_at  INTEGER,
-    reason      INTEGER CHECK (reason BETWEEN 0 AND 255),
-    this_update INTEGER NOT NULL,
-    next_update INTEGER NOT NULL,
-    der         BLOB    NOT NULL,
+    issuer       TEXT    NOT NULL,
+    serial       BLOB    NOT NULL,
+    cert_id_hash INTEGER NOT NULL CHECK (cert_id_hash IN (0, 1, 2)),
+    status       INTEGER NOT NULL CHECK (status IN (0, 1)),
+    revoked_at   INTEGER,
+    reason       INTEGER CHECK (reason BETWEEN 0 AND 255),
+    this_update  INTEGER NOT NULL,
+    next_update  INTEGER NOT NULL,
+    der          BLOB    NOT NULL,
     CHECK ((status = 1) = (revoked_at IS NOT NULL)),
-    PRIMARY KEY (issuer, serial)
+    PRIMARY KEY (issuer, serial, cert_id_hash)
 ) STRICT, WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS certificates (
@@ -239,51 +268,106 @@ fn status_columns(row: &Row<'_>, first: usize, key: &str) -> Result<CertStatus, 
     )
 }
 
-const SELECT_RESPONSE: &str = "SELECT status, revoked_at, reason, this_update, next_update, der
-     FROM responses WHERE issuer = ?1 AND serial = ?2";
+/// A request for `hash` is answered from the hash's own row, else the old-layout row (slot 0):
+/// the higher code first. `?3` 0 (no hash) prefers the old layout, then SHA-1, then SHA-256.
+const SELECT_FOR_HASH: &str = "SELECT status, revoked_at, reason, this_update, next_update, der
+     FROM responses WHERE issuer = ?1 AND serial = ?2 AND cert_id_hash IN (?3, 0)
+     ORDER BY cert_id_hash DESC LIMIT 1";
+const SELECT_ANY: &str = "SELECT status, revoked_at, reason, this_update, next_update, der
+     FROM responses WHERE issuer = ?1 AND serial = ?2 ORDER BY cert_id_hash LIMIT 1";
 
+/// The response at columns 0..6 of `row`.
+fn response_columns(row: &Row<'_>, key: &str) -> Result<StoredResponse, Error> {
+    Ok(StoredResponse {
+        status: status_columns(row, 0, key)?,
+        this_update: column(row, 3, "this_update", key)?,
+        next_update: column(row, 4, "next_update", key)?,
+        der: column(row, 5, "der", key)?,
+        http: Default::default(),
+    })
+}
+
+/// The response a request for `hash` gets ([`ResponseStore::get_for`]), or with `None` any
+/// response of the certificate ([`ResponseStore::get`]).
 fn select_response(
     conn: &Connection,
     issuer: &IssuerName,
     serial: &Serial,
+    hash: Option<HashAlg>,
 ) -> Result<Option<StoredResponse>, Error> {
-    let mut stmt = conn.prepare_cached(SELECT_RESPONSE).map_err(db)?;
-    let mut rows = stmt
-        .query(params![issuer.0, serial.as_bytes()])
-        .map_err(db)?;
+    let mut stmt = match hash {
+        Some(_) => conn.prepare_cached(SELECT_FOR_HASH),
+        None => conn.prepare_cached(SELECT_ANY),
+    }
+    .map_err(db)?;
+    let mut rows = match hash {
+        Some(h) => stmt.query(params![issuer.0, serial.as_bytes(), Slot::Hash(h).code()]),
+        None => stmt.query(params![issuer.0, serial.as_bytes()]),
+    }
+    .map_err(db)?;
     let Some(row) = rows.next().map_err(db)? else {
         return Ok(None);
     };
-    let key = key_of(issuer, serial);
-    Ok(Some(StoredResponse {
-        status: status_columns(row, 0, &key)?,
-        this_update: column(row, 3, "this_update", &key)?,
-        next_update: column(row, 4, "next_update", &key)?,
-        der: column(row, 5, "der", &key)?,
-        http: Default::default(),
-    }))
+    response_columns(row, &key_of(issuer, serial)).map(Some)
 }
 
-/// Read old, apply [`may_replace`], write if allowed; the caller holds an IMMEDIATE transaction.
+/// Every slot's response of a certificate.
+fn select_all(
+    conn: &Connection,
+    issuer: &IssuerName,
+    serial: &Serial,
+) -> Result<Vec<(Slot, StoredResponse)>, Error> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT status, revoked_at, reason, this_update, next_update, der, cert_id_hash
+             FROM responses WHERE issuer = ?1 AND serial = ?2",
+        )
+        .map_err(db)?;
+    let mut rows = stmt
+        .query(params![issuer.0, serial.as_bytes()])
+        .map_err(db)?;
+    let key = key_of(issuer, serial);
+    let mut all = Vec::with_capacity(2);
+    while let Some(row) = rows.next().map_err(db)? {
+        let code: i64 = column(row, 6, "cert_id_hash", &key)?;
+        let slot =
+            Slot::from_code(code).ok_or_else(|| corrupt(&key, format!("cert_id_hash {code}")))?;
+        all.push((slot, response_columns(row, &key)?));
+    }
+    Ok(all)
+}
+
+/// Read the certificate's rows, apply [`may_store`], write if allowed (and, for a revocation,
+/// delete the other slots' `good` rows); the caller holds an IMMEDIATE transaction.
 fn put_in(
     tx: &Transaction<'_>,
     issuer: &IssuerName,
     serial: &Serial,
     new: &StoredResponse,
 ) -> Result<bool, Error> {
+    let slot = Slot::of(&new.der);
     // A corrupt old row fails the put: it might have been a revocation, and overwriting it with
     // `good` is the one thing this store must never do.
-    if let Some(old) = select_response(tx, issuer, serial)?
-        && !may_replace(&old, new)
-    {
+    let stored = select_all(tx, issuer, serial)?;
+    if !may_store(&stored, slot, new) {
         return Ok(false);
+    }
+    if new.status.is_revoked() {
+        tx.prepare_cached(
+            "DELETE FROM responses
+             WHERE issuer = ?1 AND serial = ?2 AND cert_id_hash != ?3 AND status = 0",
+        )
+        .map_err(db)?
+        .execute(params![issuer.0, serial.as_bytes(), slot.code()])
+        .map_err(db)?;
     }
     let (status, revoked_at, reason) = encode_status(new.status);
     tx.prepare_cached(
         "INSERT INTO responses
-             (issuer, serial, status, revoked_at, reason, this_update, next_update, der)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-         ON CONFLICT (issuer, serial) DO UPDATE SET
+             (issuer, serial, cert_id_hash, status, revoked_at, reason, this_update, next_update,
+              der)
+         VALUES (?1, ?2, ?9, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (issuer, serial, cert_id_hash) DO UPDATE SET
              status = excluded.status, revoked_at = excluded.revoked_at, reason = excluded.reason,
              this_update = excluded.this_update, next_update = excluded.next_update,
              der = excluded.der",
@@ -297,7 +381,8 @@ fn put_in(
         reason,
         new.this_update,
         new.next_update,
-        new.der
+        new.der,
+        slot.code()
     ])
     .map_err(db)?;
     Ok(true)
@@ -501,6 +586,9 @@ fn create_schema(conn: &mut Connection, path: &Path) -> Result<(), Error> {
                 path.display()
             ),
         });
+    }
+    if version == 1 {
+        tx.execute_batch(MIGRATE_1_TO_2).map_err(db)?;
     }
     tx.execute_batch(SCHEMA).map_err(db)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
@@ -837,7 +925,19 @@ impl ResponseStore for SqliteStore {
         // Inline on the caller's thread, not in `spawn_blocking`: see the module's
         // "Durability and concurrency".
         let conn = self.inner.checkout()?;
-        let result = select_response(&conn, issuer, serial);
+        let result = select_response(&conn, issuer, serial, None);
+        self.inner.checkin(conn);
+        result
+    }
+
+    async fn get_for(
+        &self,
+        issuer: &IssuerName,
+        serial: &Serial,
+        hash: HashAlg,
+    ) -> Result<Option<StoredResponse>, Error> {
+        let conn = self.inner.checkout()?;
+        let result = select_response(&conn, issuer, serial, Some(hash));
         self.inner.checkin(conn);
         result
     }

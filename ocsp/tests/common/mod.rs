@@ -550,6 +550,8 @@ for single in resp.responses:
         _, at, reason = expected.split(":")
         assert single.certificate_status == ocsp.OCSPCertStatus.REVOKED, single.certificate_status
         assert int(single.revocation_time_utc.timestamp()) == int(at), single.revocation_time_utc
+        # RFC 6960 §2.4: thisUpdate is when the status was known to be correct (issue 12 item 7).
+        assert single.this_update_utc >= single.revocation_time_utc, ("thisUpdate before revocationTime", single.this_update_utc, single.revocation_time_utc)
         got = single.revocation_reason.name if single.revocation_reason else "none"
         assert got == reason, got
     seen[h] = single
