@@ -106,6 +106,11 @@ pub struct Ca {
     /// At most this many names per certificate.
     #[serde(default = "default_max_names")]
     pub max_names: usize,
+    /// Special-use TLDs (RFC 6761: `test`, `example`, `localhost`, `invalid`; `local`, `alt`,
+    /// `internal`) names are issued under. Never public: only for a CA that validates against
+    /// a private DNS (the dev stack, tests). Default none. See [`crate::names`].
+    #[serde(default)]
+    pub allowed_special_tlds: Vec<String>,
 }
 
 fn default_rsa_sizes() -> Vec<usize> {
@@ -268,6 +273,16 @@ impl Config {
         }
         if self.ca.rsa_key_sizes.iter().any(|b| *b < 2048) {
             out.push("ca.rsa_key_sizes: no size below 2048".into());
+        }
+        for tld in &self.ca.allowed_special_tlds {
+            if !crate::names::allowable_special_tlds().any(|t| t == tld) {
+                out.push(format!(
+                    "ca.allowed_special_tlds `{tld}`: only special-use TLDs can be allowed ({})",
+                    crate::names::allowable_special_tlds()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
         }
         if self.validation.timeout_ms == 0 {
             out.push("validation.timeout_ms: at least 1".into());
