@@ -311,3 +311,53 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(allowed: &str) -> Config {
+        toml::from_str(&format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+base_url = "http://127.0.0.1:4001"
+[gateway]
+url = "http://127.0.0.1:1"
+issuing_key = "k"
+[ca]
+root = "r.pem"
+intermediate = "i.pem"
+ocsp_url = "http://127.0.0.1:2"
+default_profile = "p"
+caa_identities = ["ca.example"]
+allowed_special_tlds = {allowed}
+[[ca.profiles]]
+name = "p"
+validity_hours = 24
+[ocsp]
+config = "o.toml"
+issuer = "i"
+[db]
+kind = "sqlite"
+path = "x.sqlite"
+"#
+        ))
+        .expect("toml")
+    }
+
+    #[test]
+    fn only_special_use_tlds_can_be_allowed() {
+        assert_eq!(
+            config(r#"["test", "local"]"#).validate(),
+            Vec::<String>::new()
+        );
+        for tld in ["com", "onion", "arpa", "home.arpa", "TEST"] {
+            let problems = config(&format!("[\"{tld}\"]")).validate();
+            assert!(
+                problems.len() == 1 && problems[0].starts_with("ca.allowed_special_tlds"),
+                "{tld}: {problems:?}"
+            );
+        }
+    }
+}
