@@ -110,6 +110,11 @@ pub struct Ca {
     /// At most this many names per certificate.
     #[serde(default = "default_max_names")]
     pub max_names: usize,
+    /// Special-use TLDs (RFC 6761: `test`, `example`, `localhost`, `invalid`; `local`, `alt`,
+    /// `internal`) names are issued under. Never public: only for a CA that validates against
+    /// a private DNS (the dev stack, tests). Default none. See [`crate::names`].
+    #[serde(default)]
+    pub allowed_special_tlds: Vec<String>,
 }
 
 fn default_rsa_sizes() -> Vec<usize> {
@@ -274,6 +279,16 @@ impl Config {
         if self.ca.rsa_key_sizes.iter().any(|b| *b < 2048) {
             out.push("ca.rsa_key_sizes: no size below 2048".into());
         }
+        for tld in &self.ca.allowed_special_tlds {
+            if !crate::names::allowable_special_tlds().any(|t| t == tld) {
+                out.push(format!(
+                    "ca.allowed_special_tlds `{tld}`: only special-use TLDs can be allowed ({})",
+                    crate::names::allowable_special_tlds()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
         if self.validation.timeout_ms == 0 {
             out.push("validation.timeout_ms: at least 1".into());
         }
@@ -298,6 +313,56 @@ impl Config {
                 self.resolve(key),
             )),
             _ => hsmgate_signer_api::client::ClientTls::from_env(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(allowed: &str) -> Config {
+        toml::from_str(&format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+base_url = "http://127.0.0.1:4001"
+[gateway]
+url = "http://127.0.0.1:1"
+issuing_key = "k"
+[ca]
+root = "r.pem"
+intermediate = "i.pem"
+ocsp_url = "http://127.0.0.1:2"
+default_profile = "p"
+caa_identities = ["ca.example"]
+allowed_special_tlds = {allowed}
+[[ca.profiles]]
+name = "p"
+validity_hours = 24
+[ocsp]
+config = "o.toml"
+issuer = "i"
+[db]
+kind = "sqlite"
+path = "x.sqlite"
+"#
+        ))
+        .expect("toml")
+    }
+
+    #[test]
+    fn only_special_use_tlds_can_be_allowed() {
+        assert_eq!(
+            config(r#"["test", "local"]"#).validate(),
+            Vec::<String>::new()
+        );
+        for tld in ["com", "onion", "arpa", "home.arpa", "TEST"] {
+            let problems = config(&format!("[\"{tld}\"]")).validate();
+            assert!(
+                problems.len() == 1 && problems[0].starts_with("ca.allowed_special_tlds"),
+                "{tld}: {problems:?}"
+            );
         }
     }
 }

@@ -35,7 +35,8 @@ impl From<der::Error> for Error {
     }
 }
 
-/// RFC 8555 §6.7 error types (and RFC 9773's, none of which are new).
+/// RFC 8555 §6.7 error types, RFC 9773's `alreadyReplaced` and the profiles draft's
+/// `invalidProfile` (draft-ietf-acme-profiles, as Boulder and Pebble send it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProblemType {
     AccountDoesNotExist,
@@ -51,6 +52,7 @@ pub enum ProblemType {
     Dns,
     IncorrectResponse,
     InvalidContact,
+    InvalidProfile,
     Malformed,
     OrderNotReady,
     RateLimited,
@@ -58,12 +60,45 @@ pub enum ProblemType {
     ServerInternal,
     Tls,
     Unauthorized,
+    UnsupportedContact,
     UnsupportedIdentifier,
     UserActionRequired,
     Conflict,
 }
 
 impl ProblemType {
+    /// Every type, for the status table's test.
+    pub const ALL: [ProblemType; 25] = {
+        use ProblemType::*;
+        [
+            AccountDoesNotExist,
+            AlreadyReplaced,
+            AlreadyRevoked,
+            BadCsr,
+            BadNonce,
+            BadPublicKey,
+            BadRevocationReason,
+            BadSignatureAlgorithm,
+            Caa,
+            Connection,
+            Dns,
+            IncorrectResponse,
+            InvalidContact,
+            InvalidProfile,
+            Malformed,
+            OrderNotReady,
+            RateLimited,
+            RejectedIdentifier,
+            ServerInternal,
+            Tls,
+            Unauthorized,
+            UnsupportedContact,
+            UnsupportedIdentifier,
+            UserActionRequired,
+            Conflict,
+        ]
+    };
+
     /// The type's name after `urn:ietf:params:acme:error:`.
     pub fn name(self) -> &'static str {
         use ProblemType::*;
@@ -81,6 +116,7 @@ impl ProblemType {
             Dns => "dns",
             IncorrectResponse => "incorrectResponse",
             InvalidContact => "invalidContact",
+            InvalidProfile => "invalidProfile",
             Malformed => "malformed",
             OrderNotReady => "orderNotReady",
             RateLimited => "rateLimited",
@@ -88,23 +124,48 @@ impl ProblemType {
             ServerInternal => "serverInternal",
             Tls => "tls",
             Unauthorized => "unauthorized",
+            UnsupportedContact => "unsupportedContact",
             UnsupportedIdentifier => "unsupportedIdentifier",
             UserActionRequired => "userActionRequired",
             Conflict => "conflict",
         }
     }
 
-    /// The HTTP status this type is sent with.
+    /// The HTTP status this type is sent with: Boulder's (`probs/probs.go`) and Pebble's
+    /// (`acme/problems.go`) choices, which agree wherever both send a type. RFC 8555 fixes few
+    /// statuses; where it does (403 for `userActionRequired` in §7.3.3, 409 for a key change to
+    /// a key in use in §7.3.5) these match it. `incorrectResponse`, which neither sends, is a
+    /// client error like the other validation failures. A problem may carry another status
+    /// (404 for an unknown resource, 405, 413, 415: all `malformed`, as both send them).
     pub fn status(self) -> StatusCode {
         use ProblemType::*;
         match self {
-            AccountDoesNotExist | Unauthorized => StatusCode::FORBIDDEN,
-            OrderNotReady | Conflict => StatusCode::FORBIDDEN,
-            // As Boulder answers it: the request conflicts with a finalized order.
-            AlreadyReplaced => StatusCode::CONFLICT,
+            // The request is understood and authenticated, and refused.
+            Unauthorized | OrderNotReady | UserActionRequired | Caa => StatusCode::FORBIDDEN,
+            // It conflicts with the state of another resource.
+            AlreadyReplaced | Conflict => StatusCode::CONFLICT,
             RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ServerInternal => StatusCode::INTERNAL_SERVER_ERROR,
-            _ => StatusCode::BAD_REQUEST,
+            // Everything else is the client's to fix, `accountDoesNotExist` included (an
+            // `onlyReturnExisting` look-up for an unknown key; some clients treat a 403 there
+            // as fatal and never create their account).
+            AccountDoesNotExist
+            | AlreadyRevoked
+            | BadCsr
+            | BadNonce
+            | BadPublicKey
+            | BadRevocationReason
+            | BadSignatureAlgorithm
+            | Connection
+            | Dns
+            | IncorrectResponse
+            | InvalidContact
+            | InvalidProfile
+            | Malformed
+            | RejectedIdentifier
+            | Tls
+            | UnsupportedContact
+            | UnsupportedIdentifier => StatusCode::BAD_REQUEST,
         }
     }
 }
@@ -153,11 +214,16 @@ impl Problem {
 
     /// The JSON body, also used for an order's or challenge's `error` field.
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut body = serde_json::json!({
             "type": format!("urn:ietf:params:acme:error:{}", self.kind.name()),
             "detail": self.detail,
             "status": self.status.unwrap_or(self.kind.status()).as_u16(),
-        })
+        });
+        // RFC 8555 §6.2: a badSignatureAlgorithm problem "MUST include an `algorithms` field".
+        if self.kind == ProblemType::BadSignatureAlgorithm {
+            body["algorithms"] = serde_json::json!(crate::jws::ALGORITHMS);
+        }
+        body
     }
 }
 
@@ -198,5 +264,137 @@ impl IntoResponse for Problem {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         Problem::from(self).into_response()
+    }
+}
+
+/// The longest plain-text rejection read back into a problem's detail.
+const MAX_REJECTION_TEXT: usize = 1024;
+
+/// Middleware: an error response that is not a problem document becomes one. axum's own
+/// extractor rejections (a path segment that is not UTF-8, as `/acme/renewal-info/%FF`) are
+/// `text/plain`; RFC 8555 §6.7 wants `application/problem+json` for every error. Their text
+/// becomes the `malformed` (or, for a 5xx, `serverInternal`) detail; the status is kept.
+pub async fn problem_for_rejections(response: Response) -> Response {
+    use http_body_util::BodyExt;
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let body = http_body_util::Limited::new(response.into_body(), MAX_REJECTION_TEXT)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&body);
+    let kind = if status.is_server_error() {
+        ProblemType::ServerInternal
+    } else {
+        ProblemType::Malformed
+    };
+    let detail = if text.trim().is_empty() || kind == ProblemType::ServerInternal {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text.trim().to_owned()
+    };
+    Problem::new(kind, detail)
+        .with_status(status)
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every problem type's status, as Boulder (`probs/probs.go`) and Pebble
+    /// (`acme/problems.go`) send it; `incorrectResponse` is neither's (400, as its kin).
+    #[test]
+    fn each_problem_type_has_boulders_and_pebbles_status() {
+        use ProblemType::*;
+        let table = [
+            (AccountDoesNotExist, "accountDoesNotExist", 400),
+            (AlreadyReplaced, "alreadyReplaced", 409),
+            (AlreadyRevoked, "alreadyRevoked", 400),
+            (BadCsr, "badCSR", 400),
+            (BadNonce, "badNonce", 400),
+            (BadPublicKey, "badPublicKey", 400),
+            (BadRevocationReason, "badRevocationReason", 400),
+            (BadSignatureAlgorithm, "badSignatureAlgorithm", 400),
+            (Caa, "caa", 403),
+            (Connection, "connection", 400),
+            (Dns, "dns", 400),
+            (IncorrectResponse, "incorrectResponse", 400),
+            (InvalidContact, "invalidContact", 400),
+            (InvalidProfile, "invalidProfile", 400),
+            (Malformed, "malformed", 400),
+            (OrderNotReady, "orderNotReady", 403),
+            (RateLimited, "rateLimited", 429),
+            (RejectedIdentifier, "rejectedIdentifier", 400),
+            (ServerInternal, "serverInternal", 500),
+            (Tls, "tls", 400),
+            (Unauthorized, "unauthorized", 403),
+            (UnsupportedContact, "unsupportedContact", 400),
+            (UnsupportedIdentifier, "unsupportedIdentifier", 400),
+            (UserActionRequired, "userActionRequired", 403),
+            (Conflict, "conflict", 409),
+        ];
+        assert_eq!(
+            table.len(),
+            ProblemType::ALL.len(),
+            "every type is in the table"
+        );
+        for (kind, name, status) in table {
+            assert!(ProblemType::ALL.contains(&kind));
+            assert_eq!(kind.name(), name);
+            assert_eq!(kind.status().as_u16(), status, "{name}");
+            let problem = Problem::new(kind, "x");
+            let response = problem.clone().into_response();
+            assert_eq!(response.status().as_u16(), status, "{name}");
+            assert_eq!(
+                response.headers()[header::CONTENT_TYPE],
+                "application/problem+json"
+            );
+            let json = problem.to_json();
+            assert_eq!(json["status"], status, "{name}");
+            assert_eq!(
+                json["type"],
+                format!("urn:ietf:params:acme:error:{name}"),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_signature_algorithm_lists_the_algorithms() {
+        let json = Problem::new(ProblemType::BadSignatureAlgorithm, "x").to_json();
+        assert_eq!(
+            json["algorithms"],
+            serde_json::json!(crate::jws::ALGORITHMS)
+        );
+        assert!(
+            Problem::malformed("x")
+                .to_json()
+                .get("algorithms")
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn plain_text_rejections_become_problem_documents() {
+        let plain = (StatusCode::BAD_REQUEST, "Invalid URL: not UTF-8").into_response();
+        let response = problem_for_rejections(plain).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        let ok = problem_for_rejections((StatusCode::OK, "fine").into_response()).await;
+        assert_eq!(
+            ok.headers()[header::CONTENT_TYPE],
+            "text/plain; charset=utf-8"
+        );
     }
 }

@@ -4,6 +4,13 @@
 //!
 //! Verification is `ring`'s: RS256 (RSA ≥ 2048 bits), ES256, ES384 (raw `r‖s`, RFC 7518 §3.4)
 //! and EdDSA (Ed25519). The algorithm must match the key; `none` and HMAC never verify.
+//!
+//! A header with `crit` is refused: RFC 7515 §4.1.11 has a recipient reject a JWS whose
+//! critical extensions it does not understand, and this server understands none (RFC 8555
+//! §6.2 lists the members ACME uses). A `jwk` must be a public key only — a member of a private
+//! or symmetric key (RFC 7518 §6.2.2, §6.3.2, §6.4.1) is refused, not stored — and at most
+//! [`MAX_JWK_BYTES`]; what an account stores and echoes is [`PublicKey::to_jwk`], the RFC 7638
+//! members alone, whatever else the client sent.
 
 use ring::signature::{self, UnparsedPublicKey};
 use serde::Deserialize;
@@ -47,15 +54,56 @@ pub struct ParsedJws {
 /// The JWS algorithms accepted, for the `badSignatureAlgorithm` problem's `algorithms` list.
 pub const ALGORITHMS: [&str; 4] = ["RS256", "ES256", "ES384", "EdDSA"];
 
+/// A JWK's JSON at most: an RSA-8192 key with `kid`, `alg` and `use` is about 1.5 KB.
+pub const MAX_JWK_BYTES: usize = 4096;
+
+/// Members that only a private or symmetric key has: RSA's `d`, `p`, `q`, `dp`, `dq`, `qi`,
+/// `oth` (RFC 7518 §6.3.2), EC's and OKP's `d` (§6.2.2, RFC 8037 §2), `oct`'s `k` (§6.4.1).
+const PRIVATE_JWK_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
+
+/// Checks a JWK as a client sends it: an object, at most [`MAX_JWK_BYTES`], no private member.
+pub fn check_public_jwk(jwk: &serde_json::Value) -> Result<(), Problem> {
+    let object = jwk
+        .as_object()
+        .ok_or_else(|| bad_key("the jwk is not a JSON object"))?;
+    let size = jwk.to_string().len();
+    if size > MAX_JWK_BYTES {
+        return Err(bad_key(format!(
+            "the jwk is {size} bytes; at most {MAX_JWK_BYTES}"
+        )));
+    }
+    if let Some(member) = PRIVATE_JWK_MEMBERS
+        .iter()
+        .find(|m| object.contains_key(**m))
+    {
+        return Err(bad_key(format!(
+            "the jwk holds `{member}`, a member of a private or symmetric key; send the public key only"
+        )));
+    }
+    Ok(())
+}
+
 impl ParsedJws {
     pub fn parse(body: &[u8]) -> Result<Self, Problem> {
         let jws: FlattenedJws = serde_json::from_slice(body)
             .map_err(|e| Problem::malformed(format!("the body is not a flattened JWS: {e}")))?;
         let protected = unb64(&jws.protected)
             .ok_or_else(|| Problem::malformed("the protected header is not base64url"))?;
-        let header: Header = serde_json::from_slice(&protected).map_err(|e| {
-            Problem::malformed(format!("the protected header is not valid JSON: {e}"))
-        })?;
+        let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&protected)
+            .map_err(|e| {
+                Problem::malformed(format!("the protected header is not a JSON object: {e}"))
+            })?;
+        if header.contains_key("crit") {
+            return Err(Problem::malformed(
+                "the protected header has `crit`: this server understands no JWS extension \
+                 (RFC 7515 §4.1.11; RFC 8555 §6.2 lists the members ACME uses)",
+            ));
+        }
+        let header: Header = serde_json::from_value(serde_json::Value::Object(header))
+            .map_err(|e| Problem::malformed(format!("the protected header: {e}")))?;
+        if let Some(jwk) = &header.jwk {
+            check_public_jwk(jwk)?;
+        }
         let payload = unb64(&jws.payload)
             .ok_or_else(|| Problem::malformed("the payload is not base64url"))?;
         let signature = unb64(&jws.signature)
@@ -158,7 +206,19 @@ impl PublicKey {
 
     /// RFC 7638 thumbprint (SHA-256, base64url): members in lexicographic order, no spaces.
     pub fn thumbprint(&self) -> String {
-        let canonical = match self {
+        b64(&Sha256::digest(self.canonical_jwk().as_bytes()))
+    }
+
+    /// The key as a JWK of its required public members only (RFC 7638 §3.2): what an account
+    /// stores and shows, whatever else the client's `jwk` held.
+    pub fn to_jwk(&self) -> serde_json::Value {
+        // The canonical form is JSON this module wrote; it always parses.
+        serde_json::from_str(&self.canonical_jwk()).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// RFC 7638 §3.3: the required members, in lexicographic order, no whitespace.
+    fn canonical_jwk(&self) -> String {
+        match self {
             Self::Rsa { n, e } => format!(r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#, b64(e), b64(n)),
             Self::P256(p) | Self::P384(p) => {
                 let crv = if matches!(self, Self::P256(_)) {
@@ -174,8 +234,7 @@ impl PublicKey {
                 )
             }
             Self::Ed25519(x) => format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#, b64(x)),
-        };
-        b64(&Sha256::digest(canonical.as_bytes()))
+        }
     }
 
     /// Checks a JWS signature; `alg` must be the one this key signs with.
@@ -391,6 +450,62 @@ mod tests {
         assert_eq!(
             PublicKey::from_jwk(&short).map_err(|p| p.kind),
             Err(ProblemType::BadPublicKey)
+        );
+    }
+
+    #[test]
+    fn crit_headers_are_refused_whatever_their_value() {
+        for crit in [
+            serde_json::json!(["b64"]),
+            serde_json::json!([]),
+            serde_json::json!("x"),
+            serde_json::Value::Null,
+        ] {
+            let header = serde_json::json!({"alg": "ES256", "nonce": "n", "url": "u", "crit": crit, "b64": false});
+            let (body, _) = es256_jws(&header, b"{}");
+            let refused = ParsedJws::parse(&body).expect_err("crit");
+            assert_eq!(refused.kind, ProblemType::Malformed);
+            assert!(refused.detail.contains("crit"), "{}", refused.detail);
+        }
+    }
+
+    #[test]
+    fn private_and_oversized_jwks_are_refused_and_only_public_members_kept() {
+        let header = serde_json::json!({"alg": "ES256", "nonce": "n", "url": "u"});
+        let (body, jwk) = es256_jws(&header, b"{}");
+        let parsed = ParsedJws::parse(&body).expect("public jwk");
+        let key = PublicKey::from_jwk(parsed.header.jwk.as_ref().expect("jwk")).expect("key");
+        assert_eq!(
+            key.to_jwk(),
+            jwk,
+            "an EC key's RFC 7638 members are all it sends here"
+        );
+        for member in PRIVATE_JWK_MEMBERS {
+            let mut private = jwk.clone();
+            private[member] = serde_json::json!("AAAA");
+            assert_eq!(
+                check_public_jwk(&private).map_err(|p| p.kind),
+                Err(ProblemType::BadPublicKey),
+                "{member}"
+            );
+        }
+        let mut junk = jwk.clone();
+        junk["junk"] = serde_json::json!("j".repeat(30_000));
+        assert_eq!(
+            check_public_jwk(&junk).map_err(|p| p.kind),
+            Err(ProblemType::BadPublicKey)
+        );
+        let mut extra = jwk.clone();
+        extra["kid"] = serde_json::json!("mine");
+        extra["use"] = serde_json::json!("sig");
+        check_public_jwk(&extra).expect("small extra members are allowed");
+        let reduced = PublicKey::from_jwk(&extra).expect("key").to_jwk();
+        assert_eq!(reduced, jwk, "extra members are not kept");
+        assert_eq!(
+            reduced
+                .as_object()
+                .map(|o| o.keys().cloned().collect::<Vec<_>>()),
+            Some(vec!["crv".into(), "kty".into(), "x".into(), "y".into()])
         );
     }
 

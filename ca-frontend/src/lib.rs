@@ -19,8 +19,10 @@
 //!
 //! # Layout
 //! - [`config`]: the TOML configuration, validated at start-up.
+//! - [`contact`]: account contacts — `mailto:` only, bounded, one valid public address each.
 //! - [`model`]: accounts, orders, authorizations, challenges, certificate records.
 //! - [`db`]: durable storage — embedded SQLite, or PostgreSQL for several frontends.
+//! - [`names`]: the identifier policy — which DNS names are issued for (BR §4.2.2, RFC 6761).
 //! - [`jws`]: parsing and verifying the JWS every POST carries; JWK thumbprints.
 //! - [`nonce`]: `Replay-Nonce` issuance and single use.
 //! - [`validate`]: challenge validation and CAA checking.
@@ -34,11 +36,13 @@
 pub mod ari;
 pub mod ceremony;
 pub mod config;
+pub mod contact;
 pub mod db;
 mod error;
 pub mod issue;
 pub mod jws;
 pub mod model;
+pub mod names;
 pub mod nonce;
 pub mod ratelimit;
 pub mod republish;

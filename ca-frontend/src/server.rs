@@ -69,6 +69,9 @@ pub fn router(ca: Arc<Ca>) -> Router {
         .route("/acme/key-change", post(key_change))
         .route("/acme/renewal-info/{id}", get(renewal_info))
         .fallback(not_found)
+        .layer(axum::middleware::map_response(
+            crate::error::problem_for_rejections,
+        ))
         .layer(axum::middleware::map_response_with_state(
             ca.clone(),
             common_headers,
@@ -334,6 +337,8 @@ async fn authenticate(
     let expected_url = ca.url(uri.path());
     match jws.header.url.as_deref() {
         Some(url) if url == expected_url => {}
+        // RFC 8555 §6.4: "the server MUST reject the request as unauthorized" (Boulder and
+        // Pebble answer `malformed`; the RFC decides).
         Some(url) => {
             return Err(Problem::unauthorized(format!(
                 "the JWS url `{url}` is not the URL this request was sent to (`{expected_url}`)"
@@ -357,11 +362,9 @@ async fn authenticate(
             return Err(Problem::malformed("the header has both `jwk` and `kid`").into());
         }
         (Some(kid), None, KeyBy::Account | KeyBy::Either) => {
+            // Not an account URL at all: `malformed`, as Boulder and Pebble answer.
             let id = kid.strip_prefix(&ca.url("/acme/acct/")).ok_or_else(|| {
-                Problem::new(
-                    ProblemType::AccountDoesNotExist,
-                    format!("`{kid}` is not an account URL of this server"),
-                )
+                Problem::malformed(format!("`{kid}` is not an account URL of this server"))
             })?;
             let account = ca.db.account(id).await?.ok_or_else(|| {
                 Problem::new(
@@ -471,35 +474,13 @@ struct NewAccount {
     _terms_of_service_agreed: Option<bool>,
 }
 
-fn check_contacts(contact: &[String]) -> Result<()> {
-    for c in contact {
-        let Some(address) = c.strip_prefix("mailto:") else {
-            return Err(Problem::new(
-                ProblemType::UnsupportedIdentifier,
-                format!("contact `{c}`: only mailto: URLs are supported"),
-            )
-            .into());
-        };
-        let valid = address.split_once('@').is_some_and(|(user, domain)| {
-            !user.is_empty() && domain.contains('.') && !address.contains([',', '?', ' '])
-        });
-        if !valid {
-            return Err(Problem::new(
-                ProblemType::InvalidContact,
-                format!("`{c}` is not a single valid email address"),
-            )
-            .into());
-        }
-    }
-    Ok(())
-}
-
 fn account_json(ca: &Ca, a: &Account) -> serde_json::Value {
     serde_json::json!({
         "status": a.status,
         "contact": a.contact,
         "orders": ca.url(&format!("/acme/acct/{}/orders", a.id)),
-        "key": a.jwk,
+        // The RFC 7638 members only, also for an account stored before keys were reduced.
+        "key": PublicKey::from_jwk(&a.jwk).map_or_else(|_| a.jwk.clone(), |k| k.to_jwk()),
         "createdAt": rfc3339(a.created),
     })
 }
@@ -512,6 +493,14 @@ async fn new_account_inner(ca: &Ca, authed: Authed) -> Result<Response> {
     let request: NewAccount = authed.jws.json()?;
     let thumbprint = authed.key.thumbprint();
     if let Some(existing) = ca.db.account_by_thumbprint(&thumbprint).await? {
+        // As Boulder and Pebble answer: the key's account exists but cannot be used.
+        if existing.status != AccountStatus::Valid {
+            return Err(Problem::unauthorized(format!(
+                "the account of this key is {}",
+                format!("{:?}", existing.status).to_lowercase()
+            ))
+            .into());
+        }
         let r = json_response(StatusCode::OK, &account_json(ca, &existing));
         return Ok(with_header(
             r,
@@ -527,15 +516,11 @@ async fn new_account_inner(ca: &Ca, authed: Authed) -> Result<Response> {
         .into());
     }
     let contact = request.contact.unwrap_or_default();
-    check_contacts(&contact)?;
+    crate::contact::check_contacts(&contact, &ca.config.ca.allowed_special_tlds)?;
     let now = unix_now();
     ratelimit::new_account(ca.db.as_ref(), &ca.config.limits, now).await?;
-    let jwk = authed
-        .jws
-        .header
-        .jwk
-        .clone()
-        .ok_or_else(|| Problem::malformed("no jwk"))?;
+    // Stored and echoed: the public key's RFC 7638 members, not whatever else the jwk held.
+    let jwk = authed.key.to_jwk();
     let account = Account {
         id: random_id()?,
         status: AccountStatus::Valid,
@@ -578,7 +563,7 @@ async fn account_inner(ca: &Ca, id: &str, authed: Authed) -> Result<Response> {
     if !authed.is_post_as_get() {
         let update: AccountUpdate = authed.jws.json()?;
         if let Some(contact) = update.contact {
-            check_contacts(&contact)?;
+            crate::contact::check_contacts(&contact, &ca.config.ca.allowed_special_tlds)?;
             account.contact = contact;
         }
         match update.status.as_deref() {
@@ -638,6 +623,7 @@ async fn key_change(State(ca): Shared, signed: Signed) -> Result<Response> {
         .ok_or_else(|| Problem::malformed("the inner JWS has no jwk"))?;
     let new_key = PublicKey::from_jwk(&new_jwk)?;
     inner.verify(&new_key)?;
+    let new_jwk = new_key.to_jwk();
     let request: KeyChangeInner = inner.json()?;
     if request.account != ca.account_url(&account.id) {
         return Err(Problem::malformed("the inner payload names another account").into());
@@ -649,11 +635,11 @@ async fn key_change(State(ca): Shared, signed: Signed) -> Result<Response> {
     account.thumbprint = new_key.thumbprint();
     if !ca.db.update_account(&account).await? {
         let other = ca.db.account_by_thumbprint(&account.thumbprint).await?;
+        // RFC 8555 §7.3.5: 409 Conflict, with the other account's URL.
         let r = Problem::new(
             ProblemType::Conflict,
             "the new key already belongs to an account",
         )
-        .with_status(StatusCode::CONFLICT)
         .into_response();
         return Ok(match other {
             Some(o) => with_header(r, header::LOCATION, &ca.account_url(&o.id)),
@@ -678,50 +664,6 @@ struct NewOrder {
     profile: Option<String>,
     #[serde(default)]
     replaces: Option<String>,
-}
-
-/// Checks a DNS identifier: lower-case LDH labels, at most 253 characters, a wildcard only as
-/// the whole leftmost label, at least two labels, not an IP address.
-pub fn check_dns_name(value: &str) -> std::result::Result<(String, bool), Problem> {
-    let name = value.to_ascii_lowercase();
-    let (base, wildcard) = match name.strip_prefix("*.") {
-        Some(rest) => (rest.to_owned(), true),
-        None => (name.clone(), false),
-    };
-    let reject =
-        |why: &str| Problem::new(ProblemType::RejectedIdentifier, format!("`{value}`: {why}"));
-    if base.parse::<std::net::IpAddr>().is_ok() {
-        return Err(Problem::new(
-            ProblemType::UnsupportedIdentifier,
-            format!("`{value}`: IP addresses are not issued for"),
-        ));
-    }
-    if base.is_empty() || base.len() > 253 {
-        return Err(reject("a DNS name is 1 to 253 characters"));
-    }
-    let labels: Vec<&str> = base.split('.').collect();
-    if labels.len() < 2 {
-        return Err(reject("a DNS name needs at least two labels"));
-    }
-    for label in &labels {
-        let ldh = label
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if label.is_empty()
-            || label.len() > 63
-            || !ldh
-            || label.starts_with('-')
-            || label.ends_with('-')
-        {
-            return Err(reject(
-                "every label is 1 to 63 letters, digits or inner hyphens",
-            ));
-        }
-    }
-    if psl::suffix_str(&base) == Some(base.as_str()) {
-        return Err(reject("a public suffix cannot be issued for"));
-    }
-    Ok((name, wildcard))
 }
 
 fn order_json(ca: &Ca, o: &Order, status: OrderStatus) -> serde_json::Value {
@@ -789,16 +731,17 @@ async fn new_order_inner(ca: &Ca, authed: Authed) -> Result<Response> {
             )
             .into());
         }
-        let (name, _) = check_dns_name(&id.value)?;
-        names.insert(name);
+        let checked = crate::names::check_dns_name(&id.value, &ca.config.ca.allowed_special_tlds)?;
+        names.insert(checked.name);
     }
     let profile = request
         .profile
         .unwrap_or_else(|| ca.config.ca.default_profile.clone());
     if ca.config.profile(&profile).is_none() {
-        return Err(Problem::malformed(format!(
-            "unknown profile `{profile}`; see the directory's meta.profiles"
-        ))
+        return Err(Problem::new(
+            ProblemType::InvalidProfile,
+            format!("unknown profile `{profile}`; see the directory's meta.profiles"),
+        )
         .into());
     }
     // RFC 9773 §5: the replaced certificate must be this account's, share a name with the
@@ -943,7 +886,7 @@ async fn finalize(State(ca): Shared, Path(id): Path<String>, signed: Signed) -> 
 
 async fn finalize_inner(ca: &Ca, id: &str, authed: Authed) -> Result<Response> {
     let account = authed.account()?.clone();
-    let (order, _, status) = owned_order(ca, id, &account).await?;
+    let (order, authzs, status) = owned_order(ca, id, &account).await?;
     if status != OrderStatus::Ready {
         return Err(Problem::new(
             ProblemType::OrderNotReady,
@@ -963,6 +906,10 @@ async fn finalize_inner(ca: &Ca, id: &str, authed: Authed) -> Result<Response> {
     let csr_der = crate::unb64(&request.csr)
         .ok_or_else(|| Problem::new(ProblemType::BadCsr, "csr is not base64url"))?;
     let names: BTreeSet<String> = order.identifiers.iter().map(|i| i.value.clone()).collect();
+    // The policy again: an order made before a name was refused must not be issued for.
+    for name in &names {
+        crate::names::check_dns_name(name, &ca.config.ca.allowed_special_tlds)?;
+    }
     let checked = issue::check_csr(
         &csr_der,
         &names,
@@ -981,13 +928,9 @@ async fn finalize_inner(ca: &Ca, id: &str, authed: Authed) -> Result<Response> {
     let counted =
         ratelimit::counted_domains(&name_list, replaced.as_ref().map(|r| r.names.as_slice()));
     ratelimit::certificates(ca.db.as_ref(), &ca.config.limits, &counted, now).await?;
-    for name in &names {
-        let (base, wildcard) = match name.strip_prefix("*.") {
-            Some(b) => (b, true),
-            None => (name.as_str(), false),
-        };
-        ca.validator.check_caa(base, wildcard).await?;
-    }
+    ca.validator
+        .check_order_caa(&authzs, &ca.account_url(&account.id))
+        .await?;
     // Ready → processing, once (a second finalize, or another frontend, loses this race), in
     // one transaction with the domains' reservations under the serial to be signed and the
     // replaced certificate's `replaced_by`: concurrent finalizations can neither overshoot a
@@ -1496,35 +1439,4 @@ async fn renewal_info(State(ca): Shared, Path(id): Path<String>) -> Result<Respo
         header::RETRY_AFTER,
         &ARI_RETRY_AFTER_SECS.to_string(),
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dns_names_are_checked() {
-        assert_eq!(
-            check_dns_name("WWW.Example.test"),
-            Ok(("www.example.test".into(), false))
-        );
-        assert_eq!(check_dns_name("*.example.test").map(|(_, w)| w), Ok(true));
-        for bad in [
-            "localhost",
-            "a..b",
-            "-a.example",
-            "a_b.example",
-            "*.*.example.com",
-            "a.*.example.com",
-            "com",
-            "co.uk",
-            "",
-        ] {
-            assert!(check_dns_name(bad).is_err(), "{bad}");
-        }
-        assert_eq!(
-            check_dns_name("127.0.0.1").map_err(|p| p.kind),
-            Err(ProblemType::UnsupportedIdentifier)
-        );
-    }
 }

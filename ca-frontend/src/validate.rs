@@ -6,6 +6,11 @@
 //! cached: a TXT record set a moment ago must be seen. A validation failure is a [`Problem`] of
 //! the RFC 8555 type that says what failed (`dns`, `connection`, `unauthorized`, `tls`,
 //! `incorrectResponse`, `caa`), with the detail a subscriber needs to fix it.
+//!
+//! CAA records may bind issuance to one ACME account and to validation methods (RFC 8657):
+//! an `issue`/`issuewild` record naming this CA with an `accounturi` other than the
+//! requester's, or a `validationmethods` list without the challenge type that proved control,
+//! does not authorize this CA.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -20,7 +25,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 use sha2::{Digest, Sha256};
 
 use crate::config::Validation;
-use crate::model::ChallengeType;
+use crate::model::{Authorization, ChallengeStatus, ChallengeType};
 use crate::{Error, Problem, ProblemType, b64};
 
 /// `id-pe-acmeIdentifier` (RFC 8737 §6.1).
@@ -247,15 +252,57 @@ impl Validator {
         check_alpn_certificate(certificate.as_ref(), domain, key_authorization)
     }
 
+    /// CAA for every name of an order about to be issued, each with the challenge type that
+    /// validated it, for the account `account_uri` (RFC 8657).
+    pub async fn check_order_caa(
+        &self,
+        authzs: &[Authorization],
+        account_uri: &str,
+    ) -> Result<(), Error> {
+        for authz in authzs {
+            let method = authz
+                .challenges
+                .iter()
+                .find(|c| c.status == ChallengeStatus::Valid)
+                .map(|c| c.kind)
+                .ok_or_else(|| {
+                    Error::Internal(format!(
+                        "authorization {} of a ready order has no valid challenge",
+                        authz.id
+                    ))
+                })?;
+            let requester = CaaRequester {
+                account_uri,
+                method,
+            };
+            self.check_caa(&authz.identifier.value, authz.wildcard, requester)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// CAA (RFC 8659 §3): the relevant record set is the first non-empty one climbing from
     /// `domain` to the root; issuance is allowed if there is none or one of its `issue` (or, for
-    /// a wildcard, `issuewild`) records names this CA. A DNS failure refuses issuance.
-    pub async fn check_caa(&self, domain: &str, wildcard: bool) -> Result<(), Problem> {
+    /// a wildcard, `issuewild`) records names this CA and `requester` (RFC 8657). A DNS failure
+    /// refuses issuance.
+    pub async fn check_caa(
+        &self,
+        domain: &str,
+        wildcard: bool,
+        requester: CaaRequester<'_>,
+    ) -> Result<(), Problem> {
         let mut name = domain.trim_end_matches('.').to_ascii_lowercase();
         loop {
             let records = self.caa_records(&name).await?;
             if !records.is_empty() {
-                return self.caa_allows(domain, &name, &records, wildcard);
+                return caa_allows(
+                    &self.caa_identities,
+                    domain,
+                    &name,
+                    &records,
+                    wildcard,
+                    requester,
+                );
             }
             match name.split_once('.') {
                 Some((_, parent)) if !parent.is_empty() => name = parent.to_owned(),
@@ -264,7 +311,7 @@ impl Validator {
         }
     }
 
-    async fn caa_records(&self, name: &str) -> Result<Vec<(bool, String, String)>, Problem> {
+    async fn caa_records(&self, name: &str) -> Result<Vec<CaaRecord>, Problem> {
         match self
             .resolver
             .lookup(format!("{name}."), RecordType::CAA)
@@ -274,11 +321,11 @@ impl Validator {
                 .answers()
                 .iter()
                 .filter_map(|r| match &r.data {
-                    RData::CAA(caa) => Some((
-                        caa.issuer_critical,
-                        caa.tag.to_ascii_lowercase(),
-                        String::from_utf8_lossy(&caa.value).into_owned(),
-                    )),
+                    RData::CAA(caa) => Some(CaaRecord {
+                        critical: caa.issuer_critical,
+                        tag: caa.tag.to_ascii_lowercase(),
+                        value: caa.value.clone(),
+                    }),
                     _ => None,
                 })
                 .collect()),
@@ -289,51 +336,107 @@ impl Validator {
             )),
         }
     }
+}
 
-    fn caa_allows(
-        &self,
-        domain: &str,
-        at: &str,
-        records: &[(bool, String, String)],
-        wildcard: bool,
-    ) -> Result<(), Problem> {
-        if let Some((_, tag, _)) = records.iter().find(|(critical, tag, _)| {
-            *critical && !matches!(tag.as_str(), "issue" | "issuewild" | "iodef")
-        }) {
-            return Err(problem(
-                ProblemType::Caa,
-                format!("CAA at {at} has a critical `{tag}` record this CA does not understand"),
-            ));
-        }
-        let tag = if wildcard && records.iter().any(|(_, t, _)| t == "issuewild") {
-            "issuewild"
-        } else {
-            "issue"
-        };
-        let allowed = records
-            .iter()
-            .filter(|(_, t, _)| t == tag)
-            .any(|(_, _, value)| {
-                let issuer = value
-                    .split(';')
-                    .next()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_ascii_lowercase();
-                self.caa_identities.contains(&issuer)
-            });
-        if allowed {
-            Ok(())
-        } else {
-            Err(problem(
-                ProblemType::Caa,
-                format!(
-                    "CAA records at {at} do not allow this CA ({}) to issue for {domain}",
-                    self.caa_identities.join(", ")
-                ),
-            ))
-        }
+/// One CAA resource record (RFC 8659 §4.1): its issuer-critical flag, tag (lower case), value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaaRecord {
+    pub critical: bool,
+    pub tag: String,
+    pub value: Vec<u8>,
+}
+
+/// Who asks for a certificate and how control was proved: what RFC 8657's `accounturi` and
+/// `validationmethods` parameters restrict.
+#[derive(Clone, Copy, Debug)]
+pub struct CaaRequester<'a> {
+    /// The ACME account URL (`https://…/acme/acct/ID`), compared exactly (RFC 8657 §3).
+    pub account_uri: &'a str,
+    /// The challenge that validated the name; its type is the method label (RFC 8657 §4).
+    pub method: ChallengeType,
+}
+
+/// Whether the relevant record set `records` (found at `at`) lets the CA known by `identities`
+/// issue for `domain` to `requester`. An `issue` value is parsed by hickory's RFC 8659 §4.2
+/// grammar; one that does not parse authorizes nothing.
+pub fn caa_allows(
+    identities: &[String],
+    domain: &str,
+    at: &str,
+    records: &[CaaRecord],
+    wildcard: bool,
+    requester: CaaRequester<'_>,
+) -> Result<(), Problem> {
+    use hickory_resolver::proto::rr::rdata::caa::read_issuer;
+    if let Some(record) = records
+        .iter()
+        .find(|r| r.critical && !matches!(r.tag.as_str(), "issue" | "issuewild" | "iodef"))
+    {
+        return Err(problem(
+            ProblemType::Caa,
+            format!(
+                "CAA at {at} has a critical `{}` record this CA does not understand",
+                record.tag
+            ),
+        ));
     }
+    let tag = if wildcard && records.iter().any(|r| r.tag == "issuewild") {
+        "issuewild"
+    } else {
+        "issue"
+    };
+    let method = requester.method.as_str();
+    // Why each record naming this CA still does not authorize the request.
+    let mut refusals = Vec::new();
+    for record in records.iter().filter(|r| r.tag == tag) {
+        let shown = String::from_utf8_lossy(&record.value);
+        let (issuer, parameters) = match read_issuer(&record.value) {
+            Ok((Some(issuer), parameters)) => (issuer, parameters),
+            // `issue ";"`: no CA may issue.
+            Ok((None, _)) => continue,
+            Err(e) => {
+                refusals.push(format!("`{tag} \"{shown}\"` does not parse ({e})"));
+                continue;
+            }
+        };
+        let issuer = issuer.to_ascii().trim_end_matches('.').to_ascii_lowercase();
+        if !identities.contains(&issuer) {
+            continue;
+        }
+        let parameter = |key: &'static str| {
+            parameters
+                .iter()
+                .filter(move |p| p.key().eq_ignore_ascii_case(key))
+                .map(|p| p.value())
+        };
+        // RFC 8657 §3: "the CA MUST only issue if the ACME account URI matches".
+        if let Some(other) = parameter("accounturi").find(|uri| *uri != requester.account_uri) {
+            refusals.push(format!(
+                "`{tag} \"{shown}\"` binds issuance to account {other}, not {}",
+                requester.account_uri
+            ));
+            continue;
+        }
+        // RFC 8657 §4: only the listed validation methods may be used.
+        if let Some(methods) =
+            parameter("validationmethods").find(|list| !list.split(',').any(|m| m.trim() == method))
+        {
+            refusals.push(format!(
+                "`{tag} \"{shown}\"` allows validation by {methods} only, and {domain} was validated by {method}"
+            ));
+            continue;
+        }
+        return Ok(());
+    }
+    let why = if refusals.is_empty() {
+        format!("they do not name this CA ({})", identities.join(", "))
+    } else {
+        refusals.join("; ")
+    };
+    Err(problem(
+        ProblemType::Caa,
+        format!("CAA records at {at} do not allow this CA to issue for {domain}: {why}"),
+    ))
 }
 
 /// Checks a tls-alpn-01 certificate (RFC 8737 §3): one dNSName SAN, the domain; a critical
@@ -471,4 +574,93 @@ fn verify_handshake(
         .verify(message, dss.signature())
         .map_err(|_| bad("does not verify"))?;
     Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ACCOUNT: &str = "https://acme.test/acme/acct/mine";
+
+    fn issue(value: &str) -> CaaRecord {
+        CaaRecord {
+            critical: false,
+            tag: "issue".into(),
+            value: value.as_bytes().to_vec(),
+        }
+    }
+
+    fn allows(records: &[CaaRecord], method: ChallengeType) -> Result<(), String> {
+        let requester = CaaRequester {
+            account_uri: ACCOUNT,
+            method,
+        };
+        caa_allows(
+            &["hsmgate.test".into()],
+            "www.example.de",
+            "example.de",
+            records,
+            false,
+            requester,
+        )
+        .map_err(|p| {
+            assert_eq!(p.kind, ProblemType::Caa);
+            p.detail
+        })
+    }
+
+    #[test]
+    fn an_issue_record_naming_this_ca_allows() {
+        assert_eq!(
+            allows(&[issue("hsmgate.test")], ChallengeType::Http01),
+            Ok(())
+        );
+        assert_eq!(
+            allows(&[issue("HSMGATE.test; foo=bar")], ChallengeType::Dns01),
+            Ok(())
+        );
+        // Another CA's record among ours does not matter; only another CA's does.
+        assert_eq!(
+            allows(
+                &[issue("other.example"), issue("hsmgate.test")],
+                ChallengeType::Http01
+            ),
+            Ok(())
+        );
+        assert!(allows(&[issue("other.example")], ChallengeType::Http01).is_err());
+        assert!(allows(&[issue(";")], ChallengeType::Http01).is_err());
+        assert!(allows(&[issue("hsmgate.test; bad param")], ChallengeType::Http01).is_err());
+    }
+
+    #[test]
+    fn accounturi_binds_issuance_to_one_account() {
+        let mine = issue(&format!("hsmgate.test; accounturi={ACCOUNT}"));
+        assert_eq!(allows(&[mine], ChallengeType::Http01), Ok(()));
+        let other = issue("hsmgate.test; accounturi=https://acme.test/acme/acct/other");
+        let detail =
+            allows(std::slice::from_ref(&other), ChallengeType::Http01).expect_err("other");
+        assert!(detail.contains("acct/other"), "{detail}");
+        // A record for the account beside one for another: the first authorizes.
+        let mine = issue(&format!("hsmgate.test; accounturi={ACCOUNT}"));
+        assert_eq!(allows(&[other, mine], ChallengeType::Http01), Ok(()));
+    }
+
+    #[test]
+    fn validationmethods_restricts_the_challenge_types() {
+        let dns_only = issue("hsmgate.test; validationmethods=dns-01");
+        assert_eq!(
+            allows(std::slice::from_ref(&dns_only), ChallengeType::Dns01),
+            Ok(())
+        );
+        let detail = allows(&[dns_only], ChallengeType::Http01).expect_err("http-01");
+        assert!(detail.contains("http-01"), "{detail}");
+        let both = issue(&format!(
+            "hsmgate.test; accounturi={ACCOUNT}; validationmethods=dns-01,http-01"
+        ));
+        assert_eq!(
+            allows(std::slice::from_ref(&both), ChallengeType::Http01),
+            Ok(())
+        );
+        assert!(allows(&[both], ChallengeType::TlsAlpn01).is_err());
+    }
 }

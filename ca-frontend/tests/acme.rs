@@ -27,6 +27,10 @@ use tower::ServiceExt;
 
 const BASE: &str = "http://acme.test";
 
+/// Hostile input: names, JWS headers, keys, contacts, paths, CAA parameters; ACME statuses.
+#[path = "acme/input.rs"]
+mod input;
+
 const GATEWAY_CONFIG: &str = r#"
 [gateway]
 listen = "127.0.0.1:0"
@@ -66,6 +70,8 @@ struct Infra {
     dns: SocketAddr,
     /// pebble-challtestsrv's management API (to point a name at another address).
     dns_management: SocketAddr,
+    /// pebble-challtestsrv's management API (CAA records, `tests/acme/input.rs`).
+    mgmt_port: u16,
     http_port: u16,
     /// http-01 answers: token → key authorization.
     tokens: Arc<Mutex<HashMap<String, String>>>,
@@ -209,6 +215,7 @@ fn infra() -> &'static Infra {
             gateway: url,
             dns: SocketAddr::from(([127, 0, 0, 1], dns_port)),
             dns_management: SocketAddr::from(([127, 0, 0, 1], mgmt_port)),
+            mgmt_port,
             http_port,
             tokens,
             _children: vec![gateway, dns],
@@ -248,6 +255,7 @@ intermediate = "intermediate.pem"
 ocsp_url = "http://127.0.0.1:1"
 default_profile = "classic"
 caa_identities = ["hsmgate.test"]
+allowed_special_tlds = ["test"]
 [[ca.profiles]]
 name = "classic"
 validity_hours = 2160

@@ -1,0 +1,1 @@
+ab--c.example.com

@@ -1,0 +1,1 @@
+xn--a.example.com
