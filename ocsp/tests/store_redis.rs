@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod stand_in;
+
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -18,6 +20,7 @@ use ocsp::Error;
 use ocsp::model::{CertStatus, IssuerName, Serial, StoredResponse};
 use ocsp::store::ResponseStore;
 use ocsp::store::redis::{RedisStore, response_key};
+use stand_in::built;
 
 const SHARED: &str = "redis://127.0.0.1:6379";
 
@@ -648,49 +651,6 @@ impl Servers {
 }
 
 // ---- issue 13: one response per CertID hash, keys of the old layout ----
-
-/// Returns a stand-in signature: the store reads only which CertID hash a response's
-/// SingleResponse uses (as `store_sqlite.rs`'s helper of the same name).
-#[derive(Debug)]
-struct StandInSigner;
-
-#[async_trait::async_trait]
-impl ocsp::response::TbsSigner for StandInSigner {
-    async fn sign(&self, _key: &str, tbs: Vec<Vec<u8>>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
-        // ecdsa-with-SHA256 (RFC 5758 §3.2).
-        let alg = vec![
-            0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02,
-        ];
-        Ok(tbs
-            .iter()
-            .map(|_| (vec![0x30, 0x00], alg.clone()))
-            .collect())
-    }
-}
-
-/// A built `OCSPResponse` for `s` with a SingleResponse per hash of `hashes`.
-async fn built(
-    s: &Serial,
-    status: CertStatus,
-    this_update: i64,
-    hashes: &[ocsp::issuers::HashAlg],
-) -> StoredResponse {
-    let issuer =
-        ocsp::issuers::Issuer::new("test-ca", "k", include_bytes!("data/ca.pem").as_slice())
-            .unwrap();
-    ocsp::response::sign_responses_with(
-        &StandInSigner,
-        &issuer,
-        &ocsp::config::CertIdHashes::new(hashes).unwrap(),
-        &[(s.clone(), status)],
-        this_update,
-        this_update + 86_400,
-        this_update,
-    )
-    .await
-    .unwrap()
-    .remove(0)
-}
 
 /// A response of the old layout (its key without a hash suffix) answers both hashes until
 /// each has its own; a revocation for one hash removes `good` under the other and the old
