@@ -450,6 +450,31 @@ fn path_of(url: &str) -> String {
 }
 
 /// An order for `names` whose authorizations are valid (http-01 really validated).
+/// Serves the http-01 key authorization of the authorization at `authz_url` and asks the CA
+/// to validate it; the challenge's reply.
+async fn answer_http01(client: &Client, authz_url: &str) -> Reply {
+    let authz = client.post(authz_url, None).await.json();
+    let challenge = authz["challenges"]
+        .as_array()
+        .expect("challenges")
+        .iter()
+        .find(|c| c["type"] == "http-01")
+        .expect("http-01 offered")
+        .clone();
+    let token = challenge["token"].as_str().expect("token").to_owned();
+    infra()
+        .tokens
+        .lock()
+        .expect("lock")
+        .insert(token.clone(), format!("{token}.{}", client.thumbprint()));
+    client
+        .post(
+            &path_of(challenge["url"].as_str().expect("url")),
+            Some(&json!({})),
+        )
+        .await
+}
+
 async fn ready_order(client: &Client, names: &[&str]) -> (String, Value) {
     ready_order_with(client, names, json!({})).await
 }
@@ -466,29 +491,7 @@ async fn ready_order_with(client: &Client, names: &[&str], mut payload: Value) -
     let order_url = r.location();
     let order = r.json();
     for authz_url in order["authorizations"].as_array().expect("authorizations") {
-        let authz = client
-            .post(&path_of(authz_url.as_str().expect("url")), None)
-            .await
-            .json();
-        let challenge = authz["challenges"]
-            .as_array()
-            .expect("challenges")
-            .iter()
-            .find(|c| c["type"] == "http-01")
-            .expect("http-01 offered")
-            .clone();
-        let token = challenge["token"].as_str().expect("token").to_owned();
-        infra()
-            .tokens
-            .lock()
-            .expect("lock")
-            .insert(token.clone(), format!("{token}.{}", client.thumbprint()));
-        let r = client
-            .post(
-                &path_of(challenge["url"].as_str().expect("url")),
-                Some(&json!({})),
-            )
-            .await;
+        let r = answer_http01(client, &path_of(authz_url.as_str().expect("url"))).await;
         assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
         assert!(
             r.headers
@@ -1651,26 +1654,7 @@ async fn an_authorization_deactivated_during_validation_stays_deactivated() {
     let order_url = r.location();
     let order = r.json();
     let authz_url = path_of(order["authorizations"][0].as_str().expect("authz"));
-    let authz = client.post(&authz_url, None).await.json();
-    let challenge = authz["challenges"]
-        .as_array()
-        .expect("challenges")
-        .iter()
-        .find(|c| c["type"] == "http-01")
-        .expect("http-01")
-        .clone();
-    let token = challenge["token"].as_str().expect("token").to_owned();
-    infra()
-        .tokens
-        .lock()
-        .expect("lock")
-        .insert(token.clone(), format!("{token}.{}", client.thumbprint()));
-    let r = client
-        .post(
-            &path_of(challenge["url"].as_str().expect("url")),
-            Some(&json!({})),
-        )
-        .await;
+    let r = answer_http01(&client, &authz_url).await;
     assert_eq!(r.json()["status"], "processing", "{:?}", r.json());
     // While the validation waits for its answer, the subscriber deactivates.
     let r = client

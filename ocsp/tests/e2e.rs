@@ -162,6 +162,30 @@ fn import(env: &Env, lines: &str) {
     );
 }
 
+/// `hsmgate-ocsp publish` of a revocation (keyCompromise, 2026-11-01 10:00 UTC) of `serial`
+/// under the P-256 issuer; panics with its stderr if it fails.
+fn publish_revoked(config: &Path, serial: &str) {
+    let out = hsmgate_ocsp(&[
+        "publish",
+        "--config",
+        &config.display().to_string(),
+        "--issuer",
+        ISSUER_P256,
+        "--serial",
+        serial,
+        "--revoked",
+        "--reason",
+        "1",
+        "--at",
+        "2026-11-01T10:00:00Z",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn imported_certificates_are_served_good_then_revoked_and_survive_the_gateway() {
     let mut env = Env::start_with(|text| {
@@ -203,26 +227,7 @@ fn imported_certificates_are_served_good_then_revoked_and_survive_the_gateway() 
     assert!(text.contains("unauthorized"), "{text}");
 
     // Revocation: durable and signed before `publish` returns; served within cache_fresh_secs.
-    let config = env.config_path.display().to_string();
-    let out = hsmgate_ocsp(&[
-        "publish",
-        "--config",
-        &config,
-        "--issuer",
-        ISSUER_P256,
-        "--serial",
-        serials[0],
-        "--revoked",
-        "--reason",
-        "1",
-        "--at",
-        "2026-11-01T10:00:00Z",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    publish_revoked(&env.config_path, serials[0]);
     let text = ask_until(&issuer, serials[0], http, "revoked", Duration::from_secs(5));
     assert!(
         text.contains(&format!("0x{}: revoked", serials[0])),
@@ -455,25 +460,7 @@ fn each_response_has_one_single_response_for_the_hash_the_request_used() {
         let (_responder, http, _) = serve(&env.config_path);
         let text = ask_until(&issuer, good, http, "good", Duration::from_secs(20));
         assert!(text.contains(&format!("0x{good}: good")), "{text}");
-        let out = hsmgate_ocsp(&[
-            "publish",
-            "--config",
-            &env.config_path.display().to_string(),
-            "--issuer",
-            ISSUER_P256,
-            "--serial",
-            revoked,
-            "--revoked",
-            "--reason",
-            "1",
-            "--at",
-            "2026-11-01T10:00:00Z",
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        publish_revoked(&env.config_path, revoked);
         let text = ask_until(&issuer, revoked, http, "revoked", Duration::from_secs(10));
         assert!(text.contains(&format!("0x{revoked}: revoked")), "{text}");
 

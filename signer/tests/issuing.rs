@@ -90,26 +90,6 @@ async fn hsm_signatures(gw: &Gateway) -> u64 {
         .sum()
 }
 
-async fn wait_for_every_key(client: &mut SignerClient<Channel>) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let keys = client
-            .list_keys(ListKeysRequest {})
-            .await
-            .expect("ListKeys")
-            .into_inner()
-            .keys;
-        if keys
-            .iter()
-            .all(|k| k.hsms_available as usize == k.hsms.len())
-        {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "keys never available");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn no_client_of_the_dev_config_gets_a_certificate_signed_outside_its_grants() {
     let pki = Pki::new(CLIENTS);
@@ -120,7 +100,7 @@ async fn no_client_of_the_dev_config_gets_a_certificate_signed_outside_its_grant
     );
     let gw = Gateway::spawn_on(&text, tokens).unwrap_or_else(|e| panic!("gateway: {e}"));
     let mut bench = gw.tls_client(&pki.client_tls("bench")).await.expect("tls");
-    wait_for_every_key(&mut bench).await;
+    gw.wait_every_key(&mut bench).await;
 
     let tbs = forged_tbs(gw.dir.path());
     let sha256 = sha2::Sha256::digest(&tbs).to_vec();

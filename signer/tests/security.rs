@@ -60,27 +60,8 @@ async fn start(pki: &Pki, edit: impl FnOnce(String) -> String) -> Gateway {
         .tls_client(&pki.client_tls("frontend"))
         .await
         .expect("connect over mTLS");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let keys = client
-            .list_keys(ListKeysRequest {})
-            .await
-            .expect("ListKeys")
-            .into_inner()
-            .keys;
-        if keys
-            .iter()
-            .all(|k| k.hsms_available as usize == k.hsms.len())
-        {
-            return gw;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "HSMs not up: {keys:?}\n{}",
-            gw.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    gw.wait_every_key(&mut client).await;
+    gw
 }
 
 fn with_payload<T>(message: T, payload: &str) -> tonic::Request<T> {

@@ -264,6 +264,32 @@ impl Gateway {
         }
     }
 
+    /// Waits (through `client`, whatever its transport) until every key is available on every
+    /// HSM that holds it; panics with the gateway's log after 30 s.
+    pub async fn wait_every_key(&self, client: &mut SignerClient<Channel>) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let keys = client
+                .list_keys(ListKeysRequest {})
+                .await
+                .expect("ListKeys")
+                .into_inner()
+                .keys;
+            if keys
+                .iter()
+                .all(|k| k.hsms_available as usize == k.hsms.len())
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "HSMs not up: {keys:?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn signal(&self, sig: &str) {
         let status = Command::new("kill")
             .args([&format!("-{sig}"), &self.child.id().to_string()])
