@@ -14,14 +14,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{Gateway, Pki, dev_config};
-use hsmgate_signer_api::v1::signer_client::SignerClient;
 use hsmgate_signer_api::v1::{
-    ListKeysRequest, SignBatchRequest, SignRequest, SignatureAlgorithm as Alg, sign_request,
+    SignBatchRequest, SignRequest, SignatureAlgorithm as Alg, sign_request,
 };
 use hsmgate_signer_api::{PAYLOAD_HEADER, PAYLOAD_OCSP_RESPONSE_DATA, PAYLOAD_TBS_CERTIFICATE};
 use sha2::Digest;
 use tonic::Code;
-use tonic::transport::Channel;
 
 /// Every `[[clients]]` entry of dev.toml.
 const CLIENTS: &[&str] = &["ocsp-presigner", "ca-frontend", "ceremony", "bench"];
