@@ -42,6 +42,7 @@ use hsmgate_signer_api::v1::GetPublicKeyRequest;
 use ocsp::model::{CertStatus, IssuerName, Serial};
 use ocsp::presigner::{Presigner, PresignerMetrics, unix_now};
 use ocsp::store::ResponseStore;
+use ocsp::store::Slot;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -456,7 +457,8 @@ async fn drill_against(
 
     eprintln!("verifying {} responses", args.count);
     let sample = if stand_in { 0 } else { args.verify_sample };
-    let check = verify(&presigner, &issuer, &serials, &spki, sample).await?;
+    let hashes: Vec<_> = config.presigner.cert_id_hashes.iter().collect();
+    let check = verify(&presigner, &issuer, &serials, &hashes, &spki, sample).await?;
 
     let responses_per_s = signatures as f64 / seconds.max(1e-9);
     let fleet = args.fleet as f64;
@@ -608,13 +610,16 @@ struct Check {
     signatures_bad: u64,
 }
 
-/// Reads every serial's stored response and checks, from its DER, that it is a successful
-/// OCSPResponse for that serial whose every SingleResponse says `revoked`; verifies the
-/// signature of every `len / sample`-th one with RustCrypto (P-256 keys).
+/// Reads every serial's stored response for each CertID hash of `hashes` (a certificate whose
+/// response for one of them is absent, or only of the old layout, is missing) and checks, from
+/// its DER, that it is a successful OCSPResponse for that serial whose every SingleResponse
+/// says `revoked`; verifies with RustCrypto (P-256 keys) the signature of one response of every
+/// `len / sample`-th certificate, the hashes taking turns.
 async fn verify(
     presigner: &Presigner,
     issuer: &IssuerName,
     serials: &[Serial],
+    hashes: &[ocsp::issuers::HashAlg],
     spki: &[u8],
     sample: usize,
 ) -> Result<Check> {
@@ -632,35 +637,44 @@ async fn verify(
     };
     let every = (serials.len() / sample.max(1)).max(1);
     let mut check = Check::default();
-    for (i, serial) in serials.iter().enumerate() {
-        let Some(stored) = presigner
-            .store()
-            .get(issuer, serial)
-            .await
-            .map_err(|e| anyhow!("{e}"))?
-        else {
-            check.missing += 1;
-            continue;
+    'serials: for (i, serial) in serials.iter().enumerate() {
+        let mut all_revoked = true;
+        // A sampled certificate has one response's signature checked, each hash in turn.
+        let checked_hash = if i % every == 0 {
+            hashes.get((i / every) % hashes.len().max(1)).copied()
+        } else {
+            None
         };
-        let parsed = parse(&stored.der, serial);
-        let Ok((all_revoked, tbs, signature)) = parsed else {
-            check.not_revoked += 1;
-            continue;
-        };
+        for &hash in hashes {
+            let stored = presigner
+                .store()
+                .get_for(issuer, serial, hash)
+                .await
+                .map_err(|e| anyhow!("{e}"))?;
+            let Some(stored) = stored.filter(|s| Slot::of(&s.der) == Slot::Hash(hash)) else {
+                check.missing += 1;
+                continue 'serials;
+            };
+            let Ok((revoked, tbs, signature)) = parse(&stored.der, serial) else {
+                all_revoked = false;
+                continue;
+            };
+            all_revoked &= revoked;
+            if let Some(key) = &key
+                && checked_hash == Some(hash)
+            {
+                check.signatures_checked += 1;
+                let ok = p256::ecdsa::Signature::from_der(&signature)
+                    .is_ok_and(|sig| key.verify(&tbs, &sig).is_ok());
+                if !ok {
+                    check.signatures_bad += 1;
+                }
+            }
+        }
         if all_revoked {
             check.revoked += 1;
         } else {
             check.not_revoked += 1;
-        }
-        if let Some(key) = &key
-            && i % every == 0
-        {
-            check.signatures_checked += 1;
-            let ok = p256::ecdsa::Signature::from_der(&signature)
-                .is_ok_and(|sig| key.verify(&tbs, &sig).is_ok());
-            if !ok {
-                check.signatures_bad += 1;
-            }
         }
     }
     Ok(check)

@@ -129,11 +129,16 @@ pub async fn abandon_stalled(ca: &Ca, grace: Duration) -> Result<usize, Error> {
         {
             continue; // in flight
         }
+        // The replaced certificate's `replaced_by` is given back with the reservation; if it
+        // cannot be read now, the order waits for the next pass rather than keep the mark.
         let replaced = match &order.replaces {
-            Some(cert_id) => crate::server::ari_certificate(ca, cert_id)
-                .await
-                .ok()
-                .map(|r| r.serial),
+            Some(cert_id) => match crate::server::ari_certificate(ca, cert_id).await {
+                Ok(r) => Some(r.serial),
+                Err(e) => {
+                    tracing::warn!(order = %order.id, "stalled order left for the next pass: its replaced certificate could not be read: {e:?}");
+                    continue;
+                }
+            },
             None => None,
         };
         let mut invalid = order.clone();

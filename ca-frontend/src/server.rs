@@ -917,7 +917,6 @@ async fn finalize_inner(ca: &Ca, id: &str, authed: Authed) -> Result<Response> {
         &account.thumbprint,
     )?;
     let name_list: Vec<String> = names.iter().cloned().collect();
-    let now = unix_now();
     // A renewal that names the certificate it replaces (ARI, RFC 9773 §5) is not held back by
     // the per-domain limit for the names it renews (an incident's mass renewal must not be
     // rate-limited into failure); names it adds count as any new certificate's do.
@@ -927,10 +926,14 @@ async fn finalize_inner(ca: &Ca, id: &str, authed: Authed) -> Result<Response> {
     };
     let counted =
         ratelimit::counted_domains(&name_list, replaced.as_ref().map(|r| r.names.as_slice()));
-    ratelimit::certificates(ca.db.as_ref(), &ca.config.limits, &counted, now).await?;
+    ratelimit::certificates(ca.db.as_ref(), &ca.config.limits, &counted, unix_now()).await?;
     ca.validator
         .check_order_caa(&authzs, &ca.account_url(&account.id))
         .await?;
+    // Taken after the CAA lookups (up to a DNS timeout per name): the reservation's time must
+    // say when signing starts, or the stalled-order repair could take a slow finalization for
+    // an abandoned one while it is still signing.
+    let now = unix_now();
     // Ready → processing, once (a second finalize, or another frontend, loses this race), in
     // one transaction with the domains' reservations under the serial to be signed and the
     // replaced certificate's `replaced_by`: concurrent finalizations can neither overshoot a
@@ -1184,6 +1187,15 @@ async fn authorization(
                 break;
             }
             authz = owned_authz(&ca, &id, authed.account()?).await?;
+        }
+        // Never answer 200 for a deactivation that did not happen.
+        if matches!(
+            authz.status_at(now),
+            AuthzStatus::Pending | AuthzStatus::Valid
+        ) {
+            return Err(Error::Internal(
+                "the authorization kept changing while it was being deactivated; retry".into(),
+            ));
         }
     }
     let r = json_response(StatusCode::OK, &authz_json(&ca, &authz, now));

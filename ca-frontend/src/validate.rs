@@ -285,7 +285,7 @@ impl Validator {
     /// `domain` to the root; issuance is allowed if there is none or one of its `issue` (or, for
     /// a wildcard, `issuewild`) records names this CA and `requester` (RFC 8657). A DNS failure
     /// refuses issuance.
-    pub async fn check_caa(
+    async fn check_caa(
         &self,
         domain: &str,
         wildcard: bool,

@@ -504,7 +504,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let threads = http_threads();
     // One connection budget (timeouts, cap) for all the threads' sockets.
     let gate = Gate::new(config.responder.connections);
-    let drain = Duration::from_secs(config.responder.connections.drain_secs + 1);
+    let drain = Duration::from_secs(config.responder.connections.drain_secs.saturating_add(1));
     let first = reuseport_listener(config.responder.listen)?;
     let http_addr = first.local_addr()?;
     let mut listeners = vec![first];

@@ -14,11 +14,12 @@
 //! `items[].sha256` is the SHA-256 of the bytes the caller sent (the digest, or the message),
 //! so a record can be matched to the certificate or OCSP response it produced.
 //!
-//! A call refused before any HSM was asked (grants, payload checks, limits, malformed items)
-//! has no `items`: its record carries `"refused":{"items":N,"request_sha256":"…"}` instead, the
-//! SHA-256 of the request message's protobuf encoding. What a refused call writes is then a few
-//! hundred bytes whatever its size, so oversized refused batches cannot fill the disk (and, with
-//! `stop-signing`, stop all signing).
+//! A `SignBatch` refused before any HSM was asked (grants, payload checks, limits, malformed
+//! items) has no `items`: its record carries `"refused":{"items":N,"request_sha256":"…"}`
+//! instead, the SHA-256 of the request message as prost encodes it. A refused `Sign` keeps its
+//! one item (its key and the SHA-256 of at most 16 KiB sent). What a refused call writes is
+//! then a few hundred bytes whatever its size, so oversized refused batches cannot fill the
+//! disk (and, with `stop-signing`, stop all signing).
 //!
 //! **The chain.** `hash` is the SHA-256 of the line as it would read without `,"hash":"…"`;
 //! `prev` is the previous record's `hash` (64 zeros for record 1). Editing a record breaks its

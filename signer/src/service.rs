@@ -63,19 +63,20 @@ pub fn max_message_bytes(max_request_items: usize) -> usize {
         .max(MAX_INPUT_BYTES + 1024)
 }
 
-/// SHA-256 of the request message as the caller encoded it (for a batch, `SignBatchRequest`:
-/// each item is field 1, length-delimited), computed item by item without a second copy.
-fn request_sha256(requests: &[SignRequest], batch: bool) -> String {
+/// SHA-256 of the `SignBatchRequest` as prost encodes it (each item field 1, length-delimited):
+/// the caller's bytes when it encoded canonically, as prost-based clients do. Item by item,
+/// through one reused buffer.
+fn request_sha256(requests: &[SignRequest]) -> String {
     use prost::Message;
     use sha2::{Digest, Sha256};
     let mut hash = Sha256::new();
+    let mut buf = Vec::new();
     for r in requests {
-        if batch {
-            hash.update([0x0a]); // field 1, wire type 2
-            hash.update(r.encode_length_delimited_to_vec());
-        } else {
-            hash.update(r.encode_to_vec());
-        }
+        buf.clear();
+        buf.push(0x0a); // field 1, wire type 2
+        prost::encoding::encode_varint(r.encoded_len() as u64, &mut buf);
+        r.encode_raw(&mut buf);
+        hash.update(&buf);
     }
     hex::encode(hash.finalize())
 }
@@ -185,11 +186,13 @@ impl SignerService {
             operation,
             ..audit::Record::default()
         };
-        // Refused before any HSM was asked: one bounded summary, not a line per item.
-        if result.is_err() && !dispatched {
+        // A batch refused before any HSM was asked: one bounded summary, not a line per item.
+        // A unary call keeps its one item (key and SHA-256 of what was sent, at most
+        // MAX_INPUT_BYTES), so a refused forgery attempt names the key it aimed at.
+        if batch && result.is_err() && !dispatched {
             record.refused = Some(audit::Refused {
                 items: requests.len() as u64,
-                request_sha256: request_sha256(requests, batch),
+                request_sha256: request_sha256(requests),
             });
         } else {
             record.items = requests.iter().map(audit_item).collect();
@@ -325,7 +328,7 @@ impl SignerService {
                     Some(sign_request::Input::Message(m)) => {
                         payload::check(op, m).map_err(|reason| {
                             Error::PermissionDenied(format!(
-                                "{field}message: declared for {} but {reason}",
+                                "{field}message: declared for {} with key `{key}` but {reason}",
                                 op.as_str()
                             ))
                         })?

@@ -104,7 +104,7 @@ async fn the_largest_refused_message_writes_a_summary_and_holds_little() {
         .expect_err("unknown key");
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
 
-    // Six refused calls of up to 10 MB: a few hundred bytes of audit log each.
+    // Six refused calls of up to MAX_MESSAGE bytes: a few hundred bytes of audit log each.
     let grown = audit_bytes(&gw) - audit_before;
     assert!(grown <= 6 * 1024, "the audit log grew by {grown} bytes");
     let records = gw.audit_records();
@@ -130,7 +130,7 @@ async fn the_largest_refused_message_writes_a_summary_and_holds_little() {
     let err = client.sign_batch(over).await.expect_err("over the limit");
     assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
     assert!(err.message().contains("too large"), "{}", err.message());
-    // And an item larger than any payload: refused, summarised.
+    // And an item larger than any payload: refused; a unary call's record keeps its item.
     let big = SignRequest {
         key: "ca-p256".into(),
         algorithm: Alg::Unspecified as i32,
@@ -139,6 +139,11 @@ async fn the_largest_refused_message_writes_a_summary_and_holds_little() {
     let err = client.sign(big).await.expect_err("input too large");
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("at most 16384"), "{}", err.message());
+    let records = gw.audit_records();
+    let last = records.last().expect("a record");
+    assert_eq!(last["outcome"], "InvalidArgument", "{last}");
+    assert_eq!(last["items"][0]["key"], "ca-p256", "{last}");
+    assert!(last.get("refused").is_none_or(|r| r.is_null()), "{last}");
 }
 
 /// Issue 13: tools that speak `grpc.reflection.v1alpha` (grpcio-reflection's client, older

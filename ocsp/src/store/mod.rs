@@ -55,8 +55,8 @@ pub trait ResponseStore: Send + Sync + std::fmt::Debug {
         self.get(issuer, serial).await
     }
 
-    /// A stored response for this certificate, if any: the old-layout one, else SHA-1's, else
-    /// SHA-256's (expired ones included). For callers that want the certificate's status, not
+    /// A stored response for this certificate, if any: SHA-1's, else SHA-256's, else one of the
+    /// old layout ([`Slot::PREFERRED`]; expired ones included). For callers that want the certificate's status, not
     /// the bytes a given request gets ([`Self::get_for`]).
     async fn get(
         &self,
@@ -93,11 +93,19 @@ impl Slot {
         }
     }
 
-    /// Every slot, in the order [`ResponseStore::get`] prefers them.
+    /// Every slot, by code (the Redis script's key order depends on it).
     pub const ALL: [Slot; 3] = [
         Slot::Legacy,
         Slot::Hash(HashAlg::Sha1),
         Slot::Hash(HashAlg::Sha256),
+    ];
+
+    /// The order [`ResponseStore::get`] prefers: the per-hash responses, then one of the old
+    /// layout, which is stale once the refresh has re-signed the certificate per hash.
+    pub const PREFERRED: [Slot; 3] = [
+        Slot::Hash(HashAlg::Sha1),
+        Slot::Hash(HashAlg::Sha256),
+        Slot::Legacy,
     ];
 
     /// The integer the SQLite store keeps (`cert_id_hash`).

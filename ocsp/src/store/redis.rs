@@ -404,7 +404,7 @@ impl ResponseStore for RedisStore {
         issuer: &IssuerName,
         serial: &Serial,
     ) -> Result<Option<StoredResponse>, Error> {
-        for slot in Slot::ALL {
+        for slot in Slot::PREFERRED {
             if let Some(found) = self.read(slot_key(issuer, serial, slot)).await? {
                 return Ok(Some(found));
             }

@@ -274,7 +274,8 @@ const SELECT_FOR_HASH: &str = "SELECT status, revoked_at, reason, this_update, n
      FROM responses WHERE issuer = ?1 AND serial = ?2 AND cert_id_hash IN (?3, 0)
      ORDER BY cert_id_hash DESC LIMIT 1";
 const SELECT_ANY: &str = "SELECT status, revoked_at, reason, this_update, next_update, der
-     FROM responses WHERE issuer = ?1 AND serial = ?2 ORDER BY cert_id_hash LIMIT 1";
+     FROM responses WHERE issuer = ?1 AND serial = ?2
+     ORDER BY cert_id_hash = 0, cert_id_hash LIMIT 1"; // as Slot::PREFERRED
 
 /// The response at columns 0..6 of `row`.
 fn response_columns(row: &Row<'_>, key: &str) -> Result<StoredResponse, Error> {

@@ -142,12 +142,8 @@ impl Gate {
         }
     }
 
-    pub fn limits(&self) -> &Limits {
-        &self.limits
-    }
-
     /// Connections open now.
-    pub fn open(&self) -> usize {
+    fn open(&self) -> usize {
         self.limits.max_connections - self.permits.available_permits()
     }
 
