@@ -156,17 +156,47 @@ pub struct PayloadPolicy {
     pub allow_raw: bool,
 }
 
-/// Per-client limits. Absent: unlimited.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+/// Per-client limits. Every client has them: absent fields take the defaults below, so that
+/// no client — a benchmark, a misbehaving service — can take the HSMs from the others.
+///
+/// Two kinds of limit apply. The caller's own (`signatures_per_sec`, `max_concurrent`,
+/// `max_queued_signatures`) refuse a call at once with RESOURCE_EXHAUSTED. The shared one is the
+/// HSMs' capacity (the sum of `max_in_flight` of the HSMs holding a key): when it is taken,
+/// calls wait for it, and capacity freed goes first to the waiting client holding the least of
+/// it per unit of `share` — so a client that floods the gateway slows itself, not the others.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientLimits {
     /// Signatures per second, sustained (a token bucket); beyond it RESOURCE_EXHAUSTED.
+    /// Default: none (the fair share of HSM capacity bounds the client instead).
     pub signatures_per_sec: Option<u32>,
     /// Bucket size: signatures allowed at once after a quiet period. Default: one second's worth.
     pub burst: Option<u32>,
     /// Signing RPCs of this client in progress at once; beyond it RESOURCE_EXHAUSTED.
-    pub max_concurrent: Option<u32>,
+    pub max_concurrent: u32,
+    /// Signatures of this client's calls waiting for HSM capacity at once; a call that would
+    /// exceed it is refused at once (RESOURCE_EXHAUSTED) instead of queueing, having spent no
+    /// signature. Default: `batching.max_request_items` (one full batch may wait).
+    pub max_queued_signatures: Option<u32>,
+    /// The client's weight when HSM capacity is contended: a client with `share = 2` holds up
+    /// to twice the signatures in flight of one with `share = 1` before it waits its turn.
+    pub share: u32,
 }
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        Self {
+            signatures_per_sec: None,
+            burst: None,
+            max_concurrent: DEFAULT_MAX_CONCURRENT,
+            max_queued_signatures: None,
+            share: 1,
+        }
+    }
+}
+
+/// Signing RPCs a client may have in progress when its limits do not say.
+pub const DEFAULT_MAX_CONCURRENT: u32 = 1_024;
 
 /// `[audit]`: the append-only, hash-chained log of signing requests.
 #[derive(Clone, Debug, PartialEq, Deserialize)]

@@ -470,15 +470,29 @@ pub(crate) fn validate(config: &Config) -> Vec<FieldError> {
                 100_000_000,
             );
         }
-        if let Some(n) = l.max_concurrent {
+        range(
+            &mut err,
+            &format!("{cpath}.limits.max_concurrent"),
+            l.max_concurrent.into(),
+            1,
+            1_000_000,
+        );
+        if let Some(n) = l.max_queued_signatures {
             range(
                 &mut err,
-                &format!("{cpath}.limits.max_concurrent"),
+                &format!("{cpath}.limits.max_queued_signatures"),
                 n.into(),
-                1,
-                1_000_000,
+                0,
+                100_000_000,
             );
         }
+        range(
+            &mut err,
+            &format!("{cpath}.limits.share"),
+            l.share.into(),
+            1,
+            1_000,
+        );
     }
     errors
 }

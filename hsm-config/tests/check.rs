@@ -243,6 +243,7 @@ limits = { signatures_per_sec = 0, burst = 10 }
 [[clients]]
 name = "b"
 subject = "CN=a"
+limits = { share = 0, max_concurrent = 0 }
 "#
     );
     let (ok, out) = check(&text);
@@ -255,6 +256,8 @@ subject = "CN=a"
         "clients[1].grants[0].operations: at least one of",
         "clients[1].limits.signatures_per_sec: must be between 1",
         "clients[2].subject: the same subject as clients[1]",
+        "clients[2].limits.share: must be between 1 and 1000",
+        "clients[2].limits.max_concurrent: must be between 1",
     ] {
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
     }
@@ -271,6 +274,15 @@ subject = "CN=a"
     // The dev config (mTLS) is valid and grants the OCSP pre-signer no root-like wildcard.
     let dev = Config::load(DEV).expect("dev config");
     assert!(dev.gateway.tls.is_some() && dev.gateway.insecure_plaintext.is_none());
+    // Every client has limits even where the file sets none (`bench`).
+    let bench = dev
+        .clients
+        .iter()
+        .find(|c| c.name == "bench")
+        .expect("bench");
+    assert_eq!(bench.limits, hsm_config::ClientLimits::default());
+    assert_eq!(bench.limits.max_concurrent, 1024);
+    assert_eq!(bench.limits.share, 1);
     assert!(
         dev.clients
             .iter()

@@ -31,6 +31,7 @@ use hsm_config::provision::{ProvisionOptions, provision};
 use hsmgate_signer_api::v1::SignatureAlgorithm as Alg;
 use signer::Gateway;
 use signer::algorithm::Input;
+use signer::gateway::Reserved;
 use signer::metrics::Metrics;
 
 const KEY: &str = "bench-p256";
@@ -199,7 +200,10 @@ fn dispatch(c: &mut Criterion) {
                             Err(e) => panic!("prepare: {e}"),
                         };
                         let deadline = Instant::now() + Duration::from_secs(10);
-                        match gateway.sign(&router, items, deadline).await {
+                        match gateway
+                            .sign(&router, &Reserved::none(), items, deadline)
+                            .await
+                        {
                             Ok(signed) if signed.len() == n => {
                                 black_box(signed);
                             }

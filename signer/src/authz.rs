@@ -10,8 +10,10 @@
 //! Grants pair keys with operations (`sign-raw`, `sign-certificate`, `sign-ocsp`); the
 //! operation of a call is the payload it declares (`hsmgate-payload` metadata). The whole set
 //! is built from the configuration and rebuilt on reload with the rest of the router, so a
-//! refused reload keeps the last good grants. Limits are per client: a token bucket on
-//! signatures per second and a cap on signing RPCs in progress; a reload starts them afresh.
+//! refused reload keeps the last good grants. Limits are per client, and every client has them
+//! (`hsm_config::ClientLimits` gives the defaults): a cap on signing RPCs in progress, an
+//! optional token bucket on signatures per second, and a weight and queue bound in the HSMs'
+//! capacity pools ([`crate::fair_share`]); a reload starts them afresh.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -24,6 +26,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::Error;
+use crate::fair_share::Claimant;
 use crate::metrics::Metrics;
 
 /// A configured client, as the gateway enforces it.
@@ -34,7 +37,11 @@ pub struct ClientEntry {
     grants: HashMap<String, HashSet<Operation>>,
     bucket: Option<Mutex<Bucket>>,
     rate: Option<u32>,
-    concurrency: Option<Arc<Semaphore>>,
+    concurrency: Arc<Semaphore>,
+    max_concurrent: u32,
+    /// Weight and queue bound in the HSMs' capacity pools (`fair_share`).
+    share: u32,
+    max_queued: usize,
     in_flight: Gauge,
 }
 
@@ -46,22 +53,25 @@ impl ClientEntry {
             .any(|k| self.grants.get(*k).is_some_and(|ops| ops.contains(&op)))
     }
 
+    /// How this client asks the HSMs' capacity pools for signatures.
+    pub fn claimant(&self) -> Claimant<'_> {
+        Claimant {
+            client: &self.name,
+            share: self.share,
+            max_queued: self.max_queued,
+        }
+    }
+
     /// Takes this client's limits for a call of `signatures` items: a concurrency slot and
     /// `signatures` tokens. Refused at once (RESOURCE_EXHAUSTED), never queued: a client over
     /// its share backs off instead of holding gateway memory.
     pub fn admit(&self, signatures: u64, metrics: &Metrics) -> Result<Admission, Error> {
-        let permit = match &self.concurrency {
-            Some(sem) => match sem.clone().try_acquire_owned() {
-                Ok(p) => Some(p),
-                Err(_) => {
-                    metrics.client_limited(&self.name, "max_concurrent");
-                    return Err(Error::ClientLimited(format!(
-                        "client `{}` has its maximum of concurrent signing calls in progress; retry with backoff",
-                        self.name
-                    )));
-                }
-            },
-            None => None,
+        let Ok(permit) = self.concurrency.clone().try_acquire_owned() else {
+            metrics.client_limited(&self.name, "max_concurrent");
+            return Err(Error::ClientLimited(format!(
+                "client `{}` has its maximum of {} concurrent signing calls in progress; retry with backoff",
+                self.name, self.max_concurrent
+            )));
         };
         if let Some(bucket) = &self.bucket {
             let mut b = bucket.lock().unwrap_or_else(|p| p.into_inner());
@@ -85,7 +95,7 @@ impl ClientEntry {
 /// A call's hold on its client's limits; released on drop.
 #[derive(Debug)]
 pub struct Admission {
-    _permit: Option<OwnedSemaphorePermit>,
+    _permit: OwnedSemaphorePermit,
     in_flight: Gauge,
 }
 
@@ -198,7 +208,12 @@ impl Clients {
             );
             let burst = l.burst.or(l.signatures_per_sec);
             metrics.set_client_limit(&c.name, "burst", burst.unwrap_or(0));
-            metrics.set_client_limit(&c.name, "max_concurrent", l.max_concurrent.unwrap_or(0));
+            metrics.set_client_limit(&c.name, "max_concurrent", l.max_concurrent);
+            let max_queued = l
+                .max_queued_signatures
+                .unwrap_or(config.batching.max_request_items as u32);
+            metrics.set_client_limit(&c.name, "max_queued_signatures", max_queued);
+            metrics.set_client_limit(&c.name, "share", l.share);
             let entry = Arc::new(ClientEntry {
                 name: c.name.as_str().into(),
                 grants,
@@ -212,9 +227,10 @@ impl Clients {
                     })
                 }),
                 rate: l.signatures_per_sec,
-                concurrency: l
-                    .max_concurrent
-                    .map(|n| Arc::new(Semaphore::new(n as usize))),
+                concurrency: Arc::new(Semaphore::new(l.max_concurrent as usize)),
+                max_concurrent: l.max_concurrent,
+                share: l.share,
+                max_queued: max_queued as usize,
                 in_flight: metrics.client_in_flight(&c.name),
             });
             if let Some(spki) = &c.spki_sha256 {

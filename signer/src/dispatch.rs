@@ -19,6 +19,7 @@ use hsmgate_signer_api::v1::SignatureAlgorithm as Alg;
 
 use crate::algorithm::{self, Input, Operation};
 use crate::error::Error;
+use crate::fair_share::CapacityPool;
 use crate::hsm::{Hsm, Job, JobFailure, KeyReference, Refusal};
 
 /// A configured key and the HSMs that may hold it, local datacenter first.
@@ -30,6 +31,8 @@ pub struct KeyEntry {
     pub algorithm: KeyAlgorithm,
     pub local: Vec<Arc<Hsm>>,
     pub remote: Vec<Arc<Hsm>>,
+    /// The capacity of these HSMs, shared by every key they hold and by every client.
+    pub pool: Arc<CapacityPool>,
 }
 
 impl KeyEntry {
@@ -60,15 +63,6 @@ impl Limits {
             spill_queue_depth: c.dispatch.spill_queue_depth,
         }
     }
-}
-
-/// The outcome of choosing an HSM.
-enum Pick {
-    Hsm(Arc<Hsm>),
-    /// Some untried HSM holds the key but is at its in-flight limit.
-    Full,
-    /// No untried HSM holds the key in rotation.
-    Nothing,
 }
 
 /// One item of a request, checked and ready for an HSM.
@@ -141,33 +135,35 @@ impl Router {
 
     /// Picks the HSM for the next job of `items` signatures: the least-loaded local one,
     /// spilling to the other datacenters when the local ones are out or past the spill depth.
-    /// An HSM takes a job while `load + items <= max_in_flight` (or when idle, so that a chunk
-    /// larger than the limit still fits somewhere).
-    fn pick(&self, entry: &KeyEntry, tried: &[usize], items: usize) -> Pick {
-        let mut full = false;
-        let mut best = |hsms: &[Arc<Hsm>]| {
+    /// An HSM is preferred while `load + items <= max_in_flight`; when none has that room the
+    /// least loaded takes the job anyway — the call was admitted against the capacity of all of
+    /// them (`fair_share`), so the excess is bounded and brief. `None`: no untried HSM holds the
+    /// key in rotation.
+    fn pick(&self, entry: &KeyEntry, tried: &[usize], items: usize) -> Option<Arc<Hsm>> {
+        // (has room, weighted load, load, hsm) of the best candidate of a group.
+        let best = |hsms: &[Arc<Hsm>]| {
             hsms.iter()
                 .filter(|h| !tried.contains(&(Arc::as_ptr(h) as usize)))
                 .filter_map(|h| {
                     let load = h.load_if_holding(&entry.name)?;
                     let fits = load == 0 || load + items <= h.definition.max_in_flight as usize;
-                    full |= !fits;
-                    fits.then(|| (load * 1024 / h.definition.sessions.max(1) as usize, load, h))
+                    let weighted = load * 1024 / h.definition.sessions.max(1) as usize;
+                    Some((!fits, weighted, load, h))
                 })
-                .min_by_key(|(weighted, _, _)| *weighted)
-                .map(|(_, load, h)| (load, h.clone()))
+                .min_by_key(|(full, weighted, _, _)| (*full, *weighted))
+                .map(|(full, _, load, h)| (full, load, h.clone()))
         };
         let local = best(&entry.local);
-        let chosen = match local {
-            Some((load, h)) if load < self.limits.spill_queue_depth => Some(h),
-            local => best(&entry.remote)
-                .map(|(_, h)| h)
-                .or(local.map(|(_, h)| h)),
-        };
-        match chosen {
-            Some(h) => Pick::Hsm(h),
-            None if full => Pick::Full,
-            None => Pick::Nothing,
+        match local {
+            Some((false, load, h)) if load < self.limits.spill_queue_depth => Some(h),
+            local => match (best(&entry.remote), local) {
+                (Some((false, _, r)), _) => Some(r),
+                (_, Some((false, _, l))) => Some(l),
+                (Some((true, rload, r)), Some((true, lload, l))) => {
+                    Some(if rload < lload { r } else { l })
+                }
+                (remote, local) => local.or(remote).map(|(_, _, h)| h),
+            },
         }
     }
 
@@ -193,9 +189,8 @@ impl Router {
                 return Err(Error::DeadlineExceeded { attempts });
             }
             let hsm = match self.pick(entry, &tried, items.len()) {
-                Pick::Hsm(h) => h,
-                Pick::Full => return Err(Error::Saturated(entry.name.to_string())),
-                Pick::Nothing => {
+                Some(h) => h,
+                None => {
                     return Err(if let Some((index, code)) = refused {
                         Error::Refused {
                             hsm: "every HSM holding the key".into(),

@@ -57,8 +57,9 @@ pub enum Error {
     #[error("every HSM failed to sign with key `{key}`: {detail}")]
     SignFailed { key: String, detail: String },
 
-    /// Every HSM holding the key has its in-flight limit reached.
-    #[error("every HSM holding key `{0}` is saturated")]
+    /// The HSMs holding the key are at capacity and the client may queue no more behind them
+    /// (`fair_share`); the call spent no signature.
+    #[error("saturated: {0}")]
     Saturated(String),
 
     /// The caller's deadline passed first.
@@ -102,9 +103,7 @@ impl Error {
             Error::Unavailable { key, .. } => {
                 Status::unavailable(format!("no HSM can sign with key `{key}` now"))
             }
-            Error::Saturated(key) => Status::resource_exhausted(format!(
-                "every HSM holding key `{key}` is saturated; retry with backoff"
-            )),
+            Error::Saturated(m) => Status::resource_exhausted(m.clone()),
             Error::DeadlineExceeded { .. } => {
                 Status::deadline_exceeded("the deadline passed before every signature was made")
             }

@@ -9,6 +9,7 @@ use hsm_config::Config;
 
 use crate::dispatch::{KeyEntry, Limits, Prepared, Router, Signed};
 use crate::error::Error;
+use crate::fair_share::{CapacityPool, Claimant, Reservation};
 use crate::hsm::{Hsm, HsmSettings, KeyReference, WantedKey};
 use crate::metrics::Metrics;
 
@@ -95,14 +96,43 @@ impl Gateway {
         }
     }
 
-    /// Signs prepared items, in order. Items are grouped by key and operation, cut into chunks
-    /// of `worker_chunk`, and the chunks run on every available session at once.
+    /// Reserves HSM capacity for all of a call's items in the pools of their keys' HSMs,
+    /// waiting the client's fair turn ([`crate::fair_share`]). A call refused here (queue bound,
+    /// deadline) has signed nothing.
+    pub async fn reserve(
+        &self,
+        who: Claimant<'_>,
+        items: &[Prepared],
+        deadline: Instant,
+    ) -> Result<Reserved, Error> {
+        let reserved = reserve(who, items, deadline).await;
+        if let Err(Error::Saturated(_)) = &reserved {
+            self.metrics
+                .client_limited(who.client, "max_queued_signatures");
+        }
+        reserved.map(Reserved)
+    }
+
+    /// Signs prepared items, in order, within `reserved` (from [`Gateway::reserve`] for the
+    /// same items). Items are grouped by key and operation, cut into chunks of `worker_chunk`,
+    /// and the chunks run on every available session at once, each returning its capacity as
+    /// it finishes.
     pub async fn sign(
         &self,
         router: &Router,
+        reserved: &Reserved,
         items: Vec<Prepared>,
         deadline: Instant,
     ) -> Result<Vec<Signed>, Error> {
+        let finished = |key: &KeyEntry, n: usize| {
+            if let Some((_, r)) = reserved
+                .0
+                .iter()
+                .find(|(pool, _)| Arc::ptr_eq(pool, &key.pool))
+            {
+                r.finished(n);
+            }
+        };
         if let [only] = items.as_slice() {
             let (mut sigs, hsm) = router
                 .sign_chunk(
@@ -140,20 +170,22 @@ impl Gateway {
                 let key = first.key.clone();
                 let op = first.operation;
                 let part = part.to_vec();
+                let finished = &finished;
                 tasks.push(async move {
                     // Items of a group are not contiguous in the request: map a refused item's
                     // position in the chunk back to its position in the request.
-                    let (sigs, hsm) = router
+                    let signed = router
                         .sign_chunk(&key, op, Arc::new(data), 0, deadline)
-                        .await
-                        .map_err(|e| match e {
-                            Error::Refused { hsm, index, code } => Error::Refused {
-                                hsm,
-                                index: part.get(index).copied().unwrap_or(index),
-                                code,
-                            },
-                            other => other,
-                        })?;
+                        .await;
+                    finished(&key, part.len());
+                    let (sigs, hsm) = signed.map_err(|e| match e {
+                        Error::Refused { hsm, index, code } => Error::Refused {
+                            hsm,
+                            index: part.get(index).copied().unwrap_or(index),
+                            code,
+                        },
+                        other => other,
+                    })?;
                     Ok::<_, Error>((part, sigs, hsm))
                 });
             }
@@ -179,6 +211,45 @@ impl Gateway {
             })
             .collect()
     }
+}
+
+/// A call's reservations of HSM capacity, one per pool its items use; returned on drop.
+#[derive(Debug, Default)]
+pub struct Reserved(Vec<(Arc<CapacityPool>, Reservation)>);
+
+impl Reserved {
+    /// No reservation: for measuring the dispatcher alone (`benches/dispatch.rs`), which has
+    /// no clients. Every RPC reserves.
+    pub fn none() -> Self {
+        Self::default()
+    }
+}
+
+/// Reserves capacity for `items` in each pool they use, one pool after the other in a fixed
+/// order (by address), so that two calls spanning the same pools cannot each hold one and
+/// wait for the other.
+async fn reserve(
+    who: Claimant<'_>,
+    items: &[Prepared],
+    deadline: Instant,
+) -> Result<Vec<(Arc<CapacityPool>, Reservation)>, Error> {
+    let mut per_pool: Vec<(Arc<CapacityPool>, usize)> = Vec::new();
+    for item in items {
+        match per_pool
+            .iter_mut()
+            .find(|(p, _)| Arc::ptr_eq(p, &item.key.pool))
+        {
+            Some((_, n)) => *n += 1,
+            None => per_pool.push((item.key.pool.clone(), 1)),
+        }
+    }
+    per_pool.sort_by_key(|(p, _)| Arc::as_ptr(p) as usize);
+    let mut held = Vec::with_capacity(per_pool.len());
+    for (pool, n) in per_pool {
+        let reservation = pool.reserve(who, n, deadline).await?;
+        held.push((pool, reservation));
+    }
+    Ok(held)
 }
 
 /// Builds a router for `config`. HSMs of `previous` whose definition and keys are unchanged are
@@ -255,6 +326,11 @@ fn build_router(
         };
         hsms.push(hsm);
     }
+    // Keys on the same HSMs share one capacity pool; a pool whose HSMs all survived the reload
+    // is kept, so calls admitted before it still count against what is admitted after.
+    let mut pools: Vec<Arc<CapacityPool>> = previous
+        .map(|p| p.keys.values().map(|k| k.pool.clone()).collect())
+        .unwrap_or_default();
     let keys = config
         .keys
         .iter()
@@ -268,12 +344,23 @@ fn build_router(
                     .cloned()
                     .collect::<Vec<_>>()
             };
+            let (local, remote) = (holders(true), holders(false));
+            let all: Vec<Arc<Hsm>> = local.iter().chain(&remote).cloned().collect();
+            let pool = match pools.iter().find(|p| p.covers(&all)) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = CapacityPool::new(all);
+                    pools.push(p.clone());
+                    p
+                }
+            };
             let entry = KeyEntry {
                 name: k.name.as_str().into(),
                 label: k.label.clone(),
                 algorithm: k.algorithm,
-                local: holders(true),
-                remote: holders(false),
+                local,
+                remote,
+                pool,
             };
             (k.name.clone(), Arc::new(entry))
         })

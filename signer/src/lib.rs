@@ -28,6 +28,7 @@
 //! - [`payload`]: declared payloads and their parse checks.
 //! - [`audit`]: the hash-chained audit log and its verification.
 //! - [`gateway`]: the current router; building it from config; reload.
+//! - [`fair_share`]: HSM capacity shared fairly between clients; whole-call admission.
 //! - [`dispatch`]: HSM choice, failover, retries.
 //! - [`hsm`]: sessions, workers, fault classification, reconnection.
 //! - [`algorithm`]: signature algorithms, hashing, DER encodings.
@@ -39,6 +40,7 @@ pub mod audit;
 pub mod authz;
 pub mod dispatch;
 pub mod error;
+pub mod fair_share;
 pub mod gateway;
 pub mod hsm;
 pub mod metrics;

@@ -217,7 +217,7 @@ impl Metrics {
         );
         registry.register(
             "client_limit",
-            "Configured per-client limits (signatures_per_sec, burst, max_concurrent)",
+            "Configured per-client limits (signatures_per_sec, burst, max_concurrent, max_queued_signatures, share)",
             m.client_limit.clone(),
         );
         registry.register(

@@ -25,7 +25,7 @@ use tonic::{Request, Response, Status};
 
 use crate::algorithm::{self, Input};
 use crate::audit;
-use crate::authz::Caller;
+use crate::authz::{Caller, ClientEntry};
 use crate::dispatch::{Prepared, Router, Signed};
 use crate::error::Error;
 use crate::gateway::Gateway;
@@ -346,7 +346,7 @@ impl SignerService {
             }
         }
         let _admission = client.admit(requests.len() as u64, self.gateway.metrics())?;
-        self.sign_all(router, requests, deadline, batch, dispatched)
+        self.sign_all(router, client, requests, deadline, batch, dispatched)
             .await
     }
 
@@ -369,6 +369,7 @@ impl SignerService {
     async fn sign_all(
         &self,
         router: &Router,
+        client: &ClientEntry,
         requests: &[SignRequest],
         deadline: Instant,
         batch: bool,
@@ -386,8 +387,14 @@ impl SignerService {
                 Self::prepare(router, &field, r)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let reserved = self
+            .gateway
+            .reserve(client.claimant(), &prepared, deadline)
+            .await?;
         *dispatched = true;
-        self.gateway.sign(router, prepared, deadline).await
+        self.gateway
+            .sign(router, &reserved, prepared, deadline)
+            .await
     }
 
     /// The instant by which the answer must be sent. With a caller's `grpc-timeout`, a small
