@@ -79,8 +79,9 @@ fn plan(checked: &ca_frontend::issue::CheckedCsr) -> LeafPlan {
         rsa: matches!(checked.key, PublicKey::Rsa { .. }),
         not_before: now - 60,
         not_after: now - 60 + 90 * 86_400 - 1,
-        ocsp_url: "http://ocsp.example.test".into(),
+        ocsp_url: Some("http://ocsp.example.test".into()),
         ca_issuers_url: Some("http://ca.example.test/issuer.der".into()),
+        crl_url: Some("http://crl.example.test/e1/3.crl".into()),
     }
 }
 

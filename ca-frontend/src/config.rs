@@ -95,8 +95,10 @@ pub struct Ca {
     pub root: PathBuf,
     /// The issuing (intermediate) certificate (PEM): its key is `gateway.issuing_key`.
     pub intermediate: PathBuf,
-    /// OCSP URL put in each certificate's Authority Information Access.
-    pub ocsp_url: String,
+    /// OCSP URL put in the Authority Information Access of certificates whose profile includes
+    /// `ocsp` in its `status`; required then.
+    #[serde(default)]
+    pub ocsp_url: Option<String>,
     /// caIssuers URL (where the intermediate can be fetched), optional.
     pub ca_issuers_url: Option<String>,
     pub profiles: Vec<Profile>,
@@ -132,6 +134,32 @@ pub struct Profile {
     /// Certificate lifetime in hours (90 days = 2160).
     pub validity_hours: u64,
     pub description: Option<String>,
+    /// Where relying parties learn the status of this profile's certificates. Default `both`.
+    #[serde(default)]
+    pub status: StatusChannels,
+}
+
+/// The revocation channels a certificate names (BR §7.1.2.7).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StatusChannels {
+    /// CRL Distribution Points only: the URL of the certificate's CRL shard, fixed at issuance
+    /// (Let's Encrypt's certificates since May 2025). The AIA then carries only caIssuers.
+    Crl,
+    /// The OCSP responder's URL in the Authority Information Access only.
+    Ocsp,
+    /// Both.
+    #[default]
+    Both,
+}
+
+impl StatusChannels {
+    pub fn crl(self) -> bool {
+        matches!(self, Self::Crl | Self::Both)
+    }
+    pub fn ocsp(self) -> bool {
+        matches!(self, Self::Ocsp | Self::Both)
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -254,6 +282,20 @@ impl Config {
             out.push("ca.profiles: at least one profile".into());
         }
         for (i, p) in self.ca.profiles.iter().enumerate() {
+            if p.status.ocsp() && self.ca.ocsp_url.is_none() {
+                out.push(format!(
+                    "ca.profiles[{i}].status: `{}` names the OCSP responder, but ca.ocsp_url is not set",
+                    if p.status.crl() { "both" } else { "ocsp" }
+                ));
+            }
+            // BR §7.1.2.7.7: the AIA must hold at least one access description; without OCSP
+            // that is caIssuers.
+            if !p.status.ocsp() && self.ca.ca_issuers_url.is_none() {
+                out.push(format!(
+                    "ca.profiles[{i}].status: `crl` leaves the Authority Information Access empty \
+                     unless ca.ca_issuers_url is set (BR §7.1.2.7.7 requires one entry)"
+                ));
+            }
             // CA/Browser Forum BR §6.3.2: at most 398 days (and falling); at least an hour.
             if !(1..=398 * 24).contains(&p.validity_hours) {
                 out.push(format!(
@@ -364,5 +406,35 @@ path = "x.sqlite"
                 "{tld}: {problems:?}"
             );
         }
+    }
+
+    /// A profile's status channels need their URLs: OCSP the responder's, CRL-only a
+    /// caIssuers URL so that the AIA the BR require is not empty.
+    #[test]
+    fn status_channels_need_their_urls() {
+        let mut c = config("[]");
+        assert_eq!(c.ca.profiles[0].status, StatusChannels::Both);
+        c.ca.ocsp_url = None;
+        let problems = c.validate();
+        assert!(
+            problems.len() == 1
+                && problems[0].starts_with("ca.profiles[0].status: `both`")
+                && problems[0].contains("ca.ocsp_url is not set"),
+            "{problems:?}"
+        );
+        c.ca.profiles[0].status = StatusChannels::Crl;
+        let problems = c.validate();
+        assert!(
+            problems.len() == 1 && problems[0].contains("ca.ca_issuers_url"),
+            "{problems:?}"
+        );
+        c.ca.ca_issuers_url = Some("http://127.0.0.1:3/issuer.der".into());
+        assert_eq!(c.validate(), Vec::<String>::new());
+        c.ca.profiles[0].status = StatusChannels::Ocsp;
+        let problems = c.validate();
+        assert!(
+            problems.len() == 1 && problems[0].contains("`ocsp` names the OCSP responder"),
+            "{problems:?}"
+        );
     }
 }

@@ -28,11 +28,12 @@ use tonic::transport::Channel;
 use x509_cert::certificate::Version;
 use x509_cert::ext::Extension;
 use x509_cert::ext::pkix::certpolicy::PolicyInformation;
-use x509_cert::ext::pkix::name::GeneralName;
+use x509_cert::ext::pkix::crl::dp::DistributionPoint;
+use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
 use x509_cert::ext::pkix::{
     AccessDescription, AuthorityInfoAccessSyntax, AuthorityKeyIdentifier, BasicConstraints,
-    CertificatePolicies, ExtendedKeyUsage, KeyUsage, KeyUsages, SubjectAltName,
-    SubjectKeyIdentifier,
+    CertificatePolicies, CrlDistributionPoints, ExtendedKeyUsage, KeyUsage, KeyUsages,
+    SubjectAltName, SubjectKeyIdentifier,
 };
 use x509_cert::name::Name;
 use x509_cert::request::CertReq;
@@ -363,8 +364,12 @@ pub struct LeafPlan {
     pub rsa: bool,
     pub not_before: i64,
     pub not_after: i64,
-    pub ocsp_url: String,
+    /// The OCSP responder, in the AIA (when the profile's `status` includes OCSP).
+    pub ocsp_url: Option<String>,
     pub ca_issuers_url: Option<String>,
+    /// The URL of the certificate's CRL shard, in its CRL Distribution Points (when the
+    /// profile's `status` includes CRLs); fixed here, at issuance, for the certificate's life.
+    pub crl_url: Option<String>,
 }
 
 /// A fresh random serial: positive, non-zero first byte, SERIAL_BYTES long.
@@ -386,6 +391,18 @@ fn dns_names(names: &BTreeSet<String>) -> Result<SubjectAltName, Error> {
     ))
 }
 
+/// One distribution point, a full name of one URI: the certificate's CRL shard (BR
+/// §7.1.2.11.2: HTTP URL of a CRL covering it; no reasons, no cRLIssuer).
+fn crl_distribution_points(url: &str) -> Result<CrlDistributionPoints, Error> {
+    Ok(CrlDistributionPoints(vec![DistributionPoint {
+        distribution_point: Some(DistributionPointName::FullName(vec![
+            GeneralName::UniformResourceIdentifier(Ia5String::new(url)?),
+        ])),
+        reasons: None,
+        crl_issuer: None,
+    }]))
+}
+
 /// Builds a leaf's TBSCertificate (DER).
 pub fn build_leaf_tbs(
     plan: &LeafPlan,
@@ -401,17 +418,19 @@ pub fn build_leaf_tbs(
     if plan.rsa {
         usages |= KeyUsages::KeyEncipherment;
     }
-    let mut aia = vec![AccessDescription {
-        access_method: rfc5280::ID_AD_OCSP,
-        access_location: GeneralName::UniformResourceIdentifier(Ia5String::new(&plan.ocsp_url)?),
-    }];
-    if let Some(url) = &plan.ca_issuers_url {
-        aia.push(AccessDescription {
-            access_method: rfc5280::ID_AD_CA_ISSUERS,
-            access_location: GeneralName::UniformResourceIdentifier(Ia5String::new(url)?),
-        });
+    let mut aia = Vec::new();
+    for (method, url) in [
+        (rfc5280::ID_AD_OCSP, &plan.ocsp_url),
+        (rfc5280::ID_AD_CA_ISSUERS, &plan.ca_issuers_url),
+    ] {
+        if let Some(url) = url {
+            aia.push(AccessDescription {
+                access_method: method,
+                access_location: GeneralName::UniformResourceIdentifier(Ia5String::new(url)?),
+            });
+        }
     }
-    let extensions = vec![
+    let mut extensions = vec![
         extension(rfc5280::ID_CE_KEY_USAGE, true, &KeyUsage(usages))?,
         extension(
             rfc5280::ID_CE_EXT_KEY_USAGE,
@@ -436,11 +455,6 @@ pub fn build_leaf_tbs(
             },
         )?,
         extension(
-            rfc5280::ID_PE_AUTHORITY_INFO_ACCESS,
-            false,
-            &AuthorityInfoAccessSyntax(aia),
-        )?,
-        extension(
             rfc5280::ID_CE_CERTIFICATE_POLICIES,
             false,
             &CertificatePolicies(vec![PolicyInformation {
@@ -455,6 +469,22 @@ pub fn build_leaf_tbs(
             &dns_names(&plan.names)?,
         )?,
     ];
+    // The configuration guarantees an entry (OCSP or caIssuers), as BR §7.1.2.7.7 requires;
+    // the lint refuses a certificate without one.
+    if !aia.is_empty() {
+        extensions.push(extension(
+            rfc5280::ID_PE_AUTHORITY_INFO_ACCESS,
+            false,
+            &AuthorityInfoAccessSyntax(aia),
+        )?);
+    }
+    if let Some(url) = &plan.crl_url {
+        extensions.push(extension(
+            rfc5280::ID_CE_CRL_DISTRIBUTION_POINTS,
+            false,
+            &crl_distribution_points(url)?,
+        )?);
+    }
     let tbs = Tbs {
         version: Version::V3,
         serial_number: SerialNumber::new(&plan.serial)?,
@@ -580,12 +610,42 @@ pub fn lint(
         } else if id == rfc5280::ID_PE_AUTHORITY_INFO_ACCESS {
             let aia = AuthorityInfoAccessSyntax::from_der(value)
                 .map_err(|e| Error::Lint(e.to_string()))?;
-            let has_ocsp = aia.0.iter().any(|a| {
-                a.access_method == rfc5280::ID_AD_OCSP
-                    && matches!(&a.access_location, GeneralName::UniformResourceIdentifier(u) if u.as_str() == plan.ocsp_url)
-            });
-            if !has_ocsp {
-                return fail("authorityInfoAccess lacks the OCSP URL".into());
+            // Exactly the planned entries, in order: OCSP, then caIssuers.
+            let found: Vec<(ObjectIdentifier, Option<&str>)> = aia
+                .0
+                .iter()
+                .map(|a| {
+                    let url = match &a.access_location {
+                        GeneralName::UniformResourceIdentifier(u) => Some(u.as_str()),
+                        _ => None,
+                    };
+                    (a.access_method, url)
+                })
+                .collect();
+            let planned: Vec<(ObjectIdentifier, Option<&str>)> = [
+                (rfc5280::ID_AD_OCSP, plan.ocsp_url.as_deref()),
+                (rfc5280::ID_AD_CA_ISSUERS, plan.ca_issuers_url.as_deref()),
+            ]
+            .into_iter()
+            .filter(|(_, url)| url.is_some())
+            .collect();
+            if found.is_empty() || found != planned {
+                return fail(format!(
+                    "authorityInfoAccess {found:?} is not the profile's {planned:?}"
+                ));
+            }
+        } else if id == rfc5280::ID_CE_CRL_DISTRIBUTION_POINTS {
+            let Some(url) = &plan.crl_url else {
+                return fail(
+                    "cRLDistributionPoints in a certificate whose profile has none".into(),
+                );
+            };
+            let cdp =
+                CrlDistributionPoints::from_der(value).map_err(|e| Error::Lint(e.to_string()))?;
+            if ext.critical || cdp != crl_distribution_points(url)? {
+                return fail(format!(
+                    "cRLDistributionPoints is not one non-critical point naming the shard {url}"
+                ));
             }
         } else if id != rfc5280::ID_CE_CERTIFICATE_POLICIES {
             return fail(format!("unexpected extension {id}"));
@@ -601,6 +661,9 @@ pub fn lint(
         if !seen.contains(&required) {
             return fail(format!("extension {required} missing"));
         }
+    }
+    if plan.crl_url.is_some() && !seen.contains(&rfc5280::ID_CE_CRL_DISTRIBUTION_POINTS) {
+        return fail("cRLDistributionPoints missing: the profile publishes CRLs".into());
     }
     if san_names.as_ref() != Some(&plan.names) {
         return fail(format!(
@@ -890,9 +953,91 @@ mod tests {
             rsa: false,
             not_before: 1_800_000_000,
             not_after: 1_800_000_000 + 90 * 86_400,
-            ocsp_url: "http://127.0.0.1:8080".into(),
+            ocsp_url: Some("http://127.0.0.1:8080".into()),
             ca_issuers_url: None,
+            crl_url: None,
         }
+    }
+
+    /// Each profile's status channels: a CRL-only certificate names its shard in its CRL
+    /// Distribution Points and carries no OCSP URL; the lint holds the TBS to exactly the
+    /// planned URLs, so a certificate cannot name another shard, lose its shard, or gain an
+    /// OCSP URL its profile does not have. Read back by `openssl x509`, not by our decoder.
+    #[test]
+    fn crl_distribution_points_and_aia_follow_the_profile() {
+        let (issuer, _) = issuer();
+        let (der_bytes, _) = csr(&["a.example.test", "b.example.test"]);
+        let checked = check_csr(
+            &der_bytes,
+            &set(&["a.example.test", "b.example.test"]),
+            &[2048],
+            "x",
+        )
+        .expect("csr");
+        let alg =
+            signature_algorithm(hsmgate_signer_api::v1::KeyType::EcdsaP256 as i32).expect("alg");
+        let mut crl_only = plan(checked.spki.clone());
+        crl_only.ocsp_url = None;
+        crl_only.ca_issuers_url = Some("http://127.0.0.1:9/issuer.der".into());
+        crl_only.crl_url = Some("http://127.0.0.1:8080/crl/dev-p256/17.crl".into());
+        let tbs = build_leaf_tbs(&crl_only, &issuer, &alg).expect("tbs");
+        lint(&tbs, &crl_only, &issuer, &alg).expect("lint passes");
+        // openssl reads the extensions of the TBS wrapped as a (badly signed) certificate.
+        let cert = SignedCertificate {
+            tbs: der::Any::from_der(&tbs).expect("any"),
+            algorithm: alg.clone(),
+            signature: BitString::from_bytes(&[0; 64]).expect("bits"),
+        }
+        .to_der()
+        .expect("der");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("leaf.der");
+        std::fs::write(&path, &cert).expect("write");
+        let out = std::process::Command::new("openssl")
+            .args(["x509", "-inform", "DER", "-noout", "-text", "-in"])
+            .arg(&path)
+            .output()
+            .expect("openssl");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("X509v3 CRL Distribution Points")
+                && text.contains("URI:http://127.0.0.1:8080/crl/dev-p256/17.crl"),
+            "{text}"
+        );
+        assert!(
+            text.contains("CA Issuers - URI:http://127.0.0.1:9/issuer.der"),
+            "{text}"
+        );
+        assert!(!text.contains("OCSP - URI"), "{text}");
+
+        // Another shard, no shard, or an OCSP URL the profile lacks: refused on these bytes.
+        let mut other_shard = crl_only.clone();
+        other_shard.crl_url = Some("http://127.0.0.1:8080/crl/dev-p256/18.crl".into());
+        let mut no_crl = crl_only.clone();
+        no_crl.crl_url = None;
+        let mut with_ocsp = crl_only.clone();
+        with_ocsp.ocsp_url = Some("http://127.0.0.1:8080".into());
+        for (what, p) in [
+            ("another shard", &other_shard),
+            ("no CRL", &no_crl),
+            ("OCSP", &with_ocsp),
+        ] {
+            match lint(&tbs, p, &issuer, &alg) {
+                Err(Error::Lint(m)) => eprintln!("{what}: {m}"),
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+        // A profile with both: both present, and a TBS built for CRL-only fails its lint.
+        let mut both = crl_only.clone();
+        both.ocsp_url = Some("http://127.0.0.1:8080".into());
+        let tbs_both = build_leaf_tbs(&both, &issuer, &alg).expect("tbs");
+        lint(&tbs_both, &both, &issuer, &alg).expect("both pass");
+        assert!(lint(&tbs_both, &crl_only, &issuer, &alg).is_err());
     }
 
     #[test]

@@ -1071,8 +1071,14 @@ async fn sign_and_record(
         rsa: matches!(csr.key, PublicKey::Rsa { .. }),
         not_before,
         not_after: not_before + i64::try_from(profile.validity_hours * 3600).unwrap_or(0) - 1,
-        ocsp_url: ca.config.ca.ocsp_url.clone(),
+        ocsp_url: ca
+            .config
+            .ca
+            .ocsp_url
+            .clone()
+            .filter(|_| profile.status.ocsp()),
         ca_issuers_url: ca.config.ca.ca_issuers_url.clone(),
+        crl_url: None,
     };
     let tbs = issue::build_leaf_tbs(&plan, &ca.intermediate, &ca.signer.algorithm)?;
     issue::lint(&tbs, &plan, &ca.intermediate, &ca.signer.algorithm)?;

@@ -160,8 +160,9 @@ fn check(data: &[u8]) {
         rsa: matches!(checked.key, PublicKey::Rsa { .. }),
         not_before: 1_800_000_000,
         not_after: 1_800_000_000 + 90 * 86_400 - 1,
-        ocsp_url: "http://ocsp.example.test".into(),
+        ocsp_url: Some("http://ocsp.example.test".into()),
         ca_issuers_url: Some("http://ca.example.test/e1.der".into()),
+        crl_url: Some("http://crl.example.test/e1/3.crl".into()),
     };
     let tbs = build_leaf_tbs(&plan, &fixed.issuer, &fixed.algorithm)
         .unwrap_or_else(|e| panic!("no TBS built for an accepted CSR: {e}"));
