@@ -666,7 +666,15 @@ fn create_schema(conn: &mut Connection, path: &Path) -> Result<(), Error> {
     if version == 1 {
         tx.execute_batch(MIGRATE_1_TO_2).map_err(db)?;
     }
-    if (1..=2).contains(&version) {
+    // A file may have no worklist yet (a responder's replica): the CREATE below makes it.
+    let has_worklist: bool = tx
+        .query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'certificates'",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(db)?;
+    if (1..=2).contains(&version) && has_worklist {
         tx.execute_batch(MIGRATE_2_TO_3).map_err(db)?;
     }
     tx.execute_batch(SCHEMA).map_err(db)?;
