@@ -51,6 +51,13 @@ use crate::store::CrlStore;
 use crate::store::redis::RedisStore;
 use crate::store::sqlite::SqliteStore;
 
+/// The worklist, the CRL store, and the replica the CRL store has (Redis only).
+type Stores = (
+    Arc<SqliteStore>,
+    Arc<dyn CrlStore>,
+    Option<Arc<dyn CrlStore>>,
+);
+
 /// Revoked records assigned a shard per backfill transaction.
 const BACKFILL_CHUNK: usize = 10_000;
 
@@ -323,11 +330,7 @@ impl Updater {
                     detail: format!("opening the store: {e}"),
                 })?
         };
-        let (worklist, primary, replica): (
-            Arc<SqliteStore>,
-            Arc<dyn CrlStore>,
-            Option<Arc<dyn CrlStore>>,
-        ) = match &config.store {
+        let (worklist, primary, replica): Stores = match &config.store {
             config::Store::Sqlite { path } => {
                 let store = Arc::new(open(config.resolve(path)).await?);
                 (store.clone(), store, None)
