@@ -116,7 +116,6 @@ pub struct Grant {
 ///
 /// Every operation but `sign-raw` names a payload the gateway can parse; a key granted any of
 /// them is an *issuing* key ([`Config::is_issuing_key`]) and signs only what parses as declared.
-/// A future `sign-crl` (an RFC 5280 §5.1 `TBSCertList`) belongs here, as an issuing operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Operation {
@@ -127,6 +126,10 @@ pub enum Operation {
     SignCertificate,
     /// An OCSP `tbsResponseData` (RFC 6960 §4.2.1).
     SignOcsp,
+    /// A CRL's `TBSCertList` (RFC 5280 §5.1). Its messages may be up to
+    /// `batching.max_crl_bytes` (a shard of a million entries is ~40 MB), where every other
+    /// payload is limited to 16 KiB.
+    SignCrl,
 }
 
 impl Operation {
@@ -135,11 +138,12 @@ impl Operation {
             Self::SignRaw => "sign-raw",
             Self::SignCertificate => "sign-certificate",
             Self::SignOcsp => "sign-ocsp",
+            Self::SignCrl => "sign-crl",
         }
     }
 
     /// Does this operation sign something relying parties trust (a certificate, an OCSP
-    /// response)? Such operations have a payload the gateway parses before signing.
+    /// response, a CRL)? Such operations have a payload the gateway parses before signing.
     pub fn is_issuing(self) -> bool {
         self != Self::SignRaw
     }
@@ -285,6 +289,12 @@ pub struct Batching {
     /// in flight together (the sum of their `max_in_flight`), checked at load. It also bounds the
     /// size of a request message (1 KiB an item).
     pub max_request_items: usize,
+    /// Largest `TBSCertList` one `sign-crl` item may carry (every other item: 16 KiB). A CRL
+    /// shard of 1,000,000 entries is ~30-40 MB. Only when some client is granted `sign-crl`
+    /// does the gateway's request-message limit grow to this ([`Config::max_crl_message_bytes`]);
+    /// the check that the bytes parse as a TBSCertList streams over the entries, so what it
+    /// holds beyond the message itself is one entry.
+    pub max_crl_bytes: usize,
     /// Most signatures a worker takes off its HSM's queue in one go: large enough to keep
     /// per-signature overhead small, small enough to spread a batch over every session.
     pub worker_chunk: usize,
@@ -296,6 +306,7 @@ impl Default for Batching {
             // One HSM's default max_in_flight: valid for a one-HSM configuration.
             max_request_items: 4_096,
             worker_chunk: 32,
+            max_crl_bytes: 64 << 20,
         }
     }
 }
@@ -632,12 +643,29 @@ impl Config {
     }
 
     /// Is `key` an issuing key: is some client granted an issuing operation (`sign-certificate`,
-    /// `sign-ocsp`) on it, by name or by `"*"`?
+    /// `sign-ocsp`, `sign-crl`) on it, by name or by `"*"`?
     pub fn is_issuing_key(&self, key: &str) -> bool {
         self.clients.iter().flat_map(|c| &c.grants).any(|g| {
             g.operations.iter().any(|op| op.is_issuing())
                 && g.keys.iter().any(|k| k == key || k == "*")
         })
+    }
+
+    /// The largest `sign-crl` message the gateway accepts: `batching.max_crl_bytes` when some
+    /// client is granted `sign-crl` (on any key), else 0 (no CRL item may exceed the 16 KiB
+    /// every other item is held to, and the request-message limit stays what
+    /// `max_request_items` makes it).
+    pub fn max_crl_message_bytes(&self) -> usize {
+        let granted = self
+            .clients
+            .iter()
+            .flat_map(|c| &c.grants)
+            .any(|g| g.operations.contains(&Operation::SignCrl));
+        if granted {
+            self.batching.max_crl_bytes
+        } else {
+            0
+        }
     }
 
     /// How the gateway treats what `key` signs. Issuing keys check declared payloads unless

@@ -40,6 +40,13 @@ pub(crate) fn validate(config: &Config) -> Vec<FieldError> {
     );
     range(
         &mut err,
+        "batching.max_crl_bytes",
+        b.max_crl_bytes as u64,
+        64 << 10,
+        256 << 20,
+    );
+    range(
+        &mut err,
         "batching.worker_chunk",
         b.worker_chunk as u64,
         1,
@@ -441,7 +448,7 @@ pub(crate) fn validate(config: &Config) -> Vec<FieldError> {
             if grant.operations.is_empty() {
                 err(
                     format!("{gpath}.operations"),
-                    "at least one of sign-raw, sign-certificate, sign-ocsp",
+                    "at least one of sign-raw, sign-certificate, sign-ocsp, sign-crl",
                 );
             }
         }

@@ -121,6 +121,7 @@ fn handler(c: &mut Criterion) {
             source: Arc::new(source),
             metrics,
             max_request_bytes: 4096,
+            crl: None,
         }));
         let requests = |alg| -> Vec<Vec<u8>> {
             serials

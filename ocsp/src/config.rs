@@ -68,6 +68,111 @@ pub struct Issuer {
     /// The gateway key that signs this issuer's responses (the issuer's own key: responses are
     /// signed by the CA directly, responderID byKey).
     pub signing_key: String,
+    /// `[issuers.crl]`: this issuer publishes sharded CRLs (see [`crate::crl`]), signed with
+    /// `signing_key` (the gateway must grant this client `sign-crl` on it).
+    #[serde(default)]
+    pub crl: Option<CrlConfig>,
+}
+
+/// BR §4.9.7: a subscriber CRL is re-issued at least every 7 days, and its nextUpdate is at
+/// most 10 days after its thisUpdate.
+pub const BR_MAX_UPDATE_PERIOD_SECS: u64 = 7 * 86_400;
+pub const BR_MAX_CRL_VALIDITY_SECS: u64 = 10 * 86_400;
+/// BR §4.9.7 (via §4.9.1.1 timelines): a revocation reaches the CRL within 24 hours.
+pub const BR_MAX_REVOCATION_DELAY_SECS: u64 = 86_400;
+
+/// `[issuers.crl]`: an issuer's CRL shards and how fresh they are kept.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CrlConfig {
+    /// Number of shards (any positive number; Let's Encrypt uses 128). Fixed once published:
+    /// the store refuses another count, as certificates name their shard's URL.
+    pub shards: u32,
+    /// `http://host[:port][/path]` where the shards are published: shard `n` is at
+    /// `<base_url>/<issuer>/<n>.crl`, the list of all at `<base_url>/<issuer>.json`. The
+    /// responder serves those paths, so this is its address (or a CDN's in front of it).
+    pub base_url: String,
+    /// Every shard is re-signed at least this often (BR §4.9.7: at most 7 days), each at its
+    /// own offset within the period so the work is spread evenly. Default 6 hours.
+    pub update_period_secs: u64,
+    /// A shard with a new revocation is re-signed within this many seconds (BR: 24 hours).
+    /// Default 60.
+    pub revocation_delay_secs: u64,
+    /// nextUpdate − thisUpdate (BR §4.9.7: at most 10 days); more than `update_period_secs`,
+    /// so a shard never expires between two updates. Default 7 days.
+    pub next_update_secs: u64,
+    /// Also write every shard to `<directory>/<issuer>/<n>.crl` and the list to
+    /// `<directory>/<issuer>.json` (atomic rename), for nginx, a CDN origin or object storage.
+    pub directory: Option<PathBuf>,
+}
+
+impl Default for CrlConfig {
+    fn default() -> Self {
+        Self {
+            shards: 128,
+            base_url: String::new(),
+            update_period_secs: 6 * 3600,
+            revocation_delay_secs: 60,
+            next_update_secs: 7 * 86_400,
+            directory: None,
+        }
+    }
+}
+
+impl CrlConfig {
+    /// Every rule broken, each naming its field under `path` (`issuers[0].crl`).
+    pub fn problems(&self, path: &str, issuer: &str) -> Vec<String> {
+        let mut errors = Vec::new();
+        if !(1..=65_536).contains(&self.shards) {
+            errors.push(format!("{path}.shards: must be between 1 and 65536"));
+        }
+        let url_ok = self.base_url.strip_prefix("http://").is_some_and(|rest| {
+            !rest.is_empty()
+                && !rest.starts_with('/')
+                && rest.bytes().all(|b| b.is_ascii_graphic())
+                && !rest.contains(['?', '#'])
+        });
+        if !url_ok {
+            errors.push(format!(
+                "{path}.base_url: must be an http:// URL without query or fragment (BR §7.1.2.11.2: CRL distribution points are HTTP URLs), got `{}`",
+                self.base_url.chars().take(100).collect::<String>()
+            ));
+        }
+        if issuer.is_empty()
+            || !issuer
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            errors.push(format!(
+                "{path}: the issuer's name is part of its CRL URLs: use only [A-Za-z0-9._-]"
+            ));
+        }
+        if self.update_period_secs > BR_MAX_UPDATE_PERIOD_SECS {
+            errors.push(format!(
+                "{path}.update_period_secs: must be at most {BR_MAX_UPDATE_PERIOD_SECS} (BR §4.9.7: a new CRL at least every 7 days)"
+            ));
+        }
+        if self.update_period_secs < 60 {
+            errors.push(format!("{path}.update_period_secs: must be at least 60"));
+        }
+        if self.next_update_secs > BR_MAX_CRL_VALIDITY_SECS {
+            errors.push(format!(
+                "{path}.next_update_secs: must be at most {BR_MAX_CRL_VALIDITY_SECS} (BR §4.9.7: nextUpdate at most 10 days after thisUpdate)"
+            ));
+        }
+        if self.next_update_secs <= self.update_period_secs {
+            errors.push(format!(
+                "{path}.next_update_secs: must be more than update_period_secs ({}), or shards expire before they are re-signed",
+                self.update_period_secs
+            ));
+        }
+        if !(1..=BR_MAX_REVOCATION_DELAY_SECS).contains(&self.revocation_delay_secs) {
+            errors.push(format!(
+                "{path}.revocation_delay_secs: must be between 1 and {BR_MAX_REVOCATION_DELAY_SECS} (BR §4.9.7: within 24 hours of a revocation)"
+            ));
+        }
+        errors
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -292,6 +397,9 @@ impl Config {
                 errors.push(format!(
                     "issuers[{i}].name: must be non-empty and contain no `:`"
                 ));
+            }
+            if let Some(crl) = &issuer.crl {
+                errors.extend(crl.problems(&format!("issuers[{i}].crl"), &issuer.name));
             }
         }
         errors.extend(self.responder.connections.problems("responder.connections"));

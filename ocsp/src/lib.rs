@@ -1,6 +1,6 @@
-//! hsmgate's OCSP service: a responder (RFC 6960 with the RFC 5019 / RFC 9919 profile) that
-//! serves **pregenerated** responses, and the pre-signer that keeps them fresh through the
-//! signing gateway.
+//! hsmgate's certificate-status service: a responder (RFC 6960 with the RFC 5019 / RFC 9919
+//! profile) that serves **pregenerated** responses, the pre-signer that keeps them fresh through
+//! the signing gateway, and sharded CRLs ([`crl`]) built from the same status records.
 //!
 //! ```text
 //!  CA records / import file ──▶ pre-signer ──SignBatch──▶ signer gateway
@@ -24,10 +24,13 @@
 //! - [`source`]: where the responder's answers come from (cache over store).
 //! - [`responder`]: the HTTP layer.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`crl`]: sharded CRLs — shard assignment and URLs ([`crl::ShardMap`], for the ACME
+//!   frontend), building, the updater (`hsmgate-ocsp crl-update`) and serving.
 
 // The der 0.7 derive macros name their crate `der`; this crate has it as `der07`.
 extern crate der07 as der;
 pub mod config;
+pub mod crl;
 mod error;
 pub mod issuers;
 pub mod metrics;

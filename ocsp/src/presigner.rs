@@ -344,6 +344,8 @@ impl Presigner {
                 store: "sqlite",
                 detail: format!("opening the store: {e}"),
             })??;
+        // Records get their CRL shard, and revocations mark it pending, as they are recorded.
+        store.set_crl_shards(crate::crl::updater::crl_shard_counts(config));
         Ok(Self::new(
             Arc::new(store),
             responses,
@@ -352,6 +354,16 @@ impl Presigner {
             config.presigner.clone(),
             metrics,
         ))
+    }
+
+    /// Records certificates' notAfter (Unix seconds) in the worklist, so a revoked certificate
+    /// leaves its CRL shard once expired (without it, the entry stays). The ACME frontend
+    /// calls this when it records an issued certificate.
+    pub async fn record_not_after(
+        &self,
+        items: Vec<(IssuerName, Serial, i64)>,
+    ) -> Result<u64, Error> {
+        self.store.record_not_after(items).await
     }
 
     pub fn metrics(&self) -> &PresignerMetrics {

@@ -52,6 +52,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use x509_ocsp::OcspResponseStatus;
 
 use crate::config::{self, Config};
+use crate::crl::CrlServer;
+use crate::crl::serve::{CrlPath, Found};
 use crate::error::Error;
 use crate::issuers::Issuers;
 use crate::metrics::{self, Metrics};
@@ -61,9 +63,9 @@ use crate::response::{cert_id_hashes_in, status_only};
 use crate::source::{
     CachedSource, Health, Lookup, ReplicatedSource, Source, StoreSource, unix_now,
 };
-use crate::store::ResponseStore;
 use crate::store::redis::RedisStore;
 use crate::store::sqlite::SqliteStore;
+use crate::store::{CrlStore, ResponseStore};
 
 /// The unsigned error answers (RFC 6960 §4.2.1: "If the value of responseStatus is one of the
 /// error conditions, the responseBytes field is not set"), encoded once.
@@ -96,6 +98,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Largest request accepted, in DER bytes (POST body; a GET's decoded path).
     pub max_request_bytes: usize,
+    /// CRL shards and lists (`/<issuer>/<shard>.crl`, `/<issuer>.json`; [`crate::crl::serve`]),
+    /// when some issuer publishes CRLs.
+    pub crl: Option<Arc<CrlServer>>,
 }
 
 /// The responder's routes. Everything goes to one fallback handler, which reads the raw
@@ -107,6 +112,11 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    if matches!(*req.method(), Method::GET | Method::HEAD)
+        && let Some(path) = crate::crl::serve::parse_path(req.uri().path())
+    {
+        return crl_answer(&state, path, req.headers()).await;
+    }
     let if_none_match = req.headers().get(header::IF_NONE_MATCH).cloned();
     let der = match *req.method() {
         Method::GET | Method::HEAD => from_get_path(req.uri().path(), state.max_request_bytes),
@@ -131,6 +141,89 @@ async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
             refuse(&state.metrics, http, Refusal::Malformed)
         }
     }
+}
+
+/// A CRL shard or list (see [`crate::crl::serve`] for what each case gets).
+async fn crl_answer(state: &AppState, path: CrlPath<'_>, headers: &HeaderMap) -> Response {
+    let not_found = || {
+        (
+            StatusCode::NOT_FOUND,
+            [(header::CACHE_CONTROL, NO_CACHE)],
+            "no such CRL\n",
+        )
+            .into_response()
+    };
+    let Some(crl) = &state.crl else {
+        return not_found();
+    };
+    let (issuer, shard) = match path {
+        CrlPath::Shard(issuer, shard) => (issuer, shard),
+        CrlPath::List(issuer) => {
+            return match crl.list(issuer) {
+                Some(json) => (
+                    StatusCode::OK,
+                    [
+                        (header::CONTENT_TYPE, "application/json"),
+                        (header::CACHE_CONTROL, "public, max-age=3600"),
+                    ],
+                    json,
+                )
+                    .into_response(),
+                None => not_found(),
+            };
+        }
+        CrlPath::Other => return not_found(),
+    };
+    let served = match crl.shard(issuer, shard).await {
+        Found::Shard(s) => s,
+        Found::NotStored | Found::Unknown => return not_found(),
+        Found::Unavailable(why) => {
+            tracing::warn!(issuer, shard, "CRL unavailable: {why}");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [
+                    (header::CACHE_CONTROL, NO_CACHE),
+                    (header::RETRY_AFTER, "10"),
+                ],
+                "CRL temporarily unavailable\n",
+            )
+                .into_response();
+        }
+    };
+    let now = unix_now();
+    let etag = format!("\"{:x}\"", served.number);
+    let last_modified = http_date(served.this_update);
+    let max_age = crl.max_age(issuer, &served, now);
+    let cache_control = if max_age > 0 {
+        format!("public, max-age={max_age}")
+    } else {
+        NO_CACHE.to_owned()
+    };
+    // RFC 9110 §13.1.3: If-Modified-Since is ignored when If-None-Match is present.
+    let not_modified = match headers.get(header::IF_NONE_MATCH) {
+        Some(inm) => etag_matches(inm, etag.as_bytes()),
+        None => headers
+            .get(header::IF_MODIFIED_SINCE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .is_some_and(|t| t.as_secs() as i64 >= served.this_update),
+    };
+    let headers = [
+        (header::CACHE_CONTROL, cache_control),
+        (header::ETAG, etag),
+        (header::LAST_MODIFIED, last_modified),
+    ];
+    if not_modified {
+        return (StatusCode::NOT_MODIFIED, headers).into_response();
+    }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/pkix-crl")],
+        headers,
+        served.der.clone(),
+    )
+        .into_response()
 }
 
 type Rejected = (StatusCode, &'static str);
@@ -438,6 +531,35 @@ async fn build_source(
     Ok(source)
 }
 
+/// The CRL side's stores: the same as the responses' (SQLite; Redis with its local replica).
+async fn build_crl_server(config: &Config) -> Result<Option<Arc<CrlServer>>, Error> {
+    if config.issuers.iter().all(|i| i.crl.is_none()) {
+        return Ok(None);
+    }
+    let open_sqlite = |path: std::path::PathBuf| async move {
+        tokio::task::spawn_blocking(move || SqliteStore::open(path))
+            .await
+            .map_err(|e| Error::Store {
+                store: "sqlite",
+                detail: format!("open task failed: {e}"),
+            })?
+    };
+    let (primary, replica): (Arc<dyn CrlStore>, Option<Arc<dyn CrlStore>>) = match &config.store {
+        config::Store::Sqlite { path } => {
+            (Arc::new(open_sqlite(config.resolve(path)).await?), None)
+        }
+        config::Store::Redis {
+            urls,
+            cluster,
+            replica,
+        } => (
+            Arc::new(RedisStore::open(urls, *cluster).await?),
+            Some(Arc::new(open_sqlite(config.resolve(replica)).await?)),
+        ),
+    };
+    Ok(CrlServer::from_config(config, primary, replica).map(Arc::new))
+}
+
 /// HTTP threads: one per core unless `OCSP_HTTP_THREADS` says otherwise.
 fn http_threads() -> usize {
     std::env::var("OCSP_HTTP_THREADS")
@@ -494,11 +616,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let registry = Arc::new(registry);
     let health = Health::new(metrics.clone());
     let source = build_source(&config, &health, &metrics).await?;
+    let crl = build_crl_server(&config).await?;
     let state = Arc::new(AppState {
         issuers,
         source,
         metrics,
         max_request_bytes: config.responder.max_request_bytes,
+        crl,
     });
 
     let threads = http_threads();

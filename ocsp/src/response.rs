@@ -187,6 +187,41 @@ impl GatewaySigner {
         Ok((response.signature, response.algorithm_identifier))
     }
 
+    /// Signs one declared message with `Sign`: `payload` is its `hsmgate-payload` value (so
+    /// the gateway checks it as that type under that operation's grant) and `algorithm` the one
+    /// the message was built for — a CRL names its signature algorithm inside what is signed.
+    /// Returns `(signature, DER AlgorithmIdentifier)`. Used for CRL shards, which can be tens of
+    /// MB: one per call, with the call's deadline growing with its size.
+    pub async fn sign_declared(
+        &self,
+        key: &str,
+        algorithm: SignatureAlgorithm,
+        message: Vec<u8>,
+        payload: &'static str,
+    ) -> Result<(Vec<u8>, Vec<u8>), Error> {
+        // A large CRL takes time on the wire and to check: 1 s more per 4 MB.
+        let timeout = self.timeout + Duration::from_secs((message.len() >> 22) as u64);
+        let mut request = tonic::Request::new(SignRequest {
+            key: key.to_owned(),
+            algorithm: algorithm as i32,
+            input: Some(sign_request::Input::Message(message)),
+        });
+        request.set_timeout(timeout);
+        request.metadata_mut().insert(
+            hsmgate_signer_api::PAYLOAD_HEADER,
+            tonic::metadata::MetadataValue::from_static(payload),
+        );
+        let response = self
+            .client
+            .clone()
+            .sign(request)
+            .await
+            .map_err(|s| gateway_error("Sign", s))?
+            .into_inner();
+        check_signature("Sign", 0, &response)?;
+        Ok((response.signature, response.algorithm_identifier))
+    }
+
     async fn sign_batch(
         &self,
         key: &str,

@@ -279,6 +279,7 @@ impl Server {
             source: Arc::new(source),
             metrics,
             max_request_bytes: 10_000,
+            crl: None,
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -935,7 +935,7 @@ async fn a_version_1_file_is_migrated_and_its_responses_served_for_both_hashes()
         .unwrap()
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     for alg in [Sha1, Sha256] {
         assert_eq!(
             store.get_for(&issuer(), &s, alg).await.unwrap(),
@@ -1013,4 +1013,49 @@ async fn a_revocation_for_one_hash_removes_good_under_every_other() {
     let stale = built(&s, CertStatus::Good, 3_000, &[Sha256]).await;
     assert!(!store.put(&issuer(), &s, &stale).await.unwrap());
     assert_eq!(store.get_for(&issuer(), &s, Sha256).await.unwrap(), None);
+}
+
+/// Issue 15: a version 2 file (worklist without CRL columns) gains `crl_shard` and `not_after`
+/// when opened; its records are kept, revoked ones get their shard from the CRL updater's
+/// backfill, and the shard is marked pending.
+#[tokio::test]
+async fn a_version_2_worklist_is_migrated_and_backfilled_into_crl_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ocsp.sqlite");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE certificates (
+                issuer TEXT NOT NULL, serial BLOB NOT NULL,
+                status INTEGER NOT NULL CHECK (status IN (0, 1)), revoked_at INTEGER,
+                reason INTEGER CHECK (reason BETWEEN 0 AND 255),
+                responded_status INTEGER CHECK (responded_status IN (0, 1)),
+                responded_revoked_at INTEGER, responded_this_update INTEGER,
+                due_key INTEGER NOT NULL,
+                CHECK ((status = 1) = (revoked_at IS NOT NULL)),
+                PRIMARY KEY (issuer, serial)) STRICT, WITHOUT ROWID;
+             INSERT INTO certificates (issuer, serial, status, revoked_at, reason, due_key)
+                 VALUES ('test-ca', x'0a07', 1, 900, 1, 0), ('test-ca', x'0a08', 0, NULL, NULL, 0);
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let version: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, 3);
+    assert_eq!(store.crl_backfill(&issuer(), 4, 100).await.unwrap(), 1);
+    assert_eq!(store.crl_backfill(&issuer(), 4, 100).await.unwrap(), 0);
+    // 0x0a07 = 2567; 2567 % 4 = 3.
+    assert_eq!(store.crl_pending(&issuer()).await.unwrap().len(), 1);
+    assert_eq!(store.crl_pending(&issuer()).await.unwrap()[0].0, 3);
+    let (entries, pending) = store.crl_snapshot(&issuer(), 3, 1_000).await.unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].revoked_at, 900);
+    assert_eq!(entries[0].reason, Some(1));
+    let (seq, _) = pending.unwrap();
+    assert!(store.crl_clear_pending(&issuer(), 3, seq).await.unwrap());
+    assert!(store.crl_pending(&issuer()).await.unwrap().is_empty());
 }

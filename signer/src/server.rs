@@ -110,10 +110,14 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
     // Requests larger than the configured batch can need are refused before decoding
     // (OUT_OF_RANGE); set at start-up, so a reload's new max_request_items applies at the next
     // restart. Responses are a signature per item.
-    let max_message = crate::service::max_message_bytes(config.batching.max_request_items);
-    let signer = SignerServer::new(SignerService::new(gateway.clone(), audit))
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(64 << 20);
+    // A `sign-crl` grant grows it to one CRL of `batching.max_crl_bytes`.
+    let max_crl = config.max_crl_message_bytes();
+    let max_message =
+        crate::service::max_message_bytes_with_crl(config.batching.max_request_items, max_crl);
+    let signer =
+        SignerServer::new(SignerService::new(gateway.clone(), audit).with_max_crl_bytes(max_crl))
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(64 << 20);
 
     // Nagle off on accepted sockets: with it, small unary replies wait for delayed ACKs
     // (~40 ms p99). `Server::tcp_nodelay` does not apply to a listener we bind ourselves.

@@ -35,6 +35,9 @@ use crate::payload;
 pub struct SignerService {
     gateway: Arc<Gateway>,
     audit: audit::Sink,
+    /// Largest `sign-crl` item ([`hsm_config::Config::max_crl_message_bytes`] at start-up, as
+    /// the gRPC message limit it goes with); 0: CRL items are held to [`MAX_INPUT_BYTES`].
+    max_crl_bytes: usize,
 }
 
 /// What a signing call's envelope says, read before its message is taken out.
@@ -61,6 +64,23 @@ pub fn max_message_bytes(max_request_items: usize) -> usize {
     max_request_items
         .saturating_mul(BATCH_ITEM_BYTES)
         .max(MAX_INPUT_BYTES + 1024)
+}
+
+/// [`max_message_bytes`], grown to hold one `sign-crl` item of `max_crl_bytes` (plus its
+/// key name and framing) when CRL signing is configured (`max_crl_bytes` > 0).
+///
+/// Why a larger limit and not a digest: the gateway's promise for issuing keys is that it
+/// signs only what parses as declared, and a digest of a CRL could be a digest of anything. A
+/// shard of 1,000,000 entries is ~30-40 MB; the check streams over it
+/// ([`payload::check_tbs_cert_list`]), so the cost of the larger limit is the message itself.
+/// Configurations without a `sign-crl` grant keep the limit `max_request_items` makes.
+pub fn max_message_bytes_with_crl(max_request_items: usize, max_crl_bytes: usize) -> usize {
+    let crl = if max_crl_bytes == 0 {
+        0
+    } else {
+        max_crl_bytes.saturating_add(1024)
+    };
+    max_message_bytes(max_request_items).max(crl)
 }
 
 /// SHA-256 of the `SignBatchRequest` as prost encodes it (each item field 1, length-delimited):
@@ -92,7 +112,17 @@ fn audit_item(r: &SignRequest) -> audit::Item {
 
 impl SignerService {
     pub fn new(gateway: Arc<Gateway>, audit: audit::Sink) -> Self {
-        Self { gateway, audit }
+        Self {
+            gateway,
+            audit,
+            max_crl_bytes: 0,
+        }
+    }
+
+    /// Accept `sign-crl` items of up to `bytes` (see [`max_message_bytes_with_crl`]).
+    pub fn with_max_crl_bytes(mut self, bytes: usize) -> Self {
+        self.max_crl_bytes = bytes;
+        self
     }
 
     fn call_info<T>(&self, request: &Request<T>) -> CallInfo {
@@ -297,9 +327,17 @@ impl SignerService {
                 Some(sign_request::Input::Message(m)) => m.len(),
                 None => 0,
             };
-            if input_len > MAX_INPUT_BYTES {
+            // A CRL shard may be large; only a declared `tbs-cert-list` gets the larger limit,
+            // and the grant check right below refuses it unless the client may `sign-crl` with
+            // this key (whose payloads are then checked: it is an issuing key).
+            let limit = if op == Operation::SignCrl {
+                self.max_crl_bytes.max(MAX_INPUT_BYTES)
+            } else {
+                MAX_INPUT_BYTES
+            };
+            if input_len > limit {
                 return Err(Error::InvalidArgument(format!(
-                    "{field}input: {input_len} bytes, at most {MAX_INPUT_BYTES}"
+                    "{field}input: {input_len} bytes, at most {limit}"
                 )));
             }
             // An empty key is a malformed request (INVALID_ARGUMENT from `prepare`), not a
@@ -317,9 +355,10 @@ impl SignerService {
                 if op == Operation::SignRaw {
                     if !policy.allow_raw {
                         return Err(Error::PermissionDenied(format!(
-                            "{field}key: key `{key}` signs only declared payloads ({PAYLOAD_HEADER}: {} or {})",
+                            "{field}key: key `{key}` signs only declared payloads ({PAYLOAD_HEADER}: {}, {} or {})",
                             hsmgate_signer_api::PAYLOAD_TBS_CERTIFICATE,
-                            hsmgate_signer_api::PAYLOAD_OCSP_RESPONSE_DATA
+                            hsmgate_signer_api::PAYLOAD_OCSP_RESPONSE_DATA,
+                            hsmgate_signer_api::PAYLOAD_TBS_CERT_LIST
                         )));
                     }
                     continue;

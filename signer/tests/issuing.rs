@@ -2,7 +2,8 @@
 //! it (`hsm-config/examples/dev.toml`, mTLS, its own SoftHSM2 tokens): no client gets anything
 //! signed by an issuing key — the intermediate `dev-p256`, the root `dev-root` — that does not
 //! parse as the payload of an operation it holds. A TBSCertificate for `*.google.com` is sent
-//! by every client of the dev config, declared as an OCSP ResponseData, as a certificate where
+//! by every client of the dev config, declared as an OCSP ResponseData, as a CRL's TBSCertList
+//! (the pre-signer holds `sign-crl` on the intermediate), as a certificate where
 //! the client may not sign certificates, and undeclared, as a message and as a digest, by
 //! `Sign` and `SignBatch`: every one is PERMISSION_DENIED and no HSM signs anything.
 //! (Issue 12, item 1: before, `check_payload` was off unless a key set it, and the
@@ -17,7 +18,9 @@ use common::{Gateway, Pki, dev_config};
 use hsmgate_signer_api::v1::{
     SignBatchRequest, SignRequest, SignatureAlgorithm as Alg, sign_request,
 };
-use hsmgate_signer_api::{PAYLOAD_HEADER, PAYLOAD_OCSP_RESPONSE_DATA, PAYLOAD_TBS_CERTIFICATE};
+use hsmgate_signer_api::{
+    PAYLOAD_HEADER, PAYLOAD_OCSP_RESPONSE_DATA, PAYLOAD_TBS_CERT_LIST, PAYLOAD_TBS_CERTIFICATE,
+};
 use sha2::Digest;
 use tonic::Code;
 
@@ -112,6 +115,7 @@ async fn no_client_of_the_dev_config_gets_a_certificate_signed_outside_its_grant
             for payload in [
                 Some(PAYLOAD_OCSP_RESPONSE_DATA),
                 Some(PAYLOAD_TBS_CERTIFICATE),
+                Some(PAYLOAD_TBS_CERT_LIST),
                 None,
             ] {
                 for input in [
@@ -152,8 +156,8 @@ async fn no_client_of_the_dev_config_gets_a_certificate_signed_outside_its_grant
             }
         }
     }
-    // 4 clients x 2 keys x 6 cases, less the two certificate signers' own case, x 2 RPCs.
-    assert_eq!(tried, (4 * 2 * 6 - 2) * 2);
+    // 4 clients x 2 keys x 8 cases, less the two certificate signers' own case, x 2 RPCs.
+    assert_eq!(tried, (4 * 2 * 8 - 2) * 2);
     assert_eq!(
         hsm_signatures(&gw).await,
         before,

@@ -6,6 +6,11 @@
 //!   `ocsp::presigner::Presigner::import` for the format); the refresh loop signs them.
 //! - `publish --config FILE --issuer NAME --serial HEX (--good | --revoked [--reason N] [--at T])`:
 //!   records a status and returns once its signed response is durable.
+//! - `crl-update --config FILE [--once] [--metrics-listen ADDR]`: keeps every CRL shard of the
+//!   issuers with `[issuers.crl]` signed and fresh (`ocsp::crl::updater`) until SIGTERM; with
+//!   `--once`, re-signs every shard now and exits.
+//! - `crl-urls --config FILE --issuer NAME [--serial HEX]`: prints the issuer's shard URLs (the
+//!   CCADB list), or the CRL distribution point of one serial.
 //! - `issuer-cert --gateway URL --key NAME --subject DN --days N --out FILE.pem`: a self-signed
 //!   CA certificate for a gateway key (for development and tests: a real CA's certificate comes
 //!   from its key ceremony).
@@ -86,6 +91,25 @@ enum Command {
         /// Also write the response (DER) to this file.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Keeps every CRL shard signed and fresh until SIGTERM; `--once`: re-sign all now, exit.
+    CrlUpdate {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        once: bool,
+        /// Serve the updater's Prometheus metrics at http://ADDR/metrics.
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
+    },
+    /// Prints an issuer's CRL shard URLs, or the one a certificate with `--serial` names.
+    CrlUrls {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        issuer: String,
+        #[arg(long)]
+        serial: Option<String>,
     },
     /// Creates a self-signed CA certificate whose key is a gateway key.
     IssuerCert {
@@ -197,6 +221,41 @@ async fn dispatch(command: Command) -> Result<(), Error> {
             Ok(())
         }
         Command::Serve { config } => ocsp::responder::run(Config::load(&config)?).await,
+        Command::CrlUpdate {
+            config,
+            once,
+            metrics_listen,
+        } => crl_update(&config, once, metrics_listen).await,
+        Command::CrlUrls {
+            config,
+            issuer,
+            serial,
+        } => {
+            let config = Config::load(&config)?;
+            let map = ocsp::crl::ShardMap::all(&config)
+                .into_iter()
+                .find(|m| m.issuer().0 == issuer)
+                .ok_or_else(|| Error::Config {
+                    path: "issuers.crl".into(),
+                    detail: format!("issuer `{issuer}` publishes no CRLs"),
+                })?;
+            match serial {
+                Some(hex) => {
+                    let serial =
+                        Serial::from_hex(&hex.replace(':', "")).ok_or_else(|| Error::Config {
+                            path: "--serial".into(),
+                            detail: format!("`{hex}` is not hexadecimal"),
+                        })?;
+                    println!("{}", map.url_for(&serial));
+                }
+                None => {
+                    for url in map.urls() {
+                        println!("{url}");
+                    }
+                }
+            }
+            Ok(())
+        }
     }
 }
 
@@ -219,6 +278,53 @@ async fn presign(config_path: &Path, metrics_listen: Option<SocketAddr>) -> Resu
     tracing::info!(issuers = config.issuers.len(), gateway = %config.presigner.gateway, "pre-signer running");
     println!("READY presign");
     presigner.run(rx).await;
+    Ok(())
+}
+
+async fn crl_update(
+    config_path: &Path,
+    once: bool,
+    metrics_listen: Option<SocketAddr>,
+) -> Result<(), Error> {
+    let config = Config::load(config_path)?;
+    let metrics = ocsp::crl::CrlMetrics::default();
+    let updater = ocsp::crl::Updater::from_config(&config, metrics.clone()).await?;
+    check_keys(&config).await?;
+    updater.prepare().await?;
+    if once {
+        let report = updater.pass(presigner::unix_now(), true).await?;
+        println!(
+            "CRL shards: {} stored, {} superseded by another updater, {} failed",
+            report.stored, report.superseded, report.failed
+        );
+        return if report.failed == 0 {
+            Ok(())
+        } else {
+            Err(Error::Store {
+                store: "crl",
+                detail: format!(
+                    "{} shards could not be updated (see the log)",
+                    report.failed
+                ),
+            })
+        };
+    }
+    if let Some(addr) = metrics_listen {
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        serve_metrics(addr, Arc::new(registry)).await?;
+    }
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        let _ = tx.send(true);
+    });
+    for map in updater.shard_maps() {
+        tracing::info!(issuer = %map.issuer().0, shards = map.shards(), list = %map.list_url(), "CRL updater running");
+    }
+    println!("READY crl-update");
+    updater.run(rx).await;
     Ok(())
 }
 

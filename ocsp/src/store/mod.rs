@@ -74,6 +74,30 @@ pub trait ResponseStore: Send + Sync + std::fmt::Debug {
     ) -> Result<bool, Error>;
 }
 
+/// Where signed CRL shards live ([`crate::crl`]): the same stores as the responses.
+#[async_trait]
+pub trait CrlStore: Send + Sync + std::fmt::Debug {
+    /// Short name for metrics and logs (`sqlite`, `redis`).
+    fn crl_store_kind(&self) -> &'static str;
+
+    /// The stored shard, if any (expired ones included: the caller decides).
+    async fn get_crl(
+        &self,
+        issuer: &IssuerName,
+        shard: u32,
+    ) -> Result<Option<crate::crl::StoredCrl>, Error>;
+
+    /// Compare-and-set: stores `crl` only if its number is greater than the stored shard's
+    /// (or none is stored); returns whether it was stored. Atomic against other writers, so
+    /// the cRLNumber a store serves strictly increases whatever runs against it.
+    async fn put_crl(
+        &self,
+        issuer: &IssuerName,
+        shard: u32,
+        crl: &crate::crl::StoredCrl,
+    ) -> Result<bool, Error>;
+}
+
 /// Where a certificate's response is kept: per CertID hash, or the old layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Slot {

@@ -150,6 +150,7 @@ pub struct RedisStore {
     backend: Backend,
     options: RedisOptions,
     script: Arc<Script>,
+    crl_script: Arc<Script>,
 }
 
 #[derive(Clone)]
@@ -348,11 +349,21 @@ impl RedisStore {
             backend,
             options,
             script: Arc::new(Script::new(PUT_SCRIPT)),
+            crl_script: Arc::new(Script::new(PUT_CRL_SCRIPT)),
         })
     }
 
     /// Runs `f` with a connection, within the call deadline.
     async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, Error>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        self.call_within(what, self.options.call_timeout, f).await
+    }
+
+    /// [`Self::call`] with its own time limit (a CRL shard can be tens of MB).
+    async fn call_within<T, F, Fut>(&self, what: &str, limit: Duration, f: F) -> Result<T, Error>
     where
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = Result<T, Error>>,
@@ -371,12 +382,9 @@ impl RedisStore {
             };
             f(conn).await
         };
-        match tokio::time::timeout(self.options.call_timeout, work).await {
+        match tokio::time::timeout(limit, work).await {
             Ok(result) => result,
-            Err(_) => Err(store_error(format!(
-                "{what}: no answer within {:?}",
-                self.options.call_timeout
-            ))),
+            Err(_) => Err(store_error(format!("{what}: no answer within {limit:?}"))),
         }
     }
 
@@ -388,6 +396,107 @@ impl RedisStore {
                 .await
                 .map_err(redis_error)?;
             Ok(())
+        })
+        .await
+    }
+}
+
+/// Stores a CRL shard only if its number is greater than the stored one's (compare-and-set,
+/// atomic in Redis). Numbers are microseconds since 1970 (~1.8e15), exact in Lua's doubles
+/// (< 2^53). KEYS[1]: the shard's hash; ARGV: number, thisUpdate, nextUpdate, entries, DER.
+const PUT_CRL_SCRIPT: &str = "
+local current = redis.call('HGET', KEYS[1], 'number')
+if current and tonumber(current) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'number', ARGV[1], 'this_update', ARGV[2],
+  'next_update', ARGV[3], 'entries', ARGV[4], 'der', ARGV[5])
+return 1
+";
+
+/// The key of a CRL shard: one key per shard, so any cluster node can own it.
+pub fn crl_key(issuer: &IssuerName, shard: u32) -> String {
+    format!("crl:{}:{{{shard}}}", issuer.0)
+}
+
+/// Time for a call moving `bytes`: the configured limit, plus a second per 8 MB.
+fn crl_limit(options: &RedisOptions, bytes: usize) -> Duration {
+    options.call_timeout + Duration::from_secs((bytes >> 23) as u64 + 1)
+}
+
+#[async_trait]
+impl super::CrlStore for RedisStore {
+    fn crl_store_kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn get_crl(
+        &self,
+        issuer: &IssuerName,
+        shard: u32,
+    ) -> Result<Option<crate::crl::StoredCrl>, Error> {
+        let key = crl_key(issuer, shard);
+        // A shard may be large: the limit of a 64 MB one.
+        let limit = crl_limit(&self.options, 64 << 20);
+        self.call_within("HMGET crl", limit, |mut conn| async move {
+            let fields: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
+                .arg(&key)
+                .arg(&["number", "this_update", "next_update", "entries", "der"])
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| {
+                    if e.code() == Some("WRONGTYPE") {
+                        corrupt(&key, "not a hash")
+                    } else {
+                        redis_error(e)
+                    }
+                })?;
+            let mut it = fields.into_iter();
+            let mut next = || it.next().flatten();
+            let (number, this_update, next_update, entries, der) =
+                (next(), next(), next(), next(), next());
+            let int = |v: Option<Vec<u8>>, name: &str| -> Result<i64, Error> {
+                v.as_deref()
+                    .and_then(|b| std::str::from_utf8(b).ok())
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| corrupt(&key, format!("{name} missing or not an integer")))
+            };
+            match (number, der) {
+                (None, None) => Ok(None),
+                (number, Some(der)) => Ok(Some(crate::crl::StoredCrl {
+                    number: int(number, "number")?,
+                    this_update: int(this_update, "this_update")?,
+                    next_update: int(next_update, "next_update")?,
+                    entries: int(entries, "entries")?.max(0) as u64,
+                    der,
+                })),
+                (Some(_), None) => Err(corrupt(&key, "der missing")),
+            }
+        })
+        .await
+    }
+
+    async fn put_crl(
+        &self,
+        issuer: &IssuerName,
+        shard: u32,
+        crl: &crate::crl::StoredCrl,
+    ) -> Result<bool, Error> {
+        let key = crl_key(issuer, shard);
+        let limit = crl_limit(&self.options, crl.der.len());
+        let script = self.crl_script.clone();
+        self.call_within("put crl script", limit, |mut conn| async move {
+            let stored: i64 = script
+                .key(&key)
+                .arg(crl.number)
+                .arg(crl.this_update)
+                .arg(crl.next_update)
+                .arg(crl.entries)
+                .arg(&crl.der)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(redis_error)?;
+            Ok(stored == 1)
         })
         .await
     }

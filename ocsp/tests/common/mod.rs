@@ -46,7 +46,7 @@ dir = "audit"
 
 [[clients]]
 name = "tests"
-grants = [{ keys = ["*"], operations = ["sign-raw", "sign-certificate", "sign-ocsp"] }]
+grants = [{ keys = ["*"], operations = ["sign-raw", "sign-certificate", "sign-ocsp", "sign-crl"] }]
 
 [timeouts]
 hsm_call_ms = 2000

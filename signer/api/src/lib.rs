@@ -12,15 +12,19 @@ pub mod client;
 pub mod http_listener;
 
 /// gRPC metadata key by which a `Sign` or `SignBatch` call declares what its items are
-/// (operation `sign-certificate` or `sign-ocsp` in the gateway's grants); absent, the items are
-/// raw digests or messages (`sign-raw`). Values: [`PAYLOAD_TBS_CERTIFICATE`],
-/// [`PAYLOAD_OCSP_RESPONSE_DATA`]. Metadata rather than a message field so that the messages
+/// (operation `sign-certificate`, `sign-ocsp` or `sign-crl` in the gateway's grants); absent, the
+/// items are raw digests or messages (`sign-raw`). Values: [`PAYLOAD_TBS_CERTIFICATE`],
+/// [`PAYLOAD_OCSP_RESPONSE_DATA`], [`PAYLOAD_TBS_CERT_LIST`]. Metadata rather than a message field so that the messages
 /// callers build stay as they are; every item of a call has the declared type.
 pub const PAYLOAD_HEADER: &str = "hsmgate-payload";
 /// An X.509 `TBSCertificate` (RFC 5280 §4.1.1.1).
 pub const PAYLOAD_TBS_CERTIFICATE: &str = "tbs-certificate";
 /// An OCSP `ResponseData`, the `tbsResponseData` of a BasicOCSPResponse (RFC 6960 §4.2.1).
 pub const PAYLOAD_OCSP_RESPONSE_DATA: &str = "ocsp-response-data";
+/// A CRL's `TBSCertList` (RFC 5280 §5.1), operation `sign-crl`. Unlike the others it may be
+/// large (a shard of a million entries is ~40 MB): the gateway takes up to its
+/// `batching.max_crl_bytes` per item; send one per `Sign` call.
+pub const PAYLOAD_TBS_CERT_LIST: &str = "tbs-cert-list";
 
 /// Generated messages, client and server for `hsmgate.signer.v1`.
 pub mod v1 {

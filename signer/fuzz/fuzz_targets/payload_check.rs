@@ -1,5 +1,6 @@
 //! Fuzzes `signer::payload`, the checks every signing request's bytes reach on a key with
-//! `check_payload = true`: `check` (DER `TBSCertificate` / OCSP `ResponseData` parses) and
+//! `check_payload = true`: `check` (DER `TBSCertificate` / OCSP `ResponseData` / CRL
+//! `TBSCertList` parses; the last streamed, entry by entry) and
 //! `declared` (the `hsmgate-payload` metadata value).
 //!
 //! The property: any input yields `Ok` or `Err` for each operation — never a panic, an abort
@@ -38,12 +39,29 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => assert!(!e.is_empty()),
     }
 
+    // The streamed TBSCertList check accepts exactly what x509-cert's whole-list decoder
+    // accepts and re-encodes to the input.
+    let whole = {
+        use der::{Decode, Encode};
+        x509_cert::crl::TbsCertList::<x509_cert::certificate::Rfc5280>::from_der(data)
+            .ok()
+            .and_then(|l| l.to_der().ok())
+            .is_some_and(|der| der == data)
+    };
+    match check(Operation::SignCrl, data) {
+        Ok(()) => assert!(whole, "streamed check accepted what the decoder refuses"),
+        Err(e) => {
+            assert!(!e.is_empty());
+            assert!(!whole, "streamed check refused a DER TBSCertList: {e}");
+        }
+    }
+
     // The same bytes as a metadata value: unknown values are refused with a bounded echo.
     let text = String::from_utf8_lossy(data);
     match declared(Some(&text)) {
         Ok(op) => assert!(matches!(
             op,
-            Operation::SignCertificate | Operation::SignOcsp
+            Operation::SignCertificate | Operation::SignOcsp | Operation::SignCrl
         )),
         Err(e) => {
             let msg = e.to_string();
