@@ -156,6 +156,8 @@ OCSP_PID=$LAST_PID
 start_bg challtestsrv pebble-challtestsrv -dns01 "127.0.0.1:$DNS" -management "127.0.0.1:$MGMT" \
     -http01 "" -https01 "" -tlsalpn01 "" -defaultIPv6 ""
 DNS_PID=$LAST_PID
+# Without the remote perspectives of dev.toml (its last section): this bench compares issuance
+# with Pebble, which has none. (Perspectives on against off is not measured yet: issue 17.)
 sed -e "s#\.\./\.\./ocsp/examples/dev.toml#$WORK/ocsp.toml#" -e "s#\.\./\.\./target/dev#$WORK#g" \
     -e "s#^base_url = .*#base_url = \"https://127.0.0.1:$ACME\"#" \
     -e "s#127.0.0.1:4001#127.0.0.1:$ACME#g" -e "s#127.0.0.1:50051#127.0.0.1:$GW#" \
@@ -164,6 +166,7 @@ sed -e "s#\.\./\.\./ocsp/examples/dev.toml#$WORK/ocsp.toml#" -e "s#\.\./\.\./tar
     -e "s#^orders_per_account_per_hour = .*#orders_per_account_per_hour = 4000000000#" \
     -e "s#^certificates_per_domain_per_week = .*#certificates_per_domain_per_week = 4000000000#" \
     -e "s#^accounts_per_hour = .*#accounts_per_hour = 4000000000#" \
+    -e '/^\[validation.perspectives\]/,$d' \
     "$ROOT/ca-frontend/examples/dev.toml" > "$WORK/acme.toml"
 # HTTPS: [server.tls] belongs to [server], before the next table.
 python3 - "$WORK/acme.toml" "$WORK/https.pem" "$WORK/https.key" <<'PY'
