@@ -11,6 +11,14 @@
 //! an `issue`/`issuewild` record naming this CA with an `accounturi` other than the
 //! requester's, or a `validationmethods` list without the challenge type that proved control,
 //! does not authorize this CA.
+//!
+//! As Let's Encrypt's validation authority: http-01 follows up to [`MAX_REDIRECTS`] redirects,
+//! to `http:`/`https:` on the two challenge ports only (80 and 443 in production; the configured
+//! `http_port`/`tls_port` stand in for them), accepting any certificate on an HTTPS hop; and
+//! no connection — first request, redirect hop or tls-alpn-01 handshake — goes to an address in
+//! the special-purpose registries ([`crate::addresses`]) unless `allow_private_addresses` says
+//! so. The problem names the redirects followed and the addresses refused. The same checks run
+//! at each remote perspective ([`crate::perspective`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
