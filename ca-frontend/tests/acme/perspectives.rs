@@ -7,8 +7,9 @@
 
 use super::*;
 
-/// A perspective: its own DNS server's management address.
+/// A perspective: where it listens, and its own DNS server's management address.
 struct Perspective {
+    addr: String,
     dns_management: SocketAddr,
 }
 
@@ -134,6 +135,7 @@ allow_private_addresses = true
                 std::thread::sleep(Duration::from_millis(50));
             }
             perspectives.push(Perspective {
+                addr,
                 dns_management: management,
             });
             children.push(dns);
@@ -323,4 +325,56 @@ async fn one_hijacked_caa_view_is_outvoted_and_two_refuse() {
         "{detail}"
     );
     assert!(certificates_issued(&ca, &order_url).await.is_none());
+}
+
+#[tokio::test]
+async fn a_perspective_answers_only_clients_with_a_certificate_from_its_ca() {
+    use rustls_pki_types::pem::PemObject;
+    let p = &drill().perspectives[0];
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(
+        infra().dir.join("perspectives").join("ca.pem"),
+    )
+    .expect("ca.pem")
+    {
+        roots.add(c.expect("pem")).expect("root");
+    }
+    // The server is trusted; the client shows no certificate.
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(&p.addr)
+        .await
+        .expect("connect");
+    let server_name = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let answered = async {
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let body = r#"{"check":"challenge","kind":"http-01","domain":"x.example.test","key_authorization":"t.k"}"#;
+        let request = hyper::Request::post("/check")
+            .header("host", &p.addr)
+            .body(http_body_util::Full::new(hyper::body::Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        sender
+            .send_request(request)
+            .await
+            .map(|r| r.status())
+            .map_err(|e| e.to_string())
+    }
+    .await;
+    assert!(
+        answered.is_err(),
+        "a client without a certificate got an answer: {answered:?}"
+    );
 }
