@@ -711,6 +711,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_dev_configs_parse_and_agree() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let frontend = crate::config::Config::load(dir.join("dev.toml")).expect("dev.toml");
+        let names: Vec<&str> = frontend
+            .validation
+            .perspectives
+            .remote
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        assert_eq!(names, ["dev-a", "dev-b", "dev-c"]);
+        assert!(frontend.validation.allow_private_addresses.any());
+        let p = PerspectiveConfig::load(&dir.join("perspective.toml")).expect("perspective.toml");
+        assert_eq!(p.perspective.caa_identities, frontend.ca.caa_identities);
+        assert_eq!(
+            p.perspective.allowed_special_tlds,
+            frontend.ca.allowed_special_tlds
+        );
+        assert_eq!(p.validation.dns_server, frontend.validation.dns_server);
+        assert_eq!(
+            (p.validation.http_port, p.validation.tls_port),
+            (frontend.validation.http_port, frontend.validation.tls_port)
+        );
+    }
+
+    #[test]
     fn the_quorum_follows_the_baseline_requirements_table() {
         // BR §3.2.2.9: 2–5 remote perspectives, at most 1 non-corroborating; ≥ 6, at most 2.
         for (remote, allowed) in [(1, 0), (2, 1), (3, 1), (5, 1), (6, 2), (7, 2), (20, 2)] {
