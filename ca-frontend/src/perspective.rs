@@ -736,6 +736,120 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_perspective_that_cannot_be_reached_disagrees() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        hsm_config::devcerts::ensure(dir.path(), &["ca-frontend"]).expect("certificates");
+        // Two ports nothing listens on.
+        let closed: Vec<u16> = (0..2)
+            .map(|_| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .map(|a| a.port())
+                    .expect("port")
+            })
+            .collect();
+        let config = Perspectives {
+            remote: closed
+                .iter()
+                .enumerate()
+                .map(|(i, port)| RemoteConfig {
+                    name: format!("gone-{i}"),
+                    region: "nowhere".into(),
+                    url: format!("https://127.0.0.1:{port}"),
+                })
+                .collect(),
+            ca: Some("ca.pem".into()),
+            cert: Some("ca-frontend.pem".into()),
+            key: Some("ca-frontend.key".into()),
+            metrics_listen: None,
+        };
+        let c = Corroborator::new(&config, |p| dir.path().join(p), Duration::from_secs(2))
+            .expect("corroborator");
+        let request = CheckRequest::Challenge {
+            kind: ChallengeType::Dns01,
+            domain: "x.example.test".into(),
+            key_authorization: "t.k".into(),
+        };
+        let (result, corroboration) = c
+            .corroborate(async { Ok(()) }, request, "x.example.test")
+            .await;
+        // Two remote perspectives allow one disagreement; two unreachable ones refuse.
+        let problem = result.expect_err("not corroborated");
+        assert_eq!(problem.kind, ProblemType::Unauthorized);
+        assert!(
+            problem.detail.contains("2 of 2")
+                && problem
+                    .detail
+                    .contains("perspective gone-0 (nowhere): unreachable")
+                && problem
+                    .detail
+                    .contains("perspective gone-1 (nowhere): unreachable"),
+            "{}",
+            problem.detail
+        );
+        let corroboration = corroboration.expect("recorded");
+        assert!(!corroboration.quorum);
+        assert_eq!(corroboration.check, "dns-01");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &c.registry()).expect("metrics");
+        assert!(
+            text.contains(r#"hsmgate_acme_perspective_answers_total{perspective="gone-0",check="dns-01",outcome="unreachable"} 1"#)
+                && text.contains(r#"hsmgate_acme_corroborations_total{check="dns-01",outcome="failed"} 1"#),
+            "{text}"
+        );
+        // The frontend's own failure is what the client sees, whatever the perspectives say.
+        let request = CheckRequest::Challenge {
+            kind: ChallengeType::Dns01,
+            domain: "x.example.test".into(),
+            key_authorization: "t.k".into(),
+        };
+        let (result, _) = c
+            .corroborate(
+                async { Err(Problem::new(ProblemType::Dns, "own check failed")) },
+                request,
+                "x.example.test",
+            )
+            .await;
+        assert_eq!(result.expect_err("own").detail, "own check failed");
+    }
+
+    #[test]
+    fn a_remote_url_must_be_https_and_names_unique() {
+        let remote = |name: &str, url: &str| RemoteConfig {
+            name: name.into(),
+            region: String::new(),
+            url: url.into(),
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        hsm_config::devcerts::ensure(dir.path(), &["ca-frontend"]).expect("certificates");
+        let with = |remote: Vec<RemoteConfig>| Perspectives {
+            remote,
+            ca: Some("ca.pem".into()),
+            cert: Some("ca-frontend.pem".into()),
+            key: Some("ca-frontend.key".into()),
+            metrics_listen: None,
+        };
+        let build = |p: &Perspectives| {
+            Corroborator::new(p, |x| dir.path().join(x), Duration::from_secs(1))
+                .err()
+                .map(|e| e.to_string())
+        };
+        let e = build(&with(vec![remote("a", "http://127.0.0.1:1")])).expect("http refused");
+        assert!(e.contains("remote[0].url"), "{e}");
+        let twice = vec![
+            remote("a", "https://127.0.0.1:1"),
+            remote("a", "https://127.0.0.1:2"),
+        ];
+        let e = build(&with(twice)).expect("same name refused");
+        assert!(e.contains("remote[1].name"), "{e}");
+        let mut no_cert = with(vec![remote("a", "https://127.0.0.1:1")]);
+        no_cert.cert = None;
+        let e = build(&no_cert).expect("mTLS required");
+        assert!(e.contains("mTLS"), "{e}");
+        assert_eq!(build(&with(vec![remote("a", "https://[::1]:7101")])), None);
+    }
+
     #[test]
     fn the_quorum_follows_the_baseline_requirements_table() {
         // BR §3.2.2.9: 2–5 remote perspectives, at most 1 non-corroborating; ≥ 6, at most 2.
