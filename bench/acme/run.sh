@@ -13,12 +13,16 @@
 #     each --concurrency, each run DURATION measured after a warm-up, the http-01 answers served
 #     by hsm-bench itself on 127.0.0.1:$HTTP (both CAs' http-01 port), the CPU of every process
 #     of the stack measured in the window, the gateway's signatures counted from its metrics;
+#  3b. with --perspectives, a second ca-frontend whose every challenge and CAA check is
+#     corroborated by three remote perspectives (`ca-frontend perspective`, over mTLS, on
+#     loopback; issue 17), benchmarked as `ca-frontend-3p` right after `ca-frontend` in each
+#     round: orders/s with perspectives on against the same run with them off;
 #  4. results under bench/acme/results/<UTC timestamp>/: one JSON per run, summary.md with the
 #     ratio ca-frontend / pebble per concurrency (median of the rounds), the logs. The folder is
 #     not tracked by git (.gitignore); figures worth keeping go in bench/RESULTS.md.
 #
 # Usage: bench/acme/run.sh [--concurrency "8 32"] [--rounds 2] [--duration 20s] [--warmup 3s]
-#          [--poll 10ms] [--http1] [--client-threads 1] [--out DIR] [--keep]
+#          [--poll 10ms] [--http1] [--client-threads 1] [--perspectives] [--out DIR] [--keep]
 #
 # Needs release binaries: cargo build --release -p signer -p hsm-config -p ca-frontend -p ocsp
 # -p hsm-bench (BIN=DIR to take them elsewhere); pebble, pebble-challtestsrv, softhsm2, openssl,
@@ -39,6 +43,7 @@ HTTP1=
 CLIENT_THREADS=1
 OUT=
 KEEP=0
+PERSPECTIVES=0
 while (($#)); do
     case $1 in
         --concurrency) CONCURRENCY=$2; shift 2 ;;
@@ -50,6 +55,7 @@ while (($#)); do
         --client-threads) CLIENT_THREADS=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         --keep) KEEP=1; shift ;;
+        --perspectives) PERSPECTIVES=1; shift ;;
         -h|--help) usage 0 ;;
         *) echo "unknown option $1" >&2; usage 2 ;;
     esac
@@ -65,6 +71,7 @@ done
 # Ports of our own (clients.sh uses 50151/4101/…, hsm-config/dev/run.sh 50051/4001/…).
 GW=50251 GWM=9664 OCSP=8280 OCSPM=9665 ACME=4201 DNS=8253 MGMT=8255 HTTP=5202 TLS=5201
 PEBBLE=14200 PEBBLEM=15200
+ACME3P=4202 ACME3PM=9666 # the frontend with three perspectives (7301-7303), --perspectives
 WORK=$(mktemp -d /tmp/hsmgate-acme-bench.XXXXXX)
 # Raw output, ignored by git: figures worth keeping go in bench/RESULTS.md (date, commit, command).
 OUT=${OUT:-$HERE/results/$(date -u +%Y%m%dT%H%M%SZ)}
@@ -111,7 +118,7 @@ gw_signatures() {
     echo "uptime: $(uptime)"
     echo "pebble: $(dpkg-query -W -f '${Version}' pebble 2>/dev/null || echo '?')"
     echo "softhsm2: $(softhsm2-util --version 2>/dev/null || echo '?')"
-    echo "command: $0 --concurrency \"$CONCURRENCY\" --rounds $ROUNDS --duration $DURATION --warmup $WARMUP --poll $POLL $HTTP1 --client-threads $CLIENT_THREADS"
+    echo "command: $0 --concurrency \"$CONCURRENCY\" --rounds $ROUNDS --duration $DURATION --warmup $WARMUP --poll $POLL $HTTP1 --client-threads $CLIENT_THREADS$( ((PERSPECTIVES)) && echo ' --perspectives')"
 } > "$OUT/machine.txt"
 log "results in $OUT; work dir $WORK; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
@@ -156,6 +163,8 @@ OCSP_PID=$LAST_PID
 start_bg challtestsrv pebble-challtestsrv -dns01 "127.0.0.1:$DNS" -management "127.0.0.1:$MGMT" \
     -http01 "" -https01 "" -tlsalpn01 "" -defaultIPv6 ""
 DNS_PID=$LAST_PID
+# Without the remote perspectives of dev.toml (its last section): this bench compares issuance
+# with Pebble, which has none. (Perspectives on against off is not measured yet: issue 17.)
 sed -e "s#\.\./\.\./ocsp/examples/dev.toml#$WORK/ocsp.toml#" -e "s#\.\./\.\./target/dev#$WORK#g" \
     -e "s#^base_url = .*#base_url = \"https://127.0.0.1:$ACME\"#" \
     -e "s#127.0.0.1:4001#127.0.0.1:$ACME#g" -e "s#127.0.0.1:50051#127.0.0.1:$GW#" \
@@ -164,6 +173,7 @@ sed -e "s#\.\./\.\./ocsp/examples/dev.toml#$WORK/ocsp.toml#" -e "s#\.\./\.\./tar
     -e "s#^orders_per_account_per_hour = .*#orders_per_account_per_hour = 4000000000#" \
     -e "s#^certificates_per_domain_per_week = .*#certificates_per_domain_per_week = 4000000000#" \
     -e "s#^accounts_per_hour = .*#accounts_per_hour = 4000000000#" \
+    -e '/^\[validation.perspectives\]/,$d' \
     "$ROOT/ca-frontend/examples/dev.toml" > "$WORK/acme.toml"
 # HTTPS: [server.tls] belongs to [server], before the next table.
 python3 - "$WORK/acme.toml" "$WORK/https.pem" "$WORK/https.key" <<'PY'
@@ -181,6 +191,49 @@ wait_ready "$WORK/acme.out" "$ACME_PID" 60 || fail "ca-frontend did not start: $
 CA_DIR=https://127.0.0.1:$ACME/directory
 curl -sf --cacert "$WORK/tlsca.pem" "$CA_DIR" > /dev/null || fail "ca-frontend directory over HTTPS"
 log "ca-frontend $CA_DIR (pid $ACME_PID), OCSP pid $OCSP_PID, DNS pid $DNS_PID"
+
+# --- with remote perspectives (--perspectives) -----------------------------------------------
+# Three `ca-frontend perspective` processes as ca-frontend/examples/perspective.toml describes
+# them (the gateway's dev PKI for mTLS, the same DNS), and a second frontend, its own database,
+# whose config keeps dev.toml's [validation.perspectives] pointed at them.
+ACME3P_PID= PERSPECTIVE_PIDS=()
+if ((PERSPECTIVES)); then
+    sed -e "s#\.\./\.\./target/dev#$WORK#g" -e "s#127.0.0.1:8053#127.0.0.1:$DNS#" \
+        -e "s#^http_port = 5002#http_port = $HTTP#" -e "s#^tls_port = 5001#tls_port = $TLS#" \
+        "$ROOT/ca-frontend/examples/perspective.toml" > "$WORK/perspective.toml"
+    for n in 1 2 3; do
+        start_bg "perspective-$n" env RUST_LOG=warn "$BIN/ca-frontend" perspective \
+            --config "$WORK/perspective.toml" --name "p$n" --listen "127.0.0.1:730$n"
+        PERSPECTIVE_PIDS+=("$LAST_PID")
+        wait_ready "$WORK/perspective-$n.out" "$LAST_PID" 30 || fail "perspective $n did not start: $(tail "$WORK/perspective-$n.log")"
+    done
+    sed -e "s#\.\./\.\./ocsp/examples/dev.toml#$WORK/ocsp.toml#" -e "s#\.\./\.\./target/dev#$WORK#g" \
+        -e "s#^base_url = .*#base_url = \"https://127.0.0.1:$ACME3P\"#" \
+        -e "s#127.0.0.1:4001#127.0.0.1:$ACME3P#g" -e "s#127.0.0.1:50051#127.0.0.1:$GW#" \
+        -e "s#127.0.0.1:8080#127.0.0.1:$OCSP#" -e "s#127.0.0.1:8053#127.0.0.1:$DNS#" \
+        -e "s#^http_port = 5002#http_port = $HTTP#" -e "s#^tls_port = 5001#tls_port = $TLS#" \
+        -e "s#127.0.0.1:710\([1-3]\)#127.0.0.1:730\1#" -e "s#127.0.0.1:9466#127.0.0.1:$ACME3PM#" \
+        -e "s#ca.sqlite#ca-3p.sqlite#" \
+        -e "s#^orders_per_account_per_hour = .*#orders_per_account_per_hour = 4000000000#" \
+        -e "s#^certificates_per_domain_per_week = .*#certificates_per_domain_per_week = 4000000000#" \
+        -e "s#^accounts_per_hour = .*#accounts_per_hour = 4000000000#" \
+        "$ROOT/ca-frontend/examples/dev.toml" > "$WORK/acme-3p.toml"
+    python3 - "$WORK/acme-3p.toml" "$WORK/https.pem" "$WORK/https.key" <<'PY'
+import sys
+path, cert, key = sys.argv[1:4]
+text = open(path).read()
+text = text.replace("\n[gateway]\n", f'\n[server.tls]\ncert = "{cert}"\nkey = "{key}"\n\n[gateway]\n', 1)
+open(path, "w").write(text)
+PY
+    grep -q 'validation.perspectives.remote' "$WORK/acme-3p.toml" || fail "no perspectives in acme-3p.toml"
+    cp "$WORK/acme-3p.toml" "$WORK/perspective.toml" "$OUT/"
+    start_bg acme-3p env $(tls ca-frontend) RUST_LOG=warn "$BIN/ca-frontend" serve --config "$WORK/acme-3p.toml"
+    ACME3P_PID=$LAST_PID
+    wait_ready "$WORK/acme-3p.out" "$ACME3P_PID" 60 || fail "ca-frontend with perspectives did not start: $(tail "$WORK/acme-3p.log")"
+    CA3P_DIR=https://127.0.0.1:$ACME3P/directory
+    curl -sf --cacert "$WORK/tlsca.pem" "$CA3P_DIR" > /dev/null || fail "ca-frontend-3p directory over HTTPS"
+    log "ca-frontend with three perspectives $CA3P_DIR (pid $ACME3P_PID; perspectives ${PERSPECTIVE_PIDS[*]})"
+fi
 
 # --- pebble ----------------------------------------------------------------------------------
 cat > "$WORK/pebble.json" <<JSON
@@ -222,8 +275,12 @@ log "pebble: started fresh before each of its rounds at $PEBBLE_DIR"
 # --- the runs --------------------------------------------------------------------------------
 bench() { # LABEL DIRECTORY CONCURRENCY ROUND
     local label=$1 dir=$2 c=$3 r=$4 tag=$1-c$3-r$4 s0 s1
-    local WATCH=(--watch "ca-frontend=$ACME_PID" --watch "gateway=$SIGNER_PID" --watch "pebble=$PEBBLE_PID"
+    local frontend=$ACME_PID
+    [[ $label == ca-frontend-3p ]] && frontend=$ACME3P_PID
+    local WATCH=(--watch "ca-frontend=$frontend" --watch "gateway=$SIGNER_PID" --watch "pebble=$PEBBLE_PID"
                  --watch "challtestsrv=$DNS_PID" --watch "ocsp=$OCSP_PID")
+    local n=0 pid
+    for pid in "${PERSPECTIVE_PIDS[@]}"; do n=$((n + 1)); WATCH+=(--watch "perspective-$n=$pid"); done
     s0=$(gw_signatures)
     "$BIN/hsm-bench" acme --label "$label" --directory "$dir" --root "$WORK/tlsca.pem" \
         --concurrency "$c" --duration "$DURATION" --warmup "$WARMUP" --poll-interval "$POLL" \
@@ -243,9 +300,11 @@ for c in $CONCURRENCY; do
         start_pebble
         bench pebble "$PEBBLE_DIR" "$c" "$r"
         bench ca-frontend "$CA_DIR" "$c" "$r"
+        ((PERSPECTIVES)) && bench ca-frontend-3p "$CA3P_DIR" "$c" "$r"
     done
 done
 curl -sf "http://127.0.0.1:$GWM/metrics" > "$OUT/gateway-metrics.txt" || true
+((PERSPECTIVES)) && { curl -sf "http://127.0.0.1:$ACME3PM/metrics" > "$OUT/perspective-metrics.txt" || true; }
 
 # --- summary ---------------------------------------------------------------------------------
 python3 "$HERE/summary.py" "$OUT" > "$OUT/summary.md"

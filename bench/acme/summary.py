@@ -39,7 +39,7 @@ print("| concurrency | server | orders/s per round | median | failed | total p50
 print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 medians = {}
 for c in sorted({d["_c"] for d in runs}):
-    for label in ["pebble", "ca-frontend"]:
+    for label in ["pebble", "ca-frontend", "ca-frontend-3p"]:
         rs = sorted([d for d in runs if d["_c"] == c and d["_label"] == label], key=lambda d: d["_r"])
         if not rs:
             continue
@@ -77,14 +77,25 @@ for c in sorted({d["_c"] for d in runs}):
         print(f"| {c} | {p:.1f} | {best[c]:.1f} | {f:.1f} | {ratio:.2f} | **{conservative:.2f}** | "
               f"{'met' if conservative >= 2 else 'NOT met'} |")
 
+if any(d["_label"] == "ca-frontend-3p" for d in runs):
+    # --perspectives: the same frontend, stack and client, every check corroborated by three
+    # remote perspectives (issue 17).
+    print("\n## Remote perspectives on / off (ca-frontend-3p / ca-frontend)\n")
+    print("| concurrency | off: orders/s (median) | on, 3 perspectives: orders/s (median) | on / off |")
+    print("|---|---|---|---|")
+    for c in sorted({d["_c"] for d in runs}):
+        off, on = medians.get((c, "ca-frontend")), medians.get((c, "ca-frontend-3p"))
+        if off and on:
+            print(f"| {c} | {off:.1f} | {on:.1f} | **{on / off:.2f}** |")
+
 print("\n## ca-frontend: gateway signatures per order, errors\n")
 for d in runs:
-    if d["_label"] != "ca-frontend":
+    if d["_label"] not in ("ca-frontend", "ca-frontend-3p"):
         continue
     sigs = d.get("gateway_signatures_during_run")
     done = d["orders_ok"]
     # the warm-up's and the tail's orders are signed too: per order is approximate
-    print(f"- c{d['_c']} r{d['_r']}: {done} orders measured, gateway signatures during the whole run "
+    print(f"- {d['_label']} c{d['_c']} r{d['_r']}: {done} orders measured, gateway signatures during the whole run "
           f"(warm-up included) {sigs}; http-01 answered {d['http01_answered']} (unknown {d['http01_unknown']}); errors {d['errors'] or 'none'}")
 for d in runs:
     if d["_label"] == "pebble" and d["errors"]:

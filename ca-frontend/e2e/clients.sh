@@ -16,7 +16,8 @@
 # Everything runs on 127.0.0.1 in a temporary directory, on ports of its own (so it does not
 # collide with hsm-config/dev/run.sh): gateway 50151, OCSP 8180, ACME 4101, challenge DNS 8153
 # (pebble-challtestsrv: every name is 127.0.0.1), http-01 5102, tls-alpn-01 5101, a second OCSP
-# responder with both CertID hashes 8182.
+# responder with both CertID hashes 8182, three remote validation perspectives 7201-7203 (every
+# challenge and CAA check corroborated, issue 17) with the frontend's validation metrics 9567.
 #
 # Usage: ca-frontend/e2e/clients.sh   (BIN=target/release to use release binaries;
 #        E2E_KEEP_GOING=1 to run every check and list the failures at the end)
@@ -26,7 +27,7 @@ ROOT=$PWD
 BIN=${BIN:-$ROOT/target/debug}
 WORK=$(mktemp -d /tmp/hsmgate-acme-e2e.XXXXXX)
 GW=50151 GWM=9564 OCSP=8180 OCSPM=9565 ACME=4101 DNS=8153 MGMT=8155 HTTP=5102 TLS=5101
-OCSP2=8182 OCSP2M=9566
+OCSP2=8182 OCSP2M=9566 PERSPECTIVES=7200 ACMEM=9567
 DIR=http://127.0.0.1:$ACME/directory
 # The slow-connection checks open 2,050 connections to each listener: the processes started
 # here inherit a file limit above that (CI shells often start at 1,024).
@@ -105,7 +106,21 @@ pids+=($!)
 pebble-challtestsrv -dns01 "127.0.0.1:$DNS" -management "127.0.0.1:$MGMT" -http01 "" -https01 "" \
     -tlsalpn01 "" -defaultIPv6 "" > "$WORK/challtestsrv.log" 2>&1 &
 pids+=($!)
+# The dev stack's three remote perspectives (ca-frontend/examples/perspective.toml), each asked
+# over mTLS with the frontend's client certificate.
+sed -e "s#\.\./\.\./target/dev#$WORK#g" -e "s#127.0.0.1:8053#127.0.0.1:$DNS#" \
+    -e "s#^http_port = 5002#http_port = $HTTP#" -e "s#^tls_port = 5001#tls_port = $TLS#" \
+    ca-frontend/examples/perspective.toml > "$WORK/perspective.toml"
+for n in 1 2 3; do
+    name=dev-$(echo abc | cut -c$n)
+    RUST_LOG=info "$BIN/ca-frontend" perspective --config "$WORK/perspective.toml" --name "$name" \
+        --listen "127.0.0.1:$((PERSPECTIVES + n))" > "$WORK/perspective-$name.out" 2> "$WORK/perspective-$name.log" &
+    pids+=($!)
+    for _ in $(seq 1 100); do grep -q '^READY' "$WORK/perspective-$name.out" 2>/dev/null && break; sleep 0.1; done
+    grep -q '^READY' "$WORK/perspective-$name.out" || die "perspective $name did not start"
+done
 sed -e "s#\.\./\.\./ocsp/examples/dev.toml#$WORK/ocsp.toml#" -e "s#\.\./\.\./target/dev#$WORK#g" \
+    -e "s#127.0.0.1:710\([1-3]\)#127.0.0.1:720\1#" -e "s#127.0.0.1:9466#127.0.0.1:$ACMEM#" \
     -e "s#127.0.0.1:4001#127.0.0.1:$ACME#g" -e "s#127.0.0.1:50051#127.0.0.1:$GW#" \
     -e "s#127.0.0.1:8080#127.0.0.1:$OCSP#" -e "s#127.0.0.1:8053#127.0.0.1:$DNS#" \
     -e "s#^http_port = 5002#http_port = $HTTP#" -e "s#^tls_port = 5001#tls_port = $TLS#" \
@@ -327,4 +342,16 @@ if [ ${#failed[@]} -gt 0 ]; then
     printf '  - %s\n' "${failed[@]}" >&2
     exit 1
 fi
+# --- remote perspectives (issue 17): the validations and CAA checks above were corroborated ------
+metrics=$(curl -s "http://127.0.0.1:$ACMEM/metrics")
+summary=""
+for check in http-01 dns-01 tls-alpn-01 caa; do
+    met=$(echo "$metrics" | sed -n "s/^hsmgate_acme_corroborations_total{check=\"$check\",outcome=\"met\"} //p")
+    [ "${met:-0}" -gt 0 ] || fail "no $check check corroborated by the three perspectives"
+    summary="$summary $check=${met:-0}"
+done
+unreachable=$(echo "$metrics" | grep -E '^hsmgate_acme_perspective_answers_total.*outcome="unreachable"' || true)
+[ -z "$unreachable" ] || fail "a perspective could not be reached: $unreachable"
+log "perspectives dev-a, dev-b, dev-c corroborated the checks (quorum met:$summary)"
+
 log "audit chain verifies; all client checks passed"

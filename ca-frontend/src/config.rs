@@ -186,6 +186,12 @@ pub struct Validation {
     pub authz_valid_hours: u64,
     /// Hours a pending order and its authorizations live.
     pub pending_hours: u64,
+    /// Let validation connect to loopback, private and other special-purpose addresses
+    /// ([`crate::addresses`]), refused by default. Only for the dev stack and tests, whose names
+    /// resolve to 127.0.0.1; start-up warns when it is set. `true`, or a list of addresses.
+    pub allow_private_addresses: crate::addresses::AllowPrivate,
+    /// `[validation.perspectives]`: remote perspectives (BR §3.2.2.9), none by default.
+    pub perspectives: crate::perspective::Perspectives,
 }
 
 impl Default for Validation {
@@ -197,6 +203,8 @@ impl Default for Validation {
             timeout_ms: 10_000,
             authz_valid_hours: 24 * 30,
             pending_hours: 24 * 7,
+            allow_private_addresses: Default::default(),
+            perspectives: Default::default(),
         }
     }
 }

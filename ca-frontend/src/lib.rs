@@ -25,7 +25,9 @@
 //! - [`names`]: the identifier policy — which DNS names are issued for (BR §4.2.2, RFC 6761).
 //! - [`jws`]: parsing and verifying the JWS every POST carries; JWK thumbprints.
 //! - [`nonce`]: `Replay-Nonce` issuance and single use.
-//! - [`validate`]: challenge validation and CAA checking.
+//! - [`validate`]: challenge validation (http-01 redirects included) and CAA checking.
+//! - [`addresses`]: the special-purpose addresses validation never connects to.
+//! - [`perspective`]: remote perspectives and their quorum (BR §3.2.2.9), both sides.
 //! - [`issue`]: CSR checks, certificate building, the pre-signing lint, signing through the gateway.
 //! - [`ari`]: renewal information (RFC 9773).
 //! - [`ratelimit`]: per-account and per-registered-domain limits.
@@ -33,6 +35,7 @@
 //! - [`server`]: the HTTP layer and the ACME resources.
 //! - [`ceremony`]: creating the root and intermediate certificates through the gateway.
 
+pub mod addresses;
 pub mod ari;
 pub mod ceremony;
 pub mod config;
@@ -44,6 +47,7 @@ pub mod jws;
 pub mod model;
 pub mod names;
 pub mod nonce;
+pub mod perspective;
 pub mod ratelimit;
 pub mod republish;
 pub mod server;

@@ -69,6 +69,9 @@ pub struct Order {
     pub certificate: Option<String>,
     pub error: Option<serde_json::Value>,
     pub created: i64,
+    /// CAA as the remote perspectives saw it at finalization (BR §3.2.2.9), one per name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub caa_corroboration: Vec<crate::perspective::Corroboration>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +142,10 @@ pub struct Authorization {
     pub status: AuthzStatus,
     pub expires: i64,
     pub challenges: Vec<Challenge>,
+    /// What the remote perspectives found when a challenge was validated (BR §3.2.2.9): who
+    /// agreed, who disagreed and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub corroboration: Vec<crate::perspective::Corroboration>,
 }
 
 impl Authorization {
@@ -225,6 +232,7 @@ mod tests {
             status,
             expires,
             challenges: vec![],
+            corroboration: vec![],
         }
     }
 
@@ -241,6 +249,7 @@ mod tests {
             certificate: None,
             error: None,
             created: 0,
+            caa_corroboration: vec![],
         }
     }
 

@@ -25,6 +25,7 @@ use crate::issue::{self, CertSigner, IssuerCert, LeafPlan};
 use crate::jws::{ParsedJws, PublicKey, key_authorization};
 use crate::model::*;
 use crate::nonce::NonceService;
+use crate::perspective::{CheckRequest, Corroborator};
 use crate::validate::Validator;
 use crate::{Error, Problem, ProblemType, ari, random_id, ratelimit, republish, rfc3339, unix_now};
 
@@ -42,6 +43,8 @@ pub struct Ca {
     pub db: Arc<dyn Db>,
     pub nonces: NonceService,
     pub validator: Validator,
+    /// The remote perspectives validation and CAA are corroborated from (BR §3.2.2.9).
+    pub corroborator: Corroborator,
     pub signer: CertSigner,
     pub intermediate: IssuerCert,
     pub presigner: ocsp::presigner::Presigner,
@@ -188,11 +191,23 @@ impl Ca {
             ocsp::presigner::PresignerMetrics::default(),
         )
         .await?;
-        let validator = Validator::new(&config.validation, &config.ca.caa_identities)?;
+        let validator = Validator::new(
+            &config.validation,
+            &config.ca.caa_identities,
+            &config.ca.allowed_special_tlds,
+        )?;
+        // A perspective's answer may take its whole validation timeout; a little more for the
+        // connection.
+        let corroborator = Corroborator::new(
+            &config.validation.perspectives,
+            |p| config.resolve(p),
+            std::time::Duration::from_millis(config.validation.timeout_ms + 2_000),
+        )?;
         Ok(Arc::new(Ca {
             nonces: NonceService::new(config.server.nonce_capacity),
             db,
             validator,
+            corroborator,
             signer,
             intermediate,
             presigner,
@@ -815,6 +830,7 @@ async fn new_order_inner(ca: &Ca, authed: Authed) -> Result<Response> {
             status: AuthzStatus::Pending,
             expires,
             challenges,
+            corroboration: Vec::new(),
         });
     }
     let order = Order {
@@ -835,6 +851,7 @@ async fn new_order_inner(ca: &Ca, authed: Authed) -> Result<Response> {
         certificate: None,
         error: None,
         created: now,
+        caa_corroboration: Vec::new(),
     };
     ca.db.insert_order(&order, &authzs).await?;
     Ok(order_response(
@@ -927,8 +944,9 @@ async fn finalize_inner(ca: &Ca, id: &str, authed: Authed) -> Result<Response> {
     let counted =
         ratelimit::counted_domains(&name_list, replaced.as_ref().map(|r| r.names.as_slice()));
     ratelimit::certificates(ca.db.as_ref(), &ca.config.limits, &counted, unix_now()).await?;
-    ca.validator
-        .check_order_caa(&authzs, &ca.account_url(&account.id))
+    let caa_corroboration = ca
+        .corroborator
+        .check_order_caa(&ca.validator, &authzs, &ca.account_url(&account.id))
         .await?;
     // Taken after the CAA lookups (up to a DNS timeout per name): the reservation's time must
     // say when signing starts, or the stalled-order repair could take a slow finalization for
@@ -942,6 +960,7 @@ async fn finalize_inner(ca: &Ca, id: &str, authed: Authed) -> Result<Response> {
     let mut processing = order.clone();
     processing.status = OrderStatus::Processing;
     processing.certificate = Some(hex::encode(&serial_bytes));
+    processing.caa_corroboration = caa_corroboration;
     let limit = u64::from(ca.config.limits.certificates_per_domain_per_week);
     let issuance = Issuance {
         order: processing.clone(),
@@ -1280,10 +1299,21 @@ async fn challenge_inner(
 async fn run_validation(ca: Arc<Ca>, mut authz: Authorization, index: usize, key_auth: String) {
     let started = authz.clone();
     let kind = authz.challenges[index].kind;
-    let outcome = ca
-        .validator
-        .validate(kind, &authz.identifier.value, &key_auth)
+    let domain = authz.identifier.value.clone();
+    let request = CheckRequest::Challenge {
+        kind,
+        domain: domain.clone(),
+        key_authorization: key_auth.clone(),
+    };
+    let (outcome, corroboration) = ca
+        .corroborator
+        .corroborate(
+            ca.validator.validate(kind, &domain, &key_auth),
+            request,
+            &domain,
+        )
         .await;
+    authz.corroboration.extend(corroboration);
     let now = unix_now();
     let challenge = &mut authz.challenges[index];
     match outcome {

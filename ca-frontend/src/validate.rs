@@ -11,6 +11,14 @@
 //! an `issue`/`issuewild` record naming this CA with an `accounturi` other than the
 //! requester's, or a `validationmethods` list without the challenge type that proved control,
 //! does not authorize this CA.
+//!
+//! As Let's Encrypt's validation authority: http-01 follows up to [`MAX_REDIRECTS`] redirects,
+//! to `http:`/`https:` on the two challenge ports only (80 and 443 in production; the configured
+//! `http_port`/`tls_port` stand in for them), accepting any certificate on an HTTPS hop; and
+//! no connection — first request, redirect hop or tls-alpn-01 handshake — goes to an address in
+//! the special-purpose registries ([`crate::addresses`]) unless `allow_private_addresses` says
+//! so. The problem names the redirects followed and the addresses refused. The same checks run
+//! at each remote perspective ([`crate::perspective`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -25,7 +33,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 use sha2::{Digest, Sha256};
 
 use crate::config::Validation;
-use crate::model::{Authorization, ChallengeStatus, ChallengeType};
+use crate::model::ChallengeType;
 use crate::{Error, Problem, ProblemType, b64};
 
 /// `id-pe-acmeIdentifier` (RFC 8737 §6.1).
@@ -33,6 +41,8 @@ const ID_PE_ACME_IDENTIFIER: const_oid::ObjectIdentifier =
     const_oid::ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.1.31");
 /// An http-01 response body longer than this is not a key authorization.
 const MAX_HTTP_BODY: usize = 4096;
+/// Redirects http-01 follows at most (Let's Encrypt's limit).
+pub const MAX_REDIRECTS: usize = 10;
 
 #[derive(Debug, Clone)]
 pub struct Validator {
@@ -41,6 +51,10 @@ pub struct Validator {
     tls_port: u16,
     timeout: Duration,
     caa_identities: Vec<String>,
+    /// Special-purpose addresses connected to all the same (dev stack and tests only).
+    allow_private: crate::addresses::AllowPrivate,
+    /// Special-use TLDs the identifier policy allows: a redirect's host must pass it too.
+    special_tlds: Vec<String>,
 }
 
 fn problem(kind: ProblemType, detail: impl Into<String>) -> Problem {
@@ -48,7 +62,20 @@ fn problem(kind: ProblemType, detail: impl Into<String>) -> Problem {
 }
 
 impl Validator {
-    pub fn new(config: &Validation, caa_identities: &[String]) -> Result<Self, Error> {
+    /// A validator with `config`'s DNS, ports and address policy, recognising `caa_identities`
+    /// in CAA records and following redirects to names under `special_tlds` (see
+    /// [`crate::names::check_dns_name`]).
+    pub fn new(
+        config: &Validation,
+        caa_identities: &[String],
+        special_tlds: &[String],
+    ) -> Result<Self, Error> {
+        if config.allow_private_addresses.any() {
+            tracing::warn!(
+                allowed = ?config.allow_private_addresses,
+                "validation.allow_private_addresses is set: validation connects to loopback, private or other reserved addresses (dev and tests only, never a public CA)"
+            );
+        }
         let mut options = ResolverOpts::default();
         options.cache_size = 0;
         options.timeout = Duration::from_millis(config.timeout_ms.min(5_000));
@@ -80,6 +107,8 @@ impl Validator {
                 .iter()
                 .map(|d| d.to_ascii_lowercase())
                 .collect(),
+            allow_private: config.allow_private_addresses.clone(),
+            special_tlds: special_tlds.to_vec(),
         })
     }
 
@@ -129,67 +158,195 @@ impl Validator {
         Ok(addrs)
     }
 
-    /// A connection to the first of `domain`'s addresses that accepts one on `port`.
+    /// A connection to the first of `host`'s addresses that accepts one on `port`. Addresses in
+    /// the special-purpose registries ([`crate::addresses`]) are dropped before any connection
+    /// unless `allow_private_addresses` is set; a name left with none fails, naming them.
     async fn connect(
         &self,
-        domain: &str,
+        host: &str,
         port: u16,
     ) -> Result<(tokio::net::TcpStream, SocketAddr), Problem> {
+        let mut refused = Vec::new();
+        let mut allowed = Vec::new();
+        for ip in self.addresses(host).await? {
+            match crate::addresses::reserved(ip) {
+                Some(block) if !self.allow_private.allows(ip) => {
+                    refused.push(format!("{ip} ({block})"))
+                }
+                _ => allowed.push(ip),
+            }
+        }
+        if allowed.is_empty() {
+            return Err(problem(
+                ProblemType::Dns,
+                format!(
+                    "{host} resolves only to addresses validation never connects to: {}",
+                    refused.join(", ")
+                ),
+            ));
+        }
         let mut last = String::new();
-        for ip in self.addresses(domain).await? {
+        for ip in allowed {
             let addr = SocketAddr::new(ip, port);
             match tokio::net::TcpStream::connect(addr).await {
                 Ok(stream) => return Ok((stream, addr)),
                 Err(e) => last = format!("{addr}: {e}"),
             }
         }
+        let skipped = if refused.is_empty() {
+            String::new()
+        } else {
+            format!(" (not tried: {})", refused.join(", "))
+        };
         Err(problem(
             ProblemType::Connection,
-            format!("cannot connect to {domain} port {port}: {last}"),
+            format!("cannot connect to {host} port {port}: {last}{skipped}"),
         ))
     }
 
+    /// http-01 (RFC 8555 §8.3), following redirects as Let's Encrypt does: at most
+    /// [`MAX_REDIRECTS`], to `http:` or `https:` only, on the http-01 or tls-alpn-01 port only (80
+    /// and 443 in production), to a name the identifier policy accepts (not an IP address), each
+    /// hop's addresses checked like the first's; an HTTPS hop accepts any certificate (the
+    /// subscriber may have none yet). A failure's detail lists the redirects followed.
     async fn http01(&self, domain: &str, key_authorization: &str) -> Result<(), Problem> {
         let token = key_authorization.split('.').next().unwrap_or_default();
-        let (stream, addr) = self.connect(domain, self.http_port).await?;
-        let url = format!("http://{domain}/.well-known/acme-challenge/{token}");
-        let connection =
-            |e: String| problem(ProblemType::Connection, format!("{url} ({addr}): {e}"));
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        let first = format!("http://{domain}/.well-known/acme-challenge/{token}");
+        let mut url = url::Url::parse(&first)
+            .map_err(|e| problem(ProblemType::Malformed, format!("{first} is not a URL: {e}")))?;
+        let mut hop = Hop {
+            host: domain.to_owned(),
+            port: self.http_port,
+            tls: false,
+        };
+        // "URL (address) → status", one per redirect followed.
+        let mut chain: Vec<String> = Vec::new();
+        let with_chain = |mut p: Problem, chain: &[String]| {
+            if !chain.is_empty() {
+                p.detail = format!("{}; redirects followed: {}", p.detail, chain.join(", "));
+            }
+            p
+        };
+        loop {
+            let fetched = self
+                .fetch(&url, &hop)
                 .await
-                .map_err(|e| connection(e.to_string()))?;
-        tokio::spawn(conn);
-        let request = hyper::Request::get(format!("/.well-known/acme-challenge/{token}"))
-            .header(hyper::header::HOST, domain)
-            .header(hyper::header::USER_AGENT, "hsmgate-ca-frontend validator")
-            .body(Empty::<hyper::body::Bytes>::new())
-            .map_err(|e| connection(e.to_string()))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| connection(e.to_string()))?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(problem(
-                ProblemType::Unauthorized,
-                format!("{url} answered HTTP {status}"),
-            ));
+                .map_err(|p| with_chain(p, &chain))?;
+            match fetched {
+                Fetched::Redirect {
+                    status,
+                    location,
+                    addr,
+                } => {
+                    chain.push(format!("{url} ({addr}) {status} → {location}"));
+                    if chain.len() > MAX_REDIRECTS {
+                        return Err(with_chain(
+                            problem(
+                                ProblemType::Connection,
+                                format!(
+                                    "{first}: more than {MAX_REDIRECTS} redirects, which is too many"
+                                ),
+                            ),
+                            &chain,
+                        ));
+                    }
+                    (url, hop) = self
+                        .redirect_target(&url, &location)
+                        .map_err(|p| with_chain(p, &chain))?;
+                }
+                Fetched::Body { body, addr } => {
+                    let text = String::from_utf8_lossy(&body);
+                    // RFC 8555 §8.3: the client may add whitespace; the server strips it.
+                    if text.trim() != key_authorization {
+                        return Err(with_chain(
+                            problem(
+                                ProblemType::Unauthorized,
+                                format!(
+                                    "{url} ({addr}) returned a body that is not the key authorization for this account"
+                                ),
+                            ),
+                            &chain,
+                        ));
+                    }
+                    return Ok(());
+                }
+            }
         }
-        let body = Limited::new(response.into_body(), MAX_HTTP_BODY)
-            .collect()
-            .await
-            .map_err(|e| connection(format!("reading the body: {e}")))?
-            .to_bytes();
-        let text = String::from_utf8_lossy(&body);
-        // RFC 8555 §8.3: the client may add whitespace; the server strips it.
-        if text.trim() != key_authorization {
-            return Err(problem(
-                ProblemType::Unauthorized,
-                format!("{url} returned a body that is not the key authorization for this account"),
-            ));
+    }
+
+    /// Where a redirect from `from` to `location` goes, if it may be followed.
+    fn redirect_target(&self, from: &url::Url, location: &str) -> Result<(url::Url, Hop), Problem> {
+        let refuse = |why: String| {
+            problem(
+                ProblemType::Connection,
+                format!("redirect from {from} to {location} not followed: {why}"),
+            )
+        };
+        let url = from
+            .join(location)
+            .map_err(|e| refuse(format!("not a URL ({e})")))?;
+        let tls = match url.scheme() {
+            "http" => false,
+            "https" => true,
+            other => {
+                return Err(refuse(format!("the scheme `{other}` is not http or https")));
+            }
+        };
+        let port = match url.port() {
+            None if tls => self.tls_port,
+            None => self.http_port,
+            Some(p) if p == self.http_port || p == self.tls_port => p,
+            Some(p) => {
+                return Err(refuse(format!(
+                    "only ports {} and {} are followed, not {p}",
+                    self.http_port, self.tls_port
+                )));
+            }
+        };
+        let host = match url.host() {
+            Some(url::Host::Domain(name)) => name.to_owned(),
+            Some(url::Host::Ipv4(_) | url::Host::Ipv6(_)) => {
+                return Err(refuse(
+                    "only domain names are followed, not IP addresses".into(),
+                ));
+            }
+            None => return Err(refuse("no host".into())),
+        };
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(refuse("the URL carries credentials".into()));
         }
-        Ok(())
+        crate::names::check_dns_name(&host, &self.special_tlds).map_err(|p| {
+            refuse(format!(
+                "the host is not a name this CA validates: {}",
+                p.detail
+            ))
+        })?;
+        Ok((url, Hop { host, port, tls }))
+    }
+
+    /// One request of an http-01 validation: GET `url` from `hop`.
+    async fn fetch(&self, url: &url::Url, hop: &Hop) -> Result<Fetched, Problem> {
+        let (stream, addr) = self.connect(&hop.host, hop.port).await?;
+        if !hop.tls {
+            return get(url, hop, addr, stream).await;
+        }
+        let tls = |detail: String| problem(ProblemType::Tls, format!("{url} ({addr}): {detail}"));
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate))
+        .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let server_name = rustls_pki_types::ServerName::try_from(hop.host.clone())
+            .map_err(|e| tls(format!("not a server name: {e}")))?;
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(server_name, stream)
+            .await
+            .map_err(|e| tls(format!("handshake: {e}")))?;
+        get(url, hop, addr, stream).await
     }
 
     async fn dns01(&self, domain: &str, key_authorization: &str) -> Result<(), Problem> {
@@ -252,40 +409,12 @@ impl Validator {
         check_alpn_certificate(certificate.as_ref(), domain, key_authorization)
     }
 
-    /// CAA for every name of an order about to be issued, each with the challenge type that
-    /// validated it, for the account `account_uri` (RFC 8657).
-    pub async fn check_order_caa(
-        &self,
-        authzs: &[Authorization],
-        account_uri: &str,
-    ) -> Result<(), Error> {
-        for authz in authzs {
-            let method = authz
-                .challenges
-                .iter()
-                .find(|c| c.status == ChallengeStatus::Valid)
-                .map(|c| c.kind)
-                .ok_or_else(|| {
-                    Error::Internal(format!(
-                        "authorization {} of a ready order has no valid challenge",
-                        authz.id
-                    ))
-                })?;
-            let requester = CaaRequester {
-                account_uri,
-                method,
-            };
-            self.check_caa(&authz.identifier.value, authz.wildcard, requester)
-                .await?;
-        }
-        Ok(())
-    }
-
     /// CAA (RFC 8659 §3): the relevant record set is the first non-empty one climbing from
     /// `domain` to the root; issuance is allowed if there is none or one of its `issue` (or, for
     /// a wildcard, `issuewild`) records names this CA and `requester` (RFC 8657). A DNS failure
-    /// refuses issuance.
-    async fn check_caa(
+    /// refuses issuance. For every name of an order, with the remote perspectives:
+    /// [`crate::perspective::Corroborator::check_order_caa`].
+    pub async fn check_caa(
         &self,
         domain: &str,
         wildcard: bool,
@@ -336,6 +465,91 @@ impl Validator {
             )),
         }
     }
+}
+
+/// Where one request of an http-01 validation goes.
+#[derive(Clone, Debug)]
+struct Hop {
+    host: String,
+    port: u16,
+    tls: bool,
+}
+
+/// What one request of an http-01 validation got: a redirect to follow, or a body.
+enum Fetched {
+    Redirect {
+        status: hyper::StatusCode,
+        location: String,
+        addr: SocketAddr,
+    },
+    Body {
+        body: hyper::body::Bytes,
+        addr: SocketAddr,
+    },
+}
+
+/// GET `url`'s path over `stream` (HTTP/1.1 by hyper): a redirect's `Location`, or a 2xx
+/// answer's body (at most [`MAX_HTTP_BODY`] bytes); any other answer fails.
+async fn get<S>(url: &url::Url, hop: &Hop, addr: SocketAddr, stream: S) -> Result<Fetched, Problem>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = |e: String| problem(ProblemType::Connection, format!("{url} ({addr}): {e}"));
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| connection(e.to_string()))?;
+    tokio::spawn(conn);
+    let mut target = url.path().to_owned();
+    if let Some(query) = url.query() {
+        target = format!("{target}?{query}");
+    }
+    // An explicit port is part of the Host header (RFC 9110 §7.2); the default one is not.
+    let host = match url.port() {
+        Some(p) => format!("{}:{p}", hop.host),
+        None => hop.host.clone(),
+    };
+    let request = hyper::Request::get(target)
+        .header(hyper::header::HOST, host)
+        .header(hyper::header::USER_AGENT, "hsmgate-ca-frontend validator")
+        .header(hyper::header::ACCEPT, "*/*")
+        .body(Empty::<hyper::body::Bytes>::new())
+        .map_err(|e| connection(e.to_string()))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| connection(e.to_string()))?;
+    let status = response.status();
+    if status.is_redirection() {
+        let location = response
+            .headers()
+            .get(hyper::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        return match location {
+            Some(location) => Ok(Fetched::Redirect {
+                status,
+                location,
+                addr,
+            }),
+            None => Err(problem(
+                ProblemType::Unauthorized,
+                format!("{url} ({addr}) answered HTTP {status} without a usable Location"),
+            )),
+        };
+    }
+    if !status.is_success() {
+        return Err(problem(
+            ProblemType::Unauthorized,
+            format!("{url} ({addr}) answered HTTP {status}"),
+        ));
+    }
+    let body = Limited::new(response.into_body(), MAX_HTTP_BODY)
+        .collect()
+        .await
+        .map_err(|e| connection(format!("reading the body: {e}")))?
+        .to_bytes();
+    Ok(Fetched::Body { body, addr })
 }
 
 /// One CAA resource record (RFC 8659 §4.1): its issuer-critical flag, tag (lower case), value.

@@ -31,6 +31,10 @@ const BASE: &str = "http://acme.test";
 #[path = "acme/input.rs"]
 mod input;
 
+/// Remote perspectives: the hijack drill (issue 17).
+#[path = "acme/perspectives.rs"]
+mod perspectives;
+
 const GATEWAY_CONFIG: &str = r#"
 [gateway]
 listen = "127.0.0.1:0"
@@ -266,6 +270,7 @@ issuer = "test"
 http_port = {http}
 dns_server = "{dns}"
 timeout_ms = 5000
+allow_private_addresses = true
 [db]
 kind = "sqlite"
 path = "{db}"

@@ -31,6 +31,7 @@ fn order(id: &str, account_id: &str, created: i64) -> (Order, Vec<Authorization>
         status: AuthzStatus::Pending,
         expires: created + 100,
         challenges: vec![],
+        corroboration: vec![],
     };
     let order = Order {
         id: id.into(),
@@ -44,6 +45,7 @@ fn order(id: &str, account_id: &str, created: i64) -> (Order, Vec<Authorization>
         certificate: None,
         error: None,
         created,
+        caa_corroboration: vec![],
     };
     (order, vec![authz])
 }

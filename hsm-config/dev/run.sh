@@ -11,7 +11,9 @@
 #                           CRL shards http://127.0.0.1:8080/dev-ca/<n>.crl, list /dev-ca.json
 #   - the ACME frontend     http://127.0.0.1:4001/directory (CA records in target/dev/ca.sqlite),
 #                           validating on 127.0.0.1 (http-01 port 5002, tls-alpn-01 port 5001,
-#                           DNS from pebble-challtestsrv on 127.0.0.1:8053)
+#                           DNS from pebble-challtestsrv on 127.0.0.1:8053), corroborated by three
+#                           remote perspectives on 127.0.0.1:7101-7103 (mTLS; validation
+#                           metrics http://127.0.0.1:9466/metrics)
 # Ctrl-C stops them all (the gateway drains in-flight requests first).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -73,6 +75,14 @@ crl_url=$(target/release/hsmgate-ocsp crl-urls --config ocsp/examples/dev.toml -
 pebble-challtestsrv -dns01 127.0.0.1:8053 -management 127.0.0.1:8055 -http01 "" -https01 "" \
     -tlsalpn01 "" -defaultIPv6 "" > "$dev/challtestsrv.log" 2>&1 &
 pids+=($!)
+# Three remote validation perspectives (BR §3.2.2.9) the frontend asks over mTLS: each repeats
+# every challenge and CAA check; here all three share the challenge DNS.
+for p in dev-a:7101 dev-b:7102 dev-c:7103; do
+    target/release/ca-frontend perspective --config ca-frontend/examples/perspective.toml \
+        --name "${p%%:*}" --listen "127.0.0.1:${p##*:}" > "$dev/perspective-${p%%:*}.out" \
+        2> "$dev/perspective-${p%%:*}.log" &
+    pids+=($!)
+done
 env $(tls_env ca-frontend) target/release/ca-frontend serve --config ca-frontend/examples/dev.toml \
     > "$dev/acme.out" 2> "$dev/acme.log" &
 pids+=($!)

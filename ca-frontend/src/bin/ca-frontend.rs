@@ -1,5 +1,6 @@
-//! `ca-frontend`: the ACME server, the ceremony that makes its CA certificates, and the
-//! operator's incident command (mark certificates for early renewal through ARI).
+//! `ca-frontend`: the ACME server, the ceremony that makes its CA certificates, the operator's
+//! incident command (mark certificates for early renewal through ARI), and a remote validation
+//! perspective (BR §3.2.2.9) the server asks over mTLS.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,6 +48,21 @@ enum Command {
         #[arg(long)]
         intermediate_out: PathBuf,
     },
+    /// A remote validation perspective: runs challenge and CAA checks from its own network and
+    /// resolver for the frontends that ask over mTLS; prints `READY https=ADDR`.
+    Perspective {
+        #[arg(long)]
+        config: PathBuf,
+        /// Overrides `perspective.name` (one file for several perspectives).
+        #[arg(long)]
+        name: Option<String>,
+        /// Overrides `perspective.listen`.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Overrides `validation.dns_server`: the perspective's own resolver.
+        #[arg(long)]
+        dns_server: Option<SocketAddr>,
+    },
     /// Incident response: ARI tells the holders of these certificates to renew now.
     /// FILE has one serial (hex) per line.
     MarkRenewal {
@@ -71,6 +87,12 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Serve { config } => serve(config).await,
+            Command::Perspective {
+                config,
+                name,
+                listen,
+                dns_server,
+            } => perspective(config, name, listen, dns_server).await,
             Command::Ceremony {
                 gateway,
                 root_key,
@@ -134,6 +156,9 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
     let ca = ca_frontend::server::Ca::build(config.clone()).await?;
     // OCSP statuses a crash left recorded but unpublished: at start-up, then every 30 s.
     tokio::spawn(ca_frontend::republish::run(ca.clone()));
+    if let Some(addr) = config.validation.perspectives.metrics_listen {
+        serve_metrics(addr, ca.corroborator.registry()).await?;
+    }
     let app = router(ca);
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
@@ -166,6 +191,82 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
             .await?;
         }
     }
+    Ok(())
+}
+
+async fn perspective(
+    path: PathBuf,
+    name: Option<String>,
+    listen: Option<SocketAddr>,
+    dns_server: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    let mut config = ca_frontend::perspective::PerspectiveConfig::load(&path)?;
+    if let Some(name) = name {
+        config.perspective.name = name;
+    }
+    if let Some(listen) = listen {
+        config.perspective.listen = listen;
+    }
+    if dns_server.is_some() {
+        config.validation.dns_server = dns_server;
+    }
+    let listener = tokio::net::TcpListener::bind(config.perspective.listen)
+        .await
+        .with_context(|| format!("binding {}", config.perspective.listen))?;
+    let addr = listener.local_addr()?;
+    println!("READY https={addr}");
+    tracing::info!(%addr, name = %config.perspective.name, region = %config.perspective.region, "validation perspective listening (mTLS)");
+    ca_frontend::perspective::serve(&config, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+    }
+}
+
+/// `/metrics` (OpenMetrics text) of `registry` on `addr`, in the background.
+async fn serve_metrics(
+    addr: SocketAddr,
+    registry: Arc<prometheus_client::registry::Registry>,
+) -> anyhow::Result<()> {
+    use axum::http::{StatusCode, header::CONTENT_TYPE};
+    use axum::response::IntoResponse;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let registry = registry.clone();
+            async move {
+                let mut body = String::new();
+                if prometheus_client::encoding::text::encode(&mut body, &registry).is_err() {
+                    return (StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed")
+                        .into_response();
+                }
+                (
+                    [(
+                        CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    body,
+                )
+                    .into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics listener {addr}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "validation metrics");
+    tokio::spawn(async move {
+        let gate = Gate::new(http_listener::Limits::metrics());
+        if let Err(e) = http_listener::serve(listener, app, gate, std::future::pending()).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
     Ok(())
 }
 
