@@ -15,8 +15,17 @@
 #                                    are verified; any warning fails the check, as
 #                                    systemd-analyze itself exits 0 on unknown keys and bad values;
 #                                    and `systemd-analyze security --offline` scores each <= 2.0.
+#   6. with --e2e: e2e-hsm-alert.sh   a real Prometheus scrapes a real gateway (loopback, temporary
+#                                    directory, its own processes), HSMs are killed, and the HSM
+#                                    and datacenter alerts fire (needs the built binaries; ~30 s)
 # Needs promtool (Debian: prometheus), python3 with yaml, systemd-analyze (hsm-config/dev/setup.sh).
 set -euo pipefail
+e2e=0
+case "${1:-}" in
+    --e2e) e2e=1 ;;
+    "") ;;
+    *) echo "usage: $0 [--e2e]" >&2; exit 2 ;;
+esac
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 cd "$here"
@@ -88,5 +97,10 @@ for unit in "$tmp"/*.service; do
         fail "$(basename "$unit"): hardening weakened: $(systemd-analyze security --offline=yes "$unit" 2>&1 | tail -1)"
 done
 echo "  $(ls systemd/*.service | wc -l) units verified, exposure <= 2.0"
+
+if [ "$e2e" = 1 ]; then
+    echo "== e2e: Prometheus fires the HSM alerts on a real gateway"
+    "$here/e2e-hsm-alert.sh" "${CARGO_TARGET_DIR:-$root/target}/debug" || fail "e2e-hsm-alert.sh"
+fi
 
 echo "deploy check: OK"
