@@ -8,6 +8,7 @@
 #                                    processes export (prometheus/exported-metrics.txt, a scrape
 #                                    of the dev stack, + event-metrics.txt), and those are
 #                                    registered in the Rust code (check_metric_names.py)
+#      and the dashboard's queries are valid PromQL (promtool, as recording rules)
 #   5. systemd-analyze verify        the units in systemd/. They start /usr/local/bin/...,
 #                                    which CI does not have: copies whose ExecStart/ExecReload
 #                                    point at the built binaries (target/debug, else
@@ -67,11 +68,42 @@ echo "== metric names in rules and dashboard"
 python3 check_metric_names.py --root "$root" \
     --exported prometheus/exported-metrics.txt --exported prometheus/event-metrics.txt \
     prometheus/alerts.yml grafana/hsmgate.json || fail "metric names"
-python3 -c 'import json,sys; json.load(open(sys.argv[1]))' grafana/hsmgate.json || fail "grafana/hsmgate.json is not JSON"
 
-echo "== systemd-analyze verify"
+echo "== dashboard queries are valid PromQL"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
+# Grafana's variables replaced by values of their kind; each query becomes a recording rule, so
+# promtool parses it offline.
+python3 - grafana/hsmgate.json > "$tmp/dashboard-rules.yml" <<'PY' || fail "grafana/hsmgate.json: unreadable"
+import json, sys
+subs = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h", "$gateway_job": "hsmgate-gateway",
+        "$ocsp_job": "hsmgate-ocsp", "$presigner_job": "hsmgate-presigner", "$gateway": ".*",
+        "$datacenter": ".*", "$responder": ".*"}
+exprs = []
+def walk(node, title=""):
+    if isinstance(node, dict):
+        title = node.get("title", title)
+        if isinstance(node.get("expr"), str):
+            exprs.append((title, node["expr"]))
+        for v in node.values():
+            walk(v, title)
+    elif isinstance(node, list):
+        for v in node:
+            walk(v, title)
+walk(json.load(open(sys.argv[1]))["panels"])
+print("groups:\n  - name: dashboard\n    rules:")
+for i, (title, e) in enumerate(exprs):
+    for k in sorted(subs, key=len, reverse=True):
+        e = e.replace(k, subs[k])
+    if "$" in e:
+        sys.exit(f"panel {title!r}: unknown variable in {e}")
+    print(f"      - record: dashboard:query_{i}\n        expr: {json.dumps(e)}")
+PY
+promtool check rules "$tmp/dashboard-rules.yml" > "$tmp/promtool.out" 2>&1 ||
+    { cat "$tmp/promtool.out" >&2; fail "a dashboard query is not valid PromQL"; }
+echo "  $(grep -c 'record:' "$tmp/dashboard-rules.yml") queries parse"
+
+echo "== systemd-analyze verify"
 bin_for() { # the built binary for /usr/local/bin/$1, else /bin/true
     for dir in "${CARGO_TARGET_DIR:-$root/target}/debug" "${CARGO_TARGET_DIR:-$root/target}/release"; do
         [ -x "$dir/$1" ] && { echo "$dir/$1"; return; }
