@@ -13,7 +13,7 @@ targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(
     hsmgate-gateway=http://127.0.0.1:9464/metrics
     hsmgate-ocsp=http://127.0.0.1:9465/metrics
-    hsmgate-presigner=http://127.0.0.1:9466/metrics
+    hsmgate-presigner=http://127.0.0.1:9467/metrics
 )
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

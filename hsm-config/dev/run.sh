@@ -4,8 +4,7 @@
 # system on its embedded defaults:
 #   - the signing gateway   gRPC over mTLS 127.0.0.1:50051 (dev certificates in target/dev/tls/),
 #                           metrics http://127.0.0.1:9464/metrics, audit log target/dev/audit/
-#   - the OCSP pre-signer   signs through the gateway into target/dev/ocsp.sqlite,
-#                           metrics http://127.0.0.1:9466/metrics
+#   - the OCSP pre-signer   signs through the gateway into target/dev/ocsp.sqlite
 #   - the OCSP responder    http://127.0.0.1:8080/, metrics http://127.0.0.1:9465/metrics
 #   - the ACME frontend     http://127.0.0.1:4001/directory (CA records in target/dev/ca.sqlite),
 #                           validating on 127.0.0.1 (http-01 port 5002, tls-alpn-01 port 5001,
@@ -58,7 +57,7 @@ fi
 echo "CA:      root $dev/root.pem, intermediate $dev/issuer.pem"
 
 target/release/hsmgate-ocsp import --config ocsp/examples/dev.toml ocsp/examples/dev-certificates.txt
-env $(tls_env ocsp-presigner) target/release/hsmgate-ocsp presign --config ocsp/examples/dev.toml --metrics-listen 127.0.0.1:9466 > /dev/null 2> "$dev/presign.log" &
+env $(tls_env ocsp-presigner) target/release/hsmgate-ocsp presign --config ocsp/examples/dev.toml --metrics-listen 127.0.0.1:9467 > /dev/null 2> "$dev/presign.log" &
 pids+=($!)
 
 # Validation DNS for the ACME frontend: Pebble's challenge test server answers every name with
