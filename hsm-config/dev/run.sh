@@ -63,7 +63,7 @@ echo "CA:      root $dev/root.pem, intermediate $dev/issuer.pem"
 cat "$dev/issuer.pem" "$dev/root.pem" > "$dev/ca-chain.pem"
 
 target/release/hsmgate-ocsp import --config ocsp/examples/dev.toml ocsp/examples/dev-certificates.txt
-env $(tls_env ocsp-presigner) target/release/hsmgate-ocsp presign --config ocsp/examples/dev.toml > /dev/null 2> "$dev/presign.log" &
+env $(tls_env ocsp-presigner) target/release/hsmgate-ocsp presign --config ocsp/examples/dev.toml --metrics-listen 127.0.0.1:9467 > /dev/null 2> "$dev/presign.log" &
 pids+=($!)
 env $(tls_env ocsp-presigner) target/release/hsmgate-ocsp crl-update --config ocsp/examples/dev.toml \
     --metrics-listen 127.0.0.1:9466 > /dev/null 2> "$dev/crl-update.log" &

@@ -29,6 +29,11 @@ command -v uacme >/dev/null || need+=(uacme)
 command -v acme-tiny >/dev/null || need+=(acme-tiny)
 command -v go >/dev/null || need+=(golang-go)
 [ -d /usr/share/gocode/src/golang.org/x/crypto/ocsp ] || need+=(golang-golang-x-crypto-dev)
+# hsm-config/deploy/check.sh (issue 18): promtool checks and unit-tests the alert rules,
+# systemd-analyze verifies the service units, PyYAML reads the rules for the metric-name check.
+command -v promtool >/dev/null || need+=(prometheus)
+command -v systemd-analyze >/dev/null || need+=(systemd)
+python3 -c "import yaml" 2>/dev/null || need+=(python3-yaml)
 
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"

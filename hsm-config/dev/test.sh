@@ -10,6 +10,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 hsm-config/dev/setup.sh
 cargo build --workspace --all-targets
+hsm-config/deploy/check.sh --e2e # alert rules (promtool, live Prometheus), dashboard, units, metric names
 cargo test --workspace
 # End to end against the real stack: ACME clients (certbot, lego, certbot >= 4.1 for ARI,
 # dehydrated, uacme, acme-tiny), the OCSP client matrix (openssl, Python cryptography, Go
