@@ -80,13 +80,29 @@ pub async fn republish_pending(ca: &Ca, grace: Duration) -> Result<usize, Error>
     }
 }
 
-async fn republish(ca: &Ca, record: &CertificateRecord, mark: i64) -> Result<(), Error> {
+/// Publishes `status` for a recorded certificate: its OCSP response signed and stored, and its
+/// notAfter in the status record, so that once revoked and expired it leaves its CRL shard.
+/// Both are idempotent: the repair pass repeats them after a crash between the two.
+pub(crate) async fn publish_record(
+    ca: &Ca,
+    record: &CertificateRecord,
+    status: CertStatus,
+) -> Result<(), Error> {
     let serial = hex::decode(&record.serial)
         .map_err(|e| Error::Internal(format!("certificate {}: {e}", record.serial)))?;
-    let status = ocsp_status(record);
+    let serial = Serial::from_be_bytes(&serial);
     ca.presigner
-        .publish(&ca.ocsp_issuer, &Serial::from_be_bytes(&serial), status)
+        .publish(&ca.ocsp_issuer, &serial, status)
         .await?;
+    ca.presigner
+        .record_not_after(vec![(ca.ocsp_issuer.clone(), serial, record.not_after)])
+        .await?;
+    Ok(())
+}
+
+async fn republish(ca: &Ca, record: &CertificateRecord, mark: i64) -> Result<(), Error> {
+    let status = ocsp_status(record);
+    publish_record(ca, record, status).await?;
     // An issuance that stopped here never told its client: the order becomes valid now.
     let order = match status {
         CertStatus::Good => ca

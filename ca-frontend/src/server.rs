@@ -49,6 +49,9 @@ pub struct Ca {
     pub intermediate: IssuerCert,
     pub presigner: ocsp::presigner::Presigner,
     pub ocsp_issuer: IssuerName,
+    /// The issuer's CRL shards (`[issuers.crl]` of the OCSP config), for the CRL Distribution
+    /// Point of certificates whose profile publishes CRLs.
+    pub crl_shards: Option<ocsp::crl::ShardMap>,
 }
 
 type Shared = State<Arc<Ca>>;
@@ -186,6 +189,22 @@ impl Ca {
                 ),
             });
         }
+        let crl_shards = ocsp::crl::ShardMap::all(&ocsp_config)
+            .into_iter()
+            .find(|m| m.issuer().0 == config.ocsp.issuer);
+        if crl_shards.is_none()
+            && let Some(i) = config.ca.profiles.iter().position(|p| p.status.crl())
+        {
+            return Err(Error::Config {
+                path: format!("ca.profiles[{i}].status"),
+                detail: format!(
+                    "profile `{}` publishes CRLs, but issuer `{}` of {} has no [issuers.crl]",
+                    config.ca.profiles[i].name,
+                    config.ocsp.issuer,
+                    ocsp_path.display()
+                ),
+            });
+        }
         let presigner = ocsp::presigner::Presigner::from_config(
             &ocsp_config,
             ocsp::presigner::PresignerMetrics::default(),
@@ -212,6 +231,7 @@ impl Ca {
             intermediate,
             presigner,
             ocsp_issuer: IssuerName(config.ocsp.issuer.clone()),
+            crl_shards,
             config,
         }))
     }
@@ -1036,15 +1056,7 @@ async fn publish_and_complete(
     mark: i64,
 ) -> Response {
     let published = async {
-        let serial = hex::decode(&record.serial)
-            .map_err(|e| Error::Internal(format!("certificate {}: {e}", record.serial)))?;
-        ca.presigner
-            .publish(
-                &ca.ocsp_issuer,
-                &Serial::from_be_bytes(&serial),
-                CertStatus::Good,
-            )
-            .await?;
+        republish::publish_record(ca, record, CertStatus::Good).await?;
         let mut valid = processing.clone();
         valid.status = OrderStatus::Valid;
         valid.certificate = Some(record.serial.clone());
@@ -1083,6 +1095,13 @@ async fn sign_and_record(
     })?;
     // Backdated a minute for clients whose clocks run a little slow; the lifetime stays exact.
     let not_before = now - 60;
+    // The shard is fixed now, by the serial, for the certificate's life.
+    let crl_url = match &ca.crl_shards {
+        Some(shards) if profile.status.crl() => {
+            Some(shards.url_for(&Serial::from_be_bytes(&serial)))
+        }
+        _ => None,
+    };
     let plan = LeafPlan {
         serial,
         names: csr.names.clone(),
@@ -1097,7 +1116,7 @@ async fn sign_and_record(
             .clone()
             .filter(|_| profile.status.ocsp()),
         ca_issuers_url: ca.config.ca.ca_issuers_url.clone(),
-        crl_url: None,
+        crl_url,
     };
     let tbs = issue::build_leaf_tbs(&plan, &ca.intermediate, &ca.signer.algorithm)?;
     issue::lint(&tbs, &plan, &ca.intermediate, &ca.signer.algorithm)?;

@@ -4,9 +4,9 @@
 # system on its embedded defaults:
 #   - the signing gateway   gRPC over mTLS 127.0.0.1:50051 (dev certificates in target/dev/tls/),
 #                           metrics http://127.0.0.1:9464/metrics, audit log target/dev/audit/
-#   - the OCSP pre-signer   signs through the gateway into target/dev/ocsp.sqlite
+#   - the OCSP pre-signer   signs through the gateway into target/dev/ocsp.sqlite, metrics :9467
 #   - the CRL updater       signs the intermediate's 8 CRL shards through the gateway
-#                           (target/dev/ocsp.sqlite, and files under target/dev/crl/)
+#                           (target/dev/ocsp.sqlite, files under target/dev/crl/), metrics :9468
 #   - the OCSP responder    http://127.0.0.1:8080/, metrics http://127.0.0.1:9465/metrics,
 #                           CRL shards http://127.0.0.1:8080/dev-ca/<n>.crl, list /dev-ca.json
 #   - the ACME frontend     http://127.0.0.1:4001/directory (CA records in target/dev/ca.sqlite),
@@ -66,7 +66,7 @@ target/release/hsmgate-ocsp import --config ocsp/examples/dev.toml ocsp/examples
 env $(tls_env ocsp-presigner) target/release/hsmgate-ocsp presign --config ocsp/examples/dev.toml --metrics-listen 127.0.0.1:9467 > /dev/null 2> "$dev/presign.log" &
 pids+=($!)
 env $(tls_env ocsp-presigner) target/release/hsmgate-ocsp crl-update --config ocsp/examples/dev.toml \
-    --metrics-listen 127.0.0.1:9466 > /dev/null 2> "$dev/crl-update.log" &
+    --metrics-listen 127.0.0.1:9468 > /dev/null 2> "$dev/crl-update.log" &
 pids+=($!)
 crl_url=$(target/release/hsmgate-ocsp crl-urls --config ocsp/examples/dev.toml --issuer dev-ca --serial 1003)
 
@@ -94,7 +94,7 @@ OCSP:    http://127.0.0.1:8080/ — try, once the pre-signer has run (a few seco
   openssl ocsp -issuer $dev/issuer.pem -CAfile $dev/root.pem -serial 0x1001 -url http://127.0.0.1:8080 -no_nonce
   openssl ocsp -issuer $dev/issuer.pem -CAfile $dev/root.pem -serial 0x1003 -url http://127.0.0.1:8080 -no_nonce
 CRL:     $crl_url lists revoked serial 1003 (all shards: http://127.0.0.1:8080/dev-ca.json;
-         updater log $dev/crl-update.log, metrics http://127.0.0.1:9466/metrics) — check with:
+         updater log $dev/crl-update.log, metrics http://127.0.0.1:9468/metrics) — check with:
   curl -s $crl_url | openssl crl -inform DER -CAfile $dev/ca-chain.pem -noout -text
 ACME:    http://127.0.0.1:4001/directory (log: $dev/acme.log) — get a certificate with:
   certbot certonly --server http://127.0.0.1:4001/directory --standalone --http-01-port 5002 \
