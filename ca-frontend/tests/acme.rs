@@ -210,7 +210,7 @@ fn infra() -> &'static Infra {
         std::fs::write(
             dir.join("ocsp.toml"),
             format!(
-                "[responder]\nlisten = \"127.0.0.1:0\"\n[[issuers]]\nname = \"test\"\ncertificate = \"intermediate.pem\"\nsigning_key = \"intermediate\"\n[store]\nkind = \"sqlite\"\npath = \"ocsp.sqlite\"\n[presigner]\ngateway = \"{url}\"\n"
+                "[responder]\nlisten = \"127.0.0.1:0\"\n[[issuers]]\nname = \"test\"\ncertificate = \"intermediate.pem\"\nsigning_key = \"intermediate\"\n[issuers.crl]\nshards = 4\nbase_url = \"http://127.0.0.1:1/crl\"\n[store]\nkind = \"sqlite\"\npath = \"ocsp.sqlite\"\n[presigner]\ngateway = \"{url}\"\n"
             ),
         )
         .expect("write");
@@ -641,6 +641,27 @@ async fn issuance_works_and_a_second_finalization_loses() {
         .await
         .expect("ocsp worklist");
     assert_eq!(stored, Some(ocsp::model::CertStatus::Good));
+    // The classic profile publishes both: the OCSP URL, and the CRL shard its serial falls in
+    // (the last 8 octets, big-endian, modulo the 4 shards), as openssl reads them.
+    let text = Command::new("openssl")
+        .args([
+            "x509",
+            "-noout",
+            "-ext",
+            "crlDistributionPoints,authorityInfoAccess",
+            "-in",
+        ])
+        .arg(&chain)
+        .output()
+        .expect("openssl");
+    let text = String::from_utf8_lossy(&text.stdout);
+    let tail = &bytes[bytes.len().saturating_sub(8)..];
+    let shard = tail.iter().fold(0u128, |n, b| (n << 8) | u128::from(*b)) % 4;
+    assert!(
+        text.contains(&format!("URI:http://127.0.0.1:1/crl/test/{shard}.crl")),
+        "{text}"
+    );
+    assert!(text.contains("OCSP - URI:http://127.0.0.1:1"), "{text}");
 
     // Revocation: a stranger may not; the owner may, once; an unknown reason is refused.
     let der = ca_frontend::issue::first_pem_der(&String::from_utf8_lossy(&r.body)).expect("pem");
