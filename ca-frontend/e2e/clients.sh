@@ -3,7 +3,11 @@
 # from PyPI for ARI, obtain, renew and revoke certificates from ca-frontend, signed through the
 # gateway on SoftHSM2 tokens. Every certificate is checked with `openssl verify` against the
 # root made by the ceremony, and with `openssl ocsp` against the OCSP responder: `good` after
-# issuance, `revoked` (with the reason) after the client revokes it.
+# issuance, `revoked` (with the reason) after the client revokes it; and with the CRL shard its
+# CRL Distribution Point names (issue 15): the shard verifies (`openssl crl`), `openssl verify
+# -crl_check` accepts the certificate, and after the client revokes it the shard lists it within
+# the updater's revocation_delay (openssl: "certificate revoked"; Python cryptography with the
+# reason; Go's x509.ParseRevocationList + CheckSignatureFrom).
 #
 # The client matrix of issue 13 and the hostile input of issue 12 run against the same stack:
 #   - more ACME clients from Debian (dehydrated, uacme, acme-tiny; acme-clients.sh), http-01;
@@ -103,6 +107,15 @@ printf '\n[responder.connections]\nheader_read_timeout_secs = %s\nidle_timeout_s
     $SLOW_TIMEOUT $SLOW_TIMEOUT >> "$WORK/ocsp.toml"
 "$BIN/hsmgate-ocsp" serve --config "$WORK/ocsp.toml" > "$WORK/ocsp.out" 2> "$WORK/ocsp.log" &
 pids+=($!)
+# The CRL updater (issue 15): a revocation is in its shard within CRL_DELAY seconds here (60 in
+# the dev config; the BR allow 24 h).
+CRL_DELAY=3
+sed -i "s#^revocation_delay_secs = 60 #revocation_delay_secs = $CRL_DELAY #" "$WORK/ocsp.toml"
+grep -q "^revocation_delay_secs = $CRL_DELAY " "$WORK/ocsp.toml" || die "ocsp/examples/dev.toml's revocation_delay_secs line changed"
+env $(tls ocsp-presigner) "$BIN/hsmgate-ocsp" crl-update --config "$WORK/ocsp.toml" \
+    > "$WORK/crl-update.out" 2> "$WORK/crl-update.log" &
+pids+=($!)
+cat "$WORK/issuer.pem" "$WORK/root.pem" > "$WORK/ca-chain.pem"
 pebble-challtestsrv -dns01 "127.0.0.1:$DNS" -management "127.0.0.1:$MGMT" -http01 "" -https01 "" \
     -tlsalpn01 "" -defaultIPv6 "" > "$WORK/challtestsrv.log" 2>&1 &
 pids+=($!)
@@ -173,6 +186,51 @@ check_revoked() {
     grep -q "Response verify OK" <<< "$out" || fail "OCSP response does not verify: $out"
 }
 serial() { openssl x509 -noout -serial -in "$1" | cut -d= -f2; }
+# --- CRLs (issue 15): the shard a certificate names, checked by openssl, Python and Go ----------
+CRLCHECK=$WORK/crlcheck
+(cd "$ROOT/ocsp/tests/clients/crlcheck" && GOPATH=/usr/share/gocode GO111MODULE=off go build -o "$CRLCHECK" .) \
+    > "$WORK/go-build-crl.log" 2>&1 || die "go build crlcheck: $(cat "$WORK/go-build-crl.log")"
+crl_url_of() { openssl x509 -noout -ext crlDistributionPoints -in "$1" | sed -n 's/^ *URI://p' | head -n 1; }
+# fetch_crl CERT: downloads the shard its CRL Distribution Point names to $crl (DER) and
+# $crl.pem; the shard must verify against the issuer (openssl crl).
+fetch_crl() {
+    local url
+    url=$(crl_url_of "$1")
+    [ -n "$url" ] || { fail "$1 names no CRL Distribution Point"; return 1; }
+    crl=$WORK/crl-$(serial "$1")-$((++crl_fetches)).der
+    # The updater signs every shard when it starts: give it a few seconds the first time.
+    for _ in $(seq 1 50); do curl -sf -o "$crl" "$url" && break; sleep 0.2; done
+    [ -s "$crl" ] || { fail "CRL shard $url is not served"; return 1; }
+    openssl crl -inform DER -in "$crl" -out "$crl.pem" || { fail "$url is not a DER CRL"; return 1; }
+    openssl crl -in "$crl.pem" -CAfile "$WORK/ca-chain.pem" -noout 2>&1 | grep -q "verify OK" \
+        || { fail "CRL shard $url does not verify against the issuer"; return 1; }
+}
+crl_fetches=0
+# check_crl_good CERT: its shard verifies and `openssl verify -crl_check` accepts the certificate.
+check_crl_good() {
+    fetch_crl "$1" || return 0
+    openssl verify -crl_check -CRLfile "$crl.pem" -CAfile "$WORK/root.pem" -untrusted "$WORK/issuer.pem" \
+        "$1" > "$WORK/crl-verify.log" 2>&1 || fail "openssl verify -crl_check refuses $1: $(cat "$WORK/crl-verify.log")"
+}
+# check_crl_revoked CERT REASON: within CRL_DELAY (+ a margin for the signing) the shard lists the
+# serial: openssl verify -crl_check says "certificate revoked"; Python cryptography finds it with
+# REASON; Go's x509.ParseRevocationList + CheckSignatureFrom lists it.
+check_crl_revoked() {
+    local cert=$1 reason=$2 started_at out=""
+    started_at=$(date +%s.%N)
+    for _ in $(seq 1 $((CRL_DELAY * 4 + 40))); do
+        fetch_crl "$cert" || return 0
+        out=$(openssl verify -crl_check -CRLfile "$crl.pem" -CAfile "$WORK/root.pem" \
+            -untrusted "$WORK/issuer.pem" "$cert" 2>&1) || true
+        grep -q "certificate revoked" <<< "$out" && break
+        sleep 0.25
+    done
+    grep -q "certificate revoked" <<< "$out" || { fail "CRL for $cert does not list it: $out"; return 0; }
+    crl_lag=$(python3 -c "import time; print(f'{time.time() - $started_at:.1f}')")
+    out=$(python3 ocsp/tests/clients/crl_check.py "$crl" "$WORK/issuer.pem" "$(crl_url_of "$cert")" 1 \
+        "$(serial "$cert"):*:$reason" 2>&1) || fail "Python cryptography on the CRL of $cert: $out"
+    out=$("$CRLCHECK" "$crl" "$WORK/issuer.pem" "$(serial "$cert")" 2>&1) || fail "Go crlcheck on the CRL of $cert: $out"
+}
 
 # --- certbot (Debian, 2.x) ---------------------------------------------------------------------
 mkdir -p "$WORK/hooks"
@@ -206,6 +264,8 @@ certbot_run certbot "$CB" certonly --standalone --http-01-port $HTTP --http-01-a
 check_good "$CB/config/live/cb-http/cert.pem"
 first=$(serial "$CB/config/live/cb-http/cert.pem")
 log "certbot http-01: issued $first, verifies, OCSP good"
+check_crl_good "$CB/config/live/cb-http/cert.pem"
+log "certbot http-01: names CRL shard $(crl_url_of "$CB/config/live/cb-http/cert.pem"), which verifies (openssl crl) and does not list it (openssl verify -crl_check OK)"
 
 certbot_run certbot "$CB" renew --cert-name cb-http --force-renewal --no-random-sleep-on-renew
 second=$(serial "$CB/config/live/cb-http/cert.pem")
@@ -222,6 +282,8 @@ log "certbot dns-01 (manual hooks): issued, OCSP good"
 certbot_run certbot "$CB" revoke --cert-name cb-http --reason keycompromise --no-delete-after-revoke
 check_revoked "$CB/config/live/cb-http/cert.pem" keyCompromise
 log "certbot revoke: OCSP revoked (keyCompromise)"
+check_crl_revoked "$CB/config/live/cb-http/cert.pem" key_compromise
+log "certbot revoke: listed in its CRL shard ${crl_lag}s after OCSP said revoked (revocation_delay_secs = $CRL_DELAY): openssl verify -crl_check 'certificate revoked', Python cryptography (key_compromise), Go ParseRevocationList + CheckSignatureFrom"
 
 # --- OCSP clients, default config (issue 13) ---------------------------------------------------
 build_ocspcheck
@@ -257,9 +319,12 @@ second=$(serial "$LEGO_DIR/certificates/lego-http.example.test.crt")
 check_good "$LEGO_DIR/certificates/lego-http.example.test.crt"
 log "lego renew: $first -> $second"
 
+check_crl_good "$LEGO_DIR/certificates/lego-http.example.test.crt"
 lego_run -d lego-http.example.test revoke --reason 4 --keep
 check_revoked "$LEGO_DIR/certificates/lego-http.example.test.crt" superseded
 log "lego revoke: OCSP revoked (superseded)"
+check_crl_revoked "$LEGO_DIR/certificates/lego-http.example.test.crt" superseded
+log "lego revoke: listed in its CRL shard $(crl_url_of "$LEGO_DIR/certificates/lego-http.example.test.crt") (superseded) ${crl_lag}s after OCSP; openssl, Python and Go agree"
 
 # --- dehydrated, uacme, acme-tiny (Debian), http-01 from a webroot (issue 13) -------------------
 acme_webroot_start
