@@ -101,6 +101,11 @@ pub struct DrillArgs {
     /// Fleet size for the projection.
     #[arg(long, default_value_t = 200_000_000)]
     pub fleet: u64,
+    /// CRL shards of the drill's issuer (Let's Encrypt: 128). After the revocation, the CRL
+    /// updater re-signs every shard; the report gives the time to the last one stored, the
+    /// bytes, and the shard sizes projected to `--fleet`.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub crl_shards: u32,
     /// CRLReason of the revocations (RFC 5280 §5.3.1; 4 = superseded).
     #[arg(long, default_value_t = 4)]
     pub reason: u8,
@@ -173,6 +178,40 @@ pub struct DrillReport {
     pub fleet_replacement_hours: Option<f64>,
     /// Responses re-signed per second, per sample interval.
     pub timeline: Vec<(f64, f64)>,
+    /// The CRL side of the drill.
+    pub crl: CrlReport,
+}
+
+/// The CRL side of the drill: every shard of the issuer re-signed by the CRL updater once the
+/// revocations are durable, then read back from the store and checked.
+#[derive(Debug, Default, Serialize)]
+pub struct CrlReport {
+    pub shards: u32,
+    /// Seconds from the revocations being durable to the last shard stored (this run's
+    /// revocation; when resuming, the updater pass alone).
+    pub seconds_to_last_shard: f64,
+    /// Seconds of the updater pass itself (build, sign through the gateway, store).
+    pub pass_seconds: f64,
+    pub stored: usize,
+    pub failed: usize,
+    /// Entries over all shards, read back from the stored DER (each must be one of the
+    /// drill's serials; together they must be all of them).
+    pub entries: u64,
+    pub bytes: u64,
+    pub largest_shard_bytes: u64,
+    pub largest_shard_entries: u64,
+    /// Shards whose DER parses as a CertificateList of the issuer and whose signature verifies
+    /// (RustCrypto, P-256; 0 with stand-in signatures).
+    pub verified: u32,
+    pub bad: u32,
+    /// Serials listed that are not the drill's, or the drill's listed twice or not at all.
+    pub unexpected_entries: u64,
+    pub missing_entries: u64,
+    /// `bytes / entries`, and a shard of `--fleet` certificates all revoked (the relying
+    /// party's download) at that size.
+    pub bytes_per_entry: f64,
+    pub fleet_shard_bytes: f64,
+    pub fleet_total_bytes: f64,
 }
 
 /// Runs the drill.
@@ -189,6 +228,16 @@ pub fn run(args: DrillArgs) -> Result<()> {
     }
     if let Some(path) = &args.plot {
         plot(&report, path)?;
+    }
+    let crl = &report.crl;
+    if crl.failed > 0 || crl.bad > 0 || crl.missing_entries > 0 || crl.unexpected_entries > 0 {
+        bail!(
+            "the drill's CRLs are wrong: {} shards failed, {} bad, {} serials missing, {} unexpected entries",
+            crl.failed,
+            crl.bad,
+            crl.missing_entries,
+            crl.unexpected_entries
+        );
     }
     if report.missing > 0 || report.not_revoked > 0 || report.signatures_bad > 0 {
         bail!(
@@ -339,7 +388,10 @@ async fn drill_against(
         issuer_certificate(url, &target.key, &issuer_pem)?;
     }
     let config_path = dir.join("ocsp.toml");
-    std::fs::write(&config_path, ocsp_config(url, &target.key, args.batch))?;
+    std::fs::write(
+        &config_path,
+        ocsp_config(url, &target.key, args.batch, args.crl_shards),
+    )?;
     let config = ocsp::config::Config::load(&config_path).map_err(|e| anyhow!("{e}"))?;
     let metrics = PresignerMetrics::default();
     let presigner = Presigner::from_config(&config, metrics.clone())
@@ -404,6 +456,22 @@ async fn drill_against(
             at
         }
     };
+    let revocations_durable = Instant::now();
+
+    eprintln!(
+        "CRLs: re-signing every one of {} shards through the gateway",
+        args.crl_shards
+    );
+    let crl = crl_phase(
+        args, &config, &presigner, &issuer, &serials, &spki, stand_in,
+    )
+    .await
+    .map(|mut r| {
+        if !resumed {
+            r.seconds_to_last_shard = revocations_durable.elapsed().as_secs_f64();
+        }
+        r
+    })?;
 
     let pending = presigner
         .store()
@@ -493,7 +561,103 @@ async fn drill_against(
                 / 3600.0
         }),
         timeline,
+        crl,
     })
+}
+
+/// Runs one forced pass of the CRL updater over the drill issuer's shards, then reads every
+/// shard back from the store and checks it: parses, is signed by the issuer's key (RustCrypto,
+/// P-256), and lists exactly the drill's serials, each once, over all shards.
+async fn crl_phase(
+    args: &DrillArgs,
+    config: &ocsp::config::Config,
+    presigner: &Presigner,
+    issuer: &IssuerName,
+    serials: &[Serial],
+    spki: &[u8],
+    stand_in: bool,
+) -> Result<CrlReport> {
+    use der07::Decode as _;
+    use ocsp::store::CrlStore;
+    use p256::ecdsa::signature::Verifier;
+    use p256::pkcs8::DecodePublicKey;
+    let updater = ocsp::crl::Updater::from_config(config, ocsp::crl::CrlMetrics::default())
+        .await
+        .map_err(|e| anyhow!("CRL updater: {e}"))?;
+    updater
+        .prepare()
+        .await
+        .map_err(|e| anyhow!("CRL updater: {e}"))?;
+    let started = Instant::now();
+    let pass = updater
+        .pass(unix_now(), true)
+        .await
+        .map_err(|e| anyhow!("CRL pass: {e}"))?;
+    let pass_seconds = started.elapsed().as_secs_f64();
+    let key = if stand_in {
+        None
+    } else {
+        p256::ecdsa::VerifyingKey::from_public_key_der(spki).ok()
+    };
+    let expected: std::collections::HashSet<&[u8]> = serials.iter().map(|s| s.as_bytes()).collect();
+    let mut seen: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
+    let mut r = CrlReport {
+        shards: args.crl_shards,
+        pass_seconds,
+        seconds_to_last_shard: pass_seconds,
+        stored: pass.stored,
+        failed: pass.failed,
+        ..CrlReport::default()
+    };
+    let store = presigner.store();
+    for shard in 0..args.crl_shards {
+        let Some(stored) = store
+            .get_crl(issuer, shard)
+            .await
+            .map_err(|e| anyhow!("{e}"))?
+        else {
+            r.bad += 1;
+            continue;
+        };
+        r.bytes += stored.der.len() as u64;
+        r.largest_shard_bytes = r.largest_shard_bytes.max(stored.der.len() as u64);
+        let Ok(list) = x509_cert_02::crl::CertificateList::from_der(&stored.der) else {
+            r.bad += 1;
+            continue;
+        };
+        let entries = list
+            .tbs_cert_list
+            .revoked_certificates
+            .as_deref()
+            .unwrap_or_default();
+        r.entries += entries.len() as u64;
+        r.largest_shard_entries = r.largest_shard_entries.max(entries.len() as u64);
+        for entry in entries {
+            let serial = Serial::from_be_bytes(entry.serial_number.as_bytes());
+            if !expected.contains(serial.as_bytes()) || !seen.insert(serial.as_bytes().to_vec()) {
+                r.unexpected_entries += 1;
+            }
+        }
+        if let Some(key) = &key {
+            use der07::Encode as _;
+            let tbs = list.tbs_cert_list.to_der()?;
+            let ok = list
+                .signature
+                .as_bytes()
+                .and_then(|sig| p256::ecdsa::Signature::from_der(sig).ok())
+                .is_some_and(|sig| key.verify(&tbs, &sig).is_ok());
+            if ok {
+                r.verified += 1;
+            } else {
+                r.bad += 1;
+            }
+        }
+    }
+    r.missing_entries = (serials.len() - seen.len().min(serials.len())) as u64;
+    r.bytes_per_entry = r.bytes as f64 / (r.entries.max(1)) as f64;
+    r.fleet_shard_bytes = r.bytes_per_entry * args.fleet as f64 / f64::from(args.crl_shards);
+    r.fleet_total_bytes = r.bytes_per_entry * args.fleet as f64;
+    Ok(r)
 }
 
 /// Serial `i` of the drill's fleet: 16 bytes derived from `i` (so a resumed run finds the same
@@ -512,7 +676,7 @@ fn serial(i: u64) -> Serial {
 /// The OCSP service configuration of the drill (relative paths resolve against `--dir`). The
 /// pre-signer presents the client certificate named by `HSMGATE_TLS_CA` / `_CERT` / `_KEY`
 /// when they are set, as hsm-bench's own connections do.
-fn ocsp_config(gateway: &str, key: &str, batch: usize) -> String {
+fn ocsp_config(gateway: &str, key: &str, batch: usize, crl_shards: u32) -> String {
     let tls = match (
         std::env::var("HSMGATE_TLS_CA"),
         std::env::var("HSMGATE_TLS_CERT"),
@@ -527,6 +691,7 @@ fn ocsp_config(gateway: &str, key: &str, batch: usize) -> String {
         "# Written by hsm-bench drill.\n\
          [responder]\nlisten = \"127.0.0.1:0\"\n\n\
          [[issuers]]\nname = \"{ISSUER}\"\ncertificate = \"issuer.pem\"\nsigning_key = \"{key}\"\n\n\
+         [issuers.crl]\nshards = {crl_shards}\nbase_url = \"http://crl.drill.test\"\n\n\
          [store]\nkind = \"sqlite\"\npath = \"ocsp.sqlite\"\n\n\
          [presigner]\ngateway = \"{gateway}\"\nvalidity_hours = 96\nrefresh_after_hours = 48\n\
          batch = {batch}\ninterval_secs = 1\n"
@@ -748,6 +913,35 @@ fn print_summary(r: &DrillReport) {
     println!(
         "| signatures checked (RustCrypto) / bad | {} / {} |",
         r.signatures_checked, r.signatures_bad
+    );
+    let c = &r.crl;
+    println!(
+        "| CRL shards re-signed (stored / failed) | {} / {} of {} |",
+        c.stored, c.failed, c.shards
+    );
+    println!(
+        "| revocations durable → last CRL shard stored | {:.1} s (updater pass {:.1} s) |",
+        c.seconds_to_last_shard, c.pass_seconds
+    );
+    println!(
+        "| CRL entries read back / missing / unexpected | {} / {} / {} |",
+        c.entries, c.missing_entries, c.unexpected_entries
+    );
+    println!(
+        "| CRL bytes (all shards; largest shard) | {} ({:.1} bytes an entry); {} bytes, {} entries |",
+        c.bytes, c.bytes_per_entry, c.largest_shard_bytes, c.largest_shard_entries
+    );
+    println!(
+        "| CRL shards verified (RustCrypto) / bad | {} / {} |",
+        c.verified, c.bad
+    );
+    println!(
+        "\n{} M certificates all revoked, {} shards: {:.1} MB a shard (what a relying party \
+         downloads), {:.1} GB in all.",
+        r.fleet / 1_000_000,
+        c.shards,
+        c.fleet_shard_bytes / 1e6,
+        c.fleet_total_bytes / 1e9
     );
     match (r.fleet_revocation_hours, r.fleet_replacement_hours) {
         (Some(revocations), Some(replacement)) => println!(

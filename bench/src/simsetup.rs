@@ -109,7 +109,7 @@ pub fn gateway_config_text(g: &SimGateway, pin_file: &Path) -> String {
          allow_unchecked_payloads = \"benchmark key: raw signatures and the drill's issuer certificate\"\n\n\
          [[clients]]\n\
          name = \"bench\"\n\
-         grants = [{{ keys = [\"{KEY}\"], operations = [\"sign-raw\", \"sign-ocsp\"] }}]",
+         grants = [{{ keys = [\"{KEY}\"], operations = [\"sign-raw\", \"sign-ocsp\", \"sign-crl\"] }}]",
         names.join(", ")
     );
     t

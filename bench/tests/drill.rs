@@ -183,6 +183,18 @@ fn an_interrupted_drill_resumes_and_loses_nothing() {
     assert_eq!(report["not_revoked"].as_u64().unwrap(), 0);
     assert!(report["signatures_checked"].as_u64().unwrap() >= 1000);
     assert_eq!(report["signatures_bad"].as_u64().unwrap(), 0);
+    // The CRL side: every one of the 128 shards re-signed, read back, signed by the issuer's
+    // key, listing every revoked serial exactly once between them.
+    let crl = &report["crl"];
+    assert_eq!(crl["shards"].as_u64().unwrap(), 128, "{crl}");
+    assert_eq!(crl["stored"].as_u64().unwrap(), 128, "{crl}");
+    assert_eq!(crl["failed"].as_u64().unwrap(), 0, "{crl}");
+    assert_eq!(crl["verified"].as_u64().unwrap(), 128, "{crl}");
+    assert_eq!(crl["bad"].as_u64().unwrap(), 0, "{crl}");
+    assert_eq!(crl["entries"].as_u64().unwrap(), COUNT, "{crl}");
+    assert_eq!(crl["missing_entries"].as_u64().unwrap(), 0, "{crl}");
+    assert_eq!(crl["unexpected_entries"].as_u64().unwrap(), 0, "{crl}");
+    assert!(crl["bytes"].as_u64().unwrap() > COUNT * 20, "{crl}");
 }
 
 /// `--model`: the drill sets up two modelled HSMs (hsm-sim over SoftHSM2, real signatures),
