@@ -676,3 +676,92 @@ async fn a_changed_shard_count_is_refused() {
         .to_string();
     assert!(err.contains("shards") && err.contains("128"), "{err}");
 }
+
+/// The issue's end-to-end figure: build + sign + store every shard of an issuer holding
+/// 1,000,000 revoked certificates over 128 shards, through the real gateway (SoftHSM2) into
+/// SQLite. Not a pass/fail test (speed is measured, not asserted): run it in release with
+///
+/// ```sh
+/// cargo build --release -p signer
+/// cargo test --release -p ocsp --test crl -- --ignored --nocapture bench_128_shards
+/// ```
+#[tokio::test]
+#[ignore]
+async fn bench_128_shards_of_one_million_revoked() {
+    const N: u64 = 1_000_000;
+    let env = Env::start_with(|t| {
+        t.replace(
+            &format!("signing_key = \"{}\"\n", common::KEY_P256),
+            &format!(
+                "signing_key = \"{}\"\n\n[issuers.crl]\nshards = 128\nbase_url = \"{BASE_URL}\"\n",
+                common::KEY_P256
+            ),
+        )
+    });
+    let config = env.config();
+    let store =
+        ocsp::store::sqlite::SqliteStore::open(env.dir.path().join("ocsp.sqlite")).expect("store");
+    store.set_crl_shards(ocsp::crl::updater::crl_shard_counts(&config));
+    let p256 = IssuerName(ISSUER_P256.into());
+    let started = std::time::Instant::now();
+    let now = unix_now();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for chunk in 0..N / 10_000 {
+        let items = (0..10_000u64)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let mut s = [0u8; 16];
+                s[0] = 0x4c;
+                s[1..9].copy_from_slice(&x.to_be_bytes());
+                s[9..].copy_from_slice(&(chunk * 10_000 + i).to_be_bytes()[1..]);
+                (
+                    p256.clone(),
+                    Serial::from_be_bytes(&s),
+                    CertStatus::Revoked {
+                        at: now - 60,
+                        reason: (i % 3 == 0).then_some(1),
+                    },
+                )
+            })
+            .collect();
+        store.upsert_certificates(items).await.expect("upsert");
+    }
+    eprintln!("recorded {N} revocations in {:?}", started.elapsed());
+    let updater = Updater::from_config(&config, CrlMetrics::default())
+        .await
+        .expect("updater");
+    updater.prepare().await.expect("prepare");
+    let started = std::time::Instant::now();
+    let report = updater.pass(unix_now(), true).await.expect("pass");
+    let elapsed = started.elapsed();
+    assert_eq!((report.stored, report.failed), (128, 0), "{report:?}");
+    let mut bytes = 0;
+    let mut largest = 0;
+    let mut entries = 0;
+    for shard in 0..128 {
+        let crl = store
+            .get_crl(&p256, shard)
+            .await
+            .expect("get")
+            .expect("stored");
+        bytes += crl.der.len();
+        largest = largest.max(crl.der.len());
+        entries += crl.entries;
+    }
+    assert_eq!(entries, N);
+    eprintln!(
+        "128 shards, {entries} entries: built, signed and stored in {elapsed:?}; {bytes} DER bytes in all, largest shard {largest} bytes"
+    );
+    let one = env.write(
+        "bench-0.crl",
+        &store
+            .get_crl(&p256, 0)
+            .await
+            .expect("get")
+            .expect("stored")
+            .der,
+    );
+    openssl_crl(&one, &env.issuer_p256);
+}
