@@ -769,3 +769,161 @@ async fn bench_128_shards_of_one_million_revoked() {
     );
     openssl_crl(&one, &env.issuer_p256);
 }
+
+/// A leaf certificate for `serial_hex` from the P-256 issuer, signed through the gateway
+/// (declared `tbs-certificate`), whose CRL distribution point is `crl_url`; its PEM file.
+async fn leaf(env: &Env, serial_hex: &str, crl_url: &str) -> PathBuf {
+    use der07::asn1::{BitString, Ia5String};
+    use der07::{Decode, DecodePem, Encode, EncodePem};
+    use x509_cert_02::certificate::{Certificate, TbsCertificate, Version};
+    use x509_cert_02::ext::AsExtension;
+    use x509_cert_02::ext::pkix::CrlDistributionPoints;
+    use x509_cert_02::ext::pkix::crl::dp::DistributionPoint;
+    use x509_cert_02::ext::pkix::name::{DistributionPointName, GeneralName};
+    use x509_cert_02::name::Name;
+    use x509_cert_02::serial_number::SerialNumber;
+    use x509_cert_02::time::{Time, Validity};
+
+    let issuer =
+        Certificate::from_pem(std::fs::read(&env.issuer_p256).expect("issuer")).expect("pem");
+    let subject: Name = std::str::FromStr::from_str("CN=leaf.hsmgate.test").expect("name");
+    let time = |secs: i64| {
+        Time::UtcTime(
+            der07::asn1::UtcTime::from_unix_duration(Duration::from_secs(secs as u64))
+                .expect("time"),
+        )
+    };
+    let now = unix_now();
+    let dp = CrlDistributionPoints(vec![DistributionPoint {
+        distribution_point: Some(DistributionPointName::FullName(vec![
+            GeneralName::UniformResourceIdentifier(Ia5String::new(crl_url).expect("url")),
+        ])),
+        reasons: None,
+        crl_issuer: None,
+    }]);
+    let algorithm = spki07::AlgorithmIdentifierOwned {
+        oid: der07::asn1::ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2"),
+        parameters: None,
+    };
+    let tbs = TbsCertificate {
+        version: Version::V3,
+        serial_number: SerialNumber::new(serial(serial_hex).as_bytes()).expect("serial"),
+        signature: algorithm.clone(),
+        issuer: issuer.tbs_certificate.subject.clone(),
+        validity: Validity {
+            not_before: time(now - 3600),
+            not_after: time(now + 86_400),
+        },
+        subject: subject.clone(),
+        subject_public_key_info: issuer.tbs_certificate.subject_public_key_info.clone(),
+        issuer_unique_id: None,
+        subject_unique_id: None,
+        extensions: Some(vec![dp.to_extension(&subject, &[]).expect("crl dp")]),
+    };
+    let signer =
+        ocsp::response::GatewaySigner::connect_lazy(&env.gateway.url(), 1).expect("gateway");
+    let (signature, used) = signer
+        .sign_declared(
+            common::KEY_P256,
+            hsmgate_signer_api::v1::SignatureAlgorithm::EcdsaSha256,
+            tbs.to_der().expect("tbs"),
+            hsmgate_signer_api::PAYLOAD_TBS_CERTIFICATE,
+        )
+        .await
+        .expect("sign leaf");
+    assert_eq!(
+        spki07::AlgorithmIdentifierOwned::from_der(&used).expect("alg"),
+        algorithm
+    );
+    let cert = Certificate {
+        tbs_certificate: tbs,
+        signature_algorithm: algorithm,
+        signature: BitString::from_bytes(&signature).expect("bits"),
+    };
+    let pem = cert.to_pem(der07::pem::LineEnding::LF).expect("pem");
+    env.write(&format!("leaf-{serial_hex}.pem"), pem.as_bytes())
+}
+
+/// `openssl verify -crl_check -CRLfile <shard> -CAfile <issuer> <leaf>`.
+fn openssl_verify(env: &Env, crl_der: &[u8], leaf: &Path) -> (bool, String) {
+    let der_path = env.write("verify.crl.der", crl_der);
+    let pem_path = env.dir.path().join("verify.crl.pem");
+    let conv = Command::new("openssl")
+        .args(["crl", "-inform", "DER", "-outform", "PEM", "-in"])
+        .arg(&der_path)
+        .arg("-out")
+        .arg(&pem_path)
+        .output()
+        .expect("openssl crl");
+    assert!(conv.status.success());
+    let out = Command::new("openssl")
+        .args(["verify", "-crl_check", "-CAfile"])
+        .arg(&env.issuer_p256)
+        .arg("-CRLfile")
+        .arg(&pem_path)
+        .arg(leaf)
+        .output()
+        .expect("openssl verify");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test]
+async fn openssl_verify_crl_check_sees_the_revocation_in_the_certificates_own_shard() {
+    let env = Env::start_with(|t| with_crl(t, ""));
+    let config = env.config();
+    let presigner = Presigner::from_config(&config, PresignerMetrics::default())
+        .await
+        .expect("presigner");
+    let updater = Updater::from_config(&config, CrlMetrics::default())
+        .await
+        .expect("updater");
+    updater.prepare().await.expect("prepare");
+    let p256 = IssuerName(ISSUER_P256.into());
+    let map = ShardMap::new(&p256, config.issuers[0].crl.as_ref().expect("crl"));
+    let hex = "5eed000000000000000000000000000006";
+    let shard = map.shard_of(&serial(hex));
+    let leaf = leaf(&env, hex, &map.url_for(&serial(hex))).await;
+    publish(&presigner, ISSUER_P256, &[(hex, CertStatus::Good)]).await;
+    updater.pass(unix_now(), true).await.expect("pass");
+    let store =
+        ocsp::store::sqlite::SqliteStore::open(env.dir.path().join("ocsp.sqlite")).expect("store");
+    let crl = store
+        .get_crl(&p256, shard)
+        .await
+        .expect("get")
+        .expect("stored");
+    let (ok, text) = openssl_verify(&env, &crl.der, &leaf);
+    assert!(ok && text.contains("OK"), "before the revocation: {text}");
+
+    publish(
+        &presigner,
+        ISSUER_P256,
+        &[(
+            hex,
+            CertStatus::Revoked {
+                at: unix_now() - 5,
+                reason: Some(1),
+            },
+        )],
+    )
+    .await;
+    let report = updater.pass(unix_now(), false).await.expect("pass");
+    assert_eq!(report.stored, 1, "only the pending shard: {report:?}");
+    let crl = store
+        .get_crl(&p256, shard)
+        .await
+        .expect("get")
+        .expect("stored");
+    let (ok, text) = openssl_verify(&env, &crl.der, &leaf);
+    assert!(
+        !ok && text.contains("certificate revoked"),
+        "after the revocation: {text}"
+    );
+}
