@@ -927,3 +927,48 @@ async fn openssl_verify_crl_check_sees_the_revocation_in_the_certificates_own_sh
         "after the revocation: {text}"
     );
 }
+
+/// A revocation recorded by a process that does not know the CRL configuration (no shard in
+/// its record) still reaches its shard: the updater's next pass assigns the shard and signs it.
+#[tokio::test]
+async fn a_revocation_recorded_without_a_shard_is_backfilled_and_listed() {
+    let env = Env::start_with(|t| with_crl(t, ""));
+    let config = env.config();
+    let updater = Updater::from_config(&config, CrlMetrics::default())
+        .await
+        .expect("updater");
+    updater.prepare().await.expect("prepare");
+    updater.pass(unix_now(), true).await.expect("pass");
+    let p256 = IssuerName(ISSUER_P256.into());
+    let hex = "0ff1ce00000000000000000000000000000002";
+    let store =
+        ocsp::store::sqlite::SqliteStore::open(env.dir.path().join("ocsp.sqlite")).expect("store");
+    let at = unix_now() - 5;
+    // No set_crl_shards: as an older frontend would record it.
+    store
+        .upsert_certificates(vec![(
+            p256.clone(),
+            serial(hex),
+            CertStatus::Revoked {
+                at,
+                reason: Some(4),
+            },
+        )])
+        .await
+        .expect("upsert");
+    let before = store.get_crl(&p256, 2).await.expect("get").expect("stored");
+    assert_eq!(before.entries, 0);
+    let report = updater.pass(unix_now(), false).await.expect("pass");
+    assert_eq!(report.stored, 1, "{report:?}");
+    let after = store.get_crl(&p256, 2).await.expect("get").expect("stored");
+    assert_eq!(after.entries, 1);
+    assert!(after.number > before.number);
+    let path = env.write("backfilled.crl", &after.der);
+    python_crl(
+        &path,
+        &env.issuer_p256,
+        &format!("{BASE_URL}/test-p256/2.crl"),
+        before.number + 1,
+        &[format!("{hex}:{at}:superseded")],
+    );
+}

@@ -629,6 +629,13 @@ impl Updater {
     pub async fn pass(&self, now: i64, force: bool) -> Result<PassReport, Error> {
         use futures_util::StreamExt;
         let mut report = PassReport::default();
+        // Revocations recorded by a process that did not know the CRL configuration have no
+        // shard yet: one chunk per issuer per pass assigns theirs (and marks them pending).
+        for state in &self.issuers {
+            self.worklist
+                .crl_backfill(&state.crl.name, state.config.shards, BACKFILL_CHUNK)
+                .await?;
+        }
         let due = self.due(now, force).await?;
         // A few shards at once, most urgent first: one builds while another is signed and a
         // third waits for its fsync (128 shards of 1,000,000 entries: 10.3 s one at a time).
