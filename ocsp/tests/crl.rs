@@ -676,3 +676,299 @@ async fn a_changed_shard_count_is_refused() {
         .to_string();
     assert!(err.contains("shards") && err.contains("128"), "{err}");
 }
+
+/// The issue's end-to-end figure: build + sign + store every shard of an issuer holding
+/// 1,000,000 revoked certificates over 128 shards, through the real gateway (SoftHSM2) into
+/// SQLite. Not a pass/fail test (speed is measured, not asserted): run it in release with
+///
+/// ```sh
+/// cargo build --release -p signer
+/// cargo test --release -p ocsp --test crl -- --ignored --nocapture bench_128_shards
+/// ```
+#[tokio::test]
+#[ignore]
+async fn bench_128_shards_of_one_million_revoked() {
+    const N: u64 = 1_000_000;
+    let env = Env::start_with(|t| {
+        t.replace(
+            &format!("signing_key = \"{}\"\n", common::KEY_P256),
+            &format!(
+                "signing_key = \"{}\"\n\n[issuers.crl]\nshards = 128\nbase_url = \"{BASE_URL}\"\n",
+                common::KEY_P256
+            ),
+        )
+    });
+    let config = env.config();
+    let store =
+        ocsp::store::sqlite::SqliteStore::open(env.dir.path().join("ocsp.sqlite")).expect("store");
+    if std::env::var_os("CRL_BENCH_NO_SHARDS").is_none() {
+        store.set_crl_shards(ocsp::crl::updater::crl_shard_counts(&config));
+    }
+    let p256 = IssuerName(ISSUER_P256.into());
+    let started = std::time::Instant::now();
+    let now = unix_now();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for chunk in 0..N / 10_000 {
+        let items = (0..10_000u64)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let mut s = [0u8; 16];
+                s[0] = 0x4c;
+                s[1..9].copy_from_slice(&x.to_be_bytes());
+                s[9..].copy_from_slice(&(chunk * 10_000 + i).to_be_bytes()[1..]);
+                (
+                    p256.clone(),
+                    Serial::from_be_bytes(&s),
+                    CertStatus::Revoked {
+                        at: now - 60,
+                        reason: (i % 3 == 0).then_some(1),
+                    },
+                )
+            })
+            .collect();
+        store.upsert_certificates(items).await.expect("upsert");
+    }
+    eprintln!("recorded {N} revocations in {:?}", started.elapsed());
+    let updater = Updater::from_config(&config, CrlMetrics::default())
+        .await
+        .expect("updater");
+    let started = std::time::Instant::now();
+    updater.prepare().await.expect("prepare");
+    eprintln!("prepare (shard count, backfill) in {:?}", started.elapsed());
+    let started = std::time::Instant::now();
+    let report = updater.pass(unix_now(), true).await.expect("pass");
+    let elapsed = started.elapsed();
+    assert_eq!((report.stored, report.failed), (128, 0), "{report:?}");
+    let mut bytes = 0;
+    let mut largest = 0;
+    let mut entries = 0;
+    for shard in 0..128 {
+        let crl = store
+            .get_crl(&p256, shard)
+            .await
+            .expect("get")
+            .expect("stored");
+        bytes += crl.der.len();
+        largest = largest.max(crl.der.len());
+        entries += crl.entries;
+    }
+    assert_eq!(entries, N);
+    eprintln!(
+        "128 shards, {entries} entries: built, signed and stored in {elapsed:?}; {bytes} DER bytes in all, largest shard {largest} bytes"
+    );
+    let one = env.write(
+        "bench-0.crl",
+        &store
+            .get_crl(&p256, 0)
+            .await
+            .expect("get")
+            .expect("stored")
+            .der,
+    );
+    openssl_crl(&one, &env.issuer_p256);
+}
+
+/// A leaf certificate for `serial_hex` from the P-256 issuer, signed through the gateway
+/// (declared `tbs-certificate`), whose CRL distribution point is `crl_url`; its PEM file.
+async fn leaf(env: &Env, serial_hex: &str, crl_url: &str) -> PathBuf {
+    use der07::asn1::{BitString, Ia5String};
+    use der07::{Decode, DecodePem, Encode, EncodePem};
+    use x509_cert_02::certificate::{Certificate, TbsCertificate, Version};
+    use x509_cert_02::ext::AsExtension;
+    use x509_cert_02::ext::pkix::CrlDistributionPoints;
+    use x509_cert_02::ext::pkix::crl::dp::DistributionPoint;
+    use x509_cert_02::ext::pkix::name::{DistributionPointName, GeneralName};
+    use x509_cert_02::name::Name;
+    use x509_cert_02::serial_number::SerialNumber;
+    use x509_cert_02::time::{Time, Validity};
+
+    let issuer =
+        Certificate::from_pem(std::fs::read(&env.issuer_p256).expect("issuer")).expect("pem");
+    let subject: Name = std::str::FromStr::from_str("CN=leaf.hsmgate.test").expect("name");
+    let time = |secs: i64| {
+        Time::UtcTime(
+            der07::asn1::UtcTime::from_unix_duration(Duration::from_secs(secs as u64))
+                .expect("time"),
+        )
+    };
+    let now = unix_now();
+    let dp = CrlDistributionPoints(vec![DistributionPoint {
+        distribution_point: Some(DistributionPointName::FullName(vec![
+            GeneralName::UniformResourceIdentifier(Ia5String::new(crl_url).expect("url")),
+        ])),
+        reasons: None,
+        crl_issuer: None,
+    }]);
+    let algorithm = spki07::AlgorithmIdentifierOwned {
+        oid: der07::asn1::ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2"),
+        parameters: None,
+    };
+    let tbs = TbsCertificate {
+        version: Version::V3,
+        serial_number: SerialNumber::new(serial(serial_hex).as_bytes()).expect("serial"),
+        signature: algorithm.clone(),
+        issuer: issuer.tbs_certificate.subject.clone(),
+        validity: Validity {
+            not_before: time(now - 3600),
+            not_after: time(now + 86_400),
+        },
+        subject: subject.clone(),
+        subject_public_key_info: issuer.tbs_certificate.subject_public_key_info.clone(),
+        issuer_unique_id: None,
+        subject_unique_id: None,
+        extensions: Some(vec![dp.to_extension(&subject, &[]).expect("crl dp")]),
+    };
+    let signer =
+        ocsp::response::GatewaySigner::connect_lazy(&env.gateway.url(), 1).expect("gateway");
+    let (signature, used) = signer
+        .sign_declared(
+            common::KEY_P256,
+            hsmgate_signer_api::v1::SignatureAlgorithm::EcdsaSha256,
+            tbs.to_der().expect("tbs"),
+            hsmgate_signer_api::PAYLOAD_TBS_CERTIFICATE,
+        )
+        .await
+        .expect("sign leaf");
+    assert_eq!(
+        spki07::AlgorithmIdentifierOwned::from_der(&used).expect("alg"),
+        algorithm
+    );
+    let cert = Certificate {
+        tbs_certificate: tbs,
+        signature_algorithm: algorithm,
+        signature: BitString::from_bytes(&signature).expect("bits"),
+    };
+    let pem = cert.to_pem(der07::pem::LineEnding::LF).expect("pem");
+    env.write(&format!("leaf-{serial_hex}.pem"), pem.as_bytes())
+}
+
+/// `openssl verify -crl_check -CRLfile <shard> -CAfile <issuer> <leaf>`.
+fn openssl_verify(env: &Env, crl_der: &[u8], leaf: &Path) -> (bool, String) {
+    let der_path = env.write("verify.crl.der", crl_der);
+    let pem_path = env.dir.path().join("verify.crl.pem");
+    let conv = Command::new("openssl")
+        .args(["crl", "-inform", "DER", "-outform", "PEM", "-in"])
+        .arg(&der_path)
+        .arg("-out")
+        .arg(&pem_path)
+        .output()
+        .expect("openssl crl");
+    assert!(conv.status.success());
+    let out = Command::new("openssl")
+        .args(["verify", "-crl_check", "-CAfile"])
+        .arg(&env.issuer_p256)
+        .arg("-CRLfile")
+        .arg(&pem_path)
+        .arg(leaf)
+        .output()
+        .expect("openssl verify");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test]
+async fn openssl_verify_crl_check_sees_the_revocation_in_the_certificates_own_shard() {
+    let env = Env::start_with(|t| with_crl(t, ""));
+    let config = env.config();
+    let presigner = Presigner::from_config(&config, PresignerMetrics::default())
+        .await
+        .expect("presigner");
+    let updater = Updater::from_config(&config, CrlMetrics::default())
+        .await
+        .expect("updater");
+    updater.prepare().await.expect("prepare");
+    let p256 = IssuerName(ISSUER_P256.into());
+    let map = ShardMap::new(&p256, config.issuers[0].crl.as_ref().expect("crl"));
+    let hex = "5eed000000000000000000000000000006";
+    let shard = map.shard_of(&serial(hex));
+    let leaf = leaf(&env, hex, &map.url_for(&serial(hex))).await;
+    publish(&presigner, ISSUER_P256, &[(hex, CertStatus::Good)]).await;
+    updater.pass(unix_now(), true).await.expect("pass");
+    let store =
+        ocsp::store::sqlite::SqliteStore::open(env.dir.path().join("ocsp.sqlite")).expect("store");
+    let crl = store
+        .get_crl(&p256, shard)
+        .await
+        .expect("get")
+        .expect("stored");
+    let (ok, text) = openssl_verify(&env, &crl.der, &leaf);
+    assert!(ok && text.contains("OK"), "before the revocation: {text}");
+
+    publish(
+        &presigner,
+        ISSUER_P256,
+        &[(
+            hex,
+            CertStatus::Revoked {
+                at: unix_now() - 5,
+                reason: Some(1),
+            },
+        )],
+    )
+    .await;
+    let report = updater.pass(unix_now(), false).await.expect("pass");
+    assert_eq!(report.stored, 1, "only the pending shard: {report:?}");
+    let crl = store
+        .get_crl(&p256, shard)
+        .await
+        .expect("get")
+        .expect("stored");
+    let (ok, text) = openssl_verify(&env, &crl.der, &leaf);
+    assert!(
+        !ok && text.contains("certificate revoked"),
+        "after the revocation: {text}"
+    );
+}
+
+/// A revocation recorded by a process that does not know the CRL configuration (no shard in
+/// its record) still reaches its shard: the updater's next pass assigns the shard and signs it.
+#[tokio::test]
+async fn a_revocation_recorded_without_a_shard_is_backfilled_and_listed() {
+    let env = Env::start_with(|t| with_crl(t, ""));
+    let config = env.config();
+    let updater = Updater::from_config(&config, CrlMetrics::default())
+        .await
+        .expect("updater");
+    updater.prepare().await.expect("prepare");
+    updater.pass(unix_now(), true).await.expect("pass");
+    let p256 = IssuerName(ISSUER_P256.into());
+    let hex = "0ff1ce00000000000000000000000000000002";
+    let store =
+        ocsp::store::sqlite::SqliteStore::open(env.dir.path().join("ocsp.sqlite")).expect("store");
+    let at = unix_now() - 5;
+    // No set_crl_shards: as an older frontend would record it.
+    store
+        .upsert_certificates(vec![(
+            p256.clone(),
+            serial(hex),
+            CertStatus::Revoked {
+                at,
+                reason: Some(4),
+            },
+        )])
+        .await
+        .expect("upsert");
+    let before = store.get_crl(&p256, 2).await.expect("get").expect("stored");
+    assert_eq!(before.entries, 0);
+    let report = updater.pass(unix_now(), false).await.expect("pass");
+    assert_eq!(report.stored, 1, "{report:?}");
+    let after = store.get_crl(&p256, 2).await.expect("get").expect("stored");
+    assert_eq!(after.entries, 1);
+    assert!(after.number > before.number);
+    let path = env.write("backfilled.crl", &after.der);
+    python_crl(
+        &path,
+        &env.issuer_p256,
+        &format!("{BASE_URL}/test-p256/2.crl"),
+        before.number + 1,
+        &[format!("{hex}:{at}:superseded")],
+    );
+}

@@ -239,6 +239,9 @@ async fn dispatch(command: Command) -> Result<(), Error> {
                     path: "issuers.crl".into(),
                     detail: format!("issuer `{issuer}` publishes no CRLs"),
                 })?;
+            use std::io::Write;
+            // Written, not printed: `crl-urls | head` must not panic on a closed pipe.
+            let mut out = std::io::stdout().lock();
             match serial {
                 Some(hex) => {
                     let serial =
@@ -246,11 +249,13 @@ async fn dispatch(command: Command) -> Result<(), Error> {
                             path: "--serial".into(),
                             detail: format!("`{hex}` is not hexadecimal"),
                         })?;
-                    println!("{}", map.url_for(&serial));
+                    let _ = writeln!(out, "{}", map.url_for(&serial));
                 }
                 None => {
                     for url in map.urls() {
-                        println!("{url}");
+                        if writeln!(out, "{url}").is_err() {
+                            break;
+                        }
                     }
                 }
             }

@@ -58,6 +58,9 @@ type Stores = (
     Option<Arc<dyn CrlStore>>,
 );
 
+/// Shards built, signed and stored at once in a pass.
+const SHARDS_IN_FLIGHT: usize = 4;
+
 /// Revoked records assigned a shard per backfill transaction.
 const BACKFILL_CHUNK: usize = 10_000;
 
@@ -624,9 +627,23 @@ impl Updater {
     /// One pass at `now`: every due shard (with `force`, every shard) signed and stored.
     /// Failures are counted and logged; the pass goes on with the other shards.
     pub async fn pass(&self, now: i64, force: bool) -> Result<PassReport, Error> {
+        use futures_util::StreamExt;
         let mut report = PassReport::default();
-        for (_, _, index, shard) in self.due(now, force).await? {
-            match self.update_shard(index, shard, now).await {
+        // Revocations recorded by a process that did not know the CRL configuration have no
+        // shard yet: one chunk per issuer per pass assigns theirs (and marks them pending).
+        for state in &self.issuers {
+            self.worklist
+                .crl_backfill(&state.crl.name, state.config.shards, BACKFILL_CHUNK)
+                .await?;
+        }
+        let due = self.due(now, force).await?;
+        // A few shards at once, most urgent first: one builds while another is signed and a
+        // third waits for its fsync (128 shards of 1,000,000 entries: 10.3 s one at a time).
+        let mut outcomes = futures_util::stream::iter(due)
+            .map(|(_, _, index, shard)| self.update_shard(index, shard, now))
+            .buffer_unordered(SHARDS_IN_FLIGHT);
+        while let Some(outcome) = outcomes.next().await {
+            match outcome {
                 Ok(ShardOutcome::Stored { .. }) => report.stored += 1,
                 Ok(ShardOutcome::Superseded { .. }) => report.superseded += 1,
                 Err(_) => report.failed += 1,

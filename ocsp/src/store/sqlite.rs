@@ -1010,7 +1010,10 @@ impl SqliteStore {
             {
                 let mut stmt = tx
                     .prepare_cached(
-                        "SELECT serial, revoked_at, reason FROM certificates
+                        // INDEXED BY: with `ORDER BY serial` the planner preferred the
+                        // primary key, scanning every certificate of the issuer per shard
+                        // (128 shards of 1,000,000 revoked: 23.8 s instead of a few).
+                        "SELECT serial, revoked_at, reason FROM certificates INDEXED BY certificates_crl
                          WHERE issuer = ?1 AND crl_shard = ?2 AND status = 1
                            AND (not_after IS NULL OR not_after >= ?3)
                          ORDER BY serial",
