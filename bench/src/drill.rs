@@ -212,6 +212,9 @@ pub struct CrlReport {
     pub bytes_per_entry: f64,
     pub fleet_shard_bytes: f64,
     pub fleet_total_bytes: f64,
+    /// The gateway's largest `sign-crl` item (`batching.max_crl_bytes`): a projected shard
+    /// beyond it could not be signed without more shards or a higher limit.
+    pub gateway_max_crl_bytes: Option<u64>,
 }
 
 /// Runs the drill.
@@ -350,6 +353,9 @@ async fn drill_against(
         .map(|c| simsetup::describe_models(&c, target.control.as_deref()))
         .unwrap_or_default();
     let stand_in = models.iter().any(|m| m.stand_in_signatures);
+    let max_crl_bytes = Config::load(&target.config)
+        .ok()
+        .map(|c| c.batching.max_crl_bytes as u64);
     let mut client = grpc_load::connect(url).await?;
     gateway::wait_for_key(&mut client, &target.key, Duration::from_secs(30)).await?;
     let spki = client
@@ -470,6 +476,7 @@ async fn drill_against(
         if !resumed {
             r.seconds_to_last_shard = revocations_durable.elapsed().as_secs_f64();
         }
+        r.gateway_max_crl_bytes = max_crl_bytes;
         r
     })?;
 
@@ -943,6 +950,16 @@ fn print_summary(r: &DrillReport) {
         c.fleet_shard_bytes / 1e6,
         c.fleet_total_bytes / 1e9
     );
+    if let Some(max) = c.gateway_max_crl_bytes
+        && c.fleet_shard_bytes > max as f64
+    {
+        println!(
+            "WARNING: such a shard is more than the gateway's batching.max_crl_bytes ({:.1} MB): \
+             it could not be signed. Use at least {} shards, or raise the limit (up to 256 MiB).",
+            max as f64 / 1e6,
+            (c.fleet_total_bytes / max as f64).ceil() as u64
+        );
+    }
     match (r.fleet_revocation_hours, r.fleet_replacement_hours) {
         (Some(revocations), Some(replacement)) => println!(
             "\n{} M certificates: {revocations:.1} h for the revocations, {replacement:.1} h for \
