@@ -959,13 +959,15 @@ mod tests {
         }
     }
 
-    /// Each profile's status channels: a CRL-only certificate names its shard in its CRL
-    /// Distribution Points and carries no OCSP URL; the lint holds the TBS to exactly the
-    /// planned URLs, so a certificate cannot name another shard, lose its shard, or gain an
-    /// OCSP URL its profile does not have. Read back by `openssl x509`, not by our decoder.
-    #[test]
-    fn crl_distribution_points_and_aia_follow_the_profile() {
-        let (issuer, _) = issuer();
+    /// The test issuer and its key, the P-256 signature algorithm, and the plan of a leaf for
+    /// a checked CSR naming two names.
+    fn leaf() -> (
+        IssuerCert,
+        rcgen::KeyPair,
+        AlgorithmIdentifierOwned,
+        LeafPlan,
+    ) {
+        let (issuer, issuer_key) = issuer();
         let (der_bytes, _) = csr(&["a.example.test", "b.example.test"]);
         let checked = check_csr(
             &der_bytes,
@@ -976,7 +978,16 @@ mod tests {
         .expect("csr");
         let alg =
             signature_algorithm(hsmgate_signer_api::v1::KeyType::EcdsaP256 as i32).expect("alg");
-        let mut crl_only = plan(checked.spki.clone());
+        (issuer, issuer_key, alg, plan(checked.spki.clone()))
+    }
+
+    /// Each profile's status channels: a CRL-only certificate names its shard in its CRL
+    /// Distribution Points and carries no OCSP URL; the lint holds the TBS to exactly the
+    /// planned URLs, so a certificate cannot name another shard, lose its shard, or gain an
+    /// OCSP URL its profile does not have. Read back by `openssl x509`, not by our decoder.
+    #[test]
+    fn crl_distribution_points_and_aia_follow_the_profile() {
+        let (issuer, _, alg, mut crl_only) = leaf();
         crl_only.ocsp_url = None;
         crl_only.ca_issuers_url = Some("http://127.0.0.1:9/issuer.der".into());
         crl_only.crl_url = Some("http://127.0.0.1:8080/crl/dev-p256/17.crl".into());
@@ -1042,18 +1053,7 @@ mod tests {
 
     #[test]
     fn a_built_leaf_passes_the_lint_and_a_tampered_one_does_not() {
-        let (issuer, issuer_key) = issuer();
-        let (der_bytes, _) = csr(&["a.example.test", "b.example.test"]);
-        let checked = check_csr(
-            &der_bytes,
-            &set(&["a.example.test", "b.example.test"]),
-            &[2048],
-            "x",
-        )
-        .expect("csr");
-        let alg =
-            signature_algorithm(hsmgate_signer_api::v1::KeyType::EcdsaP256 as i32).expect("alg");
-        let plan = plan(checked.spki.clone());
+        let (issuer, issuer_key, alg, plan) = leaf();
         let tbs = build_leaf_tbs(&plan, &issuer, &alg).expect("tbs");
         lint(&tbs, &plan, &issuer, &alg).expect("lint passes");
 

@@ -229,41 +229,18 @@ async fn shutdown_signal() {
     }
 }
 
-/// `/metrics` (OpenMetrics text) of `registry` on `addr`, in the background.
+/// `/metrics` (OpenMetrics text) of `registry` on `addr`, in the background (the same server
+/// as the OCSP processes': `ocsp::metrics::serve`).
 async fn serve_metrics(
     addr: SocketAddr,
     registry: Arc<prometheus_client::registry::Registry>,
 ) -> anyhow::Result<()> {
-    use axum::http::{StatusCode, header::CONTENT_TYPE};
-    use axum::response::IntoResponse;
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let registry = registry.clone();
-            async move {
-                let mut body = String::new();
-                if prometheus_client::encoding::text::encode(&mut body, &registry).is_err() {
-                    return (StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed")
-                        .into_response();
-                }
-                (
-                    [(
-                        CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    body,
-                )
-                    .into_response()
-            }
-        }),
-    );
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the metrics listener {addr}"))?;
     tracing::info!(addr = %listener.local_addr()?, "validation metrics");
     tokio::spawn(async move {
-        let gate = Gate::new(http_listener::Limits::metrics());
-        if let Err(e) = http_listener::serve(listener, app, gate, std::future::pending()).await {
+        if let Err(e) = ocsp::metrics::serve(listener, registry, std::future::pending()).await {
             tracing::error!(error = %e, "metrics server stopped");
         }
     });

@@ -32,7 +32,6 @@ use base64::Engine as _;
 use clap::{Args, Parser, Subcommand};
 use der07::asn1::{BitString, GeneralizedTime, OctetString, UtcTime};
 use der07::{Decode, Encode};
-use hsmgate_signer_api::http_listener::{self, Gate, Limits};
 use ocsp::Error;
 use ocsp::config::Config;
 use ocsp::model::{CertStatus, IssuerName, Serial};
@@ -377,35 +376,10 @@ async fn wait_for_signal() {
 }
 
 async fn serve_metrics(addr: SocketAddr, registry: Arc<Registry>) -> Result<(), Error> {
-    use axum::http::{StatusCode, header::CONTENT_TYPE};
-    use axum::response::IntoResponse;
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let registry = registry.clone();
-            async move {
-                let mut body = String::new();
-                if prometheus_client::encoding::text::encode(&mut body, &registry).is_err() {
-                    return (StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed")
-                        .into_response();
-                }
-                (
-                    [(
-                        CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    body,
-                )
-                    .into_response()
-            }
-        }),
-    );
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "metrics");
     tokio::spawn(async move {
-        let gate = Gate::new(Limits::metrics());
-        let forever = std::future::pending::<()>();
-        if let Err(e) = http_listener::serve(listener, app, gate, forever).await {
+        if let Err(e) = ocsp::metrics::serve(listener, registry, std::future::pending()).await {
             tracing::error!(error = %e, "metrics server stopped");
         }
     });
