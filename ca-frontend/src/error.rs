@@ -35,102 +35,60 @@ impl From<der::Error> for Error {
     }
 }
 
-/// RFC 8555 §6.7 error types, RFC 9773's `alreadyReplaced` and the profiles draft's
-/// `invalidProfile` (draft-ietf-acme-profiles, as Boulder and Pebble send it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProblemType {
-    AccountDoesNotExist,
-    AlreadyReplaced,
-    AlreadyRevoked,
-    BadCsr,
-    BadNonce,
-    BadPublicKey,
-    BadRevocationReason,
-    BadSignatureAlgorithm,
-    Caa,
-    Connection,
-    Dns,
-    IncorrectResponse,
-    InvalidContact,
-    InvalidProfile,
-    Malformed,
-    OrderNotReady,
-    RateLimited,
-    RejectedIdentifier,
-    ServerInternal,
-    Tls,
-    Unauthorized,
-    UnsupportedContact,
-    UnsupportedIdentifier,
-    UserActionRequired,
-    Conflict,
+/// Declares [`ProblemType`], its [`ProblemType::ALL`] list and [`ProblemType::name`] from one
+/// table, so that a type cannot be added to one and forgotten in another.
+macro_rules! problem_types {
+    ($($variant:ident => $name:literal,)+) => {
+        /// RFC 8555 §6.7 error types, RFC 9773's `alreadyReplaced` and the profiles draft's
+        /// `invalidProfile` (draft-ietf-acme-profiles, as Boulder and Pebble send it).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum ProblemType {
+            $($variant,)+
+        }
+
+        impl ProblemType {
+            /// Every type, for the status table's test.
+            pub const ALL: &[ProblemType] = &[$(ProblemType::$variant,)+];
+
+            /// The type's name after `urn:ietf:params:acme:error:`.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(ProblemType::$variant => $name,)+
+                }
+            }
+        }
+    };
+}
+
+problem_types! {
+    AccountDoesNotExist => "accountDoesNotExist",
+    AlreadyReplaced => "alreadyReplaced",
+    AlreadyRevoked => "alreadyRevoked",
+    BadCsr => "badCSR",
+    BadNonce => "badNonce",
+    BadPublicKey => "badPublicKey",
+    BadRevocationReason => "badRevocationReason",
+    BadSignatureAlgorithm => "badSignatureAlgorithm",
+    Caa => "caa",
+    Connection => "connection",
+    Dns => "dns",
+    IncorrectResponse => "incorrectResponse",
+    InvalidContact => "invalidContact",
+    InvalidProfile => "invalidProfile",
+    Malformed => "malformed",
+    OrderNotReady => "orderNotReady",
+    RateLimited => "rateLimited",
+    RejectedIdentifier => "rejectedIdentifier",
+    ServerInternal => "serverInternal",
+    Tls => "tls",
+    Unauthorized => "unauthorized",
+    UnsupportedContact => "unsupportedContact",
+    UnsupportedIdentifier => "unsupportedIdentifier",
+    UserActionRequired => "userActionRequired",
+    Conflict => "conflict",
 }
 
 impl ProblemType {
-    /// Every type, for the status table's test.
-    pub const ALL: [ProblemType; 25] = {
-        use ProblemType::*;
-        [
-            AccountDoesNotExist,
-            AlreadyReplaced,
-            AlreadyRevoked,
-            BadCsr,
-            BadNonce,
-            BadPublicKey,
-            BadRevocationReason,
-            BadSignatureAlgorithm,
-            Caa,
-            Connection,
-            Dns,
-            IncorrectResponse,
-            InvalidContact,
-            InvalidProfile,
-            Malformed,
-            OrderNotReady,
-            RateLimited,
-            RejectedIdentifier,
-            ServerInternal,
-            Tls,
-            Unauthorized,
-            UnsupportedContact,
-            UnsupportedIdentifier,
-            UserActionRequired,
-            Conflict,
-        ]
-    };
-
-    /// The type's name after `urn:ietf:params:acme:error:`.
-    pub fn name(self) -> &'static str {
-        use ProblemType::*;
-        match self {
-            AccountDoesNotExist => "accountDoesNotExist",
-            AlreadyReplaced => "alreadyReplaced",
-            AlreadyRevoked => "alreadyRevoked",
-            BadCsr => "badCSR",
-            BadNonce => "badNonce",
-            BadPublicKey => "badPublicKey",
-            BadRevocationReason => "badRevocationReason",
-            BadSignatureAlgorithm => "badSignatureAlgorithm",
-            Caa => "caa",
-            Connection => "connection",
-            Dns => "dns",
-            IncorrectResponse => "incorrectResponse",
-            InvalidContact => "invalidContact",
-            InvalidProfile => "invalidProfile",
-            Malformed => "malformed",
-            OrderNotReady => "orderNotReady",
-            RateLimited => "rateLimited",
-            RejectedIdentifier => "rejectedIdentifier",
-            ServerInternal => "serverInternal",
-            Tls => "tls",
-            Unauthorized => "unauthorized",
-            UnsupportedContact => "unsupportedContact",
-            UnsupportedIdentifier => "unsupportedIdentifier",
-            UserActionRequired => "userActionRequired",
-            Conflict => "conflict",
-        }
-    }
-
     /// The HTTP status this type is sent with: Boulder's (`probs/probs.go`) and Pebble's
     /// (`acme/problems.go`) choices, which agree wherever both send a type. RFC 8555 fixes few
     /// statuses; where it does (403 for `userActionRequired` in §7.3.3, 409 for a key change to

@@ -605,27 +605,8 @@ async fn issuance_works_and_a_second_finalization_loses() {
         r.headers["content-type"],
         "application/pem-certificate-chain"
     );
-    let chain = infra().dir.join(format!(
-        "chain-{}.pem",
-        ca_frontend::random_id().expect("id")
-    ));
-    std::fs::write(&chain, &r.body).expect("write");
     // openssl, not our code, checks the signatures up to the root made by the ceremony.
-    let out = Command::new("openssl")
-        .arg("verify")
-        .arg("-CAfile")
-        .arg(infra().dir.join("root.pem"))
-        .arg("-untrusted")
-        .arg(&chain)
-        .arg(&chain)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let chain = assert_chain_verifies(&r.body);
     // The OCSP response was stored before the order turned valid.
     let serial = certificates_issued(&ca, &order_url)
         .await
@@ -1364,8 +1345,9 @@ async fn finalize(client: &Client, order: &Value, names: &[&str]) -> Reply {
         .await
 }
 
-/// `openssl verify` of a downloaded chain against the ceremony's root.
-fn assert_chain_verifies(pem: &[u8]) {
+/// `openssl verify` of a downloaded chain against the ceremony's root; returns the file it
+/// was written to.
+fn assert_chain_verifies(pem: &[u8]) -> std::path::PathBuf {
     let chain = infra().dir.join(format!(
         "chain-{}.pem",
         ca_frontend::random_id().expect("id")
@@ -1386,6 +1368,7 @@ fn assert_chain_verifies(pem: &[u8]) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    chain
 }
 
 #[tokio::test]

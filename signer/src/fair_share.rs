@@ -108,11 +108,6 @@ impl CapacityPool {
             .sum()
     }
 
-    /// Signatures reserved now (for tests and metrics).
-    pub fn in_use(&self) -> usize {
-        self.lock().in_use
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -105,12 +105,33 @@ impl Gateway {
         items: &[Prepared],
         deadline: Instant,
     ) -> Result<Reserved, Error> {
-        let reserved = reserve(who, items, deadline).await;
-        if let Err(Error::Saturated(_)) = &reserved {
-            self.metrics
-                .client_limited(who.client, "max_queued_signatures");
+        // One pool after the other in a fixed order (by address), so that two calls spanning
+        // the same pools cannot each hold one and wait for the other.
+        let mut per_pool: Vec<(Arc<CapacityPool>, usize)> = Vec::new();
+        for item in items {
+            match per_pool
+                .iter_mut()
+                .find(|(p, _)| Arc::ptr_eq(p, &item.key.pool))
+            {
+                Some((_, n)) => *n += 1,
+                None => per_pool.push((item.key.pool.clone(), 1)),
+            }
         }
-        reserved.map(Reserved)
+        per_pool.sort_by_key(|(p, _)| Arc::as_ptr(p) as usize);
+        let mut held = Vec::with_capacity(per_pool.len());
+        for (pool, n) in per_pool {
+            match pool.reserve(who, n, deadline).await {
+                Ok(reservation) => held.push((pool, reservation)),
+                Err(e) => {
+                    if let Error::Saturated(_) = e {
+                        self.metrics
+                            .client_limited(who.client, "max_queued_signatures");
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Reserved(held))
     }
 
     /// Signs prepared items, in order, within `reserved` (from [`Gateway::reserve`] for the
@@ -223,33 +244,6 @@ impl Reserved {
     pub fn none() -> Self {
         Self::default()
     }
-}
-
-/// Reserves capacity for `items` in each pool they use, one pool after the other in a fixed
-/// order (by address), so that two calls spanning the same pools cannot each hold one and
-/// wait for the other.
-async fn reserve(
-    who: Claimant<'_>,
-    items: &[Prepared],
-    deadline: Instant,
-) -> Result<Vec<(Arc<CapacityPool>, Reservation)>, Error> {
-    let mut per_pool: Vec<(Arc<CapacityPool>, usize)> = Vec::new();
-    for item in items {
-        match per_pool
-            .iter_mut()
-            .find(|(p, _)| Arc::ptr_eq(p, &item.key.pool))
-        {
-            Some((_, n)) => *n += 1,
-            None => per_pool.push((item.key.pool.clone(), 1)),
-        }
-    }
-    per_pool.sort_by_key(|(p, _)| Arc::as_ptr(p) as usize);
-    let mut held = Vec::with_capacity(per_pool.len());
-    for (pool, n) in per_pool {
-        let reservation = pool.reserve(who, n, deadline).await?;
-        held.push((pool, reservation));
-    }
-    Ok(held)
 }
 
 /// Builds a router for `config`. HSMs of `previous` whose definition and keys are unchanged are
