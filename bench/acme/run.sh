@@ -71,6 +71,7 @@ done
 # Ports of our own (clients.sh uses 50151/4101/…, hsm-config/dev/run.sh 50051/4001/…).
 GW=50251 GWM=9664 OCSP=8280 OCSPM=9665 ACME=4201 DNS=8253 MGMT=8255 HTTP=5202 TLS=5201
 PEBBLE=14200 PEBBLEM=15200
+ACMEM=9667                # the frontend's /metrics
 ACME3P=4202 ACME3PM=9666 # the frontend with three perspectives (7301-7303), --perspectives
 WORK=$(mktemp -d /tmp/hsmgate-acme-bench.XXXXXX)
 # Raw output, ignored by git: figures worth keeping go in bench/RESULTS.md (date, commit, command).
@@ -173,6 +174,7 @@ sed -e "s#\.\./\.\./ocsp/examples/dev.toml#$WORK/ocsp.toml#" -e "s#\.\./\.\./tar
     -e "s#^orders_per_account_per_hour = .*#orders_per_account_per_hour = 4000000000#" \
     -e "s#^certificates_per_domain_per_week = .*#certificates_per_domain_per_week = 4000000000#" \
     -e "s#^accounts_per_hour = .*#accounts_per_hour = 4000000000#" \
+    -e "s#127.0.0.1:9466#127.0.0.1:$ACMEM#" \
     -e '/^\[validation.perspectives\]/,$d' \
     "$ROOT/ca-frontend/examples/dev.toml" > "$WORK/acme.toml"
 # HTTPS: [server.tls] belongs to [server], before the next table.

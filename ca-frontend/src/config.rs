@@ -45,6 +45,10 @@ pub struct Server {
     /// listener (defaults in `hsmgate_signer_api::http_listener::Limits`).
     #[serde(default)]
     pub connections: hsmgate_signer_api::http_listener::Limits,
+    /// Where `/metrics` is served (OpenMetrics text, `hsmgate_acme_*`: requests, problems,
+    /// orders, issuance latency, validations, rate limits, database and gateway calls, the
+    /// repair pass, remote perspectives), on a listener of its own; none if unset.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn default_max_body() -> usize {
@@ -264,6 +268,14 @@ impl Config {
         Ok(config)
     }
 
+    /// Where `/metrics` is served: `server.metrics_listen`, else its older spelling
+    /// `validation.perspectives.metrics_listen`.
+    pub fn metrics_listen(&self) -> Option<SocketAddr> {
+        self.server
+            .metrics_listen
+            .or(self.validation.perspectives.metrics_listen)
+    }
+
     /// Every problem with the values, each naming its field.
     pub fn validate(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -280,6 +292,15 @@ impl Config {
             ));
         }
         out.extend(self.server.connections.problems("server.connections"));
+        if let (Some(a), Some(b)) = (
+            self.server.metrics_listen,
+            self.validation.perspectives.metrics_listen,
+        ) && a != b
+        {
+            out.push(format!(
+                "validation.perspectives.metrics_listen {b}: the old spelling of server.metrics_listen, which says {a}; keep one"
+            ));
+        }
         if self.server.max_body_bytes < 1024 {
             out.push("server.max_body_bytes: at least 1024".into());
         }

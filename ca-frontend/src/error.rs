@@ -205,6 +205,8 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = self.status.unwrap_or(self.kind.status());
         let mut response = (status, self.to_json().to_string()).into_response();
+        // For `hsmgate_acme_problems_total{type}` (crate::metrics::count_requests).
+        response.extensions_mut().insert(self.kind);
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,

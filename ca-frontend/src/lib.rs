@@ -31,6 +31,8 @@
 //! - [`issue`]: CSR checks, certificate building, the pre-signing lint, signing through the gateway.
 //! - [`ari`]: renewal information (RFC 9773).
 //! - [`ratelimit`]: per-account and per-registered-domain limits.
+//! - [`metrics`]: `hsmgate_acme_*` — requests, problems, orders, issuance latency, validations,
+//!   rate limits, database and gateway calls.
 //! - [`republish`]: publishing the OCSP statuses a crash left recorded but unpublished.
 //! - [`server`]: the HTTP layer and the ACME resources.
 //! - [`ceremony`]: creating the root and intermediate certificates through the gateway.
@@ -44,6 +46,7 @@ pub mod db;
 mod error;
 pub mod issue;
 pub mod jws;
+pub mod metrics;
 pub mod model;
 pub mod names;
 pub mod nonce;

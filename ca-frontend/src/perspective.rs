@@ -54,7 +54,8 @@ pub struct Perspectives {
     /// The frontend's client certificate and key for the perspectives (PEM).
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
-    /// Where the frontend serves its validation metrics (`/metrics`), if anywhere.
+    /// Deprecated spelling of `server.metrics_listen` (kept so older files still load): where
+    /// the frontend serves `/metrics`, validation and everything else.
     pub metrics_listen: Option<SocketAddr>,
 }
 
@@ -242,7 +243,6 @@ pub struct Corroborator {
     timeout: Duration,
     answers: Family<PerspectiveLabels, Counter>,
     quorums: Family<QuorumLabels, Counter>,
-    registry: Arc<Registry>,
 }
 
 #[derive(Clone)]
@@ -263,11 +263,13 @@ impl std::fmt::Debug for Remote {
 
 impl Corroborator {
     /// The perspectives of `config` (paths resolved by `resolve`); each ask times out after
-    /// `timeout` (a perspective's own validation timeout, and a little more).
+    /// `timeout` (a perspective's own validation timeout, and a little more). Its counters are
+    /// registered in `registry` (prefix `hsmgate_acme`).
     pub fn new(
         config: &Perspectives,
         resolve: impl Fn(&Path) -> PathBuf,
         timeout: Duration,
+        registry: &mut Registry,
     ) -> Result<Self, Error> {
         let fail = |field: &str, detail: String| Error::Config {
             path: format!("validation.perspectives.{field}"),
@@ -326,7 +328,6 @@ impl Corroborator {
         }
         let answers = Family::<PerspectiveLabels, Counter>::default();
         let quorums = Family::<QuorumLabels, Counter>::default();
-        let mut registry = Registry::with_prefix("hsmgate_acme");
         registry.register(
             "perspective_answers",
             "Remote perspectives' answers by perspective, check and outcome (agreed, disagreed, unreachable)",
@@ -342,18 +343,12 @@ impl Corroborator {
             timeout,
             answers,
             quorums,
-            registry: Arc::new(registry),
         })
     }
 
     /// Whether any remote perspective is configured.
     pub fn is_on(&self) -> bool {
         !self.remotes.is_empty()
-    }
-
-    /// The metrics registry (served at `validation.perspectives.metrics_listen`).
-    pub fn registry(&self) -> Arc<Registry> {
-        self.registry.clone()
     }
 
     /// Runs `primary` (this frontend's own check) and asks every remote perspective `request`
@@ -764,8 +759,14 @@ mod tests {
             key: Some("ca-frontend.key".into()),
             metrics_listen: None,
         };
-        let c = Corroborator::new(&config, |p| dir.path().join(p), Duration::from_secs(2))
-            .expect("corroborator");
+        let mut registry = Registry::with_prefix("hsmgate_acme");
+        let c = Corroborator::new(
+            &config,
+            |p| dir.path().join(p),
+            Duration::from_secs(2),
+            &mut registry,
+        )
+        .expect("corroborator");
         let request = CheckRequest::Challenge {
             kind: ChallengeType::Dns01,
             domain: "x.example.test".into(),
@@ -792,7 +793,7 @@ mod tests {
         assert!(!corroboration.quorum);
         assert_eq!(corroboration.check, "dns-01");
         let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &c.registry()).expect("metrics");
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("metrics");
         assert!(
             text.contains(r#"hsmgate_acme_perspective_answers_total{perspective="gone-0",check="dns-01",outcome="unreachable"} 1"#)
                 && text.contains(r#"hsmgate_acme_corroborations_total{check="dns-01",outcome="failed"} 1"#),
@@ -831,9 +832,14 @@ mod tests {
             metrics_listen: None,
         };
         let build = |p: &Perspectives| {
-            Corroborator::new(p, |x| dir.path().join(x), Duration::from_secs(1))
-                .err()
-                .map(|e| e.to_string())
+            Corroborator::new(
+                p,
+                |x| dir.path().join(x),
+                Duration::from_secs(1),
+                &mut Registry::default(),
+            )
+            .err()
+            .map(|e| e.to_string())
         };
         let e = build(&with(vec![remote("a", "http://127.0.0.1:1")])).expect("http refused");
         assert!(e.contains("remote[0].url"), "{e}");

@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use ocsp::model::{CertStatus, Serial};
 
+use crate::metrics::GatewayCall;
 use crate::model::{CertificateRecord, OrderStatus, Revocation};
 use crate::server::Ca;
 use crate::{Error, Problem, ProblemType};
@@ -70,11 +71,17 @@ pub async fn republish_pending(ca: &Ca, grace: Duration) -> Result<usize, Error>
     loop {
         let pending = ca.db.ocsp_pending(before, BATCH).await?;
         let last_batch = pending.len() < BATCH as usize;
-        for (record, mark) in pending {
-            republish(ca, &record, mark).await?;
+        let found = pending.len();
+        for (i, (record, mark)) in pending.into_iter().enumerate() {
+            if let Err(e) = republish(ca, &record, mark).await {
+                // What this batch still holds: a lower bound of what is left.
+                ca.metrics.republish_pass(found - i, false);
+                return Err(e);
+            }
             done += 1;
         }
         if last_batch {
+            ca.metrics.republish_pass(0, true);
             return Ok(done);
         }
     }
@@ -91,13 +98,16 @@ pub(crate) async fn publish_record(
     let serial = hex::decode(&record.serial)
         .map_err(|e| Error::Internal(format!("certificate {}: {e}", record.serial)))?;
     let serial = Serial::from_be_bytes(&serial);
-    ca.presigner
-        .publish(&ca.ocsp_issuer, &serial, status)
-        .await?;
-    ca.presigner
-        .record_not_after(vec![(ca.ocsp_issuer.clone(), serial, record.not_after)])
-        .await?;
-    Ok(())
+    let publish = async {
+        ca.presigner
+            .publish(&ca.ocsp_issuer, &serial, status)
+            .await?;
+        ca.presigner
+            .record_not_after(vec![(ca.ocsp_issuer.clone(), serial, record.not_after)])
+            .await?;
+        Ok(())
+    };
+    ca.metrics.gateway(GatewayCall::PublishOcsp, publish).await
 }
 
 async fn republish(ca: &Ca, record: &CertificateRecord, mark: i64) -> Result<(), Error> {
@@ -120,6 +130,10 @@ async fn republish(ca: &Ca, record: &CertificateRecord, mark: i64) -> Result<(),
     ca.db
         .ocsp_published(&record.serial, Some(mark), order.as_ref())
         .await?;
+    ca.metrics.republished();
+    if order.is_some() {
+        ca.metrics.order(OrderStatus::Valid);
+    }
     tracing::warn!(serial = %record.serial, status = ?status, "published an OCSP status a crash had left unpublished");
     Ok(())
 }
@@ -173,6 +187,7 @@ pub async fn abandon_stalled(ca: &Ca, grace: Duration) -> Result<usize, Error> {
             .await?
         {
             tracing::warn!(order = %order.id, serial = %serial, "made invalid an order whose finalization stopped before recording");
+            ca.metrics.abandoned();
             done += 1;
         }
     }

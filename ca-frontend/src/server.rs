@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::db::{Begun, Db, Issuance};
 use crate::issue::{self, CertSigner, IssuerCert, LeafPlan};
 use crate::jws::{ParsedJws, PublicKey, key_authorization};
+use crate::metrics::{AcmeMetrics, GatewayCall, InstrumentedDb, Limit};
 use crate::model::*;
 use crate::nonce::NonceService;
 use crate::perspective::{CheckRequest, Corroborator};
@@ -52,6 +53,10 @@ pub struct Ca {
     /// The issuer's CRL shards (`[issuers.crl]` of the OCSP config), for the CRL Distribution
     /// Point of certificates whose profile publishes CRLs.
     pub crl_shards: Option<ocsp::crl::ShardMap>,
+    /// Requests, orders, issuance, validations, limits, database and gateway calls.
+    pub metrics: Arc<AcmeMetrics>,
+    /// `metrics` and the perspectives' counters, served at `server.metrics_listen`.
+    pub registry: Arc<prometheus_client::registry::Registry>,
 }
 
 type Shared = State<Arc<Ca>>;
@@ -59,6 +64,7 @@ type Result<T> = std::result::Result<T, Error>;
 
 /// The router for `ca`.
 pub fn router(ca: Arc<Ca>) -> Router {
+    let metrics = ca.metrics.clone();
     Router::new()
         .route("/directory", get(directory))
         .route("/acme/new-nonce", get(new_nonce).head(new_nonce))
@@ -81,6 +87,11 @@ pub fn router(ca: Arc<Ca>) -> Router {
         .layer(axum::middleware::map_response_with_state(
             ca.clone(),
             common_headers,
+        ))
+        // Outermost: it sees the final status and the problem type of every response.
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            crate::metrics::count_requests,
         ))
         .with_state(ca)
 }
@@ -137,7 +148,10 @@ impl Ca {
                 ),
             },
         )?;
-        let db = crate::db::open(&config).await?;
+        let metrics = Arc::new(AcmeMetrics::default());
+        let mut registry = prometheus_client::registry::Registry::with_prefix("hsmgate_acme");
+        metrics.register(&mut registry);
+        let db = InstrumentedDb::wrap(crate::db::open(&config).await?, metrics.clone());
         let channel = hsmgate_signer_api::client::connect_lazy(
             &config.gateway.url,
             config.gateway_tls().as_ref(),
@@ -221,6 +235,7 @@ impl Ca {
             &config.validation.perspectives,
             |p| config.resolve(p),
             std::time::Duration::from_millis(config.validation.timeout_ms + 2_000),
+            &mut registry,
         )?;
         Ok(Arc::new(Ca {
             nonces: NonceService::new(config.server.nonce_capacity),
@@ -233,6 +248,8 @@ impl Ca {
             ocsp_issuer: IssuerName(config.ocsp.issuer.clone()),
             crl_shards,
             config,
+            metrics,
+            registry: Arc::new(registry),
         }))
     }
 
@@ -553,7 +570,10 @@ async fn new_account_inner(ca: &Ca, authed: Authed) -> Result<Response> {
     let contact = request.contact.unwrap_or_default();
     crate::contact::check_contacts(&contact, &ca.config.ca.allowed_special_tlds)?;
     let now = unix_now();
-    ratelimit::new_account(ca.db.as_ref(), &ca.config.limits, now).await?;
+    ca.metrics.limited(
+        Limit::AccountsPerHour,
+        ratelimit::new_account(ca.db.as_ref(), &ca.config.limits, now).await,
+    )?;
     // Stored and echoed: the public key's RFC 7638 members, not whatever else the jwk held.
     let jwk = authed.key.to_jwk();
     let account = Account {
@@ -806,7 +826,10 @@ async fn new_order_inner(ca: &Ca, authed: Authed) -> Result<Response> {
         }
     }
     let now = unix_now();
-    ratelimit::new_order(ca.db.as_ref(), &ca.config.limits, &account.id, now).await?;
+    ca.metrics.limited(
+        Limit::OrdersPerAccountPerHour,
+        ratelimit::new_order(ca.db.as_ref(), &ca.config.limits, &account.id, now).await,
+    )?;
     let order_id = random_id()?;
     let expires =
         now + i64::try_from(ca.config.validation.pending_hours * 3600).unwrap_or(i64::MAX / 2);
@@ -874,6 +897,7 @@ async fn new_order_inner(ca: &Ca, authed: Authed) -> Result<Response> {
         caa_corroboration: Vec::new(),
     };
     ca.db.insert_order(&order, &authzs).await?;
+    ca.metrics.order(OrderStatus::Pending);
     Ok(order_response(
         ca,
         StatusCode::CREATED,
@@ -922,6 +946,7 @@ async fn finalize(State(ca): Shared, Path(id): Path<String>, signed: Signed) -> 
 }
 
 async fn finalize_inner(ca: &Ca, id: &str, authed: Authed) -> Result<Response> {
+    let started = std::time::Instant::now();
     let account = authed.account()?.clone();
     let (order, authzs, status) = owned_order(ca, id, &account).await?;
     if status != OrderStatus::Ready {
@@ -963,7 +988,10 @@ async fn finalize_inner(ca: &Ca, id: &str, authed: Authed) -> Result<Response> {
     };
     let counted =
         ratelimit::counted_domains(&name_list, replaced.as_ref().map(|r| r.names.as_slice()));
-    ratelimit::certificates(ca.db.as_ref(), &ca.config.limits, &counted, unix_now()).await?;
+    ca.metrics.limited(
+        Limit::CertificatesPerDomainPerWeek,
+        ratelimit::certificates(ca.db.as_ref(), &ca.config.limits, &counted, unix_now()).await,
+    )?;
     let caa_corroboration = ca
         .corroborator
         .check_order_caa(&ca.validator, &authzs, &ca.account_url(&account.id))
@@ -994,7 +1022,7 @@ async fn finalize_inner(ca: &Ca, id: &str, authed: Authed) -> Result<Response> {
         replaces: replaced.as_ref().map(|r| r.serial.clone()),
     };
     match ca.db.begin_issuance(&issuance).await? {
-        Begun::Started => {}
+        Begun::Started => ca.metrics.order(OrderStatus::Processing),
         Begun::NotReady => {
             return Err(Problem::new(
                 ProblemType::OrderNotReady,
@@ -1002,7 +1030,10 @@ async fn finalize_inner(ca: &Ca, id: &str, authed: Authed) -> Result<Response> {
             )
             .into());
         }
-        Begun::Limited(domain) => return Err(ratelimit::domain_limited(&domain, limit)),
+        Begun::Limited(domain) => {
+            ca.metrics.limit_hit(Limit::CertificatesPerDomainPerWeek);
+            return Err(ratelimit::domain_limited(&domain, limit));
+        }
         Begun::AlreadyReplaced(by) => {
             return Err(Problem::new(
                 ProblemType::AlreadyReplaced,
@@ -1032,6 +1063,7 @@ async fn finalize_inner(ca: &Ca, id: &str, authed: Authed) -> Result<Response> {
                 .abandon_issuance(&invalid, &issuance.serial, issuance.replaces.as_deref())
                 .await?
             {
+                ca.metrics.order(OrderStatus::Invalid);
                 return Err(problem.into());
             }
             tracing::warn!(order = %processing.id, error = %problem, "recording a certificate failed, yet it is recorded");
@@ -1041,7 +1073,7 @@ async fn finalize_inner(ca: &Ca, id: &str, authed: Authed) -> Result<Response> {
             }
         }
     };
-    Ok(publish_and_complete(ca, processing, &record, mark).await)
+    Ok(publish_and_complete(ca, processing, &record, mark, started).await)
 }
 
 /// Publishes a recorded certificate's `good` OCSP response and completes its order. A failure
@@ -1054,6 +1086,7 @@ async fn publish_and_complete(
     processing: Order,
     record: &CertificateRecord,
     mark: i64,
+    started: std::time::Instant,
 ) -> Response {
     let published = async {
         republish::publish_record(ca, record, CertStatus::Good).await?;
@@ -1067,7 +1100,10 @@ async fn publish_and_complete(
     }
     .await;
     match published {
-        Ok(valid) => order_response(ca, StatusCode::OK, &valid, OrderStatus::Valid),
+        Ok(valid) => {
+            ca.metrics.issued(started);
+            order_response(ca, StatusCode::OK, &valid, OrderStatus::Valid)
+        }
         Err(e) => {
             tracing::error!(order = %processing.id, serial = %record.serial, error = %e, "a recorded certificate's OCSP response or order could not be saved; the repair pass completes it");
             order_response(ca, StatusCode::OK, &processing, OrderStatus::Processing)
@@ -1120,7 +1156,10 @@ async fn sign_and_record(
     };
     let tbs = issue::build_leaf_tbs(&plan, &ca.intermediate, &ca.signer.algorithm)?;
     issue::lint(&tbs, &plan, &ca.intermediate, &ca.signer.algorithm)?;
-    let signature = ca.signer.sign(tbs.clone()).await?;
+    let signature = ca
+        .metrics
+        .gateway(GatewayCall::SignCertificate, ca.signer.sign(tbs.clone()))
+        .await?;
     let der_bytes = issue::assemble(
         &tbs,
         &ca.signer.algorithm,
@@ -1317,6 +1356,7 @@ async fn challenge_inner(
 /// Validates in the background; the client polls the authorization.
 async fn run_validation(ca: Arc<Ca>, mut authz: Authorization, index: usize, key_auth: String) {
     let started = authz.clone();
+    let began = std::time::Instant::now();
     let kind = authz.challenges[index].kind;
     let domain = authz.identifier.value.clone();
     let request = CheckRequest::Challenge {
@@ -1333,6 +1373,7 @@ async fn run_validation(ca: Arc<Ca>, mut authz: Authorization, index: usize, key
         )
         .await;
     authz.corroboration.extend(corroboration);
+    ca.metrics.validated(kind, outcome.is_ok(), began);
     let now = unix_now();
     let challenge = &mut authz.challenges[index];
     match outcome {
@@ -1463,8 +1504,14 @@ async fn revoke_inner(ca: &Ca, authed: Authed) -> Result<Response> {
     // that within a minute if no retry comes.
     let status = republish::revoked_status(revocation);
     let bytes = hex::decode(&serial).map_err(|e| Error::Internal(e.to_string()))?;
-    ca.presigner
-        .publish(&ca.ocsp_issuer, &Serial::from_be_bytes(&bytes), status)
+    let publish = async {
+        ca.presigner
+            .publish(&ca.ocsp_issuer, &Serial::from_be_bytes(&bytes), status)
+            .await?;
+        Ok(())
+    };
+    ca.metrics
+        .gateway(GatewayCall::PublishOcsp, publish)
         .await?;
     // Revoked is final: whatever mark the record carries is answered.
     ca.db.ocsp_published(&serial, None, None).await?;

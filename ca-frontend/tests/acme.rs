@@ -690,6 +690,65 @@ async fn issuance_works_and_a_second_finalization_loses() {
         ),
         "{status:?}"
     );
+
+    // What an operator's Prometheus reads of all that (this test's CA has its own registry).
+    let m = metrics_text(&ca);
+    for (series, want) in [
+        (r#"hsmgate_acme_orders_total{state="pending"}"#, 1.0),
+        (r#"hsmgate_acme_orders_total{state="processing"}"#, 1.0),
+        (r#"hsmgate_acme_orders_total{state="valid"}"#, 1.0),
+        ("hsmgate_acme_issuance_seconds_count", 1.0),
+        (
+            r#"hsmgate_acme_validations_total{challenge="http-01",outcome="valid"}"#,
+            2.0,
+        ),
+        (
+            r#"hsmgate_acme_requests_total{route="/acme/order/{id}/finalize",code="200"}"#,
+            1.0,
+        ),
+        (
+            r#"hsmgate_acme_requests_total{route="/acme/order/{id}/finalize",code="403"}"#,
+            2.0,
+        ),
+        (r#"hsmgate_acme_problems_total{type="orderNotReady"}"#, 2.0),
+        (
+            r#"hsmgate_acme_problems_total{type="badRevocationReason"}"#,
+            1.0,
+        ),
+        (r#"hsmgate_acme_problems_total{type="alreadyRevoked"}"#, 1.0),
+        (
+            r#"hsmgate_acme_gateway_seconds_count{call="sign_certificate"}"#,
+            1.0,
+        ),
+        // good at issuance, revoked twice (the second answer is alreadyRevoked, published again)
+        (
+            r#"hsmgate_acme_gateway_seconds_count{call="publish_ocsp"}"#,
+            3.0,
+        ),
+        (
+            r#"hsmgate_acme_db_seconds_count{op="insert_certificate"}"#,
+            1.0,
+        ),
+    ] {
+        assert_eq!(sample(&m, series), Some(want), "{series} in\n{m}");
+    }
+    assert_eq!(sample(&m, "hsmgate_acme_db_errors_total"), None, "{m}");
+    assert_eq!(sample(&m, "hsmgate_acme_gateway_errors_total"), None, "{m}");
+}
+
+/// The frontend's `/metrics` text, as `ca-frontend serve` serves it.
+fn metrics_text(ca: &Ca) -> String {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &ca.registry).expect("metrics");
+    text
+}
+
+/// The value of the sample `series` (name and labels exactly as written), if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok()).flatten()
+    })
 }
 
 #[tokio::test]
@@ -1090,6 +1149,24 @@ async fn rate_limits_answer_rate_limited_with_retry_after() {
         (StatusCode::TOO_MANY_REQUESTS, "rateLimited".into())
     );
     assert!(r.headers.contains_key("retry-after"));
+    let m = metrics_text(&ca);
+    for (series, want) in [
+        (
+            r#"hsmgate_acme_rate_limited_total{limit="certificates_per_domain_per_week"}"#,
+            1.0,
+        ),
+        (
+            r#"hsmgate_acme_rate_limited_total{limit="orders_per_account_per_hour"}"#,
+            1.0,
+        ),
+        (r#"hsmgate_acme_problems_total{type="rateLimited"}"#, 2.0),
+        (
+            r#"hsmgate_acme_requests_total{route="/acme/new-order",code="429"}"#,
+            1.0,
+        ),
+    ] {
+        assert_eq!(sample(&m, series), Some(want), "{series} in\n{m}");
+    }
 }
 
 #[tokio::test]
@@ -1565,6 +1642,28 @@ async fn a_recorded_certificate_whose_publishing_failed_ends_valid() {
         .map(|(c, _)| c.serial.clone())
         .expect("the certificate is recorded, its OCSP response not yet published");
     assert_eq!(ocsp_status(&ca, &serial).await, None);
+    // A repair pass while the store is still held fails, and says what it left.
+    let lock = rusqlite::Connection::open(&store).expect("open the OCSP store");
+    lock.execute_batch("BEGIN EXCLUSIVE").expect("lock");
+    assert!(republish_pending(&ca, Duration::ZERO).await.is_err());
+    lock.execute_batch("ROLLBACK").expect("unlock");
+    drop(lock);
+    let m = metrics_text(&ca);
+    for (series, want) in [
+        (
+            r#"hsmgate_acme_gateway_errors_total{call="publish_ocsp"}"#,
+            Some(2.0),
+        ),
+        (
+            r#"hsmgate_acme_orders_total{state="processing"}"#,
+            Some(1.0),
+        ),
+        (r#"hsmgate_acme_orders_total{state="valid"}"#, None),
+        ("hsmgate_acme_republish_pending", Some(1.0)),
+        ("hsmgate_acme_republish_last_success_seconds", Some(0.0)),
+    ] {
+        assert_eq!(sample(&m, series), want, "{series} in\n{m}");
+    }
     // The repair pass publishes `good` and completes the order.
     assert_eq!(
         republish_pending(&ca, Duration::ZERO)
@@ -1575,6 +1674,19 @@ async fn a_recorded_certificate_whose_publishing_failed_ends_valid() {
     assert_eq!(
         ocsp_status(&ca, &serial).await,
         Some(ocsp::model::CertStatus::Good)
+    );
+    let m = metrics_text(&ca);
+    for (series, want) in [
+        ("hsmgate_acme_republished_total", 1.0),
+        (r#"hsmgate_acme_orders_total{state="valid"}"#, 1.0),
+        ("hsmgate_acme_republish_pending", 0.0),
+    ] {
+        assert_eq!(sample(&m, series), Some(want), "{series} in\n{m}");
+    }
+    assert!(
+        sample(&m, "hsmgate_acme_republish_last_success_seconds")
+            .is_some_and(|t| t >= ca_frontend::unix_now() as f64 - 60.0),
+        "{m}"
     );
     let polled = client.post(&path_of(&order_url), None).await.json();
     assert_eq!(polled["status"], "valid", "{polled:?}");

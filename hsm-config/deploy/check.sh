@@ -77,7 +77,8 @@ trap 'rm -rf "$tmp"' EXIT
 python3 - grafana/hsmgate.json > "$tmp/dashboard-rules.yml" <<'PY' || fail "grafana/hsmgate.json: unreadable"
 import json, sys
 subs = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h", "$gateway_job": "hsmgate-gateway",
-        "$ocsp_job": "hsmgate-ocsp", "$presigner_job": "hsmgate-presigner", "$gateway": ".*",
+        "$ocsp_job": "hsmgate-ocsp", "$presigner_job": "hsmgate-presigner", "$crl_job": "hsmgate-crl",
+        "$acme_job": "hsmgate-acme", "$gateway": ".*",
         "$datacenter": ".*", "$responder": ".*"}
 exprs = []
 def walk(node, title=""):

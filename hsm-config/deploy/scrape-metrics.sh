@@ -14,6 +14,8 @@ targets=("$@")
     hsmgate-gateway=http://127.0.0.1:9464/metrics
     hsmgate-ocsp=http://127.0.0.1:9465/metrics
     hsmgate-presigner=http://127.0.0.1:9467/metrics
+    hsmgate-crl=http://127.0.0.1:9468/metrics
+    hsmgate-acme=http://127.0.0.1:9466/metrics
 )
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

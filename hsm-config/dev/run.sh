@@ -12,8 +12,8 @@
 #   - the ACME frontend     http://127.0.0.1:4001/directory (CA records in target/dev/ca.sqlite),
 #                           validating on 127.0.0.1 (http-01 port 5002, tls-alpn-01 port 5001,
 #                           DNS from pebble-challtestsrv on 127.0.0.1:8053), corroborated by three
-#                           remote perspectives on 127.0.0.1:7101-7103 (mTLS; validation
-#                           metrics http://127.0.0.1:9466/metrics)
+#                           remote perspectives on 127.0.0.1:7101-7103 (mTLS), metrics
+#                           http://127.0.0.1:9466/metrics
 # Ctrl-C stops them all (the gateway drains in-flight requests first).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -96,11 +96,13 @@ OCSP:    http://127.0.0.1:8080/ — try, once the pre-signer has run (a few seco
 CRL:     $crl_url lists revoked serial 1003 (all shards: http://127.0.0.1:8080/dev-ca.json;
          updater log $dev/crl-update.log, metrics http://127.0.0.1:9468/metrics) — check with:
   curl -s $crl_url | openssl crl -inform DER -CAfile $dev/ca-chain.pem -noout -text
-ACME:    http://127.0.0.1:4001/directory (log: $dev/acme.log) — get a certificate with:
+ACME:    http://127.0.0.1:4001/directory (log: $dev/acme.log, metrics http://127.0.0.1:9466/metrics) — get a certificate with:
   certbot certonly --server http://127.0.0.1:4001/directory --standalone --http-01-port 5002 \
     --config-dir $dev/certbot --work-dir $dev/certbot --logs-dir $dev/certbot \
     --agree-tos --register-unsafely-without-email -d www.example.test
   openssl verify -CAfile $dev/root.pem -untrusted $dev/issuer.pem $dev/certbot/live/www.example.test/cert.pem
+metrics: gateway :9464, responder :9465, ACME :9466, pre-signer :9467, CRL updater :9468
+  (http://127.0.0.1:PORT/metrics; scrape config and alert rules: hsm-config/deploy/prometheus/)
 MSG
 target/release/hsmgate-ocsp serve --config ocsp/examples/dev.toml &
 pids+=($!)

@@ -79,15 +79,9 @@ fn audit_verify(dir: &std::path::Path) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                // cryptoki logs an ERROR for every session it fails to close on a dead HSM;
-                // the gateway already reports that HSM's fault once, with context.
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,cryptoki=off")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // cryptoki logs an ERROR for every session it fails to close on a dead HSM; the gateway
+    // already reports that HSM's fault once, with context.
+    hsmgate_signer_api::logging::init("info,cryptoki=off");
     let cli = Cli::parse();
     let config_path = match (cli.command, cli.config) {
         (

@@ -73,13 +73,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    hsmgate_signer_api::logging::init("info");
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -156,8 +150,8 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
     let ca = ca_frontend::server::Ca::build(config.clone()).await?;
     // OCSP statuses a crash left recorded but unpublished: at start-up, then every 30 s.
     tokio::spawn(ca_frontend::republish::run(ca.clone()));
-    if let Some(addr) = config.validation.perspectives.metrics_listen {
-        serve_metrics(addr, ca.corroborator.registry()).await?;
+    if let Some(addr) = config.metrics_listen() {
+        serve_metrics(addr, ca.registry.clone()).await?;
     }
     let app = router(ca);
     let listener = tokio::net::TcpListener::bind(config.server.listen)
@@ -238,7 +232,7 @@ async fn serve_metrics(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the metrics listener {addr}"))?;
-    tracing::info!(addr = %listener.local_addr()?, "validation metrics");
+    tracing::info!(addr = %listener.local_addr()?, "metrics listening");
     tokio::spawn(async move {
         if let Err(e) = ocsp::metrics::serve(listener, registry, std::future::pending()).await {
             tracing::error!(error = %e, "metrics server stopped");

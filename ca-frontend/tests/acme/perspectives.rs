@@ -179,13 +179,6 @@ async fn recorded_authz(ca: &Ca, order: &Value) -> ca_frontend::model::Authoriza
     ca.db.authz(id).await.expect("db").expect("recorded")
 }
 
-fn metrics(ca: &Ca) -> String {
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &ca.corroborator.registry())
-        .expect("metrics");
-    text
-}
-
 /// A fresh name under `label`.
 fn fresh(label: &str) -> String {
     format!("{label}-{}.example.test", hex::encode(&rand_bytes()[..6]))
@@ -265,7 +258,7 @@ async fn one_hijacked_perspective_is_outvoted_and_two_refuse_http01() {
     let recorded = recorded_authz(&ca, &order).await;
     assert!(!recorded.corroboration[0].quorum);
 
-    let text = metrics(&ca);
+    let text = metrics_text(&ca);
     for line in [
         r#"hsmgate_acme_perspective_answers_total{perspective="a",check="http-01",outcome="disagreed"} 2"#,
         r#"hsmgate_acme_perspective_answers_total{perspective="b",check="http-01",outcome="disagreed"} 1"#,

@@ -98,6 +98,9 @@ pub struct CrlMetrics {
     signed: Family<IssuerLabels, Counter>,
     superseded: Family<IssuerLabels, Counter>,
     failures: Family<KindLabels, Counter>,
+    update_period: Family<IssuerLabels, Gauge>,
+    validity: Family<IssuerLabels, Gauge>,
+    revocation_delay: Family<IssuerLabels, Gauge>,
 }
 
 impl CrlMetrics {
@@ -158,6 +161,40 @@ impl CrlMetrics {
             "Updater failures by kind",
             self.failures.clone(),
         );
+        // The configured periods, so that alerts compare ages with them rather than with
+        // numbers copied from the config file.
+        r.register(
+            "update_period_seconds",
+            "Configured update_period_secs: every shard is re-signed at least this often",
+            self.update_period.clone(),
+        );
+        r.register(
+            "validity_seconds",
+            "Configured next_update_secs: nextUpdate - thisUpdate of every shard",
+            self.validity.clone(),
+        );
+        r.register(
+            "revocation_delay_seconds",
+            "Configured revocation_delay_secs: a revocation is in a stored shard within this",
+            self.revocation_delay.clone(),
+        );
+    }
+
+    /// Publishes `config`'s periods for `issuer`.
+    fn configured(&self, issuer: &IssuerName, config: &CrlConfig) {
+        let l = IssuerLabels {
+            issuer: issuer.0.clone(),
+        };
+        let secs = |s: u64| i64::try_from(s).unwrap_or(i64::MAX);
+        self.update_period
+            .get_or_create(&l)
+            .set(secs(config.update_period_secs));
+        self.validity
+            .get_or_create(&l)
+            .set(secs(config.next_update_secs));
+        self.revocation_delay
+            .get_or_create(&l)
+            .set(secs(config.revocation_delay_secs));
     }
 
     fn shard(&self, issuer: &IssuerName, shard: u32, crl: &StoredCrl) {
@@ -279,11 +316,14 @@ impl Updater {
     ) -> Self {
         let issuers = issuers
             .into_iter()
-            .map(|(crl, config, directory)| IssuerState {
-                map: ShardMap::new(&crl.name, &config),
-                crl,
-                config,
-                directory,
+            .map(|(crl, config, directory)| {
+                metrics.configured(&crl.name, &config);
+                IssuerState {
+                    map: ShardMap::new(&crl.name, &config),
+                    crl,
+                    config,
+                    directory,
+                }
             })
             .collect();
         Self {

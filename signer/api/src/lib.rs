@@ -4,12 +4,14 @@
 //! Callers (the OCSP pre-signer, the ACME frontend, `hsm-bench`) depend on this crate alone:
 //! it carries the client stubs and messages but no PKCS#11, and [`client`], which turns an
 //! endpoint URL and optional mTLS files into a tonic `Channel`. [`http_listener`] is the
-//! bounded HTTP server (timeouts, connection cap) that every hsmgate HTTP listener uses.
+//! bounded HTTP server (timeouts, connection cap) that every hsmgate HTTP listener uses;
+//! [`logging`] sets up every hsmgate process's log output (text or JSON lines).
 
 #![allow(missing_debug_implementations)] // generated code; its messages derive Debug already.
 
 pub mod client;
 pub mod http_listener;
+pub mod logging;
 
 /// gRPC metadata key by which a `Sign` or `SignBatch` call declares what its items are
 /// (operation `sign-certificate`, `sign-ocsp` or `sign-crl` in the gateway's grants); absent, the
