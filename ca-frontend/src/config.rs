@@ -69,6 +69,8 @@ pub struct ServerTls {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Gateway {
+    /// The gateway's URL, or several separated by commas: calls are then balanced over the
+    /// gateways that serve and move off one that dies (`hsmgate_signer_api::client`).
     pub url: String,
     /// mTLS files (PEM); without them `HSMGATE_TLS_CA/CERT/KEY`, else plain text (loopback
     /// gateways configured with `insecure_plaintext` only).

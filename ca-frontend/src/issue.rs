@@ -779,6 +779,39 @@ impl CertSigner {
 /// At most this many `SignBatch` calls in flight.
 const IN_FLIGHT: usize = 4;
 
+/// `SignBatch`, retried while it fails in transport (the gateway unreachable, or gone
+/// mid-call) and `timeout` has not passed: with
+/// several gateways (`gateway.url` a list) the call that went to a gateway that just died is
+/// repeated on another once the channel's probe has taken the dead one out, so no
+/// finalization fails because one gateway did. A retried call may sign a TBS that an earlier
+/// attempt also signed, if that gateway died after signing: the earlier signature never reached
+/// the frontend, and only the one that did is recorded and issued.
+async fn sign_batch_retried(
+    client: &mut SignerClient<Channel>,
+    batch: SignBatchRequest,
+    timeout: Duration,
+) -> Result<tonic::Response<hsmgate_signer_api::v1::SignBatchResponse>, tonic::Status> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let mut request = tonic::Request::new(batch.clone());
+        request.set_timeout(left);
+        if let Ok(v) = PAYLOAD_TBS_CERTIFICATE.parse() {
+            request.metadata_mut().insert(PAYLOAD_HEADER, v);
+        }
+        match client.sign_batch(request).await {
+            Err(s)
+                if hsmgate_signer_api::client::is_transport_failure(&s)
+                    && left > 2 * hsmgate_signer_api::client::PROBE_INTERVAL =>
+            {
+                tracing::warn!(error = %s.message(), "SignBatch unavailable; retrying on another gateway");
+                tokio::time::sleep(2 * hsmgate_signer_api::client::PROBE_INTERVAL).await;
+            }
+            answer => return answer,
+        }
+    }
+}
+
 async fn batch_loop(
     client: SignerClient<Channel>,
     key: String,
@@ -813,12 +846,7 @@ async fn batch_loop(
                     input: Some(sign_request::Input::Message(j.tbs.clone())),
                 })
                 .collect();
-            let mut request = tonic::Request::new(SignBatchRequest { requests });
-            request.set_timeout(timeout);
-            if let Ok(v) = PAYLOAD_TBS_CERTIFICATE.parse() {
-                request.metadata_mut().insert(PAYLOAD_HEADER, v);
-            }
-            match client.sign_batch(request).await {
+            match sign_batch_retried(&mut client, SignBatchRequest { requests }, timeout).await {
                 Ok(answer) => {
                     let responses = answer.into_inner().responses;
                     if responses.len() != jobs.len() {

@@ -190,7 +190,7 @@ impl AcmeMetrics {
         );
         r.register(
             "orders",
-            "Orders that reached a state: pending (created), processing (finalization begun), valid, invalid",
+            "Orders that reached a state: pending (created), processing (finalization begun), valid (certificate delivered), invalid (finalization failed or abandoned; failed validations are in validations_total)",
             self.orders.clone(),
         );
         r.register(

@@ -10,6 +10,15 @@
 //! # Ok(()) }
 //! ```
 //!
+//! **Several gateways.** A URL may be a comma-separated list (`https://gw1:50051,https://gw2:50051`):
+//! [`connect_lazy`] then returns one channel that balances calls over the gateways that
+//! answer their gRPC health check as `SERVING` (each probed every [`PROBE_INTERVAL`]). A
+//! gateway that dies, drains for shutdown (its health turns `NOT_SERVING` first) or has no HSM
+//! left in rotation is out of the set within one probe, and back once it serves again; calls
+//! in flight on a gateway that died fail in transport ([`is_transport_failure`]), which callers
+//! retry (the next call goes to a gateway in the set). tonic's own `balance_list` keeps sending to a gateway that
+//! refuses connections (hyperium/tonic#1147, #2839); the health probe is what takes it out.
+//!
 //! With TLS the URL's scheme is forced to `https` (tonic silently speaks plain text to an
 //! `http://` URL even with a TLS configuration, which would leak the request to whoever listens
 //! and be refused by a TLS gateway). Tools that only take a URL (`hsmgate-ocsp issuer-cert`,
@@ -19,7 +28,17 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use tokio::sync::mpsc::Sender;
+use tonic::transport::channel::Change;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// How often each gateway of a list is health-checked.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(250);
+/// A health check slower than this counts as a failure.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Environment variables [`ClientTls::from_env`] reads.
 pub const ENV_CA: &str = "HSMGATE_TLS_CA";
@@ -127,9 +146,99 @@ pub async fn connect(url: &str, tls: Option<&ClientTls>) -> Result<Channel, Erro
         })
 }
 
-/// A channel that connects on first use and reconnects by itself.
-pub fn connect_lazy(url: &str, tls: Option<&ClientTls>) -> Result<Channel, Error> {
-    Ok(endpoint(url, tls)?.connect_lazy())
+/// A channel that connects on first use and reconnects by itself. `urls` is one gateway's URL
+/// or a comma-separated list of several, balanced over those that serve (see the module
+/// documentation); with several, this must be called within a tokio runtime (the probes run
+/// on it, until the channel and all its clones are dropped).
+pub fn connect_lazy(urls: &str, tls: Option<&ClientTls>) -> Result<Channel, Error> {
+    let list = gateway_urls(urls)?;
+    if let [one] = list.as_slice() {
+        return Ok(endpoint(one, tls)?.connect_lazy());
+    }
+    let endpoints = list
+        .iter()
+        .map(|url| endpoint(url, tls))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(balanced(endpoints))
+}
+
+/// Whether a call's failure was the connection's, not the gateway's answer: `UNAVAILABLE`
+/// (refused, or no gateway serving) or `UNKNOWN` (tonic's code for a connection reset or
+/// closed mid-call; the gateway itself answers with precise codes and never `UNKNOWN`). Such
+/// a call may be retried on another gateway.
+pub fn is_transport_failure(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown
+    )
+}
+
+/// The URLs of a comma-separated list, trimmed; at least one, none twice.
+pub fn gateway_urls(urls: &str) -> Result<Vec<&str>, Error> {
+    let list: Vec<&str> = urls.split(',').map(str::trim).collect();
+    let bad = |detail: &str| Error::Url {
+        url: urls.to_owned(),
+        detail: detail.to_owned(),
+    };
+    if list.iter().any(|u| u.is_empty()) {
+        return Err(bad("an empty URL in the list"));
+    }
+    if list.iter().enumerate().any(|(i, u)| list[..i].contains(u)) {
+        return Err(bad("a gateway listed twice"));
+    }
+    Ok(list)
+}
+
+/// A channel over `endpoints`, each in the balancer's set while its health check says
+/// `SERVING`. All start in the set (a caller's first call need not wait for a probe).
+fn balanced(endpoints: Vec<Endpoint>) -> Channel {
+    // Room for one change per gateway and direction: probes send only on a transition.
+    let (channel, changes) = Channel::balance_channel::<usize>(2 * endpoints.len() + 1);
+    for (key, endpoint) in endpoints.into_iter().enumerate() {
+        // Cannot fail: the capacity holds every initial insertion.
+        let _ = changes.try_send(Change::Insert(key, endpoint.clone()));
+        tokio::spawn(probe(key, endpoint, changes.clone()));
+    }
+    channel
+}
+
+/// Keeps gateway `key` in the balancer's set while it serves, for as long as the channel lives.
+async fn probe(key: usize, endpoint: Endpoint, changes: Sender<Change<usize, Endpoint>>) {
+    let gateway = endpoint.uri().to_string();
+    let mut health = HealthClient::new(endpoint.clone().connect_lazy());
+    let mut in_set = true;
+    let mut ticks = tokio::time::interval(PROBE_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if changes.is_closed() {
+            return; // the channel and its clones are gone
+        }
+        let check = health.check(HealthCheckRequest {
+            service: String::new(),
+        });
+        let serving = match tokio::time::timeout(PROBE_TIMEOUT, check).await {
+            Ok(Ok(r)) => r.get_ref().status == ServingStatus::Serving as i32,
+            Ok(Err(_)) | Err(_) => false,
+        };
+        if serving == in_set {
+            continue;
+        }
+        let change = if serving {
+            Change::Insert(key, endpoint.clone())
+        } else {
+            Change::Remove(key)
+        };
+        if changes.send(change).await.is_err() {
+            return;
+        }
+        in_set = serving;
+        if serving {
+            tracing::info!(%gateway, "gateway serves again: back among the gateways called");
+        } else {
+            tracing::warn!(%gateway, "gateway not serving (down, draining or no HSM in rotation): no longer called");
+        }
+    }
 }
 
 /// An error and its sources on one line (tonic's transport errors say little at the top).
@@ -147,6 +256,24 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gateway_lists_are_split_and_checked() {
+        assert_eq!(
+            gateway_urls("https://a:1, https://b:2").expect("two"),
+            ["https://a:1", "https://b:2"]
+        );
+        assert_eq!(gateway_urls("http://a:1").expect("one"), ["http://a:1"]);
+        assert!(matches!(
+            gateway_urls("https://a:1,"),
+            Err(Error::Url { .. })
+        ));
+        assert!(matches!(gateway_urls(""), Err(Error::Url { .. })));
+        assert!(matches!(
+            gateway_urls("https://a:1,https://a:1"),
+            Err(Error::Url { .. })
+        ));
+    }
 
     #[test]
     fn https_without_tls_files_is_refused() {
