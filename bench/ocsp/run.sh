@@ -16,7 +16,9 @@
 # Usage: bench/ocsp/run.sh [--count N] [--hits K] [--duration SECONDS] [--rounds R]
 #          [--connections C] [--wrk-threads T] [--signbatch-duration D] [--signbatch-rounds R]
 #          [--miss-cache-bytes B] [--nginx-all yes|no] [--presign-batch B] [--model MODEL]
-#          [--out DIR] [--keep]
+#          [--serve all|hits|none] [--out DIR] [--keep]
+#
+# --serve hits skips the cache-miss runs, none every serving run (pre-signing only).
 #
 # --model "units=10 rate=10000" puts the two HSMs behind hsm-sim's Luna-class timing model
 # (libhsm_sim.so beside the binaries, 32 sessions each; SoftHSM2 still makes the signatures
@@ -52,6 +54,7 @@ MISS_CACHE_BYTES=1048576
 NGINX_ALL=yes
 PRESIGN_BATCH=256
 MODEL=
+SERVE=all
 OUT=
 KEEP=0
 
@@ -69,6 +72,7 @@ while (($#)); do
         --nginx-all) NGINX_ALL=$2; shift 2 ;;
         --presign-batch) PRESIGN_BATCH=$2; shift 2 ;;
         --model) MODEL=$2; shift 2 ;;
+        --serve) SERVE=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         --keep) KEEP=1; shift ;;
         -h|--help) usage 0 ;;
@@ -76,6 +80,10 @@ while (($#)); do
     esac
 done
 ((HITS <= COUNT)) || { echo "--hits must be at most --count" >&2; exit 2; }
+case $SERVE in all|hits|none) ;; *) echo "--serve must be all, hits or none" >&2; exit 2 ;; esac
+# hsm-sim's stand-in signatures (a fixed pattern of the right length) verify nowhere.
+STAND_IN=
+[[ $MODEL =~ signature=(stand-in|standin|fake) ]] && STAND_IN=1
 ((DURATION >= 5)) || { echo "--duration must be at least 5 (seconds)" >&2; exit 2; }
 
 for tool in nginx wrk curl openssl python3; do
@@ -158,7 +166,7 @@ log "results in $OUT; temporary files in $TMP"
     echo "uptime: $(uptime)"
     echo "nginx: $(nginx -v 2>&1); wrk: $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
     echo "softhsm2: $(softhsm2-util --version 2>/dev/null || echo '?')"
-    echo "command: $0 --count $COUNT --hits $HITS --duration $DURATION --rounds $ROUNDS --connections $CONNS --wrk-threads $WRK_THREADS --signbatch-duration $SB_DURATION --signbatch-rounds $SB_ROUNDS --miss-cache-bytes $MISS_CACHE_BYTES --nginx-all $NGINX_ALL --presign-batch $PRESIGN_BATCH${MODEL:+ --model \"$MODEL\"}"
+    echo "command: $0 --count $COUNT --hits $HITS --duration $DURATION --rounds $ROUNDS --connections $CONNS --wrk-threads $WRK_THREADS --signbatch-duration $SB_DURATION --signbatch-rounds $SB_ROUNDS --miss-cache-bytes $MISS_CACHE_BYTES --nginx-all $NGINX_ALL --presign-batch $PRESIGN_BATCH --serve $SERVE${MODEL:+ --model \"$MODEL\"}"
     echo
     top -bn1 | head -15
 } > "$OUT/machine.txt"
@@ -246,54 +254,70 @@ log "imported in ${IMPORT_SECONDS}s: $(cat "$OUT/import.txt")"
 PRESIGN_METRICS=127.0.0.1:$("${PY[@]}" free-port)
 SAMPLES=$OUT/presign-samples.txt
 echo "$(now) 0" > "$SAMPLES"
-start_bg presign env RUST_LOG=info "$BIN/hsmgate-ocsp" presign --config "$TMP/ocsp-presign.toml" \
+# `presign --once` signs everything due (N certificates, one response per CertID hash: 2N),
+# then exits; `ocspbench.py rusage` reports its CPU (user + system, every thread) at the exit.
+start_bg presign env RUST_LOG=info "${PY[@]}" rusage "$OUT/presign-rusage.json" -- \
+    "$BIN/hsmgate-ocsp" presign --once --config "$TMP/ocsp-presign.toml" \
     --metrics-listen "$PRESIGN_METRICS"
 PRESIGN_PID=$LAST_PID
 "${PY[@]}" cpu-snap "$TMP/cpu-presign-a.json" gateway="$SIGNER_PID" presigner="$PRESIGN_PID"
-log "pre-signing $COUNT responses (hsmgate-ocsp presign, pid $PRESIGN_PID)"
+log "pre-signing: hsmgate-ocsp presign --once (pid $PRESIGN_PID) for $COUNT certificates"
 deadline=$((SECONDS + 300 + COUNT / 1000))
-signed=0
-while ((SECONDS < deadline)); do
-    kill -0 "$PRESIGN_PID" 2>/dev/null || { log "presign exited"; exit 1; }
+while kill -0 "$PRESIGN_PID" 2>/dev/null && ((SECONDS < deadline)); do
     # curl + awk, not Python: this loop must cost the machine next to nothing.
     v=$(curl -sf "http://$PRESIGN_METRICS/metrics" 2>/dev/null |
         awk '$1 == "hsmgate_ocsp_presigner_responses_signed_total" {print $2}') || v=
     if [[ -n $v ]]; then
         echo "$(now) $v" >> "$SAMPLES"
-        signed=$v
-        ((signed >= COUNT)) && break
+        # The last sample before the exit: the per-thread view of the pre-signer at work.
+        "${PY[@]}" cpu-snap "$TMP/cpu-presign-b.json" gateway="$SIGNER_PID" presigner="$PRESIGN_PID"
     fi
     sleep 0.25
 done
-"${PY[@]}" cpu-snap "$TMP/cpu-presign-b.json" gateway="$SIGNER_PID" presigner="$PRESIGN_PID"
-((signed >= COUNT)) || { log "only $signed of $COUNT signed before the deadline"; exit 1; }
-# The tick ends after the last chunk is stored and marked; then the backlog gauge is set.
-for ((i = 0; i < 300; i++)); do
-    grep -q 'refresh tick' "$OUT/presign.log" && break
-    sleep 0.1
-done
-BACKLOG=$(prom "http://$PRESIGN_METRICS/metrics" '^hsmgate_ocsp_presigner_backlog ')
-curl -s "http://$PRESIGN_METRICS/metrics" > "$OUT/presign-metrics.txt" || true
-stop_pid "$PRESIGN_PID"
+kill -0 "$PRESIGN_PID" 2>/dev/null && { log "presign --once still running after the deadline"; exit 1; }
+wait "$PRESIGN_PID" || { log "presign --once failed: $(tail -3 "$OUT/presign.log")"; exit 1; }
+"${PY[@]}" cpu-snap "$TMP/cpu-presign-c.json" gateway="$SIGNER_PID" presigner="$PRESIGN_PID"
+cp "$TMP/presign.out" "$OUT/presign.out"
+ONCE=$(grep -m1 '^presign --once:' "$TMP/presign.out") || { log "no summary line from presign --once"; exit 1; }
+log "$ONCE"
+RESPONSES=$(sed -n 's/^presign --once: \([0-9]*\) responses.*/\1/p' <<<"$ONCE")
+((RESPONSES > 0)) || { log "presign --once signed nothing"; exit 1; }
+echo "$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(float(sys.argv[2]) + r["wall_seconds"])' \
+    "$OUT/presign-rusage.json" "$(head -1 "$SAMPLES" | cut -d' ' -f1)") $RESPONSES" >> "$SAMPLES"
 "${PY[@]}" cpu-diff "$TMP/cpu-presign-a.json" "$TMP/cpu-presign-b.json" > "$OUT/cpu-presign.json"
-PRESIGN=$("${PY[@]}" presign-samples "$SAMPLES" "$COUNT")
+# The gateway's CPU over the whole pre-signing (it outlives the pre-signer).
+"${PY[@]}" cpu-diff "$TMP/cpu-presign-a.json" "$TMP/cpu-presign-c.json" > "$OUT/cpu-presign-whole.json"
+PRESIGN=$("${PY[@]}" presign-samples "$SAMPLES" "$RESPONSES")
 CPU_BRIEF=$(python3 -c '
 import json, sys
 c = json.load(open(sys.argv[1]))
+w = json.load(open(sys.argv[2]))
+ru = json.load(open(sys.argv[3]))
 r = c["roles"]
+n = int(sys.argv[4])
 print(json.dumps({"machine": c["machine_cores"], "others": c["others_cores"],
                   "gateway": r["gateway"]["cores"], "presigner": r["presigner"]["cores"],
                   "gateway_threads": r["gateway"]["by_name"],
-                  "presigner_threads": r["presigner"]["by_name"]}))' "$OUT/cpu-presign.json")
+                  "presigner_threads": r["presigner"]["by_name"],
+                  "presigner_cpu_seconds": ru["cpu_seconds"], "presigner_wall_seconds": ru["wall_seconds"],
+                  "presigner_us_per_response": ru["cpu_seconds"] / n * 1e6,
+                  "gateway_us_per_response": w["roles"]["gateway"]["cores"] * w["seconds"] / n * 1e6}))' \
+    "$OUT/cpu-presign.json" "$OUT/cpu-presign-whole.json" "$OUT/presign-rusage.json" "$RESPONSES")
 record "$(python3 -c '
 import json, sys
 d = json.loads(sys.argv[1]); d.update(kind="presign", import_seconds=float(sys.argv[2]),
-    backlog_after=float(sys.argv[3]), cpu_brief=json.loads(sys.argv[4])); print(json.dumps(d))' \
-    "$PRESIGN" "$IMPORT_SECONDS" "$BACKLOG" "$CPU_BRIEF")"
-log "pre-signing: $PRESIGN; backlog after: $BACKLOG"
+    certificates=int(sys.argv[3]), cpu_brief=json.loads(sys.argv[4])); print(json.dumps(d))' \
+    "$PRESIGN" "$IMPORT_SECONDS" "$COUNT" "$CPU_BRIEF")"
+log "pre-signing: $PRESIGN"
+log "pre-signing CPU: $CPU_BRIEF"
 signbatch after
 
 stop_pid "$SIGNER_PID" # not needed any more: keep the machine quiet for the serving runs
+if [[ $SERVE == none ]]; then
+    "${PY[@]}" summary "$OUT" > "$OUT/summary.md"
+    cat "$OUT/summary.md"
+    exit 0
+fi
 
 # --- 3. request lists, files for nginx, nginx --------------------------------------------
 log "request lists (hit set of $HITS, all $COUNT) and files for nginx (all: $NGINX_ALL)"
@@ -346,8 +370,12 @@ FIRST_SERIAL=${FIRST_NGINX##*/}
 curl -s -D "$OUT/headers-responder.txt" -o "$TMP/first-responder.der" "$RESP$FIRST_RESP"
 curl -s -D "$OUT/headers-nginx.txt" -o "$TMP/first-nginx.der" "$NGINX$FIRST_NGINX"
 cmp "$TMP/first-responder.der" "$TMP/first-nginx.der" || { log "responder and nginx differ"; exit 1; }
+# Stand-in signatures are not signatures: then openssl only parses the response (-noverify).
 openssl ocsp -respin "$TMP/first-responder.der" -issuer "$TMP/issuer.pem" -CAfile "$TMP/issuer.pem" \
-    -serial "0x$FIRST_SERIAL" > "$OUT/check-openssl.txt" 2>&1 || { log "openssl rejects the response"; cat "$OUT/check-openssl.txt" >&2; exit 1; }
+    ${STAND_IN:+-noverify} -serial "0x$FIRST_SERIAL" > "$OUT/check-openssl.txt" 2>&1 ||
+    { log "openssl rejects the response"; cat "$OUT/check-openssl.txt" >&2; exit 1; }
+grep -q "0x$FIRST_SERIAL: good\|0x$FIRST_SERIAL: revoked" "$OUT/check-openssl.txt" ||
+    { log "openssl finds no status in the response"; cat "$OUT/check-openssl.txt" >&2; exit 1; }
 log "same $(stat -c %s "$TMP/first-nginx.der") response bytes from both; openssl: $(tr '\n' ' ' < "$OUT/check-openssl.txt")"
 
 # --- 4. wrk runs ----------------------------------------------------------------------------
@@ -411,6 +439,12 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 curl -s "$RESP_METRICS" > "$OUT/responder-hit-metrics.txt" || true
 
+if [[ $SERVE == hits ]]; then
+    cp "$TMP/nginx/error.log" "$OUT/nginx-error.log" 2>/dev/null || true
+    "${PY[@]}" summary "$OUT" > "$OUT/summary.md"
+    cat "$OUT/summary.md"
+    exit 0
+fi
 start_responder miss
 if [[ $NGINX_ALL == yes ]]; then
     NGINX_MISS=(nginx-all "$TMP/req/nginx-all.txt" random)

@@ -360,7 +360,9 @@ fn select_response(
     response_columns(row, &key_of(issuer, serial)).map(Some)
 }
 
-/// Every slot's response of a certificate.
+/// Every slot's response of a certificate, for [`may_store`], which reads statuses and times:
+/// the DER is left out (an empty `der`), as copying ~400 bytes per slot out of SQLite on every
+/// put bought nothing.
 fn select_all(
     conn: &Connection,
     issuer: &IssuerName,
@@ -368,20 +370,23 @@ fn select_all(
 ) -> Result<Vec<(Slot, StoredResponse)>, Error> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT status, revoked_at, reason, this_update, next_update, der, cert_id_hash
+            "SELECT status, revoked_at, reason, this_update, next_update, X'', cert_id_hash
              FROM responses WHERE issuer = ?1 AND serial = ?2",
         )
         .map_err(db)?;
     let mut rows = stmt
         .query(params![issuer.0, serial.as_bytes()])
         .map_err(db)?;
-    let key = key_of(issuer, serial);
+    // Formatted only when there is a row (it names the row in `Error::Corrupt`): a first
+    // signing finds none.
+    let mut key = None;
     let mut all = Vec::with_capacity(2);
     while let Some(row) = rows.next().map_err(db)? {
-        let code: i64 = column(row, 6, "cert_id_hash", &key)?;
+        let key: &str = key.get_or_insert_with(|| key_of(issuer, serial));
+        let code: i64 = column(row, 6, "cert_id_hash", key)?;
         let slot =
-            Slot::from_code(code).ok_or_else(|| corrupt(&key, format!("cert_id_hash {code}")))?;
-        all.push((slot, response_columns(row, &key)?));
+            Slot::from_code(code).ok_or_else(|| corrupt(key, format!("cert_id_hash {code}")))?;
+        all.push((slot, response_columns(row, key)?));
     }
     Ok(all)
 }
@@ -814,16 +819,25 @@ impl SqliteStore {
         items: Vec<(IssuerName, Serial, StoredResponse)>,
     ) -> Result<Vec<(IssuerName, Serial, StoredResponse, bool)>, Error> {
         self.write(move |tx| {
-            items
-                .into_iter()
-                .map(|(issuer, serial, response)| {
-                    let stored = put_in(tx, &issuer, &serial, &response)?;
-                    if stored {
-                        mark_in(tx, &issuer, &serial, response.status, response.this_update)?;
-                    }
-                    Ok((issuer, serial, response, stored))
-                })
-                .collect()
+            let mut out: Vec<(IssuerName, Serial, StoredResponse, bool)> =
+                Vec::with_capacity(items.len());
+            for (issuer, serial, response) in items {
+                let stored = put_in(tx, &issuer, &serial, &response)?;
+                // A certificate's responses (one per CertID hash) come next to each other with
+                // the same status and thisUpdate: one mark records them all, and a second
+                // UPDATE of the same row (and of its `due_key` index entry) would change nothing.
+                let marked = out.last().is_some_and(|(i, s, r, st)| {
+                    *st && *i == issuer
+                        && *s == serial
+                        && r.status == response.status
+                        && r.this_update == response.this_update
+                });
+                if stored && !marked {
+                    mark_in(tx, &issuer, &serial, response.status, response.this_update)?;
+                }
+                out.push((issuer, serial, response, stored));
+            }
+            Ok(out)
         })
         .await
     }
@@ -1136,7 +1150,12 @@ impl SqliteStore {
                         "serial",
                         "certificates",
                     )?);
-                    let status = status_columns(row, 2, &key_of(&issuer, &serial))?;
+                    // The row's name is formatted for the error only (this runs per
+                    // certificate of every refresh).
+                    let status = match status_columns(row, 2, "certificates") {
+                        Ok(status) => status,
+                        Err(_) => status_columns(row, 2, &key_of(&issuer, &serial))?,
+                    };
                     Ok::<_, Error>((issuer, serial, status))
                 })();
                 match decoded {
