@@ -182,8 +182,10 @@ def cmd_dump(db: str, issuer: str, list_file: str, k: str, www: str, all_: str) 
             os.makedirs(os.path.join(www, "m", f"{i:02x}"), exist_ok=True)
     con = sqlite3.connect(db)
     n = written_hit = 0
+    # The requests name certificates by SHA-1 CertIDs: the response of the SHA-1 slot
+    # (cert_id_hash 1) is the one the responder sends, and nginx must send the same bytes.
     for serial, der in con.execute(
-        "SELECT serial, der FROM responses WHERE issuer = ?", (issuer,)
+        "SELECT serial, der FROM responses WHERE issuer = ? AND cert_id_hash = 1", (issuer,)
     ):
         h = serial.hex()
         n += 1
@@ -195,7 +197,7 @@ def cmd_dump(db: str, issuer: str, list_file: str, k: str, www: str, all_: str) 
             with open(os.path.join(www, "m", h[2:4], h), "wb") as f:
                 f.write(der)
     con.close()
-    print(f"{n} responses in the store; {written_hit} hit files; all files: {everything}")
+    print(f"{n} SHA-1 responses in the store; {written_hit} hit files; all files: {everything}")
     if written_hit != len(hit):
         sys.exit(f"only {written_hit} of the {len(hit)} hit serials have a stored response")
 
@@ -323,7 +325,11 @@ def cmd_cpu_snap(out: str, *roles: str) -> None:
     snap = {"time": time.time(), "machine": machine_ticks(), "roles": {}}
     for spec in roles:
         role, pid = spec.split("=")
-        pids = [int(pid)] + children(int(pid))
+        # Descendants too: the pre-signer runs under `rusage` (and `perf` with PERF_DIR).
+        pids, i = [int(pid)], 0
+        while i < len(pids):
+            pids += children(pids[i])
+            i += 1
         threads = {}
         for p in pids:
             try:
@@ -525,10 +531,13 @@ def cmd_summary(d: str) -> None:
           f"{c['presigner_cpu_seconds']:.1f} s for {presign['responses']:,}) | **{us:.1f} µs** | | | ≤ 5 µs | "
           f"{'met' if us <= 5 else 'NOT met'} |")
         w(f"| gateway, per response signed (whole pre-signing) | {c['gateway_us_per_response']:.1f} µs | | | | |")
-    for name, ref_name in (("responder-hit", "nginx-hit"), ("responder-miss", miss_ref)):
+    for name, ref_name in (("responder-hit", "nginx-hit"), ("base-hit", "nginx-hit"),
+                           ("responder-miss", miss_ref)):
         a, b = cpu_per(name), cpu_per(ref_name)
         if a and b:
             target = "≤ 0.9" if name == "responder-hit" else ""
+            if name == "base-hit":
+                name = "base-hit (--compare-bin)"
             verdict_ = ("met" if a / b <= 0.9 else "NOT met") if target else ""
             w(f"| {name}: server CPU per request | **{a:.1f} µs** | {ref_name} {b:.1f} µs | **{a / b:.2f}** | "
               f"{target} | {verdict_} |")

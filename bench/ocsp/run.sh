@@ -19,6 +19,9 @@
 #          [--serve all|hits|none] [--out DIR] [--keep]
 #
 # --serve hits skips the cache-miss runs, none every serving run (pre-signing only).
+# --compare-bin DIR: a second responder, DIR/hsmgate-ocsp (e.g. a build of an older commit), on
+# the same store and config, loaded in the same cache-hit rounds as `base-hit`: an A/B of two
+# builds in one run.
 #
 # --model "units=10 rate=10000" puts the two HSMs behind hsm-sim's Luna-class timing model
 # (libhsm_sim.so beside the binaries, 32 sessions each; SoftHSM2 still makes the signatures
@@ -55,6 +58,7 @@ NGINX_ALL=yes
 PRESIGN_BATCH=256
 MODEL=
 SERVE=all
+COMPARE_BIN=
 OUT=
 KEEP=0
 
@@ -73,6 +77,7 @@ while (($#)); do
         --presign-batch) PRESIGN_BATCH=$2; shift 2 ;;
         --model) MODEL=$2; shift 2 ;;
         --serve) SERVE=$2; shift 2 ;;
+        --compare-bin) COMPARE_BIN=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         --keep) KEEP=1; shift ;;
         -h|--help) usage 0 ;;
@@ -256,11 +261,20 @@ SAMPLES=$OUT/presign-samples.txt
 echo "$(now) 0" > "$SAMPLES"
 # `presign --once` signs everything due (N certificates, one response per CertID hash: 2N),
 # then exits; `ocspbench.py rusage` reports its CPU (user + system, every thread) at the exit.
+# PERF_DIR=DIR (environment): `perf record` (DWARF call graphs; PERF_CALLGRAPH=fp for frame
+# pointers) the pre-signer (the whole run) and the responder
+# (the middle of the first cache-hit round) into DIR; `perf report -i DIR/presign.data`.
+PERF_WRAP=()
+if [[ -n ${PERF_DIR:-} ]]; then
+    mkdir -p "$PERF_DIR"
+    PERF_WRAP=(perf record --call-graph "${PERF_CALLGRAPH:-dwarf,16384}" -F 499 -o "$PERF_DIR/presign.data" --)
+fi
 start_bg presign env RUST_LOG=info "${PY[@]}" rusage "$OUT/presign-rusage.json" -- \
-    "$BIN/hsmgate-ocsp" presign --once --config "$TMP/ocsp-presign.toml" \
+    "${PERF_WRAP[@]}" "$BIN/hsmgate-ocsp" presign --once --config "$TMP/ocsp-presign.toml" \
     --metrics-listen "$PRESIGN_METRICS"
 PRESIGN_PID=$LAST_PID
 "${PY[@]}" cpu-snap "$TMP/cpu-presign-a.json" gateway="$SIGNER_PID" presigner="$PRESIGN_PID"
+cp "$TMP/cpu-presign-a.json" "$TMP/cpu-presign-b.json"
 log "pre-signing: hsmgate-ocsp presign --once (pid $PRESIGN_PID) for $COUNT certificates"
 deadline=$((SECONDS + 300 + COUNT / 1000))
 while kill -0 "$PRESIGN_PID" 2>/dev/null && ((SECONDS < deadline)); do
@@ -269,8 +283,10 @@ while kill -0 "$PRESIGN_PID" 2>/dev/null && ((SECONDS < deadline)); do
         awk '$1 == "hsmgate_ocsp_presigner_responses_signed_total" {print $2}') || v=
     if [[ -n $v ]]; then
         echo "$(now) $v" >> "$SAMPLES"
-        # The last sample before the exit: the per-thread view of the pre-signer at work.
-        "${PY[@]}" cpu-snap "$TMP/cpu-presign-b.json" gateway="$SIGNER_PID" presigner="$PRESIGN_PID"
+        # The last sample before the exit: the per-thread view of the pre-signer at work (kept
+        # only if the pre-signer was still running after it was taken).
+        "${PY[@]}" cpu-snap "$TMP/cpu-presign-b-next.json" gateway="$SIGNER_PID" presigner="$PRESIGN_PID"
+        ! pgrep -P "$PRESIGN_PID" >/dev/null || mv "$TMP/cpu-presign-b-next.json" "$TMP/cpu-presign-b.json"
     fi
     sleep 0.25
 done
@@ -386,7 +402,7 @@ wrk_run() {
     local name=$1 round=$2 url=$3 list=$4 mode=$5 dur=${6:-$DURATION}
     local tag=$name-$round marker=$TMP/marker-$name-$round server_pid wpid i
     local -a extra=()
-    case $name in responder*) server_pid=$RESP_PID ;; *) server_pid=$NGINX_PID ;; esac
+    case $name in responder*) server_pid=$RESP_PID ;; base*) server_pid=$BASE_PID ;; *) server_pid=$NGINX_PID ;; esac
     local ans0=0 bad0=0 hit0=0 miss0=0
     if [[ $name == responder* ]]; then
         ans0=$(prom "$RESP_METRICS" '^ocsp_responses_total\{')
@@ -412,6 +428,11 @@ wrk_run() {
         top -H -b -d $((dur - 3)) -n 2 -p "$server_pid" > "$OUT/top-H-$tag.txt" 2>&1 &
         PIDS+=("$!")
     fi
+    if [[ $round == 1 && -n ${PERF_DIR:-} && $name == responder-hit ]]; then
+        perf record --call-graph "${PERF_CALLGRAPH:-dwarf,16384}" -F 499 -o "$PERF_DIR/$name.data" -p "$server_pid" -- sleep $((dur - 4)) \
+            > "$OUT/perf-$tag.log" 2>&1 &
+        PIDS+=("$!")
+    fi
     sleep $((dur - 2))
     "${PY[@]}" cpu-snap "$TMP/cpu-$tag-b.json" server="$server_pid" wrk="$wpid"
     wait "$wpid" || { log "wrk failed: $(cat "$OUT/wrk-$tag.txt")"; exit 1; }
@@ -430,13 +451,26 @@ wrk_run() {
     log "$tag: $(sed -n 's/^Requests\/sec: *//p' "$OUT/wrk-$tag.txt") req/s, p99 $(awk '$1 == "99%" {print $2}' "$OUT/wrk-$tag.txt") ${extra[*]:+(${extra[*]})}"
 }
 
-log "cache hits: warming up, then $ROUNDS rounds of nginx / responder, ${DURATION}s each"
+BASE_PID=
+if [[ -n $COMPARE_BIN ]]; then
+    start_bg responder-base env RUST_LOG=info "$COMPARE_BIN/hsmgate-ocsp" serve --config "$TMP/ocsp-hit.toml"
+    BASE_PID=$LAST_PID
+    ready=$(wait_ready "$TMP/responder-base.out" "$BASE_PID" 30)
+    BASE=http://$(field "$ready" http)
+    curl -s -o "$TMP/first-base.der" "$BASE$FIRST_RESP"
+    cmp "$TMP/first-base.der" "$TMP/first-nginx.der" || { log "the --compare-bin responder sends other bytes"; exit 1; }
+    log "comparison responder ($COMPARE_BIN/hsmgate-ocsp) at $BASE, pid $BASE_PID"
+fi
+log "cache hits: warming up, then $ROUNDS rounds of nginx / responder${COMPARE_BIN:+ / base}, ${DURATION}s each"
 wrk_run nginx-hit warm "$NGINX" "$TMP/req/nginx-hit.txt" cycle 5
 wrk_run responder-hit warm "$RESP" "$TMP/req/resp-hit.txt" cycle 5
+[[ -z $COMPARE_BIN ]] || wrk_run base-hit warm "$BASE" "$TMP/req/resp-hit.txt" cycle 5
 for ((r = 1; r <= ROUNDS; r++)); do
     wrk_run nginx-hit "$r" "$NGINX" "$TMP/req/nginx-hit.txt" cycle
     wrk_run responder-hit "$r" "$RESP" "$TMP/req/resp-hit.txt" cycle
+    [[ -z $COMPARE_BIN ]] || wrk_run base-hit "$r" "$BASE" "$TMP/req/resp-hit.txt" cycle
 done
+[[ -z $BASE_PID ]] || stop_pid "$BASE_PID"
 curl -s "$RESP_METRICS" > "$OUT/responder-hit-metrics.txt" || true
 
 if [[ $SERVE == hits ]]; then

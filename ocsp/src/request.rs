@@ -440,13 +440,24 @@ mod tests {
     #[test]
     fn the_walk_agrees_with_the_full_decode() {
         let mut inputs: Vec<Vec<u8>> = Vec::new();
-        for fixture in [SHA1, SHA256, SHA1_NONCE, SHA256_NONCE, SHA512, SIGNED, TWO, LONG_SERIAL] {
+        for fixture in [
+            SHA1,
+            SHA256,
+            SHA1_NONCE,
+            SHA256_NONCE,
+            SHA512,
+            SIGNED,
+            TWO,
+            LONG_SERIAL,
+        ] {
             inputs.push(fixture.to_vec());
             for cut in 0..fixture.len() {
                 inputs.push(fixture[..cut].to_vec());
             }
             for at in 0..fixture.len() {
-                for v in [0x00, 0x01, 0x02, 0x04, 0x05, 0x06, 0x30, 0x7f, 0x80, 0x81, 0x82, 0xff] {
+                for v in [
+                    0x00, 0x01, 0x02, 0x04, 0x05, 0x06, 0x30, 0x7f, 0x80, 0x81, 0x82, 0xff,
+                ] {
                     let mut d = fixture.to_vec();
                     d[at] = v;
                     inputs.push(d);
@@ -460,12 +471,7 @@ mod tests {
         for input in &inputs {
             if let Some(fast) = parse_common(input) {
                 walked += 1;
-                assert_eq!(
-                    parse_decoded(input),
-                    Ok(fast),
-                    "{}",
-                    hex::encode(input)
-                );
+                assert_eq!(parse_decoded(input), Ok(fast), "{}", hex::encode(input));
             }
             // And `parse` as a whole answers as the full decode does.
             assert_eq!(parse(input), parse_decoded(input), "{}", hex::encode(input));

@@ -249,17 +249,21 @@ fn from_get_path(path: &str, max_request_bytes: usize) -> Result<Vec<u8>, Reject
     if encoded.is_empty() {
         return Err((StatusCode::BAD_REQUEST, "GET without a request"));
     }
-    // Sized once: `collect` from `PercentDecode` (a lower size hint of a third) reallocates.
-    let mut b64: Vec<u8> = Vec::with_capacity(encoded.len());
-    b64.extend(percent_decode_str(encoded));
-    for byte in &mut b64 {
-        if *byte == b' ' {
-            *byte = b'+';
+    let der = if encoded.bytes().any(|b| b == b'%' || b == b' ') {
+        // Sized once: `collect` from `PercentDecode` (a lower size hint of a third) reallocates.
+        let mut b64: Vec<u8> = Vec::with_capacity(encoded.len());
+        b64.extend(percent_decode_str(encoded));
+        for byte in &mut b64 {
+            if *byte == b' ' {
+                *byte = b'+';
+            }
         }
+        BASE64.decode(&b64)
+    } else {
+        // Nothing escaped (most clients): the path is the base64, no copy needed.
+        BASE64.decode(encoded)
     }
-    let der = BASE64
-        .decode(&b64)
-        .map_err(|_| (StatusCode::BAD_REQUEST, "GET path is not base64"))?;
+    .map_err(|_| (StatusCode::BAD_REQUEST, "GET path is not base64"))?;
     if der.len() > max_request_bytes {
         return Err((StatusCode::URI_TOO_LONG, "GET request too large"));
     }

@@ -6,16 +6,19 @@
 //!  StoredResponse { der: OCSPResponse } ◀── BasicOCSPResponse ◀──────┘
 //! ```
 //!
-//! x509-ocsp's own builder wants a synchronous signer; the HSMs sit behind gRPC, so the public
-//! structs are filled here, `ResponseData` is DER-encoded, those bytes are signed through the
-//! gateway, and the signature and the gateway's `AlgorithmIdentifier` are attached.
-//! x509-ocsp is on the der 0.7 line (renamed `der07` here): only DER bytes leave this module.
+//! x509-ocsp's own builder wants a synchronous signer; the HSMs sit behind gRPC, so the
+//! `ResponseData` DER is written here, those bytes are signed through the gateway, and the
+//! signature and the gateway's `AlgorithmIdentifier` are attached. The bytes are written from
+//! a per-issuer template (`template`: only the serial, the status and the times change from
+//! one response to the next), byte for byte what x509-ocsp's structs encode to (the unit tests
+//! compare the two). x509-ocsp is on the der 0.7 line (renamed `der07` here): only DER bytes
+//! leave this module.
 
 use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use der07::asn1::{AnyRef, BitString, GeneralizedTime, Null, ObjectIdentifier, OctetString};
+use der07::asn1::{GeneralizedTime, ObjectIdentifier};
 use der07::oid::AssociatedOid;
 use der07::{Decode, Encode};
 use futures_util::{StreamExt, TryStreamExt, stream};
@@ -24,13 +27,18 @@ use hsmgate_signer_api::v1::{
     GetPublicKeyRequest, SignBatchRequest, SignRequest, SignResponse, SignatureAlgorithm,
     sign_request,
 };
-use spki07::AlgorithmIdentifierOwned;
 use tonic::transport::{Channel, Endpoint};
 use x509_cert_02::ext::pkix::CrlReason;
 use x509_cert_02::serial_number::SerialNumber;
-use x509_ocsp::{
-    BasicOcspResponse, CertId, OcspGeneralizedTime, OcspResponse, OcspResponseStatus, ResponderId,
-    ResponseBytes, ResponseData, RevokedInfo, SingleResponse, Version,
+use x509_ocsp::{BasicOcspResponse, OcspGeneralizedTime, OcspResponse, OcspResponseStatus};
+// The encoder the template (`template`) is checked against, in the unit tests.
+#[cfg(test)]
+use {
+    der07::asn1::{AnyRef, BitString, Null, OctetString},
+    spki07::AlgorithmIdentifierOwned,
+    x509_ocsp::{
+        CertId, ResponderId, ResponseBytes, ResponseData, RevokedInfo, SingleResponse, Version,
+    },
 };
 
 use crate::config::CertIdHashes;
@@ -1094,14 +1102,27 @@ oqmvrAf5tbRQFdQCIQCpZ72fpBE/ecRqUX96VOFi2aJRymPGFGCn8PRMn6knzQ==
                 for status in &statuses {
                     for (this, next, produced) in times {
                         let gt = |t| generalized_time(t, "t").unwrap();
-                        let reference =
-                            response_data(&issuer, hashes, &serial, *status, &gt(this), &gt(next), &gt(produced))
-                                .unwrap()
-                                .to_der()
-                                .unwrap();
+                        let reference = response_data(
+                            &issuer,
+                            hashes,
+                            &serial,
+                            *status,
+                            &gt(this),
+                            &gt(next),
+                            &gt(produced),
+                        )
+                        .unwrap()
+                        .to_der()
+                        .unwrap();
                         let tb = |t| template::time_bytes(t, "t").unwrap();
                         let written = tmpl
-                            .response_data(&serial_der, *status, &tb(this), &tb(next), &tb(produced))
+                            .response_data(
+                                &serial_der,
+                                *status,
+                                &tb(this),
+                                &tb(next),
+                                &tb(produced),
+                            )
                             .unwrap();
                         assert_eq!(written, reference, "{hashes:?} {hex} {status:?} {this}");
                         compared += 1;

@@ -883,7 +883,10 @@ async fn presign_once_signs_what_is_due_and_exits() {
     );
 
     // Something due and no gateway: a non-zero exit that names the gateway.
-    let more = env.write("once-more.txt", format!("{ISSUER_P256} 0c06 good\n").as_bytes());
+    let more = env.write(
+        "once-more.txt",
+        format!("{ISSUER_P256} 0c06 good\n").as_bytes(),
+    );
     let output =
         common::hsmgate_ocsp(&["import", "--config", &config, &more.display().to_string()]);
     assert!(output.status.success());

@@ -70,12 +70,7 @@ fn push_header(out: &mut Vec<u8>, tag: u8, len: usize) {
         0..=0x7f => out.push(len as u8),
         0x80..=0xff => out.extend_from_slice(&[0x81, len as u8]),
         0x100..=0xffff => out.extend_from_slice(&[0x82, (len >> 8) as u8, len as u8]),
-        _ => out.extend_from_slice(&[
-            0x83,
-            (len >> 16) as u8,
-            (len >> 8) as u8,
-            len as u8,
-        ]),
+        _ => out.extend_from_slice(&[0x83, (len >> 16) as u8, (len >> 8) as u8, len as u8]),
     }
 }
 
@@ -216,12 +211,19 @@ impl Template {
             .iter()
             .map(|alg| {
                 let (oid, name, key) = match alg {
-                    HashAlg::Sha1 => (SHA1_ALG, issuer.name_hash.get(alg), issuer.key_hash.get(alg)),
-                    HashAlg::Sha256 => {
-                        (SHA256_ALG, issuer.name_hash.get(alg), issuer.key_hash.get(alg))
-                    }
+                    HashAlg::Sha1 => (
+                        SHA1_ALG,
+                        issuer.name_hash.get(alg),
+                        issuer.key_hash.get(alg),
+                    ),
+                    HashAlg::Sha256 => (
+                        SHA256_ALG,
+                        issuer.name_hash.get(alg),
+                        issuer.key_hash.get(alg),
+                    ),
                 };
-                let mut p = Vec::with_capacity(oid.len() + tlv_len(name.len()) + tlv_len(key.len()));
+                let mut p =
+                    Vec::with_capacity(oid.len() + tlv_len(name.len()) + tlv_len(key.len()));
                 p.extend_from_slice(oid);
                 push_header(&mut p, 0x04, name.len());
                 p.extend_from_slice(name);

@@ -210,11 +210,10 @@ fn walk_cert_id_hashes(der: &[u8]) -> Option<(usize, Option<HashAlg>)> {
         return None;
     }
     let (tbs, _) = expect(basic, 0x30)?;
-    let (mut tag, mut content, mut rest) = tlv(tbs)?;
+    let (mut tag, _, mut rest) = tlv(tbs)?;
     if tag == 0xa0 {
-        (tag, content, rest) = tlv(rest)?; // version
+        (tag, _, rest) = tlv(rest)?; // version
     }
-    let _ = content;
     if tag != 0xa1 && tag != 0xa2 {
         return None; // responderID
     }
