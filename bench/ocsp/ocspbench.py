@@ -12,6 +12,7 @@ Subcommands (all write files or print one result; run.sh does the orchestration)
   presign-samples FILE N            the pre-signing rate from (time, signed) samples
   cpu-snap OUT ROLE=PID...          per-thread CPU ticks of each process (and its children)
   cpu-diff A B                      cores used between two snapshots, as JSON
+  rusage OUT -- CMD...              runs CMD; writes its exit status, wall and CPU seconds
   wrk-result FILE                   the WRKJSON line of a wrk run (see the Lua scripts)
   wrk-record NAME ROUND WRKFILE CPU_A CPU_B [KEY=VALUE...]   one results.jsonl line for a run
   json KEY=VALUE...                 a JSON object (numbers stay numbers), for results.jsonl
@@ -181,8 +182,10 @@ def cmd_dump(db: str, issuer: str, list_file: str, k: str, www: str, all_: str) 
             os.makedirs(os.path.join(www, "m", f"{i:02x}"), exist_ok=True)
     con = sqlite3.connect(db)
     n = written_hit = 0
+    # The requests name certificates by SHA-1 CertIDs: the response of the SHA-1 slot
+    # (cert_id_hash 1) is the one the responder sends, and nginx must send the same bytes.
     for serial, der in con.execute(
-        "SELECT serial, der FROM responses WHERE issuer = ?", (issuer,)
+        "SELECT serial, der FROM responses WHERE issuer = ? AND cert_id_hash = 1", (issuer,)
     ):
         h = serial.hex()
         n += 1
@@ -194,7 +197,7 @@ def cmd_dump(db: str, issuer: str, list_file: str, k: str, www: str, all_: str) 
             with open(os.path.join(www, "m", h[2:4], h), "wb") as f:
                 f.write(der)
     con.close()
-    print(f"{n} responses in the store; {written_hit} hit files; all files: {everything}")
+    print(f"{n} SHA-1 responses in the store; {written_hit} hit files; all files: {everything}")
     if written_hit != len(hit):
         sys.exit(f"only {written_hit} of the {len(hit)} hit serials have a stored response")
 
@@ -260,6 +263,37 @@ def cmd_presign_samples(path: str, n: str) -> None:
 # --- CPU ---------------------------------------------------------------------------------------
 
 
+def cmd_rusage(out: str, *argv: str) -> None:
+    """Runs argv (after an optional `--`), stdout and stderr inherited; on its exit writes JSON
+    to OUT: its status, wall seconds, and the user and system CPU seconds of the process and
+    every thread it had (os.wait4: the kernel's own account, exited threads included). Exits
+    with the child's status. The pre-signer's CPU per response is measured this way: it exits
+    at the end (`presign --once`), so /proc is gone by then."""
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    import signal
+    import subprocess
+
+    start = time.time()
+    child = subprocess.Popen(list(argv))
+    # Forward a stop request (run.sh stops its processes by pid) to the child.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda s, f: child.send_signal(s))
+    while True:
+        try:
+            _, status, ru = os.wait4(child.pid, 0)
+            break
+        except InterruptedError:
+            continue
+    wall = time.time() - start
+    code = os.waitstatus_to_exitcode(status)
+    json.dump({"status": code, "wall_seconds": round(wall, 3), "user_seconds": ru.ru_utime,
+               "system_seconds": ru.ru_stime, "cpu_seconds": ru.ru_utime + ru.ru_stime,
+               "max_rss_kib": ru.ru_maxrss}, open(out, "w"))
+    sys.exit(code if code >= 0 else 128 - code)
+
+
+
 def proc_stat(path: str):
     try:
         text = open(path).read()
@@ -291,7 +325,11 @@ def cmd_cpu_snap(out: str, *roles: str) -> None:
     snap = {"time": time.time(), "machine": machine_ticks(), "roles": {}}
     for spec in roles:
         role, pid = spec.split("=")
-        pids = [int(pid)] + children(int(pid))
+        # Descendants too: the pre-signer runs under `rusage` (and `perf` with PERF_DIR).
+        pids, i = [int(pid)], 0
+        while i < len(pids):
+            pids += children(pids[i])
+            i += 1
         threads = {}
         for p in pids:
             try:
@@ -458,20 +496,56 @@ def cmd_summary(d: str) -> None:
           f"{verdict(ratio, 0.5, miss_ref, 'responder-miss')} |")
     if rm and nh and miss_ref != "nginx-hit":
         w(f"| (for scale) responder-miss / nginx-hit | {rm:,.0f}/s | {nh:,.0f}/s | {rm / nh:.2f} | | |")
+    stand_in = "stand-in" in (meta.get("model") or "") or "fake" in (meta.get("model") or "")
+    presign_target = 0.97 if stand_in else 0.9
     if presign and signbatch:
         sb = [s["rate"] for s in signbatch]
         ref = statistics.mean(sb)
         rate = presign["rate_end_to_end"]
         ratio = rate / ref
-        checks.append(ratio >= 0.9)
-        w(f"| pre-signing / SignBatch | {rate:,.0f} responses/s "
+        checks.append(ratio >= presign_target)
+        w(f"| pre-signing / SignBatch{' (stand-in signatures)' if stand_in else ''} | {rate:,.0f} responses/s "
           f"(steady {presign.get('rate_steady_10_90') or 0:,.0f}/s) | SignBatch "
-          f"{' then '.join(f'{s:,.0f}' for s in sb)}/s (mean {ref:,.0f}) | **{ratio:.2f}** | ≥ 0.9 | "
-          f"{'met' if ratio >= 0.9 else 'NOT met'} |")
+          f"{' then '.join(f'{s:,.0f}' for s in sb)}/s (mean {ref:,.0f}) | **{ratio:.2f}** | ≥ {presign_target} | "
+          f"{'met' if ratio >= presign_target else 'NOT met'} |")
+    w("")
+
+    # CPU per operation: the figures that do not move with the machine's speed.
+    def cpu_per(name):
+        v = []
+        for r in runs:
+            if r["name"] != name or not r.get("cpu") or not r["wrk"]["rps"]:
+                continue
+            cores = r["cpu"]["roles"].get("server", {}).get("cores")
+            if cores:
+                v.append(cores / r["wrk"]["rps"] * 1e6)
+        return statistics.median(v) if v else None
+
+    w("### CPU per operation (medians over rounds)\n")
+    w("| what | CPU per operation | against | ratio | target | |")
+    w("|---|---:|---:|---:|---:|---|")
+    c = (presign or {}).get("cpu_brief") or {}
+    if c.get("presigner_us_per_response") is not None:
+        us = c["presigner_us_per_response"]
+        w(f"| pre-signer, per response (`presign --once` user + system CPU, "
+          f"{c['presigner_cpu_seconds']:.1f} s for {presign['responses']:,}) | **{us:.1f} µs** | | | ≤ 5 µs | "
+          f"{'met' if us <= 5 else 'NOT met'} |")
+        w(f"| gateway, per response signed (whole pre-signing) | {c['gateway_us_per_response']:.1f} µs | | | | |")
+    for name, ref_name in (("responder-hit", "nginx-hit"), ("base-hit", "nginx-hit"),
+                           ("responder-miss", miss_ref)):
+        a, b = cpu_per(name), cpu_per(ref_name)
+        if a and b:
+            target = "≤ 0.9" if name == "responder-hit" else ""
+            if name == "base-hit":
+                name = "base-hit (--compare-bin)"
+            verdict_ = ("met" if a / b <= 0.9 else "NOT met") if target else ""
+            w(f"| {name}: server CPU per request | **{a:.1f} µs** | {ref_name} {b:.1f} µs | **{a / b:.2f}** | "
+              f"{target} | {verdict_} |")
     w("")
     if presign:
-        w(f"Pre-signing: {presign['responses']:,} responses in {presign['seconds_launch_to_done']:.1f} s "
-          f"from launching `hsmgate-ocsp presign` to the last one signed "
+        w(f"Pre-signing: {presign['responses']:,} responses ({presign.get('certificates', 0):,} certificates) "
+          f"in {presign['seconds_launch_to_done']:.1f} s "
+          f"from launching `hsmgate-ocsp presign --once` to its exit "
           f"(import: {presign.get('import_seconds', 0):.1f} s).")
         c = presign.get("cpu_brief") or {}
         if c:
@@ -501,6 +575,7 @@ def main() -> None:
         "prom": cmd_prom,
         "presign-samples": cmd_presign_samples,
         "cpu-snap": cmd_cpu_snap,
+        "rusage": cmd_rusage,
         "cpu-diff": cmd_cpu_diff,
         "wrk-result": cmd_wrk_result,
         "wrk-record": cmd_wrk_record,

@@ -16,7 +16,12 @@
 # Usage: bench/ocsp/run.sh [--count N] [--hits K] [--duration SECONDS] [--rounds R]
 #          [--connections C] [--wrk-threads T] [--signbatch-duration D] [--signbatch-rounds R]
 #          [--miss-cache-bytes B] [--nginx-all yes|no] [--presign-batch B] [--model MODEL]
-#          [--out DIR] [--keep]
+#          [--serve all|hits|none] [--out DIR] [--keep]
+#
+# --serve hits skips the cache-miss runs, none every serving run (pre-signing only).
+# --compare-bin DIR: a second responder, DIR/hsmgate-ocsp (e.g. a build of an older commit), on
+# the same store and config, loaded in the same cache-hit rounds as `base-hit`: an A/B of two
+# builds in one run.
 #
 # --model "units=10 rate=10000" puts the two HSMs behind hsm-sim's Luna-class timing model
 # (libhsm_sim.so beside the binaries, 32 sessions each; SoftHSM2 still makes the signatures
@@ -52,6 +57,8 @@ MISS_CACHE_BYTES=1048576
 NGINX_ALL=yes
 PRESIGN_BATCH=256
 MODEL=
+SERVE=all
+COMPARE_BIN=
 OUT=
 KEEP=0
 
@@ -69,6 +76,8 @@ while (($#)); do
         --nginx-all) NGINX_ALL=$2; shift 2 ;;
         --presign-batch) PRESIGN_BATCH=$2; shift 2 ;;
         --model) MODEL=$2; shift 2 ;;
+        --serve) SERVE=$2; shift 2 ;;
+        --compare-bin) COMPARE_BIN=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         --keep) KEEP=1; shift ;;
         -h|--help) usage 0 ;;
@@ -76,6 +85,10 @@ while (($#)); do
     esac
 done
 ((HITS <= COUNT)) || { echo "--hits must be at most --count" >&2; exit 2; }
+case $SERVE in all|hits|none) ;; *) echo "--serve must be all, hits or none" >&2; exit 2 ;; esac
+# hsm-sim's stand-in signatures (a fixed pattern of the right length) verify nowhere.
+STAND_IN=
+[[ $MODEL =~ signature=(stand-in|standin|fake) ]] && STAND_IN=1
 ((DURATION >= 5)) || { echo "--duration must be at least 5 (seconds)" >&2; exit 2; }
 
 for tool in nginx wrk curl openssl python3; do
@@ -158,7 +171,7 @@ log "results in $OUT; temporary files in $TMP"
     echo "uptime: $(uptime)"
     echo "nginx: $(nginx -v 2>&1); wrk: $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
     echo "softhsm2: $(softhsm2-util --version 2>/dev/null || echo '?')"
-    echo "command: $0 --count $COUNT --hits $HITS --duration $DURATION --rounds $ROUNDS --connections $CONNS --wrk-threads $WRK_THREADS --signbatch-duration $SB_DURATION --signbatch-rounds $SB_ROUNDS --miss-cache-bytes $MISS_CACHE_BYTES --nginx-all $NGINX_ALL --presign-batch $PRESIGN_BATCH${MODEL:+ --model \"$MODEL\"}"
+    echo "command: $0 --count $COUNT --hits $HITS --duration $DURATION --rounds $ROUNDS --connections $CONNS --wrk-threads $WRK_THREADS --signbatch-duration $SB_DURATION --signbatch-rounds $SB_ROUNDS --miss-cache-bytes $MISS_CACHE_BYTES --nginx-all $NGINX_ALL --presign-batch $PRESIGN_BATCH --serve $SERVE${MODEL:+ --model \"$MODEL\"}"
     echo
     top -bn1 | head -15
 } > "$OUT/machine.txt"
@@ -246,54 +259,81 @@ log "imported in ${IMPORT_SECONDS}s: $(cat "$OUT/import.txt")"
 PRESIGN_METRICS=127.0.0.1:$("${PY[@]}" free-port)
 SAMPLES=$OUT/presign-samples.txt
 echo "$(now) 0" > "$SAMPLES"
-start_bg presign env RUST_LOG=info "$BIN/hsmgate-ocsp" presign --config "$TMP/ocsp-presign.toml" \
+# `presign --once` signs everything due (N certificates, one response per CertID hash: 2N),
+# then exits; `ocspbench.py rusage` reports its CPU (user + system, every thread) at the exit.
+# PERF_DIR=DIR (environment): `perf record` (DWARF call graphs; PERF_CALLGRAPH=fp for frame
+# pointers) the pre-signer (the whole run) and the responder
+# (the middle of the first cache-hit round) into DIR; `perf report -i DIR/presign.data`.
+PERF_WRAP=()
+if [[ -n ${PERF_DIR:-} ]]; then
+    mkdir -p "$PERF_DIR"
+    PERF_WRAP=(perf record --call-graph "${PERF_CALLGRAPH:-dwarf,16384}" -F 499 -o "$PERF_DIR/presign.data" --)
+fi
+start_bg presign env RUST_LOG=info "${PY[@]}" rusage "$OUT/presign-rusage.json" -- \
+    "${PERF_WRAP[@]}" "$BIN/hsmgate-ocsp" presign --once --config "$TMP/ocsp-presign.toml" \
     --metrics-listen "$PRESIGN_METRICS"
 PRESIGN_PID=$LAST_PID
 "${PY[@]}" cpu-snap "$TMP/cpu-presign-a.json" gateway="$SIGNER_PID" presigner="$PRESIGN_PID"
-log "pre-signing $COUNT responses (hsmgate-ocsp presign, pid $PRESIGN_PID)"
+cp "$TMP/cpu-presign-a.json" "$TMP/cpu-presign-b.json"
+log "pre-signing: hsmgate-ocsp presign --once (pid $PRESIGN_PID) for $COUNT certificates"
 deadline=$((SECONDS + 300 + COUNT / 1000))
-signed=0
-while ((SECONDS < deadline)); do
-    kill -0 "$PRESIGN_PID" 2>/dev/null || { log "presign exited"; exit 1; }
+while kill -0 "$PRESIGN_PID" 2>/dev/null && ((SECONDS < deadline)); do
     # curl + awk, not Python: this loop must cost the machine next to nothing.
     v=$(curl -sf "http://$PRESIGN_METRICS/metrics" 2>/dev/null |
         awk '$1 == "hsmgate_ocsp_presigner_responses_signed_total" {print $2}') || v=
     if [[ -n $v ]]; then
         echo "$(now) $v" >> "$SAMPLES"
-        signed=$v
-        ((signed >= COUNT)) && break
+        # The last sample before the exit: the per-thread view of the pre-signer at work (kept
+        # only if the pre-signer was still running after it was taken).
+        "${PY[@]}" cpu-snap "$TMP/cpu-presign-b-next.json" gateway="$SIGNER_PID" presigner="$PRESIGN_PID"
+        ! pgrep -P "$PRESIGN_PID" >/dev/null || mv "$TMP/cpu-presign-b-next.json" "$TMP/cpu-presign-b.json"
     fi
     sleep 0.25
 done
-"${PY[@]}" cpu-snap "$TMP/cpu-presign-b.json" gateway="$SIGNER_PID" presigner="$PRESIGN_PID"
-((signed >= COUNT)) || { log "only $signed of $COUNT signed before the deadline"; exit 1; }
-# The tick ends after the last chunk is stored and marked; then the backlog gauge is set.
-for ((i = 0; i < 300; i++)); do
-    grep -q 'refresh tick' "$OUT/presign.log" && break
-    sleep 0.1
-done
-BACKLOG=$(prom "http://$PRESIGN_METRICS/metrics" '^hsmgate_ocsp_presigner_backlog ')
-curl -s "http://$PRESIGN_METRICS/metrics" > "$OUT/presign-metrics.txt" || true
-stop_pid "$PRESIGN_PID"
+kill -0 "$PRESIGN_PID" 2>/dev/null && { log "presign --once still running after the deadline"; exit 1; }
+wait "$PRESIGN_PID" || { log "presign --once failed: $(tail -3 "$OUT/presign.log")"; exit 1; }
+"${PY[@]}" cpu-snap "$TMP/cpu-presign-c.json" gateway="$SIGNER_PID" presigner="$PRESIGN_PID"
+cp "$TMP/presign.out" "$OUT/presign.out"
+ONCE=$(grep -m1 '^presign --once:' "$TMP/presign.out") || { log "no summary line from presign --once"; exit 1; }
+log "$ONCE"
+RESPONSES=$(sed -n 's/^presign --once: \([0-9]*\) responses.*/\1/p' <<<"$ONCE")
+((RESPONSES > 0)) || { log "presign --once signed nothing"; exit 1; }
+echo "$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(float(sys.argv[2]) + r["wall_seconds"])' \
+    "$OUT/presign-rusage.json" "$(head -1 "$SAMPLES" | cut -d' ' -f1)") $RESPONSES" >> "$SAMPLES"
 "${PY[@]}" cpu-diff "$TMP/cpu-presign-a.json" "$TMP/cpu-presign-b.json" > "$OUT/cpu-presign.json"
-PRESIGN=$("${PY[@]}" presign-samples "$SAMPLES" "$COUNT")
+# The gateway's CPU over the whole pre-signing (it outlives the pre-signer).
+"${PY[@]}" cpu-diff "$TMP/cpu-presign-a.json" "$TMP/cpu-presign-c.json" > "$OUT/cpu-presign-whole.json"
+PRESIGN=$("${PY[@]}" presign-samples "$SAMPLES" "$RESPONSES")
 CPU_BRIEF=$(python3 -c '
 import json, sys
 c = json.load(open(sys.argv[1]))
+w = json.load(open(sys.argv[2]))
+ru = json.load(open(sys.argv[3]))
 r = c["roles"]
+n = int(sys.argv[4])
 print(json.dumps({"machine": c["machine_cores"], "others": c["others_cores"],
                   "gateway": r["gateway"]["cores"], "presigner": r["presigner"]["cores"],
                   "gateway_threads": r["gateway"]["by_name"],
-                  "presigner_threads": r["presigner"]["by_name"]}))' "$OUT/cpu-presign.json")
+                  "presigner_threads": r["presigner"]["by_name"],
+                  "presigner_cpu_seconds": ru["cpu_seconds"], "presigner_wall_seconds": ru["wall_seconds"],
+                  "presigner_us_per_response": ru["cpu_seconds"] / n * 1e6,
+                  "gateway_us_per_response": w["roles"]["gateway"]["cores"] * w["seconds"] / n * 1e6}))' \
+    "$OUT/cpu-presign.json" "$OUT/cpu-presign-whole.json" "$OUT/presign-rusage.json" "$RESPONSES")
 record "$(python3 -c '
 import json, sys
 d = json.loads(sys.argv[1]); d.update(kind="presign", import_seconds=float(sys.argv[2]),
-    backlog_after=float(sys.argv[3]), cpu_brief=json.loads(sys.argv[4])); print(json.dumps(d))' \
-    "$PRESIGN" "$IMPORT_SECONDS" "$BACKLOG" "$CPU_BRIEF")"
-log "pre-signing: $PRESIGN; backlog after: $BACKLOG"
+    certificates=int(sys.argv[3]), cpu_brief=json.loads(sys.argv[4])); print(json.dumps(d))' \
+    "$PRESIGN" "$IMPORT_SECONDS" "$COUNT" "$CPU_BRIEF")"
+log "pre-signing: $PRESIGN"
+log "pre-signing CPU: $CPU_BRIEF"
 signbatch after
 
 stop_pid "$SIGNER_PID" # not needed any more: keep the machine quiet for the serving runs
+if [[ $SERVE == none ]]; then
+    "${PY[@]}" summary "$OUT" > "$OUT/summary.md"
+    cat "$OUT/summary.md"
+    exit 0
+fi
 
 # --- 3. request lists, files for nginx, nginx --------------------------------------------
 log "request lists (hit set of $HITS, all $COUNT) and files for nginx (all: $NGINX_ALL)"
@@ -346,8 +386,12 @@ FIRST_SERIAL=${FIRST_NGINX##*/}
 curl -s -D "$OUT/headers-responder.txt" -o "$TMP/first-responder.der" "$RESP$FIRST_RESP"
 curl -s -D "$OUT/headers-nginx.txt" -o "$TMP/first-nginx.der" "$NGINX$FIRST_NGINX"
 cmp "$TMP/first-responder.der" "$TMP/first-nginx.der" || { log "responder and nginx differ"; exit 1; }
+# Stand-in signatures are not signatures: then openssl only parses the response (-noverify).
 openssl ocsp -respin "$TMP/first-responder.der" -issuer "$TMP/issuer.pem" -CAfile "$TMP/issuer.pem" \
-    -serial "0x$FIRST_SERIAL" > "$OUT/check-openssl.txt" 2>&1 || { log "openssl rejects the response"; cat "$OUT/check-openssl.txt" >&2; exit 1; }
+    ${STAND_IN:+-noverify} -serial "0x$FIRST_SERIAL" > "$OUT/check-openssl.txt" 2>&1 ||
+    { log "openssl rejects the response"; cat "$OUT/check-openssl.txt" >&2; exit 1; }
+grep -q "0x$FIRST_SERIAL: good\|0x$FIRST_SERIAL: revoked" "$OUT/check-openssl.txt" ||
+    { log "openssl finds no status in the response"; cat "$OUT/check-openssl.txt" >&2; exit 1; }
 log "same $(stat -c %s "$TMP/first-nginx.der") response bytes from both; openssl: $(tr '\n' ' ' < "$OUT/check-openssl.txt")"
 
 # --- 4. wrk runs ----------------------------------------------------------------------------
@@ -358,7 +402,7 @@ wrk_run() {
     local name=$1 round=$2 url=$3 list=$4 mode=$5 dur=${6:-$DURATION}
     local tag=$name-$round marker=$TMP/marker-$name-$round server_pid wpid i
     local -a extra=()
-    case $name in responder*) server_pid=$RESP_PID ;; *) server_pid=$NGINX_PID ;; esac
+    case $name in responder*) server_pid=$RESP_PID ;; base*) server_pid=$BASE_PID ;; *) server_pid=$NGINX_PID ;; esac
     local ans0=0 bad0=0 hit0=0 miss0=0
     if [[ $name == responder* ]]; then
         ans0=$(prom "$RESP_METRICS" '^ocsp_responses_total\{')
@@ -384,6 +428,11 @@ wrk_run() {
         top -H -b -d $((dur - 3)) -n 2 -p "$server_pid" > "$OUT/top-H-$tag.txt" 2>&1 &
         PIDS+=("$!")
     fi
+    if [[ $round == 1 && -n ${PERF_DIR:-} && $name == responder-hit ]]; then
+        perf record --call-graph "${PERF_CALLGRAPH:-dwarf,16384}" -F 499 -o "$PERF_DIR/$name.data" -p "$server_pid" -- sleep $((dur - 4)) \
+            > "$OUT/perf-$tag.log" 2>&1 &
+        PIDS+=("$!")
+    fi
     sleep $((dur - 2))
     "${PY[@]}" cpu-snap "$TMP/cpu-$tag-b.json" server="$server_pid" wrk="$wpid"
     wait "$wpid" || { log "wrk failed: $(cat "$OUT/wrk-$tag.txt")"; exit 1; }
@@ -402,15 +451,34 @@ wrk_run() {
     log "$tag: $(sed -n 's/^Requests\/sec: *//p' "$OUT/wrk-$tag.txt") req/s, p99 $(awk '$1 == "99%" {print $2}' "$OUT/wrk-$tag.txt") ${extra[*]:+(${extra[*]})}"
 }
 
-log "cache hits: warming up, then $ROUNDS rounds of nginx / responder, ${DURATION}s each"
+BASE_PID=
+if [[ -n $COMPARE_BIN ]]; then
+    start_bg responder-base env RUST_LOG=info "$COMPARE_BIN/hsmgate-ocsp" serve --config "$TMP/ocsp-hit.toml"
+    BASE_PID=$LAST_PID
+    ready=$(wait_ready "$TMP/responder-base.out" "$BASE_PID" 30)
+    BASE=http://$(field "$ready" http)
+    curl -s -o "$TMP/first-base.der" "$BASE$FIRST_RESP"
+    cmp "$TMP/first-base.der" "$TMP/first-nginx.der" || { log "the --compare-bin responder sends other bytes"; exit 1; }
+    log "comparison responder ($COMPARE_BIN/hsmgate-ocsp) at $BASE, pid $BASE_PID"
+fi
+log "cache hits: warming up, then $ROUNDS rounds of nginx / responder${COMPARE_BIN:+ / base}, ${DURATION}s each"
 wrk_run nginx-hit warm "$NGINX" "$TMP/req/nginx-hit.txt" cycle 5
 wrk_run responder-hit warm "$RESP" "$TMP/req/resp-hit.txt" cycle 5
+[[ -z $COMPARE_BIN ]] || wrk_run base-hit warm "$BASE" "$TMP/req/resp-hit.txt" cycle 5
 for ((r = 1; r <= ROUNDS; r++)); do
     wrk_run nginx-hit "$r" "$NGINX" "$TMP/req/nginx-hit.txt" cycle
     wrk_run responder-hit "$r" "$RESP" "$TMP/req/resp-hit.txt" cycle
+    [[ -z $COMPARE_BIN ]] || wrk_run base-hit "$r" "$BASE" "$TMP/req/resp-hit.txt" cycle
 done
+[[ -z $BASE_PID ]] || stop_pid "$BASE_PID"
 curl -s "$RESP_METRICS" > "$OUT/responder-hit-metrics.txt" || true
 
+if [[ $SERVE == hits ]]; then
+    cp "$TMP/nginx/error.log" "$OUT/nginx-error.log" 2>/dev/null || true
+    "${PY[@]}" summary "$OUT" > "$OUT/summary.md"
+    cat "$OUT/summary.md"
+    exit 0
+fi
 start_responder miss
 if [[ $NGINX_ALL == yes ]]; then
     NGINX_MISS=(nginx-all "$TMP/req/nginx-all.txt" random)

@@ -105,6 +105,10 @@ pub struct Metrics {
     requests_other_hash: Counter,
     pub(crate) degraded: Gauge,
     pub(crate) degraded_since: Gauge,
+    /// The series every cache hit increments (`responses{good|revoked, cache}`,
+    /// `cache_requests{hit}`), resolved once on first use: a `Family` lookup takes its lock and
+    /// hashes the labels on every call, and a series still appears only once it is used.
+    hot: [std::sync::OnceLock<Counter>; 3],
 }
 
 impl Metrics {
@@ -126,6 +130,7 @@ impl Metrics {
             requests_other_hash: hash_counter("other"),
             degraded: Gauge::default(),
             degraded_since: Gauge::default(),
+            hot: Default::default(),
         };
         registry.register(
             "ocsp_responses",
@@ -191,8 +196,16 @@ impl Metrics {
     }
 
     pub fn response(&self, status: &'static str, source: &'static str) {
-        self.responses
-            .get_or_create(&ResponseLabels { status, source })
+        let labels = ResponseLabels { status, source };
+        let hot = match (status, source) {
+            ("good", "cache") => &self.hot[0],
+            ("revoked", "cache") => &self.hot[1],
+            _ => {
+                self.responses.get_or_create(&labels).inc();
+                return;
+            }
+        };
+        hot.get_or_init(|| self.responses.get_or_create(&labels).clone())
             .inc();
     }
 
@@ -207,7 +220,14 @@ impl Metrics {
     }
 
     pub fn cache(&self, result: &'static str) {
-        self.cache.get_or_create(&ResultLabels { result }).inc();
+        let labels = ResultLabels { result };
+        if result == "hit" {
+            self.hot[2]
+                .get_or_init(|| self.cache.get_or_create(&labels).clone())
+                .inc();
+        } else {
+            self.cache.get_or_create(&labels).inc();
+        }
     }
 
     pub fn store_read(&self, store: &'static str, ok: bool, elapsed: Duration) {

@@ -154,6 +154,15 @@ impl std::error::Error for RequestError {}
 /// The whole input must be the request: bytes after it are refused (`der` checks the reader
 /// is empty), so two requests glued together cannot smuggle a second CertID past the checks.
 pub fn parse(der: &[u8]) -> Result<CertRequest, RequestError> {
+    match parse_common(der) {
+        Some(request) => Ok(request),
+        None => parse_decoded(der),
+    }
+}
+
+/// [`parse`] through x509-ocsp's decoder: every request the walk ([`parse_common`]) does not
+/// take, with the reason it is refused.
+fn parse_decoded(der: &[u8]) -> Result<CertRequest, RequestError> {
     let request = OcspRequest::from_der(der).map_err(RequestError::Der)?;
     let list = &request.tbs_request.request_list;
     let one = match list.as_slice() {
@@ -200,6 +209,82 @@ pub fn parse(der: &[u8]) -> Result<CertRequest, RequestError> {
     }
 
     Ok(CertRequest {
+        hash,
+        issuer_name_hash: name_hash.to_vec(),
+        issuer_key_hash: key_hash.to_vec(),
+        serial: Serial::from_be_bytes(serial),
+    })
+}
+
+/// One strict-DER TLV at the start of `input` with tag `tag`: (content, rest). `None` for
+/// another tag, a length in anything but its shortest form (DER, X.690 §10.1), or one past
+/// the input.
+fn tlv(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (&t, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    if t != tag {
+        return None;
+    }
+    let (len, rest) = match first {
+        0..=0x7f => (usize::from(first), rest),
+        0x81 => {
+            let (&b, rest) = rest.split_first()?;
+            (b >= 0x80).then_some((usize::from(b), rest))?
+        }
+        0x82 => {
+            let len = usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?]));
+            (len >= 0x100).then_some((len, &rest[2..]))?
+        }
+        _ => return None,
+    };
+    let content = rest.get(..len)?;
+    Some((content, &rest[len..]))
+}
+
+/// The request almost every client sends, read by walking its bytes: one Request, a SHA-1 or
+/// SHA-256 CertID with hashes of the right length and a canonical non-negative serial of at
+/// most 21 octets, and nothing optional (no version, requestorName, extensions, nonce or
+/// signature). Anything else is `None` and goes through the full decode, which then accepts
+/// or refuses it with its reason; whatever this accepts, the full decode accepts with the same
+/// answer (the unit tests check both on every single-byte change and truncation of real
+/// requests). It saves the decode's allocations on the responder's hot path.
+fn parse_common(der: &[u8]) -> Option<CertRequest> {
+    const SHA1: &[u8] = &[0x2b, 0x0e, 0x03, 0x02, 0x1a];
+    const SHA256: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01];
+    let only = |input, tag| match tlv(input, tag) {
+        Some((content, [])) => Some(content),
+        _ => None,
+    };
+    let request = only(der, 0x30)?;
+    let tbs = only(request, 0x30)?;
+    let list = only(tbs, 0x30)?;
+    let one = only(list, 0x30)?;
+    let cert_id = only(one, 0x30)?;
+    let (algorithm, rest) = tlv(cert_id, 0x30)?;
+    let (name_hash, rest) = tlv(rest, 0x04)?;
+    let (key_hash, rest) = tlv(rest, 0x04)?;
+    let serial = only(rest, 0x02)?;
+    let (oid, params) = tlv(algorithm, 0x06)?;
+    if !matches!(params, [] | [0x05, 0x00]) {
+        return None;
+    }
+    let (hash, len) = match oid {
+        SHA1 => (HashAlg::Sha1, 20),
+        SHA256 => (HashAlg::Sha256, 32),
+        _ => return None,
+    };
+    if name_hash.len() != len || key_hash.len() != len {
+        return None;
+    }
+    // Canonical (no redundant leading 0x00), non-negative, within x509-cert's 21 octets.
+    match serial {
+        [] => return None,
+        [first, ..] if first & 0x80 != 0 => return None,
+        [0, second, ..] if second & 0x80 == 0 => return None,
+        _ if serial.len() > 21 => return None,
+        _ => {}
+    }
+    Some(CertRequest {
         hash,
         issuer_name_hash: name_hash.to_vec(),
         issuer_key_hash: key_hash.to_vec(),
@@ -347,6 +432,58 @@ mod tests {
         let mut der = SHA1.to_vec();
         der[at + 7] = 0x04; // OCTET STRING, empty
         assert_eq!(parse(&der).unwrap_err(), RequestError::HashParameters);
+    }
+
+    /// The walk (`parse_common`) never accepts what the full decode refuses, and gives the same
+    /// answer when both accept: over the fixtures, every truncation, every single-byte change
+    /// to a set of values at every position, and serials of every length class.
+    #[test]
+    fn the_walk_agrees_with_the_full_decode() {
+        let mut inputs: Vec<Vec<u8>> = Vec::new();
+        for fixture in [
+            SHA1,
+            SHA256,
+            SHA1_NONCE,
+            SHA256_NONCE,
+            SHA512,
+            SIGNED,
+            TWO,
+            LONG_SERIAL,
+        ] {
+            inputs.push(fixture.to_vec());
+            for cut in 0..fixture.len() {
+                inputs.push(fixture[..cut].to_vec());
+            }
+            for at in 0..fixture.len() {
+                for v in [
+                    0x00, 0x01, 0x02, 0x04, 0x05, 0x06, 0x30, 0x7f, 0x80, 0x81, 0x82, 0xff,
+                ] {
+                    let mut d = fixture.to_vec();
+                    d[at] = v;
+                    inputs.push(d);
+                    let mut d = fixture.to_vec();
+                    d[at] = d[at].wrapping_add(1);
+                    inputs.push(d);
+                }
+            }
+        }
+        let mut walked = 0;
+        for input in &inputs {
+            if let Some(fast) = parse_common(input) {
+                walked += 1;
+                assert_eq!(parse_decoded(input), Ok(fast), "{}", hex::encode(input));
+            }
+            // And `parse` as a whole answers as the full decode does.
+            assert_eq!(parse(input), parse_decoded(input), "{}", hex::encode(input));
+        }
+        assert!(walked > 100, "the walk took only {walked} inputs");
+        // The plain requests are the walk's.
+        assert!(parse_common(SHA1).is_some() && parse_common(SHA256).is_some());
+        assert!(parse_common(LONG_SERIAL).is_some());
+        // Nonces, signatures, several certificates and other hashes are the decode's.
+        for other in [SHA1_NONCE, SHA256_NONCE, SIGNED, TWO, SHA512] {
+            assert!(parse_common(other).is_none());
+        }
     }
 
     #[test]

@@ -249,17 +249,21 @@ fn from_get_path(path: &str, max_request_bytes: usize) -> Result<Vec<u8>, Reject
     if encoded.is_empty() {
         return Err((StatusCode::BAD_REQUEST, "GET without a request"));
     }
-    // Sized once: `collect` from `PercentDecode` (a lower size hint of a third) reallocates.
-    let mut b64: Vec<u8> = Vec::with_capacity(encoded.len());
-    b64.extend(percent_decode_str(encoded));
-    for byte in &mut b64 {
-        if *byte == b' ' {
-            *byte = b'+';
+    let der = if encoded.bytes().any(|b| b == b'%' || b == b' ') {
+        // Sized once: `collect` from `PercentDecode` (a lower size hint of a third) reallocates.
+        let mut b64: Vec<u8> = Vec::with_capacity(encoded.len());
+        b64.extend(percent_decode_str(encoded));
+        for byte in &mut b64 {
+            if *byte == b' ' {
+                *byte = b'+';
+            }
         }
+        BASE64.decode(&b64)
+    } else {
+        // Nothing escaped (most clients): the path is the base64, no copy needed.
+        BASE64.decode(encoded)
     }
-    let der = BASE64
-        .decode(&b64)
-        .map_err(|_| (StatusCode::BAD_REQUEST, "GET path is not base64"))?;
+    .map_err(|_| (StatusCode::BAD_REQUEST, "GET path is not base64"))?;
     if der.len() > max_request_bytes {
         return Err((StatusCode::URI_TOO_LONG, "GET request too large"));
     }
@@ -436,28 +440,64 @@ fn signed(
     if_none_match: Option<&HeaderValue>,
 ) -> Response {
     let max_age = (response.next_update - now).max(0);
-    let mut headers = HeaderMap::with_capacity(6);
+    // The response's own header map, filled in place: `(StatusCode, HeaderMap, Body)` would
+    // build a second map and copy this one into it. Every value is precomputed
+    // (`HttpParts`, `cache_control`): nothing is formatted per request.
+    let not_modified = if_none_match.is_some_and(|v| etag_matches(v, parts.etag.as_bytes()));
+    let mut answer = if not_modified {
+        Response::new(Body::empty())
+    } else {
+        Response::new(Body::from(parts.body.clone()))
+    };
+    let headers = answer.headers_mut();
+    headers.reserve(6);
     headers.insert(header::LAST_MODIFIED, parts.last_modified.clone());
     headers.insert(header::EXPIRES, parts.expires.clone());
-    // Every value here is ASCII we formatted ourselves; a failure would be a bug, and the
-    // header is then left out rather than the response failed.
-    if let Ok(v) = HeaderValue::try_from(format!(
-        "max-age={max_age}, public, no-transform, must-revalidate"
-    )) {
-        headers.insert(header::CACHE_CONTROL, v);
-    }
+    headers.insert(header::CACHE_CONTROL, cache_control(max_age));
     headers.insert(header::ETAG, parts.etag.clone());
-    if if_none_match.is_some_and(|v| etag_matches(v, parts.etag.as_bytes())) {
+    if not_modified {
         // RFC 9110 §8.6: a 304 may carry Content-Length only with the value a 200 would have.
         // Said explicitly, or the router's default (0, from the empty body) reaches a HEAD.
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(parts.body.len()));
-        return (StatusCode::NOT_MODIFIED, headers).into_response();
+        *answer.status_mut() = StatusCode::NOT_MODIFIED;
+        return answer;
     }
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(OCSP_RESPONSE),
     );
-    (StatusCode::OK, headers, Body::from(parts.body.clone())).into_response()
+    answer
+}
+
+/// `Cache-Control` for a response `max_age` seconds from its nextUpdate: `max-age=<n>, public,
+/// no-transform, must-revalidate`. Formatted once per value per thread: the responses a
+/// responder serves in one second share a few hundred nextUpdates at most, and a clone of a
+/// `HeaderValue` made from `Bytes` is a reference count, where formatting is an allocation.
+fn cache_control(max_age: i64) -> HeaderValue {
+    const SLOTS: usize = 256;
+    thread_local! {
+        static MEMO: std::cell::RefCell<Vec<Option<(i64, HeaderValue)>>> =
+            std::cell::RefCell::new(vec![None; SLOTS]);
+    }
+    let format = || {
+        let text = format!("max-age={max_age}, public, no-transform, must-revalidate");
+        // ASCII we formatted: cannot fail; an empty value would only drop the directive.
+        HeaderValue::from_maybe_shared(Bytes::from(text))
+            .unwrap_or_else(|_| HeaderValue::from_static(""))
+    };
+    MEMO.try_with(|memo| {
+        let mut memo = memo.borrow_mut();
+        let slot = &mut memo[max_age.rem_euclid(SLOTS as i64) as usize];
+        match slot {
+            Some((age, value)) if *age == max_age => value.clone(),
+            _ => {
+                let value = format();
+                *slot = Some((max_age, value.clone()));
+                value
+            }
+        }
+    })
+    .unwrap_or_else(|_| format())
 }
 
 /// Computes [`HttpParts`] once per stored response.

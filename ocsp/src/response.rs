@@ -6,16 +6,19 @@
 //!  StoredResponse { der: OCSPResponse } ◀── BasicOCSPResponse ◀──────┘
 //! ```
 //!
-//! x509-ocsp's own builder wants a synchronous signer; the HSMs sit behind gRPC, so the public
-//! structs are filled here, `ResponseData` is DER-encoded, those bytes are signed through the
-//! gateway, and the signature and the gateway's `AlgorithmIdentifier` are attached.
-//! x509-ocsp is on the der 0.7 line (renamed `der07` here): only DER bytes leave this module.
+//! x509-ocsp's own builder wants a synchronous signer; the HSMs sit behind gRPC, so the
+//! `ResponseData` DER is written here, those bytes are signed through the gateway, and the
+//! signature and the gateway's `AlgorithmIdentifier` are attached. The bytes are written from
+//! a per-issuer template (`template`: only the serial, the status and the times change from
+//! one response to the next), byte for byte what x509-ocsp's structs encode to (the unit tests
+//! compare the two). x509-ocsp is on the der 0.7 line (renamed `der07` here): only DER bytes
+//! leave this module.
 
 use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use der07::asn1::{AnyRef, BitString, GeneralizedTime, Null, ObjectIdentifier, OctetString};
+use der07::asn1::{GeneralizedTime, ObjectIdentifier};
 use der07::oid::AssociatedOid;
 use der07::{Decode, Encode};
 use futures_util::{StreamExt, TryStreamExt, stream};
@@ -24,13 +27,18 @@ use hsmgate_signer_api::v1::{
     GetPublicKeyRequest, SignBatchRequest, SignRequest, SignResponse, SignatureAlgorithm,
     sign_request,
 };
-use spki07::AlgorithmIdentifierOwned;
 use tonic::transport::{Channel, Endpoint};
 use x509_cert_02::ext::pkix::CrlReason;
 use x509_cert_02::serial_number::SerialNumber;
-use x509_ocsp::{
-    BasicOcspResponse, CertId, OcspGeneralizedTime, OcspResponse, OcspResponseStatus, ResponderId,
-    ResponseBytes, ResponseData, RevokedInfo, SingleResponse, Version,
+use x509_ocsp::{BasicOcspResponse, OcspGeneralizedTime, OcspResponse, OcspResponseStatus};
+// The encoder the template (`template`) is checked against, in the unit tests.
+#[cfg(test)]
+use {
+    der07::asn1::{AnyRef, BitString, Null, OctetString},
+    spki07::AlgorithmIdentifierOwned,
+    x509_ocsp::{
+        CertId, ResponderId, ResponseBytes, ResponseData, RevokedInfo, SingleResponse, Version,
+    },
 };
 
 use crate::config::CertIdHashes;
@@ -38,9 +46,12 @@ use crate::error::Error;
 use crate::issuers::{HashAlg, Issuer};
 use crate::model::{CertStatus, ReasonCode, Serial, StoredResponse};
 
+mod template;
+
 /// BasicOCSPResponse (RFC 6960 §4.2.1) around a tbsResponseData that is already DER: the bytes
 /// that were signed are embedded as they are instead of being decoded and encoded again (which
 /// was most of the pre-signer's encoding work).
+#[cfg(test)]
 #[derive(der07::Sequence)]
 struct SignedBasicResponse<'a> {
     tbs_response_data: AnyRef<'a>,
@@ -50,6 +61,7 @@ struct SignedBasicResponse<'a> {
 
 /// A successful `OCSPResponse` carrying the BasicOCSPResponse made of `tbs`, the gateway's
 /// `algorithm` (DER AlgorithmIdentifier) and `signature`.
+#[cfg(test)]
 fn ocsp_response(tbs: &[u8], algorithm: &[u8], signature: &[u8]) -> Result<Vec<u8>, Error> {
     let basic = SignedBasicResponse {
         tbs_response_data: AnyRef::try_from(tbs).map_err(|e| encoding("ResponseData", e))?,
@@ -398,6 +410,7 @@ pub fn is_valid_reason(code: ReasonCode) -> bool {
 ///
 /// The hash AlgorithmIdentifier carries NULL parameters, as OpenSSL and Go write it in their
 /// requests (RFC 5754 §2 asks receivers to accept both forms).
+#[cfg(test)]
 fn cert_id(alg: HashAlg, issuer: &Issuer, serial: &SerialNumber) -> Result<CertId, Error> {
     let oid = match alg {
         HashAlg::Sha1 => ID_SHA1,
@@ -428,6 +441,7 @@ fn cert_id(alg: HashAlg, issuer: &Issuer, serial: &SerialNumber) -> Result<CertI
 ///     revocationTime              GeneralizedTime,
 ///     revocationReason    [0]     EXPLICIT CRLReason OPTIONAL }
 /// ```
+#[cfg(test)]
 fn cert_status(status: CertStatus) -> Result<x509_ocsp::CertStatus, Error> {
     Ok(match status {
         CertStatus::Good => x509_ocsp::CertStatus::good(),
@@ -475,6 +489,7 @@ fn cert_status(status: CertStatus) -> Result<x509_ocsp::CertStatus, Error> {
 /// - nextUpdate always present (RFC 5019 §2.2.4: a response without it would be "newer
 ///   information is always available" and uncacheable);
 /// - no extensions and no nonce: responses are pregenerated (RFC 5019 §2.2.1).
+#[cfg(test)]
 fn response_data(
     issuer: &Issuer,
     hashes: &CertIdHashes,
@@ -577,17 +592,32 @@ pub async fn sign_responses_with(
             format!("{next_update} is not after thisUpdate {this_update}"),
         ));
     }
-    let produced = generalized_time(produced_at, "producedAt")?;
+    // The batch's constant bytes once (see `template`): per response, only the serial, the
+    // status and the times are written.
+    let template = template::Template::new(issuer, hashes);
+    let produced = template::time_bytes(produced_at, "producedAt")?;
+    let times = (
+        template::time_bytes(this_update, "thisUpdate")?,
+        template::time_bytes(next_update, "nextUpdate")?,
+    );
     let mut tbs = Vec::with_capacity(items.len());
     let mut validity = Vec::with_capacity(items.len());
     for (serial, status) in items {
-        let (this_update, next_update) =
-            not_before_revocation(*status, this_update, next_update, produced_at);
-        let this = generalized_time(this_update, "thisUpdate")?;
-        let next = generalized_time(next_update, "nextUpdate")?;
-        let rd = response_data(issuer, hashes, serial, *status, &this, &next, &produced)?;
-        tbs.push(rd.to_der().map_err(|e| encoding("ResponseData", e))?);
-        validity.push((this_update, next_update));
+        let (this, next) = not_before_revocation(*status, this_update, next_update, produced_at);
+        // Only a revocation clamped to its revocation time has times of its own.
+        let own;
+        let (this_bytes, next_bytes) = if (this, next) == (this_update, next_update) {
+            (&times.0, &times.1)
+        } else {
+            own = (
+                template::time_bytes(this, "thisUpdate")?,
+                template::time_bytes(next, "nextUpdate")?,
+            );
+            (&own.0, &own.1)
+        };
+        let serial = template::SerialDer::new(serial)?;
+        tbs.push(template.response_data(&serial, *status, this_bytes, next_bytes, &produced)?);
+        validity.push((this, next));
     }
     let signatures = signer.sign(&issuer.signing_key, tbs.clone()).await?;
     if signatures.len() != items.len() {
@@ -601,14 +631,16 @@ pub async fn sign_responses_with(
         });
     }
     let mut out = Vec::with_capacity(items.len());
+    let mut algorithms = template::AlgorithmCheck::default();
     for (((tbs, (signature, algorithm)), (_, status)), (this_update, next_update)) in
         tbs.iter().zip(signatures).zip(items).zip(validity)
     {
+        algorithms.check(&algorithm)?;
         out.push(StoredResponse {
             status: *status,
             this_update,
             next_update,
-            der: ocsp_response(tbs, &algorithm, &signature)?,
+            der: template::ocsp_response(tbs, &algorithm, &signature),
             http: Default::default(),
         });
     }
@@ -937,6 +969,16 @@ oqmvrAf5tbRQFdQCIQCpZ72fpBE/ecRqUX96VOFi2aJRymPGFGCn8PRMn6knzQ==
                     assert_eq!(single.cert_status, x509_ocsp::CertStatus::good());
                 }
                 assert_eq!(cert_id_hashes_in(&response.der), Some(expected.clone()));
+                // The store's walk over the bytes agrees with the full decode, and bytes cut
+                // short are the legacy slot, as the decode says.
+                let slot = match expected.as_slice() {
+                    [alg] => crate::store::Slot::Hash(*alg),
+                    _ => crate::store::Slot::Legacy,
+                };
+                assert_eq!(crate::store::Slot::of(&response.der), slot);
+                let cut = &response.der[..response.der.len() - 1];
+                assert_eq!(crate::store::Slot::of(cut), crate::store::Slot::Legacy);
+                assert_eq!(cert_id_hashes_in(cut), None);
             }
         }
         // The default layout is the one `sign_responses` has always built, byte for byte.
@@ -997,6 +1039,159 @@ oqmvrAf5tbRQFdQCIQCpZ72fpBE/ecRqUX96VOFi2aJRymPGFGCn8PRMn6knzQ==
                 }
             }
         }
+    }
+
+    /// The template writer (`template`) against x509-ocsp's encoder (`response_data`,
+    /// `ocsp_response` through der 0.7), byte for byte: serials of every length class (zero,
+    /// one byte, high bit set and not, leading-zero input, 19-21 encoded octets), good and
+    /// revoked with and without a reason (every CRLReason), one and two CertID hashes, times
+    /// from 1970 to 9999 (leap days, end of years), and signatures from empty to RSA-4096 size
+    /// (long-form lengths).
+    #[test]
+    fn the_template_writes_exactly_what_der_encodes() {
+        let issuer = issuer();
+        let mut serials: Vec<String> = [
+            "", "00", "01", "7f", "80", "ff", "00ff", "0100", "7fff", "8000", "0080", "7fffffff",
+            "80000000", "8badf00d",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for n in [15, 16, 19, 20] {
+            serials.push("ff".repeat(n));
+            serials.push(format!("7f{}", "ff".repeat(n - 1)));
+            serials.push(format!("80{}", "00".repeat(n - 1)));
+            serials.push(format!("00{}", "a5".repeat(n)));
+        }
+        let times = [
+            (0, 1, 0),
+            (951_782_400, 951_868_799, 951_782_400), // 2000-02-29, 2000-02-29T23:59:59
+            (1_800_000_000, 1_800_345_600, 1_800_003_600),
+            (1_704_067_199, 1_704_067_200, 1_704_067_199), // 2023-12-31T23:59:59, 2024-01-01
+            (4_107_542_400, 4_107_628_800, 4_107_542_400), // 2100-03-01 (2100 is no leap year)
+            (253_402_300_700, 253_402_300_799, 253_402_300_799), // 9999-12-31
+        ];
+        let mut statuses = vec![
+            CertStatus::Good,
+            CertStatus::Revoked {
+                at: 0,
+                reason: None,
+            },
+            CertStatus::Revoked {
+                at: 1_700_000_000,
+                reason: None,
+            },
+        ];
+        for reason in [0, 1, 2, 3, 4, 5, 6, 8, 9, 10] {
+            statuses.push(CertStatus::Revoked {
+                at: 1_700_000_000 + i64::from(reason),
+                reason: Some(reason),
+            });
+        }
+        let hash_sets = [
+            CertIdHashes::default(),
+            CertIdHashes::only(HashAlg::Sha1),
+            CertIdHashes::only(HashAlg::Sha256),
+        ];
+        let mut compared = 0;
+        for hashes in &hash_sets {
+            let tmpl = template::Template::new(&issuer, hashes);
+            for hex in &serials {
+                let serial = Serial::from_hex(hex).unwrap();
+                let serial_der = template::SerialDer::new(&serial).unwrap();
+                for status in &statuses {
+                    for (this, next, produced) in times {
+                        let gt = |t| generalized_time(t, "t").unwrap();
+                        let reference = response_data(
+                            &issuer,
+                            hashes,
+                            &serial,
+                            *status,
+                            &gt(this),
+                            &gt(next),
+                            &gt(produced),
+                        )
+                        .unwrap()
+                        .to_der()
+                        .unwrap();
+                        let tb = |t| template::time_bytes(t, "t").unwrap();
+                        let written = tmpl
+                            .response_data(
+                                &serial_der,
+                                *status,
+                                &tb(this),
+                                &tb(next),
+                                &tb(produced),
+                            )
+                            .unwrap();
+                        assert_eq!(written, reference, "{hashes:?} {hex} {status:?} {this}");
+                        compared += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(compared, 3 * serials.len() * statuses.len() * times.len());
+
+        // The whole OCSPResponse around a short and a long ResponseData.
+        let rsa_sha256: &[u8] = &[
+            0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b, 0x05,
+            0x00,
+        ];
+        let tmpl = template::Template::new(&issuer, &CertIdHashes::default());
+        let tb = |t| template::time_bytes(t, "t").unwrap();
+        let long = tmpl
+            .response_data(
+                &template::SerialDer::new(&Serial::from_hex(&"ff".repeat(20)).unwrap()).unwrap(),
+                statuses[5],
+                &tb(10),
+                &tb(20),
+                &tb(10),
+            )
+            .unwrap();
+        assert!(long.len() > 256, "{}", long.len());
+        for tbs in [&[0x30, 0x00][..], &long[..]] {
+            for algorithm in [ECDSA_SHA256, rsa_sha256] {
+                for sig_len in [0usize, 1, 70, 72, 127, 128, 255, 256, 512] {
+                    let signature: Vec<u8> = (0..sig_len).map(|i| i as u8).collect();
+                    let mut check = template::AlgorithmCheck::default();
+                    check.check(algorithm).unwrap();
+                    assert_eq!(
+                        template::ocsp_response(tbs, algorithm, &signature),
+                        ocsp_response(tbs, algorithm, &signature).unwrap(),
+                        "tbs {} alg {algorithm:02x?} sig {sig_len}",
+                        tbs.len()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn template_times_and_serials_refuse_what_der_refuses() {
+        // Every day boundary of four years, and spot values across the range.
+        let mut t = 1_700_000_000 - 2 * 365 * 86_400;
+        while t < 1_700_000_000 + 2 * 365 * 86_400 {
+            for s in [t, t + 1, t + 86_399] {
+                assert_eq!(
+                    template::time_bytes(s, "t").unwrap()[..],
+                    generalized_time(s, "t").unwrap().to_der().unwrap()[2..],
+                    "{s}"
+                );
+            }
+            t += 86_400;
+        }
+        for bad in [-1, i64::MIN, 253_402_300_800, i64::MAX] {
+            assert!(template::time_bytes(bad, "t").is_err(), "{bad}");
+            assert!(generalized_time(bad, "t").is_err(), "{bad}");
+        }
+        assert!(template::SerialDer::new(&Serial::from_hex(&"01".repeat(21)).unwrap()).is_err());
+        assert!(template::SerialDer::new(&Serial::from_hex(&"ff".repeat(20)).unwrap()).is_ok());
+        // A bad algorithm from the gateway is refused; a good one is accepted again cheaply.
+        let mut check = template::AlgorithmCheck::default();
+        assert!(check.check(&[0x30, 0x03, 0x06, 0x01]).is_err());
+        assert!(check.check(b"").is_err());
+        assert!(check.check(ECDSA_SHA256).is_ok() && check.check(ECDSA_SHA256).is_ok());
+        assert!(check.check(&ECDSA_SHA256[..5]).is_err());
     }
 
     #[test]

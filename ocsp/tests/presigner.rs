@@ -746,6 +746,160 @@ async fn the_refresh_loop_signs_imports_and_stops() {
     );
 }
 
+/// `hsmgate-ocsp presign --once`: signs everything due, exits 0, and the stored responses
+/// verify with `openssl ocsp` (and Python `cryptography`) under both CertID hashes; run again
+/// with nothing due it signs nothing; with the gateway gone it exits non-zero, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presign_once_signs_what_is_due_and_exits() {
+    let mut env = Env::start();
+    let config = env.config_path.display().to_string();
+    // Serials of several lengths: a leading-zero byte after canonicalisation ("00ff.."), the
+    // high bit set (a 0x00 pad in the DER INTEGER), one byte, and 20 bytes with the high bit.
+    let cases: Vec<(&str, String, CertStatus)> = vec![
+        (ISSUER_P256, "0c01".into(), CertStatus::Good),
+        (ISSUER_P256, "00ff0c02".into(), CertStatus::Good),
+        (ISSUER_P256, "7f".into(), CertStatus::Good),
+        (ISSUER_P256, "f".repeat(40), CertStatus::Good),
+        (
+            ISSUER_P256,
+            "8c03".into(),
+            CertStatus::Revoked {
+                at: REVOKED_AT,
+                reason: Some(1),
+            },
+        ),
+        (
+            ISSUER_RSA,
+            "0c04".into(),
+            CertStatus::Revoked {
+                at: REVOKED_AT,
+                reason: None,
+            },
+        ),
+        (ISSUER_RSA, "0c05".into(), CertStatus::Good),
+    ];
+    let mut list = String::new();
+    for (issuer, hex, status) in &cases {
+        match status {
+            CertStatus::Good => list.push_str(&format!("{issuer} {hex} good\n")),
+            CertStatus::Revoked { at, reason } => list.push_str(&format!(
+                "{issuer} {hex} revoked {at} {}\n",
+                reason.map(|r| r.to_string()).unwrap_or_default()
+            )),
+        }
+    }
+    let list = env.write("once.txt", list.as_bytes());
+    let output =
+        common::hsmgate_ocsp(&["import", "--config", &config, &list.display().to_string()]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let output = common::hsmgate_ocsp(&["presign", "--config", &config, "--once"]);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    println!("{stdout}{stderr}");
+    assert!(output.status.success(), "{stdout}{stderr}");
+    let responses = cases.len() * 2;
+    assert!(
+        stdout.contains(&format!(
+            "{responses} responses signed for {} certificates",
+            cases.len()
+        )) && stdout.contains("; 0 certificates still due"),
+        "{stdout}"
+    );
+
+    let store = ocsp::store::sqlite::SqliteStore::open(env.dir.path().join("ocsp.sqlite"))
+        .expect("open the store");
+    let backlog = store
+        .backlog(presigner::unix_now(), 48 * 3600)
+        .await
+        .unwrap();
+    assert_eq!(backlog.due, 0, "{backlog:?}");
+    assert_eq!(backlog.certificates, cases.len() as u64);
+    let python = common::python_cryptography();
+    for (issuer, hex, status) in &cases {
+        let canonical = serial(hex).to_hex();
+        for alg in [HashAlg::Sha1, HashAlg::Sha256] {
+            let response = store
+                .get_for(&name(issuer), &serial(hex), alg)
+                .await
+                .expect("store")
+                .unwrap_or_else(|| panic!("no {} response for {issuer}/{hex}", alg.name()));
+            assert_eq!(response.status, *status);
+            let file = env.write(&format!("once-{hex}-{}.der", alg.name()), &response.der);
+            let out = common::openssl_ocsp(
+                &file,
+                env.issuer_pem(issuer),
+                &canonical,
+                alg == HashAlg::Sha256,
+                &["-no_nonce"],
+            );
+            assert!(out.success, "{}", out.text);
+            assert!(out.text.contains("Response verify OK"), "{}", out.text);
+            let want = match status {
+                CertStatus::Good => "good",
+                CertStatus::Revoked { .. } => "revoked",
+            };
+            assert!(
+                out.text.contains(&format!("0x{canonical}: {want}")),
+                "{}",
+                out.text
+            );
+            if python {
+                let expected = match status {
+                    CertStatus::Good => "good".to_owned(),
+                    CertStatus::Revoked { at, reason } => format!(
+                        "revoked:{at}:{}",
+                        if reason.is_some() {
+                            "key_compromise"
+                        } else {
+                            "none"
+                        }
+                    ),
+                };
+                if let Err(text) = common::python_check(
+                    &file,
+                    env.issuer_pem(issuer),
+                    &canonical,
+                    &expected,
+                    &[alg.name()],
+                ) {
+                    panic!("python cryptography rejected {issuer}/{hex}:\n{text}");
+                }
+            }
+        }
+    }
+
+    // Nothing due: nothing signed, still success.
+    let output = common::hsmgate_ocsp(&["presign", "--config", &config, "--once"]);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("0 responses signed for 0 certificates"),
+        "{stdout}"
+    );
+
+    // Something due and no gateway: a non-zero exit that names the gateway.
+    let more = env.write(
+        "once-more.txt",
+        format!("{ISSUER_P256} 0c06 good\n").as_bytes(),
+    );
+    let output =
+        common::hsmgate_ocsp(&["import", "--config", &config, &more.display().to_string()]);
+    assert!(output.status.success());
+    env.gateway.kill();
+    let output = common::hsmgate_ocsp(&["presign", "--config", &config, "--once"]);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("hsmgate-ocsp: ") && stderr.contains("SignBatch"),
+        "{stderr}"
+    );
+}
+
 /// Gateway failures come back precisely, and a key that is not the issuer's is caught.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_errors_are_precise() {

@@ -1,7 +1,8 @@
 //! `hsmgate-ocsp`: the OCSP responder, the pre-signer, and the commands that feed them.
 //!
 //! - `serve --config FILE`: the OCSP responder (HTTP), until SIGTERM/SIGINT.
-//! - `presign --config FILE`: the refresh loop, until SIGTERM/SIGINT.
+//! - `presign --config FILE [--once]`: the refresh loop, until SIGTERM/SIGINT; with `--once`,
+//!   signs everything due now and exits (non-zero if anything is still due).
 //! - `import --config FILE LIST`: records certificates and statuses from a file (see
 //!   `ocsp::presigner::Presigner::import` for the format); the refresh loop signs them.
 //! - `publish --config FILE --issuer NAME --serial HEX (--good | --revoked [--reason N] [--at T])`:
@@ -61,10 +62,15 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Keeps every certificate's response fresh (the refresh loop) until SIGTERM.
+    /// Keeps every certificate's response fresh (the refresh loop) until SIGTERM; `--once`:
+    /// signs everything due now, then exits (non-zero if anything is still due).
     Presign {
         #[arg(long)]
         config: PathBuf,
+        /// Sign what is due (no per-tick bound), then exit: 0 when everything was signed and
+        /// stored, 1 with a message otherwise (for cron-style runs and the benchmark).
+        #[arg(long)]
+        once: bool,
         /// Serve the pre-signer's Prometheus metrics at http://ADDR/metrics.
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
@@ -179,8 +185,9 @@ async fn dispatch(command: Command) -> Result<(), Error> {
     match command {
         Command::Presign {
             config,
+            once,
             metrics_listen,
-        } => presign(&config, metrics_listen).await,
+        } => presign(&config, once, metrics_listen).await,
         Command::Import { config, list } => {
             let config = Config::load(&config)?;
             let presigner = Presigner::from_config(&config, PresignerMetrics::default()).await?;
@@ -257,7 +264,11 @@ async fn dispatch(command: Command) -> Result<(), Error> {
     }
 }
 
-async fn presign(config_path: &Path, metrics_listen: Option<SocketAddr>) -> Result<(), Error> {
+async fn presign(
+    config_path: &Path,
+    once: bool,
+    metrics_listen: Option<SocketAddr>,
+) -> Result<(), Error> {
     let config = Config::load(config_path)?;
     let metrics = PresignerMetrics::default();
     let presigner = Presigner::from_config(&config, metrics.clone()).await?;
@@ -266,6 +277,30 @@ async fn presign(config_path: &Path, metrics_listen: Option<SocketAddr>) -> Resu
         let mut registry = Registry::default();
         metrics.register(&mut registry);
         serve_metrics(addr, Arc::new(registry)).await?;
+    }
+    if once {
+        let started = std::time::Instant::now();
+        let report = presigner.run_once(presigner::unix_now()).await?;
+        println!(
+            "presign --once: {} responses signed for {} certificates in {:.2} s; {} certificates still due",
+            report.responses,
+            report.certificates,
+            started.elapsed().as_secs_f64(),
+            report.still_due
+        );
+        return if report.still_due == 0 {
+            Ok(())
+        } else {
+            Err(Error::Store {
+                store: "sqlite",
+                detail: format!(
+                    "{} certificates are still due after the run ({} of them revocations): the store \
+                     refused their responses (it keeps a revocation, or a newer response from another \
+                     signer); see the log",
+                    report.still_due, report.revocations_pending
+                ),
+            })
+        };
     }
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
