@@ -258,7 +258,8 @@ pub fn run(args: CeilingArgs) -> Result<()> {
                 load: format!("{describe}, {} ch", args.channels),
                 signatures_per_s: sigs,
                 calls_per_s: calls,
-                p99_us: result.tally.latency.value_at_quantile(0.99) as f64,
+                // The histogram counts nanoseconds.
+                p99_us: result.tally.latency.value_at_quantile(0.99) as f64 / 1e3,
                 errors: result.tally.error_count(),
                 gateway_cores: cores,
                 gateway_us_per_signature: cores * 1e6 / sigs.max(1e-9),

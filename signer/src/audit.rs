@@ -374,7 +374,6 @@ impl Writer {
         bodies: impl Iterator<Item = &'a [u8]>,
         buf: &mut Vec<u8>,
     ) -> Result<u64, String> {
-        use std::io::Write as _;
         if !self.recovered {
             self.recover()?;
         }
