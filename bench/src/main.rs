@@ -6,6 +6,7 @@
 
 mod acme;
 mod capacity;
+mod ceiling;
 mod compare;
 mod drill;
 mod gateway;
@@ -49,6 +50,10 @@ enum Command {
     /// The gateway in front of Luna-class modelled HSMs (hsm-sim): rated speed, latency, and
     /// an HSM knocked out and brought back mid-run (`--knockout-at`).
     Capacity(options::CapacityArgs),
+    /// The gateway's own ceiling: hsm-sim HSMs with no rate limit (stand-in signatures),
+    /// 2/4/8/16 of them, SignBatch and unary Sign closed loop; sig/s and the gateway's CPU per
+    /// signature, as a table.
+    Ceiling(ceiling::CeilingArgs),
     /// The mass-revocation drill: N certificates issued with OCSP responses, all revoked, every
     /// response re-signed through the gateway and verified; the time, the rate against
     /// `SignBatch`, and the projection to a fleet. Resumable (`--dir`).
@@ -69,6 +74,7 @@ fn main() -> ExitCode {
         Command::Raw(args) => compare::run(compare::Plan::raw(args)),
         Command::Sign(args) => compare::run(compare::Plan::sign(args)),
         Command::Capacity(args) => capacity::run(args),
+        Command::Ceiling(args) => ceiling::run(args),
         Command::Drill(args) => drill::run(args),
         Command::Ocsp(args) => ocsp_load::run(args),
         Command::Acme(args) => acme::run(args),

@@ -155,7 +155,15 @@ pub struct Clients {
     plaintext: Option<Arc<ClientEntry>>,
     /// What each key signs (`Config::payload_policy`): issuing keys check declared payloads.
     pub payload_policies: HashMap<String, PayloadPolicy>,
+    /// Certificates already identified (DER → caller), so that a connection's requests do
+    /// not each parse the certificate, re-encode its key and hash it (several µs per call on
+    /// the unary path). At most [`SEEN_MAX`] entries; rebuilt empty with the rest on reload.
+    seen: Mutex<Vec<(Vec<u8>, Caller)>>,
 }
+
+/// Distinct client certificates remembered by [`Clients::identify`]: a CA has a handful of
+/// clients, and only certificates that passed the TLS handshake get here.
+const SEEN_MAX: usize = 64;
 
 impl Clients {
     pub fn from_config(config: &Config, metrics: &Metrics) -> Self {
@@ -265,7 +273,24 @@ impl Clients {
                 },
             };
         };
-        match CertIdentity::parse(leaf.as_ref()) {
+        let der = leaf.as_ref();
+        {
+            let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, caller)) = seen.iter().find(|(d, _)| d.as_slice() == der) {
+                return caller.clone();
+            }
+        }
+        let caller = self.identify_der(der);
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= SEEN_MAX {
+            seen.remove(0);
+        }
+        seen.push((der.to_vec(), caller.clone()));
+        caller
+    }
+
+    fn identify_der(&self, der: &[u8]) -> Caller {
+        match CertIdentity::parse(der) {
             Ok(id) => {
                 let client = self
                     .by_spki
