@@ -194,7 +194,9 @@ pub enum Store {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Presigner {
-    /// The signing gateway (`http://127.0.0.1:50051`). No DNS: an IP literal.
+    /// The signing gateway (`http://127.0.0.1:50051`), or several separated by commas: calls
+    /// are then balanced over the gateways that serve and move off one that dies
+    /// (`hsmgate_signer_api::client`). No DNS: IP literals.
     pub gateway: String,
     /// nextUpdate - thisUpdate.
     pub validity_hours: u64,

@@ -27,7 +27,7 @@ use hsmgate_signer_api::v1::{
     GetPublicKeyRequest, SignBatchRequest, SignRequest, SignResponse, SignatureAlgorithm,
     sign_request,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use x509_cert_02::ext::pkix::CrlReason;
 use x509_cert_02::serial_number::SerialNumber;
 use x509_ocsp::{BasicOcspResponse, OcspGeneralizedTime, OcspResponse, OcspResponseStatus};
@@ -143,12 +143,13 @@ impl GatewaySigner {
         tls: Option<&hsmgate_signer_api::client::ClientTls>,
         batch: usize,
     ) -> Result<Self, Error> {
-        let endpoint: Endpoint =
-            hsmgate_signer_api::client::endpoint(url, tls).map_err(|e| Error::Config {
+        // One URL, or several separated by commas: balanced over the gateways that serve.
+        let channel =
+            hsmgate_signer_api::client::connect_lazy(url, tls).map_err(|e| Error::Config {
                 path: "presigner.gateway".into(),
                 detail: e.to_string(),
             })?;
-        Ok(Self::new(endpoint.connect_lazy(), batch))
+        Ok(Self::new(channel, batch))
     }
 
     /// Deadline of each gateway call.
