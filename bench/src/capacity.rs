@@ -20,7 +20,6 @@
 //! p99 ≤ the model's p99 + 5 ms, zero failed requests through a knockout, settled within 1 s,
 //! recovered within 5 s.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -133,21 +132,7 @@ impl CapacityReport {
 
 pub fn run(args: CapacityArgs) -> Result<()> {
     let started_unix = compare::unix_now();
-    let exe_dir = std::env::current_exe()
-        .context("cannot find hsm-bench's own path")?
-        .parent()
-        .map(PathBuf::from)
-        .context("hsm-bench has no directory")?;
-    let sim = args
-        .sim
-        .clone()
-        .unwrap_or_else(|| exe_dir.join("libhsm_sim.so"));
-    if !sim.is_file() {
-        bail!(
-            "no hsm-sim module at {} (build it: cargo build --release -p hsm-sim; or --sim PATH)",
-            sim.display()
-        );
-    }
+    let sim = simsetup::sim_module(args.sim.as_ref())?;
     let signer = match &args.signer {
         Some(s) => s.clone(),
         None => gateway::default_signer()?,

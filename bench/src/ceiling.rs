@@ -30,7 +30,7 @@ use crate::gateway::{self, SpawnedGateway};
 use crate::grpc_load::{GrpcLoad, GrpcMode};
 use crate::measure::Window;
 use crate::options::parse_duration;
-use crate::procstat::CpuProbe;
+use crate::procstat::{CpuProbe, process_ticks};
 use crate::report::thousands;
 use crate::simsetup::{self, SimGateway};
 use crate::workload::Workload;
@@ -123,34 +123,8 @@ struct CeilingReport<'a> {
     gateway_configs: Vec<String>,
 }
 
-/// utime + stime of a whole process, in clock ticks (`/proc/<pid>/stat` fields 14 and 15).
-fn process_ticks(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
-    let rest = &text[text.rfind(')')? + 1..];
-    let mut fields = rest.split_ascii_whitespace();
-    // `rest` starts at field 3 (state); utime is field 14.
-    let utime: u64 = fields.nth(11)?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
-}
-
 pub fn run(args: CeilingArgs) -> Result<()> {
-    let exe_dir = std::env::current_exe()
-        .context("cannot find hsm-bench's own path")?
-        .parent()
-        .map(PathBuf::from)
-        .context("hsm-bench has no directory")?;
-    let sim = args
-        .sim
-        .clone()
-        .unwrap_or_else(|| exe_dir.join("libhsm_sim.so"));
-    if !sim.is_file() {
-        bail!(
-            "no hsm-sim module at {} (build it: cargo build --release -p hsm-sim; or --sim PATH)",
-            sim.display()
-        );
-    }
+    let sim = simsetup::sim_module(args.sim.as_ref())?;
     let signer = match &args.signer {
         Some(s) => s.clone(),
         None => gateway::default_signer()?,

@@ -197,6 +197,12 @@ fn machine_ticks() -> Option<(u64, u64)> {
     Some((total.saturating_sub(idle), total))
 }
 
+/// utime + stime of a whole process (all its threads), in clock ticks.
+pub fn process_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&stat).map(|(_, ticks)| ticks)
+}
+
 /// Every thread of `pid`: id → (name, user + system ticks).
 fn thread_ticks(pid: u32) -> Option<BTreeMap<u32, (String, u64)>> {
     let dir = fs::read_dir(format!("/proc/{pid}/task")).ok()?;

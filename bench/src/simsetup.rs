@@ -39,6 +39,26 @@ pub struct SimSetup {
     pub labels: Vec<String>,
 }
 
+/// The hsm-sim module to load: `given`, else `libhsm_sim.so` beside this executable (where
+/// `cargo build` puts both); an error that says how to build it if there is none.
+pub fn sim_module(given: Option<&PathBuf>) -> Result<PathBuf> {
+    let sim = match given {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .context("cannot find hsm-bench's own path")?
+            .parent()
+            .map(|d| d.join("libhsm_sim.so"))
+            .context("hsm-bench has no directory")?,
+    };
+    if !sim.is_file() {
+        bail!(
+            "no hsm-sim module at {} (build it: cargo build --release -p hsm-sim; or --sim PATH)",
+            sim.display()
+        );
+    }
+    Ok(sim)
+}
+
 /// Token label of HSM number `i` (0-based).
 pub fn label(i: u32) -> String {
     format!("SIM-{}", i + 1)

@@ -317,26 +317,23 @@ impl Gateway {
 
     /// Every audit record so far, in order.
     pub fn audit_records(&self) -> Vec<serde_json::Value> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(self.audit_dir())
-            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
-        files.retain(|p| p.extension().is_some_and(|e| e == "jsonl"));
-        files.sort();
-        files
+        self.audit_lines()
             .iter()
-            .flat_map(|f| {
-                std::fs::read_to_string(f)
-                    .expect("audit file")
-                    .lines()
-                    .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
-                    .collect::<Vec<_>>()
-            })
+            .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
             .collect()
     }
 
     /// [`Self::audit_records`], skipping a line that is not JSON: the torn last record a
     /// killed gateway may leave (never acknowledged; the next start-up cuts it off).
     pub fn audit_records_lenient(&self) -> Vec<serde_json::Value> {
+        self.audit_lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Every line of the audit files, oldest file first.
+    fn audit_lines(&self) -> Vec<String> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(self.audit_dir())
             .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
             .unwrap_or_default();
@@ -348,7 +345,7 @@ impl Gateway {
                 std::fs::read_to_string(f)
                     .expect("audit file")
                     .lines()
-                    .filter_map(|l| serde_json::from_str(l).ok())
+                    .map(str::to_owned)
                     .collect::<Vec<_>>()
             })
             .collect()
