@@ -89,7 +89,7 @@ pids+=($!)
 
 cat <<MSG
 audit:   $dev/audit/ — check the chain with: target/release/signer audit verify $dev/audit
-bench:   env $(tls_env bench) target/release/hsm-bench compare --config hsm-config/examples/dev.toml --key dev-bench-p256 --gateway https://127.0.0.1:50051
+bench:   env SOFTHSM2_CONF=$SOFTHSM2_CONF $(tls_env bench) target/release/hsm-bench compare --config hsm-config/examples/dev.toml --key dev-bench-p256 --gateway https://127.0.0.1:50051
 OCSP:    http://127.0.0.1:8080/ — try, once the pre-signer has run (a few seconds):
   openssl ocsp -issuer $dev/issuer.pem -CAfile $dev/root.pem -serial 0x1001 -url http://127.0.0.1:8080 -no_nonce
   openssl ocsp -issuer $dev/issuer.pem -CAfile $dev/root.pem -serial 0x1003 -url http://127.0.0.1:8080 -no_nonce
