@@ -28,7 +28,7 @@ use hsm_config::Config;
 use serde::Serialize;
 
 use crate::compare::{self, Plan};
-use crate::gateway::{self, SpawnedGateway};
+use crate::gateway;
 use crate::grpc_load::{GrpcLoad, GrpcMode, OpenLoop};
 use crate::measure::Window;
 use crate::options::{CapacityArgs, GatewayArgs, SignModes, TargetArgs, TimingArgs};
@@ -167,16 +167,8 @@ pub fn run(args: CapacityArgs) -> Result<()> {
     let workload = Arc::new(Workload::new(&config, simsetup::KEY)?);
 
     let mut probe = CpuProbe::new();
-    let log = setup.dir.join("signer.log");
-    let mut spawned = SpawnedGateway::spawn(
-        &signer,
-        &setup.config,
-        &log,
-        &[
-            ("SOFTHSM2_CONF", setup.softhsm_conf.as_os_str()),
-            ("HSMSIM_CONTROL", setup.control.as_os_str()),
-        ],
-    )?;
+    let mut spawned = setup.spawn_gateway(&signer)?;
+    let log = setup.gateway_log();
     probe.watch("gateway", spawned.pid);
     let url = spawned.url();
     eprintln!("capacity: gateway pid {} on {url}, {model}", spawned.pid);

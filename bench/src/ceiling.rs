@@ -26,7 +26,7 @@ use anyhow::{Context as _, Result, bail};
 use hsm_config::Config;
 use serde::Serialize;
 
-use crate::gateway::{self, SpawnedGateway};
+use crate::gateway;
 use crate::grpc_load::{GrpcLoad, GrpcMode};
 use crate::measure::Window;
 use crate::options::parse_duration;
@@ -166,16 +166,8 @@ pub fn run(args: CeilingArgs) -> Result<()> {
         let config = Config::load(&setup.config)?;
         configs.push(std::fs::read_to_string(&setup.config).unwrap_or_default());
         let workload = Arc::new(Workload::new(&config, simsetup::KEY)?);
-        let log = setup.dir.join("signer.log");
-        let mut spawned = SpawnedGateway::spawn(
-            &signer,
-            &setup.config,
-            &log,
-            &[
-                ("SOFTHSM2_CONF", setup.softhsm_conf.as_os_str()),
-                ("HSMSIM_CONTROL", setup.control.as_os_str()),
-            ],
-        )?;
+        let mut spawned = setup.spawn_gateway(&signer)?;
+        let log = setup.gateway_log();
         let mut probe = CpuProbe::new();
         probe.watch("gateway", spawned.pid);
         let url = spawned.url();

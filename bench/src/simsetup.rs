@@ -39,6 +39,27 @@ pub struct SimSetup {
     pub labels: Vec<String>,
 }
 
+impl SimSetup {
+    /// Where [`Self::spawn_gateway`]'s gateway logs.
+    pub fn gateway_log(&self) -> PathBuf {
+        self.dir.join("signer.log")
+    }
+
+    /// Starts `signer` on this setup's configuration, with its tokens and control file, logging
+    /// to [`Self::gateway_log`].
+    pub fn spawn_gateway(&self, signer: &Path) -> Result<crate::gateway::SpawnedGateway> {
+        crate::gateway::SpawnedGateway::spawn(
+            signer,
+            &self.config,
+            &self.gateway_log(),
+            &[
+                ("SOFTHSM2_CONF", self.softhsm_conf.as_os_str()),
+                ("HSMSIM_CONTROL", self.control.as_os_str()),
+            ],
+        )
+    }
+}
+
 /// The hsm-sim module to load: `given`, else `libhsm_sim.so` beside this executable (where
 /// `cargo build` puts both); an error that says how to build it if there is none.
 pub fn sim_module(given: Option<&PathBuf>) -> Result<PathBuf> {
