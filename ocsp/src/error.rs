@@ -37,3 +37,35 @@ pub enum Error {
     #[error("unknown issuer `{0}`")]
     UnknownIssuer(String),
 }
+
+/// The batching client's failures as this crate reports them: the gateway's status kept whole
+/// (its code says whether retrying can help), an unusable answer as an encoding error.
+impl From<hsmgate_signer_api::SignError> for Error {
+    fn from(e: hsmgate_signer_api::SignError) -> Self {
+        use hsmgate_signer_api::SignError;
+        match e {
+            SignError::Gateway {
+                call,
+                code,
+                message,
+            } => Error::Gateway {
+                call,
+                code,
+                detail: message,
+            },
+            SignError::Answer { call, detail } => Error::Encoding {
+                what: format!("{call} answer from the gateway"),
+                detail,
+            },
+            SignError::Endpoint(e) => Error::Config {
+                path: "presigner.gateway".into(),
+                detail: e.to_string(),
+            },
+            other => Error::Gateway {
+                call: "signing queue",
+                code: tonic::Code::Unavailable,
+                detail: other.to_string(),
+            },
+        }
+    }
+}

@@ -51,7 +51,8 @@ use crate::config::{self, Config};
 use crate::error::Error;
 use crate::issuers::Issuers;
 use crate::model::{CertStatus, IssuerName, Serial, StoredResponse};
-use crate::response::{self, GatewaySigner, TbsSigner};
+use crate::response::{self, TbsSigner};
+use hsmgate_signer_api::BatchSigner;
 use crate::store::ResponseStore;
 use crate::store::redis::RedisStore;
 use crate::store::sqlite::{Backlog, SqliteStore};
@@ -334,11 +335,8 @@ impl Presigner {
     /// go to Redis, the worklist lives in the `replica` SQLite file.
     pub async fn from_config(config: &Config, metrics: PresignerMetrics) -> Result<Self, Error> {
         let issuers = Issuers::load(config)?;
-        let signer = GatewaySigner::connect_lazy_tls(
-            &config.presigner.gateway,
-            config.gateway_tls().as_ref(),
-            config.presigner.batch,
-        )?;
+        let signer = BatchSigner::connect_lazy(&config.presigner.gateway, config.gateway_tls().as_ref())?
+            .with_batch(config.presigner.batch);
         let (path, responses) = match &config.store {
             config::Store::Sqlite { path } => (config.resolve(path), Responses::Embedded),
             config::Store::Redis {
@@ -740,7 +738,7 @@ impl Presigner {
                         .into_iter()
                         .map(|items| async move { self.sign_items(&items, now).await }),
                 )
-                .buffered(response::DEFAULT_IN_FLIGHT);
+                .buffered(hsmgate_signer_api::DEFAULT_IN_FLIGHT);
                 let mut acc = Vec::with_capacity(chunk);
                 while let Some(signed) = stream.next().await {
                     acc.extend(signed?);
@@ -1060,9 +1058,9 @@ pub fn parse_time(s: &str) -> Option<i64> {
 /// response signed by another key would be rejected by every client. A mismatch is an
 /// `Error::Config` naming the issuer; a gateway that could not be asked, its `Error::Gateway`
 /// (the caller decides whether to start anyway).
-pub async fn verify_issuer_keys(signer: &GatewaySigner, issuers: &Issuers) -> Result<(), Error> {
+pub async fn verify_issuer_keys(signer: &BatchSigner, issuers: &Issuers) -> Result<(), Error> {
     for issuer in issuers.iter() {
-        let spki = signer.public_key(&issuer.signing_key).await?;
+        let spki = signer.public_key(&issuer.signing_key).await?.spki_der;
         let at_gateway =
             SubjectPublicKeyInfoOwned::from_der(&spki).map_err(|e| Error::Encoding {
                 what: format!("public key of `{}` from the gateway", issuer.signing_key),

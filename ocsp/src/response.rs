@@ -21,13 +21,7 @@ use async_trait::async_trait;
 use der07::asn1::{GeneralizedTime, ObjectIdentifier};
 use der07::oid::AssociatedOid;
 use der07::{Decode, Encode};
-use futures_util::{StreamExt, TryStreamExt, stream};
-use hsmgate_signer_api::v1::signer_client::SignerClient;
-use hsmgate_signer_api::v1::{
-    GetPublicKeyRequest, SignBatchRequest, SignRequest, SignResponse, SignatureAlgorithm,
-    sign_request,
-};
-use tonic::transport::Channel;
+use hsmgate_signer_api::{BatchSigner, Payload};
 use x509_cert_02::ext::pkix::CrlReason;
 use x509_cert_02::serial_number::SerialNumber;
 use x509_ocsp::{BasicOcspResponse, OcspGeneralizedTime, OcspResponse, OcspResponseStatus};
@@ -87,14 +81,6 @@ const ID_SHA1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.14.3.2.26");
 /// id-sha256 (RFC 5754 §2.2): the CertID hash of RFC 9919 clients.
 const ID_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
 
-/// How long one gateway call may take (sent as `grpc-timeout`): the gateway retries on another
-/// HSM within this deadline, so it covers a failover, and a batch of 256 takes ~70 ms.
-pub const DEFAULT_GATEWAY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// `SignBatch` calls in flight at once. The gateway reaches its full rate with ~8 batches of
-/// 256 in flight (README, "Speed"); one at a time would leave the HSMs idle between calls.
-pub const DEFAULT_IN_FLIGHT: usize = 8;
-
 /// Signs DER blobs with a named key and says which algorithm it used.
 #[async_trait]
 pub trait TbsSigner: Send + Sync + fmt::Debug {
@@ -104,227 +90,17 @@ pub trait TbsSigner: Send + Sync + fmt::Debug {
     async fn sign(&self, key: &str, tbs: Vec<Vec<u8>>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error>;
 }
 
-/// [`TbsSigner`] through the signing gateway's `SignBatch`, `message` input (the gateway hashes
-/// with the key's default algorithm: ECDSA with SHA-256 for P-256, RSA PKCS#1 v1.5 with
-/// SHA-256).
-#[derive(Clone, Debug)]
-pub struct GatewaySigner {
-    client: SignerClient<Channel>,
-    batch: usize,
-    in_flight: usize,
-    timeout: Duration,
-}
-
-impl GatewaySigner {
-    /// A signer over `channel`, `batch` messages per `SignBatch` call.
-    pub fn new(channel: Channel, batch: usize) -> Self {
-        Self {
-            client: SignerClient::new(channel)
-                .max_decoding_message_size(64 << 20)
-                .max_encoding_message_size(64 << 20),
-            batch: batch.max(1),
-            in_flight: DEFAULT_IN_FLIGHT,
-            timeout: DEFAULT_GATEWAY_TIMEOUT,
-        }
-    }
-
-    /// A signer for the gateway at `url` (`http://127.0.0.1:50051`). Does not connect: the
-    /// channel connects on first use and reconnects by itself, so a pre-signer starts (and the
-    /// responder beside it keeps serving) while the gateway is down. mTLS files come from
-    /// `HSMGATE_TLS_CA` / `_CERT` / `_KEY` when set; see [`Self::connect_lazy_tls`].
-    pub fn connect_lazy(url: &str, batch: usize) -> Result<Self, Error> {
-        let tls = hsmgate_signer_api::client::ClientTls::from_env();
-        Self::connect_lazy_tls(url, tls.as_ref(), batch)
-    }
-
-    /// Same, with mTLS to the gateway when `tls` is given (`https` is then forced).
-    pub fn connect_lazy_tls(
-        url: &str,
-        tls: Option<&hsmgate_signer_api::client::ClientTls>,
-        batch: usize,
-    ) -> Result<Self, Error> {
-        // One URL, or several separated by commas: balanced over the gateways that serve.
-        let channel =
-            hsmgate_signer_api::client::connect_lazy(url, tls).map_err(|e| Error::Config {
-                path: "presigner.gateway".into(),
-                detail: e.to_string(),
-            })?;
-        Ok(Self::new(channel, batch))
-    }
-
-    /// Deadline of each gateway call.
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// `SignBatch` calls in flight at once (at least 1).
-    pub fn with_in_flight(mut self, in_flight: usize) -> Self {
-        self.in_flight = in_flight.max(1);
-        self
-    }
-
-    /// The gRPC client, for the calls this type does not wrap (`ListKeys`).
-    pub fn client(&self) -> SignerClient<Channel> {
-        self.client.clone()
-    }
-
-    /// The DER SubjectPublicKeyInfo of `key`, as the HSMs hold it.
-    pub async fn public_key(&self, key: &str) -> Result<Vec<u8>, Error> {
-        let mut request = tonic::Request::new(GetPublicKeyRequest {
-            key: key.to_owned(),
-        });
-        request.set_timeout(self.timeout);
-        let response = self
-            .client
-            .clone()
-            .get_public_key(request)
-            .await
-            .map_err(|s| gateway_error("GetPublicKey", s))?;
-        Ok(response.into_inner().spki_der)
-    }
-
-    /// Signs one message with `Sign` (for the odd certificate; responses go through
-    /// [`TbsSigner::sign`]). Returns `(signature, DER AlgorithmIdentifier)`.
-    pub async fn sign_one(&self, key: &str, message: Vec<u8>) -> Result<(Vec<u8>, Vec<u8>), Error> {
-        let mut request = tonic::Request::new(message_request(key, message));
-        request.set_timeout(self.timeout);
-        let response = self
-            .client
-            .clone()
-            .sign(request)
-            .await
-            .map_err(|s| gateway_error("Sign", s))?
-            .into_inner();
-        check_signature("Sign", 0, &response)?;
-        Ok((response.signature, response.algorithm_identifier))
-    }
-
-    /// Signs one declared message with `Sign`: `payload` is its `hsmgate-payload` value (so
-    /// the gateway checks it as that type under that operation's grant) and `algorithm` the one
-    /// the message was built for — a CRL names its signature algorithm inside what is signed.
-    /// Returns `(signature, DER AlgorithmIdentifier)`. Used for CRL shards, which can be tens of
-    /// MB: one per call, with the call's deadline growing with its size.
-    pub async fn sign_declared(
-        &self,
-        key: &str,
-        algorithm: SignatureAlgorithm,
-        message: Vec<u8>,
-        payload: &'static str,
-    ) -> Result<(Vec<u8>, Vec<u8>), Error> {
-        // A large CRL takes time on the wire and to check: 1 s more per 4 MB.
-        let timeout = self.timeout + Duration::from_secs((message.len() >> 22) as u64);
-        let mut request = tonic::Request::new(SignRequest {
-            key: key.to_owned(),
-            algorithm: algorithm as i32,
-            input: Some(sign_request::Input::Message(message)),
-        });
-        request.set_timeout(timeout);
-        request.metadata_mut().insert(
-            hsmgate_signer_api::PAYLOAD_HEADER,
-            tonic::metadata::MetadataValue::from_static(payload),
-        );
-        let response = self
-            .client
-            .clone()
-            .sign(request)
-            .await
-            .map_err(|s| gateway_error("Sign", s))?
-            .into_inner();
-        check_signature("Sign", 0, &response)?;
-        Ok((response.signature, response.algorithm_identifier))
-    }
-
-    async fn sign_batch(
-        &self,
-        key: &str,
-        chunk: Vec<Vec<u8>>,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
-        let asked = chunk.len();
-        let requests = chunk.into_iter().map(|m| message_request(key, m)).collect();
-        let mut request = tonic::Request::new(SignBatchRequest { requests });
-        request.set_timeout(self.timeout);
-        // Declared, so the gateway grants this as `sign-ocsp` (and, for keys with
-        // `check_payload`, checks each item parses as a ResponseData) rather than `sign-raw`.
-        request.metadata_mut().insert(
-            hsmgate_signer_api::PAYLOAD_HEADER,
-            tonic::metadata::MetadataValue::from_static(
-                hsmgate_signer_api::PAYLOAD_OCSP_RESPONSE_DATA,
-            ),
-        );
-        let responses = self
-            .client
-            .clone()
-            .sign_batch(request)
-            .await
-            .map_err(|s| gateway_error("SignBatch", s))?
-            .into_inner()
-            .responses;
-        if responses.len() != asked {
-            return Err(Error::Encoding {
-                what: "gateway answer".into(),
-                detail: format!(
-                    "SignBatch returned {} signatures for {asked} requests",
-                    responses.len()
-                ),
-            });
-        }
-        responses
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| {
-                check_signature("SignBatch", i, &r)?;
-                Ok((r.signature, r.algorithm_identifier))
-            })
-            .collect()
-    }
-}
-
+/// [`TbsSigner`] through the gateway's `SignBatch`, declared as OCSP `ResponseData` (so the
+/// gateway grants it as `sign-ocsp` and, for keys that check payloads, parses each item), with
+/// the key's default algorithm (ECDSA with SHA-256 for P-256, RSA PKCS#1 v1.5 with SHA-256).
 #[async_trait]
-impl TbsSigner for GatewaySigner {
+impl TbsSigner for BatchSigner {
     async fn sign(&self, key: &str, tbs: Vec<Vec<u8>>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
-        let mut chunks = Vec::with_capacity(tbs.len().div_ceil(self.batch));
-        let mut rest = tbs.into_iter().peekable();
-        while rest.peek().is_some() {
-            chunks.push(rest.by_ref().take(self.batch).collect::<Vec<_>>());
-        }
-        // `buffered` keeps the answers in request order while `in_flight` calls run at once;
-        // the first failure fails the whole call (signing is idempotent: the caller retries).
-        let signed: Vec<Vec<(Vec<u8>, Vec<u8>)>> = stream::iter(chunks)
-            .map(|chunk| self.sign_batch(key, chunk))
-            .buffered(self.in_flight)
-            .try_collect()
-            .await?;
-        Ok(signed.into_iter().flatten().collect())
-    }
-}
-
-fn message_request(key: &str, message: Vec<u8>) -> SignRequest {
-    SignRequest {
-        key: key.to_owned(),
-        // The key's default algorithm; the answer names the one used.
-        algorithm: SignatureAlgorithm::Unspecified as i32,
-        input: Some(sign_request::Input::Message(message)),
-    }
-}
-
-/// A gateway answer must carry a signature and the algorithm that made it.
-fn check_signature(call: &str, index: usize, r: &SignResponse) -> Result<(), Error> {
-    if r.signature.is_empty() || r.algorithm_identifier.is_empty() {
-        return Err(Error::Encoding {
-            what: "gateway answer".into(),
-            detail: format!("{call} answer {index} has no signature or no algorithm identifier"),
-        });
-    }
-    Ok(())
-}
-
-/// The gateway's status, kept whole: its code says whether retrying can help.
-fn gateway_error(call: &'static str, status: tonic::Status) -> Error {
-    Error::Gateway {
-        call,
-        code: status.code(),
-        detail: status.message().to_owned(),
+        let signed = self.sign_all(key, Payload::OcspResponseData, tbs).await?;
+        Ok(signed
+            .into_iter()
+            .map(|s| (s.signature, s.algorithm_identifier))
+            .collect())
     }
 }
 

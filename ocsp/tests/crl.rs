@@ -821,16 +821,17 @@ async fn leaf(env: &Env, serial_hex: &str, crl_url: &str) -> PathBuf {
         extensions: Some(vec![dp.to_extension(&subject, &[]).expect("crl dp")]),
     };
     let signer =
-        ocsp::response::GatewaySigner::connect_lazy(&env.gateway.url(), 1).expect("gateway");
-    let (signature, used) = signer
-        .sign_declared(
+        hsmgate_signer_api::BatchSigner::connect_lazy(&env.gateway.url(), None).expect("gateway");
+    let signed = signer
+        .sign_one(
             common::KEY_P256,
             hsmgate_signer_api::v1::SignatureAlgorithm::EcdsaSha256,
+            hsmgate_signer_api::Payload::TbsCertificate,
             tbs.to_der().expect("tbs"),
-            hsmgate_signer_api::PAYLOAD_TBS_CERTIFICATE,
         )
         .await
         .expect("sign leaf");
+    let (signature, used) = (signed.signature, signed.algorithm_identifier);
     assert_eq!(
         spki07::AlgorithmIdentifierOwned::from_der(&used).expect("alg"),
         algorithm

@@ -14,7 +14,7 @@ use ocsp::config::{CertIdHashes, Config};
 use ocsp::issuers::{HashAlg, Issuers};
 use ocsp::model::{CertStatus, IssuerName, Serial};
 use ocsp::presigner::{self, Outcome, Presigner, PresignerMetrics};
-use ocsp::response::GatewaySigner;
+use hsmgate_signer_api::BatchSigner;
 use ocsp::store::ResponseStore;
 
 async fn presigner(env: &Env) -> Presigner {
@@ -341,7 +341,7 @@ async fn an_old_layout_response_is_served_until_the_refresh_re_signs_it_per_hash
 
     // What the previous version stored: both SingleResponses under one signature.
     let issuers = Issuers::load(&config).expect("issuers");
-    let signer = GatewaySigner::connect_lazy(&env.gateway.url(), 16).expect("signer");
+    let signer = BatchSigner::connect_lazy(&env.gateway.url(), None).expect("signer").with_batch(16);
     let old = ocsp::response::sign_responses(
         &signer,
         issuers.get(&issuer).expect("issuer"),
@@ -945,7 +945,7 @@ async fn gateway_errors_are_precise() {
     config.issuers[0].signing_key = KEY_RSA.into();
     config.issuers[1].signing_key = KEY_RSA.into();
     let issuers = Issuers::load(&config).unwrap();
-    let signer = GatewaySigner::connect_lazy(&env.gateway.url(), 16).unwrap();
+    let signer = BatchSigner::connect_lazy(&env.gateway.url(), None).unwrap().with_batch(16);
     let err = presigner::verify_issuer_keys(&signer, &issuers)
         .await
         .unwrap_err();
@@ -958,9 +958,12 @@ async fn gateway_errors_are_precise() {
         .await
         .unwrap();
 
-    // No gateway at all: UNAVAILABLE, quickly.
-    let dead = GatewaySigner::connect_lazy("http://127.0.0.1:9", 16).unwrap();
-    let err = dead.public_key(KEY_P256).await.unwrap_err();
+    // No gateway at all: UNAVAILABLE once the call's deadline has passed (the client retries
+    // a transport failure within it, for another gateway of a list to take over).
+    let dead = BatchSigner::connect_lazy("http://127.0.0.1:9", None)
+        .unwrap()
+        .with_timeout(Duration::from_secs(1));
+    let err: Error = dead.public_key(KEY_P256).await.unwrap_err().into();
     assert!(
         matches!(
             err,
@@ -1121,7 +1124,7 @@ async fn presign_rate() {
         .unwrap_or(20_000);
     let env = Env::start_with(|t| t.replace("batch = 64", "batch = 256"));
     let p = presigner(&env).await;
-    let signer = GatewaySigner::connect_lazy(&env.gateway.url(), 256).unwrap();
+    let signer = BatchSigner::connect_lazy(&env.gateway.url(), None).unwrap().with_batch(256);
     // Raw: the same number of ~300-byte messages (a ResponseData's size), same batching.
     let messages: Vec<Vec<u8>> = (0..n)
         .map(|i| [i.to_be_bytes().to_vec(), vec![0x5a; 296]].concat())

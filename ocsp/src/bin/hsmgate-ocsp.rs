@@ -37,7 +37,9 @@ use ocsp::Error;
 use ocsp::config::Config;
 use ocsp::model::{CertStatus, IssuerName, Serial};
 use ocsp::presigner::{self, Presigner, PresignerMetrics};
-use ocsp::response::GatewaySigner;
+use hsmgate_signer_api::{BatchSigner, Payload};
+use hsmgate_signer_api::client::ClientTls;
+use hsmgate_signer_api::v1::SignatureAlgorithm;
 use prometheus_client::registry::Registry;
 use sha1_010::{Digest, Sha1};
 use spki07::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
@@ -214,7 +216,7 @@ async fn dispatch(command: Command) -> Result<(), Error> {
             days,
             out,
         } => {
-            let signer = GatewaySigner::connect_lazy(&gateway, 1)?;
+            let signer = BatchSigner::connect_lazy(&gateway, ClientTls::from_env().as_ref())?;
             let pem = issuer_cert(&signer, &key, &subject, days).await?;
             std::fs::write(&out, pem)?;
             println!("wrote {}", out.display());
@@ -365,7 +367,7 @@ async fn crl_update(
 /// is not (the loop retries every tick), so the pre-signer starts anyway.
 async fn check_keys(config: &Config) -> Result<(), Error> {
     let issuers = ocsp::issuers::Issuers::load(config)?;
-    let signer = GatewaySigner::connect_lazy(&config.presigner.gateway, 1)?
+    let signer = BatchSigner::connect_lazy(&config.presigner.gateway, ClientTls::from_env().as_ref())?
         .with_timeout(Duration::from_secs(5));
     match presigner::verify_issuer_keys(&signer, &issuers).await {
         Ok(()) => Ok(()),
@@ -491,17 +493,23 @@ fn extension<T: AsExtension>(value: &T, subject: &Name) -> Result<Extension, Err
 /// must name the algorithm before the signature exists, and the gateway is the one that knows
 /// which AlgorithmIdentifier it produces (e.g. parameters absent for ECDSA, RFC 5758 §3.2).
 async fn issuer_cert(
-    signer: &GatewaySigner,
+    signer: &BatchSigner,
     key: &str,
     subject: &str,
     days: u32,
 ) -> Result<String, Error> {
-    let spki_der = signer.public_key(key).await?;
+    let spki_der = signer.public_key(key).await?.spki_der;
     let spki = SubjectPublicKeyInfoOwned::from_der(&spki_der)
         .map_err(|e| encoding("public key from the gateway", e))?;
-    let (_, algorithm_der) = signer
-        .sign_one(key, b"hsmgate-ocsp issuer-cert: which algorithm".to_vec())
-        .await?;
+    let algorithm_der = signer
+        .sign_one(
+            key,
+            SignatureAlgorithm::Unspecified,
+            Payload::Raw,
+            b"hsmgate-ocsp issuer-cert: which algorithm".to_vec(),
+        )
+        .await?
+        .algorithm_identifier;
     let algorithm = AlgorithmIdentifierOwned::from_der(&algorithm_der)
         .map_err(|e| encoding("algorithm from the gateway", e))?;
     let name = Name::from_str(subject).map_err(|e| Error::Config {
@@ -559,7 +567,10 @@ async fn issuer_cert(
         extensions: Some(extensions),
     };
     let tbs_der = tbs.to_der().map_err(|e| encoding("TBSCertificate", e))?;
-    let (signature, used) = signer.sign_one(key, tbs_der).await?;
+    let signed = signer
+        .sign_one(key, SignatureAlgorithm::Unspecified, Payload::Raw, tbs_der)
+        .await?;
+    let (signature, used) = (signed.signature, signed.algorithm_identifier);
     if used != algorithm_der {
         return Err(encoding(
             "certificate signature",

@@ -330,20 +330,18 @@ pub trait CrlSigner: Send + Sync + fmt::Debug {
 }
 
 #[async_trait]
-impl CrlSigner for crate::response::GatewaySigner {
+impl CrlSigner for hsmgate_signer_api::BatchSigner {
     async fn sign_crl(
         &self,
         key: &str,
         algorithm: SignatureAlgorithm,
         tbs: Vec<u8>,
     ) -> Result<(Vec<u8>, Vec<u8>), Error> {
-        self.sign_declared(
-            key,
-            algorithm,
-            tbs,
-            hsmgate_signer_api::PAYLOAD_TBS_CERT_LIST,
-        )
-        .await
+        // One shard per `Sign` call: a shard can be tens of MB.
+        let signed = self
+            .sign_one(key, algorithm, hsmgate_signer_api::Payload::TbsCertList, tbs)
+            .await?;
+        Ok((signed.signature, signed.algorithm_identifier))
     }
 }
 

@@ -46,7 +46,7 @@ use crate::error::Error;
 use crate::issuers::Issuers;
 use crate::model::IssuerName;
 use crate::presigner::{error_kind, unix_now};
-use crate::response::GatewaySigner;
+use hsmgate_signer_api::BatchSigner;
 use crate::store::CrlStore;
 use crate::store::redis::RedisStore;
 use crate::store::sqlite::SqliteStore;
@@ -359,11 +359,7 @@ impl Updater {
                 detail: "no issuer publishes CRLs: add [issuers.crl] to one".into(),
             });
         }
-        let signer = GatewaySigner::connect_lazy_tls(
-            &config.presigner.gateway,
-            config.gateway_tls().as_ref(),
-            1,
-        )?
+        let signer = BatchSigner::connect_lazy(&config.presigner.gateway, config.gateway_tls().as_ref())?
         .with_timeout(Duration::from_secs(30));
         let open = |path: PathBuf| async move {
             tokio::task::spawn_blocking(move || SqliteStore::open(path))

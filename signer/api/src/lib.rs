@@ -3,12 +3,20 @@
 //!
 //! Callers (the OCSP pre-signer, the ACME frontend, `hsm-bench`) depend on this crate alone:
 //! it carries the client stubs and messages but no PKCS#11, and [`client`], which turns an
-//! endpoint URL and optional mTLS files into a tonic `Channel`. [`http_listener`] is the
+//! endpoint URL and optional mTLS files into a tonic `Channel`, and [`BatchSigner`], the one
+//! batching signing client (payload declaration, batches, a bound on calls in flight, retries
+//! on another gateway, typed errors) they all sign through. [`http_listener`] is the
 //! bounded HTTP server (timeouts, connection cap) that every hsmgate HTTP listener uses;
 //! [`logging`] sets up every hsmgate process's log output (text or JSON lines).
 
 #![allow(missing_debug_implementations)] // generated code; its messages derive Debug already.
 
+pub use batch::{
+    BatchSigner, DEFAULT_BATCH, DEFAULT_IN_FLIGHT, DEFAULT_TIMEOUT, Payload, PublicKey, SignError,
+    SignQueue, Signature,
+};
+
+mod batch;
 pub mod client;
 pub mod http_listener;
 pub mod logging;
