@@ -39,10 +39,10 @@ use clap::Args;
 use der07::{Decode, Encode};
 use hsm_config::Config;
 use hsmgate_signer_api::v1::GetPublicKeyRequest;
-use ocsp::model::{CertStatus, IssuerName, Serial};
-use ocsp::presigner::{Presigner, PresignerMetrics, unix_now};
+use ocsp::presigner::{Presigner, PresignerMetrics};
 use ocsp::store::ResponseStore;
 use ocsp::store::Slot;
+use ocsp::{CertStatus, IssuerName, Serial, unix_now};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -791,7 +791,7 @@ async fn verify(
     presigner: &Presigner,
     issuer: &IssuerName,
     serials: &[Serial],
-    hashes: &[ocsp::issuers::HashAlg],
+    hashes: &[ocsp::HashAlg],
     spki: &[u8],
     sample: usize,
 ) -> Result<Check> {

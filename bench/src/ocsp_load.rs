@@ -36,8 +36,7 @@ use hyper::{Method, Request, StatusCode, header};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use ocsp::issuers::{HashAlg, Issuer, Issuers};
-use ocsp::model::{CertStatus, Serial};
+use ocsp::{CertStatus, HashAlg, Issuer, Issuers, Serial};
 use serde::Serialize;
 use x509_cert_02::spki::AlgorithmIdentifierOwned;
 use x509_ocsp::{BasicOcspResponse, CertId, OcspRequest, OcspResponse, OcspResponseStatus};
@@ -191,7 +190,7 @@ pub fn request_der(alg: HashAlg, issuer: &Issuer, serial: &Serial) -> Result<Vec
                     },
                     issuer_name_hash: OctetString::new(issuer.name_hash.get(alg))?,
                     issuer_key_hash: OctetString::new(issuer.key_hash.get(alg))?,
-                    serial_number: ocsp::response::serial_number(serial)
+                    serial_number: ocsp::serial_number(serial)
                         .map_err(|e| anyhow!("serial {serial}: {e}"))?,
                 },
                 single_request_extensions: None,
@@ -1350,7 +1349,7 @@ mod tests {
             REQ_SHA256
         );
         // ... and the responder's parser reads them back.
-        let parsed = ocsp::request::parse(REQ_SHA256).unwrap();
+        let parsed = ocsp::parse_request(REQ_SHA256).unwrap();
         assert_eq!(parsed.serial, serial);
     }
 

@@ -137,12 +137,12 @@ fn an_interrupted_drill_resumes_and_loses_nothing() {
     // another process would): a fixed delay could kill it before the first chunk on a slow
     // machine, or after the last on a fast one.
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let store = ocsp::store::sqlite::SqliteStore::open(dir.path().join("work").join("ocsp.sqlite"))
-        .unwrap();
+    let store =
+        ocsp::store::SqliteStore::open(dir.path().join("work").join("ocsp.sqlite")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let pending = runtime
-            .block_on(store.backlog(ocsp::presigner::unix_now(), 0))
+            .block_on(store.backlog(ocsp::unix_now(), 0))
             .unwrap()
             .revocations_pending;
         if pending < COUNT {

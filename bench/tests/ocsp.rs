@@ -1,7 +1,7 @@
 //! `hsm-bench ocsp` against a real responder: `hsmgate-ocsp serve` on a SQLite store that
 //! holds responses for 5,000 certificates of a throwaway P-256 issuer (one in ten revoked),
 //! signed here with the issuer's key the way the pre-signer builds them
-//! (`ocsp::response::sign_responses`). What must hold:
+//! (`ocsp::sign_responses`). What must hold:
 //!
 //! - every kind of request was sent and answered as it must be: known serials with their
 //!   listed status (good and revoked both seen), unknown serials `unauthorized`, truncated
@@ -24,8 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use async_trait::async_trait;
-use ocsp::model::{CertStatus, IssuerName, Serial};
-use ocsp::response::TbsSigner;
+use ocsp::{CertStatus, IssuerName, Serial, TbsSigner};
 use p256::ecdsa::signature::Signer as _;
 use p256::pkcs8::DecodePrivateKey;
 use serde_json::Value;
@@ -83,8 +82,8 @@ fn prepare(dir: &Path) -> PathBuf {
     let signer =
         LocalSigner(p256::ecdsa::SigningKey::from_pkcs8_der(&key.serialize_der()).unwrap());
 
-    let issuer = ocsp::issuers::Issuer::new(ISSUER, "test-p256", cert.pem().as_bytes()).unwrap();
-    let now = ocsp::presigner::unix_now();
+    let issuer = ocsp::Issuer::new(ISSUER, "test-p256", cert.pem().as_bytes()).unwrap();
+    let now = ocsp::unix_now();
     let revoked_at = now - 86_400;
     let items: Vec<(Serial, CertStatus)> = (0..CERTIFICATES)
         .map(|i| {
@@ -101,9 +100,9 @@ fn prepare(dir: &Path) -> PathBuf {
         .collect();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let store = ocsp::store::sqlite::SqliteStore::open(dir.join("ocsp.sqlite")).unwrap();
+        let store = ocsp::store::SqliteStore::open(dir.join("ocsp.sqlite")).unwrap();
         for chunk in items.chunks(1000) {
-            let signed = ocsp::response::sign_responses(
+            let signed = ocsp::sign_responses(
                 &signer,
                 &issuer,
                 chunk,

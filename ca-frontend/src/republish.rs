@@ -25,7 +25,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ocsp::model::{CertStatus, Serial};
+use ocsp::{CertStatus, Serial};
 
 use crate::metrics::GatewayCall;
 use crate::model::{CertificateRecord, OrderStatus, Revocation};

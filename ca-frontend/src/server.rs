@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::BodyExt;
-use ocsp::model::{CertStatus, IssuerName, Serial};
+use ocsp::{CertStatus, IssuerName, Serial};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 

@@ -616,12 +616,12 @@ async fn issuance_works_and_a_second_finalization_loses() {
         .presigner
         .store()
         .certificate(
-            &ocsp::model::IssuerName("test".into()),
-            &ocsp::model::Serial::from_be_bytes(&bytes),
+            &ocsp::IssuerName("test".into()),
+            &ocsp::Serial::from_be_bytes(&bytes),
         )
         .await
         .expect("ocsp worklist");
-    assert_eq!(stored, Some(ocsp::model::CertStatus::Good));
+    assert_eq!(stored, Some(ocsp::CertStatus::Good));
     // The classic profile publishes both: the OCSP URL, and the CRL shard its serial falls in
     // (the last 8 octets, big-endian, modulo the 4 shards), as openssl reads them.
     let text = Command::new("openssl")
@@ -675,15 +675,15 @@ async fn issuance_works_and_a_second_finalization_loses() {
         .presigner
         .store()
         .certificate(
-            &ocsp::model::IssuerName("test".into()),
-            &ocsp::model::Serial::from_be_bytes(&bytes),
+            &ocsp::IssuerName("test".into()),
+            &ocsp::Serial::from_be_bytes(&bytes),
         )
         .await
         .expect("ocsp worklist");
     assert!(
         matches!(
             status,
-            Some(ocsp::model::CertStatus::Revoked {
+            Some(ocsp::CertStatus::Revoked {
                 reason: Some(4),
                 ..
             })
@@ -1277,12 +1277,12 @@ async fn the_certificate_key_may_revoke_and_replacements_skip_the_domain_limit()
 }
 
 /// The OCSP worklist's status for one of `ca`'s serials (hex).
-async fn ocsp_status(ca: &Ca, serial: &str) -> Option<ocsp::model::CertStatus> {
+async fn ocsp_status(ca: &Ca, serial: &str) -> Option<ocsp::CertStatus> {
     ca.presigner
         .store()
         .certificate(
-            &ocsp::model::IssuerName("test".into()),
-            &ocsp::model::Serial::from_be_bytes(&hex::decode(serial).expect("hex")),
+            &ocsp::IssuerName("test".into()),
+            &ocsp::Serial::from_be_bytes(&hex::decode(serial).expect("hex")),
         )
         .await
         .expect("ocsp worklist")
@@ -1292,7 +1292,7 @@ async fn ocsp_status(ca: &Ca, serial: &str) -> Option<ocsp::model::CertStatus> {
 async fn a_crash_between_recording_and_publishing_is_repaired() {
     use ca_frontend::model::{CertificateRecord, OrderStatus, Revocation};
     use ca_frontend::republish::{GRACE, mark, republish_pending};
-    use ocsp::model::CertStatus;
+    use ocsp::CertStatus;
     let ca = ca().await;
     let mut client = Client::new(&ca);
     client.register().await;
@@ -1673,7 +1673,7 @@ async fn a_recorded_certificate_whose_publishing_failed_ends_valid() {
     );
     assert_eq!(
         ocsp_status(&ca, &serial).await,
-        Some(ocsp::model::CertStatus::Good)
+        Some(ocsp::CertStatus::Good)
     );
     let m = metrics_text(&ca);
     for (series, want) in [

@@ -15,7 +15,7 @@ use std::hint::black_box;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 use ocsp::crl::{CrlEntry, IssuerCrl};
-use ocsp::model::{IssuerName, Serial};
+use ocsp::{IssuerName, Serial};
 
 /// `n` entries with random-looking 16-byte serials (shard 0 of 128: the last byte is a multiple
 /// of 128), revoked over a day, every third for keyCompromise.

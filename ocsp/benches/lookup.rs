@@ -18,10 +18,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 
-use ocsp::issuers::HashAlg;
 use ocsp::metrics::Metrics;
-use ocsp::model::{IssuerName, Serial};
-use ocsp::source::{CachedSource, Health, Lookup, Source, StoreSource};
+use ocsp::{CachedSource, HashAlg, Health, IssuerName, Lookup, Serial, Source, StoreSource};
 
 const ROWS: u64 = 10_000;
 

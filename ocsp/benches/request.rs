@@ -1,6 +1,6 @@
 //! Parsing OCSP requests, and the responder's whole HTTP handler on a cache hit.
 //!
-//! - `parse/*`: `ocsp::request::parse` on the DER OpenSSL sends (`tests/data/`: SHA-1 and
+//! - `parse/*`: `ocsp::parse_request` on the DER OpenSSL sends (`tests/data/`: SHA-1 and
 //!   SHA-256 CertIDs, with and without a nonce) — what every POST body and decoded GET path
 //!   goes through.
 //! - `handler_hit/*`: one request through `responder::router` in process (tower `oneshot`, no
@@ -26,12 +26,11 @@ use base64::engine::general_purpose::STANDARD as B64;
 use criterion::{Criterion, criterion_group, criterion_main};
 use tower::ServiceExt;
 
-use ocsp::issuers::{HashAlg, Issuers};
 use ocsp::metrics::Metrics;
-use ocsp::model::{IssuerName, Serial};
-use ocsp::request::parse;
 use ocsp::responder::{AppState, router};
-use ocsp::source::{CachedSource, Health, Source, StoreSource};
+use ocsp::{
+    CachedSource, HashAlg, Health, IssuerName, Issuers, Serial, Source, StoreSource, parse_request,
+};
 
 const SERIALS: u64 = 1024;
 
@@ -43,8 +42,8 @@ fn parsing(c: &mut Criterion) {
         ("sha1_nonce", common::REQ_SHA1_NONCE),
         ("sha256_nonce", common::REQ_SHA256_NONCE),
     ] {
-        assert!(parse(der).is_ok(), "{name}: the fixture must parse");
-        group.bench_function(name, |b| b.iter(|| parse(black_box(der))));
+        assert!(parse_request(der).is_ok(), "{name}: the fixture must parse");
+        group.bench_function(name, |b| b.iter(|| parse_request(black_box(der))));
     }
     group.finish();
 }

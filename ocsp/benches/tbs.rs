@@ -17,8 +17,7 @@ use std::time::Instant;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
-use ocsp::model::{CertStatus, Serial};
-use ocsp::response::sign_responses;
+use ocsp::{CertStatus, Serial, sign_responses};
 
 fn tbs(c: &mut Criterion) {
     let rt = match tokio::runtime::Builder::new_current_thread().build() {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::Error;
-use crate::issuers::HashAlg;
+use crate::hash_alg::HashAlg;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -69,3 +69,26 @@ impl From<hsmgate_signer_api::SignError> for Error {
         }
     }
 }
+
+/// A short, stable label for an error (the metric's `kind`).
+pub fn error_kind(error: &Error) -> &'static str {
+    #[allow(unreachable_patterns)] // `Error` is non_exhaustive: new variants count as "other"
+    match error {
+        Error::Gateway { code, .. } => match code {
+            tonic::Code::Unavailable => "gateway_unavailable",
+            tonic::Code::DeadlineExceeded => "gateway_deadline_exceeded",
+            tonic::Code::ResourceExhausted => "gateway_resource_exhausted",
+            tonic::Code::NotFound => "gateway_unknown_key",
+            tonic::Code::InvalidArgument => "gateway_invalid_argument",
+            _ => "gateway_other",
+        },
+        Error::Store { .. } => "store",
+        Error::Corrupt { .. } => "corrupt",
+        Error::Encoding { .. } => "encoding",
+        Error::Config { .. } => "config",
+        Error::Import { .. } => "import",
+        Error::UnknownIssuer(_) => "unknown_issuer",
+        Error::Io(_) => "io",
+        _ => "other",
+    }
+}

@@ -11,33 +11,8 @@ use x509_cert_02::Certificate;
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::model::IssuerName;
-
-/// Hash algorithms accepted in CertIDs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum HashAlg {
-    Sha1,
-    Sha256,
-}
-
-impl HashAlg {
-    /// Every algorithm, in the order responses list their SingleResponses (SHA-1 first, as
-    /// before RFC 9919).
-    pub const ALL: [HashAlg; 2] = [HashAlg::Sha1, HashAlg::Sha256];
-
-    /// The name used in the configuration (`presigner.cert_id_hashes`) and in metric labels.
-    pub fn name(self) -> &'static str {
-        match self {
-            HashAlg::Sha1 => "sha1",
-            HashAlg::Sha256 => "sha256",
-        }
-    }
-
-    /// The algorithm a configuration name stands for.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|a| a.name() == name)
-    }
-}
+use crate::hash_alg::HashAlg;
+use crate::record::IssuerName;
 
 /// One value hashed both ways.
 #[derive(Clone, Debug, PartialEq, Eq)]

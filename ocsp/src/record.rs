@@ -1,6 +1,10 @@
-//! What the OCSP service knows about a certificate, and the rule that keeps publishing safe.
+//! What the OCSP service knows about a certificate: its issuer, serial and status, and a signed
+//! response as stored. The rule for replacing one stored response by another is in
+//! [`crate::publishing`]; the HTTP header values kept with a response in [`crate::http_memo`].
 
 use std::fmt;
+
+use crate::http_memo::HttpMemo;
 
 /// An issuer, by the name given in the configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -89,113 +93,9 @@ pub struct StoredResponse {
     pub http: HttpMemo,
 }
 
-/// See [`StoredResponse::http`]. Boxed: most responses the pre-signer handles are never served
-/// by this process, and should not carry the space.
-#[derive(Clone, Debug, Default)]
-pub struct HttpMemo(pub std::sync::OnceLock<Box<HttpParts>>);
-
-impl PartialEq for HttpMemo {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl Eq for HttpMemo {}
-
-/// The body and the headers of a response that do not change while it is served.
-#[derive(Clone, Debug)]
-pub struct HttpParts {
-    pub body: axum::body::Bytes,
-    /// The quoted hex SHA-256 of the DER.
-    pub etag: axum::http::HeaderValue,
-    /// thisUpdate as an HTTP date.
-    pub last_modified: axum::http::HeaderValue,
-    /// nextUpdate as an HTTP date.
-    pub expires: axum::http::HeaderValue,
-    /// The CertID hash algorithms the response has a SingleResponse for, read from the DER
-    /// (`response::cert_id_hashes_in`; empty if it does not parse): the responder answers a
-    /// request with this response only if its CertID hash is among them.
-    pub cert_id_hashes: Vec<crate::issuers::HashAlg>,
-}
-
-/// Whether `new` may replace `old`. Publishing is monotonic:
-/// - a revocation is never replaced by a `good` response — not by a refresh that started
-///   before the revocation, not after a crash;
-/// - a revocation is never replaced by one with a different revocation time or reason (the
-///   first recorded revocation stands);
-/// - otherwise the newer response (by thisUpdate) wins; an equal thisUpdate with the same
-///   status is an idempotent retry and may replace it.
-pub fn may_replace(old: &StoredResponse, new: &StoredResponse) -> bool {
-    match (old.status, new.status) {
-        (CertStatus::Revoked { .. }, CertStatus::Good) => false,
-        (CertStatus::Revoked { at: a, reason: r }, CertStatus::Revoked { at: b, reason: s }) => {
-            a == b && r == s && new.this_update >= old.this_update
-        }
-        (CertStatus::Good, CertStatus::Revoked { .. }) => true,
-        (CertStatus::Good, CertStatus::Good) => new.this_update >= old.this_update,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn resp(status: CertStatus, this_update: i64) -> StoredResponse {
-        StoredResponse {
-            status,
-            this_update,
-            next_update: this_update + 86_400,
-            der: vec![],
-            http: Default::default(),
-        }
-    }
-
-    #[test]
-    fn a_revocation_is_never_replaced_by_good() {
-        let revoked = resp(
-            CertStatus::Revoked {
-                at: 100,
-                reason: Some(1),
-            },
-            100,
-        );
-        assert!(!may_replace(&revoked, &resp(CertStatus::Good, 1_000)));
-        assert!(!may_replace(
-            &revoked,
-            &resp(
-                CertStatus::Revoked {
-                    at: 200,
-                    reason: Some(1)
-                },
-                300
-            )
-        ));
-        assert!(may_replace(
-            &revoked,
-            &resp(
-                CertStatus::Revoked {
-                    at: 100,
-                    reason: Some(1)
-                },
-                300
-            )
-        ));
-        assert!(!may_replace(
-            &revoked,
-            &resp(
-                CertStatus::Revoked {
-                    at: 100,
-                    reason: Some(1)
-                },
-                50
-            )
-        ));
-        assert!(may_replace(&resp(CertStatus::Good, 500), &revoked));
-        assert!(!may_replace(
-            &resp(CertStatus::Good, 500),
-            &resp(CertStatus::Good, 400)
-        ));
-    }
 
     #[test]
     fn serials_are_canonical() {

@@ -22,8 +22,8 @@ use der07::asn1::Null;
 use der07::oid::ObjectIdentifier;
 use x509_ocsp::OcspRequest;
 
-use crate::issuers::HashAlg;
-use crate::model::Serial;
+use crate::hash_alg::HashAlg;
+use crate::record::Serial;
 
 /// id-sha1, RFC 3279 §2.2.1 / RFC 5019 §2.1.1.
 const OID_SHA1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.14.3.2.26");

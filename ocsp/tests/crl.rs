@@ -19,9 +19,9 @@ use std::time::Duration;
 use common::{Env, ISSUER_P256, ISSUER_RSA};
 use ocsp::config::Config;
 use ocsp::crl::{CrlMetrics, ShardMap, Updater};
-use ocsp::model::{CertStatus, IssuerName, Serial};
-use ocsp::presigner::{Presigner, PresignerMetrics, unix_now};
+use ocsp::presigner::{Presigner, PresignerMetrics};
 use ocsp::store::CrlStore;
+use ocsp::{CertStatus, IssuerName, Serial, unix_now};
 
 const SHARDS: u32 = 4;
 const BASE_URL: &str = "http://crl.hsmgate.test";
@@ -416,8 +416,8 @@ async fn publish_direct(config: &Config, issuer: &IssuerName, hex: &str) {
         ocsp::config::Store::Sqlite { path } => config.resolve(path),
         ocsp::config::Store::Redis { replica, .. } => config.resolve(replica),
     };
-    let store = ocsp::store::sqlite::SqliteStore::open(path).expect("store");
-    store.set_crl_shards(ocsp::crl::updater::crl_shard_counts(config));
+    let store = ocsp::store::SqliteStore::open(path).expect("store");
+    store.set_crl_shards(ocsp::crl::crl_shard_counts(config));
     store
         .upsert_certificates(vec![(
             issuer.clone(),
@@ -504,7 +504,7 @@ async fn crl_numbers_increase_under_two_updaters_and_across_a_restart_in_sqlite(
     let env = Env::start_with(|t| with_crl(t, ""));
     let config = env.config();
     let store = Arc::new(
-        ocsp::store::sqlite::SqliteStore::open(env.dir.path().join("ocsp.sqlite")).expect("store"),
+        ocsp::store::SqliteStore::open(env.dir.path().join("ocsp.sqlite")).expect("store"),
     );
     numbers_increase(config, store).await;
 }
@@ -531,7 +531,7 @@ async fn crl_numbers_increase_in_redis_and_shards_are_served_from_the_replica_wi
         )
     });
     // Keys of this test's issuers only: clear what an earlier run left.
-    let redis = ocsp::store::redis::RedisStore::open(&["redis://127.0.0.1:6379/".into()], false)
+    let redis = ocsp::store::RedisStore::open(&["redis://127.0.0.1:6379/".into()], false)
         .await
         .expect("redis");
     let _ = &redis;
@@ -665,7 +665,7 @@ fn br_bounds_are_refused_at_load_with_the_field_named() {
 #[tokio::test]
 async fn a_changed_shard_count_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = ocsp::store::sqlite::SqliteStore::open(dir.path().join("s.sqlite")).expect("store");
+    let store = ocsp::store::SqliteStore::open(dir.path().join("s.sqlite")).expect("store");
     let issuer = IssuerName("r1".into());
     store.crl_register(&issuer, 128).await.expect("first");
     store.crl_register(&issuer, 128).await.expect("same");
@@ -699,10 +699,9 @@ async fn bench_128_shards_of_one_million_revoked() {
         )
     });
     let config = env.config();
-    let store =
-        ocsp::store::sqlite::SqliteStore::open(env.dir.path().join("ocsp.sqlite")).expect("store");
+    let store = ocsp::store::SqliteStore::open(env.dir.path().join("ocsp.sqlite")).expect("store");
     if std::env::var_os("CRL_BENCH_NO_SHARDS").is_none() {
-        store.set_crl_shards(ocsp::crl::updater::crl_shard_counts(&config));
+        store.set_crl_shards(ocsp::crl::crl_shard_counts(&config));
     }
     let p256 = IssuerName(ISSUER_P256.into());
     let started = std::time::Instant::now();
@@ -893,8 +892,7 @@ async fn openssl_verify_crl_check_sees_the_revocation_in_the_certificates_own_sh
     let leaf = leaf(&env, hex, &map.url_for(&serial(hex))).await;
     publish(&presigner, ISSUER_P256, &[(hex, CertStatus::Good)]).await;
     updater.pass(unix_now(), true).await.expect("pass");
-    let store =
-        ocsp::store::sqlite::SqliteStore::open(env.dir.path().join("ocsp.sqlite")).expect("store");
+    let store = ocsp::store::SqliteStore::open(env.dir.path().join("ocsp.sqlite")).expect("store");
     let crl = store
         .get_crl(&p256, shard)
         .await
@@ -942,8 +940,7 @@ async fn a_revocation_recorded_without_a_shard_is_backfilled_and_listed() {
     updater.pass(unix_now(), true).await.expect("pass");
     let p256 = IssuerName(ISSUER_P256.into());
     let hex = "0ff1ce00000000000000000000000000000002";
-    let store =
-        ocsp::store::sqlite::SqliteStore::open(env.dir.path().join("ocsp.sqlite")).expect("store");
+    let store = ocsp::store::SqliteStore::open(env.dir.path().join("ocsp.sqlite")).expect("store");
     let at = unix_now() - 5;
     // No set_crl_shards: as an older frontend would record it.
     store

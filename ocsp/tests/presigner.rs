@@ -9,13 +9,11 @@ mod common;
 use std::time::Duration;
 
 use common::{Env, ISSUER_P256, ISSUER_RSA, KEY_P256, KEY_RSA};
-use ocsp::Error;
-use ocsp::config::{CertIdHashes, Config};
-use ocsp::issuers::{HashAlg, Issuers};
-use ocsp::model::{CertStatus, IssuerName, Serial};
-use ocsp::presigner::{self, Outcome, Presigner, PresignerMetrics};
 use hsmgate_signer_api::BatchSigner;
+use ocsp::config::{CertIdHashes, Config};
+use ocsp::presigner::{self, Outcome, Presigner, PresignerMetrics};
 use ocsp::store::ResponseStore;
+use ocsp::{CertStatus, Error, HashAlg, IssuerName, Issuers, Serial};
 
 async fn presigner(env: &Env) -> Presigner {
     Presigner::from_config(&env.config(), PresignerMetrics::default())
@@ -328,7 +326,7 @@ async fn each_cert_id_hash_setting_signs_exactly_its_single_responses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_layout_response_is_served_until_the_refresh_re_signs_it_per_hash() {
     use ocsp::metrics::Metrics;
-    use ocsp::source::{Lookup, Source, StoreSource};
+    use ocsp::{Lookup, Source, StoreSource};
 
     let env = Env::start();
     let config = env.config();
@@ -337,12 +335,14 @@ async fn an_old_layout_response_is_served_until_the_refresh_re_signs_it_per_hash
     let issuer = name(ISSUER_P256);
     let hex = "01d1a0001";
     let s = serial(hex);
-    let now = presigner::unix_now();
+    let now = ocsp::unix_now();
 
     // What the previous version stored: both SingleResponses under one signature.
     let issuers = Issuers::load(&config).expect("issuers");
-    let signer = BatchSigner::connect_lazy(&env.gateway.url(), None).expect("signer").with_batch(16);
-    let old = ocsp::response::sign_responses(
+    let signer = BatchSigner::connect_lazy(&env.gateway.url(), None)
+        .expect("signer")
+        .with_batch(16);
+    let old = ocsp::sign_responses(
         &signer,
         issuers.get(&issuer).expect("issuer"),
         &[(s.clone(), CertStatus::Good)],
@@ -365,7 +365,7 @@ async fn an_old_layout_response_is_served_until_the_refresh_re_signs_it_per_hash
         .expect("mark");
 
     let metrics = Metrics::unregistered();
-    let health = ocsp::source::Health::new(metrics.clone());
+    let health = ocsp::Health::new(metrics.clone());
     let source = StoreSource::new(store.clone(), health, metrics);
     let served = |alg: HashAlg| {
         let (source, issuer, s) = (&source, &issuer, &s);
@@ -445,7 +445,7 @@ async fn an_old_layout_response_is_served_until_the_refresh_re_signs_it_per_hash
 async fn a_fresh_revocation_is_not_backdated_before_its_revocation_time() {
     let env = Env::start();
     let p = presigner(&env).await;
-    let at = presigner::unix_now() - 60;
+    let at = ocsp::unix_now() - 60;
     let revoked = CertStatus::Revoked {
         at,
         reason: Some(1),
@@ -473,7 +473,7 @@ async fn a_fresh_revocation_is_not_backdated_before_its_revocation_time() {
         )
         .await
         .expect("publish");
-    assert!(old.this_update <= presigner::unix_now() - 3_600 + 5);
+    assert!(old.this_update <= ocsp::unix_now() - 3_600 + 5);
     let resp = env.write("fresh-revocation.der", &response.der);
     let out = common::openssl_ocsp(&resp, &env.issuer_p256, hex, false, &["-no_nonce"]);
     assert!(
@@ -508,7 +508,7 @@ async fn a_stale_good_does_not_mark_a_recorded_revocation_published() {
     let store = p.store().clone();
     let issuer = name(ISSUER_RSA);
     let s = serial("51a1e0002");
-    let now = presigner::unix_now();
+    let now = ocsp::unix_now();
     p.publish(&issuer, &s, CertStatus::Good).await.unwrap();
     let later = now + 49 * 3600;
     let stale = store.due(later, 48 * 3600, 100).await.unwrap();
@@ -569,7 +569,7 @@ async fn import_records_everything_or_nothing() {
     let report = p.import(&path).await.expect("import");
     assert_eq!(report.certificates, 50);
     assert_eq!(report.changed, 50);
-    let now = presigner::unix_now();
+    let now = ocsp::unix_now();
     let backlog = store.backlog(now, 48 * 3600).await.unwrap();
     assert_eq!(
         (
@@ -699,10 +699,7 @@ async fn the_refresh_loop_signs_imports_and_stops() {
     let store = p.store().clone();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let backlog = store
-            .backlog(presigner::unix_now(), 48 * 3600)
-            .await
-            .unwrap();
+        let backlog = store.backlog(ocsp::unix_now(), 48 * 3600).await.unwrap();
         if backlog.due == 0 {
             break;
         }
@@ -811,12 +808,9 @@ async fn presign_once_signs_what_is_due_and_exits() {
         "{stdout}"
     );
 
-    let store = ocsp::store::sqlite::SqliteStore::open(env.dir.path().join("ocsp.sqlite"))
-        .expect("open the store");
-    let backlog = store
-        .backlog(presigner::unix_now(), 48 * 3600)
-        .await
-        .unwrap();
+    let store =
+        ocsp::store::SqliteStore::open(env.dir.path().join("ocsp.sqlite")).expect("open the store");
+    let backlog = store.backlog(ocsp::unix_now(), 48 * 3600).await.unwrap();
     assert_eq!(backlog.due, 0, "{backlog:?}");
     assert_eq!(backlog.certificates, cases.len() as u64);
     let python = common::python_cryptography();
@@ -925,7 +919,7 @@ async fn gateway_errors_are_precise() {
         }
         other => panic!("{other}"),
     }
-    assert_eq!(presigner::error_kind(&err), "gateway_unknown_key");
+    assert_eq!(ocsp::error_kind(&err), "gateway_unknown_key");
     // Unknown issuer: refused before anything is recorded.
     let err = p
         .publish(&name("nobody"), &serial("e002"), CertStatus::Good)
@@ -945,7 +939,9 @@ async fn gateway_errors_are_precise() {
     config.issuers[0].signing_key = KEY_RSA.into();
     config.issuers[1].signing_key = KEY_RSA.into();
     let issuers = Issuers::load(&config).unwrap();
-    let signer = BatchSigner::connect_lazy(&env.gateway.url(), None).unwrap().with_batch(16);
+    let signer = BatchSigner::connect_lazy(&env.gateway.url(), None)
+        .unwrap()
+        .with_batch(16);
     let err = presigner::verify_issuer_keys(&signer, &issuers)
         .await
         .unwrap_err();
@@ -974,7 +970,7 @@ async fn gateway_errors_are_precise() {
         ),
         "{err}"
     );
-    assert_eq!(presigner::error_kind(&err), "gateway_unavailable");
+    assert_eq!(ocsp::error_kind(&err), "gateway_unavailable");
 }
 
 /// Batches larger than one `SignBatch` are split, signed concurrently, and come back in order.
@@ -1117,14 +1113,16 @@ fn br_bounds_are_enforced_at_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn presign_rate() {
-    use ocsp::response::TbsSigner;
+    use ocsp::TbsSigner;
     let n: u32 = std::env::var("PRESIGN_N")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
     let env = Env::start_with(|t| t.replace("batch = 64", "batch = 256"));
     let p = presigner(&env).await;
-    let signer = BatchSigner::connect_lazy(&env.gateway.url(), None).unwrap().with_batch(256);
+    let signer = BatchSigner::connect_lazy(&env.gateway.url(), None)
+        .unwrap()
+        .with_batch(256);
     // Raw: the same number of ~300-byte messages (a ResponseData's size), same batching.
     let messages: Vec<Vec<u8>> = (0..n)
         .map(|i| [i.to_be_bytes().to_vec(), vec![0x5a; 296]].concat())
@@ -1143,8 +1141,8 @@ async fn presign_rate() {
         })
         .collect();
     let t = std::time::Instant::now();
-    let now = presigner::unix_now();
-    ocsp::response::sign_responses(&signer, issuer, &items, now, now + 3600, now)
+    let now = ocsp::unix_now();
+    ocsp::sign_responses(&signer, issuer, &items, now, now + 3600, now)
         .await
         .unwrap();
     let built = f64::from(n) / t.elapsed().as_secs_f64();
@@ -1155,10 +1153,7 @@ async fn presign_rate() {
         .await
         .unwrap();
     let t = std::time::Instant::now();
-    assert_eq!(
-        p.refresh_once(presigner::unix_now()).await.unwrap(),
-        n as usize
-    );
+    assert_eq!(p.refresh_once(ocsp::unix_now()).await.unwrap(), n as usize);
     let presign = f64::from(n) / t.elapsed().as_secs_f64();
     println!(
         "SignBatch {raw:.0}/s; responses built and signed, not stored: {built:.0}/s ({:.2}); \

@@ -23,14 +23,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use x509_ocsp::{BasicOcspResponse, OcspResponse};
 
-use ocsp::Error;
-use ocsp::issuers::{HashAlg, Issuer, Issuers};
 use ocsp::metrics::{self, Metrics};
-use ocsp::model::{CertStatus, IssuerName, Serial, StoredResponse};
 use ocsp::responder::{AppState, router};
-use ocsp::source::{CachedSource, Health, StoreSource};
 use ocsp::store::ResponseStore;
-use ocsp::store::sqlite::SqliteStore;
+use ocsp::store::SqliteStore;
+use ocsp::{
+    CachedSource, CertStatus, Error, HashAlg, Health, Issuer, IssuerName, Issuers, Serial,
+    StoreSource, StoredResponse,
+};
 
 const ISSUER: &str = "test-ca";
 const MALFORMED: &[u8] = &[0x30, 0x03, 0x0a, 0x01, 0x01];

@@ -36,14 +36,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ocsp::Error;
-use ocsp::config;
-use ocsp::issuers::{HashAlg, Issuer, Issuers};
-use ocsp::model::{CertStatus, IssuerName, Serial, StoredResponse};
 use ocsp::presigner::{Presigner, PresignerMetrics, Responses};
-use ocsp::response::TbsSigner;
 use ocsp::store::ResponseStore;
-use ocsp::store::sqlite::SqliteStore;
+use ocsp::store::SqliteStore;
+use ocsp::{
+    CertStatus, Error, HashAlg, Issuer, IssuerName, Issuers, Serial, StoredResponse, TbsSigner,
+    config,
+};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 

@@ -16,10 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ocsp::Error;
-use ocsp::model::{CertStatus, IssuerName, Serial, StoredResponse};
 use ocsp::store::ResponseStore;
-use ocsp::store::redis::{RedisStore, response_key};
+use ocsp::store::{RedisStore, response_key};
+use ocsp::{CertStatus, Error, IssuerName, Serial, StoredResponse};
 use stand_in::built;
 
 const SHARED: &str = "redis://127.0.0.1:6379";
@@ -656,7 +655,7 @@ impl Servers {
 /// each has its own; a revocation for one hash removes `good` under the other and the old
 /// key in the same script, and binds every hash.
 async fn check_per_hash(store: &dyn ResponseStore, issuer: &IssuerName) {
-    use ocsp::issuers::HashAlg::{Sha1, Sha256};
+    use ocsp::HashAlg::{Sha1, Sha256};
     let s = serial(13);
     let t = now();
     let old = built(&s, CertStatus::Good, t - 100, &[Sha1, Sha256]).await;

@@ -11,10 +11,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ocsp::Error;
-use ocsp::model::{CertStatus, IssuerName, Serial, StoredResponse};
 use ocsp::store::ResponseStore;
-use ocsp::store::sqlite::{Backlog, SqliteStore};
+use ocsp::store::{Backlog, SqliteStore};
+use ocsp::{CertStatus, Error, IssuerName, Serial, StoredResponse};
 use stand_in::built;
 
 fn issuer() -> IssuerName {
@@ -891,7 +890,7 @@ async fn bench_one_million() {
 /// until per-hash responses replace it, and its revocation still binds every hash.
 #[tokio::test]
 async fn a_version_1_file_is_migrated_and_its_responses_served_for_both_hashes() {
-    use ocsp::issuers::HashAlg::{Sha1, Sha256};
+    use ocsp::HashAlg::{Sha1, Sha256};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ocsp.sqlite");
     let (s, r) = (serial(1), serial(2));
@@ -992,7 +991,7 @@ async fn a_version_1_file_is_migrated_and_its_responses_served_for_both_hashes()
 /// hash it uses and however late the other hash's revoked response comes.
 #[tokio::test]
 async fn a_revocation_for_one_hash_removes_good_under_every_other() {
-    use ocsp::issuers::HashAlg::{Sha1, Sha256};
+    use ocsp::HashAlg::{Sha1, Sha256};
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let s = serial(3);

@@ -35,7 +35,7 @@ impl SqliteDb {
             let conn = Connection::open(&path).map_err(db_err)?;
             let busy_timeout = std::time::Duration::from_secs(5);
             conn.busy_timeout(busy_timeout).map_err(db_err)?;
-            ocsp::store::sqlite::enable_wal(&conn, &path, busy_timeout)?;
+            ocsp::store::enable_wal(&conn, &path, busy_timeout)?;
             conn.pragma_update(None, "synchronous", "FULL")
                 .map_err(db_err)?;
             migrate(&conn)?;

@@ -11,10 +11,10 @@ use der07::asn1::{Null, ObjectIdentifier, OctetString};
 use spki07::AlgorithmIdentifierOwned;
 use x509_ocsp::{CertId, OcspRequest, Request, TbsRequest, Version};
 
-use ocsp::Error;
-use ocsp::issuers::{HashAlg, Issuer};
-use ocsp::model::{CertStatus, Serial, StoredResponse};
-use ocsp::response::{TbsSigner, serial_number, sign_responses};
+use ocsp::{
+    CertStatus, Error, HashAlg, Issuer, Serial, StoredResponse, TbsSigner, serial_number,
+    sign_responses,
+};
 
 pub const ISSUER_PEM: &[u8] = include_bytes!("../../tests/data/ca.pem");
 /// `openssl ocsp -issuer ca.pem -serial 0x1001 -no_nonce -reqout req-sha1.der`, and the rest.
@@ -132,12 +132,12 @@ pub async fn filled_store(
     path: &std::path::Path,
     issuer: &Issuer,
     serials: &[Serial],
-) -> std::sync::Arc<ocsp::store::sqlite::SqliteStore> {
-    let store = match ocsp::store::sqlite::SqliteStore::open(path) {
+) -> std::sync::Arc<ocsp::store::SqliteStore> {
+    let store = match ocsp::store::SqliteStore::open(path) {
         Ok(s) => std::sync::Arc::new(s),
         Err(e) => panic!("SQLite store: {e}"),
     };
-    let name = ocsp::model::IssuerName(ISSUER_NAME.into());
+    let name = ocsp::IssuerName(ISSUER_NAME.into());
     let items = serials
         .iter()
         .zip(responses(issuer, serials).await)

@@ -7,10 +7,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ocsp::issuers::HashAlg;
+use ocsp::HashAlg;
 
 fuzz_target!(|data: &[u8]| {
-    match ocsp::request::parse(data) {
+    match ocsp::parse_request(data) {
         Ok(req) => {
             let len = match req.hash {
                 HashAlg::Sha1 => 20,

@@ -8,7 +8,7 @@
 //! - `publish --config FILE --issuer NAME --serial HEX (--good | --revoked [--reason N] [--at T])`:
 //!   records a status and returns once its signed response is durable.
 //! - `crl-update --config FILE [--once] [--metrics-listen ADDR]`: keeps every CRL shard of the
-//!   issuers with `[issuers.crl]` signed and fresh (`ocsp::crl::updater`) until SIGTERM; with
+//!   issuers with `[issuers.crl]` signed and fresh (`ocsp::crl::Updater`) until SIGTERM; with
 //!   `--once`, re-signs every shard now and exits.
 //! - `crl-urls --config FILE --issuer NAME [--serial HEX]`: prints the issuer's shard URLs (the
 //!   CCADB list), or the CRL distribution point of one serial.
@@ -33,13 +33,12 @@ use base64::Engine as _;
 use clap::{Args, Parser, Subcommand};
 use der07::asn1::{BitString, GeneralizedTime, OctetString, UtcTime};
 use der07::{Decode, Encode};
-use ocsp::Error;
-use ocsp::config::Config;
-use ocsp::model::{CertStatus, IssuerName, Serial};
-use ocsp::presigner::{self, Presigner, PresignerMetrics};
-use hsmgate_signer_api::{BatchSigner, Payload};
 use hsmgate_signer_api::client::ClientTls;
 use hsmgate_signer_api::v1::SignatureAlgorithm;
+use hsmgate_signer_api::{BatchSigner, Payload};
+use ocsp::config::Config;
+use ocsp::presigner::{self, Presigner, PresignerMetrics};
+use ocsp::{CertStatus, Error, IssuerName, Serial};
 use prometheus_client::registry::Registry;
 use sha1_010::{Digest, Sha1};
 use spki07::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
@@ -282,7 +281,7 @@ async fn presign(
     }
     if once {
         let started = std::time::Instant::now();
-        let report = presigner.run_once(presigner::unix_now()).await?;
+        let report = presigner.run_once(ocsp::unix_now()).await?;
         println!(
             "presign --once: {} responses signed for {} certificates in {:.2} s; {} certificates still due",
             report.responses,
@@ -327,7 +326,7 @@ async fn crl_update(
     check_keys(&config).await?;
     updater.prepare().await?;
     if once {
-        let report = updater.pass(presigner::unix_now(), true).await?;
+        let report = updater.pass(ocsp::unix_now(), true).await?;
         println!(
             "CRL shards: {} stored, {} superseded by another updater, {} failed",
             report.stored, report.superseded, report.failed
@@ -366,9 +365,10 @@ async fn crl_update(
 /// A gateway key that is not the issuer's key is a configuration error; an unreachable gateway
 /// is not (the loop retries every tick), so the pre-signer starts anyway.
 async fn check_keys(config: &Config) -> Result<(), Error> {
-    let issuers = ocsp::issuers::Issuers::load(config)?;
-    let signer = BatchSigner::connect_lazy(&config.presigner.gateway, ClientTls::from_env().as_ref())?
-        .with_timeout(Duration::from_secs(5));
+    let issuers = ocsp::Issuers::load(config)?;
+    let signer =
+        BatchSigner::connect_lazy(&config.presigner.gateway, ClientTls::from_env().as_ref())?
+            .with_timeout(Duration::from_secs(5));
     match presigner::verify_issuer_keys(&signer, &issuers).await {
         Ok(()) => Ok(()),
         Err(e @ (Error::Config { .. } | Error::Encoding { .. })) => Err(e),
@@ -439,7 +439,7 @@ async fn publish(
                 path: "--at".into(),
                 detail: format!("`{t}` is neither RFC 3339 nor Unix seconds"),
             })?,
-            None => presigner::unix_now(),
+            None => ocsp::unix_now(),
         };
         CertStatus::Revoked {
             at,
@@ -521,7 +521,7 @@ async fn issuer_cert(
     let mut serial = [0u8; 16];
     getrandom::fill(&mut serial).map_err(|e| encoding("serial number", e))?;
     serial[0] = (serial[0] & 0x7f).max(1);
-    let now = u64::try_from(presigner::unix_now()).unwrap_or(0);
+    let now = u64::try_from(ocsp::unix_now()).unwrap_or(0);
     // Backdated an hour for verifiers whose clocks run behind.
     let validity = Validity {
         not_before: x509_time(now.saturating_sub(3600))?,

@@ -44,7 +44,7 @@ use x509_cert_03::spki::AlgorithmIdentifierOwned;
 use x509_cert_03::time::Time;
 
 use crate::error::Error;
-use crate::model::{IssuerName, ReasonCode, Serial};
+use crate::record::{IssuerName, ReasonCode, Serial};
 
 /// One revoked certificate of a shard.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -339,7 +339,12 @@ impl CrlSigner for hsmgate_signer_api::BatchSigner {
     ) -> Result<(Vec<u8>, Vec<u8>), Error> {
         // One shard per `Sign` call: a shard can be tens of MB.
         let signed = self
-            .sign_one(key, algorithm, hsmgate_signer_api::Payload::TbsCertList, tbs)
+            .sign_one(
+                key,
+                algorithm,
+                hsmgate_signer_api::Payload::TbsCertList,
+                tbs,
+            )
             .await?;
         Ok((signed.signature, signed.algorithm_identifier))
     }

@@ -18,7 +18,7 @@
 //!
 //! # How CRLs and OCSP share the status records
 //! There is one record per certificate: the pre-signer's worklist row (`certificates` in the
-//! SQLite file, [`crate::store::sqlite`]). OCSP responses are signed per certificate from it;
+//! SQLite file, [`crate::store::SqliteStore`]). OCSP responses are signed per certificate from it;
 //! CRL shards are built from the revoked rows of each shard. The record also carries the
 //! certificate's shard (`crl_shard`, written when the record is, from [`shard_of`]) and, when
 //! known, its notAfter (`not_after`: an entry leaves its shard once the certificate has
@@ -37,22 +37,26 @@
 //! shard their CRL Distribution Point names. [`ShardMap`] is the API the frontend calls.
 //!
 //! # Numbers, freshness, resumption
-//! See [`updater`]: the cRLNumber is `max(stored + 1, now in microseconds)`, stored with a
+//! See [`Updater`]: the cRLNumber is `max(stored + 1, now in microseconds)`, stored with a
 //! compare-and-set (greater than what the store holds), so it strictly increases per shard
 //! across restarts and when several updaters run against one store. Each shard is re-signed at
 //! its own slot of every `update_period` (spread evenly), and within `revocation_delay` of a
 //! revocation in it.
 
-pub mod build;
-pub mod serve;
-pub mod updater;
+mod build;
+mod metrics;
+pub(crate) mod serve;
+mod updater;
 
-use crate::config::CrlConfig;
-use crate::model::{IssuerName, Serial};
+use std::collections::HashMap;
+
+use crate::config::{Config, CrlConfig};
+use crate::record::{IssuerName, Serial};
 
 pub use build::{CrlEntry, CrlSigner, IssuerCrl};
+pub use metrics::CrlMetrics;
 pub use serve::CrlServer;
-pub use updater::{CrlMetrics, Updater};
+pub use updater::{PassReport, ShardOutcome, Updater};
 
 /// A signed CRL shard as stored and served.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,7 +103,7 @@ impl ShardMap {
     }
 
     /// The maps of every issuer of `config` that publishes CRLs.
-    pub fn all(config: &crate::config::Config) -> Vec<ShardMap> {
+    pub fn all(config: &Config) -> Vec<ShardMap> {
         config
             .issuers
             .iter()
@@ -144,6 +148,21 @@ impl ShardMap {
     pub fn list_url(&self) -> String {
         format!("{}/{}.json", self.base_url, self.issuer.0)
     }
+}
+
+/// Each CRL-publishing issuer's shard count, for [`SqliteStore::set_crl_shards`].
+///
+/// [`SqliteStore::set_crl_shards`]: crate::store::SqliteStore::set_crl_shards
+pub fn crl_shard_counts(config: &Config) -> HashMap<IssuerName, u32> {
+    config
+        .issuers
+        .iter()
+        .filter_map(|i| {
+            i.crl
+                .as_ref()
+                .map(|c| (IssuerName(i.name.clone()), c.shards))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use axum::body::Bytes;
 use super::{ShardMap, StoredCrl};
 use crate::config::{Config, CrlConfig};
 use crate::error::Error;
-use crate::model::IssuerName;
+use crate::record::IssuerName;
 use crate::store::CrlStore;
 
 /// A path the CRL side answers.

@@ -32,24 +32,21 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 use super::build::{CrlSigner, IssuerCrl};
+use super::crl_shard_counts;
+use super::metrics::{CrlMetrics, IssuerLabels, ShardLabels};
 use super::{ShardMap, StoredCrl};
+use crate::clock::unix_now;
 use crate::config::{self, Config, CrlConfig};
-use crate::error::Error;
+use crate::error::{Error, error_kind};
 use crate::issuers::Issuers;
-use crate::model::IssuerName;
-use crate::presigner::{error_kind, unix_now};
-use hsmgate_signer_api::BatchSigner;
+use crate::record::IssuerName;
 use crate::store::CrlStore;
-use crate::store::redis::RedisStore;
-use crate::store::sqlite::SqliteStore;
+use crate::store::RedisStore;
+use crate::store::SqliteStore;
+use hsmgate_signer_api::BatchSigner;
 
 /// The worklist, the CRL store, and the replica the CRL store has (Redis only).
 type Stores = (
@@ -63,160 +60,6 @@ const SHARDS_IN_FLIGHT: usize = 4;
 
 /// Revoked records assigned a shard per backfill transaction.
 const BACKFILL_CHUNK: usize = 10_000;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ShardLabels {
-    issuer: String,
-    shard: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct IssuerLabels {
-    issuer: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindLabels {
-    issuer: String,
-    kind: &'static str,
-}
-
-/// The updater's metrics, under `hsmgate_crl_`: per shard what it holds and how old it is, per
-/// issuer how far behind revocations it runs and what failed. A stale shard shows as a growing
-/// `shard_age_seconds` (alert well before `next_update_secs`) before any relying party sees an
-/// expired CRL.
-#[derive(Clone, Debug, Default)]
-pub struct CrlMetrics {
-    entries: Family<ShardLabels, Gauge>,
-    bytes: Family<ShardLabels, Gauge>,
-    number: Family<ShardLabels, Gauge>,
-    this_update: Family<ShardLabels, Gauge>,
-    age: Family<ShardLabels, Gauge>,
-    pending: Family<IssuerLabels, Gauge>,
-    lag: Family<IssuerLabels, Gauge>,
-    oldest_pending: Family<IssuerLabels, Gauge>,
-    signed: Family<IssuerLabels, Counter>,
-    superseded: Family<IssuerLabels, Counter>,
-    failures: Family<KindLabels, Counter>,
-    update_period: Family<IssuerLabels, Gauge>,
-    validity: Family<IssuerLabels, Gauge>,
-    revocation_delay: Family<IssuerLabels, Gauge>,
-}
-
-impl CrlMetrics {
-    pub fn register(&self, registry: &mut Registry) {
-        let r = registry.sub_registry_with_prefix("hsmgate_crl");
-        r.register(
-            "shard_entries",
-            "Entries in the stored shard",
-            self.entries.clone(),
-        );
-        r.register(
-            "shard_bytes",
-            "DER bytes of the stored shard",
-            self.bytes.clone(),
-        );
-        r.register(
-            "shard_number",
-            "cRLNumber of the stored shard (microseconds)",
-            self.number.clone(),
-        );
-        r.register(
-            "shard_this_update_seconds",
-            "thisUpdate (Unix time) of the stored shard",
-            self.this_update.clone(),
-        );
-        r.register(
-            "shard_age_seconds",
-            "Age of the stored shard's thisUpdate at the last tick: alert well before next_update_secs",
-            self.age.clone(),
-        );
-        r.register(
-            "pending_shards",
-            "Shards with a revocation not yet in a stored CRL, at the last tick",
-            self.pending.clone(),
-        );
-        r.register(
-            "revocation_lag_seconds",
-            "For the last pending shard stored: seconds from its first unpublished revocation to its CRL being stored",
-            self.lag.clone(),
-        );
-        r.register(
-            "oldest_pending_seconds",
-            "Age of the oldest unpublished revocation at the last tick (0: none); must stay below revocation_delay_secs",
-            self.oldest_pending.clone(),
-        );
-        r.register(
-            "shards_signed",
-            "Shards signed and stored",
-            self.signed.clone(),
-        );
-        r.register(
-            "shards_superseded",
-            "Shards signed but not stored: another updater stored a greater cRLNumber first",
-            self.superseded.clone(),
-        );
-        r.register(
-            "failures",
-            "Updater failures by kind",
-            self.failures.clone(),
-        );
-        // The configured periods, so that alerts compare ages with them rather than with
-        // numbers copied from the config file.
-        r.register(
-            "update_period_seconds",
-            "Configured update_period_secs: every shard is re-signed at least this often",
-            self.update_period.clone(),
-        );
-        r.register(
-            "validity_seconds",
-            "Configured next_update_secs: nextUpdate - thisUpdate of every shard",
-            self.validity.clone(),
-        );
-        r.register(
-            "revocation_delay_seconds",
-            "Configured revocation_delay_secs: a revocation is in a stored shard within this",
-            self.revocation_delay.clone(),
-        );
-    }
-
-    /// Publishes `config`'s periods for `issuer`.
-    fn configured(&self, issuer: &IssuerName, config: &CrlConfig) {
-        let l = IssuerLabels {
-            issuer: issuer.0.clone(),
-        };
-        let secs = |s: u64| i64::try_from(s).unwrap_or(i64::MAX);
-        self.update_period
-            .get_or_create(&l)
-            .set(secs(config.update_period_secs));
-        self.validity
-            .get_or_create(&l)
-            .set(secs(config.next_update_secs));
-        self.revocation_delay
-            .get_or_create(&l)
-            .set(secs(config.revocation_delay_secs));
-    }
-
-    fn shard(&self, issuer: &IssuerName, shard: u32, crl: &StoredCrl) {
-        let l = ShardLabels {
-            issuer: issuer.0.clone(),
-            shard: shard.to_string(),
-        };
-        self.entries.get_or_create(&l).set(crl.entries as i64);
-        self.bytes.get_or_create(&l).set(crl.der.len() as i64);
-        self.number.get_or_create(&l).set(crl.number);
-        self.this_update.get_or_create(&l).set(crl.this_update);
-    }
-
-    fn failure(&self, issuer: &IssuerName, kind: &'static str) {
-        self.failures
-            .get_or_create(&KindLabels {
-                issuer: issuer.0.clone(),
-                kind,
-            })
-            .inc();
-    }
-}
 
 /// One issuer's CRL state.
 #[derive(Debug)]
@@ -359,8 +202,9 @@ impl Updater {
                 detail: "no issuer publishes CRLs: add [issuers.crl] to one".into(),
             });
         }
-        let signer = BatchSigner::connect_lazy(&config.presigner.gateway, config.gateway_tls().as_ref())?
-        .with_timeout(Duration::from_secs(30));
+        let signer =
+            BatchSigner::connect_lazy(&config.presigner.gateway, config.gateway_tls().as_ref())?
+                .with_timeout(Duration::from_secs(30));
         let open = |path: PathBuf| async move {
             tokio::task::spawn_blocking(move || SqliteStore::open(path))
                 .await
@@ -727,19 +571,6 @@ impl Updater {
             }
         }
     }
-}
-
-/// Each CRL-publishing issuer's shard count, for [`SqliteStore::set_crl_shards`].
-pub fn crl_shard_counts(config: &Config) -> HashMap<IssuerName, u32> {
-    config
-        .issuers
-        .iter()
-        .filter_map(|i| {
-            i.crl
-                .as_ref()
-                .map(|c| (IssuerName(i.name.clone()), c.shards))
-        })
-        .collect()
 }
 
 #[cfg(test)]

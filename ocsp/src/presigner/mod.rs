@@ -33,29 +33,29 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use futures_util::future::try_join_all;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
-use tokio::sync::watch;
+use std::time::Duration;
 
 use der07::Decode;
+use futures_util::future::try_join_all;
+use hsmgate_signer_api::BatchSigner;
 use spki07::SubjectPublicKeyInfoOwned;
+use tokio::sync::watch;
 use x509_cert_02::Certificate;
 
+use crate::clock::unix_now;
 use crate::config::{self, Config};
 use crate::error::Error;
 use crate::issuers::Issuers;
-use crate::model::{CertStatus, IssuerName, Serial, StoredResponse};
-use crate::response::{self, TbsSigner};
-use hsmgate_signer_api::BatchSigner;
-use crate::store::ResponseStore;
-use crate::store::redis::RedisStore;
-use crate::store::sqlite::{Backlog, SqliteStore};
+use crate::record::{CertStatus, IssuerName, Serial, StoredResponse};
+use crate::response;
+use crate::signing::{self, TbsSigner};
+use crate::store::{RedisStore, ResponseStore, SqliteStore};
+
+mod import;
+mod metrics;
+
+pub use import::{parse_import, parse_time};
+pub use metrics::PresignerMetrics;
 
 /// Largest backdate of thisUpdate: enough for clients whose clocks run an hour behind.
 pub const MAX_BACKDATE: Duration = Duration::from_secs(3600);
@@ -84,115 +84,8 @@ pub enum Responses {
     Other(Arc<dyn ResponseStore>),
 }
 
-/// The pre-signer's metrics; register them with [`PresignerMetrics::register`] into the
-/// registry the responder serves.
-#[derive(Clone, Debug, Default)]
-pub struct PresignerMetrics {
-    signed: Counter,
-    refused: Counter,
-    errors: Family<ErrorLabels, Counter>,
-    backlog: Gauge,
-    revocations_pending: Gauge,
-    certificates: Gauge,
-    oldest_this_update: Gauge,
-    last_success: Gauge,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ErrorLabels {
-    kind: &'static str,
-}
-
-impl PresignerMetrics {
-    /// Responses signed since start (the `responses_signed` counter).
-    pub fn signed_total(&self) -> u64 {
-        self.signed.get()
-    }
-
-    /// Registers every metric under `hsmgate_ocsp_presigner_`.
-    pub fn register(&self, registry: &mut Registry) {
-        let r = registry.sub_registry_with_prefix("hsmgate_ocsp_presigner");
-        r.register(
-            "responses_signed",
-            "Responses signed (rate: signatures per second through the gateway)",
-            self.signed.clone(),
-        );
-        r.register(
-            "responses_refused",
-            "Signed responses the store refused because the stored one must win (a revocation, or a newer response)",
-            self.refused.clone(),
-        );
-        r.register("errors", "Pre-signer errors by kind", self.errors.clone());
-        r.register(
-            "backlog",
-            "Certificates due for (re-)signing at the last refresh tick, after it ran",
-            self.backlog.clone(),
-        );
-        r.register(
-            "revocations_pending",
-            "Revocations recorded but not yet published, at the last refresh tick",
-            self.revocations_pending.clone(),
-        );
-        r.register(
-            "certificates",
-            "Certificates in the worklist",
-            self.certificates.clone(),
-        );
-        r.register(
-            "oldest_this_update_seconds",
-            "thisUpdate (Unix time) of the stalest published response: alert well before it is validity_hours old",
-            self.oldest_this_update.clone(),
-        );
-        r.register(
-            "last_success_seconds",
-            "Unix time of the last refresh tick that completed without error",
-            self.last_success.clone(),
-        );
-    }
-
-    /// Counts `error` under its kind.
-    pub fn error(&self, error: &Error) {
-        self.errors
-            .get_or_create(&ErrorLabels {
-                kind: error_kind(error),
-            })
-            .inc();
-    }
-
-    fn backlog(&self, b: &Backlog) {
-        self.revocations_pending.set(as_i64(b.revocations_pending));
-        self.certificates.set(as_i64(b.certificates));
-        if let Some(t) = b.oldest_this_update {
-            self.oldest_this_update.set(t);
-        }
-    }
-}
-
 fn as_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-/// A short, stable label for an error (the metric's `kind`).
-pub fn error_kind(error: &Error) -> &'static str {
-    #[allow(unreachable_patterns)] // `Error` is non_exhaustive: new variants count as "other"
-    match error {
-        Error::Gateway { code, .. } => match code {
-            tonic::Code::Unavailable => "gateway_unavailable",
-            tonic::Code::DeadlineExceeded => "gateway_deadline_exceeded",
-            tonic::Code::ResourceExhausted => "gateway_resource_exhausted",
-            tonic::Code::NotFound => "gateway_unknown_key",
-            tonic::Code::InvalidArgument => "gateway_invalid_argument",
-            _ => "gateway_other",
-        },
-        Error::Store { .. } => "store",
-        Error::Corrupt { .. } => "corrupt",
-        Error::Encoding { .. } => "encoding",
-        Error::Config { .. } => "config",
-        Error::Import { .. } => "import",
-        Error::UnknownIssuer(_) => "unknown_issuer",
-        Error::Io(_) => "io",
-        _ => "other",
-    }
 }
 
 /// Most routine refreshes signed per tick of the refresh loop, given `certificates` in the
@@ -335,8 +228,9 @@ impl Presigner {
     /// go to Redis, the worklist lives in the `replica` SQLite file.
     pub async fn from_config(config: &Config, metrics: PresignerMetrics) -> Result<Self, Error> {
         let issuers = Issuers::load(config)?;
-        let signer = BatchSigner::connect_lazy(&config.presigner.gateway, config.gateway_tls().as_ref())?
-            .with_batch(config.presigner.batch);
+        let signer =
+            BatchSigner::connect_lazy(&config.presigner.gateway, config.gateway_tls().as_ref())?
+                .with_batch(config.presigner.batch);
         let (path, responses) = match &config.store {
             config::Store::Sqlite { path } => (config.resolve(path), Responses::Embedded),
             config::Store::Redis {
@@ -356,7 +250,7 @@ impl Presigner {
                 detail: format!("opening the store: {e}"),
             })??;
         // Records get their CRL shard, and revocations mark it pending, as they are recorded.
-        store.set_crl_shards(crate::crl::updater::crl_shard_counts(config));
+        store.set_crl_shards(crate::crl::crl_shard_counts(config));
         Ok(Self::new(
             Arc::new(store),
             responses,
@@ -562,7 +456,7 @@ impl Presigner {
                 let only = config::CertIdHashes::only(*alg);
                 let batch = &batch;
                 async move {
-                    response::sign_responses_with(
+                    signing::sign_responses_with(
                         self.signer.as_ref(),
                         issuer,
                         &only,
@@ -642,7 +536,7 @@ impl Presigner {
             // What a request for this response's hash is now answered with.
             let hash = match crate::store::Slot::of(&response.der) {
                 crate::store::Slot::Hash(alg) => alg,
-                crate::store::Slot::Legacy => crate::issuers::HashAlg::Sha1,
+                crate::store::Slot::Legacy => crate::hash_alg::HashAlg::Sha1,
             };
             let kept = match &self.responses {
                 Responses::Embedded => self.store.get_for(&issuer, &serial, hash).await?,
@@ -895,165 +789,6 @@ fn note_refused(
     }
 }
 
-/// Parses an import file (see [`Presigner::import`]); `now` bounds revocation times.
-pub fn parse_import(
-    text: &str,
-    path: &str,
-    issuers: &Issuers,
-    now: i64,
-) -> Result<Vec<(IssuerName, Serial, CertStatus)>, Error> {
-    let mut seen: HashMap<(IssuerName, Serial), (usize, CertStatus)> = HashMap::new();
-    let mut items = Vec::new();
-    for (index, raw) in text.lines().enumerate() {
-        let line = index + 1;
-        let fail = |detail: String| Error::Import {
-            path: path.to_owned(),
-            line,
-            detail,
-        };
-        let content = raw.split('#').next().unwrap_or("").trim();
-        if content.is_empty() {
-            continue;
-        }
-        let fields: Vec<&str> = content.split_whitespace().collect();
-        let (issuer, serial_hex, kind, rest) = match fields.as_slice() {
-            [issuer, serial, kind, rest @ ..] => (*issuer, *serial, *kind, rest),
-            _ => {
-                return Err(fail(format!(
-                    "expected `<issuer> <serial hex> good` or `<issuer> <serial hex> revoked <time> [reason]`, got `{content}`"
-                )));
-            }
-        };
-        let issuer = IssuerName(issuer.to_owned());
-        if issuers.get(&issuer).is_none() {
-            return Err(fail(format!("unknown issuer `{}`", issuer.0)));
-        }
-        let serial = Serial::from_hex(serial_hex)
-            .filter(|_| !serial_hex.is_empty())
-            .ok_or_else(|| fail(format!("serial `{serial_hex}` is not hexadecimal")))?;
-        response::serial_number(&serial).map_err(|e| fail(e.to_string()))?;
-        let status = match (kind, rest) {
-            ("good", []) => CertStatus::Good,
-            ("good", extra) => {
-                return Err(fail(format!(
-                    "unexpected `{}` after `good`",
-                    extra.join(" ")
-                )));
-            }
-            ("revoked", [time, reason @ ..]) => {
-                let at = parse_time(time).ok_or_else(|| {
-                    fail(format!("revocation time `{time}` is neither RFC 3339 (2026-11-27T12:00:00Z) nor Unix seconds"))
-                })?;
-                if at > now + 300 {
-                    return Err(fail(format!("revocation time `{time}` is in the future")));
-                }
-                response::generalized_time(at, "revocation time")
-                    .map_err(|e| fail(e.to_string()))?;
-                let reason = match reason {
-                    [] => None,
-                    [r] => Some(
-                        r.parse::<u8>()
-                            .ok()
-                            .filter(|r| response::is_valid_reason(*r))
-                            .ok_or_else(|| {
-                                fail(format!("reason `{r}` is not a CRLReason code (0-6, 8-10)"))
-                            })?,
-                    ),
-                    extra => {
-                        return Err(fail(format!(
-                            "unexpected `{}` after the reason",
-                            extra[1..].join(" ")
-                        )));
-                    }
-                };
-                CertStatus::Revoked { at, reason }
-            }
-            ("revoked", []) => return Err(fail("`revoked` needs a revocation time".into())),
-            (other, _) => {
-                return Err(fail(format!(
-                    "status `{other}` is neither `good` nor `revoked`"
-                )));
-            }
-        };
-        match seen.get(&(issuer.clone(), serial.clone())) {
-            Some((first, s)) if *s != status => {
-                return Err(fail(format!(
-                    "{}/{serial} is already listed on line {first} with another status",
-                    issuer.0
-                )));
-            }
-            Some(_) => continue,
-            None => {
-                seen.insert((issuer.clone(), serial.clone()), (line, status));
-            }
-        }
-        items.push((issuer, serial, status));
-    }
-    Ok(items)
-}
-
-/// Unix seconds (all digits) or an RFC 3339 date-time (`2026-11-27T12:00:00Z`, `...+01:00`,
-/// fractional seconds truncated: OCSP times are whole seconds).
-pub fn parse_time(s: &str) -> Option<i64> {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-        return s.parse().ok();
-    }
-    let b = s.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't' | b' ')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
-    }
-    let num = |range: std::ops::Range<usize>| -> Option<u32> {
-        let part = s.get(range)?;
-        part.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| part.parse().ok())?
-    };
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let mut rest = &s[19..];
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        rest = &frac[digits..];
-    }
-    let offset = match rest {
-        "Z" | "z" => 0,
-        _ => {
-            let r = rest.as_bytes();
-            if r.len() != 6 || !matches!(r[0], b'+' | b'-') || r[3] != b':' {
-                return None;
-            }
-            let h: i64 = rest.get(1..3)?.parse().ok()?;
-            let m: i64 = rest.get(4..6)?.parse().ok()?;
-            if h > 23 || m > 59 {
-                return None;
-            }
-            let sign = if r[0] == b'+' { 1 } else { -1 };
-            sign * (h * 3600 + m * 60)
-        }
-    };
-    let date = der07::DateTime::new(
-        u16::try_from(year).ok()?,
-        u8::try_from(month).ok()?,
-        u8::try_from(day).ok()?,
-        u8::try_from(hour).ok()?,
-        u8::try_from(minute).ok()?,
-        u8::try_from(second).ok()?,
-    )
-    .ok()?;
-    i64::try_from(date.unix_duration().as_secs())
-        .ok()
-        .map(|t| t - offset)
-}
-
 /// Checks that each issuer's signing key at the gateway is the key in its certificate: a
 /// response signed by another key would be rejected by every client. A mismatch is an
 /// `Error::Config` naming the issuer; a gateway that could not be asked, its `Error::Gateway`
@@ -1081,14 +816,6 @@ pub async fn verify_issuer_keys(signer: &BatchSigner, issuers: &Issuers) -> Resu
         }
     }
     Ok(())
-}
-
-/// Now, in whole Unix seconds.
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| as_i64(d.as_secs()))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -1125,29 +852,5 @@ mod tests {
             max_per_tick(1_000_000, &presigner_config(12, 2)),
             1_000_000 * 60 / 7200 + 1
         );
-    }
-
-    #[test]
-    fn times_parse() {
-        assert_eq!(parse_time("1700000000"), Some(1_700_000_000));
-        assert_eq!(parse_time("2023-11-14T22:13:20Z"), Some(1_700_000_000));
-        assert_eq!(parse_time("2023-11-14T23:13:20+01:00"), Some(1_700_000_000));
-        assert_eq!(
-            parse_time("2023-11-14T21:13:20.999-01:00"),
-            Some(1_700_000_000)
-        );
-        assert_eq!(parse_time("2023-11-14 22:13:20z"), Some(1_700_000_000));
-        for bad in [
-            "",
-            "-5",
-            "2023-11-14",
-            "2023-11-14T22:13:20",
-            "2023-13-14T22:13:20Z",
-            "2023-11-14T22:13:20+1:00",
-            "2023-11-14T22:13:20.Z",
-            "yesterday",
-        ] {
-            assert_eq!(parse_time(bad), None, "{bad}");
-        }
     }
 }

@@ -4,7 +4,7 @@
 //! Everything in a pre-signed response but the serial, the status and three times is the same
 //! for every response of an issuer and CertID hash: the responderID, and each CertID's
 //! `hashAlgorithm`, `issuerNameHash` and `issuerKeyHash`. A [`Template`] holds those as DER once
-//! (per call of [`super::sign_responses_with`], i.e. per gateway batch); per response only the
+//! (per call of [`crate::signing::sign_responses_with`], i.e. per gateway batch); per response only the
 //! serial's INTEGER, the CertStatus and the GeneralizedTimes are written, and the lengths are
 //! computed, not measured by a second encoding pass. The encoding is the one
 //! [`super::response_data`] gives through der 0.7: the unit tests compare the two byte for byte
@@ -26,8 +26,9 @@ use spki07::AlgorithmIdentifierOwned;
 use super::{crl_reason, encoding, generalized_time};
 use crate::config::CertIdHashes;
 use crate::error::Error;
-use crate::issuers::{HashAlg, Issuer};
-use crate::model::{CertStatus, Serial};
+use crate::hash_alg::HashAlg;
+use crate::issuers::Issuer;
+use crate::record::{CertStatus, Serial};
 
 /// `AlgorithmIdentifier` of id-sha1 with NULL parameters (RFC 3279 §2.2.1), as `cert_id` writes
 /// it.

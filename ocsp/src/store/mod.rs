@@ -1,13 +1,13 @@
 //! Durable stores of signed responses, and of the certificates the pre-signer keeps fresh.
 //!
-//! - [`sqlite`]: the embedded default. SQLite (bundled, WAL mode) rather than redb or fjall
+//! - [`SqliteStore`]: the embedded default. SQLite (bundled, WAL mode) rather than redb or fjall
 //!   because several processes share it on one machine — the responder, the pre-signer and the
 //!   `import` command — and redb/fjall lock their file to one process. See the module for the
 //!   lookup cost measured here.
-//! - [`redis`]: for deployments that outgrow one machine (the way Let's Encrypt keeps OCSP
+//! - [`RedisStore`]: for deployments that outgrow one machine (the way Let's Encrypt keeps OCSP
 //!   responses in Redis); a single node or a Redis Cluster.
 //!
-//! Every `put` applies [`crate::model::may_replace`] atomically inside the store (a SQLite
+//! Every `put` applies [`crate::publishing::may_replace`] atomically inside the store (a SQLite
 //! transaction; a Lua script in Redis), so two writers racing — a refresh and a revocation —
 //! can never leave a `good` response over a revoked one.
 //!
@@ -29,11 +29,15 @@
 use async_trait::async_trait;
 
 use crate::error::Error;
-use crate::issuers::HashAlg;
-use crate::model::{IssuerName, Serial, StoredResponse, may_replace};
+use crate::hash_alg::HashAlg;
+use crate::publishing::may_replace;
+use crate::record::{IssuerName, Serial, StoredResponse};
 
-pub mod redis;
-pub mod sqlite;
+mod redis;
+mod sqlite;
+
+pub use redis::{RedisOptions, RedisStore, response_key};
+pub use sqlite::{Backlog, SqliteOptions, SqliteStore, enable_wal};
 
 /// Where signed responses live.
 #[async_trait]
@@ -250,15 +254,15 @@ pub fn may_store(stored: &[(Slot, StoredResponse)], slot: Slot, new: &StoredResp
         return false;
     }
     stored.iter().all(|(_, old)| match old.status {
-        crate::model::CertStatus::Revoked { .. } => old.status == new.status,
-        crate::model::CertStatus::Good => true,
+        crate::record::CertStatus::Revoked { .. } => old.status == new.status,
+        crate::record::CertStatus::Good => true,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::CertStatus;
+    use crate::record::CertStatus;
 
     fn resp(status: CertStatus, this_update: i64) -> StoredResponse {
         StoredResponse {

@@ -57,8 +57,8 @@ use tokio::sync::OnceCell;
 
 use super::{ResponseStore, Slot};
 use crate::error::Error;
-use crate::issuers::HashAlg;
-use crate::model::{CertStatus, IssuerName, ReasonCode, Serial, StoredResponse};
+use crate::hash_alg::HashAlg;
+use crate::record::{CertStatus, IssuerName, ReasonCode, Serial, StoredResponse};
 
 /// The monotonic put ([`super::may_store`]). KEYS[1]: the response's own key; KEYS[2], KEYS[3]:
 /// the certificate's other two keys, the old-layout key (if KEYS[1] is not it) at KEYS[2].

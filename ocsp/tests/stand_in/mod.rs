@@ -3,15 +3,14 @@
 //! the bytes need the structure of a signed response, not a real signature. Tests that check
 //! signatures use the real gateway (`tests/common`).
 
-use ocsp::Error;
-use ocsp::model::{CertStatus, Serial, StoredResponse};
+use ocsp::{CertStatus, Error, Serial, StoredResponse};
 
 /// Returns a fixed stand-in signature for every TBS.
 #[derive(Debug)]
 struct StandInSigner;
 
 #[async_trait::async_trait]
-impl ocsp::response::TbsSigner for StandInSigner {
+impl ocsp::TbsSigner for StandInSigner {
     async fn sign(&self, _key: &str, tbs: Vec<Vec<u8>>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
         // ecdsa-with-SHA256 (RFC 5758 §3.2).
         let alg = vec![
@@ -29,12 +28,11 @@ pub async fn built(
     s: &Serial,
     status: CertStatus,
     this_update: i64,
-    hashes: &[ocsp::issuers::HashAlg],
+    hashes: &[ocsp::HashAlg],
 ) -> StoredResponse {
     let issuer =
-        ocsp::issuers::Issuer::new("test-ca", "k", include_bytes!("../data/ca.pem").as_slice())
-            .unwrap();
-    ocsp::response::sign_responses_with(
+        ocsp::Issuer::new("test-ca", "k", include_bytes!("../data/ca.pem").as_slice()).unwrap();
+    ocsp::sign_responses_with(
         &StandInSigner,
         &issuer,
         &ocsp::config::CertIdHashes::new(hashes).unwrap(),

@@ -60,15 +60,21 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::types::FromSql;
 use rusqlite::{
-    CachedStatement, Connection, ErrorCode, OpenFlags, Row, Transaction, TransactionBehavior,
-    params,
+    CachedStatement, Connection, ErrorCode, Row, Transaction, TransactionBehavior, params,
 };
 use tokio::sync::Semaphore;
 
+use self::crl::mark_crl_pending;
+use self::schema::{create_schema, open_connection};
 use super::{ResponseStore, Slot, may_store};
 use crate::error::Error;
-use crate::issuers::HashAlg;
-use crate::model::{CertStatus, IssuerName, ReasonCode, Serial, StoredResponse};
+use crate::hash_alg::HashAlg;
+use crate::record::{CertStatus, IssuerName, ReasonCode, Serial, StoredResponse};
+
+mod crl;
+mod schema;
+
+pub use schema::enable_wal;
 
 /// `due_key` of a certificate whose current status (a revocation) differs from the published
 /// one: sorts before everything else, so revocations are published first.
@@ -77,112 +83,6 @@ pub const DUE_REVOCATION: i64 = i64::MIN;
 pub const DUE_UNPUBLISHED: i64 = i64::MIN + 1;
 /// Published thisUpdates are clamped above the two sentinels.
 const DUE_PUBLISHED_MIN: i64 = i64::MIN + 2;
-
-/// The schema version this code writes (`PRAGMA user_version`). 2: responses per CertID hash.
-/// 3: CRLs — the worklist row carries its CRL shard and notAfter; shards, pending shards and
-/// shard counts have their tables.
-const SCHEMA_VERSION: i64 = 3;
-
-/// Version 2 to 3: the worklist gains `crl_shard` (filled in for revoked rows by the CRL
-/// updater's backfill, [`SqliteStore::crl_backfill`]) and `not_after` (unknown: NULL, and the
-/// entry stays in its CRL). The CRL tables themselves are in [`SCHEMA`].
-const MIGRATE_2_TO_3: &str = "
-ALTER TABLE certificates ADD COLUMN crl_shard INTEGER CHECK (crl_shard >= 0);
-ALTER TABLE certificates ADD COLUMN not_after INTEGER;
-";
-
-/// Version 1 to 2: the responses table gains `cert_id_hash` in its key; the old rows, each a
-/// response with a SingleResponse per hash, go to slot 0 ([`Slot::Legacy`]).
-const MIGRATE_1_TO_2: &str = "
-ALTER TABLE responses RENAME TO responses_v1;
-CREATE TABLE responses (
-    issuer       TEXT    NOT NULL,
-    serial       BLOB    NOT NULL,
-    cert_id_hash INTEGER NOT NULL CHECK (cert_id_hash IN (0, 1, 2)),
-    status       INTEGER NOT NULL CHECK (status IN (0, 1)),
-    revoked_at   INTEGER,
-    reason       INTEGER CHECK (reason BETWEEN 0 AND 255),
-    this_update  INTEGER NOT NULL,
-    next_update  INTEGER NOT NULL,
-    der          BLOB    NOT NULL,
-    CHECK ((status = 1) = (revoked_at IS NOT NULL)),
-    PRIMARY KEY (issuer, serial, cert_id_hash)
-) STRICT, WITHOUT ROWID;
-INSERT INTO responses
-    SELECT issuer, serial, 0, status, revoked_at, reason, this_update, next_update, der
-    FROM responses_v1;
-DROP TABLE responses_v1;
-";
-
-// STRICT tables reject values of the wrong type; the CHECKs reject impossible statuses. Reads
-// still validate every row (a file can be damaged, or written by other tools), returning
-// `Error::Corrupt` rather than trusting it.
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS responses (
-    issuer       TEXT    NOT NULL,
-    serial       BLOB    NOT NULL,
-    cert_id_hash INTEGER NOT NULL CHECK (cert_id_hash IN (0, 1, 2)),
-    status       INTEGER NOT NULL CHECK (status IN (0, 1)),
-    revoked_at   INTEGER,
-    reason       INTEGER CHECK (reason BETWEEN 0 AND 255),
-    this_update  INTEGER NOT NULL,
-    next_update  INTEGER NOT NULL,
-    der          BLOB    NOT NULL,
-    CHECK ((status = 1) = (revoked_at IS NOT NULL)),
-    PRIMARY KEY (issuer, serial, cert_id_hash)
-) STRICT, WITHOUT ROWID;
-
-CREATE TABLE IF NOT EXISTS certificates (
-    issuer                TEXT    NOT NULL,
-    serial                BLOB    NOT NULL,
-    status                INTEGER NOT NULL CHECK (status IN (0, 1)),
-    revoked_at            INTEGER,
-    reason                INTEGER CHECK (reason BETWEEN 0 AND 255),
-    responded_status      INTEGER CHECK (responded_status IN (0, 1)),
-    responded_revoked_at  INTEGER,
-    responded_this_update INTEGER,
-    due_key               INTEGER NOT NULL,
-    crl_shard             INTEGER CHECK (crl_shard >= 0),
-    not_after             INTEGER,
-    CHECK ((status = 1) = (revoked_at IS NOT NULL)),
-    PRIMARY KEY (issuer, serial)
-) STRICT, WITHOUT ROWID;
-
-CREATE INDEX IF NOT EXISTS certificates_due ON certificates (due_key);
-
--- A shard's entries: one range scan. NULL shards (rows recorded without a CRL configuration)
--- sort first, where the backfill finds them.
-CREATE INDEX IF NOT EXISTS certificates_crl ON certificates (issuer, crl_shard, serial)
-    WHERE status = 1;
-
--- Shards with a revocation not yet in a stored CRL: `since` the first such revocation was
--- recorded, `seq` bumped by each, so the updater clears only what its CRL included.
-CREATE TABLE IF NOT EXISTS crl_pending (
-    issuer TEXT    NOT NULL,
-    shard  INTEGER NOT NULL CHECK (shard >= 0),
-    since  INTEGER NOT NULL,
-    seq    INTEGER NOT NULL,
-    PRIMARY KEY (issuer, shard)
-) STRICT, WITHOUT ROWID;
-
--- Signed shards (when this file is the CRL store).
-CREATE TABLE IF NOT EXISTS crl_shards (
-    issuer      TEXT    NOT NULL,
-    shard       INTEGER NOT NULL CHECK (shard >= 0),
-    number      INTEGER NOT NULL CHECK (number >= 0),
-    this_update INTEGER NOT NULL,
-    next_update INTEGER NOT NULL,
-    entries     INTEGER NOT NULL,
-    der         BLOB    NOT NULL,
-    PRIMARY KEY (issuer, shard)
-) STRICT;
-
--- The shard count each issuer's certificates were assigned with: fixed once recorded.
-CREATE TABLE IF NOT EXISTS crl_issuers (
-    issuer TEXT    NOT NULL PRIMARY KEY,
-    shards INTEGER NOT NULL CHECK (shards >= 1)
-) STRICT;
-";
 
 /// Tuning of a [`SqliteStore`].
 #[derive(Clone, Debug)]
@@ -563,26 +463,9 @@ fn upsert_in(
         && status.is_revoked()
         && let Some(shard) = shard
     {
-        mark_crl_pending(tx, issuer, shard, crate::presigner::unix_now())?;
+        mark_crl_pending(tx, issuer, shard, crate::clock::unix_now())?;
     }
     Ok(changed > 0)
-}
-
-/// Marks a shard pending (a revocation in it is not in a stored CRL yet).
-fn mark_crl_pending(
-    tx: &Transaction<'_>,
-    issuer: &IssuerName,
-    shard: u32,
-    now: i64,
-) -> Result<(), Error> {
-    tx.prepare_cached(
-        "INSERT INTO crl_pending (issuer, shard, since, seq) VALUES (?1, ?2, ?3, 1)
-         ON CONFLICT (issuer, shard) DO UPDATE SET seq = crl_pending.seq + 1",
-    )
-    .map_err(db)?
-    .execute(params![issuer.0, shard, now])
-    .map_err(db)?;
-    Ok(())
 }
 
 /// Records a publication if `status` is the certificate's current status and it is not older
@@ -653,123 +536,6 @@ impl Inner {
             idle.push(conn);
         }
     }
-}
-
-fn open_connection(
-    path: &Path,
-    options: &SqliteOptions,
-    writer: bool,
-) -> Result<Connection, Error> {
-    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    if writer {
-        flags |= OpenFlags::SQLITE_OPEN_CREATE;
-    }
-    let conn = Connection::open_with_flags(path, flags).map_err(db)?;
-    conn.busy_timeout(options.busy_timeout).map_err(db)?;
-    if writer {
-        enable_wal(&conn, path, options.busy_timeout)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(db)?;
-        // A bulk import grows the WAL; without a limit the file keeps that size forever.
-        conn.pragma_update(None, "journal_size_limit", 64i64 << 20)
-            .map_err(db)?;
-        // A negative cache_size is in KiB.
-        conn.pragma_update(
-            None,
-            "cache_size",
-            -((options.writer_cache_bytes / 1024) as i64),
-        )
-        .map_err(db)?;
-        conn.pragma_update(None, "mmap_size", options.mmap_bytes as i64)
-            .map_err(db)?;
-    } else {
-        // Read connections are opened read-write (a read-only one cannot create the WAL index
-        // if it is the first to open the file after a crash) but refuse to write.
-        conn.pragma_update(None, "query_only", true).map_err(db)?;
-        conn.pragma_update(None, "mmap_size", options.mmap_bytes as i64)
-            .map_err(db)?;
-    }
-    Ok(conn)
-}
-
-/// Puts the file of `conn` in WAL mode (it stays so), waiting up to `timeout` for other
-/// openers. The ACME frontend's database uses it too.
-pub fn enable_wal(conn: &Connection, path: &Path, timeout: Duration) -> Result<(), Error> {
-    let mode: String = while_busy(timeout, || {
-        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-    })
-    .map_err(db)?;
-    if mode.eq_ignore_ascii_case("wal") {
-        Ok(())
-    } else {
-        Err(Error::Store {
-            store: "sqlite",
-            detail: format!(
-                "{}: could not enable WAL (journal_mode is {mode})",
-                path.display()
-            ),
-        })
-    }
-}
-
-/// Runs `step` again while SQLite answers busy, for up to `timeout`. Switching a file to WAL
-/// needs an exclusive lock that SQLite takes without calling the busy handler, so when several
-/// processes open a new file at once all but one fail at once, however long the busy timeout
-/// (CI saw it: the responder, the pre-signer and the ACME frontend opening one store).
-fn while_busy<T>(
-    timeout: Duration,
-    mut step: impl FnMut() -> rusqlite::Result<T>,
-) -> rusqlite::Result<T> {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        match step() {
-            Err(e)
-                if matches!(
-                    e.sqlite_error_code(),
-                    Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
-                ) && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            result => return result,
-        }
-    }
-}
-
-fn create_schema(conn: &mut Connection, path: &Path) -> Result<(), Error> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(db)?;
-    let version: i64 = tx
-        .pragma_query_value(None, "user_version", |row| row.get(0))
-        .map_err(db)?;
-    if version > SCHEMA_VERSION {
-        return Err(Error::Store {
-            store: "sqlite",
-            detail: format!(
-                "{}: schema version {version} is newer than this program's ({SCHEMA_VERSION})",
-                path.display()
-            ),
-        });
-    }
-    if version == 1 {
-        tx.execute_batch(MIGRATE_1_TO_2).map_err(db)?;
-    }
-    // A file may have no worklist yet (a responder's replica): the CREATE below makes it.
-    let has_worklist: bool = tx
-        .query_row(
-            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'certificates'",
-            [],
-            |row| row.get(0),
-        )
-        .map_err(db)?;
-    if (1..=2).contains(&version) && has_worklist {
-        tx.execute_batch(MIGRATE_2_TO_3).map_err(db)?;
-    }
-    tx.execute_batch(SCHEMA).map_err(db)?;
-    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-        .map_err(db)?;
-    tx.commit().map_err(db)
 }
 
 fn join_error(e: tokio::task::JoinError) -> Error {
@@ -969,223 +735,6 @@ impl SqliteStore {
         .await
     }
 
-    /// Tells the store each CRL-publishing issuer's shard count, so that recording a
-    /// certificate records its shard, and a revocation marks its shard pending, in the same
-    /// transaction (see [`crate::crl`]). Issuers not listed get no shard (the updater's
-    /// backfill assigns one later).
-    pub fn set_crl_shards(&self, shards: std::collections::HashMap<IssuerName, u32>) {
-        *self
-            .inner
-            .crl_shards
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = shards;
-    }
-
-    fn crl_shard_of(&self, issuer: &IssuerName, serial: &Serial) -> Option<u32> {
-        self.inner
-            .crl_shards
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(issuer)
-            .map(|n| crate::crl::shard_of(serial, *n))
-    }
-
-    /// Records `shards` as the issuer's shard count, or checks it against the recorded one:
-    /// a certificate's shard must never change, and it is named in the certificate.
-    pub async fn crl_register(&self, issuer: &IssuerName, shards: u32) -> Result<(), Error> {
-        let issuer = issuer.clone();
-        self.write(move |tx| {
-            tx.execute(
-                "INSERT INTO crl_issuers (issuer, shards) VALUES (?1, ?2)
-                 ON CONFLICT (issuer) DO NOTHING",
-                params![issuer.0, shards],
-            )
-            .map_err(db)?;
-            let recorded: i64 = tx
-                .query_row(
-                    "SELECT shards FROM crl_issuers WHERE issuer = ?1",
-                    params![issuer.0],
-                    |row| row.get(0),
-                )
-                .map_err(db)?;
-            if recorded != i64::from(shards) {
-                return Err(Error::Config {
-                    path: format!("issuers.crl.shards of `{}`", issuer.0),
-                    detail: format!(
-                        "{shards}, but this issuer's certificates were assigned to {recorded} shards: \
-                         their CRL distribution points name those shards, so the count cannot change \
-                         (publish a new issuer for a new count)"
-                    ),
-                });
-            }
-            Ok(())
-        })
-        .await
-    }
-
-    /// Assigns a shard to revoked records without one (recorded by a process that did not know
-    /// the issuer's CRL configuration, or before schema 3) and marks those shards pending.
-    /// Returns how many records it assigned. At most `limit` per call (one transaction).
-    pub async fn crl_backfill(
-        &self,
-        issuer: &IssuerName,
-        shards: u32,
-        limit: usize,
-    ) -> Result<usize, Error> {
-        let issuer = issuer.clone();
-        self.write(move |tx| {
-            let serials: Vec<Vec<u8>> = {
-                let mut stmt = tx
-                    .prepare_cached(
-                        "SELECT serial FROM certificates
-                         WHERE issuer = ?1 AND status = 1 AND crl_shard IS NULL LIMIT ?2",
-                    )
-                    .map_err(db)?;
-                let rows = stmt
-                    .query_map(params![issuer.0, limit as i64], |row| row.get(0))
-                    .map_err(db)?;
-                rows.collect::<Result<_, _>>().map_err(db)?
-            };
-            let now = crate::presigner::unix_now();
-            let mut touched = std::collections::BTreeSet::new();
-            for serial in &serials {
-                let shard = crate::crl::shard_of(&Serial::from_be_bytes(serial), shards);
-                tx.prepare_cached(
-                    "UPDATE certificates SET crl_shard = ?3 WHERE issuer = ?1 AND serial = ?2",
-                )
-                .map_err(db)?
-                .execute(params![issuer.0, serial, shard])
-                .map_err(db)?;
-                touched.insert(shard);
-            }
-            for shard in touched {
-                mark_crl_pending(tx, &issuer, shard, now)?;
-            }
-            Ok(serials.len())
-        })
-        .await
-    }
-
-    /// Records certificates' notAfter (Unix seconds): a revoked certificate leaves its CRL
-    /// shard once expired. Unknown certificates are ignored. Returns the rows updated.
-    pub async fn record_not_after(
-        &self,
-        items: Vec<(IssuerName, Serial, i64)>,
-    ) -> Result<u64, Error> {
-        self.write(move |tx| {
-            let mut stmt = tx
-                .prepare_cached(
-                    "UPDATE certificates SET not_after = ?3 WHERE issuer = ?1 AND serial = ?2",
-                )
-                .map_err(db)?;
-            let mut changed = 0;
-            for (issuer, serial, not_after) in &items {
-                changed += stmt
-                    .execute(params![issuer.0, serial.as_bytes(), not_after])
-                    .map_err(db)? as u64;
-            }
-            Ok(changed)
-        })
-        .await
-    }
-
-    /// A consistent snapshot of one shard: its revoked certificates not expired at `now`, in
-    /// serial order, and its pending mark `(seq, since)` if any — read in one transaction, so
-    /// a CRL built from the entries includes every revocation the mark counts.
-    pub async fn crl_snapshot(
-        &self,
-        issuer: &IssuerName,
-        shard: u32,
-        now: i64,
-    ) -> Result<(Vec<crate::crl::CrlEntry>, Option<(i64, i64)>), Error> {
-        let issuer = issuer.clone();
-        self.read(move |conn| {
-            let tx = conn.unchecked_transaction().map_err(db)?;
-            let pending = {
-                let mut stmt = tx
-                    .prepare_cached(
-                        "SELECT seq, since FROM crl_pending WHERE issuer = ?1 AND shard = ?2",
-                    )
-                    .map_err(db)?;
-                let mut rows = stmt.query(params![issuer.0, shard]).map_err(db)?;
-                match rows.next().map_err(db)? {
-                    Some(row) => Some((row.get(0).map_err(db)?, row.get(1).map_err(db)?)),
-                    None => None,
-                }
-            };
-            let mut entries = Vec::new();
-            {
-                let mut stmt = tx
-                    .prepare_cached(
-                        // INDEXED BY: with `ORDER BY serial` the planner preferred the
-                        // primary key, scanning every certificate of the issuer per shard
-                        // (128 shards of 1,000,000 revoked: 23.8 s instead of a few).
-                        "SELECT serial, revoked_at, reason FROM certificates INDEXED BY certificates_crl
-                         WHERE issuer = ?1 AND crl_shard = ?2 AND status = 1
-                           AND (not_after IS NULL OR not_after >= ?3)
-                         ORDER BY serial",
-                    )
-                    .map_err(db)?;
-                let mut rows = stmt.query(params![issuer.0, shard, now]).map_err(db)?;
-                while let Some(row) = rows.next().map_err(db)? {
-                    let serial: Vec<u8> = row.get(0).map_err(db)?;
-                    let key = format!("{}/{}", issuer.0, hex::encode(&serial));
-                    let revoked_at: i64 = column(row, 1, "revoked_at", &key)?;
-                    let reason: Option<i64> = column(row, 2, "reason", &key)?;
-                    let reason = reason
-                        .map(|r| {
-                            ReasonCode::try_from(r)
-                                .map_err(|_| corrupt(&key, format!("reason {r} out of range")))
-                        })
-                        .transpose()?;
-                    entries.push(crate::crl::CrlEntry {
-                        serial: Serial::from_be_bytes(&serial),
-                        revoked_at,
-                        reason,
-                    });
-                }
-            }
-            tx.finish().map_err(db)?;
-            Ok((entries, pending))
-        })
-        .await
-    }
-
-    /// Every pending shard of `issuer`: `(shard, since)`.
-    pub async fn crl_pending(&self, issuer: &IssuerName) -> Result<Vec<(u32, i64)>, Error> {
-        let issuer = issuer.clone();
-        self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached("SELECT shard, since FROM crl_pending WHERE issuer = ?1")
-                .map_err(db)?;
-            let rows = stmt
-                .query_map(params![issuer.0], |row| Ok((row.get(0)?, row.get(1)?)))
-                .map_err(db)?;
-            rows.collect::<Result<_, _>>().map_err(db)
-        })
-        .await
-    }
-
-    /// Clears a shard's pending mark if no revocation came after the snapshot that read `seq`.
-    pub async fn crl_clear_pending(
-        &self,
-        issuer: &IssuerName,
-        shard: u32,
-        seq: i64,
-    ) -> Result<bool, Error> {
-        let issuer = issuer.clone();
-        self.write(move |tx| {
-            let n = tx
-                .execute(
-                    "DELETE FROM crl_pending WHERE issuer = ?1 AND shard = ?2 AND seq = ?3",
-                    params![issuer.0, shard, seq],
-                )
-                .map_err(db)?;
-            Ok(n > 0)
-        })
-        .await
-    }
-
     /// The certificate's current status in the worklist.
     pub async fn certificate(
         &self,
@@ -1328,79 +877,6 @@ impl SqliteStore {
                 )?,
                 oldest_this_update: oldest,
             })
-        })
-        .await
-    }
-}
-
-#[async_trait]
-impl super::CrlStore for SqliteStore {
-    fn crl_store_kind(&self) -> &'static str {
-        "sqlite"
-    }
-
-    async fn get_crl(
-        &self,
-        issuer: &IssuerName,
-        shard: u32,
-    ) -> Result<Option<crate::crl::StoredCrl>, Error> {
-        let issuer = issuer.clone();
-        self.read(move |conn| {
-            let key = format!("crl {}/{shard}", issuer.0);
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT number, this_update, next_update, entries, der FROM crl_shards
-                     WHERE issuer = ?1 AND shard = ?2",
-                )
-                .map_err(db)?;
-            let mut rows = stmt.query(params![issuer.0, shard]).map_err(db)?;
-            let Some(row) = rows.next().map_err(db)? else {
-                return Ok(None);
-            };
-            Ok(Some(crate::crl::StoredCrl {
-                number: column(row, 0, "number", &key)?,
-                this_update: column(row, 1, "this_update", &key)?,
-                next_update: column(row, 2, "next_update", &key)?,
-                entries: column::<i64>(row, 3, "entries", &key)?.max(0) as u64,
-                der: column(row, 4, "der", &key)?,
-            }))
-        })
-        .await
-    }
-
-    async fn put_crl(
-        &self,
-        issuer: &IssuerName,
-        shard: u32,
-        crl: &crate::crl::StoredCrl,
-    ) -> Result<bool, Error> {
-        let issuer = issuer.clone();
-        let crl = crl.clone();
-        self.write(move |tx| {
-            // The compare-and-set is the statement's WHERE: one statement, inside the
-            // IMMEDIATE transaction, so no other writer's number can slip in between.
-            let n = tx
-                .prepare_cached(
-                    "INSERT INTO crl_shards (issuer, shard, number, this_update, next_update, entries, der)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                     ON CONFLICT (issuer, shard) DO UPDATE SET
-                         number = excluded.number, this_update = excluded.this_update,
-                         next_update = excluded.next_update, entries = excluded.entries,
-                         der = excluded.der
-                     WHERE excluded.number > crl_shards.number",
-                )
-                .map_err(db)?
-                .execute(params![
-                    issuer.0,
-                    shard,
-                    crl.number,
-                    crl.this_update,
-                    crl.next_update,
-                    crl.entries as i64,
-                    crl.der
-                ])
-                .map_err(db)?;
-            Ok(n > 0)
         })
         .await
     }
