@@ -25,6 +25,8 @@
 //! - `hash_alg`: the CertID hash algorithms ([`HashAlg`]).
 //! - `issuers`: issuer certificates, the hashes CertIDs name them by.
 //! - `clock`: [`unix_now`], the one clock of the records.
+//! - `crl_shard`: a signed CRL shard as stored, its entries, a serial's shard (exported
+//!   through [`crl`]; apart from it so the stores do not depend on the CRL updater).
 //! - `request`: parsing `OCSPRequest`s from untrusted clients ([`parse_request`]).
 //! - `response`: the ASN.1 — encoding `OCSPResponse`s.
 //! - `signing`: [`TbsSigner`] and [`sign_responses`]: turning statuses into signed responses
@@ -38,14 +40,17 @@
 //! - [`crl`]: sharded CRLs — shard assignment and URLs ([`crl::ShardMap`], for the ACME
 //!   frontend), building, the updater (`hsmgate-ocsp crl-update`) and serving.
 //!
-//! Module dependencies run one way: `hash_alg`, `clock` and `error` depend on nothing here;
-//! `record` on `http_memo`; `config` on `hash_alg`; `issuers` on `config` and `record`; the
-//! services (`store`, `signing`, `presigner`, `source`, `crl`, `responder`) on those.
+//! Module dependencies run one way, without cycles: `hash_alg`, `clock` and `error` depend on
+//! nothing here; `http_memo` on `hash_alg`, `record` on `http_memo`; `config` on `hash_alg`;
+//! `issuers` on `config` and `record`; `response` (ASN.1) on those, `signing` on `response`;
+//! `store` on the records, `response` and `crl_shard`; `crl`, `source` and `presigner` on
+//! `store`; the `responder` on everything.
 
 // The der 0.7 derive macros name their crate `der`; this crate has it as `der07`.
 extern crate der07 as der;
 
 mod clock;
+mod crl_shard;
 mod error;
 mod hash_alg;
 mod http_memo;

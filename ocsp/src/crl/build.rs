@@ -43,18 +43,9 @@ use x509_cert_03::serial_number::SerialNumber;
 use x509_cert_03::spki::AlgorithmIdentifierOwned;
 use x509_cert_03::time::Time;
 
+use crate::crl_shard::CrlEntry;
 use crate::error::Error;
-use crate::record::{IssuerName, ReasonCode, Serial};
-
-/// One revoked certificate of a shard.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CrlEntry {
-    pub serial: Serial,
-    /// revocationDate, Unix seconds.
-    pub revoked_at: i64,
-    /// The recorded CRLReason code, if any.
-    pub reason: Option<ReasonCode>,
-}
+use crate::record::{IssuerName, ReasonCode};
 
 fn encoding(what: &str, e: impl fmt::Display) -> Error {
     Error::Encoding {

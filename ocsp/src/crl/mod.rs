@@ -53,35 +53,11 @@ use std::collections::HashMap;
 use crate::config::{Config, CrlConfig};
 use crate::record::{IssuerName, Serial};
 
-pub use build::{CrlEntry, CrlSigner, IssuerCrl};
+pub use crate::crl_shard::{CrlEntry, StoredCrl, shard_of};
+pub use build::{CrlSigner, IssuerCrl};
 pub use metrics::CrlMetrics;
 pub use serve::CrlServer;
 pub use updater::{PassReport, ShardOutcome, Updater};
-
-/// A signed CRL shard as stored and served.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoredCrl {
-    /// cRLNumber (RFC 5280 §5.2.3); strictly increasing per shard.
-    pub number: i64,
-    /// thisUpdate and nextUpdate, Unix seconds.
-    pub this_update: i64,
-    pub next_update: i64,
-    /// Entries listed (for metrics).
-    pub entries: u64,
-    /// The DER `CertificateList`.
-    pub der: Vec<u8>,
-}
-
-/// The shard of a certificate with this serial among `shards` (at least 1): the serial's last
-/// 8 octets as a big-endian integer, modulo `shards`. Fixed for the certificate's life as long
-/// as the shard count is (the store refuses a changed count).
-pub fn shard_of(serial: &Serial, shards: u32) -> u32 {
-    let bytes = serial.as_bytes();
-    let tail = &bytes[bytes.len().saturating_sub(8)..];
-    let mut buf = [0u8; 8];
-    buf[8 - tail.len()..].copy_from_slice(tail);
-    (u64::from_be_bytes(buf) % u64::from(shards.max(1))) as u32
-}
 
 /// Where an issuer's shards live: what the ACME frontend puts in each certificate's CRL
 /// Distribution Points, and the complete list CCADB asks for.

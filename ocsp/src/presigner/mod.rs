@@ -29,6 +29,11 @@
 //! See [`max_per_tick`]: the refresh loop signs a bounded number of routine refreshes per tick,
 //! so a day's refresh does not arrive as one spike; revocations and never-published
 //! certificates are not counted against that bound.
+//!
+//! # Layout
+//! This file: [`Presigner`] (publishing, signing and storing, the refresh loop) and the issuer
+//! key check at start-up; `import`: the import file format ([`parse_import`]); `metrics`:
+//! [`PresignerMetrics`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

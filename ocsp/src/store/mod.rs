@@ -28,6 +28,7 @@
 
 use async_trait::async_trait;
 
+use crate::crl_shard::StoredCrl;
 use crate::error::Error;
 use crate::hash_alg::HashAlg;
 use crate::publishing::may_replace;
@@ -85,11 +86,7 @@ pub trait CrlStore: Send + Sync + std::fmt::Debug {
     fn crl_store_kind(&self) -> &'static str;
 
     /// The stored shard, if any (expired ones included: the caller decides).
-    async fn get_crl(
-        &self,
-        issuer: &IssuerName,
-        shard: u32,
-    ) -> Result<Option<crate::crl::StoredCrl>, Error>;
+    async fn get_crl(&self, issuer: &IssuerName, shard: u32) -> Result<Option<StoredCrl>, Error>;
 
     /// Compare-and-set: stores `crl` only if its number is greater than the stored shard's
     /// (or none is stored); returns whether it was stored. Atomic against other writers, so
@@ -98,7 +95,7 @@ pub trait CrlStore: Send + Sync + std::fmt::Debug {
         &self,
         issuer: &IssuerName,
         shard: u32,
-        crl: &crate::crl::StoredCrl,
+        crl: &StoredCrl,
     ) -> Result<bool, Error>;
 }
 

@@ -56,6 +56,7 @@ use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 use tokio::sync::OnceCell;
 
 use super::{ResponseStore, Slot};
+use crate::crl_shard::StoredCrl;
 use crate::error::Error;
 use crate::hash_alg::HashAlg;
 use crate::record::{CertStatus, IssuerName, ReasonCode, Serial, StoredResponse};
@@ -430,11 +431,7 @@ impl super::CrlStore for RedisStore {
         "redis"
     }
 
-    async fn get_crl(
-        &self,
-        issuer: &IssuerName,
-        shard: u32,
-    ) -> Result<Option<crate::crl::StoredCrl>, Error> {
+    async fn get_crl(&self, issuer: &IssuerName, shard: u32) -> Result<Option<StoredCrl>, Error> {
         let key = crl_key(issuer, shard);
         // A shard may be large: the limit of a 64 MB one.
         let limit = crl_limit(&self.options, 64 << 20);
@@ -463,7 +460,7 @@ impl super::CrlStore for RedisStore {
             };
             match (number, der) {
                 (None, None) => Ok(None),
-                (number, Some(der)) => Ok(Some(crate::crl::StoredCrl {
+                (number, Some(der)) => Ok(Some(StoredCrl {
                     number: int(number, "number")?,
                     this_update: int(this_update, "this_update")?,
                     next_update: int(next_update, "next_update")?,
@@ -480,7 +477,7 @@ impl super::CrlStore for RedisStore {
         &self,
         issuer: &IssuerName,
         shard: u32,
-        crl: &crate::crl::StoredCrl,
+        crl: &StoredCrl,
     ) -> Result<bool, Error> {
         let key = crl_key(issuer, shard);
         let limit = crl_limit(&self.options, crl.der.len());

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use rusqlite::{Transaction, params};
 
 use super::{SqliteStore, column, corrupt, db};
-use crate::crl::{CrlEntry, StoredCrl, shard_of};
+use crate::crl_shard::{CrlEntry, StoredCrl, shard_of};
 use crate::error::Error;
 use crate::record::{IssuerName, ReasonCode, Serial};
 use crate::store::CrlStore;
