@@ -38,22 +38,29 @@
 //! - [`ceremony`]: creating the root and intermediate certificates through the gateway.
 
 pub mod addresses;
+#[path = "ca/ari.rs"]
 pub mod ari;
 pub mod ceremony;
 pub mod config;
 pub mod contact;
 pub mod db;
 mod error;
+#[path = "issuance/mod.rs"]
 pub mod issue;
 pub mod jws;
 pub mod metrics;
 pub mod model;
 pub mod names;
 pub mod nonce;
+#[path = "challenge/perspective.rs"]
 pub mod perspective;
+#[path = "ca/ratelimit.rs"]
 pub mod ratelimit;
+#[path = "ca/republish.rs"]
 pub mod republish;
+#[path = "wfe/mod.rs"]
 pub mod server;
+#[path = "challenge/mod.rs"]
 pub mod validate;
 
 pub use error::{Error, Problem, ProblemType};

@@ -956,11 +956,11 @@ mod tests {
         for (what, der_bytes) in [
             (
                 "a parameters blob",
-                &include_bytes!("../fuzz/corpus/csr/seed-regression-rsa-key-parameters-blob.der")[..],
+                &include_bytes!("../../fuzz/corpus/csr/seed-regression-rsa-key-parameters-blob.der")[..],
             ),
             (
                 "absent parameters",
-                &include_bytes!("../fuzz/corpus/csr/seed-regression-rsa-key-parameters-absent.der")
+                &include_bytes!("../../fuzz/corpus/csr/seed-regression-rsa-key-parameters-absent.der")
                     [..],
             ),
         ] {
@@ -969,7 +969,7 @@ mod tests {
             assert!(err.detail.contains("NULL"), "{what}: {}", err.detail);
         }
         // The same key and names with NULL parameters, as openssl makes the CSR, are accepted.
-        let openssl = include_bytes!("../fuzz/corpus/csr/seed-rsa2048-cn-san.der");
+        let openssl = include_bytes!("../../fuzz/corpus/csr/seed-rsa2048-cn-san.der");
         check_csr(openssl, &names, &[2048], "x").expect("NULL parameters");
     }
 
