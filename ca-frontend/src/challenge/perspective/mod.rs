@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Validation;
 use crate::model::{Authorization, ChallengeStatus, ChallengeType};
-use crate::validate::{CaaRequester, Validator};
+use super::{CaaRequester, Validator};
 use crate::{Error, Problem, ProblemType};
 
 /// A reply body larger than this is not a perspective's answer.
