@@ -16,7 +16,7 @@
 #![no_main]
 
 use ca_frontend::jws::{ParsedJws, PublicKey};
-use ca_frontend::names::check_dns_name;
+use ca_frontend::check_dns_name;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -10,7 +10,7 @@
 
 #![no_main]
 
-use ca_frontend::names::check_dns_name;
+use ca_frontend::check_dns_name;
 use libfuzzer_sys::fuzz_target;
 
 const SPECIAL: [&str; 9] = [
