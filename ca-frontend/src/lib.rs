@@ -65,7 +65,7 @@ pub use error::{Error, Problem, ProblemType};
 pub use names::{DnsName, check_dns_name};
 pub use wfe::router;
 
-/// Remote perspectives (BR §3.2.2.9): the configuration, the frontend's [`Corroborator`] and
+/// Remote perspectives (BR §3.2.2.9): the configuration, the frontend's [`perspective::Corroborator`] and
 /// the `ca-frontend perspective` server.
 pub mod perspective {
     pub use crate::challenge::perspective::{

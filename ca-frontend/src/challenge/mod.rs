@@ -16,13 +16,13 @@
 //! to `http:`/`https:` on the two challenge ports only (80 and 443 in production; the configured
 //! `http_port`/`tls_port` stand in for them), accepting any certificate on an HTTPS hop; and
 //! no connection — first request, redirect hop or tls-alpn-01 handshake — goes to an address in
-//! the special-purpose registries ([`crate::addresses`]) unless `allow_private_addresses` says
+//! the special-purpose registries (`crate::addresses`) unless `allow_private_addresses` says
 //! so. The problem names the redirects followed and the addresses refused. The same checks run
 //! at each remote perspective ([`crate::perspective`]).
 
 //!
 //! Each challenge type has its module (`http01`, `dns01`, `tls_alpn01`) and so has the CAA
-//! check (`caa`); [`perspective`] asks the same of remote perspectives (BR §3.2.2.9).
+//! check (`caa`); [`crate::perspective`] asks the same of remote perspectives (BR §3.2.2.9).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -1,9 +1,9 @@
 //! Turning a validated order into a certificate, in three steps that each have their module:
-//! the CSR checks ([`csr`]), building the `TBSCertificate` ([`tbs`]), and the lint that runs
+//! the CSR checks (`csr`), building the `TBSCertificate` (`tbs`), and the lint that runs
 //! before any HSM sees it ([`lint`]). What comes back from the gateway is checked here
 //! ([`assemble`]): the signed certificate is verified against the intermediate's public key
 //! before it is recorded, so a faulty HSM or a confused gateway cannot hand a subscriber a
-//! certificate that does not verify. Signing itself is [`crate::ca::signer`]'s.
+//! certificate that does not verify. Signing itself is `crate::ca::signer`'s.
 //!
 //! ```text
 //!  CSR ──csr::check_csr──▶ CheckedCsr ─┐

@@ -131,13 +131,13 @@ impl PerspectiveConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "check", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum CheckRequest {
-    /// A challenge (RFC 8555 §8), as [`Validator::validate`].
+    /// A challenge (RFC 8555 §8), as [`crate::challenge::Validator::validate`].
     Challenge {
         kind: ChallengeType,
         domain: String,
         key_authorization: String,
     },
-    /// CAA for a name about to be issued for, as [`Validator::check_caa`].
+    /// CAA for a name about to be issued for, as [`crate::challenge::Validator::check_caa`].
     Caa {
         domain: String,
         wildcard: bool,
