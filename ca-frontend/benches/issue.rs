@@ -20,7 +20,7 @@
 use std::collections::BTreeSet;
 use std::hint::black_box;
 
-use ca_frontend::issue::{
+use ca_frontend::issuance::{
     IssuerCert, LeafPlan, assemble, build_leaf_tbs, check_csr, lint, random_serial,
     signature_algorithm,
 };
@@ -70,7 +70,7 @@ fn issuer() -> (IssuerCert, rs::EcdsaKeyPair) {
     (issuer, signing)
 }
 
-fn plan(checked: &ca_frontend::issue::CheckedCsr) -> LeafPlan {
+fn plan(checked: &ca_frontend::issuance::CheckedCsr) -> LeafPlan {
     let now = ca_frontend::unix_now();
     LeafPlan {
         serial: random_serial().unwrap_or_else(fail("serial")),

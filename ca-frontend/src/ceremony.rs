@@ -9,11 +9,8 @@ use std::time::Duration;
 use const_oid::db::rfc5280;
 use der::asn1::OctetString;
 use der::{Decode, Encode};
-use hsmgate_signer_api::v1::signer_client::SignerClient;
-use hsmgate_signer_api::v1::{
-    GetPublicKeyRequest, SignBatchRequest, SignRequest, SignatureAlgorithm, sign_request,
-};
-use hsmgate_signer_api::{PAYLOAD_HEADER, PAYLOAD_TBS_CERTIFICATE};
+use hsmgate_signer_api::v1::SignatureAlgorithm;
+use hsmgate_signer_api::{BatchSigner, Payload};
 use spki::SubjectPublicKeyInfoOwned;
 use tonic::transport::Channel;
 use x509_cert::certificate::Version;
@@ -24,7 +21,8 @@ use x509_cert::name::Name;
 use x509_cert::serial_number::SerialNumber;
 
 use crate::Error;
-use crate::issue::{self, IssuerCert, Tbs, Validity, extension, key_identifier, x509_time};
+use crate::ca::signer::sign_error;
+use crate::issuance::{self, IssuerCert, Tbs, Validity, extension, key_identifier, x509_time};
 
 /// A gateway key's public key and signature algorithm.
 struct GatewayKey {
@@ -33,15 +31,9 @@ struct GatewayKey {
     algorithm: spki::AlgorithmIdentifierOwned,
 }
 
-async fn gateway_key(client: &mut SignerClient<Channel>, name: &str) -> Result<GatewayKey, Error> {
-    let public = client
-        .get_public_key(GetPublicKeyRequest {
-            key: name.to_owned(),
-        })
-        .await
-        .map_err(|s| Error::Gateway(format!("GetPublicKey {name}: {}", s.message())))?
-        .into_inner();
-    let algorithm = issue::signature_algorithm(public.key_type)?;
+async fn gateway_key(gateway: &BatchSigner, name: &str) -> Result<GatewayKey, Error> {
+    let public = gateway.public_key(name).await.map_err(sign_error)?;
+    let algorithm = issuance::signature_algorithm(public.key_type)?;
     Ok(GatewayKey {
         name: name.to_owned(),
         spki: SubjectPublicKeyInfoOwned::from_der(&public.spki_der)?,
@@ -51,7 +43,7 @@ async fn gateway_key(client: &mut SignerClient<Channel>, name: &str) -> Result<G
 
 /// A CA certificate for `subject_key`, signed by `issuer_key` (the same key for a root).
 async fn ca_certificate(
-    client: &mut SignerClient<Channel>,
+    gateway: &BatchSigner,
     subject: &Name,
     subject_key: &GatewayKey,
     issuer: Option<(&IssuerCert, &GatewayKey)>,
@@ -99,7 +91,7 @@ async fn ca_certificate(
     ];
     let tbs = Tbs {
         version: Version::V3,
-        serial_number: SerialNumber::new(&issue::random_serial()?)?,
+        serial_number: SerialNumber::new(&issuance::random_serial()?)?,
         signature: signing_key.algorithm.clone(),
         issuer: issuer_name,
         validity: Validity {
@@ -111,39 +103,22 @@ async fn ca_certificate(
         extensions: Some(extensions),
     }
     .to_der()?;
-    let mut request = tonic::Request::new(SignBatchRequest {
-        requests: vec![SignRequest {
-            key: signing_key.name.clone(),
-            algorithm: SignatureAlgorithm::Unspecified as i32,
-            input: Some(sign_request::Input::Message(tbs.clone())),
-        }],
-    });
-    request.set_timeout(Duration::from_secs(30));
-    if let Ok(v) = PAYLOAD_TBS_CERTIFICATE.parse() {
-        request.metadata_mut().insert(PAYLOAD_HEADER, v);
-    }
-    let answer = client
-        .sign_batch(request)
+    // One certificate: `Sign`, naming the algorithm the TBS was built for.
+    let signed = gateway
+        .sign_one(
+            &signing_key.name,
+            SignatureAlgorithm::Unspecified,
+            Payload::TbsCertificate,
+            tbs.clone(),
+        )
         .await
-        .map_err(|s| {
-            Error::Gateway(format!(
-                "SignBatch {}: {:?}: {}",
-                signing_key.name,
-                s.code(),
-                s.message()
-            ))
-        })?
-        .into_inner();
-    let signed = answer
-        .responses
-        .first()
-        .ok_or_else(|| Error::Gateway("SignBatch returned no signature".into()))?;
+        .map_err(sign_error)?;
     if signed.algorithm_identifier != signing_key.algorithm.to_der()? {
         return Err(Error::Gateway(
             "the gateway signed with another algorithm than the TBS names".into(),
         ));
     }
-    issue::assemble(
+    issuance::assemble(
         &tbs,
         &signing_key.algorithm,
         &signed.signature,
@@ -161,15 +136,16 @@ pub async fn make_hierarchy(
     intermediate_subject: &str,
     days: u64,
 ) -> Result<(String, String), Error> {
-    let mut client = SignerClient::new(channel);
-    let root = gateway_key(&mut client, root_key).await?;
-    let intermediate = gateway_key(&mut client, intermediate_key).await?;
+    // Four calls, one at a time, each within 30 s: no batching to speak of, but the same
+    // client (payload declaration, retry on another gateway) as every other caller.
+    let gateway = BatchSigner::new(channel).with_timeout(Duration::from_secs(30));
+    let root = gateway_key(&gateway, root_key).await?;
+    let intermediate = gateway_key(&gateway, intermediate_key).await?;
     let name = |s: &str| Name::from_str(s).map_err(|e| Error::Build(format!("subject `{s}`: {e}")));
-    let root_der =
-        ca_certificate(&mut client, &name(root_subject)?, &root, None, days, None).await?;
+    let root_der = ca_certificate(&gateway, &name(root_subject)?, &root, None, days, None).await?;
     let root_cert = IssuerCert::from_der(&root_der)?;
     let intermediate_der = ca_certificate(
-        &mut client,
+        &gateway,
         &name(intermediate_subject)?,
         &intermediate,
         Some((&root_cert, &root)),

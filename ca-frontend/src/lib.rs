@@ -2,13 +2,16 @@
 //! ACME Renewal Information, RFC 9773).
 //!
 //! ```text
-//!  certbot / lego ──JWS over HTTP(S)──▶ server ──▶ validate (http-01, dns-01, tls-alpn-01, CAA)
-//!                                          │
-//!                         finalize ──▶ issue: CSR checks, TBS build, lint ──SignBatch──▶ gateway
-//!                                          │            (the lint runs before the HSM sees anything)
-//!                                          ├──▶ db: certificate recorded (SQLite | PostgreSQL)
-//!                                          └──▶ ocsp pre-signer: `good` response stored
-//!                                               ── only then does the order read `valid`
+//!  certbot / lego ──JWS over HTTP(S)──▶ wfe (one module per resource)
+//!                                         │
+//!                                         ▼
+//!                                        ca ──▶ challenge: http-01, dns-01, tls-alpn-01, CAA,
+//!                                         │       corroborated by remote perspectives
+//!                 finalize ──▶ issuance: CSR checks, TBS build, lint ──ca::signer──SignBatch──▶ gateway
+//!                                         │            (the lint runs before the HSM sees anything)
+//!                                         ├──▶ db: certificate recorded (SQLite | PostgreSQL)
+//!                                         └──▶ ocsp pre-signer: `good` response stored
+//!                                              ── only then does the order read `valid`
 //! ```
 //!
 //! The frontend holds no keys: certificates are signed by the issuing key in the HSMs behind the
@@ -18,45 +21,78 @@
 //! the `revoked` response stored.
 //!
 //! # Layout
+//! As Boulder splits its web front end from its registration and certificate authorities:
+//! - `wfe`: the HTTP layer, one module per ACME resource (directory, account, order, authz,
+//!   certificate, revoke, renewal-info) and the JWS-verifying request extractor. Its
+//!   [`router`] is the public entry.
+//! - `ca`: the CA's state ([`Ca`]) and what requests do to it — orders and authorizations,
+//!   finalization, revocation, [`republish`] (the repair pass), rate limits, [`ari`], and the
+//!   certificate signing client over the gateway's one batching client. No HTTP types.
+//! - [`issuance`]: CSR checks, TBS building and the pre-signing lint; assembly of what the
+//!   gateway signed.
+//! - [`challenge`]: proving control of a name (http-01, dns-01, tls-alpn-01) and the CAA check;
+//!   [`perspective`]: remote perspectives and their quorum (BR §3.2.2.9), both sides.
 //! - [`config`]: the TOML configuration, validated at start-up.
-//! - [`contact`]: account contacts — `mailto:` only, bounded, one valid public address each.
 //! - [`model`]: accounts, orders, authorizations, challenges, certificate records.
 //! - [`db`]: durable storage — embedded SQLite, or PostgreSQL for several frontends.
-//! - [`names`]: the identifier policy — which DNS names are issued for (BR §4.2.2, RFC 6761).
 //! - [`jws`]: parsing and verifying the JWS every POST carries; JWK thumbprints.
-//! - [`nonce`]: `Replay-Nonce` issuance and single use.
-//! - [`validate`]: challenge validation (http-01 redirects included) and CAA checking.
-//! - [`addresses`]: the special-purpose addresses validation never connects to.
-//! - [`perspective`]: remote perspectives and their quorum (BR §3.2.2.9), both sides.
-//! - [`issue`]: CSR checks, certificate building, the pre-signing lint, signing through the gateway.
-//! - [`ari`]: renewal information (RFC 9773).
-//! - [`ratelimit`]: per-account and per-registered-domain limits.
-//! - [`metrics`]: `hsmgate_acme_*` — requests, problems, orders, issuance latency, validations,
-//!   rate limits, database and gateway calls.
-//! - [`republish`]: publishing the OCSP statuses a crash left recorded but unpublished.
-//! - [`server`]: the HTTP layer and the ACME resources.
 //! - [`ceremony`]: creating the root and intermediate certificates through the gateway.
+//! - Inside: `names` (the identifier policy, BR §4.2.2, RFC 6761; [`check_dns_name`]),
+//!   `contact` (account contacts), `nonce` (`Replay-Nonce`), `addresses` (the special-purpose
+//!   addresses validation never connects to), `metrics` (`hsmgate_acme_*`), `error`.
+//!
+//! Modules are private; what the binary, the tests, the benches and the fuzz targets use is
+//! the list below, and a few namespaces whose names belong together.
 
-pub mod addresses;
-pub mod ari;
+mod addresses;
+mod ca;
 pub mod ceremony;
+pub mod challenge;
 pub mod config;
-pub mod contact;
+mod contact;
 pub mod db;
 mod error;
-pub mod issue;
+pub mod issuance;
 pub mod jws;
-pub mod metrics;
+mod metrics;
 pub mod model;
-pub mod names;
-pub mod nonce;
-pub mod perspective;
-pub mod ratelimit;
-pub mod republish;
-pub mod server;
-pub mod validate;
+mod names;
+mod nonce;
+mod wfe;
 
+pub use ca::Ca;
 pub use error::{Error, Problem, ProblemType};
+pub use names::{DnsName, check_dns_name};
+pub use wfe::router;
+
+/// Remote perspectives (BR §3.2.2.9): the configuration, the frontend's [`perspective::Corroborator`] and
+/// the `ca-frontend perspective` server.
+pub mod perspective {
+    pub use crate::challenge::perspective::{
+        CheckReply, CheckRequest, Corroboration, Corroborator, PerspectiveConfig,
+        PerspectiveOutcome, PerspectiveServer, Perspectives, RemoteConfig, allowed_disagreements,
+        router, serve, server_tls,
+    };
+}
+
+/// The repair pass: publishing the OCSP statuses a crash left recorded but unpublished, and
+/// giving back what stalled finalizations reserved.
+pub mod republish {
+    pub use crate::ca::republish::{
+        GRACE, INTERVAL, abandon_stalled, mark, ocsp_status, republish_pending, revoked_status, run,
+    };
+}
+
+/// ACME Renewal Information (RFC 9773): CertIDs and suggested renewal windows.
+pub mod ari {
+    pub use crate::ca::ari::{cert_id, parse_cert_id, renewal_info, suggested_window};
+}
+
+/// Rate limits counted from the CA's records: the registered domains a certificate counts
+/// against, and the window.
+pub mod ratelimit {
+    pub use crate::ca::ratelimit::{WEEK, counted_domains, registered_domains};
+}
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> i64 {

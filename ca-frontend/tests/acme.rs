@@ -19,7 +19,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use ca_frontend::b64;
-use ca_frontend::server::{Ca, router};
+use ca_frontend::{Ca, router};
 use http_body_util::BodyExt;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use serde_json::{Value, json};
@@ -645,7 +645,7 @@ async fn issuance_works_and_a_second_finalization_loses() {
     assert!(text.contains("OCSP - URI:http://127.0.0.1:1"), "{text}");
 
     // Revocation: a stranger may not; the owner may, once; an unknown reason is refused.
-    let der = ca_frontend::issue::first_pem_der(&String::from_utf8_lossy(&r.body)).expect("pem");
+    let der = ca_frontend::issuance::first_pem_der(&String::from_utf8_lossy(&r.body)).expect("pem");
     let mut stranger = Client::new(&ca);
     stranger.register().await;
     let revoke = |reason: Option<u8>| {
@@ -1191,7 +1191,7 @@ async fn the_certificate_key_may_revoke_and_replacements_skip_the_domain_limit()
         .to_owned();
     let serial = cert_url.rsplit('/').next().expect("serial").to_owned();
     let pem = client.post(&path_of(&cert_url), None).await.body;
-    let der = ca_frontend::issue::first_pem_der(&String::from_utf8_lossy(&pem)).expect("pem");
+    let der = ca_frontend::issuance::first_pem_der(&String::from_utf8_lossy(&pem)).expect("pem");
 
     // A replacement order (ARI `replaces`) gets its certificate although the domain's weekly
     // allowance is used up; the same order without `replaces` would not.

@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use ca_frontend::challenge::Validator;
 use ca_frontend::config::Validation;
 use ca_frontend::model::ChallengeType;
-use ca_frontend::validate::Validator;
 use ca_frontend::{Problem, ProblemType};
 
 /// What a path answers: a redirect to a Location, or a body.

@@ -1,4 +1,4 @@
-//! Fuzzes `ca_frontend::issue::check_csr`, the parser and checks a finalize request's CSR
+//! Fuzzes `ca_frontend::issuance::check_csr`, the parser and checks a finalize request's CSR
 //! (DER, from the client) goes through, and what follows when it is accepted: the leaf's
 //! `TBSCertificate` built from it (`build_leaf_tbs`) and the pre-signing lint (`lint`) that
 //! decides whether an HSM ever sees those bytes.
@@ -24,7 +24,7 @@
 use std::collections::BTreeSet;
 use std::sync::LazyLock;
 
-use ca_frontend::issue::{
+use ca_frontend::issuance::{
     IssuerCert, LeafPlan, build_leaf_tbs, check_csr, lint, signature_algorithm,
 };
 use ca_frontend::jws::PublicKey;

@@ -2,7 +2,7 @@
 //! account lookup or nonce check): `ParsedJws::parse` (flattened JSON serialization, base64url
 //! members, the protected header), then what the server does with a parsed JWS — the header's
 //! `jwk` as a key (`PublicKey::from_jwk`, `thumbprint`), the signature check (`verify`), the
-//! payload as JSON (`json`), and the DNS-name check (`names::check_dns_name`) on every string
+//! payload as JSON (`json`), and the DNS-name check (`check_dns_name`) on every string
 //! of the payload, as new-order identifiers reach it.
 //!
 //! The properties: any input yields `Ok` or a `Problem` at every step — never a panic, an
@@ -16,7 +16,7 @@
 #![no_main]
 
 use ca_frontend::jws::{ParsedJws, PublicKey};
-use ca_frontend::names::check_dns_name;
+use ca_frontend::check_dns_name;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

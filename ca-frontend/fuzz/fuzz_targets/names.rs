@@ -1,4 +1,4 @@
-//! Fuzzes `ca_frontend::names::check_dns_name`, the identifier policy every new-order
+//! Fuzzes `ca_frontend::check_dns_name`, the identifier policy every new-order
 //! identifier, every CSR name at finalization and every contact's mail domain goes through.
 //!
 //! The input is the identifier's value (UTF-8; anything else cannot arrive in JSON). The
@@ -10,7 +10,7 @@
 
 #![no_main]
 
-use ca_frontend::names::check_dns_name;
+use ca_frontend::check_dns_name;
 use libfuzzer_sys::fuzz_target;
 
 const SPECIAL: [&str; 9] = [

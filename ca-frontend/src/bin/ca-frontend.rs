@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use ca_frontend::config::Config;
-use ca_frontend::server::router;
+use ca_frontend::router;
 use clap::{Parser, Subcommand};
 use hsmgate_signer_api::client::{ClientTls, connect_lazy};
 use hsmgate_signer_api::http_listener::{self, Gate};
@@ -147,7 +147,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
-    let ca = ca_frontend::server::Ca::build(config.clone()).await?;
+    let ca = ca_frontend::Ca::build(config.clone()).await?;
     // OCSP statuses a crash left recorded but unpublished: at start-up, then every 30 s.
     tokio::spawn(ca_frontend::republish::run(ca.clone()));
     if let Some(addr) = config.metrics_listen() {

@@ -27,9 +27,9 @@ use std::time::Duration;
 
 use ocsp::{CertStatus, Serial};
 
+use super::Ca;
 use crate::metrics::GatewayCall;
 use crate::model::{CertificateRecord, OrderStatus, Revocation};
-use crate::server::Ca;
 use crate::{Error, Problem, ProblemType};
 
 /// How often `serve` looks for unpublished records.
@@ -162,7 +162,7 @@ pub async fn abandon_stalled(ca: &Ca, grace: Duration) -> Result<usize, Error> {
         // The replaced certificate's `replaced_by` is given back with the reservation; if it
         // cannot be read now, the order waits for the next pass rather than keep the mark.
         let replaced = match &order.replaces {
-            Some(cert_id) => match crate::server::ari_certificate(ca, cert_id).await {
+            Some(cert_id) => match super::ari::certificate(ca, cert_id).await {
                 Ok(r) => Some(r.serial),
                 Err(e) => {
                     tracing::warn!(order = %order.id, "stalled order left for the next pass: its replaced certificate could not be read: {e:?}");

@@ -6,8 +6,9 @@
 //! for a revoked certificate, or one an operator named in an incident, the window is moved into
 //! the past so that clients renew at once (§4.2).
 
+use super::{Ca, Result};
 use crate::model::CertificateRecord;
-use crate::{b64, rfc3339, unb64};
+use crate::{Problem, b64, rfc3339, unb64};
 
 /// The ARI CertID of a certificate issued under an intermediate with key identifier `aki`.
 pub fn cert_id(aki: &[u8], serial: &[u8]) -> String {
@@ -47,6 +48,21 @@ pub fn renewal_info(
         body["explanationURL"] = serde_json::Value::String(url.to_owned());
     }
     body
+}
+
+/// The certificate an ARI CertID names, if this CA issued it.
+pub(crate) async fn certificate(ca: &Ca, cert_id: &str) -> Result<CertificateRecord> {
+    let (key_id, serial) = parse_cert_id(cert_id)
+        .ok_or_else(|| Problem::malformed(format!("`{cert_id}` is not an ARI CertID")))?;
+    if key_id != ca.intermediate.key_id {
+        return Err(Problem::not_found("certificate issued by this CA").into());
+    }
+    let serial = hex::encode(serial);
+    Ok(ca
+        .db
+        .certificate(&serial)
+        .await?
+        .ok_or_else(|| Problem::not_found("certificate"))?)
 }
 
 #[cfg(test)]
