@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use hsm_config::Config;
-use hsm_config::provision::{ProvisionOptions, provision};
+use hsm_config::{ProvisionOptions, provision};
 use hsmgate_signer_api::v1::SignatureAlgorithm as Alg;
 use signer::Gateway;
 use signer::algorithm::Input;
