@@ -42,9 +42,10 @@ use serde::Serialize;
 use x509_cert_02::spki::AlgorithmIdentifierOwned;
 use x509_ocsp::{BasicOcspResponse, CertId, OcspRequest, OcspResponse, OcspResponseStatus};
 
-use crate::measure::{Tally, Timeline, Window};
+use crate::measure::{Tally, Timeline};
 use crate::options::{Mix, OcspArgs};
 use crate::report::{self, LatencyReport, Machine, Versions, micros, thousands};
+use crate::window::Window;
 
 /// Requests answered, counted or not: the progress bar's live rate.
 static LIVE_REQUESTS: AtomicU64 = AtomicU64::new(0);
@@ -1333,9 +1334,9 @@ mod tests {
 
     use super::*;
 
-    const CA: &[u8] = include_bytes!("../../ocsp/tests/data/ca.pem");
-    const REQ_SHA1: &[u8] = include_bytes!("../../ocsp/tests/data/req-sha1.der");
-    const REQ_SHA256: &[u8] = include_bytes!("../../ocsp/tests/data/req-sha256.der");
+    const CA: &[u8] = include_bytes!("../../../ocsp/tests/data/ca.pem");
+    const REQ_SHA1: &[u8] = include_bytes!("../../../ocsp/tests/data/req-sha1.der");
+    const REQ_SHA256: &[u8] = include_bytes!("../../../ocsp/tests/data/req-sha256.der");
 
     #[test]
     fn requests_are_byte_for_byte_what_openssl_sends() {
