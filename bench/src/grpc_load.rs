@@ -26,8 +26,9 @@ use hsmgate_signer_api::v1::{SignBatchRequest, SignRequest};
 use tokio::runtime::Runtime;
 use tonic::transport::Channel;
 
-use crate::measure::{PhaseResult, Tally, Window};
+use crate::measure::{PhaseResult, Tally};
 use crate::procstat::CpuProbe;
+use crate::window::Window;
 use crate::workload::Workload;
 
 /// Deadline sent with every call.

@@ -1,18 +1,15 @@
 //! `hsm-bench`: the operators' tool to measure HSMs and the hsmgate gateway in front of them.
 //!
-//! This file is only the command line; the work is in the modules (see `compare` for the
-//! orchestration, `raw` and `grpc_load` for the two load generators, `capacity` for the
-//! modelled HSMs, `simsetup` for the one place a gateway configuration is written).
+//! This file is only the command line; the work is in the modules: `cmd/` holds one file per
+//! subcommand (`cmd::signing_run` orchestrates `compare`, `raw` and `sign`); `raw` and
+//! `grpc_load` are the two load generators; `window`, `measure` and `procstat` measure a
+//! phase; `report`, `plot` and `progress` show it; `simsetup` is the one place a gateway
+//! configuration is written, and `gateway` spawns and watches one.
 
-mod acme;
-mod capacity;
-mod ceiling;
-mod compare;
-mod drill;
+mod cmd;
 mod gateway;
 mod grpc_load;
 mod measure;
-mod ocsp_load;
 mod options;
 mod plot;
 mod procstat;
@@ -20,7 +17,10 @@ mod progress;
 mod raw;
 mod report;
 mod simsetup;
+mod window;
 mod workload;
+
+use cmd::{acme, capacity, ceiling, drill, ocsp_load, signing_run};
 
 use std::process::ExitCode;
 
@@ -70,9 +70,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Compare(args) => compare::run(compare::Plan::compare(args)),
-        Command::Raw(args) => compare::run(compare::Plan::raw(args)),
-        Command::Sign(args) => compare::run(compare::Plan::sign(args)),
+        Command::Compare(args) => signing_run::run(signing_run::Plan::compare(args)),
+        Command::Raw(args) => signing_run::run(signing_run::Plan::raw(args)),
+        Command::Sign(args) => signing_run::run(signing_run::Plan::sign(args)),
         Command::Capacity(args) => capacity::run(args),
         Command::Ceiling(args) => ceiling::run(args),
         Command::Drill(args) => drill::run(args),

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::measure::Window;
+use crate::window::Window;
 
 /// Kernel clock ticks per second (`getconf CLK_TCK`); 100 on every Linux we run on.
 const TICKS_PER_SECOND: f64 = 100.0;

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::measure::{LIVE_SIGNATURES, Window};
+use crate::measure::LIVE_SIGNATURES;
 use crate::report::thousands;
+use crate::window::Window;
 
 /// How often the bar is redrawn.
 const TICK: Duration = Duration::from_millis(250);

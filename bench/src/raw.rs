@@ -23,8 +23,9 @@ use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use hsm_config::{Config, KeyAlgorithm};
 
-use crate::measure::{PhaseResult, Tally, Window};
+use crate::measure::{PhaseResult, Tally};
 use crate::procstat::CpuProbe;
+use crate::window::Window;
 use crate::workload::{InputPool, Workload, mechanism};
 
 /// After a failed `C_Sign`, a thread waits this long so that a dead HSM is not hammered.

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::process::{Command, Stdio};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -13,6 +14,10 @@ use serde::Serialize;
 use crate::measure::{PhaseResult, Timeline, histogram};
 use crate::procstat::{CpuReport, is_worker};
 use crate::simsetup::SimModelReport;
+
+mod capacity;
+
+pub use capacity::CapacityReport;
 
 /// A kind of phase.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -73,7 +78,7 @@ pub struct Report {
     /// `raw --sweep`: throughput against concurrency.
     pub sweep: Option<SweepReport>,
     /// `capacity`: the modelled HSMs' scenario.
-    pub capacity: Option<crate::capacity::CapacityReport>,
+    pub capacity: Option<CapacityReport>,
 }
 
 /// `raw --sweep`: one point per thread count.
@@ -722,6 +727,13 @@ pub fn machine() -> Machine {
         hostname: read("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()),
         softhsm2_conf: std::env::var("SOFTHSM2_CONF").ok(),
     }
+}
+
+/// Now, in seconds since the Unix epoch: when a run started and finished.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

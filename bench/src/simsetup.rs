@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use hsm_config::Config;
-use hsm_config::provision::{ProvisionOptions, provision};
+use hsm_config::{ProvisionOptions, provision};
 use hsm_sim::{ControlState, Model, SignatureMode};
 use serde::Serialize;
 

@@ -128,8 +128,8 @@ fn infra() -> &'static Infra {
         let config_text = GATEWAY_CONFIG.replace("\"audit\"", &format!("\"{}\"", dir.join("audit").display()))
             .replace("\"user.pin\"", &format!("\"{}\"", dir.join("user.pin").display()));
         let config = hsm_config::Config::parse(&config_text, &dir.join("gateway.toml"), dir.clone()).expect("gateway config");
-        let options = hsm_config::provision::ProvisionOptions::new(dir.join("softhsm2.conf"));
-        hsm_config::provision::provision(&config, &options).expect("provisioning SoftHSM2");
+        let options = hsm_config::ProvisionOptions::new(dir.join("softhsm2.conf"));
+        hsm_config::provision(&config, &options).expect("provisioning SoftHSM2");
         std::fs::write(dir.join("gateway.toml"), &config_text).expect("write");
         let mut gateway = tied(binary("signer"))
             .arg("--config")

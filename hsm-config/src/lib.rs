@@ -11,22 +11,36 @@
 //! exception is [`provision`], which drives Debian's `softhsm2-util`, `pkcs11-tool` and `openssl`
 //! as subprocesses to create development tokens holding cloned keys.
 //!
+//! ```text
+//!  TOML file ─▶ load: parse (toml + serde, PINs masked in parse errors) ─▶ schema types
+//!                  └─▶ checks: every whole-file rule ─▶ Config, or Error::Invalid listing
+//!                                                       every FieldError
+//!  Config ─▶ provision: SoftHSM2 tokens and cloned keys (dev and tests)
+//! ```
+//!
 //! # Layout
-//! - [`schema`]: the types, with their defaults.
-//! - `validate`: the whole-file checks that produce [`FieldError`]s.
-//! - [`secret`]: PINs, read from a file or the environment, never printed.
-//! - [`provision`]: SoftHSM2 tokens and cloned keys for a development config.
+//! - `schema`: the types, with their defaults and the lookups on [`Config`].
+//! - `load`: [`Config::load`] and [`Config::parse`]: text to a validated [`Config`].
+//! - `checks`: the whole-file checks that produce [`FieldError`]s.
+//! - `secret`: PINs ([`Pin`]), read from a file or the environment, never printed.
+//! - `provision`: [`provision`] makes SoftHSM2 tokens and cloned keys for a development
+//!   config (its `files`, `tokens` and `tools` submodules do the steps).
 //! - [`devcerts`]: a development client CA, a server certificate for 127.0.0.1 and client
-//!   certificates, for mTLS between the gateway and its callers.
+//!   certificates, for mTLS between the gateway and its callers. A public module, because its
+//!   functions read best with the namespace (`devcerts::ensure`).
+//!
+//! Every other module is private; what the crate offers is the list below.
 
+mod checks;
 pub mod devcerts;
 mod error;
-pub mod provision;
-pub mod schema;
-pub mod secret;
-mod validate;
+mod load;
+mod provision;
+mod schema;
+mod secret;
 
 pub use error::{Error, FieldError};
+pub use provision::{ProvisionOptions, ProvisionReport, key_id, provision};
 pub use schema::{
     Audit, AuditFailure, Batching, Client, ClientLimits, Config, Datacenter, Dispatch, Gateway,
     Grant, Hsm, InsecurePlaintext, Key, KeyAlgorithm, Operation, PayloadPolicy, PinSource,

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use hsm_config::provision::{ProvisionOptions, provision};
 use hsm_config::{Config, Error};
+use hsm_config::{ProvisionOptions, provision};
 
 #[derive(Parser, Debug)]
 #[command(

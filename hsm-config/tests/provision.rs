@@ -6,8 +6,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use hsm_config::provision::{ProvisionOptions, ProvisionReport, key_id, provision};
 use hsm_config::{Config, Error};
+use hsm_config::{ProvisionOptions, ProvisionReport, key_id, provision};
 use tempfile::TempDir;
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";

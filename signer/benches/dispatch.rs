@@ -27,12 +27,12 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use hsm_config::Config;
-use hsm_config::provision::{ProvisionOptions, provision};
+use hsm_config::{ProvisionOptions, provision};
 use hsmgate_signer_api::v1::SignatureAlgorithm as Alg;
 use signer::Gateway;
-use signer::algorithm::Input;
-use signer::gateway::Reserved;
-use signer::metrics::Metrics;
+use signer::Input;
+use signer::Metrics;
+use signer::Reserved;
 
 const KEY: &str = "bench-p256";
 const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";

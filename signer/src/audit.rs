@@ -54,7 +54,6 @@
 //! at start-up, so it cannot run unaudited whatever its configuration says.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -65,6 +64,12 @@ use sha2::{Digest, Sha256};
 
 use crate::error::Error;
 use crate::metrics::Metrics;
+
+mod verify;
+mod writer;
+
+pub use verify::{AuditVerification, ChainBreak, verify_audit_log};
+use writer::Writer;
 
 /// `prev` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -182,7 +187,6 @@ pub struct AuditLog {
     tx: crossbeam_channel::Sender<Pending>,
     on_failure: AuditFailure,
     metrics: Arc<Metrics>,
-    dir: PathBuf,
 }
 
 impl AuditLog {
@@ -235,16 +239,11 @@ impl AuditLog {
             tx,
             on_failure,
             metrics,
-            dir,
         }))
     }
 
     pub fn on_failure(&self) -> AuditFailure {
         self.on_failure
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// Appends `record` and returns its sequence number once it is on disk.
@@ -321,222 +320,6 @@ impl Sink {
     }
 }
 
-/// The writer thread's state: the current file and the chain's head.
-struct Writer {
-    dir: PathBuf,
-    max_file_bytes: u64,
-    file: Option<File>,
-    size: u64,
-    next_seq: u64,
-    prev: String,
-    /// False after a failed write: the tail is read back before the next one.
-    recovered: bool,
-}
-
-impl Writer {
-    fn run(mut self, rx: crossbeam_channel::Receiver<Pending>, metrics: Arc<Metrics>) {
-        raise_priority();
-        let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
-        let mut group: Vec<Pending> = Vec::with_capacity(GROUP_MAX);
-        while let Ok(first) = rx.recv() {
-            group.push(first);
-            while group.len() < GROUP_MAX {
-                match rx.try_recv() {
-                    Ok(p) => group.push(p),
-                    Err(_) => break,
-                }
-            }
-            let result = self.write_group(group.iter().map(|p| p.body.as_slice()), &mut buf);
-            match result {
-                Ok(first_seq) => {
-                    for (i, p) in group.drain(..).enumerate() {
-                        let _ = p.reply.send(Ok(first_seq + i as u64));
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(dir = %self.dir.display(), "audit log write failed: {e}");
-                    metrics.audit_failure();
-                    self.file = None;
-                    self.recovered = false;
-                    buf.clear();
-                    for p in group.drain(..) {
-                        let _ = p.reply.send(Err(e.clone()));
-                    }
-                }
-            }
-        }
-    }
-
-    /// Writes the records (bodies from [`Record::encode_body`]) and syncs; the chain head moves
-    /// only if everything reached the disk. `buf` is scratch space, left empty.
-    fn write_group<'a>(
-        &mut self,
-        bodies: impl Iterator<Item = &'a [u8]>,
-        buf: &mut Vec<u8>,
-    ) -> Result<u64, String> {
-        if !self.recovered {
-            self.recover()?;
-        }
-        buf.clear();
-        let first_seq = self.next_seq;
-        let mut seq = self.next_seq;
-        let mut prev = [0u8; 64];
-        prev.copy_from_slice(self.prev.as_bytes().get(..64).ok_or("bad chain head")?);
-        let time = now_rfc3339();
-        for body in bodies {
-            let start = buf.len();
-            // The line without its hash: `{"seq":…,"time":…,<body>,"prev":"…"}`.
-            let _ = write!(buf, "{{\"seq\":{seq},\"time\":\"{time}\",");
-            buf.extend_from_slice(body);
-            buf.extend_from_slice(b",\"prev\":\"");
-            buf.extend_from_slice(&prev);
-            buf.extend_from_slice(b"\"}");
-            let mut hash = [0u8; 64];
-            let digest = Sha256::digest(&buf[start..]);
-            hex::encode_to_slice(digest, &mut hash).map_err(|e| format!("hex: {e}"))?;
-            // …then the closing brace gives way to `,"hash":"…"}`.
-            buf.pop();
-            buf.extend_from_slice(b",\"hash\":\"");
-            buf.extend_from_slice(&hash);
-            buf.extend_from_slice(b"\"}\n");
-            let len = (buf.len() - start) as u64;
-            let pending = self.size + start as u64;
-            if self.file.is_none() || (pending > 0 && pending + len > self.max_file_bytes) {
-                // This line starts the next file: write what precedes it, then rotate.
-                let line = buf.split_off(start);
-                self.flush(buf)?;
-                self.rotate(seq)?;
-                *buf = line;
-            }
-            prev = hash;
-            seq += 1;
-        }
-        self.flush(buf)?;
-        self.next_seq = seq;
-        self.prev = String::from_utf8_lossy(&prev).into_owned();
-        Ok(first_seq)
-    }
-
-    fn flush(&mut self, buf: &mut Vec<u8>) -> Result<(), String> {
-        if buf.is_empty() {
-            return Ok(());
-        }
-        let file = self.file.as_mut().ok_or("no audit file open")?;
-        file.write_all(buf)
-            .and_then(|()| file.sync_data())
-            .map_err(|e| format!("writing {}: {e}", self.dir.display()))?;
-        self.size += buf.len() as u64;
-        buf.clear();
-        Ok(())
-    }
-
-    /// Starts `audit-<seq>.jsonl` and syncs the directory so that the new name is durable.
-    fn rotate(&mut self, seq: u64) -> Result<(), String> {
-        let path = self.dir.join(file_name(seq));
-        let file = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&path)
-            .map_err(|e| format!("creating {}: {e}", path.display()))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| format!("syncing {}: {e}", self.dir.display()))?;
-        self.size = file
-            .metadata()
-            .map_err(|e| format!("{}: {e}", path.display()))?
-            .len();
-        self.file = Some(file);
-        Ok(())
-    }
-
-    /// Finds the chain's head from the newest file: its last record, checked. A last line
-    /// without its newline was never acknowledged and is cut off; an empty newest file is
-    /// removed.
-    fn recover(&mut self) -> Result<(), String> {
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|e| format!("creating {}: {e}", self.dir.display()))?;
-        let mut files = list_files(&self.dir)?;
-        self.file = None;
-        self.size = 0;
-        while let Some((first_seq, path)) = files.pop() {
-            let mut f = OpenOptions::new()
-                .read(true)
-                .append(true)
-                .open(&path)
-                .map_err(|e| format!("opening {}: {e}", path.display()))?;
-            let mut text = Vec::new();
-            f.read_to_end(&mut text)
-                .map_err(|e| format!("reading {}: {e}", path.display()))?;
-            if !text.is_empty() && !text.ends_with(b"\n") {
-                let keep = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-                tracing::warn!(
-                    file = %path.display(),
-                    bytes = text.len() - keep,
-                    "audit log: cutting off a torn last record (a crash during its write; it was never acknowledged)"
-                );
-                f.set_len(keep as u64)
-                    .and_then(|()| f.seek(SeekFrom::End(0)).map(|_| ()))
-                    .map_err(|e| format!("truncating {}: {e}", path.display()))?;
-                text.truncate(keep);
-            }
-            let Some(last) = text.split(|&b| b == b'\n').rev().find(|l| !l.is_empty()) else {
-                std::fs::remove_file(&path)
-                    .map_err(|e| format!("removing empty {}: {e}", path.display()))?;
-                continue;
-            };
-            let line = std::str::from_utf8(last)
-                .map_err(|_| format!("{}: the last record is not UTF-8", path.display()))?;
-            let (seq, _, hash) = check_line(line).map_err(|reason| {
-                format!(
-                    "{}: the last record is damaged ({reason}); run `signer audit verify {}`",
-                    path.display(),
-                    self.dir.display()
-                )
-            })?;
-            if seq < first_seq {
-                return Err(format!(
-                    "{}: last record has seq {seq}, before the file's first ({first_seq})",
-                    path.display()
-                ));
-            }
-            self.next_seq = seq + 1;
-            self.prev = hash;
-            self.size = text.len() as u64;
-            self.file = Some(f);
-            break;
-        }
-        self.recovered = true;
-        Ok(())
-    }
-}
-
-/// Asks the scheduler to run the audit writer ahead of ordinary threads (nice −10): every
-/// signing call waits for it, and on a machine whose cores are busy signing (SoftHSM2, or
-/// hsm-sim's stand-ins at high rates) it otherwise waits for a core more than it works
-/// (bench/RESULTS.md: ~0.3 ms of run-queue wait against ~50 µs of CPU per record). Without
-/// the privilege (not root, no `CAP_SYS_NICE`) it keeps the default priority and says so once.
-fn raise_priority() {
-    const NICE: libc::c_int = -10;
-    #[allow(
-        unsafe_code,
-        reason = "gettid and setpriority on this thread only: no pointers, no shared state"
-    )]
-    // SAFETY: both calls take plain integers and touch only the calling thread's priority.
-    let rc = unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, NICE)
-    };
-    if rc == 0 {
-        tracing::debug!(nice = NICE, "audit writer runs at a raised priority");
-    } else {
-        tracing::info!(
-            "audit writer keeps the default priority ({}); give the gateway CAP_SYS_NICE for \
-             shorter audit waits on a busy machine",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
 fn file_name(first_seq: u64) -> String {
     format!("audit-{first_seq:020}.jsonl")
 }
@@ -597,123 +380,6 @@ fn check_line(line: &str) -> Result<(u64, String, String), String> {
     Ok((seq, prev, hash.to_owned()))
 }
 
-/// Where a chain breaks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Break {
-    pub file: PathBuf,
-    /// 1-based line number in `file`.
-    pub line: usize,
-    /// The record's `seq`, when it could be read.
-    pub seq: Option<u64>,
-    pub reason: String,
-}
-
-impl std::fmt::Display for Break {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} line {}", self.file.display(), self.line)?;
-        if let Some(seq) = self.seq {
-            write!(f, " (record seq {seq})")?;
-        }
-        write!(f, ": {}", self.reason)
-    }
-}
-
-/// What `audit verify` found.
-#[derive(Debug, Default)]
-pub struct Verification {
-    pub files: usize,
-    pub records: u64,
-    pub first_seq: Option<u64>,
-    pub last_seq: Option<u64>,
-    /// The newest record's hash: compare with an outside copy to detect truncation.
-    pub last_hash: Option<String>,
-    /// The first break, if any; nothing after it is checked.
-    pub broken: Option<Break>,
-}
-
-/// Checks every file of `dir` in order: each record's hash, `seq` one more than the previous,
-/// `prev` equal to the previous record's hash (across files), each file named after its first
-/// record, record 1 chained to the genesis value.
-pub fn verify(dir: &Path) -> Result<Verification, Error> {
-    let files = list_files(dir).map_err(Error::Audit)?;
-    let mut v = Verification {
-        files: files.len(),
-        ..Verification::default()
-    };
-    let mut expected: Option<(u64, String)> = None;
-    for (first_seq, path) in files {
-        let text = std::fs::read(&path)
-            .map_err(|e| Error::Audit(format!("reading {}: {e}", path.display())))?;
-        let broken = |line: usize, seq: Option<u64>, reason: String| Break {
-            file: path.clone(),
-            line,
-            seq,
-            reason,
-        };
-        if !text.is_empty() && !text.ends_with(b"\n") {
-            let n = text.iter().filter(|&&b| b == b'\n').count() + 1;
-            v.broken = Some(broken(
-                n,
-                None,
-                "the last record is torn (no newline)".into(),
-            ));
-            return Ok(v);
-        }
-        for (i, raw) in text.split(|&b| b == b'\n').enumerate() {
-            if raw.is_empty() {
-                continue;
-            }
-            let Ok(line) = std::str::from_utf8(raw) else {
-                v.broken = Some(broken(i + 1, None, "not UTF-8".into()));
-                return Ok(v);
-            };
-            let (seq, prev, hash) = match check_line(line) {
-                Ok(r) => r,
-                Err(reason) => {
-                    let seq = serde_json::from_str::<serde_json::Value>(line)
-                        .ok()
-                        .and_then(|v| v.get("seq").and_then(serde_json::Value::as_u64));
-                    v.broken = Some(broken(i + 1, seq, reason));
-                    return Ok(v);
-                }
-            };
-            let problem = match &expected {
-                None if seq == 1 && prev != GENESIS => {
-                    Some("record 1 does not start from the genesis value".to_owned())
-                }
-                None => None,
-                Some((want, _)) if seq != *want => Some(format!(
-                    "seq {seq} follows {}: records are missing, repeated or out of order",
-                    want - 1
-                )),
-                Some((_, want_prev)) if prev != *want_prev => Some(format!(
-                    "`prev` is not the hash of record {}: a record before it was removed or replaced",
-                    seq - 1
-                )),
-                Some(_) => None,
-            };
-            if let Some(reason) = problem {
-                v.broken = Some(broken(i + 1, Some(seq), reason));
-                return Ok(v);
-            }
-            if i == 0 && seq != first_seq {
-                v.broken = Some(broken(
-                    1,
-                    Some(seq),
-                    format!("the file is named for record {first_seq} but starts with {seq}"),
-                ));
-                return Ok(v);
-            }
-            v.first_seq.get_or_insert(seq);
-            v.last_seq = Some(seq);
-            v.records += 1;
-            expected = Some((seq + 1, hash.clone()));
-            v.last_hash = Some(hash);
-        }
-    }
-    Ok(v)
-}
-
 /// Now, as `2026-11-27T14:31:11.123Z`.
 fn now_rfc3339() -> String {
     let since = SystemTime::now()
@@ -746,6 +412,8 @@ fn rfc3339(since_epoch: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
 
     fn record(n: usize) -> Record {
@@ -813,7 +481,7 @@ mod tests {
         assert_eq!(w.next_seq, 11);
         let batch: Vec<Record> = (10..15).map(record).collect();
         write(&mut w, &batch).expect("write");
-        let v = verify(dir.path()).expect("verify");
+        let v = verify_audit_log(dir.path()).expect("verify");
         assert!(v.broken.is_none(), "{:?}", v.broken);
         assert_eq!(v.records, 15);
         assert!(v.files > 2, "rotation by size: {} files", v.files);
@@ -829,7 +497,7 @@ mod tests {
         let text = std::fs::read_to_string(&path).expect("read");
         let edited = text.replacen("\"client\":\"tests\"", "\"client\":\"other\"", 3);
         std::fs::write(&path, &edited).expect("write");
-        let v = verify(dir.path()).expect("verify");
+        let v = verify_audit_log(dir.path()).expect("verify");
         let b = v.broken.expect("edit found");
         assert_eq!((b.line, b.seq), (1, Some(1)), "{b}");
         // Removing record 3 (consistent on its own) breaks record 4's link.
@@ -841,7 +509,7 @@ mod tests {
             .map(|(_, l)| format!("{l}\n"))
             .collect();
         std::fs::write(&path, without).expect("write");
-        let b = verify(dir.path())
+        let b = verify_audit_log(dir.path())
             .expect("verify")
             .broken
             .expect("removal found");
@@ -859,11 +527,16 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&path).expect("open");
         f.write_all(b"{\"seq\":4,\"ti").expect("write");
         drop(f);
-        assert!(verify(dir.path()).expect("verify").broken.is_some());
+        assert!(
+            verify_audit_log(dir.path())
+                .expect("verify")
+                .broken
+                .is_some()
+        );
         let mut w = writer(dir.path(), 1 << 20);
         assert_eq!(w.next_seq, 4);
         write(&mut w, &[record(9)]).expect("write");
-        let v = verify(dir.path()).expect("verify");
+        let v = verify_audit_log(dir.path()).expect("verify");
         assert!(v.broken.is_none(), "{:?}", v.broken);
         assert_eq!(v.records, 4);
     }

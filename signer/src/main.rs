@@ -45,7 +45,7 @@ enum AuditCommand {
 }
 
 fn audit_verify(dir: &std::path::Path) -> ExitCode {
-    match signer::audit::verify(dir) {
+    match signer::verify_audit_log(dir) {
         Err(e) => {
             eprintln!("{e}");
             ExitCode::from(2)
@@ -127,7 +127,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(signer::server::run(config_path, config)) {
+    match runtime.block_on(signer::run(config_path, config)) {
         Ok(()) => ExitCode::SUCCESS,
         // Unusable TLS files or audit directory, or a setting this build refuses
         // (`audit.bench_unaudited`): like an invalid configuration.

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -366,10 +366,6 @@ impl Control {
         control
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The fault for a token, from the cached state (refreshed if it is older than the interval).
     #[inline]
     pub fn fault_for(&self, label: &str) -> Fault {
@@ -442,6 +438,8 @@ impl Control {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[test]

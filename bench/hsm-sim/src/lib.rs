@@ -75,8 +75,12 @@
 // `extern "C"` entry points. Each unsafe block says why it is sound.
 #![allow(unsafe_code)]
 
-pub mod control;
-pub mod model;
+// Private modules; the crate's Rust API (used by hsm-bench and the tests) is the list below.
+// `sim` is the process-wide state (the real module, the control file, the sessions);
+// `wrappers` are the entry points over it and build the function list we hand out, so the
+// dependencies run one way: wrappers → sim → control, model.
+mod control;
+mod model;
 mod sim;
 mod wrappers;
 
@@ -99,7 +103,8 @@ pub unsafe extern "C" fn C_GetFunctionList(list: *mut *mut CK_FUNCTION_LIST) -> 
         let sim = sim::get_or_load()?;
         // The list lives in a static for the life of the process. PKCS#11 hands it out as a
         // mutable pointer, but callers only read it.
-        let ours = &sim.ours as *const CK_FUNCTION_LIST as *mut CK_FUNCTION_LIST;
+        let ours =
+            wrappers::our_function_list(sim) as *const CK_FUNCTION_LIST as *mut CK_FUNCTION_LIST;
         // SAFETY: non-null, and the caller guarantees it is valid for writes.
         unsafe { *list = ours };
         Ok(CKR_OK)

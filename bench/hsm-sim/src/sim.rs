@@ -29,8 +29,6 @@ pub struct Sim {
     _lib: libloading::Library,
     /// The real module's function list, copied.
     pub real: CK_FUNCTION_LIST,
-    /// The list we hand out: `real` with the intercepted entries replaced.
-    pub ours: CK_FUNCTION_LIST,
     /// `None` when `HSMSIM_CONTROL` is unset: then no faults ever, and the wrappers skip all
     /// bookkeeping and just forward.
     pub control: Option<Control>,
@@ -108,7 +106,6 @@ fn load_inner() -> Result<Sim, String> {
     Ok(Sim {
         _lib: lib,
         real,
-        ours: crate::wrappers::function_list(&real),
         control,
         sessions: SessionMap::default(),
         slot_labels: RwLock::new(HashMap::new()),

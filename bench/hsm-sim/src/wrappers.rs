@@ -4,6 +4,7 @@
 
 use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use cryptoki_sys::{
@@ -27,8 +28,18 @@ pub(crate) fn guard(body: impl FnOnce() -> Result<CK_RV, CK_RV>) -> CK_RV {
     }
 }
 
+/// The list we hand out: the real module's, with the intercepted entries replaced. Built here,
+/// not in `sim`, so that `sim` (the state) does not depend on the wrappers that use it; it
+/// lives in a static for the life of the process, like the `Sim` it is built from.
+static OURS: OnceLock<CK_FUNCTION_LIST> = OnceLock::new();
+
+/// Our function list for `sim` (built on first use).
+pub(crate) fn our_function_list(sim: &Sim) -> &'static CK_FUNCTION_LIST {
+    OURS.get_or_init(|| function_list(&sim.real))
+}
+
 /// Our function list: the real one, with the intercepted entries pointing here.
-pub(crate) fn function_list(real: &CK_FUNCTION_LIST) -> CK_FUNCTION_LIST {
+fn function_list(real: &CK_FUNCTION_LIST) -> CK_FUNCTION_LIST {
     CK_FUNCTION_LIST {
         C_GetFunctionList: Some(crate::C_GetFunctionList),
         C_Initialize: Some(initialize),

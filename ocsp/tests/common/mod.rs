@@ -17,7 +17,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use hsm_config::provision::{ProvisionOptions, provision};
+use hsm_config::{ProvisionOptions, provision};
 use hsmgate_signer_api::v1::ListKeysRequest;
 use hsmgate_signer_api::v1::signer_client::SignerClient;
 

@@ -13,7 +13,7 @@
 
 use hsm_config::Operation;
 use libfuzzer_sys::fuzz_target;
-use signer::payload::{check, declared};
+use signer::{check_payload as check, declared_payload as declared};
 
 fuzz_target!(|data: &[u8]| {
     // A raw payload is never checkable.

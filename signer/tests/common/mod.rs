@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use hsm_config::Config;
-use hsm_config::provision::{ProvisionOptions, provision};
+use hsm_config::{ProvisionOptions, provision};
 use hsmgate_signer_api::v1::signer_client::SignerClient;
 use hsmgate_signer_api::v1::{
     ListKeysRequest, SignBatchRequest, SignRequest, SignResponse, SignatureAlgorithm as Alg,

@@ -19,9 +19,13 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::audit;
 use crate::error::Error;
-use crate::gateway::Gateway;
+use crate::grpc::SignerService;
 use crate::metrics::{self, Metrics};
-use crate::service::SignerService;
+use crate::routing::Gateway;
+
+/// The target of this module's log events: the module was `server` until issue 14, and log
+/// filters (`RUST_LOG=signer::server=…`) and tests/logging.rs name that target.
+const LOG_TARGET: &str = "signer::server";
 
 /// The gRPC service name the health service reports on.
 pub const SERVICE_NAME: &str = "hsmgate.signer.v1.Signer";
@@ -113,7 +117,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
     // A `sign-crl` grant grows it to one CRL of `batching.max_crl_bytes`.
     let max_crl = config.max_crl_message_bytes();
     let max_message =
-        crate::service::max_message_bytes_with_crl(config.batching.max_request_items, max_crl);
+        crate::grpc::max_message_bytes_with_crl(config.batching.max_request_items, max_crl);
     let signer =
         SignerServer::new(SignerService::new(gateway.clone(), audit).with_max_crl_bytes(max_crl))
             .max_decoding_message_size(max_message)
@@ -136,7 +140,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
                 .insecure_plaintext
                 .as_ref()
                 .map_or("", |p| p.client.as_str());
-            tracing::warn!(
+            tracing::warn!(target: LOG_TARGET,
                 listen = %grpc_addr,
                 client,
                 "INSECURE: the signing API speaks PLAIN TEXT with NO CLIENT AUTHENTICATION \
@@ -156,7 +160,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tracing::info!(grpc = %grpc_addr, metrics = %metrics::describe(metrics_addr), "hsmgate signer listening");
+    tracing::info!(target: LOG_TARGET, grpc = %grpc_addr, metrics = %metrics::describe(metrics_addr), "hsmgate signer listening");
     println!(
         "READY grpc={grpc_addr} metrics={}",
         metrics::describe(metrics_addr)
@@ -169,19 +173,19 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
                 match Config::load(&config_path) {
                     Ok(new) => {
                         if new.gateway.listen != config.gateway.listen || new.gateway.metrics_listen != config.gateway.metrics_listen {
-                            tracing::warn!("listen addresses changed: they apply at the next restart");
+                            tracing::warn!(target: LOG_TARGET, "listen addresses changed: they apply at the next restart");
                         }
                         if new.gateway.tls != config.gateway.tls || new.gateway.insecure_plaintext.is_some() != config.gateway.insecure_plaintext.is_some() || new.audit != config.audit {
-                            tracing::warn!("[gateway.tls], [gateway.insecure_plaintext] and [audit] changes apply at the next restart");
+                            tracing::warn!(target: LOG_TARGET, "[gateway.tls], [gateway.insecure_plaintext] and [audit] changes apply at the next restart");
                         }
                         drain = new.timeouts.drain();
                         gateway.reload(&new).await;
                         metrics.reload("applied");
-                        tracing::info!(config = %config_path.display(), "configuration reloaded");
+                        tracing::info!(target: LOG_TARGET, config = %config_path.display(), "configuration reloaded");
                     }
                     Err(e) => {
                         metrics.reload("refused");
-                        tracing::error!("reload refused, keeping the running configuration: {e}");
+                        tracing::error!(target: LOG_TARGET, "reload refused, keeping the running configuration: {e}");
                     }
                 }
             }
@@ -190,7 +194,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
         }
     }
 
-    tracing::info!(
+    tracing::info!(target: LOG_TARGET,
         drain_ms = drain.as_millis() as u64,
         "draining in-flight requests"
     );
@@ -198,10 +202,12 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
     tokio::time::sleep((drain / 10).min(Duration::from_millis(500))).await;
     let _ = shutdown_tx.send(true);
     match tokio::time::timeout(drain, server).await {
-        Ok(Ok(Ok(()))) => tracing::info!("drained"),
-        Ok(Ok(Err(e))) => tracing::error!("gRPC server: {e}"),
-        Ok(Err(e)) => tracing::error!("gRPC server task: {e}"),
-        Err(_) => tracing::warn!("drain timed out; stopping with requests in flight"),
+        Ok(Ok(Ok(()))) => tracing::info!(target: LOG_TARGET, "drained"),
+        Ok(Ok(Err(e))) => tracing::error!(target: LOG_TARGET, "gRPC server: {e}"),
+        Ok(Err(e)) => tracing::error!(target: LOG_TARGET, "gRPC server task: {e}"),
+        Err(_) => {
+            tracing::warn!(target: LOG_TARGET, "drain timed out; stopping with requests in flight")
+        }
     }
     gateway.shutdown();
     Ok(())

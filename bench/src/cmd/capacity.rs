@@ -25,113 +25,25 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use hsm_config::Config;
-use serde::Serialize;
 
-use crate::compare::{self, Plan};
+use crate::cmd::signing_run::{self, Plan};
 use crate::gateway;
 use crate::grpc_load::{GrpcLoad, GrpcMode, OpenLoop};
-use crate::measure::Window;
 use crate::options::{CapacityArgs, GatewayArgs, SignModes, TargetArgs, TimingArgs};
 use crate::procstat::CpuProbe;
 use crate::progress;
-use crate::report::{self, GatewayReport, Mode, ModeReport, TargetCheck, thousands};
+use crate::report::{
+    self, CapacityReport, GatewayReport, Mode, ModeReport, TargetCheck, thousands,
+};
 use crate::simsetup::{self, SimGateway};
+use crate::window::Window;
 use crate::workload::Workload;
 
 /// How long the gateway gets to put the modelled HSMs into rotation.
 const KEY_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What the capacity scenario found.
-#[derive(Debug, Serialize)]
-pub struct CapacityReport {
-    pub hsms: u32,
-    pub model: String,
-    pub stand_in_signatures: bool,
-    pub rated_per_hsm_per_s: f64,
-    pub rated_total_per_s: f64,
-    /// The model's own p99 latency (no queueing): the "modelled latency" of the target.
-    pub model_p99_us: f64,
-    pub sustained_per_s: f64,
-    pub sustained_vs_rated: f64,
-    /// The median of the per-bucket rates: on a shared machine, where other processes take
-    /// the CPU in bursts, closer to what the gateway and model do than the mean.
-    pub median_bucket_per_s: f64,
-    pub p99_us: f64,
-    pub failed_requests: u64,
-    pub knocked_out: Option<String>,
-    /// When the control file was rewritten, seconds into the measured window.
-    pub knockout_at_s: Option<f64>,
-    pub restore_at_s: Option<f64>,
-    /// Mean throughput before the knockout, while out (from 1 s after), after the restore
-    /// (from 5 s after).
-    pub before_per_s: Option<f64>,
-    pub during_per_s: Option<f64>,
-    pub after_per_s: Option<f64>,
-    pub settle_s: Option<f64>,
-    pub recover_s: Option<f64>,
-    pub bucket_ms: f64,
-    pub workdir: String,
-    /// The gateway configuration and the control file's model line, verbatim: with the
-    /// command line, enough to run it again.
-    pub gateway_config: String,
-    pub control: String,
-}
-
-impl CapacityReport {
-    pub fn summary(&self) -> String {
-        let opt = |v: Option<f64>, unit: &str| {
-            v.map_or("-".to_owned(), |v| {
-                if unit == "/s" {
-                    format!("{}/s", thousands(v))
-                } else {
-                    format!("{v:.2} {unit}")
-                }
-            })
-        };
-        let mut out = format!(
-            "\ncapacity: {} modelled HSM(s), {} — rated {}/s each, {}/s in all{}\n\
-             sustained {}/s = {:.1} % of rated (median {}-ms bucket {}/s); p99 {} (model p99 \
-             {}); failed requests {}\n",
-            self.hsms,
-            self.model,
-            thousands(self.rated_per_hsm_per_s),
-            thousands(self.rated_total_per_s),
-            if self.stand_in_signatures {
-                " (STAND-IN signatures)"
-            } else {
-                ""
-            },
-            thousands(self.sustained_per_s),
-            self.sustained_vs_rated * 100.0,
-            self.bucket_ms,
-            thousands(self.median_bucket_per_s),
-            report::micros(self.p99_us),
-            report::micros(self.model_p99_us),
-            self.failed_requests
-        );
-        if let Some(hsm) = &self.knocked_out {
-            out.push_str(&format!(
-                "knockout of {hsm} at {} s, back at {} s: before {}, while out {}, after {}; \
-                 settled in {}, recovered in {}\n",
-                opt(self.knockout_at_s, "").trim_end(),
-                opt(self.restore_at_s, "").trim_end(),
-                opt(self.before_per_s, "/s"),
-                opt(self.during_per_s, "/s"),
-                opt(self.after_per_s, "/s"),
-                opt(self.settle_s, "s"),
-                opt(self.recover_s, "s"),
-            ));
-        }
-        out.push_str(&format!(
-            "work directory (config, tokens, control, gateway log): {}\n",
-            self.workdir
-        ));
-        out
-    }
-}
-
 pub fn run(args: CapacityArgs) -> Result<()> {
-    let started_unix = compare::unix_now();
+    let started_unix = report::unix_now();
     let sim = simsetup::sim_module(args.sim.as_ref())?;
     let signer = match &args.signer {
         Some(s) => s.clone(),
@@ -320,7 +232,7 @@ pub fn run(args: CapacityArgs) -> Result<()> {
         args.load.clone(),
         gateway_args,
     );
-    let mut report = compare::base_report(
+    let mut report = signing_run::base_report(
         &plan,
         &config,
         &workload,
@@ -344,7 +256,7 @@ pub fn run(args: CapacityArgs) -> Result<()> {
     report.versions = report::versions(spawned.version.clone());
     report.targets = targets(&cap, mode, args.duration);
     report.capacity = Some(cap);
-    compare::write_outputs(&report, args.json.as_deref(), args.plot.as_deref())
+    signing_run::write_outputs(&report, args.json.as_deref(), args.plot.as_deref())
 }
 
 fn targets(c: &CapacityReport, mode: Mode, duration: Duration) -> Vec<TargetCheck> {

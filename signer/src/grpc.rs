@@ -28,8 +28,12 @@ use crate::audit;
 use crate::authz::{Caller, ClientEntry};
 use crate::dispatch::{Prepared, Router, Signed};
 use crate::error::Error;
-use crate::gateway::Gateway;
 use crate::payload;
+use crate::routing::Gateway;
+
+/// The target of this module's log events: the module was `service` until issue 14, and log
+/// filters name that target.
+const LOG_TARGET: &str = "signer::service";
 
 #[derive(Debug, Clone)]
 pub struct SignerService {
@@ -192,7 +196,7 @@ impl SignerService {
             Err(e) => {
                 let code = e.to_status().code();
                 if code == tonic::Code::PermissionDenied {
-                    tracing::warn!(client = caller.name(), identity = %caller.identity, method, "{e}");
+                    tracing::warn!(target: LOG_TARGET, client = caller.name(), identity = %caller.identity, method, "{e}");
                 }
                 (code, 0)
             }
@@ -244,11 +248,11 @@ impl SignerService {
         let result = match (log.append(record).await, result) {
             (Ok(_), result) => result,
             (Err(e), Ok(_)) if log.on_failure() == AuditFailure::StopSigning => {
-                tracing::error!(client = caller.name(), method, "signatures withheld: {e}");
+                tracing::error!(target: LOG_TARGET, client = caller.name(), method, "signatures withheld: {e}");
                 Err(e)
             }
             (Err(e), result) => {
-                tracing::error!(
+                tracing::error!(target: LOG_TARGET,
                     client = caller.name(),
                     method,
                     "no audit record for this call: {e}"
@@ -473,9 +477,9 @@ impl SignerService {
                     tonic::Code::Internal
                     | tonic::Code::Unavailable
                     | tonic::Code::DeadlineExceeded => {
-                        tracing::warn!(method, "{e}")
+                        tracing::warn!(target: LOG_TARGET, method, "{e}")
                     }
-                    _ => tracing::debug!(method, "{e}"),
+                    _ => tracing::debug!(target: LOG_TARGET, method, "{e}"),
                 }
                 self.gateway
                     .metrics()

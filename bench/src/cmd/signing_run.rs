@@ -5,14 +5,14 @@
 //! a subset, through the same code.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use hsm_config::Config;
 
 use crate::gateway::{self, KeyStatus, SpawnedGateway};
 use crate::grpc_load::{self, GrpcLoad, GrpcMode, OpenLoop};
-use crate::measure::{PhaseResult, Window};
+use crate::measure::PhaseResult;
 use crate::options::{
     CompareArgs, GatewayArgs, GrpcLoadArgs, RawArgs, SignArgs, SignModes, TargetArgs, TimingArgs,
 };
@@ -21,6 +21,7 @@ use crate::raw::RawBench;
 use crate::report::{
     self, GatewayReport, KeyReport, Mode, ModeReport, Parameters, Report, SweepPoint, SweepReport,
 };
+use crate::window::Window;
 use crate::workload::Workload;
 use crate::{plot, progress, simsetup};
 
@@ -142,7 +143,7 @@ struct GatewaySide {
 }
 
 pub fn run(plan: Plan) -> Result<()> {
-    let started_unix = unix_now();
+    let started_unix = report::unix_now();
     let config_path = &plan.target.config;
     let config = Config::load(config_path)?;
     let workload = Arc::new(Workload::new(&config, &plan.target.key)?);
@@ -326,7 +327,7 @@ pub fn base_report(
         tool: plan.tool.to_owned(),
         command_line: std::env::args().collect(),
         started_unix,
-        finished_unix: unix_now(),
+        finished_unix: report::unix_now(),
         parameters: Parameters {
             order: plan.modes.clone(),
             rounds: timing.rounds,
@@ -511,10 +512,4 @@ fn quantile_us(r: &PhaseResult, q: f64) -> f64 {
     } else {
         r.tally.latency.value_at_quantile(q) as f64 / 1e3
     }
-}
-
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

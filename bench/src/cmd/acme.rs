@@ -34,10 +34,11 @@ use instant_acme::{
 use serde::Serialize;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::measure::{Window, histogram};
+use crate::measure::histogram;
 use crate::options::parse_duration;
 use crate::procstat::{CpuProbe, CpuReport};
 use crate::report::{self, Machine, Versions};
+use crate::window::Window;
 
 /// `hsm-bench acme` options.
 #[derive(Args, Debug, Clone)]

@@ -1,4 +1,5 @@
-//! Whole-file validation: every rule is checked and every failure reported with its field path.
+//! The whole-file checks (`validate`): every rule is checked and every failure reported with its
+//! field path. Named for its job; `load` runs it on every file it parses.
 
 use std::collections::{HashMap, HashSet};
 

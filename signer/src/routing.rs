@@ -13,6 +13,10 @@ use crate::fair_share::{CapacityPool, Claimant, Reservation};
 use crate::hsm::{Hsm, HsmSettings, KeyReference, WantedKey};
 use crate::metrics::Metrics;
 
+/// The target of this module's log events: the module was `gateway` until issue 14, and log
+/// filters name that target.
+const LOG_TARGET: &str = "signer::gateway";
+
 /// Longest a reload waits for new or changed HSMs to connect before it swaps anyway.
 const RELOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -75,7 +79,7 @@ impl Gateway {
         new.reference.retain(&ids);
         for hsm in &old.hsms {
             if !kept.contains(&Arc::as_ptr(hsm)) {
-                tracing::info!(hsm = %hsm.name, "removed or changed by the new configuration");
+                tracing::info!(target: LOG_TARGET, hsm = %hsm.name, "removed or changed by the new configuration");
                 hsm.stop();
             }
         }

@@ -28,11 +28,11 @@ use serde::Serialize;
 
 use crate::gateway;
 use crate::grpc_load::{GrpcLoad, GrpcMode};
-use crate::measure::Window;
 use crate::options::parse_duration;
 use crate::procstat::{CpuProbe, process_ticks};
 use crate::report::thousands;
 use crate::simsetup::{self, SimGateway};
+use crate::window::Window;
 use crate::workload::Workload;
 
 /// The model with no rate limit: one unit booked for 1 ns, so no signature ever waits for
