@@ -31,6 +31,9 @@ pub struct Service {
     pub ready: bool,
     /// Where its stderr goes.
     pub log: ServiceLog,
+    /// Its stdout kept in `<name>.out` (else discarded), for services that print READY
+    /// without the stack waiting for it.
+    pub keep_stdout: bool,
 }
 
 /// Where a service's program comes from.
@@ -130,6 +133,7 @@ impl DevStack {
                 gateway_identity: None,
                 ready: true,
                 log: ServiceLog::File,
+                keep_stdout: true,
             },
             Service {
                 name: "presign".into(),
@@ -144,6 +148,7 @@ impl DevStack {
                 gateway_identity: Some("ocsp-presigner"),
                 ready: false,
                 log: ServiceLog::File,
+                keep_stdout: false,
             },
             Service {
                 name: "crl-update".into(),
@@ -158,6 +163,7 @@ impl DevStack {
                 gateway_identity: Some("ocsp-presigner"),
                 ready: false,
                 log: ServiceLog::File,
+                keep_stdout: false,
             },
             // Validation DNS for the ACME frontend: Pebble's challenge test server answers
             // every name with 127.0.0.1 (and serves the TXT records dns-01 clients set through
@@ -182,6 +188,7 @@ impl DevStack {
                 gateway_identity: None,
                 ready: false,
                 log: ServiceLog::FileWithStdout,
+                keep_stdout: false,
             },
         ];
         // Three remote validation perspectives (BR §3.2.2.9) the frontend asks over mTLS:
@@ -202,6 +209,7 @@ impl DevStack {
                 gateway_identity: None,
                 ready: false,
                 log: ServiceLog::File,
+                keep_stdout: true,
             });
         }
         services.push(Service {
@@ -211,6 +219,7 @@ impl DevStack {
             gateway_identity: Some("ca-frontend"),
             ready: false,
             log: ServiceLog::File,
+            keep_stdout: true,
         });
         services.push(Service {
             name: "responder".into(),
@@ -219,6 +228,7 @@ impl DevStack {
             gateway_identity: None,
             ready: false,
             log: ServiceLog::Terminal,
+            keep_stdout: false,
         });
         services
     }
@@ -297,6 +307,16 @@ impl DevStack {
             Process::spawn_ready_tee(&service.name, command, log, Some(&out), READY_TIMEOUT)
         } else if service.log == ServiceLog::Terminal {
             command.stdout(Stdio::inherit()).stderr(Stdio::inherit());
+            Process::spawn_as_configured(&service.name, command)
+        } else if service.keep_stdout {
+            let out = dir.join(format!("{}.out", service.name));
+            let file = std::fs::File::create(&out).map_err(|e| Error::io("creating", &out, e))?;
+            command.stdout(file);
+            let Log::File(path) = log else {
+                return Process::spawn_as_configured(&service.name, command);
+            };
+            let file = std::fs::File::create(&path).map_err(|e| Error::io("creating", &path, e))?;
+            command.stderr(file);
             Process::spawn_as_configured(&service.name, command)
         } else {
             Process::spawn(&service.name, command, log)
