@@ -6,20 +6,20 @@
 //!
 //! The gateway binary is the one `cargo build -p signer` put beside the test executable
 //! (`target/debug/signer`): this crate must not depend on the signer's crate, so Cargo cannot
-//! build it for us.
+//! build it for us; the stack kit (`hsmgate-stack`) builds it when it is missing, provisions
+//! and copies the tokens, and runs the process.
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use hsm_config::provision::{ProvisionOptions, provision};
 use hsmgate_signer_api::v1::ListKeysRequest;
 use hsmgate_signer_api::v1::signer_client::SignerClient;
+use hsmgate_stack::{Log, Process, Provisioned};
 
 /// The gateway keys the tests sign with.
 pub const KEY_P256: &str = "ocsp-p256";
@@ -114,46 +114,32 @@ pub fn tokens() -> &'static Tokens {
         let origin = dir.join("signer.toml");
         let config =
             hsm_config::Config::parse(&config_text, &origin, dir.clone()).expect("gateway config");
-        let options = ProvisionOptions::new(dir.join("softhsm2.conf"));
-        let public_keys = options.public_key_dir.clone();
-        provision(&config, &options).expect("provisioning SoftHSM2 tokens");
+        let provisioned = Provisioned::new(&config, &dir).expect("provisioning SoftHSM2 tokens");
         Tokens {
             dir,
             config_text,
-            public_keys,
+            public_keys: provisioned.public_keys,
         }
     })
 }
 
-/// `target/debug/signer`, beside this test executable (`target/debug/deps/<test>`).
+/// `target/debug/signer`, beside this test executable (`target/debug/deps/<test>`); built by
+/// the stack kit if it is not there (`cargo test -p ocsp` on a fresh clone).
 pub fn signer_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let target = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable in target/<profile>/deps");
-    let signer = target.join("signer");
-    assert!(
-        signer.is_file(),
-        "{} not found: run `cargo build -p signer` first",
-        signer.display()
-    );
-    signer
+    hsmgate_stack::signer().unwrap_or_else(|e| panic!("the signer binary: {e}"))
 }
 
 /// A running `signer` gateway on a private copy of the tokens; killed on drop.
 pub struct Gateway {
-    child: Child,
+    process: Process,
     pub grpc: SocketAddr,
     pub dir: tempfile::TempDir,
-    stderr: Arc<Mutex<String>>,
 }
 
 impl Gateway {
     /// Kills the gateway process (its HSMs with it), as an outage would.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
     }
 
     pub fn start() -> Self {
@@ -164,78 +150,27 @@ impl Gateway {
             .expect("tempdir");
         // Each gateway gets its own copy: SoftHSM2 rewrites a token's file on every C_Login,
         // and another process starting at that moment can miss the token.
-        let status = Command::new("cp")
-            .arg("-a")
-            .arg(tokens.dir.join("tokens"))
-            .arg(dir.path())
-            .status()
-            .expect("cp");
-        assert!(status.success(), "copying the token directory failed");
-        let softhsm_conf = dir.path().join("softhsm2.conf");
-        std::fs::write(
-            &softhsm_conf,
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                dir.path().join("tokens").display()
-            ),
-        )
-        .expect("write softhsm2.conf");
+        let softhsm_conf =
+            hsmgate_stack::private_copy(&tokens.dir, dir.path()).expect("copying the tokens");
         let config_path = dir.path().join("signer.toml");
         std::fs::write(&config_path, &tokens.config_text).expect("write gateway config");
-        let mut child = Command::new(signer_binary())
+        let mut command = Command::new(signer_binary());
+        command
             .arg("--config")
             .arg(&config_path)
             .env("SOFTHSM2_CONF", &softhsm_conf)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn signer");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        {
-            let pipe = child.stderr.take().expect("stderr");
-            let sink = stderr.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    let mut s = sink.lock().expect("lock");
-                    s.push_str(&line);
-                    s.push('\n');
-                }
-            });
-        }
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("READY ") {
-                    let _ = tx.send(rest.to_owned());
-                }
-            }
-        });
-        let ready = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                std::thread::sleep(Duration::from_millis(100));
-                panic!(
-                    "gateway did not become ready; stderr:\n{}",
-                    stderr.lock().expect("lock")
-                );
-            }
-        };
-        let grpc = ready
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix("grpc="))
-            .and_then(|v| v.parse().ok())
+            .env("RUST_LOG", "info");
+        let process = Process::spawn_ready(
+            "signer",
+            command,
+            Log::Capture,
+            hsmgate_stack::READY_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("gateway did not become ready: {e}"));
+        let grpc = process
+            .ready_addr("grpc")
             .expect("READY line names grpc=ADDR");
-        let gateway = Self {
-            child,
-            grpc,
-            dir,
-            stderr,
-        };
+        let gateway = Self { process, grpc, dir };
         gateway.wait_keys(Duration::from_secs(30));
         gateway
     }
@@ -288,14 +223,7 @@ impl Gateway {
     }
 
     pub fn logs(&self) -> String {
-        self.stderr.lock().expect("lock").clone()
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.logs()
     }
 }
 
