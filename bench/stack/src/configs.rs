@@ -100,3 +100,85 @@ pub fn module_everywhere(config: &mut Config, module: &Path) {
         hsm.module = module.to_path_buf();
     }
 }
+
+/// SoftHSM2's PKCS#11 module on Debian.
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// A test gateway: one datacenter `datacenter` (HSMs to be added), plain text on an ephemeral
+/// loopback port for `client` (granted nothing yet), the audit log in `audit/` beside the
+/// config file, every other setting its default.
+pub fn plaintext_gateway(datacenter: &str, client: &str) -> Config {
+    Config {
+        gateway: hsm_config::Gateway {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics_listen: None,
+            local_datacenter: datacenter.to_owned(),
+            tls: None,
+            insecure_plaintext: Some(InsecurePlaintext {
+                client: client.to_owned(),
+            }),
+        },
+        timeouts: hsm_config::Timeouts::default(),
+        batching: hsm_config::Batching::default(),
+        dispatch: hsm_config::Dispatch::default(),
+        datacenters: vec![hsm_config::Datacenter {
+            name: datacenter.to_owned(),
+            hsms: Vec::new(),
+        }],
+        keys: Vec::new(),
+        clients: vec![hsm_config::Client {
+            name: client.to_owned(),
+            subject: None,
+            spki_sha256: None,
+            grants: Vec::new(),
+            limits: hsm_config::ClientLimits::default(),
+        }],
+        audit: hsm_config::Audit {
+            dir: PathBuf::from("audit"),
+            max_file_bytes: 64 << 20,
+            on_failure: hsm_config::AuditFailure::default(),
+            bench_unaudited: false,
+        },
+        base_dir: PathBuf::new(),
+    }
+}
+
+/// A SoftHSM2 token `token_label` as HSM `name`, PIN from `pin_file`, `sessions` sessions.
+pub fn softhsm(name: &str, token_label: &str, pin_file: &Path, sessions: u32) -> hsm_config::Hsm {
+    hsm_config::Hsm {
+        name: name.to_owned(),
+        module: PathBuf::from(SOFTHSM_MODULE),
+        token_label: token_label.to_owned(),
+        pin: PinSource::File(pin_file.to_path_buf()),
+        sessions,
+        max_in_flight: 4_096,
+        module_env: Default::default(),
+    }
+}
+
+/// Key `name` (label the same) of `algorithm`, cloned into `hsms`.
+pub fn key(name: &str, algorithm: hsm_config::KeyAlgorithm, hsms: &[&str]) -> hsm_config::Key {
+    hsm_config::Key {
+        name: name.to_owned(),
+        label: name.to_owned(),
+        algorithm,
+        hsms: hsms.iter().map(|h| (*h).to_owned()).collect(),
+        check_payload: None,
+        allow_unchecked_payloads: None,
+    }
+}
+
+/// Grants `operations` on `keys` (`"*"`: every key) to every client named `client`.
+pub fn grant(
+    config: &mut Config,
+    client: &str,
+    keys: &[&str],
+    operations: &[hsm_config::Operation],
+) {
+    for c in config.clients.iter_mut().filter(|c| c.name == client) {
+        c.grants.push(hsm_config::Grant {
+            keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+            operations: operations.to_vec(),
+        });
+    }
+}

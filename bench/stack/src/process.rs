@@ -103,11 +103,33 @@ impl Process {
         stdout_copy: Option<&Path>,
         timeout: Duration,
     ) -> Result<Self, Error> {
+        command.stdin(Stdio::null());
+        Self::wait_ready(name, command, log, stdout_copy, timeout)
+    }
+
+    /// [`Self::spawn_ready`] with stdin as `command` has it: a pipe the caller holds can tie
+    /// the child's life to the caller's (a test's static infrastructure, never dropped).
+    pub fn spawn_ready_keeping_stdin(
+        name: &str,
+        command: Command,
+        log: Log,
+        timeout: Duration,
+    ) -> Result<Self, Error> {
+        Self::wait_ready(name, command, log, None, timeout)
+    }
+
+    fn wait_ready(
+        name: &str,
+        mut command: Command,
+        log: Log,
+        stdout_copy: Option<&Path>,
+        timeout: Duration,
+    ) -> Result<Self, Error> {
         let mut copy = match stdout_copy {
             Some(path) => Some(File::create(path).map_err(|e| Error::io("creating", path, e))?),
             None => None,
         };
-        command.stdin(Stdio::null()).stdout(Stdio::piped());
+        command.stdout(Stdio::piped());
         let mut process = Self::start(name, command, log)?;
         let stdout = process.child.as_mut().and_then(|c| c.stdout.take());
         let (tx, rx) = mpsc::channel();

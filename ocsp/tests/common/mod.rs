@@ -29,68 +29,49 @@ pub const KEY_RSA: &str = "ocsp-rsa";
 pub const ISSUER_P256: &str = "test-p256";
 pub const ISSUER_RSA: &str = "test-rsa";
 
-/// A small gateway: one datacenter, a pair of HSMs, both keys cloned into both.
-/// `@PIN@` is replaced by the PIN file's path.
-const GATEWAY_CONFIG: &str = r#"
-[gateway]
-listen = "127.0.0.1:0"
-metrics_listen = "127.0.0.1:0"
-local_datacenter = "dc-test"
-
-# Plain text on loopback for the test; callers act as client `tests`.
-[gateway.insecure_plaintext]
-client = "tests"
-
-[audit]
-dir = "audit"
-
-[[clients]]
-name = "tests"
-grants = [{ keys = ["*"], operations = ["sign-raw", "sign-certificate", "sign-ocsp", "sign-crl"] }]
-
-[timeouts]
-hsm_call_ms = 2000
-default_deadline_ms = 10000
-probe_interval_ms = 200
-drain_ms = 2000
-
-[batching]
-max_request_items = 8192
-worker_chunk = 32
-
-[[datacenters]]
-name = "dc-test"
-
-[[datacenters.hsms]]
-name = "ocsp-a"
-module = "/usr/lib/softhsm/libsofthsm2.so"
-token_label = "OCSP-A"
-pin = { file = "@PIN@" }
-sessions = 2
-
-[[datacenters.hsms]]
-name = "ocsp-b"
-module = "/usr/lib/softhsm/libsofthsm2.so"
-token_label = "OCSP-B"
-pin = { file = "@PIN@" }
-sessions = 2
-
-[[keys]]
-name = "ocsp-p256"
-label = "ocsp-p256"
-algorithm = "ecdsa-p256"
-hsms = ["ocsp-a", "ocsp-b"]
-# `hsmgate-ocsp issuer-cert` signs the tests' issuer certificates undeclared (sign-raw).
-allow_unchecked_payloads = "tests: issuer certificates made by hsmgate-ocsp issuer-cert"
-
-[[keys]]
-name = "ocsp-rsa"
-label = "ocsp-rsa"
-algorithm = "rsa-2048"
-hsms = ["ocsp-a", "ocsp-b"]
-# `hsmgate-ocsp issuer-cert` signs the tests' issuer certificates undeclared (sign-raw).
-allow_unchecked_payloads = "tests: issuer certificates made by hsmgate-ocsp issuer-cert"
-"#;
+/// A small gateway: one datacenter, a pair of HSMs, both keys cloned into both, PINs from
+/// `pin_file`; plain text on loopback, callers act as client `tests`. Written from the typed
+/// schema by the stack kit.
+fn gateway_config(pin_file: &Path) -> hsm_config::Config {
+    use hsm_config::{KeyAlgorithm, Operation};
+    use hsmgate_stack::configs;
+    let mut config = configs::plaintext_gateway("dc-test", "tests");
+    configs::ephemeral_ports(&mut config, true);
+    configs::grant(
+        &mut config,
+        "tests",
+        &["*"],
+        &[
+            Operation::SignRaw,
+            Operation::SignCertificate,
+            Operation::SignOcsp,
+            Operation::SignCrl,
+        ],
+    );
+    config.timeouts = hsm_config::Timeouts {
+        hsm_call_ms: 2000,
+        default_deadline_ms: 10000,
+        probe_interval_ms: 200,
+        drain_ms: 2000,
+    };
+    config.batching.max_request_items = 8192;
+    config.batching.worker_chunk = 32;
+    config.datacenters[0].hsms = vec![
+        configs::softhsm("ocsp-a", "OCSP-A", pin_file, 2),
+        configs::softhsm("ocsp-b", "OCSP-B", pin_file, 2),
+    ];
+    for (name, algorithm) in [
+        (KEY_P256, KeyAlgorithm::EcdsaP256),
+        (KEY_RSA, KeyAlgorithm::Rsa2048),
+    ] {
+        let mut key = configs::key(name, algorithm, &["ocsp-a", "ocsp-b"]);
+        // `hsmgate-ocsp issuer-cert` signs the tests' issuer certificates undeclared (sign-raw).
+        key.allow_unchecked_payloads =
+            Some("tests: issuer certificates made by hsmgate-ocsp issuer-cert".into());
+        config.keys.push(key);
+    }
+    config
+}
 
 /// Tokens provisioned once for this test binary.
 pub struct Tokens {
@@ -110,8 +91,11 @@ pub fn tokens() -> &'static Tokens {
             .expect("tempdir")
             .keep();
         let pin_file = dir.join("user.pin");
-        let config_text = GATEWAY_CONFIG.replace("@PIN@", &pin_file.display().to_string());
+        let mut config = gateway_config(&pin_file);
+        config.base_dir = dir.clone();
+        let config_text = hsmgate_stack::configs::to_toml(&config).expect("gateway config");
         let origin = dir.join("signer.toml");
+        // Parsed back, so that the file the gateway reads is the one validated here.
         let config =
             hsm_config::Config::parse(&config_text, &origin, dir.clone()).expect("gateway config");
         let provisioned = Provisioned::new(&config, &dir).expect("provisioning SoftHSM2 tokens");
