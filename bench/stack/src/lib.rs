@@ -31,5 +31,5 @@ mod tokens;
 pub use binaries::{binary, profile_dir, signer, sim_module, workspace_root};
 pub use error::Error;
 pub use process::{Log, Process, READY_TIMEOUT, Ready};
-pub use stack::{DevStack, Service, StartedStack};
+pub use stack::{DevStack, Program, Service, ServiceLog, StartedStack};
 pub use tokens::{Provisioned, private_copy};

@@ -363,3 +363,54 @@ impl Drop for StartedStack {
         self.stop_all();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table is what run.sh's header promises: the gateway first, the responder last, the
+    /// three perspectives on 7101-7103, the pre-signer and CRL updater on the gateway's mTLS.
+    #[test]
+    fn the_dev_stack_table_matches_what_run_sh_prints() {
+        let stack = DevStack::new(Path::new("/checkout"));
+        let services = stack.services();
+        let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "signer",
+                "presign",
+                "crl-update",
+                "challtestsrv",
+                "perspective-dev-a",
+                "perspective-dev-b",
+                "perspective-dev-c",
+                "acme",
+                "responder"
+            ]
+        );
+        assert!(
+            services[0].ready,
+            "everything else signs through the gateway"
+        );
+        let ports: Vec<String> = services[4..7]
+            .iter()
+            .map(|s| s.args.last().map(|a| a.to_string_lossy().into_owned()))
+            .map(Option::unwrap_or_default)
+            .collect();
+        assert_eq!(
+            ports,
+            ["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"]
+        );
+        let identities: Vec<_> = services.iter().filter_map(|s| s.gateway_identity).collect();
+        assert_eq!(
+            identities,
+            ["ocsp-presigner", "ocsp-presigner", "ca-frontend"]
+        );
+        assert_eq!(
+            stack.tls_env_text("bench"),
+            "HSMGATE_TLS_CA=target/dev/tls/ca.pem HSMGATE_TLS_CERT=target/dev/tls/bench.pem \
+             HSMGATE_TLS_KEY=target/dev/tls/bench.key"
+        );
+    }
+}
