@@ -9,7 +9,6 @@
 //! router is called in process. Issued certificates are checked with `openssl verify`.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
