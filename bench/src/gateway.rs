@@ -9,30 +9,29 @@
 //!
 //! Either way hsm-bench then waits until `ListKeys` says an HSM holding the key is in rotation.
 
-use std::fs::File;
-use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use hsmgate_signer_api::v1::ListKeysRequest;
 use hsmgate_signer_api::v1::signer_client::SignerClient;
+use hsmgate_stack::{Log, Process};
 use sha2::{Digest as _, Sha256};
 use tonic::transport::Channel;
 
 /// How long the spawned gateway may take to print READY.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const READY_TIMEOUT: Duration = hsmgate_stack::READY_TIMEOUT;
 /// After SIGTERM, how long before SIGKILL (the gateway drains for up to `drain_ms`, 10 s by
 /// default; nothing is in flight when hsm-bench stops it).
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// A `signer` process started by hsm-bench. Dropping it stops it.
+/// A `signer` process started by hsm-bench (through the stack kit's [`Process`]). Dropping it
+/// stops it.
 #[derive(Debug)]
 pub struct SpawnedGateway {
-    child: Option<Child>,
+    process: Option<Process>,
     pub pid: u32,
     pub signer: PathBuf,
     pub log: PathBuf,
@@ -81,74 +80,35 @@ impl SpawnedGateway {
             .ok()
             .filter(|o| o.status.success())
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-        let log_file =
-            File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
-        let mut child = Command::new(signer)
+        let mut command = Command::new(signer);
+        command
             .arg("--config")
             .arg(config)
-            .envs(envs.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .spawn()
-            .with_context(|| format!("cannot start {}", signer.display()))?;
-        let pid = child.id();
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow!("no stdout pipe from the gateway"))?;
-        let mut gateway = Self {
-            child: Some(child),
-            pid,
+            .envs(envs.iter().copied());
+        let log_tail_of = |log: &Path| log_tail(log);
+        let process =
+            Process::spawn_ready("signer", command, Log::File(log.to_owned()), READY_TIMEOUT)
+                .map_err(|e| match e {
+                    hsmgate_stack::Error::NotReady { reason, exit, .. } => anyhow!(
+                        "the gateway did not become ready: {reason} (exit code {exit:?}){}",
+                        log_tail_of(log)
+                    ),
+                    other => anyhow!("cannot start {}: {other}", signer.display()),
+                })?;
+        let line = process.ready().map(|r| r.line.clone()).unwrap_or_default();
+        let (grpc, metrics) = parse_ready(&line)?;
+        Ok(Self {
+            pid: process.pid(),
+            process: Some(process),
             signer: signer.to_owned(),
             log: log.to_owned(),
-            grpc: SocketAddr::from(([127, 0, 0, 1], 0)),
-            metrics: String::new(),
+            grpc,
+            metrics,
             version,
             sha256: std::fs::read(signer)
                 .ok()
                 .map(|bytes| hex::encode(Sha256::digest(&bytes))),
-        };
-
-        // Read stdout on a thread: the first READY line is passed on, the rest is drained so
-        // the gateway never blocks on a full pipe.
-        let (tx, rx) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("signer-stdout".into())
-            .spawn(move || {
-                let mut tx = Some(tx);
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    if line.starts_with("READY ")
-                        && let Some(tx) = tx.take()
-                    {
-                        let _ = tx.send(line);
-                    }
-                }
-            })
-            .context("cannot start the gateway stdout reader")?;
-        let line = match rx.recv_timeout(READY_TIMEOUT) {
-            Ok(line) => line,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                bail!(
-                    "the gateway printed no READY line within {} s{}",
-                    READY_TIMEOUT.as_secs(),
-                    gateway.log_tail()
-                )
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let status = gateway.wait_exit(Duration::from_secs(2));
-                bail!(
-                    "the gateway exited before it was ready ({}){}",
-                    describe_status(status),
-                    gateway.log_tail()
-                )
-            }
-        };
-        let (grpc, metrics) = parse_ready(&line)?;
-        gateway.grpc = grpc;
-        gateway.metrics = metrics;
-        Ok(gateway)
+        })
     }
 
     /// The URL to reach the gRPC listener (loopback if it listens on every address).
@@ -166,14 +126,13 @@ impl SpawnedGateway {
 
     /// An error if the gateway has exited.
     pub fn check_alive(&mut self) -> Result<()> {
-        let Some(child) = self.child.as_mut() else {
+        let Some(process) = self.process.as_mut() else {
             bail!("the gateway was stopped");
         };
-        if let Ok(Some(status)) = child.try_wait() {
-            self.child = None;
+        if let Some(status) = process.try_exited() {
+            self.process = None;
             bail!(
-                "the gateway exited during the run ({}){}",
-                describe_status(Some(status)),
+                "the gateway exited during the run ({status}){}",
                 self.log_tail()
             );
         }
@@ -182,72 +141,35 @@ impl SpawnedGateway {
 
     /// SIGTERM, then SIGKILL after `STOP_TIMEOUT`. Returns how it ended.
     pub fn stop(&mut self) -> String {
-        if self.child.is_none() {
-            return "not running".to_owned();
-        }
-        // No signal API in std: the `kill` utility keeps hsm-bench free of unsafe code.
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let status = self.wait_exit(STOP_TIMEOUT);
-        if status.is_none()
-            && let Some(mut child) = self.child.take()
-        {
-            let _ = child.kill();
-            let _ = child.wait();
-            return format!(
-                "did not exit {} s after SIGTERM: killed",
-                STOP_TIMEOUT.as_secs()
-            );
-        }
-        describe_status(status)
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        let child = self.child.as_mut()?;
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => {
-                    self.child = None;
-                    return Some(status);
-                }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                _ => return None,
-            }
+        match self.process.take() {
+            Some(mut process) => process.stop(STOP_TIMEOUT),
+            None => "not running".to_owned(),
         }
     }
 
     /// The end of the gateway's log, as a suffix for error messages.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = lines[lines.len().saturating_sub(15)..].join("\n  ");
-        if tail.is_empty() {
-            format!("; its log {} is empty", self.log.display())
-        } else {
-            format!("; end of its log {}:\n  {tail}", self.log.display())
-        }
+        log_tail(&self.log)
+    }
+}
+
+/// The end of the log at `path`, as a suffix for error messages.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(15)..].join("\n  ");
+    if tail.is_empty() {
+        format!("; its log {} is empty", path.display())
+    } else {
+        format!("; end of its log {}:\n  {tail}", path.display())
     }
 }
 
 impl Drop for SpawnedGateway {
     fn drop(&mut self) {
-        if self.child.is_some() {
+        if self.process.is_some() {
             self.stop();
         }
-    }
-}
-
-fn describe_status(status: Option<ExitStatus>) -> String {
-    match status {
-        Some(s) => s.to_string(),
-        None => "still running".to_owned(),
     }
 }
 

@@ -1,17 +1,21 @@
 //! Modelled HSMs for the gateway: **the one place where hsm-bench writes a gateway
-//! configuration** (keep it so: when the gateway's schema changes, e.g. an explicit
-//! plaintext-on-loopback opt-in once it speaks mTLS, only [`gateway_config_text`] changes),
+//! configuration** (keep it so: it is built as the typed [`Config`] in [`gateway_config`] and
+//! serialized by the stack kit, so a schema change fails to compile here, not at start-up),
 //! the SoftHSM2 tokens behind it, and hsm-sim's control file (timing model and knockouts).
 //!
 //! Also reads back which timing model an existing configuration's hsm-sim HSMs run under, so
 //! that every report made on stand-in signatures says so.
 
-use std::fmt::Write as _;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
-use hsm_config::Config;
 use hsm_config::{ProvisionOptions, provision};
+use hsm_config::{
+    Audit, AuditFailure, Batching, Client, ClientLimits, Config, Datacenter, Dispatch, Gateway,
+    Grant, Hsm, InsecurePlaintext, Key, KeyAlgorithm, Operation, PinSource, Timeouts,
+};
 use hsm_sim::{ControlState, Model, SignatureMode};
 use serde::Serialize;
 
@@ -92,68 +96,90 @@ fn hsm_max_in_flight(g: &SimGateway) -> u32 {
 
 /// The gateway configuration: one datacenter `sim` with `hsms` HSMs behind hsm-sim, listening
 /// on an ephemeral loopback port without a metrics listener, one P-256 key cloned into all.
-pub fn gateway_config_text(g: &SimGateway, pin_file: &Path) -> String {
-    let mut t = String::new();
-    let _ = writeln!(
-        t,
-        "# Written by hsm-bench: {} modelled HSM(s) behind hsm-sim.\n\
-         [gateway]\n\
-         listen = \"127.0.0.1:0\"\n\
-         local_datacenter = \"sim\"\n\n\
-         # Plain text on loopback: the capacity model measures the gateway's dispatch, and\n\
-         # hsm-bench is its only caller.\n\
-         [gateway.insecure_plaintext]\n\
-         client = \"bench\"\n\n\
-         [audit]\n\
-         dir = \"audit\"\n\n\
-         [timeouts]\n\
-         hsm_call_ms = 1000\n\
-         default_deadline_ms = 10000\n\
-         probe_interval_ms = 200\n\
-         drain_ms = 2000\n\n\
-         [batching]\n\
-         max_request_items = {}\n\
-         worker_chunk = {}\n\n\
-         [[datacenters]]\n\
-         name = \"sim\"",
-        g.hsms,
-        // At most what the HSMs hold in flight together (validation refuses more).
-        (u64::from(g.hsms) * u64::from(hsm_max_in_flight(g))).min(10_000),
-        g.worker_chunk
-    );
-    let names: Vec<String> = (0..g.hsms).map(|i| format!("\"sim-{}\"", i + 1)).collect();
-    for i in 0..g.hsms {
-        let _ = writeln!(
-            t,
-            "\n[[datacenters.hsms]]\n\
-             name = \"sim-{n}\"\n\
-             module = {module:?}\n\
-             token_label = \"{label}\"\n\
-             pin = {{ file = {pin:?} }}\n\
-             sessions = {sessions}\n\
-             max_in_flight = {max}",
-            n = i + 1,
-            module = g.module.display().to_string(),
-            label = label(i),
-            pin = pin_file.display().to_string(),
-            sessions = g.sessions,
-            max = hsm_max_in_flight(g),
-        );
+/// Typed, so that a schema change is a compile error here rather than a file the gateway
+/// refuses at start-up.
+pub fn gateway_config(g: &SimGateway, pin_file: &Path) -> Config {
+    let names: Vec<String> = (0..g.hsms).map(|i| format!("sim-{}", i + 1)).collect();
+    let hsms = names
+        .iter()
+        .zip(0..)
+        .map(|(name, i)| Hsm {
+            name: name.clone(),
+            module: g.module.clone(),
+            token_label: label(i),
+            pin: PinSource::File(pin_file.to_path_buf()),
+            sessions: g.sessions,
+            max_in_flight: hsm_max_in_flight(g),
+            module_env: BTreeMap::new(),
+        })
+        .collect();
+    Config {
+        gateway: Gateway {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics_listen: None,
+            local_datacenter: "sim".into(),
+            tls: None,
+            // Plain text on loopback: the capacity model measures the gateway's dispatch, and
+            // hsm-bench is its only caller.
+            insecure_plaintext: Some(InsecurePlaintext {
+                client: "bench".into(),
+            }),
+        },
+        timeouts: Timeouts {
+            hsm_call_ms: 1000,
+            default_deadline_ms: 10_000,
+            probe_interval_ms: 200,
+            drain_ms: 2000,
+        },
+        batching: Batching {
+            // At most what the HSMs hold in flight together (validation refuses more).
+            max_request_items: (u64::from(g.hsms) * u64::from(hsm_max_in_flight(g))).min(10_000)
+                as usize,
+            worker_chunk: g.worker_chunk as usize,
+            ..Batching::default()
+        },
+        dispatch: Dispatch::default(),
+        datacenters: vec![Datacenter {
+            name: "sim".into(),
+            hsms,
+        }],
+        keys: vec![Key {
+            name: KEY.into(),
+            label: KEY.into(),
+            algorithm: KeyAlgorithm::EcdsaP256,
+            hsms: names,
+            check_payload: None,
+            allow_unchecked_payloads: Some(
+                "benchmark key: raw signatures and the drill's issuer certificate".into(),
+            ),
+        }],
+        clients: vec![Client {
+            name: "bench".into(),
+            subject: None,
+            spki_sha256: None,
+            grants: vec![Grant {
+                keys: vec![KEY.into()],
+                operations: vec![Operation::SignRaw, Operation::SignOcsp, Operation::SignCrl],
+            }],
+            limits: ClientLimits::default(),
+        }],
+        audit: Audit {
+            dir: "audit".into(),
+            max_file_bytes: 64 << 20,
+            on_failure: AuditFailure::default(),
+            bench_unaudited: false,
+        },
+        base_dir: PathBuf::new(),
     }
-    let _ = writeln!(
-        t,
-        "\n[[keys]]\n\
-         name = \"{KEY}\"\n\
-         label = \"{KEY}\"\n\
-         algorithm = \"ecdsa-p256\"\n\
-         hsms = [{}]\n\
-         allow_unchecked_payloads = \"benchmark key: raw signatures and the drill's issuer certificate\"\n\n\
-         [[clients]]\n\
-         name = \"bench\"\n\
-         grants = [{{ keys = [\"{KEY}\"], operations = [\"sign-raw\", \"sign-ocsp\", \"sign-crl\"] }}]",
-        names.join(", ")
-    );
-    t
+}
+
+/// [`gateway_config`] as TOML, with a first line saying who wrote it.
+pub fn gateway_config_text(g: &SimGateway, pin_file: &Path) -> Result<String> {
+    let text = hsmgate_stack::configs::to_toml(&gateway_config(g, pin_file))?;
+    Ok(format!(
+        "# Written by hsm-bench: {} modelled HSM(s) behind hsm-sim.\n{text}",
+        g.hsms
+    ))
 }
 
 /// Writes the configuration into `dir` and provisions its tokens (a private SoftHSM2 store
@@ -162,7 +188,7 @@ pub fn prepare(dir: &Path, g: &SimGateway) -> Result<SimSetup> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = std::fs::canonicalize(dir)?;
     let config = dir.join("gateway.toml");
-    let text = gateway_config_text(g, &dir.join("user.pin"));
+    let text = gateway_config_text(g, &dir.join("user.pin"))?;
     std::fs::write(&config, &text).with_context(|| format!("cannot write {}", config.display()))?;
     let parsed = Config::load(&config)?;
     let softhsm_conf = dir.join("softhsm2.conf");
@@ -265,7 +291,7 @@ mod tests {
             sessions: 32,
             worker_chunk: 4,
         };
-        let text = gateway_config_text(&g, Path::new("/tmp/x/user.pin"));
+        let text = gateway_config_text(&g, Path::new("/tmp/x/user.pin")).expect("serializes");
         let config = Config::parse(&text, Path::new("gateway.toml"), PathBuf::from("/tmp/x"))
             .unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(config.datacenters[0].hsms.len(), 2);

@@ -16,47 +16,32 @@ mod common;
 use common::{built, output_text};
 
 use std::io::{BufRead, BufReader};
+
+use hsmgate_stack::{Log, Process};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Certificates in the drill: enough that re-signing them takes seconds in a debug build.
 const COUNT: u64 = 30_000;
 
-/// The development configuration, with its tokens, PINs and port in `dir`.
+/// The development configuration, with its tokens, PINs and port in `dir`: written from the
+/// typed schema by the stack kit.
 fn provision(dir: &Path) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let text = std::fs::read_to_string(root.join("hsm-config/examples/dev.toml")).unwrap();
-    let pins = dir.join("pins");
+    let examples = hsmgate_stack::configs::example_path("dev.toml");
+    let mut config =
+        hsmgate_stack::configs::example("dev.toml", examples.parent().unwrap()).unwrap();
     // Plain text on loopback for the `bench` client (the dev config's mTLS is tested in
-    // signer/tests/security.rs), the audit log and PINs in `dir`.
-    let text: String = text
-        .lines()
-        .filter(|line| {
-            !["cert = ", "key = ", "client_ca = "]
-                .iter()
-                .any(|p| line.starts_with(p))
-        })
-        .map(|line| {
-            if line.starts_with("listen = ") {
-                "listen = \"127.0.0.1:0\"".to_owned()
-            } else if line.starts_with("metrics_listen") {
-                format!("# {line}")
-            } else if line.starts_with("[gateway.tls]") {
-                "[gateway.insecure_plaintext]\nclient = \"bench\"".to_owned()
-            } else if line.starts_with("dir = \"../../target/dev/audit\"") {
-                format!("dir = \"{}\"", dir.join("audit").display())
-            } else {
-                line.replace("../../target/dev/pins/", &format!("{}/", pins.display()))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    let config = dir.join("gateway.toml");
-    std::fs::write(&config, text).unwrap();
+    // signer/tests/security.rs), no metrics listener, the audit log and PINs in `dir`.
+    hsmgate_stack::configs::plaintext(&mut config, "bench");
+    hsmgate_stack::configs::ephemeral_ports(&mut config, false);
+    config.audit.dir = dir.join("audit");
+    hsmgate_stack::configs::pins_into(&mut config, &dir.join("pins"));
+    let path = dir.join("gateway.toml");
+    hsmgate_stack::configs::write(&config, &path).unwrap();
     let out = Command::new(built("hsm-config"))
         .arg("provision")
-        .arg(&config)
+        .arg(&path)
         .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
         .output()
         .unwrap();
@@ -65,29 +50,25 @@ fn provision(dir: &Path) -> PathBuf {
         "provision: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    config
+    path
 }
 
 /// The gateway, and its gRPC URL once it printed READY.
-fn gateway(dir: &Path, config: &Path) -> (Child, String) {
-    let mut child = Command::new(built("signer"))
+fn gateway(dir: &Path, config: &Path) -> (Process, String) {
+    let mut command = Command::new(built("signer"));
+    command
         .arg("--config")
         .arg(config)
-        .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.join("signer.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("grpc="))
-        .unwrap_or_else(|| panic!("no READY line from the gateway: {line:?}"))
-        .to_owned();
-    (child, format!("http://{addr}"))
+        .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"));
+    let process = Process::spawn_ready(
+        "signer",
+        command,
+        Log::File(dir.join("signer.log")),
+        hsmgate_stack::READY_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let addr = process.ready_addr("grpc").unwrap_or_else(|e| panic!("{e}"));
+    (process, format!("http://{addr}"))
 }
 
 fn drill(dir: &Path, config: &Path, url: &str, json: &Path) -> Command {
@@ -167,8 +148,7 @@ fn an_interrupted_drill_resumes_and_loses_nothing() {
     let out = drill(dir.path(), &config, &url, &second_json)
         .output()
         .unwrap();
-    gateway.kill().unwrap();
-    gateway.wait().unwrap();
+    gateway.kill();
     assert!(out.status.success(), "second run: {}", output_text(&out));
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&second_json).unwrap()).unwrap();

@@ -19,9 +19,8 @@ mod common;
 use common::{built, output_text};
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use async_trait::async_trait;
 use ocsp::{CertStatus, IssuerName, Serial, TbsSigner};
@@ -147,48 +146,43 @@ fn prepare(dir: &Path) -> PathBuf {
     config
 }
 
-/// `hsmgate-ocsp serve`, and its HTTP and metrics addresses once it printed READY.
+/// `hsmgate-ocsp serve`, and its HTTP and metrics addresses once it printed READY (killed on
+/// drop, by the stack kit's process).
 struct Responder {
-    child: Child,
+    _process: hsmgate_stack::Process,
     http: String,
     metrics: String,
 }
 
-impl Drop for Responder {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn serve(dir: &Path, config: &Path) -> Responder {
-    let mut child = Command::new(built("hsmgate-ocsp"))
+    let mut command = Command::new(built("hsmgate-ocsp"));
+    command
         .arg("serve")
         .arg("--config")
         .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.join("responder.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+        .env("RUST_LOG", "warn");
+    let process = hsmgate_stack::Process::spawn_ready(
+        "hsmgate-ocsp serve",
+        command,
+        hsmgate_stack::Log::File(dir.join("responder.log")),
+        hsmgate_stack::READY_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("no READY line from the responder: {e}"));
     let field = |name: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(name))
+        process
+            .ready()
+            .and_then(|r| r.field(name))
             .map(str::to_owned)
     };
-    let (Some(http), Some(metrics)) = (field("http="), field("metrics=")) else {
-        let _ = child.kill();
+    let (Some(http), Some(metrics)) = (field("http"), field("metrics")) else {
         panic!(
-            "no READY line from the responder: {line:?}\n{}",
-            std::fs::read_to_string(dir.join("responder.log")).unwrap_or_default()
+            "no READY line from the responder: {:?}\n{}",
+            process.ready(),
+            process.logs()
         );
     };
     Responder {
-        child,
+        _process: process,
         http,
         metrics,
     }

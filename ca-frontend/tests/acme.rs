@@ -9,7 +9,6 @@
 //! router is called in process. Issued certificates are checked with `openssl verify`.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -35,36 +34,23 @@ mod input;
 #[path = "acme/perspectives.rs"]
 mod perspectives;
 
-const GATEWAY_CONFIG: &str = r#"
-[gateway]
-listen = "127.0.0.1:0"
-local_datacenter = "dc"
-[gateway.insecure_plaintext]
-client = "tests"
-[audit]
-dir = "audit"
-[[clients]]
-name = "tests"
-grants = [{ keys = ["*"], operations = ["sign-certificate", "sign-ocsp"] }]
-[[datacenters]]
-name = "dc"
-[[datacenters.hsms]]
-name = "hsm-a"
-module = "/usr/lib/softhsm/libsofthsm2.so"
-token_label = "ACME-A"
-pin = { file = "user.pin" }
-sessions = 2
-[[keys]]
-name = "root"
-label = "root"
-algorithm = "ecdsa-p384"
-hsms = ["hsm-a"]
-[[keys]]
-name = "intermediate"
-label = "intermediate"
-algorithm = "ecdsa-p256"
-hsms = ["hsm-a"]
-"#;
+/// The gateway: one SoftHSM2 token holding the root (P-384) and intermediate (P-256) keys,
+/// plain text on loopback for client `tests`; PINs and the audit log in `dir`. Written from
+/// the typed schema by the stack kit.
+fn gateway_config(dir: &Path) -> hsm_config::Config {
+    use hsm_config::{KeyAlgorithm, Operation};
+    use hsmgate_stack::configs;
+    let mut config = configs::plaintext_gateway("dc", "tests");
+    configs::grant(&mut config, "tests", &["*"], &[Operation::SignCertificate, Operation::SignOcsp]);
+    config.audit.dir = dir.join("audit");
+    config.datacenters[0].hsms = vec![configs::softhsm("hsm-a", "ACME-A", &dir.join("user.pin"), 2)];
+    config.keys = vec![
+        configs::key("root", KeyAlgorithm::EcdsaP384, &["hsm-a"]),
+        configs::key("intermediate", KeyAlgorithm::EcdsaP256, &["hsm-a"]),
+    ];
+    config.base_dir = dir.to_path_buf();
+    config
+}
 
 /// The processes every test shares: the gateway, the challenge DNS, the http-01 server, and
 /// the CA certificates. Started once per test binary; they die with it (see [`tied`]).
@@ -106,53 +92,36 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// A workspace binary of this build, from the stack kit (built if missing: `signer` is not
+/// this crate's, so Cargo does not build it for these tests).
 fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let target = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps");
-    let path = target.join(name);
-    assert!(
-        path.is_file(),
-        "{} not found: run `cargo build --workspace` first",
-        path.display()
-    );
-    path
+    hsmgate_stack::binary(name, name).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 fn infra() -> &'static Infra {
     static INFRA: OnceLock<Infra> = OnceLock::new();
     INFRA.get_or_init(|| {
         let dir = tempfile::Builder::new().prefix("hsmgate-acme-test-").tempdir().expect("tempdir").keep();
-        let config_text = GATEWAY_CONFIG.replace("\"audit\"", &format!("\"{}\"", dir.join("audit").display()))
-            .replace("\"user.pin\"", &format!("\"{}\"", dir.join("user.pin").display()));
+        let config_text = hsmgate_stack::configs::to_toml(&gateway_config(&dir)).expect("gateway config");
         let config = hsm_config::Config::parse(&config_text, &dir.join("gateway.toml"), dir.clone()).expect("gateway config");
-        let options = hsm_config::ProvisionOptions::new(dir.join("softhsm2.conf"));
-        hsm_config::provision(&config, &options).expect("provisioning SoftHSM2");
+        hsmgate_stack::Provisioned::new(&config, &dir).expect("provisioning SoftHSM2");
         std::fs::write(dir.join("gateway.toml"), &config_text).expect("write");
-        let mut gateway = tied(binary("signer"))
+        let mut command = tied(binary("signer"));
+        command
             .arg("--config")
             .arg(dir.join("gateway.toml"))
             .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
-            .env("TIED_CLEANUP", &dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn signer");
-        let stdout = gateway.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let ready = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .find(|l| l.starts_with("READY"))
-            .expect("gateway READY line");
-        std::thread::spawn(move || for _ in lines {});
-        let grpc = ready
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix("grpc="))
-            .expect("grpc=")
-            .to_owned();
+            .env("TIED_CLEANUP", &dir);
+        let gateway = hsmgate_stack::Process::spawn_ready_keeping_stdin(
+            "signer",
+            command,
+            hsmgate_stack::Log::Null,
+            hsmgate_stack::READY_TIMEOUT,
+        )
+        .expect("gateway READY line");
+        let grpc = gateway.ready_addr("grpc").expect("grpc=").to_string();
+        // Kept, with its stdin pipe, until this binary exits (see `tied`).
+        let gateway = gateway.into_child().expect("the gateway's process");
         let (dns_port, mgmt_port) = (free_port(), free_port());
         let dns = tied("pebble-challtestsrv")
             .args(["-dns01", &format!("127.0.0.1:{dns_port}"), "-management", &format!("127.0.0.1:{mgmt_port}")])

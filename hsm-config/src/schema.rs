@@ -8,11 +8,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::ser::{SerializeMap, Serializer};
+use serde::{Deserialize, Serialize};
 
 /// A whole gateway configuration.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub gateway: Gateway,
@@ -37,7 +38,7 @@ pub struct Config {
 }
 
 /// Where the gateway listens and which datacenter it is in.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Gateway {
     /// gRPC listen address of the signing API.
@@ -58,7 +59,7 @@ pub struct Gateway {
 }
 
 /// `[gateway.tls]`: PEM files, relative to the config file's directory.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerTls {
     /// The gateway's certificate chain (leaf first).
@@ -71,7 +72,7 @@ pub struct ServerTls {
 }
 
 /// `[gateway.insecure_plaintext]`: the explicit opt-out of TLS.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct InsecurePlaintext {
     /// The `[[clients]]` entry whose grants plain-text callers get (they present no identity).
@@ -79,7 +80,7 @@ pub struct InsecurePlaintext {
 }
 
 /// A caller of the signing API, known by its client certificate.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Client {
     /// Used in logs, metrics and the audit log.
@@ -102,7 +103,7 @@ pub struct Client {
 }
 
 /// Keys and the operations a client may perform with them.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Grant {
     /// Key names; `"*"` is every key (meant for test configs, never for a root key).
@@ -114,7 +115,7 @@ pub struct Grant {
 ///
 /// Every operation but `sign-raw` names a payload the gateway can parse; a key granted any of
 /// them is an *issuing* key ([`Config::is_issuing_key`]) and signs only what parses as declared.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Operation {
     /// A digest or message of no declared type: nothing can be checked. Refused on keys that
@@ -166,7 +167,7 @@ pub struct PayloadPolicy {
 /// HSMs' capacity (the sum of `max_in_flight` of the HSMs holding a key): when it is taken,
 /// calls wait for it, and capacity freed goes first to the waiting client holding the least of
 /// it per unit of `share` — so a client that floods the gateway slows itself, not the others.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientLimits {
     /// Signatures per second, sustained (a token bucket); beyond it RESOURCE_EXHAUSTED.
@@ -201,7 +202,7 @@ impl Default for ClientLimits {
 pub const DEFAULT_MAX_CONCURRENT: u32 = 1_024;
 
 /// `[audit]`: the append-only, hash-chained log of signing requests.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Audit {
     /// Directory of the log files (`audit-<first seq>.jsonl`), relative to the config file.
@@ -226,7 +227,7 @@ fn default_audit_file_bytes() -> u64 {
 }
 
 /// The gateway's choice when the audit sink is lost.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AuditFailure {
     /// Fail closed (the default): no signature leaves the gateway without its record; callers
@@ -239,7 +240,7 @@ pub enum AuditFailure {
 }
 
 /// Time limits. All in milliseconds in the file.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
     /// A single PKCS#11 call that takes longer than this marks its HSM as hung: the request is
@@ -280,7 +281,7 @@ impl Timeouts {
 }
 
 /// Batching limits.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Batching {
     /// Most signatures one `SignBatch` call may ask for. At most what every key's HSMs can hold
@@ -310,7 +311,7 @@ impl Default for Batching {
 }
 
 /// How requests are spread over HSMs.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Dispatch {
     /// When every healthy local HSM has more than this many signatures queued or in flight,
@@ -327,7 +328,7 @@ impl Default for Dispatch {
 }
 
 /// A datacenter and its HSMs (a pair in production).
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Datacenter {
     pub name: String,
@@ -335,7 +336,7 @@ pub struct Datacenter {
 }
 
 /// One HSM: a token reached through a PKCS#11 module.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Hsm {
     /// Name used in logs, metrics and `keys[].hsms`.
@@ -443,6 +444,20 @@ impl<'de> Deserialize<'de> for PinSource {
     }
 }
 
+/// Written back as it is read (`{ file = "..." }` or `{ env = "..." }`), so that the stack kit
+/// can write configs from this schema; an invalid source has nothing to write and is an error.
+impl Serialize for PinSource {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(1))?;
+        match self {
+            Self::File(path) => map.serialize_entry("file", path)?,
+            Self::Env(name) => map.serialize_entry("env", name)?,
+            Self::Invalid(reason) => return Err(serde::ser::Error::custom(reason)),
+        }
+        map.end()
+    }
+}
+
 /// A value that should be a string, accepted whatever it is so that the error can be ours.
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -461,7 +476,7 @@ impl MaybeStr {
 }
 
 /// A signing key, cloned into one or more HSMs.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Key {
     /// The name callers use in the signing API.
@@ -488,7 +503,7 @@ pub struct Key {
 }
 
 /// Key types the gateway signs with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum KeyAlgorithm {
     EcdsaP256,

@@ -5,60 +5,45 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::{Env, ISSUER_P256, hsmgate_ocsp};
 
-/// A child process killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+/// A child process killed on drop (the stack kit's).
+type Proc = hsmgate_stack::Process;
 
 /// Starts `hsmgate-ocsp serve`; its process and HTTP address (from the READY line).
 fn serve(config: &Path) -> (Proc, SocketAddr, Option<SocketAddr>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hsmgate-ocsp"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hsmgate-ocsp"));
+    command
         .args(["serve", "--config"])
         .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("READY line");
-    let field = |name: &str| {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-            .and_then(|v| v.parse::<SocketAddr>().ok())
-    };
-    let http = field("http").unwrap_or_else(|| panic!("no READY line: {line:?}"));
-    (Proc(child), http, field("metrics"))
+        .env("RUST_LOG", "warn");
+    let process = Proc::spawn_ready(
+        "hsmgate-ocsp serve",
+        command,
+        hsmgate_stack::Log::Inherit,
+        hsmgate_stack::READY_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let http = process.ready_addr("http").unwrap_or_else(|e| panic!("{e}"));
+    let metrics = process.ready().and_then(|r| r.addr("metrics"));
+    (process, http, metrics)
 }
 
 /// Starts `hsmgate-ocsp presign` (the refresh loop).
 fn presign(config: &Path) -> Proc {
-    let child = Command::new(env!("CARGO_BIN_EXE_hsmgate-ocsp"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hsmgate-ocsp"));
+    command
         .args(["presign", "--config"])
         .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn presign");
-    Proc(child)
+        .env("RUST_LOG", "warn");
+    Proc::spawn("hsmgate-ocsp presign", command, hsmgate_stack::Log::Inherit)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `openssl ocsp -url`: builds the request itself and POSTs it; its whole output.
@@ -272,7 +257,8 @@ impl Redis {
             .map(|a| a.port())
             .expect("free port");
         let dir = tempfile::tempdir().expect("tempdir");
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        command
             .args([
                 "--port",
                 &port.to_string(),
@@ -285,16 +271,15 @@ impl Redis {
             ])
             .arg("--dir")
             .arg(dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server");
+            .stdout(Stdio::null());
+        let process = Proc::spawn_as_configured("redis-server", command).expect("redis-server");
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
         Self {
-            proc: Some(Proc(child)),
+            proc: Some(process),
             port,
             _dir: dir,
         }

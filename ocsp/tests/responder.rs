@@ -1076,9 +1076,6 @@ async fn survives_its_store_from_cache_and_says_degraded() {
 /// openssl, exports metrics, and stops cleanly on SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_serve_command_runs_the_responder_until_sigterm() {
-    use std::io::BufRead;
-    use std::process::Stdio;
-
     let pki = Pki::new();
     pki.set_status("1001", true);
     let der = pki.respond(&pki.request("1001", false));
@@ -1114,31 +1111,22 @@ path = "ocsp.db"
     )
     .unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hsmgate-ocsp"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hsmgate-ocsp"));
+    command
         .args(["serve", "--config"])
-        .arg(pki.path("ocsp.toml"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let ready = tokio::task::spawn_blocking(move || {
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        lines.find_map(|l| l.ok()?.strip_prefix("READY ").map(str::to_owned))
-    });
-    let ready = tokio::time::timeout(Duration::from_secs(30), ready)
-        .await
-        .expect("READY within 30 s")
-        .unwrap()
-        .expect("a READY line");
-    let field = |name: &str| -> SocketAddr {
-        ready
-            .split(' ')
-            .find_map(|f| f.strip_prefix(&format!("{name}=")))
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+        .arg(pki.path("ocsp.toml"));
+    let mut child = tokio::task::spawn_blocking(move || {
+        hsmgate_stack::Process::spawn_ready(
+            "hsmgate-ocsp serve",
+            command,
+            hsmgate_stack::Log::Null,
+            Duration::from_secs(30),
+        )
+    })
+    .await
+    .unwrap()
+    .expect("READY within 30 s");
+    let field = |name: &str| -> SocketAddr { child.ready_addr(name).unwrap() };
     let (http_addr, metrics_addr) = (field("http"), field("metrics"));
 
     let dir = pki.path("");
@@ -1180,9 +1168,10 @@ path = "ocsp.db"
     );
     assert!(text.contains("ocsp_degraded 0"), "{text}");
 
-    run(Command::new("kill").args(["-TERM", &child.id().to_string()]));
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+    child.signal("TERM").unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait_exit(Duration::from_secs(30)))
         .await
-        .unwrap();
+        .unwrap()
+        .expect("exited after SIGTERM");
     assert!(status.success(), "{status:?}");
 }

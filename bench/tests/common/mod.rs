@@ -3,22 +3,17 @@
 use std::path::PathBuf;
 use std::process::Output;
 
-/// A workspace binary (`signer`, `hsmgate-ocsp`, `hsm-config`, `libhsm_sim.so`, …) built beside
-/// `hsm-bench`: the newest of `target/<profile>/deps/<name>` and `target/<profile>/<name>`.
+/// A workspace binary (`signer`, `hsmgate-ocsp`, `hsm-config`, `libhsm_sim.so`, …) of this
+/// build, from the stack kit: found in `target/<profile>/` or built there if missing (so
+/// `cargo test -p hsm-bench` works on a fresh clone).
 pub fn built(name: &str) -> PathBuf {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_hsm-bench"));
-    let dir = exe.parent().expect("hsm-bench lives in target/<profile>");
-    [dir.join("deps").join(name), dir.join(name)]
-        .into_iter()
-        .filter(|p| p.is_file())
-        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "{name} not built in {}: run `cargo build --workspace` (or cargo test \
-                 --workspace)",
-                dir.display()
-            )
-        })
+    let found = match name {
+        "libhsm_sim.so" => hsmgate_stack::sim_module(),
+        "hsmgate-ocsp" => hsmgate_stack::binary("ocsp", name),
+        // Every other binary is named after its package (signer, hsm-config, ca-frontend).
+        _ => hsmgate_stack::binary(name, name),
+    };
+    found.unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 /// A finished command's stdout then stderr, for assertion messages.

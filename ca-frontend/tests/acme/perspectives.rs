@@ -103,27 +103,26 @@ allow_private_addresses = true
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("pebble-challtestsrv");
-            let mut perspective = tied(env!("CARGO_BIN_EXE_ca-frontend"))
+            let mut command = tied(env!("CARGO_BIN_EXE_ca-frontend"));
+            command
                 .arg("perspective")
                 .arg("--config")
                 .arg(dir.join("perspective.toml"))
-                .args(["--name", name, "--dns-server", &format!("127.0.0.1:{dns_port}")])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("ca-frontend perspective");
-            let stdout = perspective.stdout.take().expect("stdout");
-            let mut lines = BufReader::new(stdout).lines();
-            let ready = lines
-                .by_ref()
-                .map_while(Result::ok)
-                .find(|l| l.starts_with("READY"))
-                .expect("perspective READY line");
-            std::thread::spawn(move || for _ in lines {});
-            let addr = ready
-                .strip_prefix("READY https=")
+                .args(["--name", name, "--dns-server", &format!("127.0.0.1:{dns_port}")]);
+            let perspective = hsmgate_stack::Process::spawn_ready_keeping_stdin(
+                "ca-frontend perspective",
+                command,
+                hsmgate_stack::Log::Null,
+                hsmgate_stack::READY_TIMEOUT,
+            )
+            .expect("perspective READY line");
+            let addr = perspective
+                .ready()
+                .and_then(|r| r.field("https"))
                 .expect("READY https=ADDR")
                 .to_owned();
+            // Kept, with its stdin pipe, until this binary exits (see `tied`).
+            let perspective = perspective.into_child().expect("the perspective's process");
             toml.push_str(&format!(
                 "[[validation.perspectives.remote]]\nname = \"{name}\"\nregion = \"loopback-{name}\"\nurl = \"https://{addr}\"\n"
             ));

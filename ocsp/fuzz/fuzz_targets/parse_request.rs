@@ -1,4 +1,4 @@
-//! Fuzzes `ocsp::request::parse`, the first code every byte from an OCSP client reaches.
+//! Fuzzes `ocsp::parse_request`, the first code every byte from an OCSP client reaches.
 //!
 //! The property: any input yields `Ok` or a `RequestError` — never a panic, an abort or
 //! unbounded work. On `Ok`, the result must also be self-consistent (hash lengths fit the

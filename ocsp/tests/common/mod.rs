@@ -6,20 +6,20 @@
 //!
 //! The gateway binary is the one `cargo build -p signer` put beside the test executable
 //! (`target/debug/signer`): this crate must not depend on the signer's crate, so Cargo cannot
-//! build it for us.
+//! build it for us; the stack kit (`hsmgate-stack`) builds it when it is missing, provisions
+//! and copies the tokens, and runs the process.
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use hsm_config::{ProvisionOptions, provision};
 use hsmgate_signer_api::v1::ListKeysRequest;
 use hsmgate_signer_api::v1::signer_client::SignerClient;
+use hsmgate_stack::{Log, Process, Provisioned};
 
 /// The gateway keys the tests sign with.
 pub const KEY_P256: &str = "ocsp-p256";
@@ -29,68 +29,49 @@ pub const KEY_RSA: &str = "ocsp-rsa";
 pub const ISSUER_P256: &str = "test-p256";
 pub const ISSUER_RSA: &str = "test-rsa";
 
-/// A small gateway: one datacenter, a pair of HSMs, both keys cloned into both.
-/// `@PIN@` is replaced by the PIN file's path.
-const GATEWAY_CONFIG: &str = r#"
-[gateway]
-listen = "127.0.0.1:0"
-metrics_listen = "127.0.0.1:0"
-local_datacenter = "dc-test"
-
-# Plain text on loopback for the test; callers act as client `tests`.
-[gateway.insecure_plaintext]
-client = "tests"
-
-[audit]
-dir = "audit"
-
-[[clients]]
-name = "tests"
-grants = [{ keys = ["*"], operations = ["sign-raw", "sign-certificate", "sign-ocsp", "sign-crl"] }]
-
-[timeouts]
-hsm_call_ms = 2000
-default_deadline_ms = 10000
-probe_interval_ms = 200
-drain_ms = 2000
-
-[batching]
-max_request_items = 8192
-worker_chunk = 32
-
-[[datacenters]]
-name = "dc-test"
-
-[[datacenters.hsms]]
-name = "ocsp-a"
-module = "/usr/lib/softhsm/libsofthsm2.so"
-token_label = "OCSP-A"
-pin = { file = "@PIN@" }
-sessions = 2
-
-[[datacenters.hsms]]
-name = "ocsp-b"
-module = "/usr/lib/softhsm/libsofthsm2.so"
-token_label = "OCSP-B"
-pin = { file = "@PIN@" }
-sessions = 2
-
-[[keys]]
-name = "ocsp-p256"
-label = "ocsp-p256"
-algorithm = "ecdsa-p256"
-hsms = ["ocsp-a", "ocsp-b"]
-# `hsmgate-ocsp issuer-cert` signs the tests' issuer certificates undeclared (sign-raw).
-allow_unchecked_payloads = "tests: issuer certificates made by hsmgate-ocsp issuer-cert"
-
-[[keys]]
-name = "ocsp-rsa"
-label = "ocsp-rsa"
-algorithm = "rsa-2048"
-hsms = ["ocsp-a", "ocsp-b"]
-# `hsmgate-ocsp issuer-cert` signs the tests' issuer certificates undeclared (sign-raw).
-allow_unchecked_payloads = "tests: issuer certificates made by hsmgate-ocsp issuer-cert"
-"#;
+/// A small gateway: one datacenter, a pair of HSMs, both keys cloned into both, PINs from
+/// `pin_file`; plain text on loopback, callers act as client `tests`. Written from the typed
+/// schema by the stack kit.
+fn gateway_config(pin_file: &Path) -> hsm_config::Config {
+    use hsm_config::{KeyAlgorithm, Operation};
+    use hsmgate_stack::configs;
+    let mut config = configs::plaintext_gateway("dc-test", "tests");
+    configs::ephemeral_ports(&mut config, true);
+    configs::grant(
+        &mut config,
+        "tests",
+        &["*"],
+        &[
+            Operation::SignRaw,
+            Operation::SignCertificate,
+            Operation::SignOcsp,
+            Operation::SignCrl,
+        ],
+    );
+    config.timeouts = hsm_config::Timeouts {
+        hsm_call_ms: 2000,
+        default_deadline_ms: 10000,
+        probe_interval_ms: 200,
+        drain_ms: 2000,
+    };
+    config.batching.max_request_items = 8192;
+    config.batching.worker_chunk = 32;
+    config.datacenters[0].hsms = vec![
+        configs::softhsm("ocsp-a", "OCSP-A", pin_file, 2),
+        configs::softhsm("ocsp-b", "OCSP-B", pin_file, 2),
+    ];
+    for (name, algorithm) in [
+        (KEY_P256, KeyAlgorithm::EcdsaP256),
+        (KEY_RSA, KeyAlgorithm::Rsa2048),
+    ] {
+        let mut key = configs::key(name, algorithm, &["ocsp-a", "ocsp-b"]);
+        // `hsmgate-ocsp issuer-cert` signs the tests' issuer certificates undeclared (sign-raw).
+        key.allow_unchecked_payloads =
+            Some("tests: issuer certificates made by hsmgate-ocsp issuer-cert".into());
+        config.keys.push(key);
+    }
+    config
+}
 
 /// Tokens provisioned once for this test binary.
 pub struct Tokens {
@@ -110,50 +91,39 @@ pub fn tokens() -> &'static Tokens {
             .expect("tempdir")
             .keep();
         let pin_file = dir.join("user.pin");
-        let config_text = GATEWAY_CONFIG.replace("@PIN@", &pin_file.display().to_string());
+        let mut config = gateway_config(&pin_file);
+        config.base_dir = dir.clone();
+        let config_text = hsmgate_stack::configs::to_toml(&config).expect("gateway config");
         let origin = dir.join("signer.toml");
+        // Parsed back, so that the file the gateway reads is the one validated here.
         let config =
             hsm_config::Config::parse(&config_text, &origin, dir.clone()).expect("gateway config");
-        let options = ProvisionOptions::new(dir.join("softhsm2.conf"));
-        let public_keys = options.public_key_dir.clone();
-        provision(&config, &options).expect("provisioning SoftHSM2 tokens");
+        let provisioned = Provisioned::new(&config, &dir).expect("provisioning SoftHSM2 tokens");
         Tokens {
             dir,
             config_text,
-            public_keys,
+            public_keys: provisioned.public_keys,
         }
     })
 }
 
-/// `target/debug/signer`, beside this test executable (`target/debug/deps/<test>`).
+/// `target/debug/signer`, beside this test executable (`target/debug/deps/<test>`); built by
+/// the stack kit if it is not there (`cargo test -p ocsp` on a fresh clone).
 pub fn signer_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let target = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable in target/<profile>/deps");
-    let signer = target.join("signer");
-    assert!(
-        signer.is_file(),
-        "{} not found: run `cargo build -p signer` first",
-        signer.display()
-    );
-    signer
+    hsmgate_stack::signer().unwrap_or_else(|e| panic!("the signer binary: {e}"))
 }
 
 /// A running `signer` gateway on a private copy of the tokens; killed on drop.
 pub struct Gateway {
-    child: Child,
+    process: Process,
     pub grpc: SocketAddr,
     pub dir: tempfile::TempDir,
-    stderr: Arc<Mutex<String>>,
 }
 
 impl Gateway {
     /// Kills the gateway process (its HSMs with it), as an outage would.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
     }
 
     pub fn start() -> Self {
@@ -164,78 +134,27 @@ impl Gateway {
             .expect("tempdir");
         // Each gateway gets its own copy: SoftHSM2 rewrites a token's file on every C_Login,
         // and another process starting at that moment can miss the token.
-        let status = Command::new("cp")
-            .arg("-a")
-            .arg(tokens.dir.join("tokens"))
-            .arg(dir.path())
-            .status()
-            .expect("cp");
-        assert!(status.success(), "copying the token directory failed");
-        let softhsm_conf = dir.path().join("softhsm2.conf");
-        std::fs::write(
-            &softhsm_conf,
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                dir.path().join("tokens").display()
-            ),
-        )
-        .expect("write softhsm2.conf");
+        let softhsm_conf =
+            hsmgate_stack::private_copy(&tokens.dir, dir.path()).expect("copying the tokens");
         let config_path = dir.path().join("signer.toml");
         std::fs::write(&config_path, &tokens.config_text).expect("write gateway config");
-        let mut child = Command::new(signer_binary())
+        let mut command = Command::new(signer_binary());
+        command
             .arg("--config")
             .arg(&config_path)
             .env("SOFTHSM2_CONF", &softhsm_conf)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn signer");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        {
-            let pipe = child.stderr.take().expect("stderr");
-            let sink = stderr.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    let mut s = sink.lock().expect("lock");
-                    s.push_str(&line);
-                    s.push('\n');
-                }
-            });
-        }
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("READY ") {
-                    let _ = tx.send(rest.to_owned());
-                }
-            }
-        });
-        let ready = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                std::thread::sleep(Duration::from_millis(100));
-                panic!(
-                    "gateway did not become ready; stderr:\n{}",
-                    stderr.lock().expect("lock")
-                );
-            }
-        };
-        let grpc = ready
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix("grpc="))
-            .and_then(|v| v.parse().ok())
+            .env("RUST_LOG", "info");
+        let process = Process::spawn_ready(
+            "signer",
+            command,
+            Log::Capture,
+            hsmgate_stack::READY_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("gateway did not become ready: {e}"));
+        let grpc = process
+            .ready_addr("grpc")
             .expect("READY line names grpc=ADDR");
-        let gateway = Self {
-            child,
-            grpc,
-            dir,
-            stderr,
-        };
+        let gateway = Self { process, grpc, dir };
         gateway.wait_keys(Duration::from_secs(30));
         gateway
     }
@@ -288,14 +207,7 @@ impl Gateway {
     }
 
     pub fn logs(&self) -> String {
-        self.stderr.lock().expect("lock").clone()
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.logs()
     }
 }
 

@@ -2,23 +2,26 @@
 //! datacenters × two HSMs, `hsm-config/examples/two-dc.toml`), a real `signer` process per
 //! test, fault injection through `hsm-sim`'s control file, and signature verification that does
 //! not involve the gateway (RustCrypto against the public keys provisioning wrote).
+//!
+//! Provisioning, the private token copies, the hsm-sim module (built if missing) and the
+//! process itself (READY line, captured log, kill on drop) are the stack kit's
+//! (`hsmgate-stack`), shared with the other crates' tests and the dev stack.
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::process::Command;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use hsm_config::Config;
-use hsm_config::{ProvisionOptions, provision};
 use hsmgate_signer_api::v1::signer_client::SignerClient;
 use hsmgate_signer_api::v1::{
     ListKeysRequest, SignBatchRequest, SignRequest, SignResponse, SignatureAlgorithm as Alg,
     sign_request,
 };
+use hsmgate_stack::{Log, Process, Provisioned};
 use tonic::transport::Channel;
 
 pub const EXAMPLE: &str = concat!(
@@ -45,18 +48,17 @@ pub fn tokens() -> &'static Tokens {
             .expect("tempdir")
             .keep();
         let pin_file = dir.join("user.pin");
+        // The text stays two-dc.toml's own (tests edit it as text); only the PIN source moves.
         let text = std::fs::read_to_string(EXAMPLE).expect("example config");
         let config_text = text.replace(
             r#"pin = { env = "HSMGATE_TEST_PIN" }"#,
             &format!(r#"pin = {{ file = "{}" }}"#, pin_file.display()),
         );
         let config = Config::parse(&config_text, Path::new(EXAMPLE), dir.clone()).expect("config");
-        let options = ProvisionOptions::new(dir.join("softhsm2.conf"));
-        let public_keys = options.public_key_dir.clone();
-        provision(&config, &options).expect("provisioning");
+        let provisioned = Provisioned::new(&config, &dir).expect("provisioning");
         Tokens {
-            softhsm_conf: dir.join("softhsm2.conf"),
-            public_keys,
+            softhsm_conf: provisioned.softhsm_conf,
+            public_keys: provisioned.public_keys,
             config_text,
             dir,
         }
@@ -64,31 +66,14 @@ pub fn tokens() -> &'static Tokens {
 }
 
 /// Copies the provisioned tokens into `dir` and writes a `softhsm2.conf` for the copy; returns
-/// its path. Each gateway gets its own copy: SoftHSM2 rewrites a token's file on every
-/// `C_Login`, and another process starting at that moment can miss the token.
+/// its path. Each gateway gets its own copy (see `hsmgate_stack::private_copy`).
 pub fn private_store(dir: &Path) -> PathBuf {
     private_store_of(&tokens().dir, dir)
 }
 
 /// [`private_store`] of the tokens provisioned in `provisioned` (its `tokens/` directory).
 pub fn private_store_of(provisioned: &Path, dir: &Path) -> PathBuf {
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(provisioned.join("tokens"))
-        .arg(dir)
-        .status()
-        .expect("cp");
-    assert!(status.success(), "copying the token directory failed");
-    let conf = dir.join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            dir.join("tokens").display()
-        ),
-    )
-    .expect("write softhsm2.conf");
-    conf
+    hsmgate_stack::private_copy(provisioned, dir).expect("private copy of the tokens")
 }
 
 /// Which PKCS#11 module the gateway loads for every HSM.
@@ -99,28 +84,19 @@ pub enum Module {
     Sim,
 }
 
-/// The hsm-sim module built in this target directory.
+/// The hsm-sim module of this target directory (built by the kit if missing).
 pub fn sim_module() -> PathBuf {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_signer"));
-    let dir = exe.parent().expect("target dir");
-    let candidates = [dir.join("libhsm_sim.so"), dir.join("deps/libhsm_sim.so")];
-    candidates
-        .iter()
-        .filter_map(|p| Some((std::fs::metadata(p).ok()?.modified().ok()?, p)))
-        .max_by_key(|(t, _)| *t)
-        .map(|(_, p)| p.clone())
-        .expect("libhsm_sim.so not built: run `cargo build -p hsm-sim` (the test script does)")
+    hsmgate_stack::sim_module().unwrap_or_else(|e| panic!("hsm-sim module: {e}"))
 }
 
 /// A running `signer` process, killed on drop.
 pub struct Gateway {
-    child: Child,
+    process: Process,
     pub grpc: SocketAddr,
     pub metrics: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     pub control: PathBuf,
-    stderr: Arc<Mutex<String>>,
 }
 
 impl Gateway {
@@ -156,66 +132,34 @@ impl Gateway {
         let config_path = dir.path().join("signer.toml");
         std::fs::write(&config_path, text).expect("write config");
         let control = dir.path().join("faults");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_signer"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_signer"));
+        command
             .arg("--config")
             .arg(&config_path)
             .env("SOFTHSM2_CONF", softhsm_conf)
             .env("HSMSIM_CONTROL", &control)
-            .env("RUST_LOG", "info,signer=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn signer");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        {
-            let pipe = child.stderr.take().expect("stderr");
-            let sink = stderr.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    let mut s = sink.lock().expect("lock");
-                    s.push_str(&line);
-                    s.push('\n');
-                }
-            });
-        }
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("READY ") {
-                    let _ = tx.send(rest.to_owned());
-                }
+            .env("RUST_LOG", "info,signer=debug");
+        let process = Process::spawn_ready(
+            "signer",
+            command,
+            Log::Capture,
+            hsmgate_stack::READY_TIMEOUT,
+        )
+        .map_err(|e| match e {
+            // Exited by itself (then its code) or never became ready (killed: no code).
+            hsmgate_stack::Error::NotReady { exit, log, .. } => {
+                format!("exit {exit:?}; stderr:\n{log}")
             }
-        });
-        let ready = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) => line,
-            Err(_) => {
-                // Exited by itself (then its code) or never became ready (killed: no code).
-                let _ = child.kill();
-                let code = child.wait().ok().and_then(|s| s.code());
-                std::thread::sleep(Duration::from_millis(100));
-                return Err(format!(
-                    "exit {code:?}; stderr:\n{}",
-                    stderr.lock().expect("lock")
-                ));
-            }
-        };
-        let field = |name: &str| {
-            ready
-                .split_whitespace()
-                .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-                .and_then(|v| v.parse::<SocketAddr>().ok())
-        };
-        let grpc = field("grpc").expect("READY line names grpc");
+            other => other.to_string(),
+        })?;
+        let grpc = process.ready_addr("grpc").expect("READY line names grpc");
         Ok(Self {
-            child,
             grpc,
-            metrics: field("metrics"),
+            metrics: process.ready().and_then(|r| r.addr("metrics")),
+            process,
             dir,
             config_path,
             control,
-            stderr,
         })
     }
 
@@ -291,23 +235,14 @@ impl Gateway {
     }
 
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        self.process
+            .signal(sig)
+            .unwrap_or_else(|e| panic!("signal {sig}: {e}"));
     }
 
     /// Waits for the process to exit; its exit code.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        self.process.wait_exit(timeout).and_then(|s| s.code())
     }
 
     /// The gateway's `[audit] dir` (test configs say `audit`, next to the config file).
@@ -364,11 +299,11 @@ impl Gateway {
 
     /// The `signer` process id (for `/proc/<pid>/status`).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     pub fn logs(&self) -> String {
-        self.stderr.lock().expect("lock").clone()
+        self.process.logs()
     }
 
     /// Whether the log says `text` within `timeout`: the gateway's stderr is read by a thread,
@@ -393,13 +328,6 @@ impl Gateway {
             Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
             _ => http_get(addr, "/metrics").await,
         }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -672,7 +600,7 @@ pub fn dev_config(pki: &Pki) -> (String, &'static Path) {
             &format!("{}/pins/", dir.display()),
         );
         let config = Config::parse(&text, Path::new(DEV), dir.clone()).expect("dev config");
-        provision(&config, &ProvisionOptions::new(dir.join("softhsm2.conf"))).expect("provision");
+        Provisioned::new(&config, &dir).expect("provision");
         (dir, text)
     });
     let tls = "[gateway.tls]\ncert = \"../../target/dev/tls/server.pem\"\nkey = \"../../target/dev/tls/server.key\"\nclient_ca = \"../../target/dev/tls/ca.pem\"\n";
