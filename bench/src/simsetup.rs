@@ -11,11 +11,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
-use hsm_config::{ProvisionOptions, provision};
 use hsm_config::{
     Audit, AuditFailure, Batching, Client, ClientLimits, Config, Datacenter, Dispatch, Gateway,
     Grant, Hsm, InsecurePlaintext, Key, KeyAlgorithm, Operation, PinSource, Timeouts,
 };
+use hsm_config::{ProvisionOptions, provision};
 use hsm_sim::{ControlState, Model, SignatureMode};
 use serde::Serialize;
 

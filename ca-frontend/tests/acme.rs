@@ -41,9 +41,19 @@ fn gateway_config(dir: &Path) -> hsm_config::Config {
     use hsm_config::{KeyAlgorithm, Operation};
     use hsmgate_stack::configs;
     let mut config = configs::plaintext_gateway("dc", "tests");
-    configs::grant(&mut config, "tests", &["*"], &[Operation::SignCertificate, Operation::SignOcsp]);
+    configs::grant(
+        &mut config,
+        "tests",
+        &["*"],
+        &[Operation::SignCertificate, Operation::SignOcsp],
+    );
     config.audit.dir = dir.join("audit");
-    config.datacenters[0].hsms = vec![configs::softhsm("hsm-a", "ACME-A", &dir.join("user.pin"), 2)];
+    config.datacenters[0].hsms = vec![configs::softhsm(
+        "hsm-a",
+        "ACME-A",
+        &dir.join("user.pin"),
+        2,
+    )];
     config.keys = vec![
         configs::key("root", KeyAlgorithm::EcdsaP384, &["hsm-a"]),
         configs::key("intermediate", KeyAlgorithm::EcdsaP256, &["hsm-a"]),

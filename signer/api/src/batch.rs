@@ -298,11 +298,7 @@ impl BatchSigner {
         payload: Payload,
         chunk: Vec<Vec<u8>>,
     ) -> Result<Vec<Signature>, SignError> {
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| SignError::Stopped)?;
+        let _slot = self.slots.acquire().await.map_err(|_| SignError::Stopped)?;
         let asked = chunk.len();
         let batch = SignBatchRequest {
             requests: chunk
@@ -326,10 +322,7 @@ impl BatchSigner {
         if responses.len() != asked {
             return Err(SignError::Answer {
                 call: "SignBatch",
-                detail: format!(
-                    "{} signatures for {asked} requests",
-                    responses.len()
-                ),
+                detail: format!("{} signatures for {asked} requests", responses.len()),
             });
         }
         responses
