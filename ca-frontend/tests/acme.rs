@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -63,7 +63,7 @@ fn gateway_config(dir: &Path) -> hsm_config::Config {
 }
 
 /// The processes every test shares: the gateway, the challenge DNS, the http-01 server, and
-/// the CA certificates. Started once per test binary; they die with it (see [`tied`]).
+/// the CA certificates. Started once per test binary; they die with it (see [`hsmgate_stack::tied`]).
 struct Infra {
     dir: PathBuf,
     gateway: String,
@@ -75,31 +75,8 @@ struct Infra {
     http_port: u16,
     /// http-01 answers: token → key authorization.
     tokens: Arc<Mutex<HashMap<String, String>>>,
-    /// The [`tied`] children, holding their stdin pipes open until the binary exits.
+    /// The [`hsmgate_stack::tied`] children, holding their stdin pipes open until the binary exits.
     _children: Vec<Child>,
-}
-
-/// A command for `program` that dies with this test binary. [`Infra`] lives in a static, and
-/// statics are never dropped, so a plain child would outlive the run (each run used to leave
-/// a gateway and a DNS server behind). A shell runs the program in the background and kills it
-/// when its stdin, a pipe only this process holds, reaches end of file: at our exit, however
-/// it happens. Then it removes `$TIED_CLEANUP`, if set (the gateway's directory).
-fn tied(program: impl AsRef<std::ffi::OsStr>) -> Command {
-    let mut command = Command::new("sh");
-    command
-        .arg("-c")
-        .arg(r#""$@" & child=$!; read _; kill "$child"; wait "$child"; [ -z "$TIED_CLEANUP" ] || rm -rf "$TIED_CLEANUP""#)
-        .arg("sh")
-        .arg(program)
-        .stdin(Stdio::piped());
-    command
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// A workspace binary of this build, from the stack kit (built if missing: `signer` is not
@@ -116,7 +93,7 @@ fn infra() -> &'static Infra {
         let config = hsm_config::Config::parse(&config_text, &dir.join("gateway.toml"), dir.clone()).expect("gateway config");
         hsmgate_stack::Provisioned::new(&config, &dir).expect("provisioning SoftHSM2");
         std::fs::write(dir.join("gateway.toml"), &config_text).expect("write");
-        let mut command = tied(binary("signer"));
+        let mut command = hsmgate_stack::tied(binary("signer"));
         command
             .arg("--config")
             .arg(dir.join("gateway.toml"))
@@ -132,13 +109,7 @@ fn infra() -> &'static Infra {
         let grpc = gateway.ready_addr("grpc").expect("grpc=").to_string();
         // Kept, with its stdin pipe, until this binary exits (see `tied`).
         let gateway = gateway.into_child().expect("the gateway's process");
-        let (dns_port, mgmt_port) = (free_port(), free_port());
-        let dns = tied("pebble-challtestsrv")
-            .args(["-dns01", &format!("127.0.0.1:{dns_port}"), "-management", &format!("127.0.0.1:{mgmt_port}")])
-            .args(["-http01", "", "-https01", "", "-tlsalpn01", "", "-defaultIPv6", ""])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
+        let dns = hsmgate_stack::ChallTestSrv::start_tied()
             .expect("pebble-challtestsrv (hsm-config/dev/setup.sh installs it)");
         // http-01 answers, on a thread with its own runtime (tests come and go with theirs).
         let tokens: Arc<Mutex<HashMap<String, String>>> = Arc::default();
@@ -196,12 +167,12 @@ fn infra() -> &'static Infra {
         Infra {
             dir,
             gateway: url,
-            dns: SocketAddr::from(([127, 0, 0, 1], dns_port)),
-            dns_management: SocketAddr::from(([127, 0, 0, 1], mgmt_port)),
-            mgmt_port,
+            dns: dns.dns,
+            dns_management: dns.management,
+            mgmt_port: dns.management.port(),
             http_port,
             tokens,
-            _children: vec![gateway, dns],
+            _children: vec![gateway, dns.child],
         }
     })
 }

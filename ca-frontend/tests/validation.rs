@@ -11,10 +11,9 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -50,58 +49,6 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// A command that dies with this test binary: a shell runs `program` in the background and
-/// kills it when its stdin, a pipe only this process holds, closes (at our exit, however it
-/// happens; statics are never dropped).
-fn tied(program: &str) -> Command {
-    let mut command = Command::new("sh");
-    command
-        .arg("-c")
-        .arg(r#""$@" & child=$!; read _; kill "$child"; wait "$child""#)
-        .arg("sh")
-        .arg(program)
-        .stdin(Stdio::piped());
-    command
-}
-
-/// pebble-challtestsrv on fresh ports: (DNS, management).
-fn challtestsrv() -> (SocketAddr, SocketAddr, Child) {
-    let (dns_port, mgmt_port) = (free_port(), free_port());
-    let child = tied("pebble-challtestsrv")
-        .args([
-            "-dns01",
-            &format!("127.0.0.1:{dns_port}"),
-            "-management",
-            &format!("127.0.0.1:{mgmt_port}"),
-        ])
-        .args([
-            "-http01",
-            "",
-            "-https01",
-            "",
-            "-tlsalpn01",
-            "",
-            "-defaultIPv6",
-            "",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("pebble-challtestsrv (hsm-config/dev/setup.sh installs it)");
-    let management = SocketAddr::from(([127, 0, 0, 1], mgmt_port));
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(management).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (
-        SocketAddr::from(([127, 0, 0, 1], dns_port)),
-        management,
-        child,
-    )
-}
-
 /// POSTs `body` to pebble-challtestsrv's management API at `management` (`/add-a`, …).
 fn manage(management: SocketAddr, path: &str, body: &serde_json::Value) {
     use std::io::Write;
@@ -121,7 +68,9 @@ fn manage(management: SocketAddr, path: &str, body: &serde_json::Value) {
 fn servers() -> &'static Servers {
     static SERVERS: OnceLock<Servers> = OnceLock::new();
     SERVERS.get_or_init(|| {
-        let (dns, dns_management, child) = challtestsrv();
+        let dns_server = hsmgate_stack::ChallTestSrv::start_tied()
+            .expect("pebble-challtestsrv (hsm-config/dev/setup.sh installs it)");
+        let (dns, dns_management) = (dns_server.dns, dns_server.management);
         let answers: Arc<Mutex<HashMap<String, Answer>>> = Arc::default();
         let https_requests = Arc::new(AtomicUsize::new(0));
         let http = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -145,7 +94,7 @@ fn servers() -> &'static Servers {
             tls_port,
             answers,
             https_requests,
-            _dns: child,
+            _dns: dns_server.child,
         }
     })
 }

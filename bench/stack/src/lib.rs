@@ -19,9 +19,11 @@
 //! - `tokens`: SoftHSM2 tokens provisioned from a config, and private copies of them.
 //! - `configs`: gateway configs edited as [`hsm_config::Config`] and serialized.
 //! - `process`: a child process, its READY line and log, killed on drop.
+//! - `challtestsrv`: the fake DNS of the ACME validations, and children tied to a test binary.
 //! - `stack`: the development stack as one table of services ([`DevStack`]).
 
 mod binaries;
+mod challtestsrv;
 pub mod configs;
 mod error;
 mod process;
@@ -29,6 +31,7 @@ mod stack;
 mod tokens;
 
 pub use binaries::{binary, profile_dir, signer, sim_module, workspace_root};
+pub use challtestsrv::{ChallTestSrv, free_port, tied};
 pub use error::Error;
 pub use process::{Log, Process, READY_TIMEOUT, Ready};
 pub use stack::{DevStack, Program, Service, ServiceLog, StartedStack};

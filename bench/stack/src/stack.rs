@@ -7,6 +7,7 @@
 //! asked or dropped.
 
 use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
@@ -171,20 +172,13 @@ impl DevStack {
             Service {
                 name: "challtestsrv".into(),
                 program: Program::External("pebble-challtestsrv"),
-                args: args(&[
-                    "-dns01",
-                    "127.0.0.1:8053",
-                    "-management",
-                    "127.0.0.1:8055",
-                    "-http01",
-                    "",
-                    "-https01",
-                    "",
-                    "-tlsalpn01",
-                    "",
-                    "-defaultIPv6",
-                    "",
-                ]),
+                args: crate::challtestsrv::args(
+                    SocketAddr::from(([127, 0, 0, 1], 8053)),
+                    SocketAddr::from(([127, 0, 0, 1], 8055)),
+                )
+                .into_iter()
+                .map(OsString::from)
+                .collect(),
                 gateway_identity: None,
                 ready: false,
                 log: ServiceLog::FileWithStdout,

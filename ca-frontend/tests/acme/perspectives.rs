@@ -95,20 +95,13 @@ allow_private_addresses = true
             d = dir.display()
         );
         for name in ["a", "b", "c"] {
-            let (dns_port, mgmt_port) = (free_port(), free_port());
-            let dns = tied("pebble-challtestsrv")
-                .args(["-dns01", &format!("127.0.0.1:{dns_port}"), "-management", &format!("127.0.0.1:{mgmt_port}")])
-                .args(["-http01", "", "-https01", "", "-tlsalpn01", "", "-defaultIPv6", ""])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("pebble-challtestsrv");
-            let mut command = tied(env!("CARGO_BIN_EXE_ca-frontend"));
+            let dns = hsmgate_stack::ChallTestSrv::start_tied().expect("pebble-challtestsrv");
+            let mut command = hsmgate_stack::tied(env!("CARGO_BIN_EXE_ca-frontend"));
             command
                 .arg("perspective")
                 .arg("--config")
                 .arg(dir.join("perspective.toml"))
-                .args(["--name", name, "--dns-server", &format!("127.0.0.1:{dns_port}")]);
+                .args(["--name", name, "--dns-server", &dns.dns.to_string()]);
             let perspective = hsmgate_stack::Process::spawn_ready_keeping_stdin(
                 "ca-frontend perspective",
                 command,
@@ -121,23 +114,16 @@ allow_private_addresses = true
                 .and_then(|r| r.field("https"))
                 .expect("READY https=ADDR")
                 .to_owned();
-            // Kept, with its stdin pipe, until this binary exits (see `tied`).
+            // Kept, with its stdin pipe, until this binary exits (see `hsmgate_stack::tied`).
             let perspective = perspective.into_child().expect("the perspective's process");
             toml.push_str(&format!(
                 "[[validation.perspectives.remote]]\nname = \"{name}\"\nregion = \"loopback-{name}\"\nurl = \"https://{addr}\"\n"
             ));
-            let management = SocketAddr::from(([127, 0, 0, 1], mgmt_port));
-            for _ in 0..100 {
-                if std::net::TcpStream::connect(management).is_ok() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
             perspectives.push(Perspective {
                 addr,
-                dns_management: management,
+                dns_management: dns.management,
             });
-            children.push(dns);
+            children.push(dns.child);
             children.push(perspective);
         }
         Drill {
