@@ -10,7 +10,7 @@ Passes when: every GET answers 200, their p99 is under --p99-limit seconds, and 
 opened. Before the listeners had timeouts, the slow connections stayed open for ever and, by
 the thousands, exhausted the responder's file descriptors.
 
-Used by ca-frontend/e2e/clients.sh (2,000 + 50 connections, CI) and bench/slow-connections.sh
+Used by ca-frontend/e2e/clients.sh (2,000 + 50 connections, CI) and bench/slow-connections/run.sh
 (the full figure, 20,000). Prints one summary line; exits 1 on a failed check.
 """
 
