@@ -21,7 +21,7 @@
 //! ```
 
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,18 +42,6 @@ const SESSIONS: u32 = 4;
 const WORKER_CHUNK: u32 = 32;
 /// Every signature is an instant stand-in: the gateway is what takes time.
 const MODEL: &str = "* model units=64 mean=0.001us dist=fixed signature=stand-in\n";
-
-/// The hsm-sim module of this target directory (`target/release/libhsm_sim.so` when
-/// benchmarking), the newest if both places have one.
-fn sim_module() -> Option<PathBuf> {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_signer"));
-    let dir = exe.parent()?;
-    [dir.join("libhsm_sim.so"), dir.join("deps/libhsm_sim.so")]
-        .into_iter()
-        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
-        .max_by_key(|(t, _)| *t)
-        .map(|(_, p)| p)
-}
 
 fn config_text(module: &Path, dir: &Path) -> String {
     let env = format!(
@@ -95,10 +83,9 @@ struct Bench {
 /// Provisions the tokens and starts the gateway; `Err` says why the bench cannot run here.
 /// Called before any other thread of the process exists (see the `set_var` below).
 fn setup() -> Result<(Bench, tokio::runtime::Runtime), String> {
-    let module = sim_module().ok_or(
-        "the hsm-sim module is not built in this target directory: \
-         run `cargo build --release -p hsm-sim` first",
-    )?;
+    // The hsm-sim module of this target directory (`target/release/` when benchmarking),
+    // built by the stack kit if it is missing.
+    let module = hsmgate_stack::sim_module().map_err(|e| format!("the hsm-sim module: {e}"))?;
     if !Path::new(SOFTHSM).exists() {
         return Err(format!(
             "SoftHSM2 ({SOFTHSM}) is not installed: hsm-config/dev/setup.sh"
