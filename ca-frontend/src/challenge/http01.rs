@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 
 use crate::{Problem, ProblemType};
 
-use super::tls_alpn01::AcceptAnyCertificate;
+use super::tls_alpn01::unverified_client;
 use super::{MAX_HTTP_BODY, MAX_REDIRECTS, Validator, problem};
 
 impl Validator {
@@ -144,15 +144,7 @@ impl Validator {
             return get(url, hop, addr, stream).await;
         }
         let tls = |detail: String| problem(ProblemType::Tls, format!("{url} ({addr}): {detail}"));
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate))
-        .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let config = unverified_client(b"http/1.1").map_err(|e| tls(e.to_string()))?;
         let server_name = rustls_pki_types::ServerName::try_from(hop.host.clone())
             .map_err(|e| tls(format!("not a server name: {e}")))?;
         let stream = tokio_rustls::TlsConnector::from(Arc::new(config))

@@ -23,15 +23,7 @@ impl Validator {
         let (stream, addr) = self.connect(domain, self.tls_port).await?;
         let tls =
             |detail: String| problem(ProblemType::Tls, format!("{domain} ({addr}): {detail}"));
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate))
-        .with_no_client_auth();
-        config.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+        let config = unverified_client(b"acme-tls/1").map_err(|e| tls(e.to_string()))?;
         let server_name = rustls_pki_types::ServerName::try_from(domain.to_owned())
             .map_err(|e| tls(format!("not a server name: {e}")))?;
         let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
@@ -105,10 +97,25 @@ fn check_alpn_certificate(
     }
 }
 
+/// A TLS client offering `alpn` that accepts any server certificate ([`AcceptAnyCertificate`]):
+/// for tls-alpn-01, and for http-01 redirects to HTTPS (RFC 8555 §8.3: validation does not
+/// check the certificate).
+pub(super) fn unverified_client(alpn: &[u8]) -> Result<rustls::ClientConfig, rustls::Error> {
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate))
+    .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(config)
+}
+
 /// tls-alpn-01 looks at the certificate's contents, not its chain: the validation server's
 /// certificate is self-signed by design (RFC 8737 §3).
 #[derive(Debug)]
-pub(super) struct AcceptAnyCertificate;
+struct AcceptAnyCertificate;
 
 impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
     fn verify_server_cert(
