@@ -1,6 +1,6 @@
-# What the benchmark scripts (bench/acme, bench/ocsp, bench/security: run.sh) share; each sources
-# this file after setting HERE and ROOT. `log` writes to "$OUT/run.log", so OUT must be set
-# before the first message.
+# What the benchmark scripts (bench/acme, bench/ocsp, bench/security, bench/slow-connections)
+# share; each sources this file after setting HERE and ROOT. `log` writes to "$OUT/run.log", so
+# OUT must be set before the first message.
 
 # The script's own header comment, from line 2 to `set -euo`, as its --help.
 usage() { sed -n '2,/^set -euo/p' "$0" | sed -e 's/^# \{0,1\}//' -e '/^set -euo/d'; exit "${1:-0}"; }
@@ -22,3 +22,7 @@ stop_pid() {
 
 log() { printf '[%s] %s\n' "$(date +%T)" "$*" | tee -a "$OUT/run.log" >&2; }
 fail() { log "FAIL: $*"; exit 1; }
+
+# The stack kit's shell side: stack_up / stack_down (a whole stack on ephemeral ports),
+# spawn_ready / ready_field (one process and its READY line).
+. "$ROOT/bench/stack/stack.sh"

@@ -31,7 +31,7 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-. "$ROOT/bench/lib.sh" # usage, PIDS, stop_pid, log, fail
+. "$ROOT/bench/lib.sh" # usage, PIDS, stop_pid, log, fail; the stack kit's stack_up, spawn_ready
 BIN=${BIN:-$ROOT/target/release}
 
 CONCURRENCY="8 32"
@@ -64,15 +64,12 @@ done
 for tool in pebble pebble-challtestsrv openssl curl python3 softhsm2-util; do
     command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y pebble softhsm2 openssl curl python3)" >&2; exit 2; }
 done
-for b in signer hsm-config ca-frontend hsmgate-ocsp hsm-bench; do
-    [[ -x $BIN/$b ]] || { echo "$BIN/$b missing: cargo build --release -p signer -p hsm-config -p ca-frontend -p ocsp -p hsm-bench" >&2; exit 2; }
+for b in signer hsm-config ca-frontend hsmgate-ocsp hsm-bench hsmgate-stack; do
+    [[ -x $BIN/$b ]] || { echo "$BIN/$b missing: cargo build --release -p signer -p hsm-config -p ca-frontend -p ocsp -p hsm-bench -p hsmgate-stack" >&2; exit 2; }
 done
 
-# Ports of our own (clients.sh uses 50151/4101/…, hsm-config/dev/run.sh 50051/4001/…).
-GW=50251 GWM=9664 OCSP=8280 OCSPM=9665 ACME=4201 DNS=8253 MGMT=8255 HTTP=5202 TLS=5201
+# Pebble's ports; everything else is on the ephemeral ports the stack kit picks (STACK_*).
 PEBBLE=14200 PEBBLEM=15200
-ACMEM=9667                # the frontend's /metrics
-ACME3P=4202 ACME3PM=9666 # the frontend with three perspectives (7301-7303), --perspectives
 WORK=$(mktemp -d /tmp/hsmgate-acme-bench.XXXXXX)
 # Raw output, ignored by git: figures worth keeping go in bench/RESULTS.md (date, commit, command).
 OUT=${OUT:-$HERE/results/$(date -u +%Y%m%dT%H%M%SZ)}
@@ -83,6 +80,7 @@ cleanup() {
     local status=$? pid
     trap - EXIT INT TERM
     for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+    stack_down
     for f in "$WORK"/*.log; do [[ -e $f ]] && cp "$f" "$OUT/" 2>/dev/null; done
     if ((KEEP)); then echo "temporary files kept in $WORK" >&2; else rm -rf "$WORK"; fi
     ((status == 0)) || echo "FAILED (status $status); logs in $OUT" >&2
@@ -90,25 +88,9 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-start_bg() { # NAME CMD...: stdout to $WORK/NAME.out, stderr to $WORK/NAME.log; sets LAST_PID
-    local name=$1
-    shift
-    "$@" > "$WORK/$name.out" 2> "$WORK/$name.log" &
-    LAST_PID=$!
-    PIDS+=("$LAST_PID")
-}
-wait_ready() { # FILE PID SECONDS
-    local start=$SECONDS
-    while ((SECONDS - start < $3)); do
-        grep -q '^READY' "$1" 2>/dev/null && return 0
-        kill -0 "$2" 2>/dev/null || return 1
-        sleep 0.1
-    done
-    return 1
-}
 # Signatures the gateway returned to ca-frontend (its metrics), summed over label sets.
 gw_signatures() {
-    curl -sf "http://127.0.0.1:$GWM/metrics" 2>/dev/null |
+    curl -sf "http://$STACK_GATEWAY_METRICS/metrics" 2>/dev/null |
         awk '/^hsmgate_client_signatures_total\{.*client="ca-frontend"/ {s += $2} END {print s + 0}'
 }
 
@@ -134,108 +116,40 @@ openssl x509 -req -in "$WORK/https.csr" -CA "$WORK/tlsca.pem" -CAkey "$WORK/tlsc
     -CAcreateserial -days 3 -extfile "$WORK/https.ext" -out "$WORK/https.pem" 2> /dev/null
 cp "$WORK/tlsca.pem" "$OUT/tls-ca.pem"
 
-# --- the gateway on two SoftHSM2 tokens, over mTLS (as clients.sh) ------------------------------
-sed -e "s#\.\./\.\./target/dev#$WORK#g" -e "s#127.0.0.1:50051#127.0.0.1:$GW#" \
-    -e "s#127.0.0.1:9464#127.0.0.1:$GWM#" "$ROOT/hsm-config/examples/dev.toml" > "$WORK/gateway.toml"
-export SOFTHSM2_CONF=$WORK/softhsm2.conf
-"$BIN/hsm-config" provision "$WORK/gateway.toml" --public-keys "$WORK/public-keys" > "$WORK/provision.log" 2>&1
-"$BIN/hsm-config" dev-certs "$WORK/tls" > /dev/null
+# --- the stack, by the stack kit (bench/stack): the dev stack's configs in $WORK --------------
+# The gateway on two SoftHSM2 tokens over mTLS, the ceremony's root and intermediate, the OCSP
+# responder, pre-signer and CRL updater, pebble-challtestsrv as DNS, three perspectives and a
+# frontend that uses them (the dev config as it is), on HTTPS, rate limits raised: this is
+# `ca-frontend-3p`.
+RAISED=(--set acme.limits.orders_per_account_per_hour=4000000000
+        --set acme.limits.certificates_per_domain_per_week=4000000000
+        --set acme.limits.accounts_per_hour=4000000000)
+RUST_LOG=warn stack_up "$WORK" --acme-cert "$WORK/https.pem" --acme-key "$WORK/https.key" "${RAISED[@]}" \
+    || fail "the stack did not start"
+SIGNER_PID=$STACK_PID_SIGNER OCSP_PID=$STACK_PID_RESPONDER DNS_PID=$STACK_PID_CHALLTESTSRV
+ACME3P_PID=$STACK_PID_ACME CA3P_DIR=$STACK_ACME_DIRECTORY
+PERSPECTIVE_PIDS=("$STACK_PID_PERSPECTIVE_DEV_A" "$STACK_PID_PERSPECTIVE_DEV_B" "$STACK_PID_PERSPECTIVE_DEV_C")
+HTTP=$STACK_HTTP01_PORT TLS=$STACK_TLSALPN01_PORT
 tls() { echo "HSMGATE_TLS_CA=$WORK/tls/ca.pem HSMGATE_TLS_CERT=$WORK/tls/$1.pem HSMGATE_TLS_KEY=$WORK/tls/$1.key"; }
-start_bg signer env RUST_LOG=warn "$BIN/signer" --config "$WORK/gateway.toml"
-SIGNER_PID=$LAST_PID
-wait_ready "$WORK/signer.out" "$SIGNER_PID" 30 || fail "the gateway did not start"
-for i in $(seq 1 50); do
-    if env $(tls ceremony) "$BIN/ca-frontend" ceremony --gateway "https://127.0.0.1:$GW" \
-        --root-key dev-root --intermediate-key dev-p256 \
-        --root-out "$WORK/root.pem" --intermediate-out "$WORK/issuer.pem" > "$WORK/ceremony.log" 2>&1; then
-        break
-    fi
-    [ "$i" -lt 50 ] || fail "ceremony: $(cat "$WORK/ceremony.log")"
-    sleep 0.2
-done
-log "gateway up (pid $SIGNER_PID), root and intermediate made"
+curl -sf --cacert "$WORK/tlsca.pem" "$CA3P_DIR" > /dev/null || fail "ca-frontend-3p directory over HTTPS"
+log "stack up: gateway pid $SIGNER_PID, OCSP pid $OCSP_PID, DNS pid $DNS_PID; ca-frontend-3p $CA3P_DIR (pid $ACME3P_PID)"
 
-# --- OCSP responder, challenge DNS, ca-frontend on HTTPS -----------------------------------------
-sed -e "s#\.\./\.\./target/dev#$WORK#g" -e "s#127.0.0.1:8080#127.0.0.1:$OCSP#" \
-    -e "s#127.0.0.1:9465#127.0.0.1:$OCSPM#" -e "s#127.0.0.1:50051#127.0.0.1:$GW#" \
-    "$ROOT/ocsp/examples/dev.toml" > "$WORK/ocsp.toml"
-start_bg ocsp env RUST_LOG=warn "$BIN/hsmgate-ocsp" serve --config "$WORK/ocsp.toml"
-OCSP_PID=$LAST_PID
-start_bg challtestsrv pebble-challtestsrv -dns01 "127.0.0.1:$DNS" -management "127.0.0.1:$MGMT" \
-    -http01 "" -https01 "" -tlsalpn01 "" -defaultIPv6 ""
-DNS_PID=$LAST_PID
-# Without the remote perspectives of dev.toml (its last section): this bench compares issuance
-# with Pebble, which has none. (Perspectives on against off is not measured yet: issue 17.)
-sed -e "s#\.\./\.\./ocsp/examples/dev.toml#$WORK/ocsp.toml#" -e "s#\.\./\.\./target/dev#$WORK#g" \
-    -e "s#^base_url = .*#base_url = \"https://127.0.0.1:$ACME\"#" \
-    -e "s#127.0.0.1:4001#127.0.0.1:$ACME#g" -e "s#127.0.0.1:50051#127.0.0.1:$GW#" \
-    -e "s#127.0.0.1:8080#127.0.0.1:$OCSP#" -e "s#127.0.0.1:8053#127.0.0.1:$DNS#" \
-    -e "s#^http_port = 5002#http_port = $HTTP#" -e "s#^tls_port = 5001#tls_port = $TLS#" \
-    -e "s#^orders_per_account_per_hour = .*#orders_per_account_per_hour = 4000000000#" \
-    -e "s#^certificates_per_domain_per_week = .*#certificates_per_domain_per_week = 4000000000#" \
-    -e "s#^accounts_per_hour = .*#accounts_per_hour = 4000000000#" \
-    -e "s#127.0.0.1:9466#127.0.0.1:$ACMEM#" \
-    -e '/^\[validation.perspectives\]/,$d' \
-    "$ROOT/ca-frontend/examples/dev.toml" > "$WORK/acme.toml"
-# HTTPS: [server.tls] belongs to [server], before the next table.
-python3 - "$WORK/acme.toml" "$WORK/https.pem" "$WORK/https.key" <<'PY'
-import sys
-path, cert, key = sys.argv[1:4]
-text = open(path).read()
-text = text.replace("\n[gateway]\n", f'\n[server.tls]\ncert = "{cert}"\nkey = "{key}"\n\n[gateway]\n', 1)
-open(path, "w").write(text)
-PY
-grep -q 'orders_per_account_per_hour = 4000000000' "$WORK/acme.toml" || fail "limits not raised in acme.toml"
-cp "$WORK/acme.toml" "$WORK/gateway.toml" "$OUT/"
-start_bg acme env $(tls ca-frontend) RUST_LOG=warn "$BIN/ca-frontend" serve --config "$WORK/acme.toml"
+# --- the frontend this bench compares with Pebble: no remote perspectives (Pebble has none) -----
+# The stack's acme.toml without [validation.perspectives], its own database and port.
+ACME=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$BIN/hsmgate-stack" config acme "$STACK_ACME_CONFIG" "$WORK/acme-plain.toml" \
+    --set acme.validation.perspectives.remote=[] --set "acme.db.path=$WORK/ca-plain.sqlite" \
+    --set "acme.server.listen=127.0.0.1:$ACME" --set "acme.server.base_url=https://127.0.0.1:$ACME" \
+    --set acme.server.metrics_listen=127.0.0.1:0 2> "$WORK/acme-plain-config.log" \
+    || fail "acme-plain.toml: $(cat "$WORK/acme-plain-config.log")"
+cp "$WORK/acme-plain.toml" "$STACK_ACME_CONFIG" "$STACK_GATEWAY_CONFIG" "$OUT/"
+spawn_ready acme "$WORK" env $(tls ca-frontend) RUST_LOG=warn "$BIN/ca-frontend" serve --config "$WORK/acme-plain.toml" \
+    || fail "ca-frontend did not start"
 ACME_PID=$LAST_PID
-wait_ready "$WORK/acme.out" "$ACME_PID" 60 || fail "ca-frontend did not start: $(tail "$WORK/acme.log")"
+PIDS+=("$ACME_PID")
 CA_DIR=https://127.0.0.1:$ACME/directory
 curl -sf --cacert "$WORK/tlsca.pem" "$CA_DIR" > /dev/null || fail "ca-frontend directory over HTTPS"
-log "ca-frontend $CA_DIR (pid $ACME_PID), OCSP pid $OCSP_PID, DNS pid $DNS_PID"
-
-# --- with remote perspectives (--perspectives) -----------------------------------------------
-# Three `ca-frontend perspective` processes as ca-frontend/examples/perspective.toml describes
-# them (the gateway's dev PKI for mTLS, the same DNS), and a second frontend, its own database,
-# whose config keeps dev.toml's [validation.perspectives] pointed at them.
-ACME3P_PID= PERSPECTIVE_PIDS=()
-if ((PERSPECTIVES)); then
-    sed -e "s#\.\./\.\./target/dev#$WORK#g" -e "s#127.0.0.1:8053#127.0.0.1:$DNS#" \
-        -e "s#^http_port = 5002#http_port = $HTTP#" -e "s#^tls_port = 5001#tls_port = $TLS#" \
-        "$ROOT/ca-frontend/examples/perspective.toml" > "$WORK/perspective.toml"
-    for n in 1 2 3; do
-        start_bg "perspective-$n" env RUST_LOG=warn "$BIN/ca-frontend" perspective \
-            --config "$WORK/perspective.toml" --name "p$n" --listen "127.0.0.1:730$n"
-        PERSPECTIVE_PIDS+=("$LAST_PID")
-        wait_ready "$WORK/perspective-$n.out" "$LAST_PID" 30 || fail "perspective $n did not start: $(tail "$WORK/perspective-$n.log")"
-    done
-    sed -e "s#\.\./\.\./ocsp/examples/dev.toml#$WORK/ocsp.toml#" -e "s#\.\./\.\./target/dev#$WORK#g" \
-        -e "s#^base_url = .*#base_url = \"https://127.0.0.1:$ACME3P\"#" \
-        -e "s#127.0.0.1:4001#127.0.0.1:$ACME3P#g" -e "s#127.0.0.1:50051#127.0.0.1:$GW#" \
-        -e "s#127.0.0.1:8080#127.0.0.1:$OCSP#" -e "s#127.0.0.1:8053#127.0.0.1:$DNS#" \
-        -e "s#^http_port = 5002#http_port = $HTTP#" -e "s#^tls_port = 5001#tls_port = $TLS#" \
-        -e "s#127.0.0.1:710\([1-3]\)#127.0.0.1:730\1#" -e "s#127.0.0.1:9466#127.0.0.1:$ACME3PM#" \
-        -e "s#ca.sqlite#ca-3p.sqlite#" \
-        -e "s#^orders_per_account_per_hour = .*#orders_per_account_per_hour = 4000000000#" \
-        -e "s#^certificates_per_domain_per_week = .*#certificates_per_domain_per_week = 4000000000#" \
-        -e "s#^accounts_per_hour = .*#accounts_per_hour = 4000000000#" \
-        "$ROOT/ca-frontend/examples/dev.toml" > "$WORK/acme-3p.toml"
-    python3 - "$WORK/acme-3p.toml" "$WORK/https.pem" "$WORK/https.key" <<'PY'
-import sys
-path, cert, key = sys.argv[1:4]
-text = open(path).read()
-text = text.replace("\n[gateway]\n", f'\n[server.tls]\ncert = "{cert}"\nkey = "{key}"\n\n[gateway]\n', 1)
-open(path, "w").write(text)
-PY
-    grep -q 'validation.perspectives.remote' "$WORK/acme-3p.toml" || fail "no perspectives in acme-3p.toml"
-    cp "$WORK/acme-3p.toml" "$WORK/perspective.toml" "$OUT/"
-    start_bg acme-3p env $(tls ca-frontend) RUST_LOG=warn "$BIN/ca-frontend" serve --config "$WORK/acme-3p.toml"
-    ACME3P_PID=$LAST_PID
-    wait_ready "$WORK/acme-3p.out" "$ACME3P_PID" 60 || fail "ca-frontend with perspectives did not start: $(tail "$WORK/acme-3p.log")"
-    CA3P_DIR=https://127.0.0.1:$ACME3P/directory
-    curl -sf --cacert "$WORK/tlsca.pem" "$CA3P_DIR" > /dev/null || fail "ca-frontend-3p directory over HTTPS"
-    log "ca-frontend with three perspectives $CA3P_DIR (pid $ACME3P_PID; perspectives ${PERSPECTIVE_PIDS[*]})"
-fi
+log "ca-frontend $CA_DIR (pid $ACME_PID)"
 
 # --- pebble ----------------------------------------------------------------------------------
 cat > "$WORK/pebble.json" <<JSON
@@ -262,7 +176,7 @@ PEBBLE_PID=
 start_pebble() {
     [[ -n $PEBBLE_PID ]] && stop_pid "$PEBBLE_PID"
     env PEBBLE_VA_NOSLEEP=1 PEBBLE_WFE_NONCEREJECT=0 PEBBLE_AUTHZREUSE=0 \
-        pebble -config "$WORK/pebble.json" -dnsserver "127.0.0.1:$DNS" \
+        pebble -config "$WORK/pebble.json" -dnsserver "$STACK_DNS_ADDR" \
         >> "$WORK/pebble.out" 2>> "$WORK/pebble.log" &
     PEBBLE_PID=$!
     PIDS+=("$PEBBLE_PID")
@@ -305,8 +219,8 @@ for c in $CONCURRENCY; do
         ((PERSPECTIVES)) && bench ca-frontend-3p "$CA3P_DIR" "$c" "$r"
     done
 done
-curl -sf "http://127.0.0.1:$GWM/metrics" > "$OUT/gateway-metrics.txt" || true
-((PERSPECTIVES)) && { curl -sf "http://127.0.0.1:$ACME3PM/metrics" > "$OUT/perspective-metrics.txt" || true; }
+curl -sf "http://$STACK_GATEWAY_METRICS/metrics" > "$OUT/gateway-metrics.txt" || true
+((PERSPECTIVES)) && { curl -sf "http://$STACK_ACME_METRICS/metrics" > "$OUT/perspective-metrics.txt" || true; }
 
 # --- summary ---------------------------------------------------------------------------------
 python3 "$HERE/summary.py" "$OUT" > "$OUT/summary.md"

@@ -17,11 +17,13 @@
 #   - slow and idle connections against the OCSP and ACME listeners (slow_connections.py);
 #   - forgery attempts, internal names, an oversized refused batch (hostile.py).
 #
-# Everything runs on 127.0.0.1 in a temporary directory, on ports of its own (so it does not
-# collide with hsm-config/dev/run.sh): gateway 50151, OCSP 8180, ACME 4101, challenge DNS 8153
-# (pebble-challtestsrv: every name is 127.0.0.1), http-01 5102, tls-alpn-01 5101, a second OCSP
-# responder with both CertID hashes 8182, three remote validation perspectives 7201-7203 (every
-# challenge and CAA check corroborated, issue 17) with the frontend's validation metrics 9567.
+# Everything runs on 127.0.0.1 in a temporary directory: the stack kit (`hsmgate-stack up --dir
+# --ports ephemeral`, bench/stack/stack.sh) starts the dev stack there on ephemeral ports, so it
+# runs beside hsm-config/dev/run.sh: gateway, OCSP responder, ACME frontend, challenge DNS
+# (pebble-challtestsrv: every name is 127.0.0.1), the http-01 and tls-alpn-01 ports the clients
+# listen on, three remote validation perspectives (every challenge and CAA check corroborated,
+# issue 17); the addresses are in $WORK/stack.env. A second OCSP responder with both CertID
+# hashes gets a config derived from the stack's (`hsmgate-stack config`).
 #
 # Usage: ca-frontend/e2e/clients.sh   (BIN=target/release to use release binaries;
 #        E2E_KEEP_GOING=1 to run every check and list the failures at the end)
@@ -30,9 +32,6 @@ cd "$(dirname "$0")/../.."
 ROOT=$PWD
 BIN=${BIN:-$ROOT/target/debug}
 WORK=$(mktemp -d /tmp/hsmgate-acme-e2e.XXXXXX)
-GW=50151 GWM=9564 OCSP=8180 OCSPM=9565 ACME=4101 DNS=8153 MGMT=8155 HTTP=5102 TLS=5101
-OCSP2=8182 OCSP2M=9566 PERSPECTIVES=7200 ACMEM=9567
-DIR=http://127.0.0.1:$ACME/directory
 # The slow-connection checks open 2,050 connections to each listener: the processes started
 # here inherit a file limit above that (CI shells often start at 1,024).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -42,6 +41,7 @@ pids=()
 cleanup() {
     local rc=$?
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    stack_down 2>/dev/null || true
     wait 2>/dev/null || true
     if [ $rc -ne 0 ] || [ ${#failed[@]} -gt 0 ]; then
         echo "--- FAILED; logs in $WORK:" >&2
@@ -71,81 +71,28 @@ done
 . ca-frontend/e2e/ocsp-matrix.sh
 . ca-frontend/e2e/acme-clients.sh
 
-# --- the gateway on two SoftHSM2 tokens, over mTLS ---------------------------------------------
-sed -e "s#\.\./\.\./target/dev#$WORK#g" -e "s#127.0.0.1:50051#127.0.0.1:$GW#" \
-    -e "s#127.0.0.1:9464#127.0.0.1:$GWM#" hsm-config/examples/dev.toml > "$WORK/gateway.toml"
-export SOFTHSM2_CONF=$WORK/softhsm2.conf
-"$BIN/hsm-config" provision "$WORK/gateway.toml" --public-keys "$WORK/public-keys" > "$WORK/provision.log" 2>&1
-"$BIN/hsm-config" dev-certs "$WORK/tls" > /dev/null
+# --- the whole stack, started by the stack kit (bench/stack) ----------------------------------
+# The gateway on two SoftHSM2 tokens over mTLS, the CA made through it by the `ceremony`
+# identity, the OCSP responder, pre-signer and CRL updater, pebble-challtestsrv as the
+# validation DNS, three remote perspectives and the frontend: the dev stack's configs moved into
+# $WORK, on ephemeral ports. Short connection timeouts, so that the slow-connection check below
+# sees them act in seconds; a revocation in its CRL shard within CRL_DELAY seconds (60 in the
+# dev config; the BR allow 24 h).
+SLOW_TIMEOUT=3 CRL_DELAY=3
+. bench/stack/stack.sh
+RUST_LOG=info stack_up "$WORK" \
+    --set "ocsp.responder.connections.header_read_timeout_secs=$SLOW_TIMEOUT" \
+    --set "ocsp.responder.connections.idle_timeout_secs=$SLOW_TIMEOUT" \
+    --set "ocsp.issuers.0.crl.revocation_delay_secs=$CRL_DELAY" \
+    --set "acme.server.connections.header_read_timeout_secs=$SLOW_TIMEOUT" \
+    --set "acme.server.connections.idle_timeout_secs=$SLOW_TIMEOUT" \
+    || die "the stack did not start"
+export SOFTHSM2_CONF=$STACK_SOFTHSM2_CONF
+GW=$STACK_GATEWAY_ADDR OCSP_URL=$STACK_OCSP_URL DIR=$STACK_ACME_DIRECTORY MGMT=$STACK_DNS_MANAGEMENT
+HTTP=$STACK_HTTP01_PORT TLS=$STACK_TLSALPN01_PORT
 tls() { echo "HSMGATE_TLS_CA=$WORK/tls/ca.pem HSMGATE_TLS_CERT=$WORK/tls/$1.pem HSMGATE_TLS_KEY=$WORK/tls/$1.key"; }
-"$BIN/signer" --config "$WORK/gateway.toml" > "$WORK/signer.out" 2> "$WORK/signer.log" &
-pids+=($!)
-for _ in $(seq 1 100); do grep -q '^READY' "$WORK/signer.out" 2>/dev/null && break; sleep 0.1; done
-grep -q '^READY' "$WORK/signer.out" || die "the gateway did not start"
-log "gateway up"
-
-# --- the CA hierarchy, made through the gateway by the `ceremony` identity ----------------------
-for i in $(seq 1 50); do
-    if env $(tls ceremony) "$BIN/ca-frontend" ceremony --gateway "https://127.0.0.1:$GW" \
-        --root-key dev-root --intermediate-key dev-p256 \
-        --root-out "$WORK/root.pem" --intermediate-out "$WORK/issuer.pem" > "$WORK/ceremony.log" 2>&1; then
-        break
-    fi
-    [ "$i" -lt 50 ] || die "ceremony: $(cat "$WORK/ceremony.log")"
-    sleep 0.2
-done
 openssl verify -CAfile "$WORK/root.pem" "$WORK/issuer.pem" > /dev/null || die "intermediate does not chain to the root"
-log "root and intermediate made through the gateway"
-
-# --- OCSP responder, challenge DNS, the frontend ------------------------------------------------
-sed -e "s#\.\./\.\./target/dev#$WORK#g" -e "s#127.0.0.1:8080#127.0.0.1:$OCSP#" \
-    -e "s#127.0.0.1:9465#127.0.0.1:$OCSPM#" -e "s#127.0.0.1:50051#127.0.0.1:$GW#" \
-    ocsp/examples/dev.toml > "$WORK/ocsp.toml"
-# Short connection timeouts, so that the slow-connection check below sees them act in seconds.
-SLOW_TIMEOUT=3
-printf '\n[responder.connections]\nheader_read_timeout_secs = %s\nidle_timeout_secs = %s\n' \
-    $SLOW_TIMEOUT $SLOW_TIMEOUT >> "$WORK/ocsp.toml"
-"$BIN/hsmgate-ocsp" serve --config "$WORK/ocsp.toml" > "$WORK/ocsp.out" 2> "$WORK/ocsp.log" &
-pids+=($!)
-# The CRL updater (issue 15): a revocation is in its shard within CRL_DELAY seconds here (60 in
-# the dev config; the BR allow 24 h).
-CRL_DELAY=3
-sed -i "s#^revocation_delay_secs = 60 #revocation_delay_secs = $CRL_DELAY #" "$WORK/ocsp.toml"
-grep -q "^revocation_delay_secs = $CRL_DELAY " "$WORK/ocsp.toml" || die "ocsp/examples/dev.toml's revocation_delay_secs line changed"
-env $(tls ocsp-presigner) "$BIN/hsmgate-ocsp" crl-update --config "$WORK/ocsp.toml" \
-    > "$WORK/crl-update.out" 2> "$WORK/crl-update.log" &
-pids+=($!)
-cat "$WORK/issuer.pem" "$WORK/root.pem" > "$WORK/ca-chain.pem"
-pebble-challtestsrv -dns01 "127.0.0.1:$DNS" -management "127.0.0.1:$MGMT" -http01 "" -https01 "" \
-    -tlsalpn01 "" -defaultIPv6 "" > "$WORK/challtestsrv.log" 2>&1 &
-pids+=($!)
-# The dev stack's three remote perspectives (ca-frontend/examples/perspective.toml), each asked
-# over mTLS with the frontend's client certificate.
-sed -e "s#\.\./\.\./target/dev#$WORK#g" -e "s#127.0.0.1:8053#127.0.0.1:$DNS#" \
-    -e "s#^http_port = 5002#http_port = $HTTP#" -e "s#^tls_port = 5001#tls_port = $TLS#" \
-    ca-frontend/examples/perspective.toml > "$WORK/perspective.toml"
-for n in 1 2 3; do
-    name=dev-$(echo abc | cut -c$n)
-    RUST_LOG=info "$BIN/ca-frontend" perspective --config "$WORK/perspective.toml" --name "$name" \
-        --listen "127.0.0.1:$((PERSPECTIVES + n))" > "$WORK/perspective-$name.out" 2> "$WORK/perspective-$name.log" &
-    pids+=($!)
-    for _ in $(seq 1 100); do grep -q '^READY' "$WORK/perspective-$name.out" 2>/dev/null && break; sleep 0.1; done
-    grep -q '^READY' "$WORK/perspective-$name.out" || die "perspective $name did not start"
-done
-sed -e "s#\.\./\.\./ocsp/examples/dev.toml#$WORK/ocsp.toml#" -e "s#\.\./\.\./target/dev#$WORK#g" \
-    -e "s#127.0.0.1:710\([1-3]\)#127.0.0.1:720\1#" -e "s#127.0.0.1:9466#127.0.0.1:$ACMEM#" \
-    -e "s#127.0.0.1:4001#127.0.0.1:$ACME#g" -e "s#127.0.0.1:50051#127.0.0.1:$GW#" \
-    -e "s#127.0.0.1:8080#127.0.0.1:$OCSP#" -e "s#127.0.0.1:8053#127.0.0.1:$DNS#" \
-    -e "s#^http_port = 5002#http_port = $HTTP#" -e "s#^tls_port = 5001#tls_port = $TLS#" \
-    ca-frontend/examples/dev.toml > "$WORK/acme.toml"
-printf '\n[server.connections]\nheader_read_timeout_secs = %s\nidle_timeout_secs = %s\n' \
-    $SLOW_TIMEOUT $SLOW_TIMEOUT >> "$WORK/acme.toml"
-env $(tls ca-frontend) RUST_LOG=info "$BIN/ca-frontend" serve --config "$WORK/acme.toml" \
-    > "$WORK/acme.out" 2> "$WORK/acme.log" &
-pids+=($!)
-for _ in $(seq 1 300); do grep -q '^READY' "$WORK/acme.out" 2>/dev/null && break; sleep 0.1; done
-grep -q '^READY' "$WORK/acme.out" || die "ca-frontend did not start"
-log "ca-frontend $DIR, OCSP http://127.0.0.1:$OCSP"
+log "stack up (hsmgate-stack, $WORK/stack.env): gateway $GW, root and intermediate made through it, ca-frontend $DIR, OCSP $OCSP_URL"
 
 # --- slow and idle connections (issue 12 item 3), in the background while the clients run -------
 # 2,000 connections that never send a byte and 50 that send half a header, on the OCSP and the
@@ -157,8 +104,8 @@ slow_check() { # NAME TARGET PATH
     python3 ca-frontend/e2e/slow_connections.py --target "$2" --path "$3" --idle 2000 --half 50 \
         --requests 50 --p99-limit 1.0 --expect-closed-after $((SLOW_TIMEOUT + 5)) > "$WORK/slow-$1.log" 2>&1
 }
-slow_check ocsp "127.0.0.1:$OCSP" "$OCSP_GET_PATH" & slow_ocsp=$!
-slow_check acme "127.0.0.1:$ACME" /directory & slow_acme=$!
+slow_check ocsp "$STACK_OCSP_ADDR" "$OCSP_GET_PATH" & slow_ocsp=$!
+slow_check acme "$STACK_ACME_ADDR" /directory & slow_acme=$!
 
 # --- checks ------------------------------------------------------------------------------------
 # check_cert FILE: chains to the root; OCSP says good.
@@ -168,7 +115,7 @@ check_good() {
         || fail "$cert does not verify against the root"
     local out
     out=$(openssl ocsp -issuer "$WORK/issuer.pem" -CAfile "$WORK/root.pem" -cert "$cert" \
-        -url "http://127.0.0.1:$OCSP" -no_nonce 2>&1) || fail "openssl ocsp: $out"
+        -url "$OCSP_URL" -no_nonce 2>&1) || fail "openssl ocsp: $out"
     grep -q ": good" <<< "$out" || fail "OCSP for $cert is not good: $out"
     grep -q "Response verify OK" <<< "$out" || fail "OCSP response for $cert does not verify: $out"
 }
@@ -177,7 +124,7 @@ check_revoked() {
     local cert=$1 reason=$2 out=""
     for _ in $(seq 1 40); do
         out=$(openssl ocsp -issuer "$WORK/issuer.pem" -CAfile "$WORK/root.pem" -cert "$cert" \
-            -url "http://127.0.0.1:$OCSP" -no_nonce 2>&1) || true
+            -url "$OCSP_URL" -no_nonce 2>&1) || true
         grep -q ": revoked" <<< "$out" && break
         sleep 0.25
     done
@@ -236,18 +183,18 @@ check_crl_revoked() {
 mkdir -p "$WORK/hooks"
 cat > "$WORK/hooks/certbot-auth.sh" <<HOOK
 #!/bin/sh
-curl -sf -X POST -d "{\"host\":\"_acme-challenge.\$CERTBOT_DOMAIN.\",\"value\":\"\$CERTBOT_VALIDATION\"}" http://127.0.0.1:$MGMT/set-txt
+curl -sf -X POST -d "{\"host\":\"_acme-challenge.\$CERTBOT_DOMAIN.\",\"value\":\"\$CERTBOT_VALIDATION\"}" $MGMT/set-txt
 HOOK
 cat > "$WORK/hooks/certbot-cleanup.sh" <<HOOK
 #!/bin/sh
-curl -sf -X POST -d "{\"host\":\"_acme-challenge.\$CERTBOT_DOMAIN.\"}" http://127.0.0.1:$MGMT/clear-txt
+curl -sf -X POST -d "{\"host\":\"_acme-challenge.\$CERTBOT_DOMAIN.\"}" $MGMT/clear-txt
 HOOK
 cat > "$WORK/hooks/lego-exec.sh" <<HOOK
 #!/bin/sh
 # lego's exec DNS provider: \$1 = present|cleanup, \$2 = FQDN, \$3 = record value.
 case "\$1" in
-  present) curl -sf -X POST -d "{\"host\":\"\$2\",\"value\":\"\$3\"}" http://127.0.0.1:$MGMT/set-txt ;;
-  cleanup) curl -sf -X POST -d "{\"host\":\"\$2\"}" http://127.0.0.1:$MGMT/clear-txt ;;
+  present) curl -sf -X POST -d "{\"host\":\"\$2\",\"value\":\"\$3\"}" $MGMT/set-txt ;;
+  cleanup) curl -sf -X POST -d "{\"host\":\"\$2\"}" $MGMT/clear-txt ;;
 esac
 HOOK
 chmod +x "$WORK"/hooks/*.sh
@@ -287,7 +234,7 @@ log "certbot revoke: listed in its CRL shard ${crl_lag}s after OCSP said revoked
 
 # --- OCSP clients, default config (issue 13) ---------------------------------------------------
 build_ocspcheck
-ocsp_matrix "http://127.0.0.1:$OCSP" "$CB/config/live/cb-dns/cert.pem" "$CB/config/live/cb-http/cert.pem" sha1
+ocsp_matrix "$OCSP_URL" "$CB/config/live/cb-dns/cert.pem" "$CB/config/live/cb-http/cert.pem" sha1
 log "OCSP, default config: $OCSP_PASSED checks passed (openssl GET/POST, Python cryptography, Go ParseResponse/ParseResponseForCert; SHA-1 CertIDs; good and revoked)"
 
 # --- lego (Debian, 4.9) ------------------------------------------------------------------------
@@ -306,7 +253,7 @@ check_good "$LEGO_DIR/certificates/lego-tls.example.test.crt"
 log "lego tls-alpn-01: issued, OCSP good"
 
 EXEC_PATH=$WORK/hooks/lego-exec.sh EXEC_POLLING_INTERVAL=1 EXEC_PROPAGATION_TIMEOUT=20 EXEC_SEQUENCE_INTERVAL=1 \
-    lego_run --dns exec --dns.resolvers "127.0.0.1:$DNS" --dns.disable-cp \
+    lego_run --dns exec --dns.resolvers "$STACK_DNS_ADDR" --dns.disable-cp \
     -d '*.lego-wild.example.test' -d lego-wild.example.test run
 check_good "$LEGO_DIR/certificates/_.lego-wild.example.test.crt"
 openssl x509 -noout -ext subjectAltName -in "$LEGO_DIR/certificates/_.lego-wild.example.test.crt" \
@@ -362,23 +309,24 @@ log "certbot $("$VENV/bin/certbot" --version 2>&1 | cut -d' ' -f2) ARI: renewed 
 # --- OCSP clients with both CertID hashes configured (issue 13) --------------------------------
 # A second store and responder whose pre-signer serves SHA-1 and SHA-256 CertIDs; the good and
 # the revoked certificate from certbot are published into it through the gateway.
-sed -e "s#$WORK/ocsp.sqlite#$WORK/ocsp-both.sqlite#" -e "s#127.0.0.1:$OCSP\"#127.0.0.1:$OCSP2\"#" \
-    -e "s#127.0.0.1:$OCSPM\"#127.0.0.1:$OCSP2M\"#" -e '/^cert_id_hashes/d' \
-    -e 's#^\[presigner\]#[presigner]\ncert_id_hashes = ["sha1", "sha256"]#' "$WORK/ocsp.toml" > "$WORK/ocsp-both.toml"
+"$BIN/hsmgate-stack" config ocsp "$WORK/ocsp.toml" "$WORK/ocsp-both.toml" \
+    --set "ocsp.store.path=$WORK/ocsp-both.sqlite" --set ocsp.responder.listen=127.0.0.1:0 \
+    --set ocsp.responder.metrics_listen=127.0.0.1:0 --set 'ocsp.presigner.cert_id_hashes=["sha1", "sha256"]' \
+    2> "$WORK/ocsp-both-config.log" || die "ocsp-both.toml: $(cat "$WORK/ocsp-both-config.log")"
 good_cert=$CB/config/live/cb-dns/cert.pem revoked_cert=$CB/config/live/cb-http/cert.pem
 env $(tls ocsp-presigner) "$BIN/hsmgate-ocsp" publish --config "$WORK/ocsp-both.toml" --issuer dev-ca \
     --serial "$(serial "$good_cert")" --good > "$WORK/publish.log" 2>&1 || die "publish: $(cat "$WORK/publish.log")"
 env $(tls ocsp-presigner) "$BIN/hsmgate-ocsp" publish --config "$WORK/ocsp-both.toml" --issuer dev-ca \
     --serial "$(serial "$revoked_cert")" --revoked --reason 1 >> "$WORK/publish.log" 2>&1 || die "publish: $(cat "$WORK/publish.log")"
-"$BIN/hsmgate-ocsp" serve --config "$WORK/ocsp-both.toml" > "$WORK/ocsp-both.out" 2> "$WORK/ocsp-both.log" &
-pids+=($!)
-for _ in $(seq 1 100); do grep -q '^READY' "$WORK/ocsp-both.out" 2>/dev/null && break; sleep 0.1; done
-grep -q '^READY' "$WORK/ocsp-both.out" || die "the second OCSP responder did not start"
-ocsp_matrix "http://127.0.0.1:$OCSP2" "$good_cert" "$revoked_cert" sha1 sha256
+spawn_ready ocsp-both "$WORK" "$BIN/hsmgate-ocsp" serve --config "$WORK/ocsp-both.toml" \
+    || die "the second OCSP responder did not start"
+pids+=("$LAST_PID")
+OCSP2=$(ready_field "$READY_LINE" http)
+ocsp_matrix "http://$OCSP2" "$good_cert" "$revoked_cert" sha1 sha256
 log "OCSP, cert_id_hashes = [sha1, sha256]: $OCSP_PASSED checks passed (SHA-1 and SHA-256 CertIDs)"
 
 # --- gRPC health and reflection with Python's clients (issue 13) -------------------------------
-if out=$(python3 ca-frontend/e2e/grpc_check.py "127.0.0.1:$GW" "$WORK/tls/ca.pem" "$WORK/tls/ca-frontend.pem" \
+if out=$(python3 ca-frontend/e2e/grpc_check.py "$GW" "$WORK/tls/ca.pem" "$WORK/tls/ca-frontend.pem" \
     "$WORK/tls/ca-frontend.key" 2>&1); then
     log "gRPC: grpcio-health-checking SERVING; grpcio-reflection v1alpha and v1 list hsmgate.signer.v1.Signer"
 else
@@ -386,8 +334,8 @@ else
 fi
 
 # --- hostile input (issue 12) -----------------------------------------------------------------
-if python3 ca-frontend/e2e/hostile.py --work "$WORK" --gateway "127.0.0.1:$GW" --acme "$DIR" \
-    --ocsp "127.0.0.1:$OCSP" --ocsp-path "$OCSP_GET_PATH" > "$WORK/hostile.log" 2>&1; then
+if python3 ca-frontend/e2e/hostile.py --work "$WORK" --gateway "$GW" --acme "$DIR" \
+    --ocsp "$STACK_OCSP_ADDR" --ocsp-path "$OCSP_GET_PATH" > "$WORK/hostile.log" 2>&1; then
     log "hostile input: $(tail -n 1 "$WORK/hostile.log")"
 else
     fail "hostile input: $(grep '^FAIL' "$WORK/hostile.log")"
@@ -408,7 +356,7 @@ if [ ${#failed[@]} -gt 0 ]; then
     exit 1
 fi
 # --- remote perspectives (issue 17): the validations and CAA checks above were corroborated ------
-metrics=$(curl -s "http://127.0.0.1:$ACMEM/metrics")
+metrics=$(curl -s "http://$STACK_ACME_METRICS/metrics")
 summary=""
 for check in http-01 dns-01 tls-alpn-01 caa; do
     met=$(echo "$metrics" | sed -n "s/^hsmgate_acme_corroborations_total{check=\"$check\",outcome=\"met\"} //p")

@@ -23,5 +23,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 hsm-config/dev/setup.sh
 cargo build --release -p signer -p hsm-config -p hsm-bench -p ocsp -p ca-frontend -p hsmgate-stack
 # Provisioning, dev certificates, the dev CA and every service, in the order of the stack kit's
-# table of services (bench/stack/src/stack.rs); logs and files under target/dev/.
+# table of services (bench/stack/src/stack/); the example configs written to target/dev/
+# {gateway,ocsp,acme,perspective}.toml; logs and files under target/dev/. (A stack of your own
+# beside it: target/release/hsmgate-stack up --dir DIR --ports ephemeral --env-file DIR/stack.env.)
 exec target/release/hsmgate-stack up

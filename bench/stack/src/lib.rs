@@ -20,7 +20,9 @@
 //! - `configs`: gateway configs edited as [`hsm_config::Config`] and serialized.
 //! - `process`: a child process, its READY line and log, killed on drop.
 //! - `challtestsrv`: the fake DNS of the ACME validations, and children tied to a test binary.
-//! - `stack`: the development stack as one table of services ([`DevStack`]).
+//! - `stack`: a whole stack as one table of services ([`DevStack`]): the dev stack, or one in a
+//!   directory of its own on ephemeral ports, its four configs written from the examples'
+//!   typed schemas (`--set` overrides), its addresses as `STACK_*` shell variables.
 
 mod binaries;
 mod challtestsrv;
@@ -34,5 +36,8 @@ pub use binaries::{binary, profile_dir, signer, sim_module, workspace_root};
 pub use challtestsrv::{ChallTestSrv, free_port, tied};
 pub use error::Error;
 pub use process::{Log, Process, READY_TIMEOUT, Ready};
-pub use stack::{DevStack, Program, Service, ServiceLog, StartedStack};
+pub use stack::{
+    ConfigFile, DevStack, Layout, Override, Ports, Program, Service, ServiceLog, StackInfo,
+    StartedStack, apply_overrides, rewrite_config,
+};
 pub use tokens::{Provisioned, private_copy};

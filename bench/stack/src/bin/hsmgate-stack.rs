@@ -2,14 +2,17 @@
 //! describes it (provisioned dev HSMs, the gateway, the dev CA, the OCSP pre-signer, CRL
 //! updater and responder, the ACME frontend and its validation perspectives), until Ctrl-C or
 //! until one of them exits. The steps and the table of services are [`DevStack`]'s.
+//!
+//! Scripts run a stack of their own with it: `hsmgate-stack up --dir D --ports ephemeral
+//! --env-file D/stack.env [--set ocsp.…=…]` in the background, then `. D/stack.env` once the
+//! file exists (`bench/stack/stack.sh` does both).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use hsmgate_stack::{DevStack, Error, StartedStack};
+use clap::{Parser, Subcommand, ValueEnum};
+use hsmgate_stack::{ConfigFile, DevStack, Error, Override, Ports, StackInfo, StartedStack};
 
 #[derive(Debug, Parser)]
 #[command(about = "hsmgate's development stack")]
@@ -20,18 +23,97 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Provisions and starts the dev stack (hsm-config/examples/dev.toml and friends) until
-    /// Ctrl-C, SIGTERM, or one of its processes exits.
+    /// Provisions and starts a stack until Ctrl-C, SIGTERM, or one of its processes exits:
+    /// by default the dev stack (target/dev, the example configs' ports, the responder on the
+    /// terminal); with --dir, a stack of its own there, every log in a file.
     Up {
         /// The workspace root (default: the checkout this binary was built from).
         #[arg(long)]
         root: Option<PathBuf>,
+        /// The stack's directory (tokens, certificates, configs, databases, logs).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// `dev`: the example configs' ports; `ephemeral`: free ports, so that it runs beside
+        /// the dev stack and other stacks.
+        #[arg(long, value_enum, default_value_t = PortsChoice::Dev)]
+        ports: PortsChoice,
+        /// Once every service is READY, writes the stack's addresses, files and process ids
+        /// here as `STACK_*='…'` lines for `. FILE` (written whole, by a rename).
+        #[arg(long)]
+        env_file: Option<PathBuf>,
+        /// Changes one field of a written config: FILE.PATH=VALUE, FILE one of gateway, ocsp,
+        /// acme, perspective; PATH dotted (a number indexes an array); VALUE a TOML value.
+        /// E.g. `--set ocsp.issuers.0.crl.revocation_delay_secs=3`. Repeatable.
+        #[arg(long = "set", value_name = "FILE.PATH=VALUE")]
+        overrides: Vec<Override>,
+        /// The ACME frontend serves HTTPS with this certificate (PEM; with --acme-key).
+        #[arg(long, requires = "acme_key")]
+        acme_cert: Option<PathBuf>,
+        /// The key of --acme-cert (PEM).
+        #[arg(long, requires = "acme_cert")]
+        acme_key: Option<PathBuf>,
+    },
+    /// Derives a config from another: loads FROM as a config of kind KIND (gateway, ocsp, acme,
+    /// perspective), applies the --set changes (written KIND.PATH=VALUE), checks it and writes
+    /// TO. Relative paths are kept as written (a stack's configs hold absolute paths).
+    Config {
+        kind: String,
+        from: PathBuf,
+        to: PathBuf,
+        #[arg(long = "set", value_name = "KIND.PATH=VALUE")]
+        overrides: Vec<Override>,
     },
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum PortsChoice {
+    Dev,
+    Ephemeral,
+}
+
 fn main() -> std::process::ExitCode {
-    let Cmd::Up { root } = Cli::parse().command;
-    let stack = DevStack::new(&root.unwrap_or_else(hsmgate_stack::workspace_root));
+    let (root, dir, ports, env_file, overrides, acme_tls) = match Cli::parse().command {
+        Cmd::Up {
+            root,
+            dir,
+            ports,
+            env_file,
+            overrides,
+            acme_cert,
+            acme_key,
+        } => (
+            root,
+            dir,
+            ports,
+            env_file,
+            overrides,
+            acme_cert.zip(acme_key),
+        ),
+        Cmd::Config {
+            kind,
+            from,
+            to,
+            overrides,
+        } => return config(&kind, &from, &to, &overrides),
+    };
+    let root = root.unwrap_or_else(hsmgate_stack::workspace_root);
+    let ports = match ports {
+        PortsChoice::Dev => Ok(Ports::dev()),
+        PortsChoice::Ephemeral => Ports::ephemeral(),
+    };
+    let mut stack = match (dir, ports) {
+        (_, Err(e)) => {
+            eprintln!("hsmgate-stack: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+        (None, Ok(ports)) => DevStack {
+            ports,
+            ..DevStack::new(&root)
+        },
+        (Some(dir), Ok(ports)) => DevStack::in_dir(&root, &dir, ports),
+    };
+    stack.overrides = overrides;
+    stack.acme_tls = acme_tls;
     // Ctrl-C and SIGTERM only set a flag: the services are stopped below, in order.
     let stop = Arc::new(AtomicBool::new(false));
     if let Err(e) = watch_signals(stop.clone()) {
@@ -39,7 +121,12 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::FAILURE;
     }
     let mut started = StartedStack::default();
-    let result = up(&stack, &mut started, &stop);
+    let result = stack
+        .up(&mut started, &stop, |info| print_guide(&stack, info))
+        .and_then(|info| match &env_file {
+            Some(path) => write_env_file(path.as_path(), &info),
+            None => Ok(()),
+        });
     match &result {
         Ok(()) => {
             if let Some((name, status)) = started.wait_any(|| stop.load(Ordering::Relaxed)) {
@@ -54,6 +141,37 @@ fn main() -> std::process::ExitCode {
     } else {
         std::process::ExitCode::FAILURE
     }
+}
+
+/// `hsmgate-stack config`.
+fn config(kind: &str, from: &Path, to: &Path, overrides: &[Override]) -> std::process::ExitCode {
+    let Some(file) = ConfigFile::ALL.into_iter().find(|f| f.name() == kind) else {
+        eprintln!("hsmgate-stack config: KIND is one of gateway, ocsp, acme, perspective");
+        return std::process::ExitCode::FAILURE;
+    };
+    match hsmgate_stack::rewrite_config(file, from, to, overrides) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hsmgate-stack config: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes `info` to `path` whole: a temporary file beside it, then a rename, so that a script
+/// polling for the file never reads half of it.
+fn write_env_file(path: &Path, info: &StackInfo) -> Result<(), Error> {
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    std::fs::write(&partial, info.env_text()).map_err(|e| Error::Step {
+        step: format!("writing {}", partial.display()),
+        detail: e.to_string(),
+    })?;
+    std::fs::rename(&partial, path).map_err(|e| Error::Step {
+        step: format!("renaming {} to {}", partial.display(), path.display()),
+        detail: e.to_string(),
+    })
 }
 
 /// A thread with a small runtime that sets `stop` on SIGINT or SIGTERM.
@@ -82,149 +200,37 @@ fn watch_signals(stop: Arc<AtomicBool>) -> std::io::Result<()> {
     Ok(())
 }
 
-fn up(stack: &DevStack, started: &mut StartedStack, stop: &AtomicBool) -> Result<(), Error> {
-    let dev = stack.dev.display().to_string();
-    let abs_dev = stack.root.join(&stack.dev);
-    std::fs::create_dir_all(&abs_dev).map_err(|e| Error::Step {
-        step: format!("mkdir {dev}"),
-        detail: e.to_string(),
-    })?;
-    let hsm_config = |args: &[&str]| -> Result<(), Error> {
-        let out = stack.run("hsm-config", "hsm-config", args, None)?;
-        print!("{out}");
-        Ok(())
-    };
-    hsm_config(&["check", "hsm-config/examples/dev.toml"])?;
-    let public_keys = format!("{dev}/public-keys");
-    hsm_config(&[
-        "provision",
-        "hsm-config/examples/dev.toml",
-        "--public-keys",
-        &public_keys,
-    ])?;
-    // mTLS: a dev CA, the gateway's certificate for 127.0.0.1, a certificate per client
-    // (ocsp-presigner, ca-frontend, ceremony, bench). Kept across runs.
-    hsm_config(&["dev-certs", &format!("{dev}/tls")])?;
-
-    let services = stack.services();
-    let (gateway, rest) = services.split_first().ok_or_else(|| Error::Step {
-        step: "the table of services".into(),
-        detail: "empty".into(),
-    })?;
-    // The gateway; wait for its READY line.
-    let process = stack.start(gateway)?;
-    let ready = process.ready().map(|r| r.line.clone()).unwrap_or_default();
-    println!("gateway: {ready} (log: {dev}/signer.log)");
-    started.processes.push(process);
-
-    // The dev CA: a root for the gateway's dev-root key and an intermediate for dev-p256,
-    // signed by the root, both through the gateway by the `ceremony` identity (the keys never
-    // leave the HSMs). Retried while the HSMs join the rotation.
-    let (root_pem, issuer_pem) = (format!("{dev}/root.pem"), format!("{dev}/issuer.pem"));
-    let non_empty = |p: &str| std::fs::metadata(stack.root.join(p)).is_ok_and(|m| m.len() > 0);
-    if !non_empty(&root_pem) || !non_empty(&issuer_pem) {
-        for _ in 0..50 {
-            let made = stack.run(
-                "ca-frontend",
-                "ca-frontend",
-                &[
-                    "ceremony",
-                    "--gateway",
-                    "https://127.0.0.1:50051",
-                    "--root-key",
-                    "dev-root",
-                    "--intermediate-key",
-                    "dev-p256",
-                    "--root-out",
-                    &root_pem,
-                    "--intermediate-out",
-                    &issuer_pem,
-                ],
-                Some("ceremony"),
-            );
-            if made.is_ok() || stop.load(Ordering::Relaxed) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-    println!("CA:      root {root_pem}, intermediate {issuer_pem}");
-    let read = |p: &str| std::fs::read(stack.root.join(p)).unwrap_or_default();
-    let chain = [read(&issuer_pem), read(&root_pem)].concat();
-    let chain_path = abs_dev.join("ca-chain.pem");
-    std::fs::write(&chain_path, chain).map_err(|e| Error::Step {
-        step: format!("writing {}", chain_path.display()),
-        detail: e.to_string(),
-    })?;
-
-    print!(
-        "{}",
-        stack.run(
-            "ocsp",
-            "hsmgate-ocsp",
-            &[
-                "import",
-                "--config",
-                "ocsp/examples/dev.toml",
-                "ocsp/examples/dev-certificates.txt"
-            ],
-            None,
-        )?
-    );
-    // Every other service but the responder, which starts last on the terminal.
-    let (responder, middle) = rest.split_last().ok_or_else(|| Error::Step {
-        step: "the table of services".into(),
-        detail: "no responder".into(),
-    })?;
-    let mut crl_url = String::new();
-    for service in middle {
-        started.processes.push(stack.start(service)?);
-        if service.name == "crl-update" {
-            crl_url = stack
-                .run(
-                    "ocsp",
-                    "hsmgate-ocsp",
-                    &[
-                        "crl-urls",
-                        "--config",
-                        "ocsp/examples/dev.toml",
-                        "--issuer",
-                        "dev-ca",
-                        "--serial",
-                        "1003",
-                    ],
-                    None,
-                )?
-                .trim()
-                .to_owned();
-        }
-    }
-    print_guide(stack, &crl_url);
-    started.processes.push(stack.start(responder)?);
-    Ok(())
-}
-
-/// What to try, as run.sh always printed it.
-fn print_guide(stack: &DevStack, crl_url: &str) {
-    let dev = stack.dev.display();
-    let softhsm_conf = stack.softhsm_conf();
-    let softhsm_conf = softhsm_conf.display();
+/// What to try, as run.sh always printed it, with this stack's files and ports.
+fn print_guide(stack: &DevStack, info: &StackInfo) {
+    let dev = stack.dir.display();
+    let get = |name: &str| info.get(name).unwrap_or("?").to_owned();
+    let (softhsm_conf, crl_url) = (get("SOFTHSM2_CONF"), get("DEV_CRL_URL"));
+    let (ocsp, acme) = (get("OCSP_URL"), get("ACME_DIRECTORY"));
+    let (gateway, gateway_config) = (get("GATEWAY_URL"), stack.config(ConfigFile::Gateway));
+    let gateway_config = gateway_config.display();
     let bench_tls = stack.tls_env_text("bench");
+    let ports = &stack.ports;
+    let http01 = ports.http01;
     println!(
         "audit:   {dev}/audit/ — check the chain with: target/release/signer audit verify {dev}/audit
-bench:   env SOFTHSM2_CONF={softhsm_conf} {bench_tls} target/release/hsm-bench compare --config hsm-config/examples/dev.toml --key dev-bench-p256 --gateway https://127.0.0.1:50051
-OCSP:    http://127.0.0.1:8080/ — try, once the pre-signer has run (a few seconds):
-  openssl ocsp -issuer {dev}/issuer.pem -CAfile {dev}/root.pem -serial 0x1001 -url http://127.0.0.1:8080 -no_nonce
-  openssl ocsp -issuer {dev}/issuer.pem -CAfile {dev}/root.pem -serial 0x1003 -url http://127.0.0.1:8080 -no_nonce
-CRL:     {crl_url} lists revoked serial 1003 (all shards: http://127.0.0.1:8080/dev-ca.json;
-         updater log {dev}/crl-update.log, metrics http://127.0.0.1:9468/metrics) — check with:
+bench:   env SOFTHSM2_CONF={softhsm_conf} {bench_tls} target/release/hsm-bench compare --config {gateway_config} --key dev-bench-p256 --gateway {gateway}
+OCSP:    {ocsp}/ — try, once the pre-signer has run (a few seconds):
+  openssl ocsp -issuer {dev}/issuer.pem -CAfile {dev}/root.pem -serial 0x1001 -url {ocsp} -no_nonce
+  openssl ocsp -issuer {dev}/issuer.pem -CAfile {dev}/root.pem -serial 0x1003 -url {ocsp} -no_nonce
+CRL:     {crl_url} lists revoked serial 1003 (all shards: {ocsp}/dev-ca.json;
+         updater log {dev}/crl-update.log, metrics http://127.0.0.1:{crl_metrics}/metrics) — check with:
   curl -s {crl_url} | openssl crl -inform DER -CAfile {dev}/ca-chain.pem -noout -text
-ACME:    http://127.0.0.1:4001/directory (log: {dev}/acme.log, metrics http://127.0.0.1:9466/metrics) — get a certificate with:
-  certbot certonly --server http://127.0.0.1:4001/directory --standalone --http-01-port 5002 \\
+ACME:    {acme} (log: {dev}/acme.log, metrics http://127.0.0.1:{acme_metrics}/metrics) — get a certificate with:
+  certbot certonly --server {acme} --standalone --http-01-port {http01} \\
     --config-dir {dev}/certbot --work-dir {dev}/certbot --logs-dir {dev}/certbot \\
     --agree-tos --register-unsafely-without-email -d www.example.test
   openssl verify -CAfile {dev}/root.pem -untrusted {dev}/issuer.pem {dev}/certbot/live/www.example.test/cert.pem
-metrics: gateway :9464, responder :9465, ACME :9466, pre-signer :9467, CRL updater :9468
-  (http://127.0.0.1:PORT/metrics; scrape config and alert rules: hsm-config/deploy/prometheus/)"
+metrics: gateway :{gm}, responder :{rm}, ACME :{acme_metrics}, pre-signer :{pm}, CRL updater :{crl_metrics}
+  (http://127.0.0.1:PORT/metrics; scrape config and alert rules: hsm-config/deploy/prometheus/)",
+        crl_metrics = ports.crl_metrics,
+        acme_metrics = ports.acme_metrics,
+        gm = ports.gateway_metrics,
+        rm = ports.responder_metrics,
+        pm = ports.presign_metrics,
     );
 }

@@ -1,10 +1,20 @@
-//! The development stack as one table of services (Boulder keeps one such table for
-//! `start.py` and its integration tests): what `hsm-config/dev/run.sh` starts, in order.
+//! A whole hsmgate stack as one table of services (Boulder keeps one such table for
+//! `start.py` and its integration tests): what `hsm-config/dev/run.sh` starts, and what the
+//! end-to-end script and the benches start in a directory of their own on ephemeral ports.
 //!
-//! [`DevStack::up`] provisions the dev tokens, makes the dev certificates and CA, then starts
-//! every [`Service`] of [`DevStack::services`] in order, waiting for a READY line where the
-//! service prints one. [`StartedStack`] stops them all (SIGTERM; the gateway drains first) when
-//! asked or dropped.
+//! [`DevStack::up`] provisions the tokens, makes the mTLS certificates, writes the four configs
+//! from the examples ([`files`]), starts the gateway, makes the CA through it, then starts every
+//! other [`Service`] of [`DevStack::services`] in order, waiting for each READY line.
+//! [`StartedStack`] stops them all (SIGTERM; the gateway drains first) when asked or dropped.
+//!
+//! ```text
+//! provision ─> dev-certs ─> configs ─> gateway ─READY─> ceremony (root, intermediate)
+//!   ─> import ─> presign, crl-update, challtestsrv, perspectives ×3, acme ─READY─> responder
+//! ```
+
+mod files;
+mod ports;
+mod up;
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -12,14 +22,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
+pub use files::{ConfigFile, Layout, Override, apply_overrides, rewrite as rewrite_config};
+pub use ports::Ports;
+pub use up::StackInfo;
+
 use crate::binaries::binary;
 use crate::error::Error;
 use crate::process::{Log, Process, READY_TIMEOUT};
 
-/// One long-running process of the dev stack.
+/// One long-running process of the stack.
 #[derive(Clone, Debug)]
 pub struct Service {
-    /// Its name in messages and the base of its files in the dev directory
+    /// Its name in messages and the base of its files in the stack's directory
     /// (`<name>.log`, `<name>.out`).
     pub name: String,
     /// The program: a workspace binary (`package`, `bin`) or a program on PATH.
@@ -28,13 +42,10 @@ pub struct Service {
     /// The gateway client identity whose certificate it uses (`HSMGATE_TLS_*`), if it calls
     /// the gateway.
     pub gateway_identity: Option<&'static str>,
-    /// Waits for its READY line (and copies stdout to `<name>.out`).
+    /// Waits for its READY line (stdout is copied to `<name>.out`).
     pub ready: bool,
     /// Where its stderr goes.
     pub log: ServiceLog,
-    /// Its stdout kept in `<name>.out` (else discarded), for services that print READY
-    /// without the stack waiting for it.
-    pub keep_stdout: bool,
 }
 
 /// Where a service's program comes from.
@@ -52,40 +63,71 @@ pub enum Program {
 /// Where a service's log goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ServiceLog {
-    /// `<dev>/<name>.log`.
+    /// `<dir>/<name>.log`; stdout in `<dir>/<name>.out`.
     File,
-    /// `<dev>/<name>.log`, stdout included (for programs with no READY line).
+    /// `<dir>/<name>.log`, stdout included (for programs with no READY line).
     FileWithStdout,
-    /// The terminal.
+    /// The terminal (the dev stack's responder, started last).
     Terminal,
 }
 
-/// The development stack of one checkout: `hsm-config/examples/dev.toml`, its tokens and
-/// files under `target/dev/`, every listener on its fixed dev port.
+/// One stack: the example configs moved into `dir` and onto `ports`, with `overrides`.
 #[derive(Clone, Debug)]
 pub struct DevStack {
-    /// The workspace root; the example configs' relative paths resolve against it.
+    /// The workspace root; services run there.
     pub root: PathBuf,
-    /// `target/dev`, relative to `root` (as printed).
-    pub dev: PathBuf,
+    /// The stack's directory as given (relative to `root`, or absolute), as printed.
+    pub dir: PathBuf,
+    pub ports: Ports,
+    /// `--set` changes to the written configs.
+    pub overrides: Vec<Override>,
+    /// The responder logs to the terminal (the interactive dev stack) instead of its file.
+    pub responder_on_terminal: bool,
+    /// The ACME frontend serves HTTPS with this certificate and key (PEM) instead of HTTP.
+    pub acme_tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl DevStack {
+    /// The development stack of the checkout at `root`: `target/dev`, the dev ports, the
+    /// responder on the terminal.
     pub fn new(root: &Path) -> Self {
         Self {
             root: root.to_path_buf(),
-            dev: PathBuf::from("target/dev"),
+            dir: PathBuf::from("target/dev"),
+            ports: Ports::dev(),
+            overrides: Vec::new(),
+            responder_on_terminal: true,
+            acme_tls: None,
         }
     }
 
-    /// `SOFTHSM2_CONF` of the dev tokens (absolute).
+    /// A stack of its own in `dir` on `ports`, every log in a file (scripts and benches).
+    pub fn in_dir(root: &Path, dir: &Path, ports: Ports) -> Self {
+        Self {
+            root: root.to_path_buf(),
+            dir: dir.to_path_buf(),
+            ports,
+            overrides: Vec::new(),
+            responder_on_terminal: false,
+            acme_tls: None,
+        }
+    }
+
+    /// Where its files are (absolute).
+    pub fn layout(&self) -> Layout {
+        Layout {
+            dir: self.root.join(&self.dir),
+        }
+    }
+
+    /// `SOFTHSM2_CONF` of the stack's tokens (absolute).
     pub fn softhsm_conf(&self) -> PathBuf {
-        self.root.join(&self.dev).join("softhsm2.conf")
+        self.layout().softhsm_conf()
     }
 
     /// `HSMGATE_TLS_CA=… HSMGATE_TLS_CERT=… HSMGATE_TLS_KEY=…` of gateway client `identity`.
     pub fn tls_env(&self, identity: &str) -> Vec<(String, String)> {
-        let tls = self.dev.join("tls");
+        let tls = self.dir.join("tls");
         vec![
             (
                 "HSMGATE_TLS_CA".into(),
@@ -111,8 +153,12 @@ impl DevStack {
             .join(" ")
     }
 
-    /// The services, in start order. The gateway first (everything signs through it); the
-    /// OCSP responder last, on the terminal, once the rest is up and explained.
+    /// A config file of the stack, as given (relative to `root` or absolute).
+    pub fn config(&self, file: ConfigFile) -> PathBuf {
+        self.dir.join(file.file_name())
+    }
+
+    /// The services after the gateway, in start order; the OCSP responder last.
     pub fn services(&self) -> Vec<Service> {
         let ocsp = Program::Workspace {
             package: "ocsp",
@@ -122,49 +168,36 @@ impl DevStack {
             package: "ca-frontend",
             bin: "ca-frontend",
         };
-        let args = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        let config = |file| OsString::from(self.config(file));
+        let metrics = |port: u16| OsString::from(format!("127.0.0.1:{port}"));
         let mut services = vec![
-            Service {
-                name: "signer".into(),
-                program: Program::Workspace {
-                    package: "signer",
-                    bin: "signer",
-                },
-                args: args(&["--config", "hsm-config/examples/dev.toml"]),
-                gateway_identity: None,
-                ready: true,
-                log: ServiceLog::File,
-                keep_stdout: true,
-            },
             Service {
                 name: "presign".into(),
                 program: ocsp.clone(),
-                args: args(&[
-                    "presign",
-                    "--config",
-                    "ocsp/examples/dev.toml",
-                    "--metrics-listen",
-                    "127.0.0.1:9467",
-                ]),
+                args: vec![
+                    "presign".into(),
+                    "--config".into(),
+                    config(ConfigFile::Ocsp),
+                    "--metrics-listen".into(),
+                    metrics(self.ports.presign_metrics),
+                ],
                 gateway_identity: Some("ocsp-presigner"),
-                ready: false,
+                ready: true,
                 log: ServiceLog::File,
-                keep_stdout: false,
             },
             Service {
                 name: "crl-update".into(),
                 program: ocsp.clone(),
-                args: args(&[
-                    "crl-update",
-                    "--config",
-                    "ocsp/examples/dev.toml",
-                    "--metrics-listen",
-                    "127.0.0.1:9468",
-                ]),
+                args: vec![
+                    "crl-update".into(),
+                    "--config".into(),
+                    config(ConfigFile::Ocsp),
+                    "--metrics-listen".into(),
+                    metrics(self.ports.crl_metrics),
+                ],
                 gateway_identity: Some("ocsp-presigner"),
-                ready: false,
+                ready: true,
                 log: ServiceLog::File,
-                keep_stdout: false,
             },
             // Validation DNS for the ACME frontend: Pebble's challenge test server answers
             // every name with 127.0.0.1 (and serves the TXT records dns-01 clients set through
@@ -173,8 +206,8 @@ impl DevStack {
                 name: "challtestsrv".into(),
                 program: Program::External("pebble-challtestsrv"),
                 args: crate::challtestsrv::args(
-                    SocketAddr::from(([127, 0, 0, 1], 8053)),
-                    SocketAddr::from(([127, 0, 0, 1], 8055)),
+                    SocketAddr::from(([127, 0, 0, 1], self.ports.dns)),
+                    SocketAddr::from(([127, 0, 0, 1], self.ports.dns_management)),
                 )
                 .into_iter()
                 .map(OsString::from)
@@ -182,52 +215,70 @@ impl DevStack {
                 gateway_identity: None,
                 ready: false,
                 log: ServiceLog::FileWithStdout,
-                keep_stdout: false,
             },
         ];
         // Three remote validation perspectives (BR §3.2.2.9) the frontend asks over mTLS:
         // each repeats every challenge and CAA check; here all three share the challenge DNS.
-        for (name, port) in [("dev-a", 7101), ("dev-b", 7102), ("dev-c", 7103)] {
+        for (name, port) in ["dev-a", "dev-b", "dev-c"]
+            .into_iter()
+            .zip(self.ports.perspectives)
+        {
             services.push(Service {
                 name: format!("perspective-{name}"),
                 program: ca.clone(),
                 args: vec![
                     "perspective".into(),
                     "--config".into(),
-                    "ca-frontend/examples/perspective.toml".into(),
+                    config(ConfigFile::Perspective),
                     "--name".into(),
                     name.into(),
                     "--listen".into(),
                     format!("127.0.0.1:{port}").into(),
                 ],
                 gateway_identity: None,
-                ready: false,
+                ready: true,
                 log: ServiceLog::File,
-                keep_stdout: true,
             });
         }
         services.push(Service {
             name: "acme".into(),
             program: ca,
-            args: args(&["serve", "--config", "ca-frontend/examples/dev.toml"]),
+            args: vec!["serve".into(), "--config".into(), config(ConfigFile::Acme)],
             gateway_identity: Some("ca-frontend"),
-            ready: false,
+            ready: true,
             log: ServiceLog::File,
-            keep_stdout: true,
         });
         services.push(Service {
             name: "responder".into(),
             program: ocsp,
-            args: args(&["serve", "--config", "ocsp/examples/dev.toml"]),
+            args: vec!["serve".into(), "--config".into(), config(ConfigFile::Ocsp)],
             gateway_identity: None,
-            ready: false,
-            log: ServiceLog::Terminal,
-            keep_stdout: false,
+            ready: !self.responder_on_terminal,
+            log: if self.responder_on_terminal {
+                ServiceLog::Terminal
+            } else {
+                ServiceLog::File
+            },
         });
         services
     }
 
-    /// A command for `program` in the workspace root, with the dev tokens' `SOFTHSM2_CONF`.
+    /// The gateway: the first service, which everything else signs through.
+    pub fn gateway(&self) -> Service {
+        Service {
+            name: "signer".into(),
+            program: Program::Workspace {
+                package: "signer",
+                bin: "signer",
+            },
+            args: vec!["--config".into(), self.config(ConfigFile::Gateway).into()],
+            gateway_identity: None,
+            ready: true,
+            log: ServiceLog::File,
+        }
+    }
+
+    /// A command for `program` in the workspace root, with the stack's `SOFTHSM2_CONF`.
     pub fn command(&self, program: &Program) -> Result<Command, Error> {
         let path = match program {
             Program::Workspace { package, bin } => binary(package, bin)?,
@@ -281,39 +332,37 @@ impl DevStack {
         if let Some(identity) = service.gateway_identity {
             command.envs(self.tls_env(identity));
         }
-        let dir = self.root.join(&self.dev);
+        let dir = self.layout().dir;
         let log_path = dir.join(format!("{}.log", service.name));
-        let log = match service.log {
-            ServiceLog::File => Log::File(log_path),
+        let out_path = dir.join(format!("{}.out", service.name));
+        let create =
+            |path: &Path| std::fs::File::create(path).map_err(|e| Error::io("creating", path, e));
+        match service.log {
+            ServiceLog::Terminal => {
+                command.stdout(Stdio::inherit()).stderr(Stdio::inherit());
+                Process::spawn_as_configured(&service.name, command)
+            }
             ServiceLog::FileWithStdout => {
-                let file = std::fs::File::create(&log_path)
-                    .map_err(|e| Error::io("creating", &log_path, e))?;
+                let file = create(&log_path)?;
                 let copy = file
                     .try_clone()
                     .map_err(|e| Error::io("opening", &log_path, e))?;
                 command.stdout(file).stderr(copy);
-                return Process::spawn_as_configured(&service.name, command);
+                Process::spawn_as_configured(&service.name, command)
             }
-            ServiceLog::Terminal => Log::Inherit,
-        };
-        if service.ready {
-            let out = dir.join(format!("{}.out", service.name));
-            Process::spawn_ready_tee(&service.name, command, log, Some(&out), READY_TIMEOUT)
-        } else if service.log == ServiceLog::Terminal {
-            command.stdout(Stdio::inherit()).stderr(Stdio::inherit());
-            Process::spawn_as_configured(&service.name, command)
-        } else if service.keep_stdout {
-            let out = dir.join(format!("{}.out", service.name));
-            let file = std::fs::File::create(&out).map_err(|e| Error::io("creating", &out, e))?;
-            command.stdout(file);
-            let Log::File(path) = log else {
-                return Process::spawn_as_configured(&service.name, command);
-            };
-            let file = std::fs::File::create(&path).map_err(|e| Error::io("creating", &path, e))?;
-            command.stderr(file);
-            Process::spawn_as_configured(&service.name, command)
-        } else {
-            Process::spawn(&service.name, command, log)
+            ServiceLog::File if service.ready => Process::spawn_ready_tee(
+                &service.name,
+                command,
+                Log::File(log_path),
+                Some(&out_path),
+                READY_TIMEOUT,
+            ),
+            ServiceLog::File => {
+                command
+                    .stdout(create(&out_path)?)
+                    .stderr(create(&log_path)?);
+                Process::spawn_as_configured(&service.name, command)
+            }
         }
     }
 }
@@ -363,7 +412,7 @@ mod tests {
     use super::*;
 
     /// The table is what run.sh's header promises: the gateway first, the responder last, the
-    /// three perspectives on 7101-7103, the pre-signer and CRL updater on the gateway's mTLS.
+    /// three perspectives on their ports, the pre-signer and CRL updater on the gateway's mTLS.
     #[test]
     fn the_dev_stack_table_matches_what_run_sh_prints() {
         let stack = DevStack::new(Path::new("/checkout"));
@@ -372,7 +421,6 @@ mod tests {
         assert_eq!(
             names,
             [
-                "signer",
                 "presign",
                 "crl-update",
                 "challtestsrv",
@@ -383,17 +431,17 @@ mod tests {
                 "responder"
             ]
         );
-        assert!(
-            services[0].ready,
-            "everything else signs through the gateway"
+        assert_eq!(
+            stack.gateway().args,
+            ["--config", "target/dev/gateway.toml"]
         );
-        let ports: Vec<String> = services[4..7]
+        let listens: Vec<String> = services[3..6]
             .iter()
             .map(|s| s.args.last().map(|a| a.to_string_lossy().into_owned()))
             .map(Option::unwrap_or_default)
             .collect();
         assert_eq!(
-            ports,
+            listens,
             ["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"]
         );
         let identities: Vec<_> = services.iter().filter_map(|s| s.gateway_identity).collect();
@@ -401,10 +449,42 @@ mod tests {
             identities,
             ["ocsp-presigner", "ocsp-presigner", "ca-frontend"]
         );
+        assert_eq!(services.last().map(|s| s.log), Some(ServiceLog::Terminal));
         assert_eq!(
             stack.tls_env_text("bench"),
             "HSMGATE_TLS_CA=target/dev/tls/ca.pem HSMGATE_TLS_CERT=target/dev/tls/bench.pem \
              HSMGATE_TLS_KEY=target/dev/tls/bench.key"
         );
+    }
+
+    /// A stack in a directory of its own: every service on that stack's ports and configs,
+    /// the responder in a log file and waited for.
+    #[test]
+    fn a_stack_in_its_own_directory_uses_its_ports_and_configs() {
+        let ports = Ports::ephemeral().expect("free ports");
+        let stack = DevStack::in_dir(Path::new("/checkout"), Path::new("/tmp/s"), ports.clone());
+        let services = stack.services();
+        let args: Vec<String> = services
+            .iter()
+            .flat_map(|s| s.args.iter().map(|a| a.to_string_lossy().into_owned()))
+            .collect();
+        for port in [
+            ports.presign_metrics,
+            ports.crl_metrics,
+            ports.dns,
+            ports.dns_management,
+        ]
+        .into_iter()
+        .chain(ports.perspectives)
+        {
+            assert!(
+                args.iter().any(|a| a.ends_with(&format!(":{port}"))),
+                "port {port} in none of {args:?}"
+            );
+        }
+        assert!(args.contains(&"/tmp/s/ocsp.toml".to_owned()));
+        assert!(!args.iter().any(|a| a.contains("examples")));
+        let responder = services.last().expect("a responder");
+        assert_eq!((responder.log, responder.ready), (ServiceLog::File, true));
     }
 }
