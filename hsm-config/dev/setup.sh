@@ -34,6 +34,11 @@ command -v go >/dev/null || need+=(golang-go)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 python3 -c "import yaml" 2>/dev/null || need+=(python3-yaml)
+# The multi-instance deployment and its drills (bench/drills, issue 19): a Redis Cluster of its
+# own, a schema on the machine's PostgreSQL (psql creates it).
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v redis-cli >/dev/null || need+=(redis-tools)
+command -v psql >/dev/null || need+=(postgresql-client)
 
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"

@@ -16,3 +16,7 @@ cargo test --workspace
 # dehydrated, uacme, acme-tiny), the OCSP client matrix (openssl, Python cryptography, Go
 # x/crypto/ocsp), gRPC health/reflection clients, slow connections and hostile input.
 ca-frontend/e2e/clients.sh
+# The multi-instance deployment (two gateways over four HSMs behind p11-kit servers, two ACME
+# frontends on PostgreSQL, responders and CRL updaters on a Redis Cluster) and its drills in
+# a short form: a gateway SIGKILLed, one datacenter's HSM pair lost, under ACME load.
+bench/drills/run.sh --duration 12 --at 3 --hold 5

@@ -37,7 +37,7 @@ pub use challtestsrv::{ChallTestSrv, free_port, tied};
 pub use error::Error;
 pub use process::{Log, Process, READY_TIMEOUT, Ready};
 pub use stack::{
-    ConfigFile, DevStack, Layout, Override, Ports, Program, Service, ServiceLog, StackInfo,
-    StartedStack, apply_overrides, rewrite_config,
+    ConfigFile, DevStack, Layout, MultiStack, Override, Ports, Program, Service, ServiceLog,
+    StackInfo, StartedStack, apply_overrides, rewrite_config,
 };
 pub use tokens::{Provisioned, private_copy};

@@ -10,9 +10,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use hsmgate_stack::{ConfigFile, DevStack, Error, Override, Ports, StackInfo, StartedStack};
+use hsmgate_stack::{
+    ConfigFile, DevStack, Error, MultiStack, Override, Ports, StackInfo, StartedStack,
+};
 
 #[derive(Debug, Parser)]
 #[command(about = "hsmgate's development stack")]
@@ -52,6 +55,19 @@ enum Cmd {
         /// The key of --acme-cert (PEM).
         #[arg(long, requires = "acme_cert")]
         acme_key: Option<PathBuf>,
+    },
+    /// The multi-instance deployment (issue 19) in DIR on ephemeral ports: four HSMs in two
+    /// datacenters, each behind its own p11-kit server; two gateways; two ACME frontends on
+    /// PostgreSQL; a pre-signer, two CRL updaters and two responders on a Redis Cluster of
+    /// three masters and three replicas. Until Ctrl-C, SIGTERM, or one process exits.
+    Multi {
+        #[arg(long)]
+        root: Option<PathBuf>,
+        #[arg(long)]
+        dir: PathBuf,
+        /// As for `up`: every address, file and process id, once all are READY.
+        #[arg(long)]
+        env_file: Option<PathBuf>,
     },
     /// Derives a config from another: loads FROM as a config of kind KIND (gateway, ocsp, acme,
     /// perspective), applies the --set changes (written KIND.PATH=VALUE), checks it and writes
@@ -95,6 +111,11 @@ fn main() -> std::process::ExitCode {
             to,
             overrides,
         } => return config(&kind, &from, &to, &overrides),
+        Cmd::Multi {
+            root,
+            dir,
+            env_file,
+        } => return multi(root, &dir, env_file.as_deref()),
     };
     let root = root.unwrap_or_else(hsmgate_stack::workspace_root);
     let ports = match ports {
@@ -114,19 +135,86 @@ fn main() -> std::process::ExitCode {
     };
     stack.overrides = overrides;
     stack.acme_tls = acme_tls;
-    // Ctrl-C and SIGTERM only set a flag: the services are stopped below, in order.
+    run_until_stopped(|started, stop| {
+        let info = stack.up(started, stop, |info| print_guide(&stack, info))?;
+        match &env_file {
+            Some(path) => write_env_file(path.as_path(), &info),
+            None => Ok(()),
+        }
+    })
+}
+
+/// `hsmgate-stack multi`.
+fn multi(root: Option<PathBuf>, dir: &Path, env_file: Option<&Path>) -> std::process::ExitCode {
+    let root = root.unwrap_or_else(hsmgate_stack::workspace_root);
+    let stack = match MultiStack::new(&root, dir) {
+        Ok(stack) => stack,
+        Err(e) => {
+            eprintln!("hsmgate-stack: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let stop = Arc::new(AtomicBool::new(false));
     if let Err(e) = watch_signals(stop.clone()) {
         eprintln!("hsmgate-stack: cannot watch signals: {e}");
         return std::process::ExitCode::FAILURE;
     }
     let mut started = StartedStack::default();
-    let result = stack
-        .up(&mut started, &stop, |info| print_guide(&stack, info))
-        .and_then(|info| match &env_file {
-            Some(path) => write_env_file(path.as_path(), &info),
-            None => Ok(()),
-        });
+    let mut info = match stack.up(&mut started, &stop).and_then(|info| {
+        env_file.map_or(Ok(()), |path| write_env_file(path, &info))?;
+        Ok(info)
+    }) {
+        Ok(info) => info,
+        Err(e) => {
+            eprintln!("hsmgate-stack: {e}");
+            started.stop_all();
+            let _ = stack.drop_schema();
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    // Supervised: a process that exits (a drill killed it) is started again, as systemd's
+    // `Restart=always` would, and the env file gets its new pid.
+    while let Some((name, status)) = started.wait_any(|| stop.load(Ordering::Relaxed)) {
+        eprintln!("hsmgate-stack: {name} exited ({status}); restarting it");
+        std::thread::sleep(Duration::from_millis(500));
+        match stack.restart(&name) {
+            Ok((process, pid_var)) => {
+                eprintln!("hsmgate-stack: {name} restarted (pid {})", process.pid());
+                info.set(&pid_var, process.pid());
+                if let Some(slot) = started.processes.iter_mut().find(|p| p.name() == name) {
+                    *slot = process;
+                }
+                if let Some(path) = env_file
+                    && let Err(e) = write_env_file(path, &info)
+                {
+                    eprintln!("hsmgate-stack: {e}");
+                }
+            }
+            Err(e) => {
+                eprintln!("hsmgate-stack: cannot restart {name}: {e}; stopping the others");
+                break;
+            }
+        }
+    }
+    started.stop_all();
+    if let Err(e) = stack.drop_schema() {
+        eprintln!("hsmgate-stack: {e}");
+    }
+    std::process::ExitCode::SUCCESS
+}
+
+/// Ctrl-C and SIGTERM only set a flag; `start` brings processes up into the stack, which then
+/// runs until the flag is set or one process exits, and is stopped in order.
+fn run_until_stopped(
+    start: impl FnOnce(&mut StartedStack, &AtomicBool) -> Result<(), Error>,
+) -> std::process::ExitCode {
+    let stop = Arc::new(AtomicBool::new(false));
+    if let Err(e) = watch_signals(stop.clone()) {
+        eprintln!("hsmgate-stack: cannot watch signals: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
+    let mut started = StartedStack::default();
+    let result = start(&mut started, &stop);
     match &result {
         Ok(()) => {
             if let Some((name, status)) = started.wait_any(|| stop.load(Ordering::Relaxed)) {

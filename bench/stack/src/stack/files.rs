@@ -287,7 +287,11 @@ fn load_error(path: &Path, detail: impl std::fmt::Display) -> Error {
 }
 
 /// `hsm-config/examples/dev.toml` in the stack's directory, on its ports, mTLS with its certs.
-fn gateway(root: &Path, layout: &Layout, ports: &Ports) -> Result<hsm_config::Config, Error> {
+pub(super) fn gateway(
+    root: &Path,
+    layout: &Layout,
+    ports: &Ports,
+) -> Result<hsm_config::Config, Error> {
     let examples = root.join("hsm-config/examples");
     let path = examples.join("dev.toml");
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))?;
@@ -302,7 +306,11 @@ fn gateway(root: &Path, layout: &Layout, ports: &Ports) -> Result<hsm_config::Co
 
 /// `ocsp/examples/dev.toml`: its store, CRL directory and issuer in the stack's directory, its
 /// responder (and the CRL URLs it serves) and the gateway on the stack's ports.
-fn ocsp(root: &Path, layout: &Layout, ports: &Ports) -> Result<ocsp::config::Config, Error> {
+pub(super) fn ocsp(
+    root: &Path,
+    layout: &Layout,
+    ports: &Ports,
+) -> Result<ocsp::config::Config, Error> {
     let path = root.join("ocsp/examples/dev.toml");
     let mut config = ocsp::config::Config::load(&path).map_err(|e| load_error(&path, e))?;
     config.responder.listen = loopback(ports.responder);
@@ -323,7 +331,11 @@ fn ocsp(root: &Path, layout: &Layout, ports: &Ports) -> Result<ocsp::config::Con
 
 /// `ca-frontend/examples/dev.toml`: the gateway, OCSP, DNS and perspectives on the stack's
 /// ports, its CA, certificates and database in the stack's directory.
-fn acme(root: &Path, layout: &Layout, ports: &Ports) -> Result<ca_frontend::config::Config, Error> {
+pub(super) fn acme(
+    root: &Path,
+    layout: &Layout,
+    ports: &Ports,
+) -> Result<ca_frontend::config::Config, Error> {
     let path = root.join("ca-frontend/examples/dev.toml");
     let mut config = ca_frontend::config::Config::load(&path).map_err(|e| load_error(&path, e))?;
     let tls = layout.tls();
@@ -356,7 +368,7 @@ fn acme(root: &Path, layout: &Layout, ports: &Ports) -> Result<ca_frontend::conf
 
 /// `ca-frontend/examples/perspective.toml`: mTLS with the stack's certificates, the stack's
 /// validation DNS and ports (each perspective is started with its own `--name` and `--listen`).
-fn perspective(
+pub(super) fn perspective(
     root: &Path,
     layout: &Layout,
     ports: &Ports,

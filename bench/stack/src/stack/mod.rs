@@ -13,6 +13,7 @@
 //! ```
 
 mod files;
+mod multi;
 mod ports;
 mod up;
 
@@ -23,6 +24,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 pub use files::{ConfigFile, Layout, Override, apply_overrides, rewrite as rewrite_config};
+pub use multi::MultiStack;
 pub use ports::Ports;
 pub use up::StackInfo;
 
@@ -46,6 +48,9 @@ pub struct Service {
     pub ready: bool,
     /// Where its stderr goes.
     pub log: ServiceLog,
+    /// In a process group of its own, so that a drill can kill it with its children (a
+    /// `p11-kit server` forks one per client connection).
+    pub own_process_group: bool,
 }
 
 /// Where a service's program comes from.
@@ -184,6 +189,7 @@ impl DevStack {
                 gateway_identity: Some("ocsp-presigner"),
                 ready: true,
                 log: ServiceLog::File,
+                own_process_group: false,
             },
             Service {
                 name: "crl-update".into(),
@@ -198,6 +204,7 @@ impl DevStack {
                 gateway_identity: Some("ocsp-presigner"),
                 ready: true,
                 log: ServiceLog::File,
+                own_process_group: false,
             },
             // Validation DNS for the ACME frontend: Pebble's challenge test server answers
             // every name with 127.0.0.1 (and serves the TXT records dns-01 clients set through
@@ -215,6 +222,7 @@ impl DevStack {
                 gateway_identity: None,
                 ready: false,
                 log: ServiceLog::FileWithStdout,
+                own_process_group: false,
             },
         ];
         // Three remote validation perspectives (BR §3.2.2.9) the frontend asks over mTLS:
@@ -238,6 +246,7 @@ impl DevStack {
                 gateway_identity: None,
                 ready: true,
                 log: ServiceLog::File,
+                own_process_group: false,
             });
         }
         services.push(Service {
@@ -247,6 +256,7 @@ impl DevStack {
             gateway_identity: Some("ca-frontend"),
             ready: true,
             log: ServiceLog::File,
+            own_process_group: false,
         });
         services.push(Service {
             name: "responder".into(),
@@ -259,6 +269,7 @@ impl DevStack {
             } else {
                 ServiceLog::File
             },
+            own_process_group: false,
         });
         services
     }
@@ -275,6 +286,7 @@ impl DevStack {
             gateway_identity: None,
             ready: true,
             log: ServiceLog::File,
+            own_process_group: false,
         }
     }
 
@@ -331,6 +343,10 @@ impl DevStack {
         command.args(&service.args);
         if let Some(identity) = service.gateway_identity {
             command.envs(self.tls_env(identity));
+        }
+        if service.own_process_group {
+            use std::os::unix::process::CommandExt as _;
+            command.process_group(0);
         }
         let dir = self.layout().dir;
         let log_path = dir.join(format!("{}.log", service.name));

@@ -16,13 +16,19 @@ pub struct StackInfo {
 }
 
 impl StackInfo {
-    fn set(&mut self, name: &str, value: impl std::fmt::Display) {
+    /// Sets `STACK_<name>`.
+    pub fn set(&mut self, name: &str, value: impl std::fmt::Display) {
         let name = format!("STACK_{name}");
         let value = value.to_string();
         match self.vars.iter_mut().find(|(n, _)| *n == name) {
             Some(slot) => slot.1 = value,
             None => self.vars.push((name, value)),
         }
+    }
+
+    pub(crate) fn unset(&mut self, name: &str) {
+        let name = format!("STACK_{name}");
+        self.vars.retain(|(n, _)| *n != name);
     }
 
     /// The value of `STACK_<name>`.
@@ -211,7 +217,7 @@ impl DevStack {
     /// The CA: a root for the gateway's dev-root key and an intermediate for dev-p256, signed
     /// by the root, both through the gateway by the `ceremony` identity (the keys never leave
     /// the HSMs). Kept across runs of the dev stack; retried while the HSMs join the rotation.
-    fn ceremony(&self, stop: &AtomicBool) -> Result<(), Error> {
+    pub(super) fn ceremony(&self, stop: &AtomicBool) -> Result<(), Error> {
         let layout = self.layout();
         let non_empty = |p: &std::path::Path| std::fs::metadata(p).is_ok_and(|m| m.len() > 0);
         if non_empty(&layout.root_pem()) && non_empty(&layout.issuer_pem()) {
@@ -252,7 +258,7 @@ impl DevStack {
 }
 
 /// `PID_PERSPECTIVE_DEV_A` for service `perspective-dev-a`.
-fn pid_name(service: &str) -> String {
+pub(super) fn pid_name(service: &str) -> String {
     format!("PID_{}", service.to_uppercase().replace('-', "_"))
 }
 

@@ -1,0 +1,692 @@
+//! The multi-instance deployment on one machine (issue 19): what the architecture says runs in
+//! production, every part more than once, on loopback.
+//!
+//! ```text
+//!  dc-east: east-1, east-2        dc-west: west-1, west-2     (SoftHSM2 tokens, each behind its
+//!      │ p11-kit server ×2            │ p11-kit server ×2      own `p11-kit server` process)
+//!      └──────────────┬───────────────┘
+//!        gateway-east (local dc-east)   gateway-west (local dc-west)
+//!              │  every caller knows both gateways (URLs separated by commas)
+//!   acme-1, acme-2 ── PostgreSQL (a schema of its own)
+//!   presign, crl-update-1, crl-update-2, responder-1, responder-2 ── Redis Cluster
+//!                                                    (3 masters, 3 replicas)
+//! ```
+//!
+//! [`MultiStack::up`] starts it all and returns [`StackInfo`] with every address and process id,
+//! so that a drill can kill one part (a gateway, a Redis master, one datacenter's p11-kit
+//! servers) and watch the rest.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use super::files::{self, Layout};
+use super::{DevStack, Program, Service, ServiceLog, StackInfo, StartedStack};
+use crate::challtestsrv::free_port;
+use crate::configs;
+use crate::error::Error;
+use crate::stack::Ports;
+
+/// p11-kit's client module: the gateway's PKCS#11 module for an HSM behind `p11-kit server`.
+pub const P11KIT_CLIENT: &str = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so";
+
+/// The four HSMs: (datacenter, name, token label).
+pub const HSMS: [(&str, &str, &str); 4] = [
+    ("dc-east", "east-1", "EAST-1"),
+    ("dc-east", "east-2", "EAST-2"),
+    ("dc-west", "west-1", "WEST-1"),
+    ("dc-west", "west-2", "WEST-2"),
+];
+
+/// PostgreSQL as the machine runs it (trust auth on loopback).
+pub const POSTGRES: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
+
+/// Ports of the second instance of each part (the first are [`Ports`]').
+#[derive(Clone, Debug)]
+struct Second {
+    gateway: u16,
+    gateway_metrics: u16,
+    responder: u16,
+    responder_metrics: u16,
+    acme: u16,
+    acme_metrics: u16,
+    crl_metrics: u16,
+}
+
+/// The multi-instance deployment in one directory, on ephemeral ports.
+#[derive(Clone, Debug)]
+pub struct MultiStack {
+    /// The first instance of each part, and the shared pieces (tokens, certificates, CA).
+    pub base: DevStack,
+    second: Second,
+    /// The six Redis Cluster nodes (each port + 10000 is its cluster bus).
+    pub redis_ports: [u16; 6],
+    /// The PostgreSQL schema of the frontends' records.
+    pub pg_schema: String,
+}
+
+impl MultiStack {
+    pub fn new(root: &Path, dir: &Path) -> Result<Self, Error> {
+        let next = free_port;
+        let second = Second {
+            gateway: next()?,
+            gateway_metrics: next()?,
+            responder: next()?,
+            responder_metrics: next()?,
+            acme: next()?,
+            acme_metrics: next()?,
+            crl_metrics: next()?,
+        };
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default();
+        Ok(Self {
+            base: DevStack::in_dir(root, dir, Ports::ephemeral()?),
+            second,
+            redis_ports: redis_ports()?,
+            pg_schema: format!("hsmgate_{}_{stamp}", std::process::id()),
+        })
+    }
+
+    fn layout(&self) -> Layout {
+        self.base.layout()
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.layout().dir.join(name)
+    }
+
+    fn gateway_urls(&self, scheme: &str) -> String {
+        [self.base.ports.gateway, self.second.gateway]
+            .map(|p| format!("{scheme}://127.0.0.1:{p}"))
+            .join(",")
+    }
+
+    /// `PostgreSQL` URL of the frontends' schema.
+    pub fn postgres_url(&self) -> String {
+        format!("{POSTGRES} options=-csearch_path={}", self.pg_schema)
+    }
+
+    /// The gateway config: the dev keys, clients and grants over four HSMs in two datacenters,
+    /// `local` first. Reached through p11-kit servers, or (for provisioning) SoftHSM2 directly.
+    fn gateway_config(
+        &self,
+        local: &str,
+        listen: u16,
+        metrics: u16,
+        audit: &str,
+        through_p11kit: bool,
+    ) -> Result<hsm_config::Config, Error> {
+        let layout = self.layout();
+        let mut config = files::gateway(&self.base.root, &layout, &self.base.ports)?;
+        config.gateway.listen = loopback(listen);
+        config.gateway.metrics_listen = Some(loopback(metrics));
+        config.gateway.local_datacenter = local.to_owned();
+        config.audit.dir = layout.dir.join(audit);
+        config.datacenters = ["dc-east", "dc-west"]
+            .map(|dc| hsm_config::Datacenter {
+                name: dc.to_owned(),
+                hsms: HSMS
+                    .iter()
+                    .filter(|(d, _, _)| *d == dc)
+                    .map(|(_, name, label)| {
+                        let pin = layout.dir.join("pins").join(format!("{name}.pin"));
+                        let mut hsm = configs::softhsm(name, label, &pin, 2);
+                        if through_p11kit {
+                            hsm.module = PathBuf::from(P11KIT_CLIENT);
+                            hsm.module_env.insert(
+                                "P11_KIT_SERVER_ADDRESS".into(),
+                                format!("unix:path={}", self.socket(name).display()),
+                            );
+                        }
+                        hsm
+                    })
+                    .collect(),
+            })
+            .into();
+        for key in &mut config.keys {
+            key.hsms = HSMS.iter().map(|(_, name, _)| (*name).to_owned()).collect();
+        }
+        Ok(config)
+    }
+
+    fn socket(&self, hsm: &str) -> PathBuf {
+        self.path("p11").join(format!("{hsm}.sock"))
+    }
+
+    /// The OCSP config of one process (`name`): the Redis Cluster store with a replica file of
+    /// its own, both gateways, the CRL URLs on responder-1.
+    fn ocsp_config(
+        &self,
+        name: &str,
+        responder: (u16, u16),
+    ) -> Result<ocsp::config::Config, Error> {
+        let mut config = files::ocsp(&self.base.root, &self.layout(), &self.base.ports)?;
+        config.responder.listen = loopback(responder.0);
+        config.responder.metrics_listen = Some(loopback(responder.1));
+        config.store = ocsp::config::Store::Redis {
+            urls: self
+                .redis_ports
+                .iter()
+                .map(|p| format!("redis://127.0.0.1:{p}"))
+                .collect(),
+            cluster: true,
+            replica: self.path(&format!("replica-{name}.sqlite")),
+        };
+        config.presigner.gateway = self.gateway_urls("http");
+        Ok(config)
+    }
+
+    /// ACME frontend `i` (1 or 2): PostgreSQL, both gateways, its own OCSP config for publishing.
+    fn acme_config(
+        &self,
+        i: usize,
+        listen: u16,
+        metrics: u16,
+    ) -> Result<ca_frontend::config::Config, Error> {
+        let mut config = files::acme(&self.base.root, &self.layout(), &self.base.ports)?;
+        config.server.listen = loopback(listen);
+        config.server.base_url = format!("http://127.0.0.1:{listen}");
+        config.server.metrics_listen = Some(loopback(metrics));
+        config.gateway.url = self.gateway_urls("https");
+        config.ocsp.config = self.path(&format!("ocsp-acme-{i}.toml"));
+        config.db = ca_frontend::config::Db::Postgres {
+            url: self.postgres_url(),
+        };
+        // Load generators and drills order thousands of certificates under one registered
+        // domain from a handful of accounts: the dev limits (50 a domain a week) would refuse
+        // them, as they should in production.
+        config.limits.orders_per_account_per_hour = 4_000_000_000;
+        config.limits.certificates_per_domain_per_week = 4_000_000_000;
+        config.limits.accounts_per_hour = 4_000_000_000;
+        Ok(config)
+    }
+
+    /// Writes every config of the deployment.
+    fn write_configs(&self) -> Result<(), Error> {
+        let (b, s) = (&self.base.ports, &self.second);
+        configs::write(
+            &self.gateway_config("dc-east", b.gateway, b.gateway_metrics, "audit", false)?,
+            &self.path("gateway-provision.toml"),
+        )?;
+        configs::write(
+            &self.gateway_config("dc-east", b.gateway, b.gateway_metrics, "audit-east", true)?,
+            &self.path("gateway-east.toml"),
+        )?;
+        configs::write(
+            &self.gateway_config("dc-west", s.gateway, s.gateway_metrics, "audit-west", true)?,
+            &self.path("gateway-west.toml"),
+        )?;
+        let first = (b.responder, b.responder_metrics);
+        let ocsp = [
+            ("presign", first),
+            ("crl-update-1", first),
+            ("crl-update-2", first),
+            ("responder-1", first),
+            ("responder-2", (s.responder, s.responder_metrics)),
+            ("acme-1", first),
+            ("acme-2", first),
+        ];
+        for (name, responder) in ocsp {
+            let config = self.ocsp_config(name, responder)?;
+            let problems = config.validate();
+            if !problems.is_empty() {
+                return Err(Error::Step {
+                    step: format!("ocsp-{name}.toml"),
+                    detail: problems.join("; "),
+                });
+            }
+            configs::write(&config, &self.path(&format!("ocsp-{name}.toml")))?;
+        }
+        for (i, listen, metrics) in [(1, b.acme, b.acme_metrics), (2, s.acme, s.acme_metrics)] {
+            let config = self.acme_config(i, listen, metrics)?;
+            let problems = config.validate();
+            if !problems.is_empty() {
+                return Err(Error::Step {
+                    step: format!("acme-{i}.toml"),
+                    detail: problems.join("; "),
+                });
+            }
+            configs::write(&config, &self.path(&format!("acme-{i}.toml")))?;
+        }
+        let perspective = files::perspective(&self.base.root, &self.layout(), &self.base.ports)?;
+        configs::write(
+            &perspective,
+            &self.layout().config(files::ConfigFile::Perspective),
+        )
+    }
+
+    /// Starts the whole deployment; each process goes into `started` as soon as it runs.
+    pub fn up(&self, started: &mut StartedStack, stop: &AtomicBool) -> Result<StackInfo, Error> {
+        let stack = &self.base;
+        let layout = self.layout();
+        std::fs::create_dir_all(layout.dir.join("p11"))
+            .map_err(|e| Error::io("creating", layout.dir.join("p11"), e))?;
+        let mut info = stack.info();
+        let dir = stack.dir.display().to_string();
+        stack.run(
+            "hsm-config",
+            "hsm-config",
+            &["dev-certs", &format!("{dir}/tls")],
+            None,
+        )?;
+
+        // Redis Cluster: three masters, a replica each.
+        for (i, port) in self.redis_ports.iter().enumerate() {
+            let process = stack.start(&self.redis_service(i, *port))?;
+            info.set(&format!("PID_REDIS_{}", i + 1), process.pid());
+            started.processes.push(process);
+        }
+        self.create_cluster()?;
+        info.set(
+            "REDIS_ADDRS",
+            self.redis_ports.map(|p| format!("127.0.0.1:{p}")).join(" "),
+        );
+        // PostgreSQL: a schema of this deployment's own.
+        psql(&format!("CREATE SCHEMA {}", self.pg_schema))?;
+        info.set("PG_SCHEMA", &self.pg_schema);
+        info.set("PG_URL", self.postgres_url());
+
+        self.write_configs()?;
+        let provision = self.path("gateway-provision.toml").display().to_string();
+        print!(
+            "{}",
+            stack.run(
+                "hsm-config",
+                "hsm-config",
+                &[
+                    "provision",
+                    &provision,
+                    "--public-keys",
+                    &format!("{dir}/public-keys")
+                ],
+                None,
+            )?
+        );
+        // Each HSM behind its own p11-kit server, in its own process group (a drill kills the
+        // group: the server and the child it forked for each gateway).
+        for (_, name, label) in HSMS {
+            let service = self.p11kit_service(name, label);
+            let process = stack.start(&service)?;
+            info.set(&super::up::pid_name(&service.name), process.pid());
+            started.processes.push(process);
+            wait_until(
+                &format!("p11-kit server for {name}"),
+                Duration::from_secs(10),
+                || std::os::unix::net::UnixStream::connect(self.socket(name)).is_ok(),
+            )?;
+        }
+        for name in ["gateway-east", "gateway-west"] {
+            let process = stack.start(&self.gateway_service(name))?;
+            info.set(&super::up::pid_name(name), process.pid());
+            started.processes.push(process);
+        }
+        info.set("GATEWAY_URLS", self.gateway_urls("https"));
+        info.set(
+            "GATEWAY_WEST_ADDR",
+            format!("127.0.0.1:{}", self.second.gateway),
+        );
+        info.set(
+            "GATEWAY_WEST_METRICS",
+            format!("127.0.0.1:{}", self.second.gateway_metrics),
+        );
+        // The CA, through gateway-east.
+        stack.ceremony(stop)?;
+        let read = |p: &Path| std::fs::read(p).unwrap_or_default();
+        let chain = [read(&layout.issuer_pem()), read(&layout.root_pem())].concat();
+        std::fs::write(layout.ca_chain(), chain)
+            .map_err(|e| Error::io("writing", layout.ca_chain(), e))?;
+        let presign_config = self.path("ocsp-presign.toml").display().to_string();
+        print!(
+            "{}",
+            stack.run(
+                "ocsp",
+                "hsmgate-ocsp",
+                &[
+                    "import",
+                    "--config",
+                    &presign_config,
+                    "ocsp/examples/dev-certificates.txt"
+                ],
+                None,
+            )?
+        );
+
+        for service in self.services().iter().chain(&self.shared_services()) {
+            let process = stack.start(service)?;
+            info.set(&super::up::pid_name(&service.name), process.pid());
+            started.processes.push(process);
+        }
+        let s = &self.second;
+        info.set("OCSP2_ADDR", format!("127.0.0.1:{}", s.responder));
+        info.set("OCSP2_URL", format!("http://127.0.0.1:{}", s.responder));
+        info.set(
+            "OCSP2_METRICS",
+            format!("127.0.0.1:{}", s.responder_metrics),
+        );
+        info.set("ACME2_ADDR", format!("127.0.0.1:{}", s.acme));
+        info.set(
+            "ACME2_DIRECTORY",
+            format!("http://127.0.0.1:{}/directory", s.acme),
+        );
+        info.set("ACME2_METRICS", format!("127.0.0.1:{}", s.acme_metrics));
+        info.set("CRL2_METRICS", format!("127.0.0.1:{}", s.crl_metrics));
+        for name in ["GATEWAY", "OCSP", "ACME", "PERSPECTIVE"] {
+            info.unset(&format!("{name}_CONFIG"));
+        }
+        info.set("AUDIT_DIR", self.path("audit-east").display());
+        info.set("AUDIT_WEST_DIR", self.path("audit-west").display());
+        Ok(info)
+    }
+
+    /// The services on the store and the database, in start order (the shared challenge DNS and
+    /// perspectives come from [`DevStack::services`]).
+    fn services(&self) -> Vec<Service> {
+        let ocsp = Program::Workspace {
+            package: "ocsp",
+            bin: "hsmgate-ocsp",
+        };
+        let (b, s) = (&self.base.ports, &self.second);
+        let config = |name: &str| self.path(&format!("ocsp-{name}.toml")).into_os_string();
+        let metrics = |port: u16| format!("127.0.0.1:{port}").into();
+        let service =
+            |name: &str, program: &Program, args: Vec<std::ffi::OsString>, identity| Service {
+                name: name.to_owned(),
+                program: program.clone(),
+                args,
+                gateway_identity: identity,
+                ready: true,
+                log: ServiceLog::File,
+                own_process_group: false,
+            };
+        let ca = Program::Workspace {
+            package: "ca-frontend",
+            bin: "ca-frontend",
+        };
+        vec![
+            service(
+                "presign",
+                &ocsp,
+                vec![
+                    "presign".into(),
+                    "--config".into(),
+                    config("presign"),
+                    "--metrics-listen".into(),
+                    metrics(b.presign_metrics),
+                ],
+                Some("ocsp-presigner"),
+            ),
+            service(
+                "crl-update-1",
+                &ocsp,
+                vec![
+                    "crl-update".into(),
+                    "--config".into(),
+                    config("crl-update-1"),
+                    "--metrics-listen".into(),
+                    metrics(b.crl_metrics),
+                ],
+                Some("ocsp-presigner"),
+            ),
+            service(
+                "crl-update-2",
+                &ocsp,
+                vec![
+                    "crl-update".into(),
+                    "--config".into(),
+                    config("crl-update-2"),
+                    "--metrics-listen".into(),
+                    metrics(s.crl_metrics),
+                ],
+                Some("ocsp-presigner"),
+            ),
+            service(
+                "responder-1",
+                &ocsp,
+                vec!["serve".into(), "--config".into(), config("responder-1")],
+                None,
+            ),
+            service(
+                "responder-2",
+                &ocsp,
+                vec!["serve".into(), "--config".into(), config("responder-2")],
+                None,
+            ),
+            service(
+                "acme-1",
+                &ca,
+                vec![
+                    "serve".into(),
+                    "--config".into(),
+                    self.path("acme-1.toml").into(),
+                ],
+                Some("ca-frontend"),
+            ),
+            service(
+                "acme-2",
+                &ca,
+                vec![
+                    "serve".into(),
+                    "--config".into(),
+                    self.path("acme-2.toml").into(),
+                ],
+                Some("ca-frontend"),
+            ),
+        ]
+    }
+
+    /// HSM `name` (token `label`) behind its own `p11-kit server`, in a process group of its
+    /// own (a drill stops or kills the group: the server and the child it forked per gateway).
+    fn p11kit_service(&self, name: &str, label: &str) -> Service {
+        Service {
+            name: format!("p11kit-{name}"),
+            program: Program::External("p11-kit"),
+            args: vec![
+                "server".into(),
+                "-f".into(),
+                "-n".into(),
+                self.socket(name).into(),
+                "--provider".into(),
+                configs::SOFTHSM_MODULE.into(),
+                format!("pkcs11:token={label}").into(),
+            ],
+            gateway_identity: None,
+            ready: false,
+            log: ServiceLog::FileWithStdout,
+            own_process_group: true,
+        }
+    }
+
+    /// `gateway-east` or `gateway-west`.
+    fn gateway_service(&self, name: &str) -> Service {
+        Service {
+            name: name.into(),
+            program: Program::Workspace {
+                package: "signer",
+                bin: "signer",
+            },
+            args: vec!["--config".into(), self.path(&format!("{name}.toml")).into()],
+            gateway_identity: None,
+            ready: true,
+            log: ServiceLog::File,
+            own_process_group: false,
+        }
+    }
+
+    /// The challenge DNS and the three perspectives, shared by both frontends (the dev stack's).
+    fn shared_services(&self) -> Vec<Service> {
+        self.base
+            .services()
+            .into_iter()
+            .filter(|s| s.name == "challtestsrv" || s.name.starts_with("perspective-"))
+            .collect()
+    }
+
+    /// Every service of the deployment by name, for restarting one that exited.
+    fn service_named(&self, name: &str) -> Option<Service> {
+        let redis = self
+            .redis_ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| self.redis_service(i, *port));
+        let p11kit = HSMS
+            .iter()
+            .map(|(_, hsm, label)| self.p11kit_service(hsm, label));
+        let gateways = ["gateway-east", "gateway-west"].map(|g| self.gateway_service(g));
+        redis
+            .chain(p11kit)
+            .chain(gateways)
+            .chain(self.services())
+            .chain(self.shared_services())
+            .find(|s| s.name == name)
+    }
+
+    /// Drops the deployment's PostgreSQL schema (after the processes stopped).
+    pub fn drop_schema(&self) -> Result<(), Error> {
+        psql(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.pg_schema))
+    }
+
+    /// Starts `name` again, as systemd's `Restart=always` would in production: the new process
+    /// and the name of its `PID_*` variable.
+    pub fn restart(&self, name: &str) -> Result<(crate::Process, String), Error> {
+        let service = self.service_named(name).ok_or_else(|| Error::Step {
+            step: format!("restarting {name}"),
+            detail: "no such service".into(),
+        })?;
+        let process = self.base.start(&service)?;
+        Ok((process, super::up::pid_name(name)))
+    }
+
+    fn redis_service(&self, i: usize, port: u16) -> Service {
+        let dir = self.path("redis");
+        let _ = std::fs::create_dir_all(&dir);
+        Service {
+            name: format!("redis-{}", i + 1),
+            program: Program::External("redis-server"),
+            args: vec![
+                "--port".into(),
+                port.to_string().into(),
+                "--bind".into(),
+                "127.0.0.1".into(),
+                "--dir".into(),
+                dir.into(),
+                "--save".into(),
+                "".into(),
+                "--appendonly".into(),
+                "no".into(),
+                "--cluster-enabled".into(),
+                "yes".into(),
+                "--cluster-config-file".into(),
+                format!("nodes-{port}.conf").into(),
+                "--cluster-node-timeout".into(),
+                "2000".into(),
+            ],
+            gateway_identity: None,
+            ready: false,
+            log: ServiceLog::FileWithStdout,
+            own_process_group: false,
+        }
+    }
+
+    /// `redis-cli --cluster create` over the six nodes (a replica per master), then waits
+    /// until every node says `cluster_state:ok`.
+    fn create_cluster(&self) -> Result<(), Error> {
+        for port in self.redis_ports {
+            wait_until("redis-server", Duration::from_secs(10), || {
+                redis_cli(port, &["ping"]).is_ok_and(|out| out.trim() == "PONG")
+            })?;
+        }
+        let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
+        args.extend(self.redis_ports.map(|p| format!("127.0.0.1:{p}")));
+        args.extend(["--cluster-replicas", "1", "--cluster-yes"].map(String::from));
+        let output = std::process::Command::new("redis-cli")
+            .args(&args)
+            .output()
+            .map_err(|e| Error::Step {
+                step: "redis-cli --cluster create".into(),
+                detail: e.to_string(),
+            })?;
+        if !output.status.success() {
+            return Err(Error::Step {
+                step: "redis-cli --cluster create".into(),
+                detail: String::from_utf8_lossy(&output.stdout).into_owned(),
+            });
+        }
+        for port in self.redis_ports {
+            wait_until("cluster_state:ok", Duration::from_secs(20), || {
+                redis_cli(port, &["cluster", "info"])
+                    .is_ok_and(|out| out.contains("cluster_state:ok"))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Six ports below the ephemeral range whose cluster bus port (+10000) is free too.
+fn redis_ports() -> Result<[u16; 6], Error> {
+    let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+    let mut ports = Vec::new();
+    let mut candidate = 20_000 + (std::process::id() % 2_000) as u16 * 4;
+    while ports.len() < 6 {
+        if candidate >= 30_000 {
+            return Err(Error::Step {
+                step: "choosing Redis ports".into(),
+                detail: "no six free ports (and bus ports) in 20000-29999".into(),
+            });
+        }
+        if free(candidate) && free(candidate + 10_000) {
+            ports.push(candidate);
+        }
+        candidate += 1;
+    }
+    let mut out = [0; 6];
+    out.copy_from_slice(&ports);
+    Ok(out)
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> Result<String, std::io::Error> {
+    let output = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()?;
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Runs `sql` in PostgreSQL's `test` database.
+fn psql(sql: &str) -> Result<(), Error> {
+    let output = std::process::Command::new("psql")
+        .args([POSTGRES, "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .map_err(|e| Error::Step {
+            step: format!("psql -c {sql}"),
+            detail: e.to_string(),
+        })?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(Error::Step {
+            step: format!("psql -c {sql}"),
+            detail: String::from_utf8_lossy(&output.stderr).into_owned(),
+        })
+    }
+}
+
+fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) -> Result<(), Error> {
+    let started = Instant::now();
+    while !ready() {
+        if started.elapsed() > limit {
+            return Err(Error::Step {
+                step: format!("waiting for {what}"),
+                detail: format!("not ready after {limit:?}"),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
