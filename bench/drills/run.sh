@@ -10,20 +10,31 @@
 #
 # Load during every drill: `hsm-bench acme` orders on acme-1 (which balances over both
 # gateways), and a watcher asking both responders every 0.2 s for serial 0x1003, which the
-# import revoked: it must never be answered `good`.
+# import revoked (it must never be answered `good`), and for the CRL shard list. After each
+# drill, a short `after` load on acme-2 must complete every order: recovered, no restart.
 #
 # Drills (run in this order; default: all):
-#   gateway     gateway-west SIGKILLed at --at seconds; the supervisor restarts it. Recovery:
-#               from the kill to its metrics answering again.
+#   gateway     gateway-west SIGKILLed at --at seconds; the supervisor restarts it. No order may
+#               fail. Recovery: from the kill to its metrics answering again.
 #   datacenter  dc-west's HSM pair lost: both p11-kit servers (and their children) SIGSTOPped
-#               for --hold seconds, then SIGCONT. Both gateways must carry on with dc-east's
-#               pair. Recovery: from SIGCONT until west-1 signs again (gateway-west's metrics).
+#               for --hold seconds, then SIGCONT. Both gateways carry on with dc-east's pair: no
+#               order may fail. Recovery: from SIGCONT until west-1 signs again.
+#   dns         the validation resolver (pebble-challtestsrv) SIGSTOPped for --hold seconds:
+#               orders may fail only in validation; OCSP and CRL serving see no error.
+#   redis       a Redis master SIGSTOPped for --hold seconds (> the 2 s node timeout: its
+#               replica takes over): responders keep answering (no error), the pre-signer, CRL
+#               updaters and responders are not restarted. Recovery: from the stop until its
+#               replica is promoted (three masters among the other five nodes).
+#   postgres    PostgreSQL stopped (pg_ctlcluster) for --hold seconds: orders may fail then
+#               (503 serverInternal problems with Retry-After), and the frontends are not
+#               restarted.
 #
-# Each drill passes when no order failed, 0x1003 was never `good`, and (at the end) both
-# gateways' audit chains verify. Results: a table on stdout and in OUT/summary.md.
+# Each drill passes when 0x1003 was never `good`, its own condition above holds, and the
+# `after` load completes every order; at the end both gateways' audit chains must verify.
+# Results: a table on stdout and in OUT/summary.md.
 #
 # Usage: bench/drills/run.sh [--duration 20] [--at 5] [--hold 8] [--concurrency 4]
-#          [--out DIR] [gateway] [datacenter]
+#          [--out DIR] [gateway] [datacenter] [dns] [redis] [postgres]
 #        (BIN=target/release for release binaries; default target/debug)
 set -euo pipefail
 
@@ -40,25 +51,29 @@ while (($#)); do
         --concurrency) CONCURRENCY=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed -e 's/^# \{0,1\}//' -e '/^set -euo/d'; exit 0 ;;
-        gateway|datacenter) DRILLS+=("$1"); shift ;;
+        gateway|datacenter|dns|redis|postgres) DRILLS+=("$1"); shift ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
-((${#DRILLS[@]})) || DRILLS=(gateway datacenter)
+((${#DRILLS[@]})) || DRILLS=(gateway datacenter dns redis postgres)
 for b in hsmgate-stack hsm-bench signer; do
     [[ -x $BIN/$b ]] || { echo "$BIN/$b missing: cargo build -p hsmgate-stack -p hsm-bench -p signer -p ocsp -p ca-frontend -p hsm-config" >&2; exit 2; }
 done
-for tool in redis-server redis-cli psql p11-kit pebble-challtestsrv openssl curl; do
+for tool in redis-server redis-cli psql pg_lsclusters pg_ctlcluster p11-kit pebble-challtestsrv openssl curl; do
     command -v "$tool" > /dev/null || { echo "missing $tool (hsm-config/dev/setup.sh installs it)" >&2; exit 2; }
 done
 
 WORK=$(mktemp -d /tmp/hsmgate-drills.XXXXXX)
 OUT=${OUT:-$WORK/results}
 mkdir -p "$OUT"
-STACK_PID=
+STACK_PID= PG_STOPPED=
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
+    # Never leave the machine's PostgreSQL stopped.
+    [ -n "$PG_STOPPED" ] && pg_ctlcluster $PG_STOPPED start
+    # Nor a process stopped (SIGSTOP) by a drill that failed half-way.
+    [ -n "$STACK_PID" ] && pkill -CONT -P "$STACK_PID" 2>/dev/null
     [ -n "$STACK_PID" ] && { kill -TERM "$STACK_PID" 2>/dev/null || true; wait "$STACK_PID" 2>/dev/null || true; }
     if ((status)); then
         echo "FAILED; logs in $WORK" >&2
@@ -101,10 +116,33 @@ watch_revoked() {
             if grep -q ': revoked' <<< "$out"; then echo "$url revoked"
             elif grep -q ': good' <<< "$out"; then echo "$url good"
             else echo "$url error"; fi
+            curl -sf -o /dev/null --max-time 2 "$url/dev-ca.json" || echo "$url crl-error"
         done >> "$file"
         sleep 0.2
     done
 }
+# acme LABEL DIRECTORY SECONDS: orders for SECONDS; prints "ok failed" (its report in OUT).
+acme_load() {
+    "$BIN/hsm-bench" acme --label "drill-$1" --directory "$2" \
+        --concurrency "$CONCURRENCY" --duration "${3}s" --warmup 1s --order-timeout 30s \
+        --http-port "$STACK_HTTP01_PORT" --domain "$1.drill.example.test" \
+        --json "$OUT/$1-acme.json" > "$OUT/$1-acme.txt" 2>&1 || true
+}
+orders_of() { # LABEL: "ok failed" from its report
+    local orders
+    orders=$(sed -n 's/^orders ok \([0-9]*\) *failed \([0-9]*\).*/\1 \2/p' "$OUT/$1-acme.txt")
+    echo "${orders:-0 unknown}"
+}
+# The pid of a service now (the supervisor rewrites the env file when it restarts one).
+pid_of() { sed -n "s/^STACK_PID_$1='\(.*\)'/\1/p" "$WORK/stack.env"; }
+# A Redis master's port and the pid of its server.
+redis_master() {
+    local port
+    for port in $(tr ' ' '\n' <<< "$STACK_REDIS_ADDRS" | cut -d: -f2); do
+        if redis-cli -p "$port" role 2>/dev/null | head -n 1 | grep -q master; then echo "$port"; return; fi
+    done
+}
+
 # Signatures west-1 made, as gateway-west counts them.
 west_signatures() {
     curl -sf "http://$STACK_GATEWAY_WEST_METRICS/metrics" 2>/dev/null |
@@ -119,10 +157,8 @@ for drill in "${DRILLS[@]}"; do
     rm -f "$WORK/ocsp-$drill.txt" "$WORK/ocsp-$drill.txt.stop"
     watch_revoked "$WORK/ocsp-$drill.txt" &
     watcher=$!
-    "$BIN/hsm-bench" acme --label "drill-$drill" --directory "$STACK_ACME_DIRECTORY" \
-        --concurrency "$CONCURRENCY" --duration "${DURATION}s" --warmup 1s --order-timeout 30s \
-        --http-port "$STACK_HTTP01_PORT" --domain "$drill.drill.example.test" \
-        --json "$OUT/$drill-acme.json" > "$OUT/$drill-acme.txt" 2>&1 &
+    kept=$(for s in PRESIGN CRL_UPDATE_1 CRL_UPDATE_2 RESPONDER_1 RESPONDER_2 ACME_1 ACME_2; do pid_of $s; done | tr '\n' ' ')
+    acme_load "$drill" "$STACK_ACME_DIRECTORY" "$DURATION" &
     load=$!
     sleep "$((AT + 1))" # + the warm-up
     recovery=""
@@ -154,20 +190,72 @@ for drill in "${DRILLS[@]}"; do
             recovery="dc-west lost ${HOLD}s; west-1 signing again ${back:-never (30 s)} s after SIGCONT"
             [ -n "$back" ] || failures=$((failures + 1))
             ;;
+        dns)
+            dns_pid=$(pid_of CHALLTESTSRV)
+            kill -STOP "$dns_pid"
+            log "the validation resolver (pid $dns_pid) stopped for ${HOLD}s"
+            sleep "$HOLD"
+            kill -CONT "$dns_pid"
+            recovery="resolver down ${HOLD}s"
+            ;;
+        redis)
+            port=$(redis_master)
+            index=$(tr ' ' '\n' <<< "$STACK_REDIS_ADDRS" | grep -n ":$port$" | cut -d: -f1)
+            rpid=$(pid_of "REDIS_$index")
+            stopped_at=$(now)
+            kill -STOP "$rpid"
+            log "Redis master 127.0.0.1:$port (pid $rpid) stopped for ${HOLD}s"
+            others=$(tr ' ' '\n' <<< "$STACK_REDIS_ADDRS" | cut -d: -f2 | grep -v "^$port$")
+            # Failed over: three masters again among the other five (a replica promoted).
+            ok_at=""
+            for _ in $(seq 1 $((HOLD * 10))); do
+                masters=$(for p in $others; do redis-cli -p "$p" role 2>/dev/null | head -n 1; done | grep -c '^master$' || true)
+                [ "$masters" = 3 ] && { ok_at=$(since "$stopped_at"); break; }
+                sleep 0.1
+            done
+            sleep "$(python3 -c "print(max(0, $HOLD - $(since "$stopped_at")))")"
+            kill -CONT "$rpid"
+            recovery="master :$port stopped ${HOLD}s; its replica promoted ${ok_at:-not within the hold} s after the stop"
+            [ -n "$ok_at" ] || failures=$((failures + 1))
+            ;;
+        postgres)
+            read -r pg_version pg_cluster < <(pg_lsclusters -h | awk '$4 == "online" {print $1, $2; exit}')
+            PG_STOPPED="$pg_version $pg_cluster"
+            pg_ctlcluster "$pg_version" "$pg_cluster" stop -m fast
+            log "PostgreSQL $pg_version/$pg_cluster stopped for ${HOLD}s"
+            sleep "$HOLD"
+            pg_ctlcluster "$pg_version" "$pg_cluster" start
+            PG_STOPPED=
+            recovery="PostgreSQL down ${HOLD}s"
+            ;;
     esac
     wait "$load" || true
     touch "$WORK/ocsp-$drill.txt.stop"
     wait "$watcher" || true
-    orders=$(sed -n 's/^orders ok \([0-9]*\) *failed \([0-9]*\).*/\1 \2/p' "$OUT/$drill-acme.txt")
-    ok=${orders% *} failed=${orders#* }
-    [ -n "$orders" ] || { cat "$OUT/$drill-acme.txt" >&2; ok=0 failed=unknown; }
+    read -r ok failed <<< "$(orders_of "$drill")"
+    errors=$( (grep -o '^error [^:]*' "$OUT/$drill-acme.txt" || true) | sed 's/^error //' | sort -u | tr '\n' ' ')
     good=$(grep -c ' good$' "$WORK/ocsp-$drill.txt" || true)
-    errors=$(grep -c ' error$' "$WORK/ocsp-$drill.txt" || true)
-    answers=$(wc -l < "$WORK/ocsp-$drill.txt")
-    verdict=pass
-    if [ "$failed" != 0 ] || [ "$good" != 0 ] || [ "$ok" = 0 ]; then verdict=FAIL; failures=$((failures + 1)); fi
-    ROWS+=("| $drill | $ok | $failed | $answers ($errors errors) | $good | $recovery | $verdict |")
-    log "drill $drill: orders ok $ok failed $failed; 0x1003 asked $answers times, good $good, errors $errors; $recovery; $verdict"
+    ocsp_errors=$(grep -c ' error$' "$WORK/ocsp-$drill.txt" || true)
+    crl_errors=$(grep -c ' crl-error$' "$WORK/ocsp-$drill.txt" || true)
+    answers=$(grep -vc 'crl-error$' "$WORK/ocsp-$drill.txt" || true)
+    # Recovered without a restart: a short load on the other frontend completes every order.
+    acme_load "$drill-after" "$STACK_ACME2_DIRECTORY" 3
+    read -r after_ok after_failed <<< "$(orders_of "$drill-after")"
+    now_kept=$(for s in PRESIGN CRL_UPDATE_1 CRL_UPDATE_2 RESPONDER_1 RESPONDER_2 ACME_1 ACME_2; do pid_of $s; done | tr '\n' ' ')
+    verdict=pass why=""
+    [ "$good" = 0 ] || why+=" 0x1003 answered good;"
+    [ "$after_failed" = 0 ] && [ "$after_ok" != 0 ] || why+=" not recovered (after: ok $after_ok failed $after_failed);"
+    [ "$kept" = "$now_kept" ] || why+=" a frontend, responder, pre-signer or CRL updater was restarted;"
+    case $drill in
+        gateway | datacenter) [ "$failed" = 0 ] || why+=" orders failed;" ;;
+        dns) [ "$ocsp_errors$crl_errors" = 00 ] || why+=" OCSP/CRL errors while DNS was down;"
+             [ -z "$(tr ' ' '\n' <<< "$errors" | grep -v '^$' | grep -v '^validation\|^authorization\|^challenge' || true)" ] \
+                 || why+=" orders failed outside validation ($errors);" ;;
+        redis) [ "$ocsp_errors$crl_errors" = 00 ] || why+=" responders failed to answer;" ;;
+    esac
+    [ -z "$why" ] || { verdict="FAIL:$why"; failures=$((failures + 1)); }
+    ROWS+=("| $drill | $ok | $failed ${errors:+($errors)} | $answers ($ocsp_errors unanswered, $crl_errors CRL) | $good | $recovery | $after_ok / $after_failed | $verdict |")
+    log "drill $drill: orders ok $ok failed $failed $errors; 0x1003 asked $answers times, good $good, unanswered $ocsp_errors, CRL list errors $crl_errors; $recovery; after: ok $after_ok failed $after_failed; $verdict"
 done
 
 # --- every signature of both gateways has its audit record -----------------------------------
@@ -180,8 +268,8 @@ done
     echo
     echo "command: $0 --duration $DURATION --at $AT --hold $HOLD --concurrency $CONCURRENCY ${DRILLS[*]}"
     echo
-    echo "| drill | orders ok | orders failed | 0x1003 asked (no answer) | answered good | recovery | verdict |"
-    echo "|---|---|---|---|---|---|---|"
+    echo "| drill | orders ok | orders failed | 0x1003 asked (unanswered, CRL list errors) | answered good | recovery | after: ok / failed | verdict |"
+    echo "|---|---|---|---|---|---|---|---|"
     printf '%s\n' "${ROWS[@]}"
     echo
     echo "audit chains of gateway-east and gateway-west: $audit"

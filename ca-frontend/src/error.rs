@@ -185,10 +185,35 @@ impl Problem {
     }
 }
 
+/// What a client is told to wait when the CA's database or gateway fails (`Retry-After`).
+pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 5;
+
 impl From<Error> for Problem {
     fn from(e: Error) -> Self {
         match e {
             Error::Problem(p) => p,
+            // The database or the signing gateway failing is the CA's outage, not the client's
+            // mistake: 503 with Retry-After (RFC 8555 §6.6 leaves the wait to the server), so
+            // clients back off and come back rather than giving up; nothing half-done was kept.
+            Error::Db { .. } | Error::Gateway(_) => {
+                tracing::error!(error = %e, "the CA is unavailable for an ACME request");
+                let what = if matches!(e, Error::Db { .. }) {
+                    "database"
+                } else {
+                    "signing service"
+                };
+                Problem {
+                    status: Some(StatusCode::SERVICE_UNAVAILABLE),
+                    retry_after: Some(UNAVAILABLE_RETRY_AFTER_SECS),
+                    ..Problem::new(
+                        ProblemType::ServerInternal,
+                        format!(
+                            "the CA's {what} is unavailable; the request was not recorded, \
+                             retry after {UNAVAILABLE_RETRY_AFTER_SECS} s"
+                        ),
+                    )
+                }
+            }
             other => {
                 // The operator gets the detail; the client only learns it was not its fault.
                 tracing::error!(error = %other, "internal error answering an ACME request");
@@ -356,5 +381,38 @@ mod tests {
             ok.headers()[header::CONTENT_TYPE],
             "text/plain; charset=utf-8"
         );
+    }
+
+    /// A database or gateway outage is a 503 with Retry-After that says what failed (never the
+    /// internals), not a bare 500; other internal errors stay a plain serverInternal.
+    #[test]
+    fn outages_answer_503_with_retry_after() {
+        let outages = [
+            (
+                Error::Db {
+                    db: "postgres",
+                    detail: "connection refused (secret internals)".into(),
+                },
+                "database",
+            ),
+            (
+                Error::Gateway("no gateway answered (secret internals)".into()),
+                "signing service",
+            ),
+        ];
+        for (error, what) in outages {
+            let problem = Problem::from(error);
+            assert!(problem.detail.contains(what), "{}", problem.detail);
+            assert!(!problem.detail.contains("secret"), "{}", problem.detail);
+            let response = problem.into_response();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(
+                response.headers().get(header::RETRY_AFTER),
+                Some(&HeaderValue::from_static("5"))
+            );
+        }
+        let internal = Problem::from(Error::Internal("x".into())).into_response();
+        assert_eq!(internal.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(internal.headers().get(header::RETRY_AFTER).is_none());
     }
 }
