@@ -11,9 +11,12 @@
 #          [--connections C] [--wrk-threads T]
 #   OCSP_TOML: a configuration whose store holds the issuer's shards, e.g. the one
 #   `hsm-bench drill --dir D` leaves (--config D/ocsp.toml --issuer drill: 128 shards of a
-#   1,000,000-certificate mass revocation). Its [responder] listen line is replaced.
-# Needs target/release/hsmgate-ocsp, nginx, wrk, curl. Results go to stdout (a markdown table);
-# nothing is written in the tree.
+#   1,000,000-certificate mass revocation). The responder runs on a copy of it derived with
+#   `hsmgate-stack config ocsp ... --set ocsp.responder.listen=...`, written beside it (its
+#   relative paths resolve there) and removed once the responder is READY.
+# Needs target/release/hsmgate-ocsp and hsmgate-stack (cargo build --release -p ocsp -p
+# hsmgate-stack; BIN=DIR takes them from DIR), nginx, wrk, curl. Results go to stdout (a
+# markdown table); nothing is written in the tree.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CONFIG="" ISSUER="" DURATION=10 ROUNDS=3 CONNS=64 WRK_THREADS=1
@@ -28,16 +31,23 @@ while [ $# -gt 0 ]; do
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
-[ -n "$CONFIG" ] && [ -n "$ISSUER" ] || { sed -n '2,17p' "$0"; exit 2; }
+[ -n "$CONFIG" ] && [ -n "$ISSUER" ] || { sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 2; }
 for tool in nginx wrk curl; do
     command -v $tool >/dev/null || { echo "missing $tool (apt-get install -y nginx wrk curl)" >&2; exit 2; }
 done
 BIN=${BIN:-target/release}
+for b in hsmgate-ocsp hsmgate-stack; do
+    [ -x "$BIN/$b" ] || { echo "$BIN/$b missing: cargo build --release -p ocsp -p hsmgate-stack" >&2; exit 2; }
+done
+# The stack kit's spawn_ready (one process, until its READY line).
+. bench/stack/stack.sh
 RESPONDER_PORT=18480 NGINX_PORT=18481
 TMP=$(mktemp -d /tmp/hsmgate-crl-bench.XXXXXX)
 chmod 755 "$TMP"
 pids=()
+derived=
 cleanup() {
+    [ -z "$derived" ] || rm -f "$derived"
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     [ -f "$TMP/nginx/nginx.pid" ] && kill "$(cat "$TMP/nginx/nginx.pid")" 2>/dev/null || true
     wait 2>/dev/null || true
@@ -46,14 +56,13 @@ cleanup() {
 trap cleanup EXIT
 
 # --- the responder, on the store the configuration names ---------------------------------------
-dir=$(cd "$(dirname "$CONFIG")" && pwd)
-sed "s#^listen = .*#listen = \"127.0.0.1:$RESPONDER_PORT\"#" "$CONFIG" > "$dir/.crl-bench.toml"
-"$BIN/hsmgate-ocsp" serve --config "$dir/.crl-bench.toml" > "$TMP/responder.out" 2> "$TMP/responder.log" &
-responder=$!
-pids+=($responder)
-for _ in $(seq 1 100); do grep -q '^READY' "$TMP/responder.out" 2>/dev/null && break; sleep 0.1; done
-grep -q '^READY' "$TMP/responder.out" || { cat "$TMP/responder.log" >&2; exit 1; }
-rm -f "$dir/.crl-bench.toml"
+derived=$(cd "$(dirname "$CONFIG")" && pwd)/.crl-bench.toml
+"$BIN/hsmgate-stack" config ocsp "$CONFIG" "$derived" \
+    --set "ocsp.responder.listen=127.0.0.1:$RESPONDER_PORT" || exit 1
+spawn_ready responder "$TMP" "$BIN/hsmgate-ocsp" serve --config "$derived" || exit 1
+responder=$LAST_PID
+pids+=("$responder")
+rm -f "$derived"
 
 # --- the same bytes for nginx: every shard the issuer's list names -----------------------------
 curl -sf "http://127.0.0.1:$RESPONDER_PORT/$ISSUER.json" > "$TMP/list.json" || { echo "no /$ISSUER.json" >&2; exit 1; }
@@ -129,8 +138,9 @@ run() { # NAME PORT PIDS...
     reqs=$(awk '/requests in/ {print $1}' <<< "$out")
     errors=$(awk '/Non-2xx|Socket errors/ {print}' <<< "$out" | tr '\n' ' ')
     [ -z "$errors" ] || { echo "$name: $errors" >&2; exit 1; }
-    echo "$name $rps $reqs $(( (after - before) ))" >> "$TMP/runs.txt"
+    echo "$name $rps $reqs $((after - before))" >> "$TMP/runs.txt"
 }
+# shellcheck disable=SC2046 # nginx_pids: one argument per pid
 for r in $(seq 1 "$ROUNDS"); do
     if [ $((r % 2)) = 1 ]; then
         run responder $RESPONDER_PORT $responder

@@ -3,6 +3,8 @@
 #
 #  1. SoftHSM2 tokens for a small gateway (one datacenter, two HSMs, key `ocsp-p256`), the
 #     `signer` gateway on them, an issuer certificate made through it (`hsmgate-ocsp issuer-cert`);
+#     the configs are derived from bench/ocsp/signer.toml and ocsp.toml with `hsmgate-stack
+#     config` (the typed schemas: a field that does not exist is an error, not a stale text);
 #  2. the gateway's own SignBatch rate (`hsm-bench sign --mode batch`), then N certificates
 #     imported (`hsmgate-ocsp import`) and all pre-signed by `hsmgate-ocsp presign` (timed until
 #     its metrics say N responses were signed), then SignBatch again: pre-signing / SignBatch;
@@ -28,10 +30,11 @@
 # unless the model says signature=stand-in): the gateway's speed is then the modelled pair's,
 # not what SoftHSM2 gets of the two cores the pre-signer also runs on. Serving is unaffected.
 #
-# BIN=DIR (environment) takes the four binaries from DIR instead of target/release (e.g. to run
+# BIN=DIR (environment) takes the five binaries from DIR instead of target/release (e.g. to run
 # a modified hsmgate-ocsp against the same gateway).
 #
-# Needs: release binaries (cargo build --release -p signer -p hsm-config -p hsm-bench -p ocsp),
+# Needs: release binaries (cargo build --release -p signer -p hsm-config -p hsm-bench -p ocsp
+# -p hsmgate-stack),
 # SoftHSM2, nginx, wrk, curl, openssl, python3 with `cryptography`. Everything runs from a
 # temporary directory that is removed at the end (--keep keeps it); every process started here
 # is stopped on exit, by its pid.
@@ -39,7 +42,7 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-. "$ROOT/bench/lib.sh" # usage, PIDS, stop_pid, log, fail
+. "$ROOT/bench/lib.sh" # usage, PIDS, stop_pid, log, fail; the stack kit's spawn_ready, ready_field
 BIN=${BIN:-$ROOT/target/release}
 PY=(python3 "$HERE/ocspbench.py")
 ISSUER=bench-p256
@@ -95,8 +98,8 @@ for tool in nginx wrk curl openssl python3; do
     command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y nginx wrk curl openssl python3)" >&2; exit 2; }
 done
 python3 -c 'import cryptography' 2>/dev/null || { echo "python3 needs the cryptography package" >&2; exit 2; }
-for b in signer hsm-config hsm-bench hsmgate-ocsp; do
-    [[ -x $BIN/$b ]] || { echo "$BIN/$b missing: cargo build --release -p signer -p hsm-config -p hsm-bench -p ocsp" >&2; exit 2; }
+for b in signer hsm-config hsm-bench hsmgate-ocsp hsmgate-stack; do
+    [[ -x $BIN/$b ]] || { echo "$BIN/$b missing: cargo build --release -p signer -p hsm-config -p hsm-bench -p ocsp -p hsmgate-stack" >&2; exit 2; }
 done
 
 TMP=$(mktemp -d /tmp/hsmgate-ocsp-bench.XXXXXX)
@@ -126,8 +129,9 @@ record() { printf '%s\n' "$1" >> "$OUT/results.jsonl"; }
 now() { date +%s.%N; }
 elapsed() { python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 3))" "$1" "$2"; }
 
-# Starts a process in the background: stdout to $TMP/NAME.out, stderr to $OUT/NAME.log.
-# Sets LAST_PID.
+# Starts a process that prints no READY line (the pre-signer, nginx) in the background: stdout
+# to $TMP/NAME.out, stderr to $OUT/NAME.log. Sets LAST_PID. Those that do (the gateway, the
+# responders) start with the kit's spawn_ready, both outputs in $OUT.
 start_bg() {
     local name=$1
     shift
@@ -135,24 +139,23 @@ start_bg() {
     LAST_PID=$!
     PIDS+=("$LAST_PID")
 }
-
-# Waits for a `READY ...` line on a process's stdout; prints it.
-wait_ready() {
-    local file=$1 pid=$2 timeout=$3 start=$SECONDS
-    while ((SECONDS - start < timeout)); do
-        if grep -q '^READY' "$file" 2>/dev/null; then
-            grep -m1 '^READY' "$file"
-            return 0
-        fi
-        kill -0 "$pid" 2>/dev/null || { echo "process $pid exited before READY" >&2; return 1; }
-        sleep 0.1
-    done
-    echo "no READY line after ${timeout}s in $file" >&2
-    return 1
+# spawn_ready NAME "$OUT" COMMAND..., its pid in PIDS, or the script fails.
+start_ready() {
+    local name=$1
+    shift
+    spawn_ready "$name" "$OUT" "$@" || fail "$name did not start (see $OUT/$name.log)"
+    PIDS+=("$LAST_PID")
 }
-field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p"; }
+# `hsmgate-stack config KIND FROM TO --set ...`, or the script fails with its message.
+derive() {
+    local kind=$1 from=$2 to=$3
+    shift 3
+    "$BIN/hsmgate-stack" config "$kind" "$from" "$to" "$@" 2> "$OUT/config.log" ||
+        fail "$(basename "$to"): $(cat "$OUT/config.log")"
+}
 prom() { "${PY[@]}" prom "$@" 2>/dev/null || echo 0; }
 
+# nginx's config (nginx.conf.in) is nginx's own language, not one of ours: @VAR@ substitution.
 render() { # TEMPLATE OUT KEY=VALUE...
     local template=$1 out=$2 text
     shift 2
@@ -190,21 +193,23 @@ if [[ -n $MODEL ]]; then
     printf '* model %s\n' "$MODEL" > "$TMP/control"
     cp "$TMP/control" "$OUT/hsm-sim-control"
     export HSMSIM_CONTROL=$TMP/control
-    render "$HERE/signer.toml.in" "$TMP/signer.toml" PIN="$TMP/user.pin" \
-        MODULE="$BIN/libhsm_sim.so" SESSIONS=32
+    SIM=()
+    for h in 0 1; do
+        SIM+=(--set "gateway.datacenters.0.hsms.$h.module=$BIN/libhsm_sim.so"
+              --set "gateway.datacenters.0.hsms.$h.sessions=32")
+    done
+    derive gateway "$HERE/signer.toml" "$TMP/signer.toml" "${SIM[@]}"
 else
-    render "$HERE/signer.toml.in" "$TMP/signer.toml" PIN="$TMP/user.pin" \
-        MODULE=/usr/lib/softhsm/libsofthsm2.so SESSIONS=2
+    derive gateway "$HERE/signer.toml" "$TMP/signer.toml"
 fi
 cp "$TMP/signer.toml" "$OUT/signer.toml"
 log "provisioning SoftHSM2 tokens"
 "$BIN/hsm-config" provision "$TMP/signer.toml" > "$OUT/provision.log" 2>&1
 
-start_bg signer env RUST_LOG=info "$BIN/signer" --config "$TMP/signer.toml"
+start_ready signer env RUST_LOG=info "$BIN/signer" --config "$TMP/signer.toml"
 SIGNER_PID=$LAST_PID
-READY=$(wait_ready "$TMP/signer.out" "$SIGNER_PID" 30)
-GRPC=$(field "$READY" grpc)
-GW_METRICS=$(field "$READY" metrics)
+GRPC=$(ready_field "$READY_LINE" grpc)
+GW_METRICS=$(ready_field "$READY_LINE" metrics)
 GATEWAY=http://$GRPC
 for ((i = 0; i < 200; i++)); do
     [[ $(prom "http://$GW_METRICS/metrics" '^hsmgate_hsm_up\{') == 2 ]] && break
@@ -230,8 +235,9 @@ for mode in presign hit miss; do
         hit) bytes=$((256 << 20)) fresh=3600 ;;
         miss) bytes=$MISS_CACHE_BYTES fresh=3600 ;;
     esac
-    render "$HERE/ocsp.toml.in" "$TMP/ocsp-$mode.toml" GATEWAY="$GATEWAY" CACHE_BYTES="$bytes" \
-        CACHE_FRESH_SECS="$fresh" BATCH="$PRESIGN_BATCH"
+    derive ocsp "$HERE/ocsp.toml" "$TMP/ocsp-$mode.toml" --set "ocsp.presigner.gateway=$GATEWAY" \
+        --set "ocsp.responder.cache_bytes=$bytes" --set "ocsp.responder.cache_fresh_secs=$fresh" \
+        --set "ocsp.presigner.batch=$PRESIGN_BATCH"
     cp "$TMP/ocsp-$mode.toml" "$OUT/"
 done
 
@@ -370,12 +376,10 @@ done
 RESP_PID=
 start_responder() { # hit|miss
     [[ -z $RESP_PID ]] || stop_pid "$RESP_PID"
-    start_bg "responder-$1" env RUST_LOG=info "$BIN/hsmgate-ocsp" serve --config "$TMP/ocsp-$1.toml"
+    start_ready "responder-$1" env RUST_LOG=info "$BIN/hsmgate-ocsp" serve --config "$TMP/ocsp-$1.toml"
     RESP_PID=$LAST_PID
-    local ready
-    ready=$(wait_ready "$TMP/responder-$1.out" "$RESP_PID" 30)
-    RESP=http://$(field "$ready" http)
-    RESP_METRICS=http://$(field "$ready" metrics)/metrics
+    RESP=http://$(ready_field "$READY_LINE" http)
+    RESP_METRICS=http://$(ready_field "$READY_LINE" metrics)/metrics
     log "responder ($1 config) at $RESP, pid $RESP_PID"
 }
 start_responder hit
@@ -453,10 +457,9 @@ wrk_run() {
 
 BASE_PID=
 if [[ -n $COMPARE_BIN ]]; then
-    start_bg responder-base env RUST_LOG=info "$COMPARE_BIN/hsmgate-ocsp" serve --config "$TMP/ocsp-hit.toml"
+    start_ready responder-base env RUST_LOG=info "$COMPARE_BIN/hsmgate-ocsp" serve --config "$TMP/ocsp-hit.toml"
     BASE_PID=$LAST_PID
-    ready=$(wait_ready "$TMP/responder-base.out" "$BASE_PID" 30)
-    BASE=http://$(field "$ready" http)
+    BASE=http://$(ready_field "$READY_LINE" http)
     curl -s -o "$TMP/first-base.der" "$BASE$FIRST_RESP"
     cmp "$TMP/first-base.der" "$TMP/first-nginx.der" || { log "the --compare-bin responder sends other bytes"; exit 1; }
     log "comparison responder ($COMPARE_BIN/hsmgate-ocsp) at $BASE, pid $BASE_PID"

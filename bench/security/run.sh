@@ -5,7 +5,8 @@
 #
 #  1. two SoftHSM2 tokens (one datacenter, key `bench-p256` cloned into both, 2 sessions each)
 #     and development mTLS certificates (`hsm-config dev-certs`, client `bench`);
-#  2. four gateways on those tokens, all the same binary, differing only in their config:
+#  2. four gateways on those tokens, all the same binary, differing only in their config (each
+#     derived from bench/security/gateway.toml with `hsmgate-stack config gateway`):
 #       plain        plain text ([gateway.insecure_plaintext]), NO audit log   (the baseline)
 #       plain+audit  plain text, audit log ([audit], fdatasync'ed group commit)
 #       mtls         mTLS ([gateway.tls]), NO audit log
@@ -32,19 +33,19 @@
 #          [--warmup 1s] [--out DIR] [--keep]
 #
 # Needs release binaries, the gateway built with the benchmark-only feature under its own name:
-#   cargo build --release -p signer -p hsm-config -p hsm-bench
+#   cargo build --release -p signer -p hsm-config -p hsm-bench -p hsmgate-stack
 #   cargo build --release -p signer --features bench-unaudited
 #   cp target/release/signer target/release/signer-bench-unaudited
 #   cargo build --release -p signer        # target/release/signer: the normal build again
-# (BIN=DIR takes hsm-config and hsm-bench from DIR, SIGNER=PATH the gateway.) SoftHSM2, curl,
-# python3. On a shared machine run it under the benchmark lock:
+# (BIN=DIR takes hsm-config, hsm-bench and hsmgate-stack from DIR, SIGNER=PATH the gateway.)
+# SoftHSM2, curl, python3. On a shared machine run it under the benchmark lock:
 #   flock /tmp/hsmgate-bench.lock bench/security/run.sh
 # Every process started here is stopped on exit, by its pid.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-. "$ROOT/bench/lib.sh" # usage, PIDS, stop_pid, log, fail
+. "$ROOT/bench/lib.sh" # usage, PIDS, stop_pid, log, fail; the stack kit's spawn_ready, ready_field
 BIN=${BIN:-$ROOT/target/release}
 SIGNER=${SIGNER:-$BIN/signer-bench-unaudited}
 KEY=bench-p256
@@ -72,8 +73,8 @@ done
 for tool in curl python3 softhsm2-util; do
     command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y softhsm2 curl python3)" >&2; exit 2; }
 done
-for b in "$BIN/hsm-config" "$BIN/hsm-bench" "$SIGNER"; do
-    [[ -x $b ]] || { echo "$b missing: see the build commands in $0 --help" >&2; exit 2; }
+for b in "$BIN/hsm-config" "$BIN/hsm-bench" "$BIN/hsmgate-stack" "$SIGNER"; do
+    [[ -x $b ]] || { echo "$b missing: cargo build --release -p signer -p hsm-config -p hsm-bench -p hsmgate-stack (the gateway: see the build commands in $0 --help)" >&2; exit 2; }
 done
 
 for load in $LOADS; do
@@ -140,70 +141,23 @@ LOAD_BEFORE=$(loadavg)
 log "results in $OUT; work dir $WORK; git $GIT; load average $LOAD_BEFORE; $FSYNC"
 
 # --- 1. tokens and certificates ----------------------------------------------------------------
-# CONFIG NAME: the gateway configuration of one of the four.
+# The gateway configuration of one of the four, derived from gateway.toml (mtls+audit) with
+# `hsmgate-stack config gateway`: its own audit directory; plain text instead of mTLS (the whole
+# [gateway] table, as --set can replace a table but not remove gateway.tls from it); no audit
+# log. Writes $WORK/gateway-TAG.toml.
+PLAIN_GATEWAY='{ listen = "127.0.0.1:0", metrics_listen = "127.0.0.1:0", local_datacenter = "dc-bench", insecure_plaintext = { client = "bench" } }'
 config() {
-    local name=$1 transport audit=""
-    case $name in
-        plain*) transport=$'[gateway.insecure_plaintext]\nclient = "bench"' ;;
-        mtls*) transport=$(printf '[gateway.tls]\ncert = "%s"\nkey = "%s"\nclient_ca = "%s"' \
-            "$WORK/tls/server.pem" "$WORK/tls/server.key" "$WORK/tls/ca.pem") ;;
-    esac
-    [[ $name == *+audit ]] || audit="bench_unaudited = true"
-    cat <<TOML
-# bench/security/run.sh: configuration \`$name\`.
-[gateway]
-listen = "127.0.0.1:0"
-metrics_listen = "127.0.0.1:0"
-local_datacenter = "dc-bench"
-
-$transport
-
-[audit]
-dir = "$WORK/audit-$(tag "$name")"
-$audit
-
-[[clients]]
-name = "bench"
-subject = "CN=bench,O=hsmgate dev"
-grants = [{ keys = ["$KEY"], operations = ["sign-raw"] }]
-
-[timeouts]
-hsm_call_ms = 2000
-default_deadline_ms = 10000
-probe_interval_ms = 200
-drain_ms = 2000
-
-[batching]
-max_request_items = 8192
-worker_chunk = 32
-
-[[datacenters]]
-name = "dc-bench"
-
-[[datacenters.hsms]]
-name = "bench-a"
-module = "/usr/lib/softhsm/libsofthsm2.so"
-token_label = "SEC-BENCH-A"
-pin = { file = "$WORK/user.pin" }
-sessions = 2
-
-[[datacenters.hsms]]
-name = "bench-b"
-module = "/usr/lib/softhsm/libsofthsm2.so"
-token_label = "SEC-BENCH-B"
-pin = { file = "$WORK/user.pin" }
-sessions = 2
-
-[[keys]]
-name = "$KEY"
-label = "$KEY"
-algorithm = "ecdsa-p256"
-hsms = ["bench-a", "bench-b"]
-TOML
+    local name=$1 t
+    t=$(tag "$name")
+    local sets=(--set "gateway.audit.dir=$WORK/audit-$t")
+    if [[ $name == plain* ]]; then sets+=(--set "gateway.gateway=$PLAIN_GATEWAY"); fi
+    if [[ $name != *+audit ]]; then sets+=(--set gateway.audit.bench_unaudited=true); fi
+    "$BIN/hsmgate-stack" config gateway "$HERE/gateway.toml" "$WORK/gateway-$t.toml" "${sets[@]}" \
+        2> "$WORK/config-$t.log" || fail "gateway-$t.toml: $(cat "$WORK/config-$t.log")"
 }
 
 export SOFTHSM2_CONF=$WORK/softhsm2.conf
-for name in "${CONFIGS[@]}"; do config "$name" > "$WORK/gateway-$(tag "$name").toml"; done
+for name in "${CONFIGS[@]}"; do config "$name"; done
 "$BIN/hsm-config" dev-certs "$WORK/tls" > "$WORK/dev-certs.log" 2>&1 || fail "dev-certs: $(cat "$WORK/dev-certs.log")"
 "$BIN/hsm-config" provision "$WORK/gateway-plain.toml" > "$WORK/provision.log" 2>&1 ||
     fail "provisioning: $(tail -5 "$WORK/provision.log")"
@@ -213,29 +167,21 @@ log "tokens and certificates ready"
 # One after the other: SoftHSM2 rewrites a token's file on C_Login, and a gateway starting at
 # that moment can miss the token (signer/tests/common/mod.rs).
 declare -A PID URL METRICS
-field() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p"; }
 hsms_up() { curl -sf "http://$1/metrics" 2>/dev/null | awk '/^hsmgate_hsm_up\{/ {s += $2} END {print s + 0}'; }
 for name in "${CONFIGS[@]}"; do
     t=$(tag "$name")
-    "$SIGNER" --config "$WORK/gateway-$t.toml" > "$WORK/signer-$t.out" 2> "$WORK/signer-$t.log" &
-    PID[$name]=$!
-    PIDS+=("${PID[$name]}")
-    for ((i = 0; i < 300; i++)); do
-        grep -q '^READY' "$WORK/signer-$t.out" 2>/dev/null && break
-        kill -0 "${PID[$name]}" 2>/dev/null || break
-        sleep 0.1
-    done
-    if ! grep -q '^READY' "$WORK/signer-$t.out" 2>/dev/null; then
+    if ! spawn_ready "signer-$t" "$WORK" "$SIGNER" --config "$WORK/gateway-$t.toml"; then
         if grep -q 'audit.bench_unaudited: refused' "$WORK/signer-$t.log"; then
             fail "$SIGNER was built without the bench-unaudited feature; see $0 --help"
         fi
         fail "gateway $name did not start: $(tail -5 "$WORK/signer-$t.log")"
     fi
-    ready=$(grep -m1 '^READY' "$WORK/signer-$t.out")
-    METRICS[$name]=$(field "$ready" metrics)
+    PID[$name]=$LAST_PID
+    PIDS+=("${PID[$name]}")
+    METRICS[$name]=$(ready_field "$READY_LINE" metrics)
     case $name in
-        plain*) URL[$name]=http://$(field "$ready" grpc) ;;
-        mtls*) URL[$name]=https://$(field "$ready" grpc) ;;
+        plain*) URL[$name]=http://$(ready_field "$READY_LINE" grpc) ;;
+        mtls*) URL[$name]=https://$(ready_field "$READY_LINE" grpc) ;;
     esac
     for ((i = 0; i < 200; i++)); do
         [[ $(hsms_up "${METRICS[$name]}") == 2 ]] && break

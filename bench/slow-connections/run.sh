@@ -3,7 +3,9 @@
 # ca-frontend/e2e/clients.sh; this is the 20,000 the issue reported, not run in CI):
 #
 #  1. the OCSP responder (`hsmgate-ocsp serve`, SQLite store, a throwaway issuer certificate:
-#     every answer is `unauthorized`, which is still a full request through the responder);
+#     every answer is `unauthorized`, which is still a full request through the responder), its
+#     config derived from bench/ocsp/ocsp.toml (`hsmgate-stack config ocsp`, the limits below
+#     set with --set);
 #  2. P attacker processes (ca-frontend/e2e/slow_connections.py) open SLOW connections that
 #     never send a byte and HALF that send half a header, and hold them for HOLD seconds (not
 #     reopening those the responder closes: from one source address, reopening thousands a
@@ -15,7 +17,8 @@
 #          [--requests R] [--max-connections C] [--header-timeout S] [--out DIR]
 #
 # Defaults: 20,000 slow, 1,000 half-header, 4 processes, 30 s, 200 GETs, the responder's default
-# limits. Needs release binaries (cargo build --release -p ocsp), openssl, python3, and a file
+# limits. Needs release binaries (cargo build --release -p ocsp -p hsmgate-stack; BIN=DIR takes
+# them from DIR), openssl, python3, and a file
 # limit (`ulimit -n`) above SLOW / P + 300 for each attacker and above the connection cap for
 # the responder (the script raises the soft limit to the hard one).
 set -euo pipefail
@@ -23,7 +26,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 BIN=${BIN:-$ROOT/target/release}
-SLOW=20000 HALF=1000 PROCS=4 HOLD=30 REQUESTS=200 MAX_CONN= HEADER_TIMEOUT= OUT=
+SLOW=20000 HALF=1000 PROCS=4 HOLD=30 REQUESTS=200 MAX_CONN='' HEADER_TIMEOUT='' OUT=''
 while (($#)); do
     case $1 in
         --slow) SLOW=$2; shift 2 ;;
@@ -38,7 +41,10 @@ while (($#)); do
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
-. "$ROOT/bench/lib.sh" # PIDS, stop_pid, log, fail
+. "$ROOT/bench/lib.sh" # PIDS, stop_pid, log, fail; the stack kit's spawn_ready, ready_field
+for b in hsmgate-ocsp hsmgate-stack; do
+    [[ -x $BIN/$b ]] || { echo "$BIN/$b missing: cargo build --release -p ocsp -p hsmgate-stack" >&2; exit 2; }
+done
 WORK=$(mktemp -d /tmp/hsmgate-slow-bench.XXXXXX)
 OUT=${OUT:-$WORK}
 mkdir -p "$OUT"
@@ -52,30 +58,18 @@ ulimit -n "$(ulimit -Hn)"
 # A throwaway issuer: the responder needs its name and key hashes, not its key.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$WORK/issuer.key" \
     -subj "/CN=slow-connections bench" -days 2 -out "$WORK/issuer.pem" 2>/dev/null
-cat > "$WORK/ocsp.toml" <<TOML
-[responder]
-listen = "127.0.0.1:0"
-
-[[issuers]]
-name = "bench"
-certificate = "issuer.pem"
-signing_key = "unused"
-
-[store]
-kind = "sqlite"
-path = "ocsp.sqlite"
-TOML
-if [ -n "$MAX_CONN$HEADER_TIMEOUT" ]; then
-    echo "[responder.connections]" >> "$WORK/ocsp.toml"
-    [ -z "$MAX_CONN" ] || echo "max_connections = $MAX_CONN" >> "$WORK/ocsp.toml"
-    [ -z "$HEADER_TIMEOUT" ] || echo "header_read_timeout_secs = $HEADER_TIMEOUT" >> "$WORK/ocsp.toml"
-fi
-"$BIN/hsmgate-ocsp" serve --config "$WORK/ocsp.toml" > "$WORK/ocsp.out" 2> "$OUT/ocsp.log" &
-responder=$!
+# The benchmark responder's config (its issuer.pem and ocsp.sqlite, relative, land in $WORK):
+# the responder's defaults (256 MiB cache, fresh 5 s), connection limits as asked. Its metrics
+# listener (an ephemeral port) is one more descriptor, beside the thousands counted below.
+SETS=(--set ocsp.issuers.0.name=bench --set ocsp.issuers.0.signing_key=unused)
+[ -z "$MAX_CONN" ] || SETS+=(--set "ocsp.responder.connections.max_connections=$MAX_CONN")
+[ -z "$HEADER_TIMEOUT" ] || SETS+=(--set "ocsp.responder.connections.header_read_timeout_secs=$HEADER_TIMEOUT")
+"$BIN/hsmgate-stack" config ocsp "$ROOT/bench/ocsp/ocsp.toml" "$WORK/ocsp.toml" "${SETS[@]}" \
+    2> "$OUT/config.log" || fail "ocsp.toml: $(cat "$OUT/config.log")"
+spawn_ready ocsp "$OUT" "$BIN/hsmgate-ocsp" serve --config "$WORK/ocsp.toml" || fail "the responder did not start"
+responder=$LAST_PID
 PIDS+=("$responder")
-for _ in $(seq 1 100); do grep -q '^READY' "$WORK/ocsp.out" 2>/dev/null && break; sleep 0.1; done
-grep -q '^READY' "$WORK/ocsp.out" || fail "the responder did not start: $(cat "$OUT/ocsp.log")"
-addr=$(sed -n 's/^READY http=\([^ ]*\).*/\1/p' "$WORK/ocsp.out")
+addr=$(ready_field "$READY_LINE" http)
 openssl ocsp -issuer "$WORK/issuer.pem" -serial 0x1001 -no_nonce -reqout "$WORK/req.der" 2>/dev/null
 path=/$(python3 -c 'import base64,sys,urllib.parse; print(urllib.parse.quote(base64.b64encode(open(sys.argv[1],"rb").read()).decode(), safe=""))' "$WORK/req.der")
 SLOW_PY=$ROOT/ca-frontend/e2e/slow_connections.py
@@ -91,7 +85,7 @@ for i in $(seq 1 "$PROCS"); do
     PIDS+=($!)
 done
 sleep 2
-(for _ in $(seq 1 $((HOLD * 2))); do ls "/proc/$responder/fd" 2>/dev/null | wc -l; sleep 0.5; done \
+(for _ in $(seq 1 $((HOLD * 2))); do find "/proc/$responder/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l; sleep 0.5; done \
     | sort -n | tail -n 1 > "$WORK/fds") &
 python3 "$SLOW_PY" --target "$addr" --path "$path" --idle 0 --half 0 --requests "$REQUESTS" \
     --interval 0.05 --p99-limit 1 | sed 's/^/under attack: /' || true
