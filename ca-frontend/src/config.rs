@@ -544,10 +544,13 @@ path = "x.sqlite"
         );
     }
 
+    /// Example files loaded as `T`, each with its path.
+    type Loaded<T> = Vec<(PathBuf, T)>;
+
     /// Every `*.toml` under `ca-frontend/examples/`, loaded (and validated) as its command loads
     /// it: a file with a `[perspective]` table is `ca-frontend perspective`'s, others the
     /// frontend's.
-    fn examples() -> (Vec<(PathBuf, Config)>, Vec<(PathBuf, PerspectiveConfig)>) {
+    fn examples() -> (Loaded<Config>, Loaded<PerspectiveConfig>) {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
         let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
             .expect("ca-frontend/examples")
