@@ -11,7 +11,9 @@
 # Load during every drill: `hsm-bench acme` orders on acme-1 (which balances over both
 # gateways), and a watcher asking both responders every 0.2 s for serial 0x1003, which the
 # import revoked (it must never be answered `good`), and for the CRL shard list. After each
-# drill, a short `after` load on acme-2 must complete every order: recovered, no restart.
+# drill, a short `after` load on acme-2 must complete every order: recovered, no restart; and
+# every certificate the load generators received (warm-up included) must have its record in
+# PostgreSQL, a sample of 10 `good` at both responders: nothing issued half-recorded.
 #
 # Drills (run in this order; default: all):
 #   gateway     gateway-west SIGKILLed at --at seconds; the supervisor restarts it. No order may
@@ -59,7 +61,7 @@ done
 for b in hsmgate-stack hsm-bench signer; do
     [[ -x $BIN/$b ]] || { echo "$BIN/$b missing: cargo build -p hsmgate-stack -p hsm-bench -p signer -p ocsp -p ca-frontend -p hsm-config" >&2; exit 2; }
 done
-for tool in redis-server redis-cli psql pg_lsclusters pg_ctlcluster p11-kit pebble-challtestsrv openssl curl; do
+for tool in shuf redis-server redis-cli psql pg_lsclusters pg_ctlcluster p11-kit pebble-challtestsrv openssl curl; do
     command -v "$tool" > /dev/null || { echo "missing $tool (hsm-config/dev/setup.sh installs it)" >&2; exit 2; }
 done
 
@@ -126,7 +128,31 @@ acme_load() {
     "$BIN/hsm-bench" acme --label "drill-$1" --directory "$2" \
         --concurrency "$CONCURRENCY" --duration "${3}s" --warmup 1s --order-timeout 30s \
         --http-port "$STACK_HTTP01_PORT" --domain "$1.drill.example.test" \
-        --json "$OUT/$1-acme.json" > "$OUT/$1-acme.txt" 2>&1 || true
+        --save-chains "$WORK/chains/$1" --json "$OUT/$1-acme.json" > "$OUT/$1-acme.txt" 2>&1 || true
+}
+# verify_chains LABEL...: every certificate the clients of these loads received has its record
+# in PostgreSQL, and (a sample of 10) is `good` at both responders. Prints
+# "RECEIVED UNRECORDED SAMPLED GOOD".
+norm_serial() { tr 'A-F' 'a-f' | sed 's/^0*//'; }
+verify_chains() {
+    local label f serial received=0 unrecorded=0 sampled=0 good_count=0 url
+    psql "$STACK_PG_URL" -tAc "SELECT serial FROM certificates" | norm_serial > "$WORK/recorded.txt"
+    for label in "$@"; do
+        for f in "$WORK/chains/$label"/*.pem; do
+            [ -e "$f" ] || continue
+            received=$((received + 1))
+            serial=$(openssl x509 -noout -serial -in "$f" | cut -d= -f2 | norm_serial)
+            grep -qx "$serial" "$WORK/recorded.txt" || unrecorded=$((unrecorded + 1))
+        done
+    done
+    for f in $(for label in "$@"; do ls "$WORK/chains/$label"/*.pem 2>/dev/null; done | shuf -n 10); do
+        for url in "$STACK_OCSP_URL" "$STACK_OCSP2_URL"; do
+            sampled=$((sampled + 1))
+            openssl ocsp -issuer "$STACK_ISSUER_PEM" -CAfile "$STACK_ROOT_PEM" -cert "$f" -url "$url" \
+                -no_nonce 2>/dev/null | grep -q ': good' && good_count=$((good_count + 1))
+        done
+    done
+    echo "$received $unrecorded $sampled $good_count"
 }
 orders_of() { # LABEL: "ok failed" from its report
     local orders
@@ -241,11 +267,14 @@ for drill in "${DRILLS[@]}"; do
     # Recovered without a restart: a short load on the other frontend completes every order.
     acme_load "$drill-after" "$STACK_ACME2_DIRECTORY" 3
     read -r after_ok after_failed <<< "$(orders_of "$drill-after")"
+    read -r received unrecorded sampled sampled_good <<< "$(verify_chains "$drill" "$drill-after")"
     now_kept=$(for s in PRESIGN CRL_UPDATE_1 CRL_UPDATE_2 RESPONDER_1 RESPONDER_2 ACME_1 ACME_2; do pid_of $s; done | tr '\n' ' ')
     verdict=pass why=""
     [ "$good" = 0 ] || why+=" 0x1003 answered good;"
     [ "$after_failed" = 0 ] && [ "$after_ok" != 0 ] || why+=" not recovered (after: ok $after_ok failed $after_failed);"
     [ "$kept" = "$now_kept" ] || why+=" a frontend, responder, pre-signer or CRL updater was restarted;"
+    [ "$unrecorded" = 0 ] || why+=" $unrecorded certificates received without their record;"
+    [ "$sampled" = "$sampled_good" ] || why+=" $((sampled - sampled_good)) of $sampled sampled OCSP answers not good;"
     case $drill in
         gateway | datacenter) [ "$failed" = 0 ] || why+=" orders failed;" ;;
         dns) [ "$ocsp_errors$crl_errors" = 00 ] || why+=" OCSP/CRL errors while DNS was down;"
@@ -254,7 +283,7 @@ for drill in "${DRILLS[@]}"; do
         redis) [ "$ocsp_errors$crl_errors" = 00 ] || why+=" responders failed to answer;" ;;
     esac
     [ -z "$why" ] || { verdict="FAIL:$why"; failures=$((failures + 1)); }
-    ROWS+=("| $drill | $ok | $failed ${errors:+($errors)} | $answers ($ocsp_errors unanswered, $crl_errors CRL) | $good | $recovery | $after_ok / $after_failed | $verdict |")
+    ROWS+=("| $drill | $ok | $failed ${errors:+($errors)} | $received, $unrecorded, $sampled_good/$sampled | $answers ($ocsp_errors unanswered, $crl_errors CRL) | $good | $recovery | $after_ok / $after_failed | $verdict |")
     log "drill $drill: orders ok $ok failed $failed $errors; 0x1003 asked $answers times, good $good, unanswered $ocsp_errors, CRL list errors $crl_errors; $recovery; after: ok $after_ok failed $after_failed; $verdict"
 done
 
@@ -268,8 +297,8 @@ done
     echo
     echo "command: $0 --duration $DURATION --at $AT --hold $HOLD --concurrency $CONCURRENCY ${DRILLS[*]}"
     echo
-    echo "| drill | orders ok | orders failed | 0x1003 asked (unanswered, CRL list errors) | answered good | recovery | after: ok / failed | verdict |"
-    echo "|---|---|---|---|---|---|---|---|"
+    echo "| drill | orders ok | orders failed | certificates received, unrecorded, sampled good at both responders | 0x1003 asked (unanswered, CRL list errors) | answered good | recovery | after: ok / failed | verdict |"
+    echo "|---|---|---|---|---|---|---|---|---|"
     printf '%s\n' "${ROWS[@]}"
     echo
     echo "audit chains of gateway-east and gateway-west: $audit"

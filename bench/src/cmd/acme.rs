@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -95,6 +95,10 @@ pub struct AcmeArgs {
     /// Write everything to FILE as JSON.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Keep every chain downloaded, warm-up included, as DIR/<name>.pem: the drills check that
+    /// each certificate a client received has its record and its OCSP status.
+    #[arg(long, value_name = "DIR")]
+    pub save_chains: Option<PathBuf>,
 }
 
 // ------------------------------------------------------------------------------- results
@@ -404,6 +408,7 @@ async fn one_order(
     name: String,
     keys: &KeyAuths,
     poll: Duration,
+    save_chains: Option<&Path>,
 ) -> Result<Timing, Failure> {
     let t0 = Instant::now();
     let ids = [Identifier::Dns(name.clone())];
@@ -509,6 +514,11 @@ async fn one_order(
         ));
     }
     let t4 = Instant::now();
+    if let Some(dir) = save_chains {
+        // A few kilobytes to the page cache: not worth a blocking-pool hop.
+        std::fs::write(dir.join(format!("{name}.pem")), &chain)
+            .map_err(|e| failure("download", "save", e.to_string()))?;
+    }
     Ok(Timing {
         phases: [t1 - t0, t2 - t1, t3 - t2b, t4 - t3, (t4 - t0) - (t2b - t2)],
         validation_polls,
@@ -530,6 +540,7 @@ struct Plan {
     domain: String,
     poll: Duration,
     order_timeout: Duration,
+    save_chains: Option<PathBuf>,
     stop: AtomicBool,
 }
 
@@ -555,7 +566,13 @@ async fn worker(account: Account, plan: Arc<Plan>, keys: KeyAuths, seconds: usiz
         let name = format!("o{n}.{}.{}", plan.run_label, plan.domain);
         let outcome = tokio::time::timeout(
             plan.order_timeout,
-            one_order(&account, name, &keys, plan.poll),
+            one_order(
+                &account,
+                name,
+                &keys,
+                plan.poll,
+                plan.save_chains.as_deref(),
+            ),
         )
         .await
         .unwrap_or_else(|_| {
@@ -603,6 +620,9 @@ async fn worker(account: Account, plan: Arc<Plan>, keys: KeyAuths, seconds: usiz
 }
 
 pub fn run(args: AcmeArgs) -> Result<()> {
+    if let Some(dir) = &args.save_chains {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.client_threads as usize)
         .enable_all()
@@ -696,6 +716,7 @@ async fn run_async(args: AcmeArgs) -> Result<AcmeReport> {
         domain: args.domain.clone(),
         poll: args.poll_interval,
         order_timeout: args.order_timeout,
+        save_chains: args.save_chains.clone(),
         stop: AtomicBool::new(false),
     });
     let seconds = duration.map_or(60, |d| d.as_secs_f64().ceil() as usize);
