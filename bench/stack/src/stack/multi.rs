@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use super::files::{self, Layout};
 use super::{DevStack, Program, Service, ServiceLog, StackInfo, StartedStack};
-use crate::challtestsrv::free_port;
 use crate::configs;
 use crate::error::Error;
 use crate::stack::Ports;
@@ -68,22 +67,24 @@ pub struct MultiStack {
 
 impl MultiStack {
     pub fn new(root: &Path, dir: &Path) -> Result<Self, Error> {
-        let next = free_port;
+        let ports = Ports::ephemeral()?;
+        let mut free = super::ports::free_ports(7, &ports.all())?.into_iter();
+        let mut next = || free.next().unwrap_or_default();
         let second = Second {
-            gateway: next()?,
-            gateway_metrics: next()?,
-            responder: next()?,
-            responder_metrics: next()?,
-            acme: next()?,
-            acme_metrics: next()?,
-            crl_metrics: next()?,
+            gateway: next(),
+            gateway_metrics: next(),
+            responder: next(),
+            responder_metrics: next(),
+            acme: next(),
+            acme_metrics: next(),
+            crl_metrics: next(),
         };
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or_default();
         Ok(Self {
-            base: DevStack::in_dir(root, dir, Ports::ephemeral()?),
+            base: DevStack::in_dir(root, dir, ports),
             second,
             redis_ports: redis_ports()?,
             pg_schema: format!("hsmgate_{}_{stamp}", std::process::id()),
@@ -324,14 +325,8 @@ impl MultiStack {
             started.processes.push(process);
         }
         info.set("GATEWAY_URLS", self.gateway_urls("https"));
-        info.set(
-            "GATEWAY_WEST_ADDR",
-            format!("127.0.0.1:{}", self.second.gateway),
-        );
-        info.set(
-            "GATEWAY_WEST_METRICS",
-            format!("127.0.0.1:{}", self.second.gateway_metrics),
-        );
+        info.set_addr("GATEWAY_WEST_ADDR", self.second.gateway);
+        info.set_addr("GATEWAY_WEST_METRICS", self.second.gateway_metrics);
         // The CA, through gateway-east.
         stack.ceremony(stop)?;
         let read = |p: &Path| std::fs::read(p).unwrap_or_default();
@@ -360,19 +355,13 @@ impl MultiStack {
             started.processes.push(process);
         }
         let s = &self.second;
-        info.set("OCSP2_ADDR", format!("127.0.0.1:{}", s.responder));
-        info.set("OCSP2_URL", format!("http://127.0.0.1:{}", s.responder));
-        info.set(
-            "OCSP2_METRICS",
-            format!("127.0.0.1:{}", s.responder_metrics),
-        );
-        info.set("ACME2_ADDR", format!("127.0.0.1:{}", s.acme));
-        info.set(
-            "ACME2_DIRECTORY",
-            format!("http://127.0.0.1:{}/directory", s.acme),
-        );
-        info.set("ACME2_METRICS", format!("127.0.0.1:{}", s.acme_metrics));
-        info.set("CRL2_METRICS", format!("127.0.0.1:{}", s.crl_metrics));
+        info.set_addr("OCSP2_ADDR", s.responder);
+        info.set_url("OCSP2_URL", "http", s.responder, "");
+        info.set_addr("OCSP2_METRICS", s.responder_metrics);
+        info.set_addr("ACME2_ADDR", s.acme);
+        info.set_url("ACME2_DIRECTORY", "http", s.acme, "/directory");
+        info.set_addr("ACME2_METRICS", s.acme_metrics);
+        info.set_addr("CRL2_METRICS", s.crl_metrics);
         for name in ["GATEWAY", "OCSP", "ACME", "PERSPECTIVE"] {
             info.unset(&format!("{name}_CONFIG"));
         }

@@ -51,35 +51,60 @@ impl Ports {
         }
     }
 
-    /// A free ephemeral port for each (asked of the kernel one by one, so they differ; another
-    /// process could take one before the stack binds it, which the stack then reports).
+    /// A free ephemeral port for each, all different.
     pub fn ephemeral() -> Result<Self, Error> {
-        let mut taken = Vec::new();
-        let mut next = || -> Result<u16, Error> {
-            loop {
-                let port = free_port()?;
-                if !taken.contains(&port) {
-                    taken.push(port);
-                    return Ok(port);
-                }
-            }
-        };
+        let mut free = free_ports(15, &[])?.into_iter();
+        let mut next = || free.next().unwrap_or_default();
         Ok(Self {
-            gateway: next()?,
-            gateway_metrics: next()?,
-            responder: next()?,
-            responder_metrics: next()?,
-            acme: next()?,
-            acme_metrics: next()?,
-            presign_metrics: next()?,
-            crl_metrics: next()?,
-            dns: next()?,
-            dns_management: next()?,
-            http01: next()?,
-            tls_alpn01: next()?,
-            perspectives: [next()?, next()?, next()?],
+            gateway: next(),
+            gateway_metrics: next(),
+            responder: next(),
+            responder_metrics: next(),
+            acme: next(),
+            acme_metrics: next(),
+            presign_metrics: next(),
+            crl_metrics: next(),
+            dns: next(),
+            dns_management: next(),
+            http01: next(),
+            tls_alpn01: next(),
+            perspectives: [next(), next(), next()],
         })
     }
+
+    /// Every port, for choosing more that differ from them.
+    pub fn all(&self) -> Vec<u16> {
+        let mut all = vec![
+            self.gateway,
+            self.gateway_metrics,
+            self.responder,
+            self.responder_metrics,
+            self.acme,
+            self.acme_metrics,
+            self.presign_metrics,
+            self.crl_metrics,
+            self.dns,
+            self.dns_management,
+            self.http01,
+            self.tls_alpn01,
+        ];
+        all.extend(self.perspectives);
+        all
+    }
+}
+
+/// `count` free ephemeral ports, all different and none in `avoid` (asked of the kernel one by
+/// one; another process could take one before the stack binds it, which the stack then
+/// reports).
+pub(super) fn free_ports(count: usize, avoid: &[u16]) -> Result<Vec<u16>, Error> {
+    let mut taken: Vec<u16> = Vec::with_capacity(count);
+    while taken.len() < count {
+        let port = free_port()?;
+        if !taken.contains(&port) && !avoid.contains(&port) {
+            taken.push(port);
+        }
+    }
+    Ok(taken)
 }
 
 #[cfg(test)]
@@ -89,21 +114,7 @@ mod tests {
     #[test]
     fn ephemeral_ports_are_distinct_and_not_the_dev_ports() {
         let ports = Ports::ephemeral().expect("free ports");
-        let mut all = vec![
-            ports.gateway,
-            ports.gateway_metrics,
-            ports.responder,
-            ports.responder_metrics,
-            ports.acme,
-            ports.acme_metrics,
-            ports.presign_metrics,
-            ports.crl_metrics,
-            ports.dns,
-            ports.dns_management,
-            ports.http01,
-            ports.tls_alpn01,
-        ];
-        all.extend(ports.perspectives);
+        let mut all = ports.all();
         let count = all.len();
         all.sort_unstable();
         all.dedup();

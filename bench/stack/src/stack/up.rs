@@ -26,6 +26,16 @@ impl StackInfo {
         }
     }
 
+    /// Sets `STACK_<name>` to `127.0.0.1:<port>`.
+    pub fn set_addr(&mut self, name: &str, port: u16) {
+        self.set(name, format!("127.0.0.1:{port}"));
+    }
+
+    /// Sets `STACK_<name>` to `<scheme>://127.0.0.1:<port><path>`.
+    pub fn set_url(&mut self, name: &str, scheme: &str, port: u16, path: &str) {
+        self.set(name, format!("{scheme}://127.0.0.1:{port}{path}"));
+    }
+
     pub(crate) fn unset(&mut self, name: &str) {
         let name = format!("STACK_{name}");
         self.vars.retain(|(n, _)| *n != name);
@@ -66,42 +76,24 @@ impl DevStack {
             let name = format!("{}_CONFIG", file.name().to_uppercase());
             info.set(&name, layout.config(file).display());
         }
-        info.set("GATEWAY_ADDR", format!("127.0.0.1:{}", ports.gateway));
-        info.set(
-            "GATEWAY_URL",
-            format!("https://127.0.0.1:{}", ports.gateway),
-        );
-        info.set(
-            "GATEWAY_METRICS",
-            format!("127.0.0.1:{}", ports.gateway_metrics),
-        );
-        info.set("OCSP_ADDR", format!("127.0.0.1:{}", ports.responder));
-        info.set("OCSP_URL", format!("http://127.0.0.1:{}", ports.responder));
-        info.set(
-            "OCSP_METRICS",
-            format!("127.0.0.1:{}", ports.responder_metrics),
-        );
-        info.set("ACME_ADDR", format!("127.0.0.1:{}", ports.acme));
-        let scheme = if self.acme_tls.is_some() {
+        let acme_scheme = if self.acme_tls.is_some() {
             "https"
         } else {
             "http"
         };
-        info.set(
-            "ACME_DIRECTORY",
-            format!("{scheme}://127.0.0.1:{}/directory", ports.acme),
-        );
-        info.set("ACME_METRICS", format!("127.0.0.1:{}", ports.acme_metrics));
-        info.set(
-            "PRESIGN_METRICS",
-            format!("127.0.0.1:{}", ports.presign_metrics),
-        );
-        info.set("CRL_METRICS", format!("127.0.0.1:{}", ports.crl_metrics));
-        info.set("DNS_ADDR", format!("127.0.0.1:{}", ports.dns));
-        info.set(
-            "DNS_MANAGEMENT",
-            format!("http://127.0.0.1:{}", ports.dns_management),
-        );
+        info.set_addr("GATEWAY_ADDR", ports.gateway);
+        info.set_url("GATEWAY_URL", "https", ports.gateway, "");
+        info.set_addr("GATEWAY_METRICS", ports.gateway_metrics);
+        info.set_addr("OCSP_ADDR", ports.responder);
+        info.set_url("OCSP_URL", "http", ports.responder, "");
+        info.set_addr("OCSP_METRICS", ports.responder_metrics);
+        info.set_addr("ACME_ADDR", ports.acme);
+        info.set_url("ACME_DIRECTORY", acme_scheme, ports.acme, "/directory");
+        info.set_addr("ACME_METRICS", ports.acme_metrics);
+        info.set_addr("PRESIGN_METRICS", ports.presign_metrics);
+        info.set_addr("CRL_METRICS", ports.crl_metrics);
+        info.set_addr("DNS_ADDR", ports.dns);
+        info.set_url("DNS_MANAGEMENT", "http", ports.dns_management, "");
         info.set("HTTP01_PORT", ports.http01);
         info.set("TLSALPN01_PORT", ports.tls_alpn01);
         info.set(
