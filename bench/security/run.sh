@@ -142,15 +142,15 @@ log "results in $OUT; work dir $WORK; git $GIT; load average $LOAD_BEFORE; $FSYN
 
 # --- 1. tokens and certificates ----------------------------------------------------------------
 # The gateway configuration of one of the four, derived from gateway.toml (mtls+audit) with
-# `hsmgate-stack config gateway`: its own audit directory; plain text instead of mTLS (the whole
-# [gateway] table, as --set can replace a table but not remove gateway.tls from it); no audit
-# log. Writes $WORK/gateway-TAG.toml.
-PLAIN_GATEWAY='{ listen = "127.0.0.1:0", metrics_listen = "127.0.0.1:0", local_datacenter = "dc-bench", insecure_plaintext = { client = "bench" } }'
+# `hsmgate-stack config gateway`: its own audit directory; plain text for client `bench` instead
+# of mTLS; no audit log. Writes $WORK/gateway-TAG.toml.
 config() {
     local name=$1 t
     t=$(tag "$name")
     local sets=(--set "gateway.audit.dir=$WORK/audit-$t")
-    if [[ $name == plain* ]]; then sets+=(--set "gateway.gateway=$PLAIN_GATEWAY"); fi
+    if [[ $name == plain* ]]; then
+        sets+=(--unset gateway.gateway.tls --set gateway.gateway.insecure_plaintext.client=bench)
+    fi
     if [[ $name != *+audit ]]; then sets+=(--set gateway.audit.bench_unaudited=true); fi
     "$BIN/hsmgate-stack" config gateway "$HERE/gateway.toml" "$WORK/gateway-$t.toml" "${sets[@]}" \
         2> "$WORK/config-$t.log" || fail "gateway-$t.toml: $(cat "$WORK/config-$t.log")"

@@ -59,9 +59,9 @@ ulimit -n "$(ulimit -Hn)"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$WORK/issuer.key" \
     -subj "/CN=slow-connections bench" -days 2 -out "$WORK/issuer.pem" 2>/dev/null
 # The benchmark responder's config (its issuer.pem and ocsp.sqlite, relative, land in $WORK):
-# the responder's defaults (256 MiB cache, fresh 5 s), connection limits as asked. Its metrics
-# listener (an ephemeral port) is one more descriptor, beside the thousands counted below.
-SETS=(--set ocsp.issuers.0.name=bench --set ocsp.issuers.0.signing_key=unused)
+# the responder's defaults (256 MiB cache, fresh 5 s), connection limits as asked, no metrics
+# listener (as before: no descriptor beside those counted below).
+SETS=(--set ocsp.issuers.0.name=bench --set ocsp.issuers.0.signing_key=unused --unset ocsp.responder.metrics_listen)
 [ -z "$MAX_CONN" ] || SETS+=(--set "ocsp.responder.connections.max_connections=$MAX_CONN")
 [ -z "$HEADER_TIMEOUT" ] || SETS+=(--set "ocsp.responder.connections.header_read_timeout_secs=$HEADER_TIMEOUT")
 "$BIN/hsmgate-stack" config ocsp "$ROOT/bench/ocsp/ocsp.toml" "$WORK/ocsp.toml" "${SETS[@]}" \

@@ -49,6 +49,9 @@ enum Cmd {
         /// E.g. `--set ocsp.issuers.0.crl.revocation_delay_secs=3`. Repeatable.
         #[arg(long = "set", value_name = "FILE.PATH=VALUE")]
         overrides: Vec<Override>,
+        /// Removes an optional field or table of a written config (FILE.PATH). Repeatable.
+        #[arg(long = "unset", value_name = "FILE.PATH", value_parser = Override::unset)]
+        unsets: Vec<Override>,
         /// The ACME frontend serves HTTPS with this certificate (PEM; with --acme-key).
         #[arg(long, requires = "acme_key")]
         acme_cert: Option<PathBuf>,
@@ -78,6 +81,9 @@ enum Cmd {
         to: PathBuf,
         #[arg(long = "set", value_name = "KIND.PATH=VALUE")]
         overrides: Vec<Override>,
+        /// Removes an optional field or table (KIND.PATH), after the --set changes. Repeatable.
+        #[arg(long = "unset", value_name = "KIND.PATH", value_parser = Override::unset)]
+        unsets: Vec<Override>,
     },
 }
 
@@ -95,6 +101,7 @@ fn main() -> std::process::ExitCode {
             ports,
             env_file,
             overrides,
+            unsets,
             acme_cert,
             acme_key,
         } => (
@@ -102,7 +109,7 @@ fn main() -> std::process::ExitCode {
             dir,
             ports,
             env_file,
-            overrides,
+            [overrides, unsets].concat(),
             acme_cert.zip(acme_key),
         ),
         Cmd::Config {
@@ -110,7 +117,8 @@ fn main() -> std::process::ExitCode {
             from,
             to,
             overrides,
-        } => return config(&kind, &from, &to, &overrides),
+            unsets,
+        } => return config(&kind, &from, &to, &[overrides, unsets].concat()),
         Cmd::Multi {
             root,
             dir,

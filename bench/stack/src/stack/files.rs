@@ -83,21 +83,28 @@ impl ConfigFile {
 /// `--set FILE.PATH=VALUE`: one field of one config, changed after the stack has moved the
 /// example into its directory and onto its ports. PATH is dotted (`responder.connections.
 /// idle_timeout_secs`; a number indexes an array: `issuers.0.crl.revocation_delay_secs`);
-/// VALUE is a TOML value (`3`, `true`, `["sha1", "sha256"]`), or else a string.
+/// VALUE is a TOML value (`3`, `true`, `["sha1", "sha256"]`), or else a string. Or `--unset
+/// FILE.PATH` ([`Override::unset`]): an optional field or table removed (`gateway.gateway.tls`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Override {
     pub file: ConfigFile,
     pub path: Vec<String>,
-    pub value: toml::Value,
+    /// `None`: remove the field.
+    pub value: Option<toml::Value>,
 }
 
-impl std::str::FromStr for Override {
-    type Err = String;
+impl Override {
+    /// `--unset FILE.PATH`.
+    pub fn unset(text: &str) -> Result<Self, String> {
+        let (file, path) = Self::file_and_path(text, text)?;
+        Ok(Self {
+            file,
+            path,
+            value: None,
+        })
+    }
 
-    fn from_str(text: &str) -> Result<Self, String> {
-        let (key, value) = text
-            .split_once('=')
-            .ok_or_else(|| format!("`{text}`: expected FILE.PATH=VALUE"))?;
+    fn file_and_path(key: &str, text: &str) -> Result<(ConfigFile, Vec<String>), String> {
         let mut path = key.trim().split('.').map(str::to_owned);
         let file_name = path.next().unwrap_or_default();
         let file = ConfigFile::ALL
@@ -110,12 +117,28 @@ impl std::str::FromStr for Override {
         if path.is_empty() || path.iter().any(String::is_empty) {
             return Err(format!("`{text}`: no field named after `{file_name}.`"));
         }
+        Ok((file, path))
+    }
+}
+
+impl std::str::FromStr for Override {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (key, value) = text
+            .split_once('=')
+            .ok_or_else(|| format!("`{text}`: expected FILE.PATH=VALUE"))?;
+        let (file, path) = Self::file_and_path(key, text)?;
         // A TOML value if it parses as one, else the text as a string (`--set x=abc`).
         let value = toml::from_str::<toml::Table>(&format!("v = {value}"))
             .ok()
             .and_then(|mut t| t.remove("v"))
             .unwrap_or_else(|| toml::Value::String(value.to_owned()));
-        Ok(Self { file, path, value })
+        Ok(Self {
+            file,
+            path,
+            value: Some(value),
+        })
     }
 }
 
@@ -145,17 +168,29 @@ pub fn apply_overrides<T: Serialize + DeserializeOwned>(
 
 fn override_error(file: ConfigFile, path: &str, detail: impl std::fmt::Display) -> Error {
     Error::Step {
-        step: format!("--set {}.{path}", file.name()),
+        step: format!("--set/--unset {}.{path}", file.name()),
         detail: detail.to_string(),
     }
 }
 
-/// Sets `path` in `value`, creating tables on the way (an array index must exist).
-fn set(value: &mut toml::Value, path: &[String], new: toml::Value) -> Result<(), String> {
+/// Sets `path` in `value`, creating tables on the way (an array index must exist); `None`
+/// removes the field, which must be there.
+fn set(value: &mut toml::Value, path: &[String], new: Option<toml::Value>) -> Result<(), String> {
     let Some((first, rest)) = path.split_first() else {
-        *value = new;
+        if let Some(new) = new {
+            *value = new;
+        }
         return Ok(());
     };
+    if rest.is_empty() && new.is_none() {
+        let toml::Value::Table(table) = value else {
+            return Err(format!("`{first}` is not a field of a table"));
+        };
+        return match table.remove(first) {
+            Some(_) => Ok(()),
+            None => Err(format!("no field `{first}` to unset")),
+        };
+    }
     let next = match value {
         toml::Value::Table(table) => table
             .entry(first.clone())
@@ -398,13 +433,16 @@ mod tests {
             .unwrap();
         assert_eq!(o.file, ConfigFile::Ocsp);
         assert_eq!(o.path, ["issuers", "0", "crl", "revocation_delay_secs"]);
-        assert_eq!(o.value, toml::Value::Integer(3));
+        assert_eq!(o.value, Some(toml::Value::Integer(3)));
         let o: Override = r#"ocsp.presigner.cert_id_hashes=["sha1", "sha256"]"#
             .parse()
             .unwrap();
-        assert!(matches!(o.value, toml::Value::Array(ref a) if a.len() == 2));
+        assert!(matches!(o.value, Some(toml::Value::Array(ref a)) if a.len() == 2));
         let o: Override = "acme.server.base_url=https://x.test".parse().unwrap();
-        assert_eq!(o.value, toml::Value::String("https://x.test".into()));
+        assert_eq!(o.value, Some(toml::Value::String("https://x.test".into())));
+        let o = Override::unset("gateway.gateway.tls").unwrap();
+        assert_eq!((o.file, o.value), (ConfigFile::Gateway, None));
+        assert!(Override::unset("gateway").is_err());
         assert!("nginx.a=1".parse::<Override>().is_err());
         assert!("ocsp=1".parse::<Override>().is_err());
         assert!("ocsp.responder.listen".parse::<Override>().is_err());
@@ -442,7 +480,22 @@ mod tests {
         for bad in ["ocsp.nmae=x", "ocsp.items.5.n=1", "ocsp.items.0.n=\"x\""] {
             let sets = [bad.parse::<Override>().unwrap()];
             let err = apply_overrides(&sample, ConfigFile::Ocsp, &sets).unwrap_err();
-            assert!(err.to_string().contains("--set ocsp."), "{bad}: {err}");
+            assert!(err.to_string().contains("--unset ocsp."), "{bad}: {err}");
+        }
+        // --unset removes an optional field; a required or absent one is an error.
+        let with_extra = Sample {
+            extra: Some(Item { n: 3 }),
+            ..changed
+        };
+        let unset = [Override::unset("ocsp.extra").unwrap()];
+        let removed = apply_overrides(&with_extra, ConfigFile::Ocsp, &unset).unwrap();
+        assert_eq!(removed.extra, None);
+        for bad in ["ocsp.name", "ocsp.extra"] {
+            let unset = [Override::unset(bad).unwrap()];
+            assert!(
+                apply_overrides(&removed, ConfigFile::Ocsp, &unset).is_err(),
+                "{bad}"
+            );
         }
     }
 }
