@@ -13,7 +13,10 @@
 # import revoked (it must never be answered `good`), and for the CRL shard list. After each
 # drill, a short `after` load on acme-2 must complete every order: recovered, no restart; and
 # every certificate the load generators received (warm-up included) must have its record in
-# PostgreSQL, a sample of 10 `good` at both responders: nothing issued half-recorded.
+# PostgreSQL, a sample of 10 `good` at both responders: nothing issued half-recorded. Every 10th
+# certificate is revoked by its account as soon as it is downloaded: each must be `revoked` at
+# both responders (never `good` past their 5 s cache window) and 3 of them listed by their CRL
+# shard (the deployment's revocation delay is 5 s).
 #
 # Drills (run in this order; default: all):
 #   gateway     gateway-west SIGKILLed at --at seconds; the supervisor restarts it. No order may
@@ -128,7 +131,7 @@ acme_load() {
     "$BIN/hsm-bench" acme --label "drill-$1" --directory "$2" \
         --concurrency "$CONCURRENCY" --duration "${3}s" --warmup 1s --order-timeout 30s \
         --http-port "$STACK_HTTP01_PORT" --domain "$1.drill.example.test" \
-        --save-chains "$WORK/chains/$1" --json "$OUT/$1-acme.json" > "$OUT/$1-acme.txt" 2>&1 || true
+        --save-chains "$WORK/chains/$1" --revoke-every 10 --json "$OUT/$1-acme.json" > "$OUT/$1-acme.txt" 2>&1 || true
 }
 # verify_chains LABEL...: every certificate the clients of these loads received has its record
 # in PostgreSQL, and (a sample of 10) is `good` at both responders. Prints
@@ -145,7 +148,7 @@ verify_chains() {
             grep -qx "$serial" "$WORK/recorded.txt" || unrecorded=$((unrecorded + 1))
         done
     done
-    for f in $(for label in "$@"; do ls "$WORK/chains/$label"/*.pem 2>/dev/null; done | shuf -n 10); do
+    for f in $(for label in "$@"; do ls "$WORK/chains/$label"/*.pem 2>/dev/null; done | grep -v -F -f <(revoked_chains "$@"; echo /nothing/) | shuf -n 10); do
         for url in "$STACK_OCSP_URL" "$STACK_OCSP2_URL"; do
             sampled=$((sampled + 1))
             openssl ocsp -issuer "$STACK_ISSUER_PEM" -CAfile "$STACK_ROOT_PEM" -cert "$f" -url "$url" \
@@ -153,6 +156,39 @@ verify_chains() {
         done
     done
     echo "$received $unrecorded $sampled $good_count"
+}
+revoked_chains() { local label; for label in "$@"; do ls "$WORK/chains/$label"/*.revoked 2>/dev/null | sed 's/\.revoked$/.pem/'; done; }
+# verify_revoked LABEL...: every certificate the load generators revoked is `revoked` at both
+# responders (within their 5 s cache window), and 3 of them are listed by the CRL shard their
+# CRL Distribution Point names (within the updater's 5 s revocation delay). Prints
+# "REVOKED NOT_REVOKED_AT_A_RESPONDER CRL_CHECKED CRL_LISTED".
+ocsp_says() { openssl ocsp -issuer "$STACK_ISSUER_PEM" -CAfile "$STACK_ROOT_PEM" -cert "$1" -url "$2" -no_nonce 2>/dev/null | sed -n 's/^[^:]*: \(good\|revoked\|unknown\)$/\1/p'; }
+verify_revoked() {
+    local f url revoked=0 not_revoked=0 crl_checked=0 crl_listed=0 state i url_crl serial
+    for f in $(revoked_chains "$@"); do
+        revoked=$((revoked + 1))
+        for url in "$STACK_OCSP_URL" "$STACK_OCSP2_URL"; do
+            for i in $(seq 1 40); do
+                state=$(ocsp_says "$f" "$url")
+                [ "$state" = revoked ] && break
+                [ "$state" = good ] && [ "$i" -eq 1 ] && [ "$(($(date +%s) - $(stat -c %Y "${f%.pem}.revoked")))" -gt 6 ] \
+                    && { echo "$f: good at $url more than 6 s after its revocation" >&2; break; }
+                sleep 0.2
+            done
+            [ "$state" = revoked ] || not_revoked=$((not_revoked + 1))
+        done
+    done
+    for f in $(revoked_chains "$@" | shuf -n 3); do
+        crl_checked=$((crl_checked + 1))
+        url_crl=$(openssl x509 -noout -ext crlDistributionPoints -in "$f" | sed -n 's/^ *URI://p' | head -n 1)
+        serial=$(openssl x509 -noout -serial -in "$f" | cut -d= -f2)
+        for _ in $(seq 1 60); do
+            curl -sf "$url_crl" | openssl crl -inform DER -noout -text 2>/dev/null | grep -qi "Serial Number: $serial" \
+                && { crl_listed=$((crl_listed + 1)); break; }
+            sleep 0.25
+        done
+    done
+    echo "$revoked $not_revoked $crl_checked $crl_listed"
 }
 orders_of() { # LABEL: "ok failed" from its report
     local orders
@@ -268,6 +304,7 @@ for drill in "${DRILLS[@]}"; do
     acme_load "$drill-after" "$STACK_ACME2_DIRECTORY" 3
     read -r after_ok after_failed <<< "$(orders_of "$drill-after")"
     read -r received unrecorded sampled sampled_good <<< "$(verify_chains "$drill" "$drill-after")"
+    read -r revoked not_revoked crl_checked crl_listed <<< "$(verify_revoked "$drill" "$drill-after")"
     now_kept=$(for s in PRESIGN CRL_UPDATE_1 CRL_UPDATE_2 RESPONDER_1 RESPONDER_2 ACME_1 ACME_2; do pid_of $s; done | tr '\n' ' ')
     verdict=pass why=""
     [ "$good" = 0 ] || why+=" 0x1003 answered good;"
@@ -275,6 +312,9 @@ for drill in "${DRILLS[@]}"; do
     [ "$kept" = "$now_kept" ] || why+=" a frontend, responder, pre-signer or CRL updater was restarted;"
     [ "$unrecorded" = 0 ] || why+=" $unrecorded certificates received without their record;"
     [ "$sampled" = "$sampled_good" ] || why+=" $((sampled - sampled_good)) of $sampled sampled OCSP answers not good;"
+    [ "$revoked" != 0 ] || why+=" nothing was revoked;"
+    [ "$not_revoked" = 0 ] || why+=" $not_revoked answers for revoked certificates not revoked;"
+    [ "$crl_checked" = "$crl_listed" ] || why+=" $((crl_checked - crl_listed)) revoked certificates not in their CRL shard;"
     case $drill in
         gateway | datacenter) [ "$failed" = 0 ] || why+=" orders failed;" ;;
         dns) [ "$ocsp_errors$crl_errors" = 00 ] || why+=" OCSP/CRL errors while DNS was down;"
@@ -283,7 +323,7 @@ for drill in "${DRILLS[@]}"; do
         redis) [ "$ocsp_errors$crl_errors" = 00 ] || why+=" responders failed to answer;" ;;
     esac
     [ -z "$why" ] || { verdict="FAIL:$why"; failures=$((failures + 1)); }
-    ROWS+=("| $drill | $ok | $failed ${errors:+($errors)} | $received, $unrecorded, $sampled_good/$sampled | $answers ($ocsp_errors unanswered, $crl_errors CRL) | $good | $recovery | $after_ok / $after_failed | $verdict |")
+    ROWS+=("| $drill | $ok | $failed ${errors:+($errors)} | $received, $unrecorded, $sampled_good/$sampled | $revoked, $not_revoked, $crl_listed/$crl_checked | $answers ($ocsp_errors unanswered, $crl_errors CRL) | $good | $recovery | $after_ok / $after_failed | $verdict |")
     log "drill $drill: orders ok $ok failed $failed $errors; 0x1003 asked $answers times, good $good, unanswered $ocsp_errors, CRL list errors $crl_errors; $recovery; after: ok $after_ok failed $after_failed; $verdict"
 done
 
@@ -297,8 +337,8 @@ done
     echo
     echo "command: $0 --duration $DURATION --at $AT --hold $HOLD --concurrency $CONCURRENCY ${DRILLS[*]}"
     echo
-    echo "| drill | orders ok | orders failed | certificates received, unrecorded, sampled good at both responders | 0x1003 asked (unanswered, CRL list errors) | answered good | recovery | after: ok / failed | verdict |"
-    echo "|---|---|---|---|---|---|---|---|---|"
+    echo "| drill | orders ok | orders failed | certificates received, unrecorded, sampled good at both responders | revoked (every 10th), not revoked at a responder, in their CRL shard | 0x1003 asked (unanswered, CRL list errors) | answered good | recovery | after: ok / failed | verdict |"
+    echo "|---|---|---|---|---|---|---|---|---|---|"
     printf '%s\n' "${ROWS[@]}"
     echo
     echo "audit chains of gateway-east and gateway-west: $audit"

@@ -29,7 +29,7 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use instant_acme::{
     Account, AuthorizationStatus, BodyWrapper, ChallengeType, Identifier, NewAccount, NewOrder,
-    Order, OrderStatus,
+    Order, OrderStatus, RevocationReason, RevocationRequest,
 };
 use serde::Serialize;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -99,6 +99,11 @@ pub struct AcmeArgs {
     /// each certificate a client received has its record and its OCSP status.
     #[arg(long, value_name = "DIR")]
     pub save_chains: Option<PathBuf>,
+    /// Revoke every Nth certificate (keyCompromise) once downloaded, as the account that
+    /// ordered it; with --save-chains, DIR/<name>.revoked marks it. A failed revocation fails
+    /// the order (phase `revoke`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub revoke_every: Option<u64>,
 }
 
 // ------------------------------------------------------------------------------- results
@@ -409,6 +414,7 @@ async fn one_order(
     keys: &KeyAuths,
     poll: Duration,
     save_chains: Option<&Path>,
+    revoke: bool,
 ) -> Result<Timing, Failure> {
     let t0 = Instant::now();
     let ids = [Identifier::Dns(name.clone())];
@@ -519,6 +525,24 @@ async fn one_order(
         std::fs::write(dir.join(format!("{name}.pem")), &chain)
             .map_err(|e| failure("download", "save", e.to_string()))?;
     }
+    if revoke {
+        use rustls_pki_types::pem::PemObject as _;
+        let leaf = rustls_pki_types::CertificateDer::pem_slice_iter(chain.as_bytes())
+            .next()
+            .and_then(Result::ok)
+            .ok_or_else(|| failure("revoke", "not-pem", "no certificate in the chain"))?;
+        account
+            .revoke(&RevocationRequest {
+                certificate: &leaf,
+                reason: Some(RevocationReason::KeyCompromise),
+            })
+            .await
+            .map_err(fail("revoke"))?;
+        if let Some(dir) = save_chains {
+            std::fs::write(dir.join(format!("{name}.revoked")), b"")
+                .map_err(|e| failure("revoke", "save", e.to_string()))?;
+        }
+    }
     Ok(Timing {
         phases: [t1 - t0, t2 - t1, t3 - t2b, t4 - t3, (t4 - t0) - (t2b - t2)],
         validation_polls,
@@ -541,6 +565,7 @@ struct Plan {
     poll: Duration,
     order_timeout: Duration,
     save_chains: Option<PathBuf>,
+    revoke_every: Option<u64>,
     stop: AtomicBool,
 }
 
@@ -572,6 +597,7 @@ async fn worker(account: Account, plan: Arc<Plan>, keys: KeyAuths, seconds: usiz
                 &keys,
                 plan.poll,
                 plan.save_chains.as_deref(),
+                plan.revoke_every.is_some_and(|every| n % every == 0),
             ),
         )
         .await
@@ -717,6 +743,7 @@ async fn run_async(args: AcmeArgs) -> Result<AcmeReport> {
         poll: args.poll_interval,
         order_timeout: args.order_timeout,
         save_chains: args.save_chains.clone(),
+        revoke_every: args.revoke_every,
         stop: AtomicBool::new(false),
     });
     let seconds = duration.map_or(60, |d| d.as_secs_f64().ceil() as usize);

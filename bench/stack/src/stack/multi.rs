@@ -157,13 +157,13 @@ impl MultiStack {
         self.path("p11").join(format!("{hsm}.sock"))
     }
 
-    /// The OCSP config of one process (`name`): the Redis Cluster store with a replica file of
-    /// its own, both gateways, the CRL URLs on responder-1.
-    fn ocsp_config(
-        &self,
-        name: &str,
-        responder: (u16, u16),
-    ) -> Result<ocsp::config::Config, Error> {
+    /// The OCSP config of a process whose responder (if it is one) listens on `responder`: the Redis Cluster store, both gateways, the CRL
+    /// URLs on responder-1. The status worklist (which certificates exist, which are revoked:
+    /// what the pre-signer refreshes and the CRL updaters list) lives in the store's SQLite
+    /// file, so every OCSP process and both frontends share one file (WAL, one machine): with
+    /// a file each, the frontends' revocations never reached the CRL updaters. Across machines
+    /// the worklist must move to a shared database — not built yet.
+    fn ocsp_config(&self, responder: (u16, u16)) -> Result<ocsp::config::Config, Error> {
         let mut config = files::ocsp(&self.base.root, &self.layout(), &self.base.ports)?;
         config.responder.listen = loopback(responder.0);
         config.responder.metrics_listen = Some(loopback(responder.1));
@@ -174,9 +174,14 @@ impl MultiStack {
                 .map(|p| format!("redis://127.0.0.1:{p}"))
                 .collect(),
             cluster: true,
-            replica: self.path(&format!("replica-{name}.sqlite")),
+            replica: self.path("ocsp-worklist.sqlite"),
         };
         config.presigner.gateway = self.gateway_urls("http");
+        // Drills check that a revocation reaches its CRL shard: within seconds, not the dev
+        // config's minute (the BR allow 24 h).
+        for crl in issuer_crls(&mut config) {
+            crl.revocation_delay_secs = 5;
+        }
         Ok(config)
     }
 
@@ -231,7 +236,7 @@ impl MultiStack {
             ("acme-2", first),
         ];
         for (name, responder) in ocsp {
-            let config = self.ocsp_config(name, responder)?;
+            let config = self.ocsp_config(responder)?;
             let problems = config.validate();
             if !problems.is_empty() {
                 return Err(Error::Step {
@@ -611,6 +616,12 @@ impl MultiStack {
         }
         Ok(())
     }
+}
+
+fn issuer_crls(
+    config: &mut ocsp::config::Config,
+) -> impl Iterator<Item = &mut ocsp::config::CrlConfig> {
+    config.issuers.iter_mut().filter_map(|i| i.crl.as_mut())
 }
 
 fn loopback(port: u16) -> SocketAddr {
