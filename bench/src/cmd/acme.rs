@@ -597,7 +597,8 @@ async fn worker(account: Account, plan: Arc<Plan>, keys: KeyAuths, seconds: usiz
                 &keys,
                 plan.poll,
                 plan.save_chains.as_deref(),
-                plan.revoke_every.is_some_and(|every| n % every == 0),
+                plan.revoke_every
+                    .is_some_and(|every| n.is_multiple_of(every)),
             ),
         )
         .await
