@@ -18,7 +18,9 @@ use crate::error::Error;
 
 /// The workspace root (this crate is `bench/stack`).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // `/work/x` rather than `/work/x/bench/stack/../..` in every path the stack prints.
+    root.canonicalize().unwrap_or(root)
 }
 
 /// `target/<profile>` of the running executable: its directory, or the parent of `deps/`.
