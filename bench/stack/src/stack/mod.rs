@@ -15,6 +15,7 @@
 mod files;
 mod multi;
 mod ports;
+mod redis_cluster;
 mod up;
 
 use std::ffi::OsString;

@@ -16,12 +16,13 @@
 //! so that a drill can kill one part (a gateway, a Redis master, one datacenter's p11-kit
 //! servers) and watch the rest.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use super::files::{self, Layout};
+use super::redis_cluster::RedisCluster;
 use super::{DevStack, Program, Service, ServiceLog, StackInfo, StartedStack};
 use crate::configs;
 use crate::error::Error;
@@ -59,8 +60,8 @@ pub struct MultiStack {
     /// The first instance of each part, and the shared pieces (tokens, certificates, CA).
     pub base: DevStack,
     second: Second,
-    /// The six Redis Cluster nodes (each port + 10000 is its cluster bus).
-    pub redis_ports: [u16; 6],
+    /// The Redis Cluster of the OCSP and CRL data.
+    pub redis: RedisCluster,
     /// The PostgreSQL schema of the frontends' records.
     pub pg_schema: String,
 }
@@ -86,7 +87,7 @@ impl MultiStack {
         Ok(Self {
             base: DevStack::in_dir(root, dir, ports),
             second,
-            redis_ports: redis_ports()?,
+            redis: RedisCluster::choose_ports()?,
             pg_schema: format!("hsmgate_{}_{stamp}", std::process::id()),
         })
     }
@@ -168,11 +169,7 @@ impl MultiStack {
         config.responder.listen = loopback(responder.0);
         config.responder.metrics_listen = Some(loopback(responder.1));
         config.store = ocsp::config::Store::Redis {
-            urls: self
-                .redis_ports
-                .iter()
-                .map(|p| format!("redis://127.0.0.1:{p}"))
-                .collect(),
+            urls: self.redis.urls(),
             cluster: true,
             replica: self.path("ocsp-worklist.sqlite"),
         };
@@ -280,16 +277,15 @@ impl MultiStack {
         )?;
 
         // Redis Cluster: three masters, a replica each.
-        for (i, port) in self.redis_ports.iter().enumerate() {
-            let process = stack.start(&self.redis_service(i, *port))?;
+        let redis_dir = self.path("redis");
+        std::fs::create_dir_all(&redis_dir).map_err(|e| Error::io("creating", &redis_dir, e))?;
+        for i in 0..self.redis.ports.len() {
+            let process = stack.start(&self.redis.service(i, &redis_dir))?;
             info.set(&format!("PID_REDIS_{}", i + 1), process.pid());
             started.processes.push(process);
         }
-        self.create_cluster()?;
-        info.set(
-            "REDIS_ADDRS",
-            self.redis_ports.map(|p| format!("127.0.0.1:{p}")).join(" "),
-        );
+        self.redis.create()?;
+        info.set("REDIS_ADDRS", self.redis.addrs());
         // PostgreSQL: a schema of this deployment's own.
         psql(&format!("CREATE SCHEMA {}", self.pg_schema))?;
         info.set("PG_SCHEMA", &self.pg_schema);
@@ -520,11 +516,8 @@ impl MultiStack {
 
     /// Every service of the deployment by name, for restarting one that exited.
     fn service_named(&self, name: &str) -> Option<Service> {
-        let redis = self
-            .redis_ports
-            .iter()
-            .enumerate()
-            .map(|(i, port)| self.redis_service(i, *port));
+        let redis_dir = self.path("redis");
+        let redis = (0..self.redis.ports.len()).map(|i| self.redis.service(i, &redis_dir));
         let p11kit = HSMS
             .iter()
             .map(|(_, hsm, label)| self.p11kit_service(hsm, label));
@@ -552,70 +545,6 @@ impl MultiStack {
         let process = self.base.start(&service)?;
         Ok((process, super::up::pid_name(name)))
     }
-
-    fn redis_service(&self, i: usize, port: u16) -> Service {
-        let dir = self.path("redis");
-        let _ = std::fs::create_dir_all(&dir);
-        Service {
-            name: format!("redis-{}", i + 1),
-            program: Program::External("redis-server"),
-            args: vec![
-                "--port".into(),
-                port.to_string().into(),
-                "--bind".into(),
-                "127.0.0.1".into(),
-                "--dir".into(),
-                dir.into(),
-                "--save".into(),
-                "".into(),
-                "--appendonly".into(),
-                "no".into(),
-                "--cluster-enabled".into(),
-                "yes".into(),
-                "--cluster-config-file".into(),
-                format!("nodes-{port}.conf").into(),
-                "--cluster-node-timeout".into(),
-                "2000".into(),
-            ],
-            gateway_identity: None,
-            ready: false,
-            log: ServiceLog::FileWithStdout,
-            own_process_group: false,
-        }
-    }
-
-    /// `redis-cli --cluster create` over the six nodes (a replica per master), then waits
-    /// until every node says `cluster_state:ok`.
-    fn create_cluster(&self) -> Result<(), Error> {
-        for port in self.redis_ports {
-            wait_until("redis-server", Duration::from_secs(10), || {
-                redis_cli(port, &["ping"]).is_ok_and(|out| out.trim() == "PONG")
-            })?;
-        }
-        let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
-        args.extend(self.redis_ports.map(|p| format!("127.0.0.1:{p}")));
-        args.extend(["--cluster-replicas", "1", "--cluster-yes"].map(String::from));
-        let output = std::process::Command::new("redis-cli")
-            .args(&args)
-            .output()
-            .map_err(|e| Error::Step {
-                step: "redis-cli --cluster create".into(),
-                detail: e.to_string(),
-            })?;
-        if !output.status.success() {
-            return Err(Error::Step {
-                step: "redis-cli --cluster create".into(),
-                detail: String::from_utf8_lossy(&output.stdout).into_owned(),
-            });
-        }
-        for port in self.redis_ports {
-            wait_until("cluster_state:ok", Duration::from_secs(20), || {
-                redis_cli(port, &["cluster", "info"])
-                    .is_ok_and(|out| out.contains("cluster_state:ok"))
-            })?;
-        }
-        Ok(())
-    }
 }
 
 fn issuer_crls(
@@ -626,36 +555,6 @@ fn issuer_crls(
 
 fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// Six ports below the ephemeral range whose cluster bus port (+10000) is free too.
-fn redis_ports() -> Result<[u16; 6], Error> {
-    let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
-    let mut ports = Vec::new();
-    let mut candidate = 20_000 + (std::process::id() % 2_000) as u16 * 4;
-    while ports.len() < 6 {
-        if candidate >= 30_000 {
-            return Err(Error::Step {
-                step: "choosing Redis ports".into(),
-                detail: "no six free ports (and bus ports) in 20000-29999".into(),
-            });
-        }
-        if free(candidate) && free(candidate + 10_000) {
-            ports.push(candidate);
-        }
-        candidate += 1;
-    }
-    let mut out = [0; 6];
-    out.copy_from_slice(&ports);
-    Ok(out)
-}
-
-fn redis_cli(port: u16, args: &[&str]) -> Result<String, std::io::Error> {
-    let output = std::process::Command::new("redis-cli")
-        .args(["-p", &port.to_string()])
-        .args(args)
-        .output()?;
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// Runs `sql` in PostgreSQL's `test` database.
@@ -677,7 +576,11 @@ fn psql(sql: &str) -> Result<(), Error> {
     }
 }
 
-fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) -> Result<(), Error> {
+pub(super) fn wait_until(
+    what: &str,
+    limit: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> Result<(), Error> {
     let started = Instant::now();
     while !ready() {
         if started.elapsed() > limit {
