@@ -235,7 +235,7 @@ const IPV6: &[(Ipv6Addr, u8, Reserved)] = &[
 /// `validation.allow_private_addresses`: `false` (the default: none), `true` (every address: the
 /// dev stack), or a list of the special-purpose addresses allowed (tests that need one loopback
 /// address reachable and another refused).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(untagged)]
 pub enum AllowPrivate {
     All(bool),

@@ -4,11 +4,13 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::Error;
+/// `validation.allow_private_addresses`, nameable where configs are built in code.
+pub use crate::addresses::AllowPrivate;
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub server: Server,
@@ -24,7 +26,7 @@ pub struct Config {
     pub base_dir: PathBuf,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Server {
     pub listen: SocketAddr,
@@ -51,6 +53,23 @@ pub struct Server {
     pub metrics_listen: Option<SocketAddr>,
 }
 
+impl Server {
+    /// Plain HTTP on `listen` (loopback only) for clients that use `base_url`, every other
+    /// setting its default: what a file naming only those two loads as.
+    pub fn new(listen: SocketAddr, base_url: impl Into<String>) -> Self {
+        Self {
+            listen,
+            base_url: base_url.into(),
+            tls: None,
+            max_body_bytes: default_max_body(),
+            nonce_capacity: default_nonces(),
+            terms_of_service: None,
+            connections: Default::default(),
+            metrics_listen: None,
+        }
+    }
+}
+
 fn default_max_body() -> usize {
     64 * 1024
 }
@@ -59,14 +78,14 @@ fn default_nonces() -> usize {
     1 << 20
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerTls {
     pub cert: PathBuf,
     pub key: PathBuf,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Gateway {
     /// The gateway's URL, or several separated by commas: calls are then balanced over the
@@ -86,6 +105,22 @@ pub struct Gateway {
     pub timeout_ms: u64,
 }
 
+impl Gateway {
+    /// The gateway(s) at `url`, signing with `issuing_key`; no TLS files (the environment's, else
+    /// plain text), batch and timeout their defaults.
+    pub fn new(url: impl Into<String>, issuing_key: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            ca: None,
+            cert: None,
+            key: None,
+            issuing_key: issuing_key.into(),
+            batch: default_batch(),
+            timeout_ms: default_timeout_ms(),
+        }
+    }
+}
+
 fn default_batch() -> usize {
     64
 }
@@ -94,7 +129,7 @@ fn default_timeout_ms() -> u64 {
     10_000
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Ca {
     /// The root certificate (PEM), for clients' `openssl verify` and the chain check at start-up.
@@ -125,6 +160,31 @@ pub struct Ca {
     pub allowed_special_tlds: Vec<String>,
 }
 
+impl Ca {
+    /// The CA of `root` and `intermediate` (PEM files) issuing `profiles`, the first of them by
+    /// default, for the CAA identities `caa_identities`; no OCSP or caIssuers URL, no special-use
+    /// TLD, key sizes and name count their defaults.
+    pub fn new(
+        root: impl Into<PathBuf>,
+        intermediate: impl Into<PathBuf>,
+        profiles: Vec<Profile>,
+        caa_identities: Vec<String>,
+    ) -> Self {
+        Self {
+            root: root.into(),
+            intermediate: intermediate.into(),
+            ocsp_url: None,
+            ca_issuers_url: None,
+            default_profile: profiles.first().map(|p| p.name.clone()).unwrap_or_default(),
+            profiles,
+            caa_identities,
+            rsa_key_sizes: default_rsa_sizes(),
+            max_names: default_max_names(),
+            allowed_special_tlds: Vec::new(),
+        }
+    }
+}
+
 fn default_rsa_sizes() -> Vec<usize> {
     vec![2048, 3072, 4096]
 }
@@ -133,7 +193,7 @@ fn default_max_names() -> usize {
     100
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
     pub name: String,
@@ -145,8 +205,21 @@ pub struct Profile {
     pub status: StatusChannels,
 }
 
+impl Profile {
+    /// A profile `name` of certificates valid `validity_hours`, no description, both status
+    /// channels.
+    pub fn new(name: impl Into<String>, validity_hours: u64) -> Self {
+        Self {
+            name: name.into(),
+            validity_hours,
+            description: None,
+            status: StatusChannels::default(),
+        }
+    }
+}
+
 /// The revocation channels a certificate names (BR §7.1.2.7).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StatusChannels {
     /// CRL Distribution Points only: the URL of the certificate's CRL shard, fixed at issuance
@@ -168,7 +241,7 @@ impl StatusChannels {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Ocsp {
     /// The OCSP service's config (`ocsp/examples/dev.toml`): its store and issuers. The frontend
@@ -178,7 +251,7 @@ pub struct Ocsp {
     pub issuer: String,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Validation {
     /// Port http-01 connects to (80 in production; like Pebble's `httpPort`).
@@ -215,19 +288,20 @@ impl Default for Validation {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Db {
     Sqlite {
         path: PathBuf,
     },
-    /// A libpq-style connection string (`host=127.0.0.1 user=postgres dbname=test`).
+    /// A libpq-style connection string (`host=127.0.0.1 user=postgres dbname=test`). Serialized
+    /// verbatim, like every field: a password in it is in any file this config is written to.
     Postgres {
         url: String,
     },
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// New orders per account per hour (Let's Encrypt: 300 per 3 hours).
@@ -393,6 +467,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::perspective::PerspectiveConfig;
 
     fn config(allowed: &str) -> Config {
         toml::from_str(&format!(
@@ -467,5 +542,101 @@ path = "x.sqlite"
             problems.len() == 1 && problems[0].contains("`ocsp` names the OCSP responder"),
             "{problems:?}"
         );
+    }
+
+    /// Every `*.toml` under `ca-frontend/examples/`, loaded (and validated) as its command loads
+    /// it: a file with a `[perspective]` table is `ca-frontend perspective`'s, others the
+    /// frontend's.
+    fn examples() -> (Vec<(PathBuf, Config)>, Vec<(PathBuf, PerspectiveConfig)>) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .expect("ca-frontend/examples")
+            .map(|e| e.expect("directory entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        paths.sort();
+        let (mut frontends, mut perspectives) = (Vec::new(), Vec::new());
+        for path in paths {
+            let text = std::fs::read_to_string(&path).expect("example");
+            let table: toml::Table = toml::from_str(&text).expect("example is TOML");
+            if table.contains_key("perspective") {
+                let c = PerspectiveConfig::load(&path)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                perspectives.push((path, c));
+            } else {
+                let c = Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                frontends.push((path, c));
+            }
+        }
+        assert!(!frontends.is_empty() && !perspectives.is_empty());
+        (frontends, perspectives)
+    }
+
+    /// `config` serialized and parsed back (the base directory is never serialized).
+    fn round_trip<T: Serialize + serde::de::DeserializeOwned>(config: &T) -> (String, T) {
+        let text = toml::to_string(config).expect("serializes");
+        let back: T = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        (text, back)
+    }
+
+    /// Tests write configs from these types (`hsmgate_stack::configs::write`), not text: every
+    /// example must come back from its serialization as the same config, defaults included.
+    #[test]
+    fn examples_round_trip_through_serialize() {
+        let (frontends, perspectives) = examples();
+        for (path, config) in frontends {
+            let (text, mut back) = round_trip(&config);
+            assert!(!text.contains("base_dir"), "{text}");
+            back.base_dir = config.base_dir.clone();
+            assert_eq!(back, config, "{}:\n{text}", path.display());
+            assert_eq!(back.validate(), Vec::<String>::new(), "{}", path.display());
+        }
+        for (path, config) in perspectives {
+            let (text, mut back) = round_trip(&config);
+            assert!(!text.contains("base_dir"), "{text}");
+            back.base_dir = config.base_dir.clone();
+            assert_eq!(back, config, "{}:\n{text}", path.display());
+        }
+    }
+
+    /// Fields changed from the examples survive, so the round trip is not comparing defaults.
+    #[test]
+    fn changed_fields_survive_the_round_trip() {
+        let (mut frontends, mut perspectives) = examples();
+        let (_, original) = frontends.swap_remove(0);
+        let mut config = original.clone();
+        config.server.connections.idle_timeout_secs = 3;
+        config.server.tls = Some(ServerTls {
+            cert: "tls/server.pem".into(),
+            key: "tls/server.key".into(),
+        });
+        config.ca.profiles[0].status = StatusChannels::Crl;
+        config.ca.rsa_key_sizes = vec![3072];
+        config.validation.allow_private_addresses =
+            crate::addresses::AllowPrivate::Only(vec!["127.0.0.2".parse().expect("ip")]);
+        config.validation.perspectives.remote.clear();
+        config.db = Db::Postgres {
+            url: "host=127.0.0.1 user=postgres dbname=test".into(),
+        };
+        config.limits.accounts_per_hour = 1;
+        let (text, mut back) = round_trip(&config);
+        back.base_dir = config.base_dir.clone();
+        assert_eq!(back, config, "{text}");
+        assert!(text.contains(r#"status = "crl""#), "{text}");
+        assert!(
+            text.contains(r#"allow_private_addresses = ["127.0.0.2"]"#),
+            "{text}"
+        );
+        assert_ne!(back, original);
+
+        let (_, original) = perspectives.swap_remove(0);
+        let mut config = original.clone();
+        config.perspective.region = "elsewhere".into();
+        config.validation.dns_server = None;
+        config.validation.allow_private_addresses = crate::addresses::AllowPrivate::All(false);
+        let (text, mut back) = round_trip(&config);
+        back.base_dir = config.base_dir.clone();
+        assert_eq!(back, config, "{text}");
+        assert_ne!(back, original);
     }
 }

@@ -7,12 +7,12 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::hash_alg::HashAlg;
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub responder: Responder,
@@ -25,7 +25,7 @@ pub struct Config {
     pub base_dir: PathBuf,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Responder {
     pub listen: SocketAddr,
@@ -48,6 +48,21 @@ pub struct Responder {
     pub connections: hsmgate_signer_api::http_listener::Limits,
 }
 
+impl Responder {
+    /// A responder on `listen` with every other setting its default: what a file naming only
+    /// `listen` loads as (for configs built in code and serialized).
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            metrics_listen: None,
+            max_request_bytes: default_max_request_bytes(),
+            cache_bytes: default_cache_bytes(),
+            cache_fresh_secs: default_cache_fresh_secs(),
+            connections: Default::default(),
+        }
+    }
+}
+
 fn default_max_request_bytes() -> usize {
     10_000
 }
@@ -58,7 +73,7 @@ fn default_cache_fresh_secs() -> u64 {
     5
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Issuer {
     /// Name used in the store and in logs.
@@ -82,7 +97,7 @@ pub const BR_MAX_CRL_VALIDITY_SECS: u64 = 10 * 86_400;
 pub const BR_MAX_REVOCATION_DELAY_SECS: u64 = 86_400;
 
 /// `[issuers.crl]`: an issuer's CRL shards and how fresh they are kept.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CrlConfig {
     /// Number of shards (any positive number; Let's Encrypt uses 128). Fixed once published:
@@ -175,7 +190,7 @@ impl CrlConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
 pub enum Store {
     /// The embedded SQLite file.
@@ -191,7 +206,7 @@ pub enum Store {
     },
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Presigner {
     /// The signing gateway (`http://127.0.0.1:50051`), or several separated by commas: calls
@@ -250,8 +265,8 @@ pub struct Presigner {
 /// Non-empty, no name twice, only `sha1` and `sha256`; a bad value fails the load with an
 /// error naming `presigner.cert_id_hashes` (the type cannot hold one: the pre-signer takes it
 /// as it is). Kept in SHA-1-then-SHA-256 order whatever order the file lists them in.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "Vec<String>")]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "Vec<String>", into = "Vec<String>")]
 pub struct CertIdHashes(Vec<HashAlg>);
 
 impl CertIdHashes {
@@ -315,6 +330,13 @@ impl TryFrom<Vec<String>> for CertIdHashes {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Self::new(&algs)
+    }
+}
+
+/// Written as the names the file uses (`["sha1", "sha256"]`), so a serialized config loads back.
+impl From<CertIdHashes> for Vec<String> {
+    fn from(hashes: CertIdHashes) -> Self {
+        hashes.iter().map(|a| a.name().to_owned()).collect()
     }
 }
 
@@ -516,6 +538,69 @@ mod tests {
             CertIdHashes::new(&[HashAlg::Sha256]).unwrap(),
             CertIdHashes::only(HashAlg::Sha256)
         );
+    }
+
+    /// Every `*.toml` under `ocsp/examples/`, loaded (and validated) as operators load it.
+    fn examples() -> Vec<(PathBuf, Config)> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .expect("ocsp/examples")
+            .map(|e| e.expect("directory entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        paths.sort();
+        assert!(!paths.is_empty(), "no examples in {}", dir.display());
+        paths
+            .into_iter()
+            .map(|p| {
+                let c = Config::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                (p, c)
+            })
+            .collect()
+    }
+
+    /// `config` serialized and parsed back, with the (never serialized) base directory it had.
+    fn round_trip(config: &Config) -> (String, Config) {
+        let text = toml::to_string(config).expect("serializes");
+        let mut back: Config = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        back.base_dir = config.base_dir.clone();
+        (text, back)
+    }
+
+    /// Tests write configs from this type (`hsmgate_stack::configs::write`), not text: every
+    /// example must come back from its serialization as the same config, defaults included.
+    #[test]
+    fn examples_round_trip_through_serialize() {
+        for (path, config) in examples() {
+            let (text, back) = round_trip(&config);
+            assert_eq!(back, config, "{}:\n{text}", path.display());
+            assert!(back.validate().is_empty(), "{}", path.display());
+        }
+    }
+
+    /// Fields changed from the example survive, so the round trip is not comparing defaults.
+    #[test]
+    fn changed_fields_survive_the_round_trip() {
+        let (_, mut config) = examples().swap_remove(0);
+        config.presigner.cert_id_hashes = CertIdHashes::only(HashAlg::Sha256);
+        config.presigner.gateway_ca = Some("tls/ca.pem".into());
+        config.presigner.gateway_cert = Some("tls/p.pem".into());
+        config.presigner.gateway_key = Some("tls/p.key".into());
+        config.responder.connections.max_connections = 7;
+        config.responder.metrics_listen = None;
+        config.issuers[0].crl = None;
+        config.store = Store::Redis {
+            urls: vec!["redis://127.0.0.1:1".into(), "redis://127.0.0.1:2".into()],
+            cluster: true,
+            replica: "replica.sqlite".into(),
+        };
+        let (text, back) = round_trip(&config);
+        assert_eq!(back, config, "{text}");
+        assert!(text.contains(r#"cert_id_hashes = ["sha256"]"#), "{text}");
+        assert!(text.contains(r#"kind = "redis""#), "{text}");
+        assert!(!text.contains("base_dir"), "{text}");
+        let (_, original) = examples().swap_remove(0);
+        assert_ne!(back, original);
     }
 
     #[test]

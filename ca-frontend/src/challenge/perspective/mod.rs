@@ -44,7 +44,7 @@ const MAX_REPLY: usize = 64 * 1024;
 
 /// `[validation.perspectives]` in the frontend's configuration: the remote perspectives asked
 /// and the client certificate that asks them. No `remote`: corroboration is off.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Perspectives {
     /// `[[validation.perspectives.remote]]`: name, region, `https://` URL of each.
@@ -60,7 +60,7 @@ pub struct Perspectives {
 }
 
 /// One remote perspective, as the frontend knows it.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RemoteConfig {
     pub name: String,
@@ -72,7 +72,7 @@ pub struct RemoteConfig {
 }
 
 /// The configuration of the `perspective` subcommand: one TOML file.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PerspectiveConfig {
     pub perspective: PerspectiveServer,
@@ -84,7 +84,7 @@ pub struct PerspectiveConfig {
 }
 
 /// `[perspective]`: who this perspective is and how it is reached.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PerspectiveServer {
     pub name: String,
