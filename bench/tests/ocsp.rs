@@ -131,18 +131,28 @@ fn prepare(dir: &Path) -> PathBuf {
     }
     std::fs::write(dir.join("certs.txt"), list).unwrap();
 
+    let any_port = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let typed = ocsp::config::Config {
+        responder: ocsp::config::Responder {
+            metrics_listen: Some(any_port),
+            cache_bytes: 64 << 20,
+            cache_fresh_secs: 3600,
+            ..ocsp::config::Responder::new(any_port)
+        },
+        issuers: vec![ocsp::config::Issuer {
+            name: ISSUER.into(),
+            certificate: "issuer.pem".into(),
+            signing_key: "test-p256".into(),
+            crl: None,
+        }],
+        store: ocsp::config::Store::Sqlite {
+            path: "ocsp.sqlite".into(),
+        },
+        presigner: Default::default(),
+        base_dir: PathBuf::new(),
+    };
     let config = dir.join("ocsp.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[responder]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
-             cache_bytes = 67108864\ncache_fresh_secs = 3600\n\n\
-             [[issuers]]\nname = \"{ISSUER}\"\ncertificate = \"issuer.pem\"\n\
-             signing_key = \"test-p256\"\n\n\
-             [store]\nkind = \"sqlite\"\npath = \"ocsp.sqlite\"\n"
-        ),
-    )
-    .unwrap();
+    hsmgate_stack::configs::write(&typed, &config).unwrap();
     config
 }
 

@@ -18,6 +18,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use ca_frontend::b64;
+use ca_frontend::config::Config;
 use ca_frontend::{Ca, router};
 use http_body_util::BodyExt;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
@@ -88,9 +89,16 @@ fn binary(name: &str) -> PathBuf {
 fn infra() -> &'static Infra {
     static INFRA: OnceLock<Infra> = OnceLock::new();
     INFRA.get_or_init(|| {
-        let dir = tempfile::Builder::new().prefix("hsmgate-acme-test-").tempdir().expect("tempdir").keep();
-        let config_text = hsmgate_stack::configs::to_toml(&gateway_config(&dir)).expect("gateway config");
-        let config = hsm_config::Config::parse(&config_text, &dir.join("gateway.toml"), dir.clone()).expect("gateway config");
+        let dir = tempfile::Builder::new()
+            .prefix("hsmgate-acme-test-")
+            .tempdir()
+            .expect("tempdir")
+            .keep();
+        let config_text =
+            hsmgate_stack::configs::to_toml(&gateway_config(&dir)).expect("gateway config");
+        let config =
+            hsm_config::Config::parse(&config_text, &dir.join("gateway.toml"), dir.clone())
+                .expect("gateway config");
         hsmgate_stack::Provisioned::new(&config, &dir).expect("provisioning SoftHSM2");
         std::fs::write(dir.join("gateway.toml"), &config_text).expect("write");
         let mut command = hsmgate_stack::tied(binary("signer"));
@@ -117,16 +125,21 @@ fn infra() -> &'static Infra {
         let http_port = listener.local_addr().expect("addr").port();
         let served = tokens.clone();
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("rt");
             rt.block_on(async move {
                 listener.set_nonblocking(true).expect("nonblocking");
                 let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
                 let app = axum::Router::new().route(
                     "/.well-known/acme-challenge/{token}",
-                    axum::routing::get(move |axum::extract::Path(token): axum::extract::Path<String>| {
-                        let answer = served.lock().expect("lock").get(&token).cloned();
-                        async move { answer.ok_or(StatusCode::NOT_FOUND) }
-                    }),
+                    axum::routing::get(
+                        move |axum::extract::Path(token): axum::extract::Path<String>| {
+                            let answer = served.lock().expect("lock").get(&token).cloned();
+                            async move { answer.ok_or(StatusCode::NOT_FOUND) }
+                        },
+                    ),
                 );
                 axum::serve(listener, app).await.expect("serve");
             });
@@ -136,34 +149,37 @@ fn infra() -> &'static Infra {
         // On its own thread: infra() is first called from inside a test's runtime.
         let ceremony_url = url.clone();
         let (root, intermediate) = std::thread::spawn(move || {
-        let url = ceremony_url;
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
-        rt.block_on(async {
-            for _ in 0..100 {
-                let channel = hsmgate_signer_api::client::connect_lazy(&url, None).expect("channel");
-                if let Ok(pems) = ca_frontend::ceremony::make_hierarchy(
-                    channel, "root", "CN=test root", "intermediate", "CN=test intermediate", 30,
-                )
-                .await
-                {
-                    return pems;
+            let url = ceremony_url;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("rt");
+            rt.block_on(async {
+                for _ in 0..100 {
+                    let channel =
+                        hsmgate_signer_api::client::connect_lazy(&url, None).expect("channel");
+                    if let Ok(pems) = ca_frontend::ceremony::make_hierarchy(
+                        channel,
+                        "root",
+                        "CN=test root",
+                        "intermediate",
+                        "CN=test intermediate",
+                        30,
+                    )
+                    .await
+                    {
+                        return pems;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            panic!("the ceremony never succeeded");
-        })
+                panic!("the ceremony never succeeded");
+            })
         })
         .join()
         .expect("ceremony thread");
         std::fs::write(dir.join("root.pem"), root).expect("write");
         std::fs::write(dir.join("intermediate.pem"), intermediate).expect("write");
-        std::fs::write(
-            dir.join("ocsp.toml"),
-            format!(
-                "[responder]\nlisten = \"127.0.0.1:0\"\n[[issuers]]\nname = \"test\"\ncertificate = \"intermediate.pem\"\nsigning_key = \"intermediate\"\n[issuers.crl]\nshards = 4\nbase_url = \"http://127.0.0.1:1/crl\"\n[store]\nkind = \"sqlite\"\npath = \"ocsp.sqlite\"\n[presigner]\ngateway = \"{url}\"\n"
-            ),
-        )
-        .expect("write");
+        hsmgate_stack::configs::write(&ocsp_config(&url), &dir.join("ocsp.toml")).expect("write");
         Infra {
             dir,
             gateway: url,
@@ -177,66 +193,92 @@ fn infra() -> &'static Infra {
     })
 }
 
-/// A fresh CA (its own database) over the shared infrastructure.
-async fn ca() -> Arc<Ca> {
-    ca_with("").await
+/// The shared OCSP service's configuration (`ocsp.toml` in the shared directory): the
+/// intermediate's responses and 4 CRL shards, signed through the gateway at `gateway`, stored
+/// in SQLite.
+fn ocsp_config(gateway: &str) -> ocsp::config::Config {
+    use ocsp::config::{Config, CrlConfig, Issuer, Presigner, Responder, Store};
+    Config {
+        responder: Responder::new(SocketAddr::from(([127, 0, 0, 1], 0))),
+        issuers: vec![Issuer {
+            name: "test".into(),
+            certificate: "intermediate.pem".into(),
+            signing_key: "intermediate".into(),
+            crl: Some(CrlConfig {
+                shards: 4,
+                base_url: "http://127.0.0.1:1/crl".into(),
+                ..CrlConfig::default()
+            }),
+        }],
+        store: Store::Sqlite {
+            path: "ocsp.sqlite".into(),
+        },
+        presigner: Presigner {
+            gateway: gateway.into(),
+            ..Presigner::default()
+        },
+        base_dir: PathBuf::new(),
+    }
 }
 
-/// [`ca`] with more TOML appended (e.g. a `[limits]` table).
-async fn ca_with(extra: &str) -> Arc<Ca> {
-    ca_with_ocsp(extra, "ocsp.toml").await
+/// A fresh CA (its own database) over the shared infrastructure.
+async fn ca() -> Arc<Ca> {
+    ca_with(|_| {}).await
+}
+
+/// [`ca`] with its configuration edited first (e.g. its `[limits]`).
+async fn ca_with(edit: impl FnOnce(&mut Config)) -> Arc<Ca> {
+    ca_with_ocsp(edit, "ocsp.toml").await
 }
 
 /// [`ca_with`] whose OCSP pre-signer is configured by `ocsp_config` (in the shared directory).
-async fn ca_with_ocsp(extra: &str, ocsp_config: &str) -> Arc<Ca> {
+async fn ca_with_ocsp(edit: impl FnOnce(&mut Config), ocsp_config: &str) -> Arc<Ca> {
+    use ca_frontend::config::{
+        AllowPrivate, Ca as CaConfig, Db, Gateway, Limits, Ocsp, Profile, Server, Validation,
+    };
     let infra = infra();
     let db = infra.dir.join(format!(
         "ca-{}.sqlite",
         ca_frontend::random_id().expect("id")
     ));
-    let text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-base_url = "{BASE}"
-max_body_bytes = 8192
-[gateway]
-url = "{gateway}"
-issuing_key = "intermediate"
-[ca]
-root = "root.pem"
-intermediate = "intermediate.pem"
-ocsp_url = "http://127.0.0.1:1"
-default_profile = "classic"
-caa_identities = ["hsmgate.test"]
-allowed_special_tlds = ["test"]
-[[ca.profiles]]
-name = "classic"
-validity_hours = 2160
-[ocsp]
-config = "{ocsp_config}"
-issuer = "test"
-[validation]
-http_port = {http}
-dns_server = "{dns}"
-timeout_ms = 5000
-allow_private_addresses = true
-[db]
-kind = "sqlite"
-path = "{db}"
-{extra}
-"#,
-        gateway = infra.gateway,
-        http = infra.http_port,
-        dns = infra.dns,
-        db = db.display(),
-    );
+    let mut config = Config {
+        server: Server {
+            max_body_bytes: 8192,
+            ..Server::new(SocketAddr::from(([127, 0, 0, 1], 0)), BASE)
+        },
+        gateway: Gateway::new(&infra.gateway, "intermediate"),
+        ca: CaConfig {
+            ocsp_url: Some("http://127.0.0.1:1".into()),
+            allowed_special_tlds: vec!["test".into()],
+            ..CaConfig::new(
+                "root.pem",
+                "intermediate.pem",
+                vec![Profile::new("classic", 2160)],
+                vec!["hsmgate.test".into()],
+            )
+        },
+        ocsp: Ocsp {
+            config: ocsp_config.into(),
+            issuer: "test".into(),
+        },
+        validation: Validation {
+            http_port: infra.http_port,
+            dns_server: Some(infra.dns),
+            timeout_ms: 5000,
+            allow_private_addresses: AllowPrivate::All(true),
+            ..Validation::default()
+        },
+        db: Db::Sqlite { path: db },
+        limits: Limits::default(),
+        base_dir: PathBuf::new(),
+    };
+    edit(&mut config);
     let path = infra.dir.join(format!(
         "acme-{}.toml",
         ca_frontend::random_id().expect("id")
     ));
-    std::fs::write(&path, text).expect("write");
-    let config = ca_frontend::config::Config::load(&path).expect("config");
+    hsmgate_stack::configs::write(&config, &path).expect("write");
+    let config = Config::load(&path).expect("config");
     Ca::build(config).await.expect("CA")
 }
 
@@ -1051,9 +1093,13 @@ async fn renewal_info_follows_incidents() {
 
 #[tokio::test]
 async fn rate_limits_answer_rate_limited_with_retry_after() {
-    let ca = ca_with(
-        "[limits]\norders_per_account_per_hour = 2\ncertificates_per_domain_per_week = 1\naccounts_per_hour = 100\n",
-    )
+    let ca = ca_with(|c| {
+        c.limits = ca_frontend::config::Limits {
+            orders_per_account_per_hour: 2,
+            certificates_per_domain_per_week: 1,
+            accounts_per_hour: 100,
+        }
+    })
     .await;
     let mut client = Client::new(&ca);
     client.register().await;
@@ -1121,9 +1167,13 @@ async fn rate_limits_answer_rate_limited_with_retry_after() {
 
 #[tokio::test]
 async fn the_certificate_key_may_revoke_and_replacements_skip_the_domain_limit() {
-    let ca = ca_with(
-        "[limits]\norders_per_account_per_hour = 50\ncertificates_per_domain_per_week = 1\naccounts_per_hour = 100\n",
-    )
+    let ca = ca_with(|c| {
+        c.limits = ca_frontend::config::Limits {
+            orders_per_account_per_hour: 50,
+            certificates_per_domain_per_week: 1,
+            accounts_per_hour: 100,
+        }
+    })
     .await;
     let mut client = Client::new(&ca);
     client.register().await;
@@ -1400,9 +1450,13 @@ fn assert_chain_verifies(pem: &[u8]) -> std::path::PathBuf {
 
 #[tokio::test]
 async fn a_replacement_is_exempt_only_for_the_names_it_renews() {
-    let ca = ca_with(
-        "[limits]\norders_per_account_per_hour = 50\ncertificates_per_domain_per_week = 1\naccounts_per_hour = 100\n",
-    )
+    let ca = ca_with(|c| {
+        c.limits = ca_frontend::config::Limits {
+            orders_per_account_per_hour: 50,
+            certificates_per_domain_per_week: 1,
+            accounts_per_hour: 100,
+        }
+    })
     .await;
     let mut client = Client::new(&ca);
     client.register().await;
@@ -1518,9 +1572,13 @@ async fn two_finalizations_replacing_one_certificate_issue_one() {
 
 #[tokio::test]
 async fn concurrent_finalizations_do_not_overshoot_the_domain_limit() {
-    let ca = ca_with(
-        "[limits]\norders_per_account_per_hour = 50\ncertificates_per_domain_per_week = 3\naccounts_per_hour = 100\n",
-    )
+    let ca = ca_with(|c| {
+        c.limits = ca_frontend::config::Limits {
+            orders_per_account_per_hour: 50,
+            certificates_per_domain_per_week: 3,
+            accounts_per_hour: 100,
+        }
+    })
     .await;
     let mut client = Client::new(&ca);
     client.register().await;
@@ -1561,14 +1619,13 @@ async fn a_recorded_certificate_whose_publishing_failed_ends_valid() {
     // This CA's OCSP store is its own, so locking it disturbs no other test.
     let id = ca_frontend::random_id().expect("id");
     let dir = &infra().dir;
-    let shared = std::fs::read_to_string(dir.join("ocsp.toml")).expect("ocsp.toml");
+    let mut own = ocsp::config::Config::load(dir.join("ocsp.toml")).expect("ocsp.toml");
     let store = dir.join(format!("ocsp-{id}.sqlite"));
-    std::fs::write(
-        dir.join(format!("ocsp-{id}.toml")),
-        shared.replace("\"ocsp.sqlite\"", &format!("\"{}\"", store.display())),
-    )
-    .expect("write");
-    let ca = ca_with_ocsp("", &format!("ocsp-{id}.toml")).await;
+    own.store = ocsp::config::Store::Sqlite {
+        path: store.clone(),
+    };
+    hsmgate_stack::configs::write(&own, &dir.join(format!("ocsp-{id}.toml"))).expect("write");
+    let ca = ca_with_ocsp(|_| {}, &format!("ocsp-{id}.toml")).await;
     let mut client = Client::new(&ca);
     client.register().await;
     let (order_url, order) = ready_order(&client, &["orphan.example.test"]).await;
@@ -1748,9 +1805,13 @@ async fn a_finalization_stopped_before_recording_gives_back_what_it_reserved() {
     use ca_frontend::db::{Begun, Issuance};
     use ca_frontend::model::OrderStatus;
     use ca_frontend::republish::{GRACE, abandon_stalled};
-    let ca = ca_with(
-        "[limits]\norders_per_account_per_hour = 50\ncertificates_per_domain_per_week = 3\naccounts_per_hour = 100\n",
-    )
+    let ca = ca_with(|c| {
+        c.limits = ca_frontend::config::Limits {
+            orders_per_account_per_hour: 50,
+            certificates_per_domain_per_week: 3,
+            accounts_per_hour: 100,
+        }
+    })
     .await;
     let mut client = Client::new(&ca);
     client.register().await;

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use ca_frontend::challenge::Validator;
-use ca_frontend::config::Validation;
+use ca_frontend::config::{AllowPrivate, Validation};
 use ca_frontend::model::ChallengeType;
 use ca_frontend::{Problem, ProblemType};
 
@@ -169,19 +169,22 @@ async fn serve(
 }
 
 /// A validator on the shared servers; `allow_private` is `validation.allow_private_addresses`.
-fn validator(allow_private: &str, http_port: u16, tls_port: u16) -> Validator {
+fn validator(allow_private: AllowPrivate, http_port: u16, tls_port: u16) -> Validator {
     let s = servers();
-    let config: Validation = toml::from_str(&format!(
-        "http_port = {http_port}\ntls_port = {tls_port}\ndns_server = \"{}\"\ntimeout_ms = 5000\nallow_private_addresses = {allow_private}\n",
-        s.dns
-    ))
-    .expect("validation config");
+    let config = Validation {
+        http_port,
+        tls_port,
+        dns_server: Some(s.dns),
+        timeout_ms: 5000,
+        allow_private_addresses: allow_private,
+        ..Validation::default()
+    };
     Validator::new(&config, &["hsmgate.test".to_owned()], &["test".to_owned()]).expect("validator")
 }
 
 fn loopback_validator() -> Validator {
     let s = servers();
-    validator("true", s.http_port, s.tls_port)
+    validator(AllowPrivate::All(true), s.http_port, s.tls_port)
 }
 
 /// A fresh token and the key authorization of a made-up account.
@@ -353,7 +356,7 @@ async fn private_addresses_are_refused_before_any_connection() {
     // to 127.0.0.1 (challtestsrv's default), loopback, refused by the default policy.
     let port = free_port();
     let seen = counting_listener("127.0.0.1", port);
-    let v = validator("false", port, port);
+    let v = validator(AllowPrivate::All(false), port, port);
     let (_, key_auth) = new_token();
     let p = http01(&v, "private.refusal.test", &key_auth)
         .await
@@ -430,7 +433,11 @@ async fn a_redirect_to_a_private_address_is_refused_before_connecting() {
         "/add-a",
         &serde_json::json!({"host": "inside.refusal.test", "addresses": ["127.0.0.2"]}),
     );
-    let v = validator(r#"["127.0.0.1"]"#, s.http_port, s.tls_port);
+    let v = validator(
+        AllowPrivate::Only(vec![std::net::Ipv4Addr::LOCALHOST.into()]),
+        s.http_port,
+        s.tls_port,
+    );
     let (token, key_auth) = new_token();
     set(
         &challenge_path(&token),

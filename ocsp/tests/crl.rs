@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Env, ISSUER_P256, ISSUER_RSA};
-use ocsp::config::Config;
+use ocsp::config::{Config, CrlConfig, Issuer, Responder, Store};
 use ocsp::crl::{CrlMetrics, ShardMap, Updater};
 use ocsp::presigner::{Presigner, PresignerMetrics};
 use ocsp::store::CrlStore;
@@ -26,22 +26,20 @@ use ocsp::{CertStatus, IssuerName, Serial, unix_now};
 const SHARDS: u32 = 4;
 const BASE_URL: &str = "http://crl.hsmgate.test";
 
-/// Adds `[issuers.crl]` (4 shards) to both issuers of the common configuration; `extra` is
-/// appended to each table.
-fn with_crl(text: String, extra: &str) -> String {
-    let table = |key: &str| {
-        format!(
-            "signing_key = \"{key}\"\n\n[issuers.crl]\nshards = {SHARDS}\nbase_url = \"{BASE_URL}\"\nupdate_period_secs = 3600\nnext_update_secs = 86400\n{extra}\n"
-        )
-    };
-    text.replace(
-        &format!("signing_key = \"{}\"\n", common::KEY_P256),
-        &table(common::KEY_P256),
-    )
-    .replace(
-        &format!("signing_key = \"{}\"\n", common::KEY_RSA),
-        &table(common::KEY_RSA),
-    )
+/// Adds `[issuers.crl]` (4 shards, updated hourly, valid a day) to both issuers of the common
+/// configuration, each then edited by `edit`.
+fn with_crl(config: &mut Config, edit: impl Fn(&mut CrlConfig)) {
+    for issuer in &mut config.issuers {
+        let mut crl = CrlConfig {
+            shards: SHARDS,
+            base_url: BASE_URL.into(),
+            update_period_secs: 3600,
+            next_update_secs: 86400,
+            ..CrlConfig::default()
+        };
+        edit(&mut crl);
+        issuer.crl = Some(crl);
+    }
 }
 
 struct Proc(Child);
@@ -220,7 +218,7 @@ async fn publish(presigner: &Presigner, issuer: &str, items: &[(&str, CertStatus
 
 #[tokio::test]
 async fn served_shards_verify_with_openssl_python_and_go_and_keep_being_served() {
-    let env = Env::start_with(|t| with_crl(t, ""));
+    let env = Env::start_with(|c| with_crl(c, |_| {}));
     let config = env.config();
     let presigner = Presigner::from_config(&config, PresignerMetrics::default())
         .await
@@ -501,7 +499,7 @@ async fn numbers_increase(config: Config, store: Arc<dyn CrlStore>) {
 
 #[tokio::test]
 async fn crl_numbers_increase_under_two_updaters_and_across_a_restart_in_sqlite() {
-    let env = Env::start_with(|t| with_crl(t, ""));
+    let env = Env::start_with(|c| with_crl(c, |_| {}));
     let config = env.config();
     let store = Arc::new(
         ocsp::store::SqliteStore::open(env.dir.path().join("ocsp.sqlite")).expect("store"),
@@ -523,12 +521,13 @@ async fn crl_numbers_increase_in_redis_and_shards_are_served_from_the_replica_wi
         redis_up(),
         "these tests need Redis at 127.0.0.1:6379 (hsm-config/dev/setup.sh)"
     );
-    let env = Env::start_with(|t| {
-        let t = with_crl(t, "");
-        t.replace(
-            "[store]\nkind = \"sqlite\"\npath = \"ocsp.sqlite\"\n",
-            "[store]\nkind = \"redis\"\nurls = [\"redis://127.0.0.1:6379/\"]\nreplica = \"replica.sqlite\"\n",
-        )
+    let env = Env::start_with(|c| {
+        with_crl(c, |_| {});
+        c.store = Store::Redis {
+            urls: vec!["redis://127.0.0.1:6379/".into()],
+            cluster: false,
+            replica: "replica.sqlite".into(),
+        };
     });
     // Keys of this test's issuers only: clear what an earlier run left.
     let redis = ocsp::store::RedisStore::open(&["redis://127.0.0.1:6379/".into()], false)
@@ -541,10 +540,13 @@ async fn crl_numbers_increase_in_redis_and_shards_are_served_from_the_replica_wi
     numbers_increase(config.clone(), Arc::new(redis)).await;
 
     // Redis unreachable: the responder reads the replica the updater kept.
-    let down = std::fs::read_to_string(&env.config_path)
-        .expect("config")
-        .replace("redis://127.0.0.1:6379/", "redis://127.0.0.1:1/");
-    let down_path = env.write("down.toml", down.as_bytes());
+    let mut down = config;
+    match &mut down.store {
+        Store::Redis { urls, .. } => *urls = vec!["redis://127.0.0.1:1/".into()],
+        Store::Sqlite { .. } => panic!("the store is Redis"),
+    }
+    let down_path = env.dir.path().join("down.toml");
+    common::write_config(&down, &down_path);
     let (_serve, addr) = serve(&down_path);
     let (status, _, der) = http(addr, "GET", "/test-p256/0.crl", &[]);
     assert_eq!(status, 200);
@@ -553,7 +555,7 @@ async fn crl_numbers_increase_in_redis_and_shards_are_served_from_the_replica_wi
 
 #[tokio::test]
 async fn a_revocation_reaches_its_shard_within_the_revocation_delay() {
-    let env = Env::start_with(|t| with_crl(t, "revocation_delay_secs = 4"));
+    let env = Env::start_with(|c| with_crl(c, |crl| crl.revocation_delay_secs = 4));
     let config = env.config();
     let presigner = Presigner::from_config(&config, PresignerMetrics::default())
         .await
@@ -620,43 +622,65 @@ async fn wait_for(addr: SocketAddr, path: &str, ok: impl Fn(&[u8]) -> bool) -> V
 #[test]
 fn br_bounds_are_refused_at_load_with_the_field_named() {
     let dir = tempfile::tempdir().expect("tempdir");
-    for (setting, field) in [
+    let cases: [(&str, fn(&mut CrlConfig), &str); 7] = [
         (
             "update_period_secs = 604801",
+            |c| c.update_period_secs = 604_801,
             "issuers[0].crl.update_period_secs",
         ),
         (
             "next_update_secs = 864001",
+            |c| c.next_update_secs = 864_001,
             "issuers[0].crl.next_update_secs",
         ),
         (
             "revocation_delay_secs = 86401",
+            |c| c.revocation_delay_secs = 86_401,
             "issuers[0].crl.revocation_delay_secs",
         ),
         (
             "revocation_delay_secs = 0",
+            |c| c.revocation_delay_secs = 0,
             "issuers[0].crl.revocation_delay_secs",
         ),
-        ("shards = 0", "issuers[0].crl.shards"),
+        ("shards = 0", |c| c.shards = 0, "issuers[0].crl.shards"),
         (
-            "update_period_secs = 7200\nnext_update_secs = 3600",
+            "update_period_secs = 7200, next_update_secs = 3600",
+            |c| {
+                c.update_period_secs = 7200;
+                c.next_update_secs = 3600;
+            },
             "issuers[0].crl.next_update_secs",
         ),
         (
             "base_url = \"https://crl.example\"",
+            |c| c.base_url = "https://crl.example".into(),
             "issuers[0].crl.base_url",
         ),
-    ] {
-        let base = if setting.starts_with("base_url") {
-            ""
-        } else {
-            "base_url = \"http://crl.example\"\n"
+    ];
+    for (setting, edit, field) in cases {
+        // Otherwise the defaults, as a file naming only these settings loads.
+        let mut crl = CrlConfig {
+            base_url: "http://crl.example".into(),
+            ..CrlConfig::default()
         };
-        let text = format!(
-            "[responder]\nlisten = \"127.0.0.1:0\"\n\n[[issuers]]\nname = \"r1\"\ncertificate = \"r1.pem\"\nsigning_key = \"k\"\n\n[issuers.crl]\n{base}{setting}\n\n[store]\nkind = \"sqlite\"\npath = \"x.sqlite\"\n"
-        );
+        edit(&mut crl);
+        let config = Config {
+            responder: Responder::new(SocketAddr::from(([127, 0, 0, 1], 0))),
+            issuers: vec![Issuer {
+                name: "r1".into(),
+                certificate: "r1.pem".into(),
+                signing_key: "k".into(),
+                crl: Some(crl),
+            }],
+            store: Store::Sqlite {
+                path: "x.sqlite".into(),
+            },
+            presigner: ocsp::config::Presigner::default(),
+            base_dir: PathBuf::new(),
+        };
         let path = dir.path().join("ocsp.toml");
-        std::fs::write(&path, text).expect("write");
+        common::write_config(&config, &path);
         let err = Config::load(&path).expect_err(setting).to_string();
         assert!(err.contains(field), "{setting}: {err}");
     }
@@ -689,14 +713,17 @@ async fn a_changed_shard_count_is_refused() {
 #[ignore]
 async fn bench_128_shards_of_one_million_revoked() {
     const N: u64 = 1_000_000;
-    let env = Env::start_with(|t| {
-        t.replace(
-            &format!("signing_key = \"{}\"\n", common::KEY_P256),
-            &format!(
-                "signing_key = \"{}\"\n\n[issuers.crl]\nshards = 128\nbase_url = \"{BASE_URL}\"\n",
-                common::KEY_P256
-            ),
-        )
+    let env = Env::start_with(|c| {
+        let p256 = c
+            .issuers
+            .iter_mut()
+            .find(|i| i.name == ISSUER_P256)
+            .expect("the P-256 issuer");
+        p256.crl = Some(CrlConfig {
+            shards: 128,
+            base_url: BASE_URL.into(),
+            ..CrlConfig::default()
+        });
     });
     let config = env.config();
     let store = ocsp::store::SqliteStore::open(env.dir.path().join("ocsp.sqlite")).expect("store");
@@ -876,7 +903,7 @@ fn openssl_verify(env: &Env, crl_der: &[u8], leaf: &Path) -> (bool, String) {
 
 #[tokio::test]
 async fn openssl_verify_crl_check_sees_the_revocation_in_the_certificates_own_shard() {
-    let env = Env::start_with(|t| with_crl(t, ""));
+    let env = Env::start_with(|c| with_crl(c, |_| {}));
     let config = env.config();
     let presigner = Presigner::from_config(&config, PresignerMetrics::default())
         .await
@@ -931,7 +958,7 @@ async fn openssl_verify_crl_check_sees_the_revocation_in_the_certificates_own_sh
 /// its record) still reaches its shard: the updater's next pass assigns the shard and signs it.
 #[tokio::test]
 async fn a_revocation_recorded_without_a_shard_is_backfilled_and_listed() {
-    let env = Env::start_with(|t| with_crl(t, ""));
+    let env = Env::start_with(|c| with_crl(c, |_| {}));
     let config = env.config();
     let updater = Updater::from_config(&config, CrlMetrics::default())
         .await

@@ -12,6 +12,13 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::{Env, ISSUER_P256, hsmgate_ocsp};
+use ocsp::HashAlg;
+use ocsp::config::{CertIdHashes, Config, Store};
+
+/// Metrics on an ephemeral loopback port.
+fn metrics_on_any_port(config: &mut Config) {
+    config.responder.metrics_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+}
 
 /// A child process killed on drop (the stack kit's).
 type Proc = hsmgate_stack::Process;
@@ -173,11 +180,9 @@ fn publish_revoked(config: &Path, serial: &str) {
 
 #[test]
 fn imported_certificates_are_served_good_then_revoked_and_survive_the_gateway() {
-    let mut env = Env::start_with(|text| {
-        text.replace(
-            "[responder]\nlisten = \"127.0.0.1:0\"",
-            "[responder]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\ncache_fresh_secs = 1",
-        )
+    let mut env = Env::start_with(|c| {
+        metrics_on_any_port(c);
+        c.responder.cache_fresh_secs = 1;
     });
     let issuer = env.issuer_p256.clone();
     let serials = ["5e1a0001", "5e1a0002", "00ff5e1a0003"];
@@ -294,15 +299,14 @@ impl Redis {
 fn with_redis_the_responder_outlives_redis_and_the_gateway() {
     let mut redis = Redis::start();
     let port = redis.port;
-    let mut env = Env::start_with(|text| {
-        text.replace(
-            "[responder]\nlisten = \"127.0.0.1:0\"",
-            "[responder]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\ncache_fresh_secs = 1",
-        )
-        .replace(
-            "[store]\nkind = \"sqlite\"\npath = \"ocsp.sqlite\"",
-            &format!("[store]\nkind = \"redis\"\nurls = [\"redis://127.0.0.1:{port}\"]\nreplica = \"replica.sqlite\""),
-        )
+    let mut env = Env::start_with(|c| {
+        metrics_on_any_port(c);
+        c.responder.cache_fresh_secs = 1;
+        c.store = Store::Redis {
+            urls: vec![format!("redis://127.0.0.1:{port}")],
+            cluster: false,
+            replica: "replica.sqlite".into(),
+        };
     });
     let issuer = env.issuer_p256.clone();
     let serials = ["7ed150001", "7ed150002"];
@@ -353,15 +357,9 @@ fn with_redis_the_responder_outlives_redis_and_the_gateway() {
 /// kinds of request. A bad value stops `serve` at start-up naming the field.
 #[test]
 fn sha256_only_responses_answer_sha256_and_refuse_sha1() {
-    let env = Env::start_with(|text| {
-        text.replace(
-            "[responder]\nlisten = \"127.0.0.1:0\"",
-            "[responder]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"",
-        )
-        .replace(
-            "[presigner]\n",
-            "[presigner]\ncert_id_hashes = [\"sha256\"]\n",
-        )
+    let env = Env::start_with(|c| {
+        metrics_on_any_port(c);
+        c.presigner.cert_id_hashes = CertIdHashes::only(HashAlg::Sha256);
     });
     let issuer = env.issuer_p256.clone();
     let serial = "5e256001";
@@ -396,16 +394,11 @@ fn sha256_only_responses_answer_sha256_and_refuse_sha1() {
     assert!(count("sha256") >= 1, "{m}");
     assert_eq!(count("other"), 0, "{m}");
 
-    let bad = env.write(
-        "bad.toml",
-        std::fs::read_to_string(&env.config_path)
-            .expect("config")
-            .replace(
-                "cert_id_hashes = [\"sha256\"]",
-                "cert_id_hashes = [\"sha256\", \"sha512\"]",
-            )
-            .as_bytes(),
-    );
+    // A value the typed config cannot hold: set in the serialized tree instead.
+    let mut tree = toml::Table::try_from(env.config()).expect("config as TOML");
+    tree["presigner"]["cert_id_hashes"] = toml::Value::from(vec!["sha256", "sha512"]);
+    let bad = env.dir.path().join("bad.toml");
+    hsmgate_stack::configs::write(&tree, &bad).expect("write bad.toml");
     let out = hsmgate_ocsp(&["serve", "--config", &bad.display().to_string()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
@@ -427,13 +420,11 @@ fn each_response_has_one_single_response_for_the_hash_the_request_used() {
     if !python {
         println!("NOTE: python3 `cryptography` is not installed: skipping the Python checks");
     }
-    for setting in [None, Some("[\"sha1\"]")] {
-        let env = Env::start_with(|text| match setting {
-            None => text,
-            Some(list) => text.replace(
-                "[presigner]\n",
-                &format!("[presigner]\ncert_id_hashes = {list}\n"),
-            ),
+    for setting in [None, Some(CertIdHashes::only(HashAlg::Sha1))] {
+        let env = Env::start_with(|c| {
+            if let Some(hashes) = setting.clone() {
+                c.presigner.cert_id_hashes = hashes;
+            }
         });
         let issuer = env.issuer_p256.clone();
         let (good, revoked) = ("5e1e0001", "5e1e0002");

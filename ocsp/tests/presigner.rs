@@ -897,11 +897,13 @@ async fn presign_once_signs_what_is_due_and_exits() {
 /// Gateway failures come back precisely, and a key that is not the issuer's is caught.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_errors_are_precise() {
-    let env = Env::start_with(|text| {
-        text.replace(
-            &format!("signing_key = \"{KEY_RSA}\""),
-            "signing_key = \"no-such-key\"",
-        )
+    let env = Env::start_with(|c| {
+        let rsa = c
+            .issuers
+            .iter_mut()
+            .find(|i| i.signing_key == KEY_RSA)
+            .expect("the RSA issuer");
+        rsa.signing_key = "no-such-key".into();
     });
     let p = presigner(&env).await;
     let err = p
@@ -1086,11 +1088,11 @@ async fn the_command_line_publishes_and_imports() {
 #[test]
 fn br_bounds_are_enforced_at_load() {
     let dir = tempfile::tempdir().unwrap();
-    let text = common::ocsp_config("http://127.0.0.1:1")
-        .replace("validity_hours = 96", "validity_hours = 200")
-        .replace("refresh_after_hours = 48", "refresh_after_hours = 196");
+    let mut config = common::ocsp_config("http://127.0.0.1:1");
+    config.presigner.validity_hours = 200;
+    config.presigner.refresh_after_hours = 196;
     let path = dir.path().join("ocsp.toml");
-    std::fs::write(&path, text).unwrap();
+    common::write_config(&config, &path);
     let err = Config::load(&path).unwrap_err().to_string();
     println!("{err}");
     assert!(
@@ -1118,7 +1120,7 @@ async fn presign_rate() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
-    let env = Env::start_with(|t| t.replace("batch = 64", "batch = 256"));
+    let env = Env::start_with(|c| c.presigner.batch = 256);
     let p = presigner(&env).await;
     let signer = BatchSigner::connect_lazy(&env.gateway.url(), None)
         .unwrap()

@@ -42,9 +42,7 @@ fn audited_ok(records: &[serde_json::Value]) -> HashSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_signature_received_before_a_sigkill_is_in_the_verified_chain() {
-    let first = Gateway::start_with(Module::SoftHsm, |t| {
-        t.replace("dir = \"audit\"", "dir = \"audit\"\nmax_file_bytes = 16384")
-    });
+    let first = Gateway::start_with(Module::SoftHsm, |c| c.audit.max_file_bytes = 16384);
     first.wait_available(KEY, 4, Duration::from_secs(20)).await;
     let audit_dir = first.audit_dir();
 
@@ -131,10 +129,7 @@ async fn every_signature_received_before_a_sigkill_is_in_the_verified_chain() {
     );
 
     // A gateway on the same directory continues the chain; then it verifies end to end.
-    let dir = audit_dir.display().to_string();
-    let mut second = Gateway::start_with(Module::SoftHsm, |t| {
-        t.replace("dir = \"audit\"", &format!("dir = {dir:?}"))
-    });
+    let mut second = Gateway::start_with(Module::SoftHsm, |c| c.audit.dir = audit_dir.clone());
     second.wait_available(KEY, 1, Duration::from_secs(20)).await;
     let mut client = second.client().await;
     let after = digest_for(u64::MAX, 32);

@@ -35,12 +35,12 @@ const CLIENTS: &[&str] = &[
 ];
 
 /// A client of the dev gateway that may do nothing but sign CRLs with the intermediate.
-const CRL_ONLY: &str = "
-[[clients]]
-name = \"crl-only\"
-subject = \"CN=crl-only,O=hsmgate dev\"
-grants = [{ keys = [\"dev-p256\"], operations = [\"sign-crl\"] }]
-";
+fn crl_only() -> hsm_config::Client {
+    common::client(
+        "crl-only",
+        &[(&["dev-p256"], &[hsm_config::Operation::SignCrl])],
+    )
+}
 
 const TBS_CERTIFICATE: &[u8] =
     include_bytes!("../fuzz/corpus/payload_check/seed-tbs-certificate-p256-leaf.der");
@@ -114,9 +114,9 @@ fn verify(spki: &[u8], message: &[u8], signature: &[u8]) {
 #[tokio::test]
 async fn a_sign_crl_client_signs_crls_of_a_million_entries_and_nothing_else() {
     let pki = Pki::new(CLIENTS);
-    let (text, tokens) = dev_config(&pki);
-    let text = format!("{text}\n{CRL_ONLY}");
-    let gw = Gateway::spawn_on(&text, tokens).unwrap_or_else(|e| panic!("gateway: {e}"));
+    let (mut config, tokens) = dev_config(&pki);
+    config.clients.push(crl_only());
+    let gw = Gateway::spawn_on(&config, tokens).unwrap_or_else(|e| panic!("gateway: {e}"));
     let tls = |name| {
         let gw = &gw;
         let pki = &pki;

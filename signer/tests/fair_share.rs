@@ -9,23 +9,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Gateway, Pki, digest_for, digest_request, mtls_config, verify};
+use common::{Gateway, Pki, client, digest_for, digest_request, mtls_config, verify};
 use hsmgate_signer_api::v1::{SignBatchRequest, SignRequest, SignatureAlgorithm as Alg};
 use tonic::Code;
 
 /// `flood` and `frontend` sign raw digests with the same keys on the same four HSMs, so they
 /// compete for one capacity pool. Neither has configured limits: the defaults apply.
-const CLIENTS: &str = r#"
-[[clients]]
-name = "flood"
-subject = "CN=flood,O=hsmgate dev"
-grants = [{ keys = ["ca-rsa", "ca-p384"], operations = ["sign-raw"] }]
-
-[[clients]]
-name = "frontend"
-subject = "CN=frontend,O=hsmgate dev"
-grants = [{ keys = ["ca-p384"], operations = ["sign-raw"] }]
-"#;
+fn clients() -> Vec<hsm_config::Client> {
+    use hsm_config::Operation::SignRaw;
+    vec![
+        client("flood", &[(&["ca-rsa", "ca-p384"], &[SignRaw])]),
+        client("frontend", &[(&["ca-p384"], &[SignRaw])]),
+    ]
+}
 
 /// Each of the four HSMs holds 64 signatures in flight: the pool holds 256, two full batches
 /// (a batch is bounded by the two HSMs of key `west-only`).
@@ -33,16 +29,16 @@ const PER_HSM: usize = 64;
 const BATCH: usize = 2 * PER_HSM;
 
 async fn start(pki: &Pki) -> Gateway {
-    let text = mtls_config(pki, CLIENTS)
-        .replace(
-            "sessions = 2",
-            &format!("sessions = 2\nmax_in_flight = {PER_HSM}"),
-        )
-        .replace(
-            "max_request_items = 8192",
-            &format!("max_request_items = {BATCH}"),
-        );
-    let gw = Gateway::spawn(&text).unwrap_or_else(|e| panic!("gateway did not start: {e}"));
+    let mut config = mtls_config(pki, clients());
+    for hsm in config
+        .datacenters
+        .iter_mut()
+        .flat_map(|dc| dc.hsms.iter_mut())
+    {
+        hsm.max_in_flight = PER_HSM as u32;
+    }
+    config.batching.max_request_items = BATCH;
+    let gw = Gateway::spawn(&config).unwrap_or_else(|e| panic!("gateway did not start: {e}"));
     let mut client = gw
         .tls_client(&pki.client_tls("frontend"))
         .await

@@ -273,19 +273,16 @@ async fn bad_input_gets_a_precise_error_and_nothing_is_signed() {
 
 #[tokio::test]
 async fn an_invalid_config_is_refused_with_every_field_named() {
-    let text = common::tokens()
-        .config_text
-        .replacen("sessions = 2", "sessions = 0", 1)
-        .replace(
-            r#"local_datacenter = "dc-east""#,
-            r#"local_datacenter = "dc-nowhere""#,
-        )
-        .replacen(
-            r#"hsms = ["west-1", "west-2"]"#,
-            r#"hsms = ["west-1", "west-3"]"#,
-            1,
-        );
-    let err = Gateway::spawn(&text).err().expect("must refuse to start");
+    let mut config = common::tokens().config.clone();
+    config.datacenters[0].hsms[0].sessions = 0;
+    config.gateway.local_datacenter = "dc-nowhere".into();
+    let west_only = config
+        .keys
+        .iter_mut()
+        .find(|k| k.hsms == ["west-1", "west-2"])
+        .expect("a key on the west pair only");
+    west_only.hsms[1] = "west-3".into();
+    let err = Gateway::spawn(&config).err().expect("must refuse to start");
     assert!(err.contains("exit Some(2)"), "{err}");
     for needle in [
         "datacenters[0].hsms[0].sessions: must be between 1 and 1024",
@@ -294,16 +291,11 @@ async fn an_invalid_config_is_refused_with_every_field_named() {
     ] {
         assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
     }
-    // An inline PIN is refused without being echoed.
-    let text = common::tokens().config_text.replacen(
-        &format!(
-            r#"pin = {{ file = "{}" }}"#,
-            common::tokens().dir.join("user.pin").display()
-        ),
-        r#"pin = "s3cr3t-9931""#,
-        1,
-    );
-    let err = Gateway::spawn(&text)
+    // An inline PIN is refused without being echoed. The typed config cannot hold one: set it
+    // in the serialized tree.
+    let mut tree = toml::Table::try_from(&common::tokens().config).expect("config as TOML");
+    tree["datacenters"][0]["hsms"][0]["pin"] = toml::Value::from("s3cr3t-9931");
+    let err = Gateway::spawn(&tree)
         .err()
         .expect("must refuse an inline PIN");
     assert!(
@@ -470,9 +462,7 @@ async fn health_and_metrics_report_each_hsm() {
 #[tokio::test]
 async fn work_spills_to_the_other_datacenter_past_the_spill_depth() {
     // With a spill depth of 1, a big batch overflows the local pair at once.
-    let gw = Gateway::start_with(Module::SoftHsm, |text| {
-        text.replace("spill_queue_depth = 4096", "spill_queue_depth = 1")
-    });
+    let gw = Gateway::start_with(Module::SoftHsm, |c| c.dispatch.spill_queue_depth = 1);
     gw.wait_available("ca-p256", 4, Duration::from_secs(20))
         .await;
     let mut client = gw.client().await;
@@ -512,9 +502,11 @@ async fn saturated_hsms_shed_load_with_resource_exhausted() {
     // Every HSM accepts at most 2 signatures in flight, so batches are at most 4 (west-only's
     // pair holds 4 together: validation refuses more). A chunk of 4 fits only an idle HSM:
     // 200 such batches at once cannot all be admitted.
-    let gw = Gateway::start_with(Module::SoftHsm, |text| {
-        text.replace("sessions = 2", "sessions = 2\nmax_in_flight = 2")
-            .replace("max_request_items = 8192", "max_request_items = 4")
+    let gw = Gateway::start_with(Module::SoftHsm, |c| {
+        for hsm in c.datacenters.iter_mut().flat_map(|dc| dc.hsms.iter_mut()) {
+            hsm.max_in_flight = 2;
+        }
+        c.batching.max_request_items = 4;
     });
     gw.wait_available("ca-p256", 4, Duration::from_secs(20))
         .await;

@@ -14,7 +14,7 @@ fn json_log_lines_parse_and_an_unknown_format_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let softhsm_conf = common::private_store(dir.path());
     let config = dir.path().join("signer.toml");
-    std::fs::write(&config, &tokens.config_text).expect("write config");
+    hsmgate_stack::configs::write(&tokens.config, &config).expect("write config");
     let mut child = Command::new(env!("CARGO_BIN_EXE_signer"))
         .arg("--config")
         .arg(&config)

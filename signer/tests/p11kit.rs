@@ -12,7 +12,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -134,37 +134,29 @@ impl Drop for Servers {
 }
 
 /// The provisioned config, with every HSM reached through its own p11-kit server.
-fn p11kit_config(servers: &Servers) -> String {
-    let softhsm_line = format!(r#"module = "{}""#, common::SOFTHSM);
-    let mut out = String::new();
+fn p11kit_config(servers: &Servers) -> hsm_config::Config {
+    let mut config = common::tokens().config.clone();
     let mut rewritten = 0;
-    for line in common::tokens().config_text.lines() {
-        if line.trim() == softhsm_line {
-            out.push_str(&format!("module = \"{CLIENT}\"\n"));
-            continue;
-        }
-        out.push_str(line);
-        out.push('\n');
-        if let Some(label) = line
-            .trim()
-            .strip_prefix("token_label = \"")
-            .and_then(|l| l.strip_suffix('"'))
-        {
-            let hsm = HSMS
-                .iter()
-                .find(|(_, l)| *l == label)
-                .expect("known token")
-                .0;
-            out.push_str(&format!(
-                "module_env = {{ P11_KIT_SERVER_ADDRESS = \"unix:path={}\" }}\n",
-                servers.socket(hsm).display()
-            ));
-            rewritten += 1;
-        }
+    for hsm in config
+        .datacenters
+        .iter_mut()
+        .flat_map(|dc| dc.hsms.iter_mut())
+    {
+        assert_eq!(hsm.module, Path::new(common::SOFTHSM), "{}", hsm.name);
+        let name = HSMS
+            .iter()
+            .find(|(_, label)| *label == hsm.token_label)
+            .expect("known token")
+            .0;
+        hsm.module = CLIENT.into();
+        hsm.module_env.insert(
+            "P11_KIT_SERVER_ADDRESS".into(),
+            format!("unix:path={}", servers.socket(name).display()),
+        );
+        rewritten += 1;
     }
-    assert_eq!(rewritten, HSMS.len(), "expected four HSMs in:\n{out}");
-    assert!(!out.contains(common::SOFTHSM), "{out}");
-    out
+    assert_eq!(rewritten, HSMS.len(), "expected four HSMs in:\n{config:?}");
+    config
 }
 
 /// Sums a counter over the metrics lines that carry `hsm="<hsm>"`.

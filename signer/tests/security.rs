@@ -8,54 +8,69 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Gateway, Pki, digest_for, digest_request, mtls_config, verify};
+use common::{Gateway, Pki, client, digest_for, digest_request, mtls_config, verify};
+use hsm_config::{AuditFailure, Client, ClientLimits, Config, Operation, ServerTls};
 use hsmgate_signer_api::v1::signer_client::SignerClient;
 use hsmgate_signer_api::v1::{
     ListKeysRequest, SignBatchRequest, SignRequest, SignatureAlgorithm as Alg, sign_request,
 };
 use hsmgate_signer_api::{PAYLOAD_HEADER, PAYLOAD_OCSP_RESPONSE_DATA, PAYLOAD_TBS_CERTIFICATE};
+use hsmgate_stack::configs;
 use tonic::Code;
 use tonic::transport::Channel;
 
 /// `frontend` may sign certificates with ca-p256 (which checks payloads) and raw digests with
 /// ca-p384; `ocsp` may sign OCSP responses with ca-p256; `stranger` has a certificate from the
 /// right CA but no `[[clients]]` entry; `limited` may sign 5 signatures then waits.
-const CLIENTS: &str = r#"
-[[clients]]
-name = "frontend"
-subject = "CN=frontend,O=hsmgate dev"
-grants = [
-  { keys = ["ca-p256"], operations = ["sign-certificate"] },
-  { keys = ["ca-p384"], operations = ["sign-raw"] },
-]
-
-[[clients]]
-name = "ocsp"
-subject = "CN=ocsp,O=hsmgate dev"
-grants = [{ keys = ["ca-p256"], operations = ["sign-ocsp"] }]
-
-[[clients]]
-name = "limited"
-subject = "CN=limited,O=hsmgate dev"
-grants = [{ keys = ["ca-p384"], operations = ["sign-raw"] }]
-limits = { signatures_per_sec = 1, burst = 5, max_concurrent = 4 }
-
-[[clients]]
-name = "single"
-subject = "CN=single,O=hsmgate dev"
-grants = [{ keys = ["ca-rsa"], operations = ["sign-raw"] }]
-limits = { max_concurrent = 1 }
-"#;
+fn clients() -> Vec<Client> {
+    use Operation::{SignCertificate, SignOcsp, SignRaw};
+    let limited = |name: &str, keys: &[&str], limits: ClientLimits| Client {
+        limits,
+        ..client(name, &[(keys, &[SignRaw])])
+    };
+    vec![
+        client(
+            "frontend",
+            &[
+                (&["ca-p256"], &[SignCertificate]),
+                (&["ca-p384"], &[SignRaw]),
+            ],
+        ),
+        client("ocsp", &[(&["ca-p256"], &[SignOcsp])]),
+        limited(
+            "limited",
+            &["ca-p384"],
+            ClientLimits {
+                signatures_per_sec: Some(1),
+                burst: Some(5),
+                max_concurrent: 4,
+                ..ClientLimits::default()
+            },
+        ),
+        limited(
+            "single",
+            &["ca-rsa"],
+            ClientLimits {
+                max_concurrent: 1,
+                ..ClientLimits::default()
+            },
+        ),
+    ]
+}
 
 const NAMES: &[&str] = &["frontend", "ocsp", "stranger", "limited", "single"];
 
 /// Starts a gateway with mTLS from `pki` and waits (over mTLS) until every HSM holds every key.
-async fn start(pki: &Pki, edit: impl FnOnce(String) -> String) -> Gateway {
+async fn start(pki: &Pki, edit: impl FnOnce(&mut Config)) -> Gateway {
     // No `check_payload` anywhere: ca-p256 checks payloads because it is an issuing key (the
     // default), which is what the payload test relies on.
-    let text = edit(mtls_config(pki, CLIENTS));
-    assert!(!text.contains("check_payload"), "{text}");
-    let gw = Gateway::spawn(&text).unwrap_or_else(|e| panic!("gateway did not start: {e}"));
+    let mut config = mtls_config(pki, clients());
+    edit(&mut config);
+    assert!(
+        config.keys.iter().all(|k| k.check_payload.is_none()),
+        "{config:?}"
+    );
+    let gw = Gateway::spawn(&config).unwrap_or_else(|e| panic!("gateway did not start: {e}"));
     let mut client = gw
         .tls_client(&pki.client_tls("frontend"))
         .await
@@ -162,7 +177,7 @@ async fn refused(client: Result<SignerClient<Channel>, tonic::transport::Error>)
 async fn no_client_certificate_or_one_from_another_ca_is_refused_at_the_handshake() {
     let pki = Pki::new(NAMES);
     let other = Pki::new(&["frontend"]); // same subject, another CA
-    let gw = start(&pki, |t| t).await;
+    let gw = start(&pki, |_| {}).await;
 
     // Control: a valid client certificate signs.
     let mut ok = gw
@@ -203,7 +218,7 @@ async fn no_client_certificate_or_one_from_another_ca_is_refused_at_the_handshak
 #[tokio::test]
 async fn grants_decide_and_every_refusal_is_audited() {
     let pki = Pki::new(NAMES);
-    let gw = start(&pki, |t| t).await;
+    let gw = start(&pki, |_| {}).await;
     let mut frontend = gw
         .tls_client(&pki.client_tls("frontend"))
         .await
@@ -320,7 +335,7 @@ async fn grants_decide_and_every_refusal_is_audited() {
 #[tokio::test]
 async fn a_key_that_checks_payloads_signs_only_what_parses_as_declared() {
     let pki = Pki::new(NAMES);
-    let gw = start(&pki, |t| t).await;
+    let gw = start(&pki, |_| {}).await;
     let mut frontend = gw
         .tls_client(&pki.client_tls("frontend"))
         .await
@@ -436,7 +451,7 @@ async fn a_key_that_checks_payloads_signs_only_what_parses_as_declared() {
 #[tokio::test]
 async fn a_client_over_its_rate_is_limited_and_others_are_not() {
     let pki = Pki::new(NAMES);
-    let gw = start(&pki, |t| t).await;
+    let gw = start(&pki, |_| {}).await;
     let mut limited = gw
         .tls_client(&pki.client_tls("limited"))
         .await
@@ -492,10 +507,7 @@ async fn a_client_over_its_rate_is_limited_and_others_are_not() {
 #[tokio::test]
 async fn a_hand_edited_audit_log_is_named_by_audit_verify() {
     let pki = Pki::new(NAMES);
-    let mut gw = start(&pki, |t| {
-        t.replace("dir = \"audit\"", "dir = \"audit\"\nmax_file_bytes = 4096")
-    })
-    .await;
+    let mut gw = start(&pki, |c| c.audit.max_file_bytes = 4096).await;
     let mut frontend = gw
         .tls_client(&pki.client_tls("frontend"))
         .await
@@ -576,12 +588,10 @@ struct LostSink {
 
 /// Starts a gateway with 4,096-byte audit files (and `audit_settings` added to `[audit]`),
 /// signs once as `frontend`, then moves the audit directory away and puts a file in its place.
-async fn lose_the_audit_sink(pki: &Pki, audit_settings: &str) -> LostSink {
-    let gw = start(pki, |t| {
-        t.replace(
-            "dir = \"audit\"",
-            &format!("dir = \"audit\"\nmax_file_bytes = 4096{audit_settings}"),
-        )
+async fn lose_the_audit_sink(pki: &Pki, on_failure: AuditFailure) -> LostSink {
+    let gw = start(pki, |c| {
+        c.audit.max_file_bytes = 4096;
+        c.audit.on_failure = on_failure;
     })
     .await;
     let mut frontend = gw
@@ -619,7 +629,7 @@ async fn losing_the_audit_sink_stops_signing_until_it_is_back() {
         dir,
         saved,
         big,
-    } = lose_the_audit_sink(&pki, "").await;
+    } = lose_the_audit_sink(&pki, AuditFailure::StopSigning).await;
     let err = frontend
         .sign_batch(big.clone())
         .await
@@ -655,7 +665,7 @@ async fn the_pin_appears_in_no_log_audit_record_or_metric() {
     let pin = pin.trim();
     assert!(pin.len() >= 4, "the PIN is long enough to grep for");
     // A full run: every kind of outcome, a reload, a drain.
-    let mut gw = start(&pki, |t| t).await;
+    let mut gw = start(&pki, |_| {}).await;
     let mut frontend = gw
         .tls_client(&pki.client_tls("frontend"))
         .await
@@ -694,7 +704,7 @@ async fn the_pin_appears_in_no_log_audit_record_or_metric() {
 #[tokio::test]
 async fn grants_reload_with_the_config_and_a_bad_file_keeps_the_last_good_ones() {
     let pki = Pki::new(NAMES);
-    let gw = start(&pki, |t| t).await;
+    let gw = start(&pki, |_| {}).await;
     let mut ocsp = gw
         .tls_client(&pki.client_tls("ocsp"))
         .await
@@ -706,13 +716,9 @@ async fn grants_reload_with_the_config_and_a_bad_file_keeps_the_last_good_ones()
     assert_eq!(err.code(), Code::PermissionDenied);
 
     // Grant `ocsp` raw signing with ca-p384, and reload.
-    let text = std::fs::read_to_string(&gw.config_path).expect("config");
-    let granted = text.replace(
-        r#"grants = [{ keys = ["ca-p256"], operations = ["sign-ocsp"] }]"#,
-        r#"grants = [{ keys = ["ca-p256"], operations = ["sign-ocsp"] }, { keys = ["ca-p384"], operations = ["sign-raw"] }]"#,
-    );
-    assert_ne!(granted, text);
-    std::fs::write(&gw.config_path, &granted).expect("write config");
+    let mut granted = Config::load(&gw.config_path).expect("config");
+    configs::grant(&mut granted, "ocsp", &["ca-p384"], &[Operation::SignRaw]);
+    configs::write(&granted, &gw.config_path).expect("write config");
     gw.signal("HUP");
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
@@ -731,14 +737,14 @@ async fn grants_reload_with_the_config_and_a_bad_file_keeps_the_last_good_ones()
     }
 
     // A broken file (a grant on a key that does not exist) is refused; the grant stays.
-    std::fs::write(
-        &gw.config_path,
-        granted.replace(
-            r#"keys = ["ca-p384"], operations = ["sign-raw"]"#,
-            r#"keys = ["root"], operations = ["sign-raw"]"#,
-        ),
-    )
-    .expect("write config");
+    let mut broken = granted;
+    let ocsp_client = broken
+        .clients
+        .iter_mut()
+        .find(|c| c.name == "ocsp")
+        .expect("client ocsp");
+    ocsp_client.grants[1].keys = vec!["root".into()];
+    configs::write(&broken, &gw.config_path).expect("write config");
     gw.signal("HUP");
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while !gw.logs().contains("reload refused") {
@@ -758,11 +764,12 @@ async fn grants_reload_with_the_config_and_a_bad_file_keeps_the_last_good_ones()
 #[test]
 fn unusable_tls_files_or_a_shared_audit_directory_refuse_start_up() {
     let pki = Pki::new(NAMES);
-    let text = mtls_config(&pki, CLIENTS);
-    let missing = text.replace(
-        &pki.path("server.pem").display().to_string(),
-        "/nonexistent/server.pem",
-    );
+    let config = mtls_config(&pki, clients());
+    let mut missing = config.clone();
+    missing.gateway.tls = Some(ServerTls {
+        cert: "/nonexistent/server.pem".into(),
+        ..pki.server_tls()
+    });
     let err = Gateway::spawn(&missing)
         .err()
         .expect("must refuse to start");
@@ -772,20 +779,19 @@ fn unusable_tls_files_or_a_shared_audit_directory_refuse_start_up() {
         "{err}"
     );
     // A key file that is a certificate.
-    let wrong = text.replace(
-        &pki.path("server.key").display().to_string(),
-        &pki.path("ca.pem").display().to_string(),
-    );
+    let mut wrong = config.clone();
+    wrong.gateway.tls = Some(ServerTls {
+        key: pki.path("ca.pem"),
+        ..pki.server_tls()
+    });
     let err = Gateway::spawn(&wrong).err().expect("must refuse to start");
     assert!(err.contains("gateway.tls.key: not a PEM file"), "{err}");
     // Two gateways on one audit directory would fork the chain: the second refuses.
     let shared = pki.dir.path().join("shared-audit");
-    let text = text.replace(
-        "dir = \"audit\"",
-        &format!("dir = \"{}\"", shared.display()),
-    );
-    let _first = Gateway::spawn(&text).expect("first gateway");
-    let err = Gateway::spawn(&text)
+    let mut config = config;
+    config.audit.dir = shared;
+    let _first = Gateway::spawn(&config).expect("first gateway");
+    let err = Gateway::spawn(&config)
         .err()
         .expect("second gateway must refuse");
     assert!(
@@ -819,7 +825,7 @@ async fn the_plain_text_opt_in_says_so_loudly_and_callers_act_as_its_client() {
 #[tokio::test]
 async fn a_client_at_its_concurrency_limit_is_refused_until_its_call_ends() {
     let pki = Pki::new(NAMES);
-    let gw = start(&pki, |t| t).await;
+    let gw = start(&pki, |_| {}).await;
     let mut first = gw
         .tls_client(&pki.client_tls("single"))
         .await
@@ -883,7 +889,7 @@ async fn log_and_continue_returns_signatures_without_records_and_counts_it() {
         mut frontend,
         big,
         ..
-    } = lose_the_audit_sink(&pki, "\non_failure = \"log-and-continue\"").await;
+    } = lose_the_audit_sink(&pki, AuditFailure::LogAndContinue).await;
     let resp = frontend
         .sign_batch(big)
         .await
@@ -923,11 +929,12 @@ async fn a_client_known_by_its_key_hash_is_recognised_whatever_its_subject() {
         .to_der()
         .expect("spki");
     let hash = hex::encode(sha2::Sha256::digest(&spki));
-    let gw = start(&pki, |t| {
-        format!(
-            "{t}\n[[clients]]\nname = \"by-key\"\nspki_sha256 = \"{}\"\ngrants = [{{ keys = [\"ca-p384\"], operations = [\"sign-raw\"] }}]\n",
-            hash.to_uppercase()
-        )
+    let gw = start(&pki, |c| {
+        c.clients.push(Client {
+            subject: None,
+            spki_sha256: Some(hash.to_uppercase()),
+            ..client("by-key", &[(&["ca-p384"], &[Operation::SignRaw])])
+        })
     })
     .await;
     let mut client = gw
@@ -958,11 +965,9 @@ async fn a_client_known_by_its_key_hash_is_recognised_whatever_its_subject() {
 #[cfg(not(feature = "bench-unaudited"))]
 #[test]
 fn a_normal_build_refuses_to_run_without_its_audit_log() {
-    let text = common::tokens()
-        .config_text
-        .replace("dir = \"audit\"", "dir = \"audit\"\nbench_unaudited = true");
-    assert_ne!(text, common::tokens().config_text, "[audit] table changed");
-    let err = Gateway::spawn(&text).err().expect("must refuse to start");
+    let mut config = common::tokens().config.clone();
+    config.audit.bench_unaudited = true;
+    let err = Gateway::spawn(&config).err().expect("must refuse to start");
     assert!(err.contains("exit Some(2)"), "{err}");
     assert!(
         err.contains("audit.bench_unaudited: refused: this signer was built without the `bench-unaudited` feature"),
@@ -976,9 +981,7 @@ fn a_normal_build_refuses_to_run_without_its_audit_log() {
 #[cfg(feature = "bench-unaudited")]
 #[tokio::test]
 async fn a_bench_unaudited_build_runs_without_its_audit_log_and_says_so() {
-    let gw = Gateway::start_with(common::Module::SoftHsm, |t| {
-        t.replace("dir = \"audit\"", "dir = \"audit\"\nbench_unaudited = true")
-    });
+    let gw = Gateway::start_with(common::Module::SoftHsm, |c| c.audit.bench_unaudited = true);
     gw.wait_available("ca-p256", 1, Duration::from_secs(20))
         .await;
     assert!(

@@ -394,9 +394,9 @@ async fn drill_against(
         issuer_certificate(url, &target.key, &issuer_pem)?;
     }
     let config_path = dir.join("ocsp.toml");
-    std::fs::write(
+    hsmgate_stack::configs::write(
+        &ocsp_config(url, &target.key, args.batch, args.crl_shards),
         &config_path,
-        ocsp_config(url, &target.key, args.batch, args.crl_shards),
     )?;
     let config = ocsp::config::Config::load(&config_path).map_err(|e| anyhow!("{e}"))?;
     let metrics = PresignerMetrics::default();
@@ -683,27 +683,44 @@ fn serial(i: u64) -> Serial {
 /// The OCSP service configuration of the drill (relative paths resolve against `--dir`). The
 /// pre-signer presents the client certificate named by `HSMGATE_TLS_CA` / `_CERT` / `_KEY`
 /// when they are set, as hsm-bench's own connections do.
-fn ocsp_config(gateway: &str, key: &str, batch: usize, crl_shards: u32) -> String {
-    let tls = match (
-        std::env::var("HSMGATE_TLS_CA"),
-        std::env::var("HSMGATE_TLS_CERT"),
-        std::env::var("HSMGATE_TLS_KEY"),
+fn ocsp_config(gateway: &str, key: &str, batch: usize, crl_shards: u32) -> ocsp::config::Config {
+    use ocsp::config::{Config, CrlConfig, Issuer, Presigner, Responder, Store};
+    let (gateway_ca, gateway_cert, gateway_key) = match (
+        std::env::var_os("HSMGATE_TLS_CA"),
+        std::env::var_os("HSMGATE_TLS_CERT"),
+        std::env::var_os("HSMGATE_TLS_KEY"),
     ) {
-        (Ok(ca), Ok(cert), Ok(key)) => {
-            format!("gateway_ca = {ca:?}\ngateway_cert = {cert:?}\ngateway_key = {key:?}\n")
-        }
-        _ => String::new(),
+        (Some(ca), Some(cert), Some(key)) => (Some(ca.into()), Some(cert.into()), Some(key.into())),
+        _ => (None, None, None),
     };
-    let config = format!(
-        "# Written by hsm-bench drill.\n\
-         [responder]\nlisten = \"127.0.0.1:0\"\n\n\
-         [[issuers]]\nname = \"{ISSUER}\"\ncertificate = \"issuer.pem\"\nsigning_key = \"{key}\"\n\n\
-         [issuers.crl]\nshards = {crl_shards}\nbase_url = \"http://crl.drill.test\"\n\n\
-         [store]\nkind = \"sqlite\"\npath = \"ocsp.sqlite\"\n\n\
-         [presigner]\ngateway = \"{gateway}\"\nvalidity_hours = 96\nrefresh_after_hours = 48\n\
-         batch = {batch}\ninterval_secs = 1\n"
-    );
-    config + &tls
+    Config {
+        responder: Responder::new(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+        issuers: vec![Issuer {
+            name: ISSUER.into(),
+            certificate: "issuer.pem".into(),
+            signing_key: key.into(),
+            crl: Some(CrlConfig {
+                shards: crl_shards,
+                base_url: "http://crl.drill.test".into(),
+                ..CrlConfig::default()
+            }),
+        }],
+        store: Store::Sqlite {
+            path: "ocsp.sqlite".into(),
+        },
+        presigner: Presigner {
+            gateway: gateway.into(),
+            validity_hours: 96,
+            refresh_after_hours: 48,
+            batch,
+            interval_secs: 1,
+            gateway_ca,
+            gateway_cert,
+            gateway_key,
+            ..Presigner::default()
+        },
+        base_dir: PathBuf::new(),
+    }
 }
 
 /// A binary built beside hsm-bench.

@@ -7,17 +7,20 @@
 
 use super::*;
 
+use ca_frontend::config::{AllowPrivate, Validation};
+use ca_frontend::perspective::{PerspectiveConfig, PerspectiveServer, Perspectives, RemoteConfig};
+
 /// A perspective: where it listens, and its own DNS server's management address.
 struct Perspective {
     addr: String,
     dns_management: SocketAddr,
 }
 
-/// The three perspectives and the `[validation.perspectives]` TOML that asks them; started once
-/// per test binary and tied to it.
+/// The three perspectives and the `[validation.perspectives]` that asks them; started once per
+/// test binary and tied to it.
 struct Drill {
     perspectives: Vec<Perspective>,
-    toml: String,
+    config: Perspectives,
     _children: Vec<Child>,
 }
 
@@ -67,33 +70,34 @@ fn drill() -> &'static Drill {
         // mTLS: a CA, a server certificate for 127.0.0.1 (every perspective's), a client
         // certificate for the frontend.
         hsm_config::devcerts::ensure(&dir, &["ca-frontend"]).expect("perspective certificates");
-        std::fs::write(
-            dir.join("perspective.toml"),
-            format!(
-                r#"[perspective]
-name = "set-by-flag"
-region = "loopback"
-listen = "127.0.0.1:0"
-cert = "server.pem"
-key = "server.key"
-client_ca = "ca.pem"
-caa_identities = ["hsmgate.test"]
-allowed_special_tlds = ["test"]
-[validation]
-http_port = {http}
-timeout_ms = 5000
-allow_private_addresses = true
-"#,
-                http = infra().http_port
-            ),
-        )
-        .expect("write");
+        let perspective = PerspectiveConfig {
+            perspective: PerspectiveServer {
+                name: "set-by-flag".into(),
+                region: "loopback".into(),
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                cert: "server.pem".into(),
+                key: "server.key".into(),
+                client_ca: "ca.pem".into(),
+                caa_identities: vec!["hsmgate.test".into()],
+                allowed_special_tlds: vec!["test".into()],
+            },
+            validation: Validation {
+                http_port: infra().http_port,
+                timeout_ms: 5000,
+                allow_private_addresses: AllowPrivate::All(true),
+                ..Validation::default()
+            },
+            base_dir: PathBuf::new(),
+        };
+        hsmgate_stack::configs::write(&perspective, &dir.join("perspective.toml")).expect("write");
         let mut children = Vec::new();
         let mut perspectives = Vec::new();
-        let mut toml = format!(
-            "[validation.perspectives]\nca = \"{d}/ca.pem\"\ncert = \"{d}/ca-frontend.pem\"\nkey = \"{d}/ca-frontend.key\"\n",
-            d = dir.display()
-        );
+        let mut config = Perspectives {
+            ca: Some(dir.join("ca.pem")),
+            cert: Some(dir.join("ca-frontend.pem")),
+            key: Some(dir.join("ca-frontend.key")),
+            ..Perspectives::default()
+        };
         for name in ["a", "b", "c"] {
             let dns = hsmgate_stack::ChallTestSrv::start_tied().expect("pebble-challtestsrv");
             let mut command = hsmgate_stack::tied(env!("CARGO_BIN_EXE_ca-frontend"));
@@ -116,9 +120,11 @@ allow_private_addresses = true
                 .to_owned();
             // Kept, with its stdin pipe, until this binary exits (see `hsmgate_stack::tied`).
             let perspective = perspective.into_child().expect("the perspective's process");
-            toml.push_str(&format!(
-                "[[validation.perspectives.remote]]\nname = \"{name}\"\nregion = \"loopback-{name}\"\nurl = \"https://{addr}\"\n"
-            ));
+            config.remote.push(RemoteConfig {
+                name: name.into(),
+                region: format!("loopback-{name}"),
+                url: format!("https://{addr}"),
+            });
             perspectives.push(Perspective {
                 addr,
                 dns_management: dns.management,
@@ -128,7 +134,7 @@ allow_private_addresses = true
         }
         Drill {
             perspectives,
-            toml,
+            config,
             _children: children,
         }
     })
@@ -171,7 +177,7 @@ fn fresh(label: &str) -> String {
 
 #[tokio::test]
 async fn one_hijacked_perspective_is_outvoted_and_two_refuse_http01() {
-    let ca = ca_with(&drill().toml).await;
+    let ca = ca_with(|c| c.validation.perspectives = drill().config.clone()).await;
     let mut client = Client::new(&ca);
     client.register().await;
 
@@ -257,7 +263,7 @@ async fn one_hijacked_perspective_is_outvoted_and_two_refuse_http01() {
 
 #[tokio::test]
 async fn one_hijacked_caa_view_is_outvoted_and_two_refuse() {
-    let ca = ca_with(&drill().toml).await;
+    let ca = ca_with(|c| c.validation.perspectives = drill().config.clone()).await;
     let mut client = Client::new(&ca);
     client.register().await;
 

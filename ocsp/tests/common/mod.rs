@@ -260,11 +260,11 @@ pub struct Env {
 
 impl Env {
     pub fn start() -> Self {
-        Self::start_with(|text| text)
+        Self::start_with(|_| {})
     }
 
-    /// Same, with the OCSP configuration text edited first.
-    pub fn start_with(edit: impl FnOnce(String) -> String) -> Self {
+    /// Same, with the OCSP configuration ([`ocsp_config`]) edited first.
+    pub fn start_with(edit: impl FnOnce(&mut ocsp::config::Config)) -> Self {
         let gateway = Gateway::start();
         let dir = tempfile::Builder::new()
             .prefix("hsmgate-ocsp-env-")
@@ -282,9 +282,10 @@ impl Env {
             "CN=hsmgate OCSP test CA RSA,O=hsmgate",
             &dir.path().join("issuer-rsa.pem"),
         );
-        let text = edit(ocsp_config(&gateway.url()));
+        let mut config = ocsp_config(&gateway.url());
+        edit(&mut config);
         let config_path = dir.path().join("ocsp.toml");
-        std::fs::write(&config_path, text).expect("write ocsp config");
+        write_config(&config, &config_path);
         Self {
             gateway,
             dir,
@@ -314,35 +315,40 @@ impl Env {
     }
 }
 
-/// The OCSP configuration of an [`Env`]: both issuers, the embedded store, 96 h validity
-/// re-signed after 48 h.
-pub fn ocsp_config(gateway_url: &str) -> String {
-    format!(
-        r#"[responder]
-listen = "127.0.0.1:0"
+/// The OCSP configuration of an [`Env`]: both issuers (certificates beside the file), the
+/// embedded store, 96 h validity re-signed after 48 h; written by [`write_config`].
+pub fn ocsp_config(gateway_url: &str) -> ocsp::config::Config {
+    use ocsp::config::{Config, Issuer, Presigner, Responder, Store};
+    let issuer = |name: &str, certificate: &str, key: &str| Issuer {
+        name: name.into(),
+        certificate: certificate.into(),
+        signing_key: key.into(),
+        crl: None,
+    };
+    Config {
+        responder: Responder::new(SocketAddr::from(([127, 0, 0, 1], 0))),
+        issuers: vec![
+            issuer(ISSUER_P256, "issuer-p256.pem", KEY_P256),
+            issuer(ISSUER_RSA, "issuer-rsa.pem", KEY_RSA),
+        ],
+        store: Store::Sqlite {
+            path: "ocsp.sqlite".into(),
+        },
+        presigner: Presigner {
+            gateway: gateway_url.into(),
+            validity_hours: 96,
+            refresh_after_hours: 48,
+            batch: 64,
+            interval_secs: 1,
+            ..Presigner::default()
+        },
+        base_dir: PathBuf::new(),
+    }
+}
 
-[[issuers]]
-name = "{ISSUER_P256}"
-certificate = "issuer-p256.pem"
-signing_key = "{KEY_P256}"
-
-[[issuers]]
-name = "{ISSUER_RSA}"
-certificate = "issuer-rsa.pem"
-signing_key = "{KEY_RSA}"
-
-[store]
-kind = "sqlite"
-path = "ocsp.sqlite"
-
-[presigner]
-gateway = "{gateway_url}"
-validity_hours = 96
-refresh_after_hours = 48
-batch = 64
-interval_secs = 1
-"#
-    )
+/// Writes `config` to `path` as TOML, from the typed schema (the stack kit's writer).
+pub fn write_config(config: &ocsp::config::Config, path: &Path) {
+    hsmgate_stack::configs::write(config, path).expect("write ocsp config");
 }
 
 /// What `openssl ocsp` said about a response.

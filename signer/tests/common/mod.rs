@@ -15,19 +15,16 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use hsm_config::Config;
+use hsm_config::{Client, ClientLimits, Config, Grant, Operation, ServerTls};
 use hsmgate_signer_api::v1::signer_client::SignerClient;
 use hsmgate_signer_api::v1::{
     ListKeysRequest, SignBatchRequest, SignRequest, SignResponse, SignatureAlgorithm as Alg,
     sign_request,
 };
-use hsmgate_stack::{Log, Process, Provisioned};
+use hsmgate_stack::{Log, Process, Provisioned, configs};
+use serde::Serialize;
 use tonic::transport::Channel;
 
-pub const EXAMPLE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../hsm-config/examples/two-dc.toml"
-);
 pub const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
 /// Tokens provisioned for this test binary.
@@ -35,8 +32,8 @@ pub struct Tokens {
     pub dir: PathBuf,
     pub softhsm_conf: PathBuf,
     pub public_keys: PathBuf,
-    /// two-dc.toml with PINs from a file in `dir`.
-    pub config_text: String,
+    /// two-dc.toml with PINs from a file in `dir`; tests edit a clone of it.
+    pub config: Config,
 }
 
 pub fn tokens() -> &'static Tokens {
@@ -48,18 +45,14 @@ pub fn tokens() -> &'static Tokens {
             .expect("tempdir")
             .keep();
         let pin_file = dir.join("user.pin");
-        // The text stays two-dc.toml's own (tests edit it as text); only the PIN source moves.
-        let text = std::fs::read_to_string(EXAMPLE).expect("example config");
-        let config_text = text.replace(
-            r#"pin = { env = "HSMGATE_TEST_PIN" }"#,
-            &format!(r#"pin = {{ file = "{}" }}"#, pin_file.display()),
-        );
-        let config = Config::parse(&config_text, Path::new(EXAMPLE), dir.clone()).expect("config");
+        // two-dc.toml as operators read it; only the PIN source moves.
+        let mut config = configs::example("two-dc.toml", &dir).expect("example config");
+        configs::pins_from_file(&mut config, &pin_file);
         let provisioned = Provisioned::new(&config, &dir).expect("provisioning");
         Tokens {
             softhsm_conf: provisioned.softhsm_conf,
             public_keys: provisioned.public_keys,
-            config_text,
+            config,
             dir,
         }
     })
@@ -102,35 +95,35 @@ pub struct Gateway {
 impl Gateway {
     /// Starts a gateway on the two-datacenter config with `module` for every HSM.
     pub fn start(module: Module) -> Self {
-        Self::start_with(module, |text| text)
+        Self::start_with(module, |_| {})
     }
 
-    /// Same, with the config text edited first.
-    pub fn start_with(module: Module, edit: impl FnOnce(String) -> String) -> Self {
-        let tokens = tokens();
-        let mut text = tokens.config_text.clone();
+    /// Same, with the config edited first.
+    pub fn start_with(module: Module, edit: impl FnOnce(&mut Config)) -> Self {
+        let mut config = tokens().config.clone();
         if module == Module::Sim {
-            text = text.replace(SOFTHSM, &sim_module().display().to_string());
+            configs::module_everywhere(&mut config, &sim_module());
         }
-        let text = edit(text);
-        Self::spawn(&text).unwrap_or_else(|e| panic!("gateway did not start: {e}"))
+        edit(&mut config);
+        Self::spawn(&config).unwrap_or_else(|e| panic!("gateway did not start: {e}"))
     }
 
-    /// Spawns `signer` on this config text with a private copy of the tokens; `Err` carries
-    /// its exit status and stderr.
-    pub fn spawn(text: &str) -> Result<Self, String> {
-        Self::spawn_on(text, &tokens().dir)
+    /// Spawns `signer` on `config` with a private copy of the tokens; `Err` carries its exit
+    /// status and stderr. `config` is a [`Config`], or a `toml::Table` for a value the typed
+    /// config cannot hold (an inline PIN).
+    pub fn spawn(config: &impl Serialize) -> Result<Self, String> {
+        Self::spawn_on(config, &tokens().dir)
     }
 
     /// [`Self::spawn`] on a copy of the tokens provisioned in `provisioned`.
-    pub fn spawn_on(text: &str, provisioned: &Path) -> Result<Self, String> {
+    pub fn spawn_on(config: &impl Serialize, provisioned: &Path) -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("hsmgate-gw-")
             .tempdir()
             .expect("tempdir");
         let softhsm_conf = private_store_of(provisioned, dir.path());
         let config_path = dir.path().join("signer.toml");
-        std::fs::write(&config_path, text).expect("write config");
+        configs::write(config, &config_path).expect("write config");
         let control = dir.path().join("faults");
         let mut command = Command::new(env!("CARGO_BIN_EXE_signer"));
         command
@@ -569,67 +562,74 @@ impl Pki {
     }
 
     /// `[gateway.tls]` for a gateway with this PKI's server certificate and client CA.
-    pub fn tls_table(&self) -> String {
-        format!(
-            "[gateway.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n",
-            self.path("server.pem").display(),
-            self.path("server.key").display(),
-            self.path("ca.pem").display()
-        )
+    pub fn server_tls(&self) -> ServerTls {
+        ServerTls {
+            cert: self.path("server.pem"),
+            key: self.path("server.key"),
+            client_ca: self.path("ca.pem"),
+        }
     }
 }
 
 /// The development config, `hsm-config/examples/dev.toml`, exactly as `run.sh` runs it but for
 /// its files: its two tokens (DEV-A, DEV-B) provisioned once per test binary, mTLS from `pki`,
-/// port 0, the audit log in the gateway's directory. Returns the text and the provisioned
+/// port 0, the audit log in the gateway's directory. Returns the config and the provisioned
 /// directory for [`Gateway::spawn_on`].
-pub fn dev_config(pki: &Pki) -> (String, &'static Path) {
-    const DEV: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../hsm-config/examples/dev.toml"
-    );
-    static DEV_TOKENS: OnceLock<(PathBuf, String)> = OnceLock::new();
-    let (dir, text) = DEV_TOKENS.get_or_init(|| {
+pub fn dev_config(pki: &Pki) -> (Config, &'static Path) {
+    static DEV_TOKENS: OnceLock<(PathBuf, Config)> = OnceLock::new();
+    let (dir, config) = DEV_TOKENS.get_or_init(|| {
         let dir = tempfile::Builder::new()
             .prefix("hsmgate-dev-tokens-")
             .tempdir()
             .expect("tempdir")
             .keep();
-        let text = std::fs::read_to_string(DEV).expect("dev config").replace(
-            "../../target/dev/pins/",
-            &format!("{}/pins/", dir.display()),
-        );
-        let config = Config::parse(&text, Path::new(DEV), dir.clone()).expect("dev config");
+        let mut config = configs::example("dev.toml", &dir).expect("dev config");
+        configs::pins_into(&mut config, &dir.join("pins"));
         Provisioned::new(&config, &dir).expect("provision");
-        (dir, text)
+        (dir, config)
     });
-    let tls = "[gateway.tls]\ncert = \"../../target/dev/tls/server.pem\"\nkey = \"../../target/dev/tls/server.key\"\nclient_ca = \"../../target/dev/tls/ca.pem\"\n";
-    assert!(text.contains(tls), "dev.toml's [gateway.tls] changed");
-    let text = text
-        .replace(tls, &pki.tls_table())
-        .replace("listen = \"127.0.0.1:50051\"", "listen = \"127.0.0.1:0\"")
-        .replace(
-            "metrics_listen = \"127.0.0.1:9464\"",
-            "metrics_listen = \"127.0.0.1:0\"",
-        )
-        .replace("dir = \"../../target/dev/audit\"", "dir = \"audit\"");
+    let mut config = config.clone();
+    assert_eq!(
+        config.gateway.tls.as_ref().map(|t| t.cert.as_path()),
+        Some(Path::new("../../target/dev/tls/server.pem")),
+        "dev.toml's [gateway.tls] changed"
+    );
+    config.gateway.tls = Some(pki.server_tls());
+    configs::ephemeral_ports(&mut config, true);
+    config.audit.dir = PathBuf::from("audit");
+    let text = configs::to_toml(&config).expect("dev config as TOML");
     assert!(!text.contains("../../target"), "{text}");
-    (text, dir.as_path())
+    (config, dir.as_path())
 }
 
 /// The two-datacenter test config with mTLS from `pki` instead of plain text, and `clients`
-/// (TOML `[[clients]]` entries) instead of the plain-text `tests` client; `edit` applies last.
-pub fn mtls_config(pki: &Pki, clients: &str) -> String {
-    let text = tokens().config_text.replace(
-        "[gateway.insecure_plaintext]\nclient = \"tests\"\n",
-        &pki.tls_table(),
-    );
+/// instead of the plain-text `tests` client.
+pub fn mtls_config(pki: &Pki, clients: Vec<Client>) -> Config {
+    let mut config = tokens().config.clone();
     assert!(
-        text.contains("[gateway.tls]"),
-        "two-dc.toml's plain-text table changed"
+        config.gateway.insecure_plaintext.is_some() && config.clients.len() == 1,
+        "two-dc.toml's plain-text `tests` client changed"
     );
-    let cut = text
-        .find("[[clients]]\nname = \"tests\"")
-        .expect("two-dc.toml ends with the `tests` client");
-    format!("{}{clients}", &text[..cut])
+    config.gateway.insecure_plaintext = None;
+    config.gateway.tls = Some(pki.server_tls());
+    config.clients = clients;
+    config
+}
+
+/// Client `name` of a [`Pki`] (subject `CN=<name>,O=hsmgate dev`), granted each
+/// `(keys, operations)` of `grants`, default limits.
+pub fn client(name: &str, grants: &[(&[&str], &[Operation])]) -> Client {
+    Client {
+        name: name.to_owned(),
+        subject: Some(format!("CN={name},O=hsmgate dev")),
+        spki_sha256: None,
+        grants: grants
+            .iter()
+            .map(|(keys, operations)| Grant {
+                keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+                operations: operations.to_vec(),
+            })
+            .collect(),
+        limits: ClientLimits::default(),
+    }
 }
