@@ -619,10 +619,13 @@ async fn wait_for(addr: SocketAddr, path: &str, ok: impl Fn(&[u8]) -> bool) -> V
     panic!("{path} never became what was expected");
 }
 
+/// A rule broken: its name, the edit that breaks it, the field the error must name.
+type BrokenRule = (&'static str, fn(&mut CrlConfig), &'static str);
+
 #[test]
 fn br_bounds_are_refused_at_load_with_the_field_named() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cases: [(&str, fn(&mut CrlConfig), &str); 7] = [
+    let cases: [BrokenRule; 7] = [
         (
             "update_period_secs = 604801",
             |c| c.update_period_secs = 604_801,
