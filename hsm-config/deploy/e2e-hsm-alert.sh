@@ -13,14 +13,14 @@
 # the script signs in a loop (`hsmgate-ocsp issuer-cert`, one certificate signature per call).
 # Everything runs on loopback ports picked free at start, in a temporary directory; only the
 # processes this script started are stopped. Usage: e2e-hsm-alert.sh [BIN_DIR] (default
-# target/debug; needs signer, hsm-config, hsmgate-ocsp).
+# target/debug; needs signer, hsm-config, hsmgate-ocsp, hsmgate-stack).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 bin="$(cd "${1:-$root/target/debug}" && pwd)"
 softhsm=/usr/lib/softhsm/libsofthsm2.so
 client=/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so
-for f in "$bin/signer" "$bin/hsm-config" "$bin/hsmgate-ocsp" "$softhsm" "$client"; do
+for f in "$bin/signer" "$bin/hsm-config" "$bin/hsmgate-ocsp" "$bin/hsmgate-stack" "$softhsm" "$client"; do
     [ -e "$f" ] || { echo "e2e-hsm-alert: $f is missing (cargo build; hsm-config/dev/setup.sh)" >&2; exit 1; }
 done
 for tool in prometheus p11-kit curl python3; do
@@ -53,50 +53,25 @@ grpc=$(free_port) metrics=$(free_port) prom=$(free_port)
 
 # --- HSMs: three SoftHSM2 tokens (two in dc-east, one in dc-west), one key cloned into all ----
 export SOFTHSM2_CONF="$t/softhsm2.conf"
-write_config() { # write_config MODULE_LINE_FOR(hsm) -> gateway.toml
-    cat <<EOF
-[gateway]
-listen = "127.0.0.1:$grpc"
-metrics_listen = "127.0.0.1:$metrics"
-local_datacenter = "dc-east"
-[gateway.tls]
-cert = "tls/server.pem"
-key = "tls/server.key"
-client_ca = "tls/ca.pem"
-[audit]
-dir = "audit"
-[timeouts]
-hsm_call_ms = 2000
-probe_interval_ms = 500
-EOF
-    for dc in dc-east:east-1,east-2 dc-west:west-1; do
-        printf '[[datacenters]]\nname = "%s"\n' "${dc%%:*}"
-        IFS=, read -ra hsms <<< "${dc#*:}"
-        for h in "${hsms[@]}"; do
-            printf '[[datacenters.hsms]]\nname = "%s"\ntoken_label = "%s"\npin = { file = "pins/%s.pin" }\nsessions = 2\n' \
-                "$h" "${h^^}" "$h"
-            "$1" "$h"
-        done
-    done
-    cat <<'EOF'
-[[keys]]
-name = "e2e-p256"
-label = "e2e-p256"
-algorithm = "ecdsa-p256"
-hsms = ["east-1", "east-2", "west-1"]
-allow_unchecked_payloads = "e2e test key: nothing chains to it"
-[[clients]]
-name = "bench"
-subject = "CN=bench,O=hsmgate dev"
-grants = [{ keys = ["e2e-p256"], operations = ["sign-raw"] }]
-EOF
+# e2e-gateway.toml on this run's ports: as it is for provisioning (SoftHSM2 directly), and with
+# every HSM behind its own p11-kit server for the gateway (the stack kit's typed rewrite).
+derive() { # derive TO [--set ...]
+    local to=$1
+    shift
+    "$bin/hsmgate-stack" config gateway "$here/e2e-gateway.toml" "$to" \
+        --set "gateway.gateway.listen=127.0.0.1:$grpc" --set "gateway.gateway.metrics_listen=127.0.0.1:$metrics" \
+        "$@" 2> "$t/derive.log" || fail "hsmgate-stack config: $(cat "$t/derive.log")"
 }
-direct() { printf 'module = "%s"\n' "$softhsm"; }
-via_p11kit() { printf 'module = "%s"\nmodule_env = { P11_KIT_SERVER_ADDRESS = "unix:path=%s/%s.sock" }\n' "$client" "$t" "$1"; }
-write_config direct > "$t/provision.toml"
+derive "$t/provision.toml"
+via_p11kit=()
+for hsm in dc0.0:east-1 dc0.1:east-2 dc1.0:west-1; do
+    at=${hsm%%:*} h=${hsm#*:}
+    path="gateway.datacenters.${at:2:1}.hsms.${at:4:1}"
+    via_p11kit+=(--set "$path.module=$client" --set "$path.module_env.P11_KIT_SERVER_ADDRESS=unix:path=$t/$h.sock")
+done
 "$bin/hsm-config" provision "$t/provision.toml" > "$t/provision.log" 2>&1 || fail "provision"
 "$bin/hsm-config" dev-certs "$t/tls" --client bench > "$t/dev-certs.log" 2>&1 || fail "dev-certs"
-write_config via_p11kit > "$t/gateway.toml"
+derive "$t/gateway.toml" "${via_p11kit[@]}"
 "$bin/hsm-config" check "$t/gateway.toml" > "$t/check.log" 2>&1 || fail "hsm-config check"
 
 for h in east-1 east-2 west-1; do
