@@ -13,9 +13,8 @@ impl Validator {
         let expected = b64(&Sha256::digest(key_authorization.as_bytes()));
         let name = format!("_acme-challenge.{domain}.");
         let lookup = self
-            .resolver
-            .lookup(name.as_str(), RecordType::TXT)
-            .await
+            .within_dns_budget(&name, self.resolver.lookup(name.as_str(), RecordType::TXT))
+            .await?
             .map_err(|e| problem(ProblemType::Dns, format!("TXT lookup of {name}: {e}")))?;
         let mut seen = 0;
         for record in lookup.answers() {

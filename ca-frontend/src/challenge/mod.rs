@@ -145,12 +145,28 @@ impl Validator {
             })
     }
 
+    /// A DNS lookup for `name`, given half of the validation's time: a resolver that does not
+    /// answer is a `dns` problem that says so, not the whole validation timing out as if the
+    /// client's server had not answered (`connection`).
+    async fn within_dns_budget<T>(
+        &self,
+        name: &str,
+        lookup: impl std::future::Future<Output = T>,
+    ) -> Result<T, Problem> {
+        let budget = self.timeout / 2;
+        tokio::time::timeout(budget, lookup).await.map_err(|_| {
+            problem(
+                ProblemType::Dns,
+                format!("the DNS lookup of {name} got no answer within {budget:?}"),
+            )
+        })
+    }
+
     /// The addresses to try for `domain`, IPv6 first (as Let's Encrypt does).
     async fn addresses(&self, domain: &str) -> Result<Vec<IpAddr>, Problem> {
         let lookup = self
-            .resolver
-            .lookup_ip(domain)
-            .await
+            .within_dns_budget(domain, self.resolver.lookup_ip(domain))
+            .await?
             .map_err(|e| problem(ProblemType::Dns, format!("no address for {domain}: {e}")))?;
         let mut addrs: Vec<IpAddr> = lookup.iter().collect();
         addrs.sort_by_key(|a| a.is_ipv4());
