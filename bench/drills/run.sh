@@ -48,6 +48,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 cd "$ROOT"
+. "$ROOT/bench/lib.sh" # usage, log, fail; the stack kit's stack_multi, stack_down
 BIN=${BIN:-$ROOT/target/debug}
 DURATION=20 AT=5 HOLD=8 CONCURRENCY=4 OUT= DRILLS=()
 while (($#)); do
@@ -57,7 +58,7 @@ while (($#)); do
         --hold) HOLD=$2; shift 2 ;;
         --concurrency) CONCURRENCY=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
-        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed -e 's/^# \{0,1\}//' -e '/^set -euo/d'; exit 0 ;;
+        -h|--help) usage 0 ;;
         gateway|datacenter|dns|redis|postgres) DRILLS+=("$1"); shift ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
@@ -81,7 +82,7 @@ cleanup() {
     [ -n "$PG_STOPPED" ] && pg_ctlcluster $PG_STOPPED start
     # Nor a process stopped (SIGSTOP) by a drill that failed half-way.
     [ -n "$STACK_PID" ] && pkill -CONT -P "$STACK_PID" 2>/dev/null
-    [ -n "$STACK_PID" ] && { kill -TERM "$STACK_PID" 2>/dev/null || true; wait "$STACK_PID" 2>/dev/null || true; }
+    stack_down
     if ((status)); then
         echo "FAILED; logs in $WORK" >&2
         tail -n 20 "$WORK/stack.log" >&2 || true
@@ -90,20 +91,11 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-log() { printf '[drills %s] %s\n' "$(date +%T)" "$*" >&2; }
 now() { date +%s.%N; }
 since() { python3 -c "print(f'{$(now) - $1:.1f}')"; }
 
 # --- the deployment --------------------------------------------------------------------------
-"$BIN/hsmgate-stack" multi --dir "$WORK" --env-file "$WORK/stack.env" > "$WORK/stack.log" 2>&1 &
-STACK_PID=$!
-for _ in $(seq 1 1800); do
-    [ -f "$WORK/stack.env" ] && break
-    kill -0 "$STACK_PID" 2>/dev/null || { echo "hsmgate-stack multi exited:" >&2; tail -n 40 "$WORK/stack.log" >&2; exit 1; }
-    sleep 0.1
-done
-[ -f "$WORK/stack.env" ] || { echo "the deployment did not come up in 180 s" >&2; exit 1; }
-. "$WORK/stack.env"
+stack_multi "$WORK" || exit 1
 log "deployment up in $WORK: gateways $STACK_GATEWAY_URLS; Redis $STACK_REDIS_ADDRS; PostgreSQL schema $STACK_PG_SCHEMA"
 # The pre-signer signs the imported serials within a few seconds.
 for _ in $(seq 1 100); do

@@ -7,6 +7,8 @@
 #       the STACK_* variables of DIR/stack.env set (addresses, files, process ids: see
 #       `hsmgate_stack::StackInfo`) and STACK_PID the stack's own pid. Fails (status 1, the end
 #       of the log on stderr) if the stack exits or is not up within STACK_TIMEOUT seconds.
+#   stack_multi DIR
+#       The same for `hsmgate-stack multi` (the multi-instance deployment; bench/drills).
 #   stack_down
 #       SIGTERM to the stack, which stops every service (the gateway drains first); waits.
 #   spawn_ready NAME DIR COMMAND...
@@ -20,21 +22,31 @@
 # The binary is $STACK_BIN, else $BIN/hsmgate-stack, else target/debug/hsmgate-stack.
 
 stack_up() {
-    local dir=$1 bin=${STACK_BIN:-${BIN:-target/debug}/hsmgate-stack} waited=0
+    local dir=$1
     shift
-    [ -x "$bin" ] || { echo "stack_up: $bin missing (cargo build -p hsmgate-stack)" >&2; return 1; }
+    stack_start "$dir" up --ports ephemeral "$@"
+}
+
+stack_multi() { stack_start "$1" multi; }
+
+# stack_start DIR SUBCOMMAND ARGS...: `hsmgate-stack SUBCOMMAND --dir DIR --env-file DIR/stack.env
+# ARGS` in the background, until the env file exists (then sourced).
+stack_start() {
+    local dir=$1 command=$2 bin=${STACK_BIN:-${BIN:-target/debug}/hsmgate-stack} waited=0
+    shift 2
+    [ -x "$bin" ] || { echo "stack_$command: $bin missing (cargo build -p hsmgate-stack)" >&2; return 1; }
     mkdir -p "$dir"
     rm -f "$dir/stack.env"
-    "$bin" up --dir "$dir" --ports ephemeral --env-file "$dir/stack.env" "$@" > "$dir/stack.log" 2>&1 &
+    "$bin" "$command" --dir "$dir" --env-file "$dir/stack.env" "$@" > "$dir/stack.log" 2>&1 &
     STACK_PID=$!
     until [ -f "$dir/stack.env" ]; do
         if ! kill -0 "$STACK_PID" 2>/dev/null; then
-            echo "stack_up: hsmgate-stack exited; the end of $dir/stack.log:" >&2
+            echo "stack_$command: hsmgate-stack exited; the end of $dir/stack.log:" >&2
             tail -n 40 "$dir/stack.log" >&2
             return 1
         fi
         if [ $((waited += 1)) -gt $((${STACK_TIMEOUT:-180} * 10)) ]; then
-            echo "stack_up: not up after ${STACK_TIMEOUT:-180} s; see $dir/stack.log" >&2
+            echo "stack_$command: not up after ${STACK_TIMEOUT:-180} s; see $dir/stack.log" >&2
             return 1
         fi
         sleep 0.1

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{Gateway, LoadReport, served_between};
 
-const CLIENT: &str = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so";
+const CLIENT: &str = hsmgate_stack::configs::P11KIT_CLIENT;
 const HSMS: [(&str, &str); 4] = [
     ("east-1", "EAST-1"),
     ("east-2", "EAST-2"),

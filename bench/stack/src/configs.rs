@@ -104,6 +104,9 @@ pub fn module_everywhere(config: &mut Config, module: &Path) {
 /// SoftHSM2's PKCS#11 module on Debian.
 pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
+/// p11-kit's client module on Debian: the PKCS#11 module of an HSM behind `p11-kit server`.
+pub const P11KIT_CLIENT: &str = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so";
+
 /// A test gateway: one datacenter `datacenter` (HSMs to be added), plain text on an ephemeral
 /// loopback port for `client` (granted nothing yet), the audit log in `audit/` beside the
 /// config file, every other setting its default.

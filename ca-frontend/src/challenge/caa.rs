@@ -41,10 +41,13 @@ impl Validator {
     }
 
     async fn caa_records(&self, name: &str) -> Result<Vec<CaaRecord>, Problem> {
+        let query = format!("{name}.");
         match self
-            .resolver
-            .lookup(format!("{name}."), RecordType::CAA)
-            .await
+            .within_dns_budget(
+                &query,
+                self.resolver.lookup(query.as_str(), RecordType::CAA),
+            )
+            .await?
         {
             Ok(lookup) => Ok(lookup
                 .answers()

@@ -145,9 +145,9 @@ impl Validator {
             })
     }
 
-    /// A DNS lookup for `name`, given half of the validation's time: a resolver that does not
-    /// answer is a `dns` problem that says so, not the whole validation timing out as if the
-    /// client's server had not answered (`connection`).
+    /// A DNS lookup for `name` (addresses, TXT, CAA), given half of the validation's time: a
+    /// resolver that does not answer is a `dns` problem that says so, not the whole validation
+    /// timing out as if the client's server had not answered (`connection`).
     async fn within_dns_budget<T>(
         &self,
         name: &str,

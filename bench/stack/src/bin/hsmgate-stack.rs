@@ -143,13 +143,16 @@ fn main() -> std::process::ExitCode {
     };
     stack.overrides = overrides;
     stack.acme_tls = acme_tls;
-    run_until_stopped(|started, stop| {
-        let info = stack.up(started, stop, |info| print_guide(&stack, info))?;
-        match &env_file {
-            Some(path) => write_env_file(path.as_path(), &info),
-            None => Ok(()),
-        }
-    })
+    run_until_stopped(
+        |started, stop| {
+            let info = stack.up(started, stop, |info| print_guide(&stack, info))?;
+            match &env_file {
+                Some(path) => write_env_file(path.as_path(), &info),
+                None => Ok(()),
+            }
+        },
+        |_, _, _| false,
+    )
 }
 
 /// `hsmgate-stack multi`.
@@ -162,59 +165,49 @@ fn multi(root: Option<PathBuf>, dir: &Path, env_file: Option<&Path>) -> std::pro
             return std::process::ExitCode::FAILURE;
         }
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    if let Err(e) = watch_signals(stop.clone()) {
-        eprintln!("hsmgate-stack: cannot watch signals: {e}");
-        return std::process::ExitCode::FAILURE;
-    }
-    let mut started = StartedStack::default();
-    let mut info = match stack.up(&mut started, &stop).and_then(|info| {
-        env_file.map_or(Ok(()), |path| write_env_file(path, &info))?;
-        Ok(info)
-    }) {
-        Ok(info) => info,
-        Err(e) => {
-            eprintln!("hsmgate-stack: {e}");
-            started.stop_all();
-            let _ = stack.drop_schema();
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    // Supervised: a process that exits (a drill killed it) is started again, as systemd's
-    // `Restart=always` would, and the env file gets its new pid.
-    while let Some((name, status)) = started.wait_any(|| stop.load(Ordering::Relaxed)) {
-        eprintln!("hsmgate-stack: {name} exited ({status}); restarting it");
-        std::thread::sleep(Duration::from_millis(500));
-        match stack.restart(&name) {
-            Ok((process, pid_var)) => {
-                eprintln!("hsmgate-stack: {name} restarted (pid {})", process.pid());
-                info.set(&pid_var, process.pid());
-                if let Some(slot) = started.processes.iter_mut().find(|p| p.name() == name) {
-                    *slot = process;
+    let code = run_until_stopped(
+        |started, stop| {
+            let info = stack.up(started, stop)?;
+            env_file.map_or(Ok(()), |path| write_env_file(path, &info))?;
+            Ok(info)
+        },
+        // Supervised: a process that exits (a drill killed it) is started again, as systemd's
+        // `Restart=always` would, and the env file gets its new pid.
+        |name, started, info| {
+            std::thread::sleep(Duration::from_millis(500));
+            match stack.restart(name) {
+                Ok((process, pid_var)) => {
+                    eprintln!("hsmgate-stack: {name} restarted (pid {})", process.pid());
+                    info.set(&pid_var, process.pid());
+                    if let Some(slot) = started.processes.iter_mut().find(|p| p.name() == name) {
+                        *slot = process;
+                    }
+                    if let Some(path) = env_file
+                        && let Err(e) = write_env_file(path, info)
+                    {
+                        eprintln!("hsmgate-stack: {e}");
+                    }
+                    true
                 }
-                if let Some(path) = env_file
-                    && let Err(e) = write_env_file(path, &info)
-                {
-                    eprintln!("hsmgate-stack: {e}");
+                Err(e) => {
+                    eprintln!("hsmgate-stack: cannot restart {name}: {e}");
+                    false
                 }
             }
-            Err(e) => {
-                eprintln!("hsmgate-stack: cannot restart {name}: {e}; stopping the others");
-                break;
-            }
-        }
-    }
-    started.stop_all();
+        },
+    );
     if let Err(e) = stack.drop_schema() {
         eprintln!("hsmgate-stack: {e}");
     }
-    std::process::ExitCode::SUCCESS
+    code
 }
 
-/// Ctrl-C and SIGTERM only set a flag; `start` brings processes up into the stack, which then
-/// runs until the flag is set or one process exits, and is stopped in order.
-fn run_until_stopped(
-    start: impl FnOnce(&mut StartedStack, &AtomicBool) -> Result<(), Error>,
+/// Ctrl-C and SIGTERM only set a flag. `start` brings processes up into the stack; it then runs
+/// until the flag is set, or until a process exits and `on_exit` (its name, the stack, what
+/// `start` returned) says not to go on; then every process is stopped, in order.
+fn run_until_stopped<S>(
+    start: impl FnOnce(&mut StartedStack, &AtomicBool) -> Result<S, Error>,
+    mut on_exit: impl FnMut(&str, &mut StartedStack, &mut S) -> bool,
 ) -> std::process::ExitCode {
     let stop = Arc::new(AtomicBool::new(false));
     if let Err(e) = watch_signals(stop.clone()) {
@@ -222,21 +215,24 @@ fn run_until_stopped(
         return std::process::ExitCode::FAILURE;
     }
     let mut started = StartedStack::default();
-    let result = start(&mut started, &stop);
-    match &result {
-        Ok(()) => {
-            if let Some((name, status)) = started.wait_any(|| stop.load(Ordering::Relaxed)) {
-                eprintln!("hsmgate-stack: {name} exited ({status}); stopping the others");
+    let code = match start(&mut started, &stop) {
+        Ok(mut state) => {
+            while let Some((name, status)) = started.wait_any(|| stop.load(Ordering::Relaxed)) {
+                eprintln!("hsmgate-stack: {name} exited ({status})");
+                if !on_exit(&name, &mut started, &mut state) {
+                    eprintln!("hsmgate-stack: stopping the others");
+                    break;
+                }
             }
+            std::process::ExitCode::SUCCESS
         }
-        Err(e) => eprintln!("hsmgate-stack: {e}"),
-    }
+        Err(e) => {
+            eprintln!("hsmgate-stack: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    };
     started.stop_all();
-    if result.is_ok() {
-        std::process::ExitCode::SUCCESS
-    } else {
-        std::process::ExitCode::FAILURE
-    }
+    code
 }
 
 /// `hsmgate-stack config`.

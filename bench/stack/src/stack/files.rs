@@ -222,23 +222,16 @@ pub fn write_all(
     acme_tls: Option<&(PathBuf, PathBuf)>,
     overrides: &[Override],
 ) -> Result<(), Error> {
-    let gateway = apply_overrides(
-        &gateway(root, layout, ports)?,
+    let to = |file| layout.config(file);
+    let gateway = gateway(root, layout, ports)?;
+    finish(
+        &gateway,
         ConfigFile::Gateway,
         overrides,
+        &to(ConfigFile::Gateway),
     )?;
-    // Parsed back as the gateway will parse it: the schema's own checks, each naming its field.
-    let path = layout.config(ConfigFile::Gateway);
-    hsm_config::Config::parse(&configs::to_toml(&gateway)?, &path, layout.dir.clone())?;
-    configs::write(&gateway, &path)?;
-
-    let ocsp = apply_overrides(&ocsp(root, layout, ports)?, ConfigFile::Ocsp, overrides)?;
-    let problems = ocsp.validate();
-    if !problems.is_empty() {
-        return Err(invalid(ConfigFile::Ocsp, problems));
-    }
-    configs::write(&ocsp, &layout.config(ConfigFile::Ocsp))?;
-
+    let ocsp = ocsp(root, layout, ports)?;
+    finish(&ocsp, ConfigFile::Ocsp, overrides, &to(ConfigFile::Ocsp))?;
     let mut acme = acme(root, layout, ports)?;
     if let Some((cert, key)) = acme_tls {
         acme.server.base_url = format!("https://127.0.0.1:{}", ports.acme);
@@ -247,19 +240,14 @@ pub fn write_all(
             key: key.clone(),
         });
     }
-    let acme = apply_overrides(&acme, ConfigFile::Acme, overrides)?;
-    let problems = acme.validate();
-    if !problems.is_empty() {
-        return Err(invalid(ConfigFile::Acme, problems));
-    }
-    configs::write(&acme, &layout.config(ConfigFile::Acme))?;
-
-    let perspective = apply_overrides(
-        &perspective(root, layout, ports)?,
+    finish(&acme, ConfigFile::Acme, overrides, &to(ConfigFile::Acme))?;
+    let perspective = perspective(root, layout, ports)?;
+    finish(
+        &perspective,
         ConfigFile::Perspective,
         overrides,
-    )?;
-    configs::write(&perspective, &layout.config(ConfigFile::Perspective))
+        &to(ConfigFile::Perspective),
+    )
 }
 
 /// Loads `from` as a config of kind `file` (its own checks), applies `overrides` (written
@@ -272,39 +260,71 @@ pub fn rewrite(
     to: &Path,
     overrides: &[Override],
 ) -> Result<(), Error> {
+    let loaded = |e: &dyn std::fmt::Display| load_error(from, e);
     match file {
-        ConfigFile::Gateway => {
-            let config = hsm_config::Config::load(from)?;
-            let config = apply_overrides(&config, file, overrides)?;
-            let base = to.parent().map(Path::to_path_buf).unwrap_or_default();
-            hsm_config::Config::parse(&configs::to_toml(&config)?, to, base)?;
-            configs::write(&config, to)
-        }
+        ConfigFile::Gateway => finish(&hsm_config::Config::load(from)?, file, overrides, to),
         ConfigFile::Ocsp => {
-            let config = ocsp::config::Config::load(from).map_err(|e| load_error(from, e))?;
-            let config = apply_overrides(&config, file, overrides)?;
-            let problems = config.validate();
-            if !problems.is_empty() {
-                return Err(invalid(file, problems));
-            }
-            configs::write(&config, to)
+            let config = ocsp::config::Config::load(from).map_err(|e| loaded(&e))?;
+            finish(&config, file, overrides, to)
         }
         ConfigFile::Acme => {
-            let config =
-                ca_frontend::config::Config::load(from).map_err(|e| load_error(from, e))?;
-            let config = apply_overrides(&config, file, overrides)?;
-            let problems = config.validate();
-            if !problems.is_empty() {
-                return Err(invalid(file, problems));
-            }
-            configs::write(&config, to)
+            let config = ca_frontend::config::Config::load(from).map_err(|e| loaded(&e))?;
+            finish(&config, file, overrides, to)
         }
         ConfigFile::Perspective => {
-            let config = ca_frontend::perspective::PerspectiveConfig::load(from)
-                .map_err(|e| load_error(from, e))?;
-            configs::write(&apply_overrides(&config, file, overrides)?, to)
+            let config =
+                ca_frontend::perspective::PerspectiveConfig::load(from).map_err(|e| loaded(&e))?;
+            finish(&config, file, overrides, to)
         }
     }
+}
+
+/// A config type's own checks, run on what is about to be written to `to`.
+pub(super) trait Checked {
+    fn problems(&self, to: &Path) -> Result<Vec<String>, Error>;
+}
+
+impl Checked for hsm_config::Config {
+    /// Parsed back as the gateway will parse it: the schema's checks, each naming its field.
+    fn problems(&self, to: &Path) -> Result<Vec<String>, Error> {
+        let base = to.parent().map(Path::to_path_buf).unwrap_or_default();
+        hsm_config::Config::parse(&configs::to_toml(self)?, to, base)?;
+        Ok(Vec::new())
+    }
+}
+
+impl Checked for ocsp::config::Config {
+    fn problems(&self, _: &Path) -> Result<Vec<String>, Error> {
+        Ok(self.validate())
+    }
+}
+
+impl Checked for ca_frontend::config::Config {
+    fn problems(&self, _: &Path) -> Result<Vec<String>, Error> {
+        Ok(self.validate())
+    }
+}
+
+impl Checked for ca_frontend::perspective::PerspectiveConfig {
+    /// Its checks run when the perspective loads it; none here.
+    fn problems(&self, _: &Path) -> Result<Vec<String>, Error> {
+        Ok(Vec::new())
+    }
+}
+
+/// `config` with `overrides` applied, checked, written to `to`.
+pub(super) fn finish<T: Serialize + DeserializeOwned + Checked>(
+    config: &T,
+    file: ConfigFile,
+    overrides: &[Override],
+    to: &Path,
+) -> Result<(), Error> {
+    let config = apply_overrides(config, file, overrides)?;
+    let problems = config.problems(to)?;
+    if !problems.is_empty() {
+        return Err(invalid(file, problems));
+    }
+    configs::write(&config, to)
 }
 
 fn invalid(file: ConfigFile, problems: Vec<String>) -> Error {

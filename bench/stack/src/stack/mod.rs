@@ -54,6 +54,84 @@ pub struct Service {
     pub own_process_group: bool,
 }
 
+const SIGNER: Program = Program::Workspace {
+    package: "signer",
+    bin: "signer",
+};
+const OCSP: Program = Program::Workspace {
+    package: "ocsp",
+    bin: "hsmgate-ocsp",
+};
+const CA_FRONTEND: Program = Program::Workspace {
+    package: "ca-frontend",
+    bin: "ca-frontend",
+};
+
+impl Service {
+    /// `program` with `args`, waited for until READY, its log in a file, calling no gateway:
+    /// what most services are; the others change a field.
+    pub fn new(
+        name: &str,
+        program: Program,
+        args: impl IntoIterator<Item = impl Into<OsString>>,
+    ) -> Self {
+        Self {
+            name: name.to_owned(),
+            program,
+            args: args.into_iter().map(Into::into).collect(),
+            gateway_identity: None,
+            ready: true,
+            log: ServiceLog::File,
+            own_process_group: false,
+        }
+    }
+
+    /// A gateway (`signer --config CONFIG`).
+    pub fn gateway(name: &str, config: &Path) -> Self {
+        Self::new(name, SIGNER, [OsString::from("--config"), config.into()])
+    }
+
+    /// `hsmgate-ocsp presign` or `crl-update` (`name` starts with the command) on `config`,
+    /// metrics on `metrics_port`, calling the gateway as `ocsp-presigner`.
+    pub fn ocsp_worker(name: &str, config: &Path, metrics_port: u16) -> Self {
+        let command = if name.starts_with("presign") {
+            "presign"
+        } else {
+            "crl-update"
+        };
+        let args: [OsString; 5] = [
+            command.into(),
+            "--config".into(),
+            config.into(),
+            "--metrics-listen".into(),
+            format!("127.0.0.1:{metrics_port}").into(),
+        ];
+        Self {
+            gateway_identity: Some("ocsp-presigner"),
+            ..Self::new(name, OCSP, args)
+        }
+    }
+
+    /// An OCSP responder (`hsmgate-ocsp serve --config CONFIG`).
+    pub fn responder(name: &str, config: &Path) -> Self {
+        Self::new(name, OCSP, serve_args(config))
+    }
+
+    /// An ACME frontend (`ca-frontend serve --config CONFIG`), calling the gateway as
+    /// `ca-frontend`.
+    pub fn acme(name: &str, config: &Path) -> Self {
+        Self {
+            gateway_identity: Some("ca-frontend"),
+            ..Self::new(name, CA_FRONTEND, serve_args(config))
+        }
+    }
+}
+
+/// `serve --config CONFIG`.
+fn serve_args(config: &Path) -> [OsString; 3] {
+    ["serve".into(), "--config".into(), config.into()]
+}
+
 /// Where a service's program comes from.
 #[derive(Clone, Debug)]
 pub enum Program {
@@ -166,64 +244,24 @@ impl DevStack {
 
     /// The services after the gateway, in start order; the OCSP responder last.
     pub fn services(&self) -> Vec<Service> {
-        let ocsp = Program::Workspace {
-            package: "ocsp",
-            bin: "hsmgate-ocsp",
-        };
-        let ca = Program::Workspace {
-            package: "ca-frontend",
-            bin: "ca-frontend",
-        };
-        let config = |file| OsString::from(self.config(file));
-        let metrics = |port: u16| OsString::from(format!("127.0.0.1:{port}"));
+        let ocsp = self.config(ConfigFile::Ocsp);
         let mut services = vec![
-            Service {
-                name: "presign".into(),
-                program: ocsp.clone(),
-                args: vec![
-                    "presign".into(),
-                    "--config".into(),
-                    config(ConfigFile::Ocsp),
-                    "--metrics-listen".into(),
-                    metrics(self.ports.presign_metrics),
-                ],
-                gateway_identity: Some("ocsp-presigner"),
-                ready: true,
-                log: ServiceLog::File,
-                own_process_group: false,
-            },
-            Service {
-                name: "crl-update".into(),
-                program: ocsp.clone(),
-                args: vec![
-                    "crl-update".into(),
-                    "--config".into(),
-                    config(ConfigFile::Ocsp),
-                    "--metrics-listen".into(),
-                    metrics(self.ports.crl_metrics),
-                ],
-                gateway_identity: Some("ocsp-presigner"),
-                ready: true,
-                log: ServiceLog::File,
-                own_process_group: false,
-            },
+            Service::ocsp_worker("presign", &ocsp, self.ports.presign_metrics),
+            Service::ocsp_worker("crl-update", &ocsp, self.ports.crl_metrics),
             // Validation DNS for the ACME frontend: Pebble's challenge test server answers
             // every name with 127.0.0.1 (and serves the TXT records dns-01 clients set through
             // its management API).
             Service {
-                name: "challtestsrv".into(),
-                program: Program::External("pebble-challtestsrv"),
-                args: crate::challtestsrv::args(
-                    SocketAddr::from(([127, 0, 0, 1], self.ports.dns)),
-                    SocketAddr::from(([127, 0, 0, 1], self.ports.dns_management)),
-                )
-                .into_iter()
-                .map(OsString::from)
-                .collect(),
-                gateway_identity: None,
-                ready: false,
                 log: ServiceLog::FileWithStdout,
-                own_process_group: false,
+                ready: false,
+                ..Service::new(
+                    "challtestsrv",
+                    Program::External("pebble-challtestsrv"),
+                    crate::challtestsrv::args(
+                        SocketAddr::from(([127, 0, 0, 1], self.ports.dns)),
+                        SocketAddr::from(([127, 0, 0, 1], self.ports.dns_management)),
+                    ),
+                )
             },
         ];
         // Three remote validation perspectives (BR §3.2.2.9) the frontend asks over mTLS:
@@ -232,63 +270,38 @@ impl DevStack {
             .into_iter()
             .zip(self.ports.perspectives)
         {
-            services.push(Service {
-                name: format!("perspective-{name}"),
-                program: ca.clone(),
-                args: vec![
+            let config = self.config(ConfigFile::Perspective);
+            services.push(Service::new(
+                &format!("perspective-{name}"),
+                CA_FRONTEND,
+                [
                     "perspective".into(),
                     "--config".into(),
-                    config(ConfigFile::Perspective),
+                    config.into_os_string(),
                     "--name".into(),
                     name.into(),
                     "--listen".into(),
                     format!("127.0.0.1:{port}").into(),
                 ],
-                gateway_identity: None,
-                ready: true,
-                log: ServiceLog::File,
-                own_process_group: false,
-            });
+            ));
         }
-        services.push(Service {
-            name: "acme".into(),
-            program: ca,
-            args: vec!["serve".into(), "--config".into(), config(ConfigFile::Acme)],
-            gateway_identity: Some("ca-frontend"),
-            ready: true,
-            log: ServiceLog::File,
-            own_process_group: false,
-        });
-        services.push(Service {
-            name: "responder".into(),
-            program: ocsp,
-            args: vec!["serve".into(), "--config".into(), config(ConfigFile::Ocsp)],
-            gateway_identity: None,
-            ready: !self.responder_on_terminal,
-            log: if self.responder_on_terminal {
-                ServiceLog::Terminal
-            } else {
-                ServiceLog::File
-            },
-            own_process_group: false,
+        services.push(Service::acme("acme", &self.config(ConfigFile::Acme)));
+        let responder = Service::responder("responder", &ocsp);
+        services.push(if self.responder_on_terminal {
+            Service {
+                ready: false,
+                log: ServiceLog::Terminal,
+                ..responder
+            }
+        } else {
+            responder
         });
         services
     }
 
     /// The gateway: the first service, which everything else signs through.
     pub fn gateway(&self) -> Service {
-        Service {
-            name: "signer".into(),
-            program: Program::Workspace {
-                package: "signer",
-                bin: "signer",
-            },
-            args: vec!["--config".into(), self.config(ConfigFile::Gateway).into()],
-            gateway_identity: None,
-            ready: true,
-            log: ServiceLog::File,
-            own_process_group: false,
-        }
+        Service::gateway("signer", &self.config(ConfigFile::Gateway))
     }
 
     /// A command for `program` in the workspace root, with the stack's `SOFTHSM2_CONF`.

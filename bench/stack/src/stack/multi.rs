@@ -16,6 +16,7 @@
 //! so that a drill can kill one part (a gateway, a Redis master, one datacenter's p11-kit
 //! servers) and watch the rest.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -28,9 +29,6 @@ use crate::configs;
 use crate::error::Error;
 use crate::stack::Ports;
 
-/// p11-kit's client module: the gateway's PKCS#11 module for an HSM behind `p11-kit server`.
-pub const P11KIT_CLIENT: &str = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so";
-
 /// The four HSMs: (datacenter, name, token label).
 pub const HSMS: [(&str, &str, &str); 4] = [
     ("dc-east", "east-1", "EAST-1"),
@@ -42,24 +40,14 @@ pub const HSMS: [(&str, &str, &str); 4] = [
 /// PostgreSQL as the machine runs it (trust auth on loopback).
 pub const POSTGRES: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
 
-/// Ports of the second instance of each part (the first are [`Ports`]').
-#[derive(Clone, Debug)]
-struct Second {
-    gateway: u16,
-    gateway_metrics: u16,
-    responder: u16,
-    responder_metrics: u16,
-    acme: u16,
-    acme_metrics: u16,
-    crl_metrics: u16,
-}
-
 /// The multi-instance deployment in one directory, on ephemeral ports.
 #[derive(Clone, Debug)]
 pub struct MultiStack {
     /// The first instance of each part, and the shared pieces (tokens, certificates, CA).
     pub base: DevStack,
-    second: Second,
+    /// The second instance of each part (gateway-west, responder-2, acme-2, crl-update-2)
+    /// listens on these (the first on `base.ports`).
+    second: Ports,
     /// The Redis Cluster of the OCSP and CRL data.
     pub redis: RedisCluster,
     /// The PostgreSQL schema of the frontends' records.
@@ -69,17 +57,7 @@ pub struct MultiStack {
 impl MultiStack {
     pub fn new(root: &Path, dir: &Path) -> Result<Self, Error> {
         let ports = Ports::ephemeral()?;
-        let mut free = super::ports::free_ports(7, &ports.all())?.into_iter();
-        let mut next = || free.next().unwrap_or_default();
-        let second = Second {
-            gateway: next(),
-            gateway_metrics: next(),
-            responder: next(),
-            responder_metrics: next(),
-            acme: next(),
-            acme_metrics: next(),
-            crl_metrics: next(),
-        };
+        let second = Ports::ephemeral_besides(&ports.all())?;
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
@@ -137,7 +115,7 @@ impl MultiStack {
                         let pin = layout.dir.join("pins").join(format!("{name}.pin"));
                         let mut hsm = configs::softhsm(name, label, &pin, 2);
                         if through_p11kit {
-                            hsm.module = PathBuf::from(P11KIT_CLIENT);
+                            hsm.module = PathBuf::from(configs::P11KIT_CLIENT);
                             hsm.module_env.insert(
                                 "P11_KIT_SERVER_ADDRESS".into(),
                                 format!("unix:path={}", self.socket(name).display()),
@@ -182,19 +160,15 @@ impl MultiStack {
         Ok(config)
     }
 
-    /// ACME frontend `i` (1 or 2): PostgreSQL, both gateways, its own OCSP config for publishing.
-    fn acme_config(
-        &self,
-        i: usize,
-        listen: u16,
-        metrics: u16,
-    ) -> Result<ca_frontend::config::Config, Error> {
+    /// An ACME frontend on `listen`: PostgreSQL, both gateways, the shared OCSP config for
+    /// publishing.
+    fn acme_config(&self, listen: u16, metrics: u16) -> Result<ca_frontend::config::Config, Error> {
         let mut config = files::acme(&self.base.root, &self.layout(), &self.base.ports)?;
         config.server.listen = loopback(listen);
         config.server.base_url = format!("http://127.0.0.1:{listen}");
         config.server.metrics_listen = Some(loopback(metrics));
         config.gateway.url = self.gateway_urls("https");
-        config.ocsp.config = self.path(&format!("ocsp-acme-{i}.toml"));
+        config.ocsp.config = self.path("ocsp.toml");
         config.db = ca_frontend::config::Db::Postgres {
             url: self.postgres_url(),
         };
@@ -209,56 +183,39 @@ impl MultiStack {
 
     /// Writes every config of the deployment.
     fn write_configs(&self) -> Result<(), Error> {
+        use files::{ConfigFile, finish};
         let (b, s) = (&self.base.ports, &self.second);
-        configs::write(
-            &self.gateway_config("dc-east", b.gateway, b.gateway_metrics, "audit", false)?,
-            &self.path("gateway-provision.toml"),
-        )?;
-        configs::write(
-            &self.gateway_config("dc-east", b.gateway, b.gateway_metrics, "audit-east", true)?,
-            &self.path("gateway-east.toml"),
-        )?;
-        configs::write(
-            &self.gateway_config("dc-west", s.gateway, s.gateway_metrics, "audit-west", true)?,
-            &self.path("gateway-west.toml"),
-        )?;
-        let first = (b.responder, b.responder_metrics);
-        let ocsp = [
-            ("presign", first),
-            ("crl-update-1", first),
-            ("crl-update-2", first),
-            ("responder-1", first),
-            ("responder-2", (s.responder, s.responder_metrics)),
-            ("acme-1", first),
-            ("acme-2", first),
+        let gateways = [
+            ("gateway-provision", "dc-east", b, "audit", false),
+            ("gateway-east", "dc-east", b, "audit-east", true),
+            ("gateway-west", "dc-west", s, "audit-west", true),
         ];
-        for (name, responder) in ocsp {
-            let config = self.ocsp_config(responder)?;
-            let problems = config.validate();
-            if !problems.is_empty() {
-                return Err(Error::Step {
-                    step: format!("ocsp-{name}.toml"),
-                    detail: problems.join("; "),
-                });
-            }
-            configs::write(&config, &self.path(&format!("ocsp-{name}.toml")))?;
+        for (name, local, ports, audit, through_p11kit) in gateways {
+            let config = self.gateway_config(
+                local,
+                ports.gateway,
+                ports.gateway_metrics,
+                audit,
+                through_p11kit,
+            )?;
+            let to = self.path(&format!("{name}.toml"));
+            finish(&config, ConfigFile::Gateway, &[], &to)?;
         }
-        for (i, listen, metrics) in [(1, b.acme, b.acme_metrics), (2, s.acme, s.acme_metrics)] {
-            let config = self.acme_config(i, listen, metrics)?;
-            let problems = config.validate();
-            if !problems.is_empty() {
-                return Err(Error::Step {
-                    step: format!("acme-{i}.toml"),
-                    detail: problems.join("; "),
-                });
-            }
-            configs::write(&config, &self.path(&format!("acme-{i}.toml")))?;
+        // One OCSP config for every OCSP process and both frontends (they share the store and
+        // its worklist); responder-2 differs only in its listeners.
+        for (name, ports) in [("ocsp", b), ("ocsp-responder-2", s)] {
+            let config = self.ocsp_config((ports.responder, ports.responder_metrics))?;
+            let to = self.path(&format!("{name}.toml"));
+            finish(&config, ConfigFile::Ocsp, &[], &to)?;
+        }
+        for (i, ports) in [(1, b), (2, s)] {
+            let config = self.acme_config(ports.acme, ports.acme_metrics)?;
+            let to = self.path(&format!("acme-{i}.toml"));
+            finish(&config, ConfigFile::Acme, &[], &to)?;
         }
         let perspective = files::perspective(&self.base.root, &self.layout(), &self.base.ports)?;
-        configs::write(
-            &perspective,
-            &self.layout().config(files::ConfigFile::Perspective),
-        )
+        let to = self.layout().config(ConfigFile::Perspective);
+        finish(&perspective, ConfigFile::Perspective, &[], &to)
     }
 
     /// Starts the whole deployment; each process goes into `started` as soon as it runs.
@@ -334,7 +291,7 @@ impl MultiStack {
         let chain = [read(&layout.issuer_pem()), read(&layout.root_pem())].concat();
         std::fs::write(layout.ca_chain(), chain)
             .map_err(|e| Error::io("writing", layout.ca_chain(), e))?;
-        let presign_config = self.path("ocsp-presign.toml").display().to_string();
+        let presign_config = self.path("ocsp.toml").display().to_string();
         print!(
             "{}",
             stack.run(
@@ -374,135 +331,46 @@ impl MultiStack {
     /// The services on the store and the database, in start order (the shared challenge DNS and
     /// perspectives come from [`DevStack::services`]).
     fn services(&self) -> Vec<Service> {
-        let ocsp = Program::Workspace {
-            package: "ocsp",
-            bin: "hsmgate-ocsp",
-        };
         let (b, s) = (&self.base.ports, &self.second);
-        let config = |name: &str| self.path(&format!("ocsp-{name}.toml")).into_os_string();
-        let metrics = |port: u16| format!("127.0.0.1:{port}").into();
-        let service =
-            |name: &str, program: &Program, args: Vec<std::ffi::OsString>, identity| Service {
-                name: name.to_owned(),
-                program: program.clone(),
-                args,
-                gateway_identity: identity,
-                ready: true,
-                log: ServiceLog::File,
-                own_process_group: false,
-            };
-        let ca = Program::Workspace {
-            package: "ca-frontend",
-            bin: "ca-frontend",
-        };
+        let ocsp = self.path("ocsp.toml");
         vec![
-            service(
-                "presign",
-                &ocsp,
-                vec![
-                    "presign".into(),
-                    "--config".into(),
-                    config("presign"),
-                    "--metrics-listen".into(),
-                    metrics(b.presign_metrics),
-                ],
-                Some("ocsp-presigner"),
-            ),
-            service(
-                "crl-update-1",
-                &ocsp,
-                vec![
-                    "crl-update".into(),
-                    "--config".into(),
-                    config("crl-update-1"),
-                    "--metrics-listen".into(),
-                    metrics(b.crl_metrics),
-                ],
-                Some("ocsp-presigner"),
-            ),
-            service(
-                "crl-update-2",
-                &ocsp,
-                vec![
-                    "crl-update".into(),
-                    "--config".into(),
-                    config("crl-update-2"),
-                    "--metrics-listen".into(),
-                    metrics(s.crl_metrics),
-                ],
-                Some("ocsp-presigner"),
-            ),
-            service(
-                "responder-1",
-                &ocsp,
-                vec!["serve".into(), "--config".into(), config("responder-1")],
-                None,
-            ),
-            service(
-                "responder-2",
-                &ocsp,
-                vec!["serve".into(), "--config".into(), config("responder-2")],
-                None,
-            ),
-            service(
-                "acme-1",
-                &ca,
-                vec![
-                    "serve".into(),
-                    "--config".into(),
-                    self.path("acme-1.toml").into(),
-                ],
-                Some("ca-frontend"),
-            ),
-            service(
-                "acme-2",
-                &ca,
-                vec![
-                    "serve".into(),
-                    "--config".into(),
-                    self.path("acme-2.toml").into(),
-                ],
-                Some("ca-frontend"),
-            ),
+            Service::ocsp_worker("presign", &ocsp, b.presign_metrics),
+            Service::ocsp_worker("crl-update-1", &ocsp, b.crl_metrics),
+            Service::ocsp_worker("crl-update-2", &ocsp, s.crl_metrics),
+            Service::responder("responder-1", &ocsp),
+            Service::responder("responder-2", &self.path("ocsp-responder-2.toml")),
+            Service::acme("acme-1", &self.path("acme-1.toml")),
+            Service::acme("acme-2", &self.path("acme-2.toml")),
         ]
     }
 
     /// HSM `name` (token `label`) behind its own `p11-kit server`, in a process group of its
     /// own (a drill stops or kills the group: the server and the child it forked per gateway).
     fn p11kit_service(&self, name: &str, label: &str) -> Service {
+        let args: [OsString; 7] = [
+            "server".into(),
+            "-f".into(),
+            "-n".into(),
+            self.socket(name).into(),
+            "--provider".into(),
+            configs::SOFTHSM_MODULE.into(),
+            format!("pkcs11:token={label}").into(),
+        ];
         Service {
-            name: format!("p11kit-{name}"),
-            program: Program::External("p11-kit"),
-            args: vec![
-                "server".into(),
-                "-f".into(),
-                "-n".into(),
-                self.socket(name).into(),
-                "--provider".into(),
-                configs::SOFTHSM_MODULE.into(),
-                format!("pkcs11:token={label}").into(),
-            ],
-            gateway_identity: None,
             ready: false,
             log: ServiceLog::FileWithStdout,
             own_process_group: true,
+            ..Service::new(
+                &format!("p11kit-{name}"),
+                Program::External("p11-kit"),
+                args,
+            )
         }
     }
 
     /// `gateway-east` or `gateway-west`.
     fn gateway_service(&self, name: &str) -> Service {
-        Service {
-            name: name.into(),
-            program: Program::Workspace {
-                package: "signer",
-                bin: "signer",
-            },
-            args: vec!["--config".into(), self.path(&format!("{name}.toml")).into()],
-            gateway_identity: None,
-            ready: true,
-            log: ServiceLog::File,
-            own_process_group: false,
-        }
+        Service::gateway(name, &self.path(&format!("{name}.toml")))
     }
 
     /// The challenge DNS and the three perspectives, shared by both frontends (the dev stack's).

@@ -53,7 +53,12 @@ impl Ports {
 
     /// A free ephemeral port for each, all different.
     pub fn ephemeral() -> Result<Self, Error> {
-        let mut free = free_ports(15, &[])?.into_iter();
+        Self::ephemeral_besides(&[])
+    }
+
+    /// [`Self::ephemeral`], none of them in `avoid` (a second instance beside a first).
+    pub fn ephemeral_besides(avoid: &[u16]) -> Result<Self, Error> {
+        let mut free = free_ports(15, avoid)?.into_iter();
         let mut next = || free.next().unwrap_or_default();
         Ok(Self {
             gateway: next(),
@@ -96,7 +101,7 @@ impl Ports {
 /// `count` free ephemeral ports, all different and none in `avoid` (asked of the kernel one by
 /// one; another process could take one before the stack binds it, which the stack then
 /// reports).
-pub(super) fn free_ports(count: usize, avoid: &[u16]) -> Result<Vec<u16>, Error> {
+fn free_ports(count: usize, avoid: &[u16]) -> Result<Vec<u16>, Error> {
     let mut taken: Vec<u16> = Vec::with_capacity(count);
     while taken.len() < count {
         let port = free_port()?;

@@ -2,8 +2,9 @@
 //! loopback (three masters, a replica each), created with `redis-cli --cluster create`, without
 //! persistence, and a node timeout of 2 s so that a drill sees a failover in seconds.
 
+use std::ffi::OsString;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use super::multi::wait_until;
@@ -55,31 +56,32 @@ impl RedisCluster {
     /// Node `i` (0-based) as a service named `redis-<i+1>`, its files under `dir`.
     pub fn service(&self, i: usize, dir: &Path) -> Service {
         let port = self.ports[i % 6];
+        let args: [OsString; 16] = [
+            "--port".into(),
+            port.to_string().into(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--dir".into(),
+            dir.into(),
+            "--save".into(),
+            "".into(),
+            "--appendonly".into(),
+            "no".into(),
+            "--cluster-enabled".into(),
+            "yes".into(),
+            "--cluster-config-file".into(),
+            format!("nodes-{port}.conf").into(),
+            "--cluster-node-timeout".into(),
+            "2000".into(),
+        ];
         Service {
-            name: format!("redis-{}", i + 1),
-            program: Program::External("redis-server"),
-            args: vec![
-                "--port".into(),
-                port.to_string().into(),
-                "--bind".into(),
-                "127.0.0.1".into(),
-                "--dir".into(),
-                PathBuf::from(dir).into(),
-                "--save".into(),
-                "".into(),
-                "--appendonly".into(),
-                "no".into(),
-                "--cluster-enabled".into(),
-                "yes".into(),
-                "--cluster-config-file".into(),
-                format!("nodes-{port}.conf").into(),
-                "--cluster-node-timeout".into(),
-                "2000".into(),
-            ],
-            gateway_identity: None,
             ready: false,
             log: ServiceLog::FileWithStdout,
-            own_process_group: false,
+            ..Service::new(
+                &format!("redis-{}", i + 1),
+                Program::External("redis-server"),
+                args,
+            )
         }
     }
 
