@@ -167,6 +167,8 @@ pub fn gateway_config(g: &SimGateway, pin_file: &Path) -> Config {
             dir: "audit".into(),
             max_file_bytes: 64 << 20,
             on_failure: AuditFailure::default(),
+            commit_delay_us: hsm_config::DEFAULT_AUDIT_COMMIT_DELAY_US,
+            preallocate_bytes: hsm_config::DEFAULT_AUDIT_PREALLOCATE_BYTES,
             bench_unaudited: false,
         },
         base_dir: PathBuf::new(),

@@ -235,6 +235,20 @@ pub(crate) fn validate(config: &Config) -> Vec<FieldError> {
         4_096,
         1 << 40,
     );
+    range(
+        &mut err,
+        "audit.preallocate_bytes",
+        config.audit.preallocate_bytes,
+        0,
+        1 << 30,
+    );
+    range(
+        &mut err,
+        "audit.commit_delay_us",
+        config.audit.commit_delay_us,
+        0,
+        10_000,
+    );
     if config.audit.bench_unaudited && !gw.listen.ip().is_loopback() {
         err(
             "audit.bench_unaudited".into(),

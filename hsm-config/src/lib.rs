@@ -42,8 +42,8 @@ mod secret;
 pub use error::{Error, FieldError};
 pub use provision::{ProvisionOptions, ProvisionReport, key_id, provision};
 pub use schema::{
-    Audit, AuditFailure, Batching, Client, ClientLimits, Config, Datacenter, Dispatch, Gateway,
-    Grant, Hsm, InsecurePlaintext, Key, KeyAlgorithm, Operation, PayloadPolicy, PinSource,
-    ServerTls, Timeouts,
+    Audit, AuditFailure, Batching, Client, ClientLimits, Config, DEFAULT_AUDIT_COMMIT_DELAY_US,
+    DEFAULT_AUDIT_PREALLOCATE_BYTES, Datacenter, Dispatch, Gateway, Grant, Hsm, InsecurePlaintext,
+    Key, KeyAlgorithm, Operation, PayloadPolicy, PinSource, ServerTls, Timeouts,
 };
 pub use secret::Pin;

@@ -213,6 +213,20 @@ pub struct Audit {
     /// What happens when a record cannot be written.
     #[serde(default)]
     pub on_failure: AuditFailure,
+    /// Group commit's wait, in microseconds (0: none). When other signing calls are in flight
+    /// as a record arrives, the writer waits this long before it writes and syncs, so that one
+    /// `fdatasync` covers their records too: on a busy gateway a sync then serves tens of
+    /// records instead of a few, and the disk's and the writer's CPU per record fall with it.
+    /// A call alone on the gateway never waits. It is what a call may wait at most in addition
+    /// to the sync; like PostgreSQL's `commit_delay`.
+    #[serde(default = "default_audit_commit_delay_us")]
+    pub commit_delay_us: u64,
+    /// The file being written is extended this many bytes at a time, with zeros that records
+    /// then overwrite (0: plain appends). A sync of records then writes no inode and does not
+    /// wait for the file system's journal. The file's records end at its first NUL; it is cut
+    /// to its records when the next file starts and when the gateway stops.
+    #[serde(default = "default_audit_preallocate_bytes")]
+    pub preallocate_bytes: u64,
     /// **Benchmarks only**: run with no audit log at all, to measure what the log costs
     /// (`bench/security/run.sh`). Only a `signer` built with its `bench-unaudited` feature —
     /// which no crate and no default build enables — honours it; every other build refuses the
@@ -225,6 +239,20 @@ pub struct Audit {
 fn default_audit_file_bytes() -> u64 {
     64 << 20
 }
+
+fn default_audit_commit_delay_us() -> u64 {
+    DEFAULT_AUDIT_COMMIT_DELAY_US
+}
+
+fn default_audit_preallocate_bytes() -> u64 {
+    DEFAULT_AUDIT_PREALLOCATE_BYTES
+}
+
+/// [`Audit::preallocate_bytes`] when the file does not set it.
+pub const DEFAULT_AUDIT_PREALLOCATE_BYTES: u64 = 4 << 20;
+
+/// [`Audit::commit_delay_us`] when the file does not set it.
+pub const DEFAULT_AUDIT_COMMIT_DELAY_US: u64 = 500;
 
 /// The gateway's choice when the audit sink is lost.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]

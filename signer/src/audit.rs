@@ -32,9 +32,26 @@
 //! start-up the last record is read back and checked, so a restarted gateway extends the same
 //! chain; a torn last line (a crash mid-write, never acknowledged) is cut off with a warning.
 //!
+//! **Preallocation.** The file being written is extended `preallocate_bytes` at a time (4 MiB
+//! by default) by writing zeros, and records then overwrite those zeros. A record's
+//! `fdatasync` then changes no inode field that matters (the size is already there), so it
+//! writes the data blocks and nothing else: without it every sync of a growing file also
+//! committed the file system's journal, through ext4's journal thread, which on a machine whose
+//! cores are busy signing waited for a core (bench/RESULTS.md). The cost is a format rule, as in
+//! PostgreSQL's zero-filled WAL segments: **the file being written ends in NUL bytes**, and
+//! its records end at the first NUL. Readers (`audit verify`, start-up, log shippers) stop
+//! there; a file is cut to its records when the next one starts and when the gateway stops
+//! cleanly, and a crashed gateway's tail is cut at its next start. `preallocate_bytes = 0`
+//! keeps the plain append (every file ends with its last record, at the price above).
+//!
 //! **Group commit.** One writer thread owns the file. Requests hand it their record and wait;
 //! it takes every record queued, writes them, syncs once and answers them all, so concurrent
-//! callers share an `fdatasync`. The writer is the one thread every signing call waits for, so
+//! callers share an `fdatasync`. When other signing calls are still on their way (counted from
+//! the moment a call starts until it hands over its record, [`AuditLog::pending`]), the writer
+//! first waits `[audit] commit_delay_us` for their records to join the group: without that wait
+//! a busy gateway synced every few records (a sync costs the writer ~50-60 µs of CPU on this
+//! VM, and the kernel's journal thread more), with it tens of records share one. A call alone
+//! on the gateway is written at once. The writer is the one thread every signing call waits for, so
 //! it does as little as it can: the calling task serialises the record's body (everything
 //! between `time` and `prev`, [`AuditLog::append`]), and the writer only frames it with `seq`,
 //! `time` and `prev`, hashes the line (that part is sequential by nature: each hash covers the
@@ -56,6 +73,7 @@
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hsm_config::{AuditFailure, Config};
@@ -179,14 +197,42 @@ struct Pending {
     reply: tokio::sync::oneshot::Sender<Result<u64, String>>,
 }
 
+/// What the writer thread is sent.
+enum ToWriter {
+    Record(Pending),
+    /// Shut down cleanly: cut the current file's preallocated tail, then answer.
+    Close(std::sync::mpsc::Sender<()>),
+}
+
 /// The running audit log: a handle to its writer thread.
 #[derive(Debug)]
 pub struct AuditLog {
     /// Held (locked) for the process's life: two gateways on one directory would fork the chain.
     _lock: File,
-    tx: crossbeam_channel::Sender<Pending>,
+    tx: crossbeam_channel::Sender<ToWriter>,
     on_failure: AuditFailure,
     metrics: Arc<Metrics>,
+    /// Signing calls under way whose record has not reached the writer yet ([`Self::pending`]).
+    on_the_way: Arc<AtomicUsize>,
+}
+
+/// A signing call under way, counted until it hands over its record (or is dropped): while any
+/// is, the writer waits `commit_delay_us` to give it a place in the next group.
+#[derive(Debug)]
+pub struct PendingRecord {
+    on_the_way: Arc<AtomicUsize>,
+}
+
+impl Drop for PendingRecord {
+    fn drop(&mut self) {
+        self.on_the_way.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How long the writer waits for the records of calls still under way (see the module docs).
+pub(crate) struct GroupWait {
+    pub(crate) delay: Duration,
+    pub(crate) on_the_way: Arc<AtomicUsize>,
 }
 
 impl AuditLog {
@@ -195,7 +241,9 @@ impl AuditLog {
     pub fn open(
         dir: PathBuf,
         max_file_bytes: u64,
+        preallocate_bytes: u64,
         on_failure: AuditFailure,
+        commit_delay: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, Error> {
         std::fs::create_dir_all(&dir)
@@ -213,32 +261,30 @@ impl AuditLog {
                 dir.display()
             ))
         })?;
-        let mut writer = Writer {
-            dir: dir.clone(),
-            max_file_bytes,
-            file: None,
-            size: 0,
-            next_seq: 1,
-            prev: GENESIS.to_owned(),
-            recovered: false,
-        };
+        let mut writer = Writer::new(dir.clone(), max_file_bytes, preallocate_bytes);
         writer.recover().map_err(Error::Audit)?;
         tracing::info!(
             dir = %dir.display(),
             next_seq = writer.next_seq,
             "audit log open; the chain continues from the last record"
         );
-        let (tx, rx) = crossbeam_channel::unbounded::<Pending>();
+        let (tx, rx) = crossbeam_channel::unbounded::<ToWriter>();
         let thread_metrics = metrics.clone();
+        let on_the_way = Arc::new(AtomicUsize::new(0));
+        let wait = GroupWait {
+            delay: commit_delay,
+            on_the_way: on_the_way.clone(),
+        };
         std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || writer.run(rx, thread_metrics))
+            .spawn(move || writer.run(rx, wait, thread_metrics))
             .map_err(|e| Error::Audit(format!("cannot start the audit writer: {e}")))?;
         Ok(Arc::new(Self {
             _lock: lock,
             tx,
             on_failure,
             metrics,
+            on_the_way,
         }))
     }
 
@@ -246,16 +292,40 @@ impl AuditLog {
         self.on_failure
     }
 
-    /// Appends `record` and returns its sequence number once it is on disk.
-    pub async fn append(&self, record: Record) -> Result<u64, Error> {
+    /// Shuts the log down cleanly once the last call is answered: the writer cuts the current
+    /// file's preallocated tail, so a stopped gateway leaves files of records only. Waits up to
+    /// `limit`; a record appended after this starts a new preallocation.
+    pub fn close(&self, limit: Duration) {
+        let (done, wait) = std::sync::mpsc::channel();
+        if self.tx.send(ToWriter::Close(done)).is_ok() {
+            let _ = wait.recv_timeout(limit);
+        }
+    }
+
+    /// Counts a signing call as under way until its record is appended (or the returned value
+    /// is dropped), so that the writer's group waits for it ([`GroupWait`]).
+    pub fn pending(&self) -> PendingRecord {
+        self.on_the_way.fetch_add(1, Ordering::Relaxed);
+        PendingRecord {
+            on_the_way: self.on_the_way.clone(),
+        }
+    }
+
+    /// Appends `record` and returns its sequence number once it is on disk. `pending`, the
+    /// call's [`Self::pending`], stops counting as the record is handed over.
+    pub async fn append(
+        &self,
+        record: Record,
+        pending: Option<PendingRecord>,
+    ) -> Result<u64, Error> {
         let started = Instant::now();
         // Serialised here, on the caller's task, in parallel with other callers: the writer
         // thread that all of them wait for only frames, hashes and writes.
         let body = record.encode_body()?;
         let (reply, rx) = tokio::sync::oneshot::channel();
-        self.tx
-            .send(Pending { body, reply })
-            .map_err(|_| Error::Audit("the audit writer has stopped".into()))?;
+        let sent = self.tx.send(ToWriter::Record(Pending { body, reply }));
+        drop(pending);
+        sent.map_err(|_| Error::Audit("the audit writer has stopped".into()))?;
         let result = match rx.await {
             Ok(r) => r.map_err(Error::Audit),
             Err(_) => Err(Error::Audit("the audit writer has stopped".into())),
@@ -278,6 +348,24 @@ pub enum Sink {
 }
 
 impl Sink {
+    /// [`AuditLog::close`]; nothing without a log.
+    pub fn close(&self, limit: Duration) {
+        match self {
+            Self::Log(log) => log.close(limit),
+            #[cfg(feature = "bench-unaudited")]
+            Self::Unaudited => {}
+        }
+    }
+
+    /// [`AuditLog::pending`] for a call that starts now; `None` without a log.
+    pub fn pending(&self) -> Option<PendingRecord> {
+        match self {
+            Self::Log(log) => Some(log.pending()),
+            #[cfg(feature = "bench-unaudited")]
+            Self::Unaudited => None,
+        }
+    }
+
     /// The sink `config` asks for: its `[audit]` log, or — in a `bench-unaudited` build, with
     /// `bench_unaudited = true` — none, said loudly in the log and in `hsmgate_audit_disabled`.
     /// Without the feature that setting is a configuration error naming the field, whatever
@@ -289,7 +377,9 @@ impl Sink {
         let log = AuditLog::open(
             config.resolve(&config.audit.dir),
             config.audit.max_file_bytes,
+            config.audit.preallocate_bytes,
             config.audit.on_failure,
+            Duration::from_micros(config.audit.commit_delay_us),
             metrics,
         )?;
         Ok(Self::Log(log))
@@ -342,6 +432,12 @@ fn list_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, String> {
     }
     files.sort();
     Ok(files)
+}
+
+/// Where the records of a file's bytes end: at the first NUL (the preallocated tail of the file
+/// being written, see the module docs), or at the end. JSON text never holds a raw NUL.
+pub(crate) fn records_end(bytes: &[u8]) -> usize {
+    bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len())
 }
 
 /// Checks one line's own hash; returns `(seq, prev, hash)`.
@@ -413,6 +509,7 @@ fn rfc3339(since_epoch: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use std::io::Write;
+    use std::os::unix::fs::FileExt;
 
     use super::*;
 
@@ -439,15 +536,11 @@ mod tests {
     }
 
     fn writer(dir: &Path, max: u64) -> Writer {
-        let mut w = Writer {
-            dir: dir.to_owned(),
-            max_file_bytes: max,
-            file: None,
-            size: 0,
-            next_seq: 1,
-            prev: GENESIS.into(),
-            recovered: false,
-        };
+        preallocating_writer(dir, max, 0)
+    }
+
+    fn preallocating_writer(dir: &Path, max: u64, preallocate: u64) -> Writer {
+        let mut w = Writer::new(dir.to_owned(), max, preallocate);
         w.recover().expect("recover");
         w
     }
@@ -514,6 +607,78 @@ mod tests {
             .broken
             .expect("removal found");
         assert_eq!((b.line, b.seq), (3, Some(4)), "{b}");
+    }
+
+    /// Bytes of every audit file of `dir`, oldest first.
+    fn files(dir: &Path) -> Vec<Vec<u8>> {
+        list_files(dir)
+            .expect("list")
+            .iter()
+            .map(|(_, p)| std::fs::read(p).expect("read"))
+            .collect()
+    }
+
+    #[test]
+    fn preallocated_files_end_in_zeros_until_finished() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = preallocating_writer(dir.path(), 4_000, 1_500);
+        for n in 0..12 {
+            write(&mut w, &[record(n)]).expect("write");
+        }
+        let all = files(dir.path());
+        assert!(all.len() > 1, "rotation by size: {} files", all.len());
+        // Finished files hold their records only; the one being written ends in zeros.
+        for f in &all[..all.len() - 1] {
+            assert!(!f.contains(&0), "a finished file kept zeros");
+        }
+        let newest = all.last().expect("a file");
+        let end = records_end(newest);
+        assert!(end < newest.len(), "no preallocated tail");
+        assert!(newest[end..].iter().all(|&b| b == 0));
+        let v = verify_audit_log(dir.path()).expect("verify");
+        assert!(v.broken.is_none(), "{:?}", v.broken);
+        assert_eq!(v.records, 12);
+        // A clean stop cuts the tail.
+        w.finish_file().expect("finish");
+        assert!(!files(dir.path()).iter().any(|f| f.contains(&0)));
+        drop(w);
+        // A crash leaves the tail: the next start cuts it and extends the same chain.
+        let mut w = preallocating_writer(dir.path(), 4_000, 1_500);
+        write(&mut w, &[record(12)]).expect("write");
+        drop(w);
+        let mut w = preallocating_writer(dir.path(), 4_000, 1_500);
+        assert_eq!(w.next_seq, 14);
+        write(&mut w, &[record(13)]).expect("write");
+        let v = verify_audit_log(dir.path()).expect("verify");
+        assert!(v.broken.is_none(), "{:?}", v.broken);
+        assert_eq!(v.records, 14);
+    }
+
+    #[test]
+    fn a_torn_record_in_the_preallocated_tail_is_cut() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = preallocating_writer(dir.path(), 1 << 20, 64 << 10);
+        let batch: Vec<Record> = (0..3).map(record).collect();
+        write(&mut w, &batch).expect("write");
+        let size = w.size;
+        drop(w);
+        // A crash mid-write: part of record 4 over the zeros, never acknowledged.
+        let path = dir.path().join(file_name(1));
+        let f = OpenOptions::new().write(true).open(&path).expect("open");
+        f.write_all_at(b"{\"seq\":4,\"ti", size).expect("write");
+        drop(f);
+        let b = verify_audit_log(dir.path())
+            .expect("verify")
+            .broken
+            .expect("the torn record is reported");
+        assert_eq!(b.line, 4, "{b}");
+        let mut w = preallocating_writer(dir.path(), 1 << 20, 64 << 10);
+        assert_eq!(w.next_seq, 4);
+        assert_eq!(std::fs::metadata(&path).expect("stat").len(), size);
+        write(&mut w, &[record(9)]).expect("write");
+        let v = verify_audit_log(dir.path()).expect("verify");
+        assert!(v.broken.is_none(), "{:?}", v.broken);
+        assert_eq!(v.records, 4);
     }
 
     #[test]

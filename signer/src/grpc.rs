@@ -172,6 +172,8 @@ impl SignerService {
         requests: &[SignRequest],
         batch: bool,
     ) -> Result<Vec<Signed>, Error> {
+        // Counted from here until the record is handed over: the audit writer waits for it.
+        let pending = self.audit.pending();
         let router = self.gateway.router();
         let caller = self.caller(&router, &info);
         let operation = match &info.payload {
@@ -245,7 +247,7 @@ impl SignerService {
                 record.detail = Some(status.message().to_owned());
             }
         }
-        let result = match (log.append(record).await, result) {
+        let result = match (log.append(record, pending).await, result) {
             (Ok(_), result) => result,
             (Err(e), Ok(_)) if log.on_failure() == AuditFailure::StopSigning => {
                 tracing::error!(target: LOG_TARGET, client = caller.name(), method, "signatures withheld: {e}");

@@ -98,6 +98,7 @@ pub struct Metrics {
     audit_records: Family<OutcomeLabels, Counter>,
     audit_failures: Counter,
     audit_seconds: Histogram,
+    audit_groups: Counter,
     audit_disabled: Gauge,
 }
 
@@ -127,6 +128,7 @@ impl Metrics {
             audit_records: Family::default(),
             audit_failures: Counter::default(),
             audit_seconds: latency_histogram(),
+            audit_groups: Counter::default(),
             audit_disabled: Gauge::default(),
             registry: Registry::default(),
         };
@@ -240,6 +242,11 @@ impl Metrics {
             "Time from handing a record to the audit writer to its fdatasync",
             m.audit_seconds.clone(),
         );
+        registry.register(
+            "audit_groups",
+            "Groups of audit records written together, each by one write and fdatasync (records per sync = audit_records_total / this)",
+            m.audit_groups.clone(),
+        );
         // Always exported (0 in production), so that an alert on `== 1` needs no other rule.
         registry.register(
             "audit_disabled",
@@ -291,6 +298,11 @@ impl Metrics {
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
         self.audit_seconds.observe(waited.as_secs_f64());
+    }
+
+    /// A group of audit records written and synced together.
+    pub fn audit_group(&self) {
+        self.audit_groups.inc();
     }
 
     /// This gateway signs with no audit log (`[audit] bench_unaudited`, benchmarks only).

@@ -37,6 +37,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
     let metrics = Metrics::new();
     let tls = server_tls(&config)?;
     let audit = audit::Sink::open(&config, &config_path, metrics.clone())?;
+    let audit_handle = audit.clone();
     let gateway = Gateway::start(&config, metrics.clone());
 
     let grpc_listener = TcpListener::bind(config.gateway.listen).await?;
@@ -210,6 +211,8 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
         }
     }
     gateway.shutdown();
+    // After the last call: the audit file loses its preallocated tail.
+    audit_handle.close(Duration::from_secs(3));
     Ok(())
 }
 

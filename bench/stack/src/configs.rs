@@ -140,6 +140,8 @@ pub fn plaintext_gateway(datacenter: &str, client: &str) -> Config {
             dir: PathBuf::from("audit"),
             max_file_bytes: 64 << 20,
             on_failure: hsm_config::AuditFailure::default(),
+            commit_delay_us: hsm_config::DEFAULT_AUDIT_COMMIT_DELAY_US,
+            preallocate_bytes: hsm_config::DEFAULT_AUDIT_PREALLOCATE_BYTES,
             bench_unaudited: false,
         },
         base_dir: PathBuf::new(),

@@ -1,23 +1,64 @@
 //! The audit writer thread: it owns the current file and the chain's head, takes every record
 //! queued, frames and hashes each (sequential by nature: each hash covers the previous one),
-//! writes them, syncs once and answers them all (group commit; see the parent module).
+//! writes them, syncs once and answers them all (group commit; see the parent module). It also
+//! keeps the current file preallocated (zeros ahead of the records) and cuts that tail off when
+//! the file is finished.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use super::{GROUP_MAX, Pending, check_line, file_name, list_files, now_rfc3339};
+use std::sync::atomic::Ordering;
+
+use super::{
+    GENESIS, GROUP_MAX, GroupWait, Pending, ToWriter, check_line, file_name, list_files,
+    now_rfc3339, records_end,
+};
 use crate::metrics::Metrics;
+
+/// How fast records reach the writer: an exponentially weighted mean of records per second,
+/// updated once per group (records taken ÷ time since the previous group was taken).
+#[derive(Default)]
+struct ArrivalRate {
+    last: Option<std::time::Instant>,
+    per_second: f64,
+}
+
+impl ArrivalRate {
+    /// Weight of the newest group in the mean.
+    const WEIGHT: f64 = 0.25;
+
+    fn group_started(&mut self, records: usize) {
+        let now = std::time::Instant::now();
+        if let Some(last) = self.last {
+            let secs = now.duration_since(last).as_secs_f64().max(1e-6);
+            let rate = records as f64 / secs;
+            self.per_second += Self::WEIGHT * (rate - self.per_second);
+        }
+        self.last = Some(now);
+    }
+
+    /// Records expected to arrive within `wait` at the current rate.
+    fn expected_within(&self, wait: std::time::Duration) -> f64 {
+        self.per_second * wait.as_secs_f64()
+    }
+}
 
 /// The writer thread's state: the current file and the chain's head.
 pub(super) struct Writer {
     pub(super) dir: PathBuf,
     pub(super) max_file_bytes: u64,
+    /// Zeros written ahead of the records at a time; 0: plain appends.
+    preallocate_bytes: u64,
     pub(super) file: Option<File>,
+    /// Bytes of records in the current file: where the next one goes.
     pub(super) size: u64,
+    /// Length of the current file: `size` plus the zeros ahead of it.
+    allocated: u64,
     pub(super) next_seq: u64,
     pub(super) prev: String,
     /// False after a failed write: the tail is read back before the next one.
@@ -25,19 +66,63 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn run(mut self, rx: crossbeam_channel::Receiver<Pending>, metrics: Arc<Metrics>) {
+    pub(super) fn new(dir: PathBuf, max_file_bytes: u64, preallocate_bytes: u64) -> Self {
+        Self {
+            dir,
+            max_file_bytes,
+            preallocate_bytes,
+            file: None,
+            size: 0,
+            allocated: 0,
+            next_seq: 1,
+            prev: GENESIS.to_owned(),
+            recovered: false,
+        }
+    }
+
+    pub(super) fn run(
+        mut self,
+        rx: crossbeam_channel::Receiver<ToWriter>,
+        wait: GroupWait,
+        metrics: Arc<Metrics>,
+    ) {
         raise_priority();
         let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
         let mut group: Vec<Pending> = Vec::with_capacity(GROUP_MAX);
+        let mut arrivals = ArrivalRate::default();
+        // A close asked for while a group was being taken: answered after that group.
+        let mut closing: Option<std::sync::mpsc::Sender<()>> = None;
         while let Ok(first) = rx.recv() {
-            group.push(first);
-            while group.len() < GROUP_MAX {
+            match first {
+                ToWriter::Record(p) => group.push(p),
+                ToWriter::Close(done) => {
+                    self.close();
+                    let _ = done.send(());
+                    continue;
+                }
+            }
+            // Other calls under way, and records arriving fast enough that at least two more
+            // are expected within `commit_delay`: give them that long to join this sync. One
+            // sleep, not a wake-up per arriving record (each would cost a context switch). At
+            // a low rate the wait would only add latency (a caller with a few large batches
+            // in flight waits for its record while its HSM sessions idle), so it is skipped.
+            if !wait.delay.is_zero()
+                && wait.on_the_way.load(Ordering::Relaxed) > 0
+                && rx.len() < GROUP_MAX
+                && arrivals.expected_within(wait.delay) >= 2.0
+            {
+                std::thread::sleep(wait.delay);
+            }
+            while group.len() < GROUP_MAX && closing.is_none() {
                 match rx.try_recv() {
-                    Ok(p) => group.push(p),
+                    Ok(ToWriter::Record(p)) => group.push(p),
+                    Ok(ToWriter::Close(done)) => closing = Some(done),
                     Err(_) => break,
                 }
             }
+            arrivals.group_started(group.len());
             let result = self.write_group(group.iter().map(|p| p.body.as_slice()), &mut buf);
+            metrics.audit_group();
             match result {
                 Ok(first_seq) => {
                     for (i, p) in group.drain(..).enumerate() {
@@ -55,7 +140,40 @@ impl Writer {
                     }
                 }
             }
+            if let Some(done) = closing.take() {
+                self.close();
+                let _ = done.send(());
+            }
         }
+        self.close();
+    }
+
+    /// Cuts the current file's preallocated tail, leaving its records only. A failure is
+    /// logged: the tail stays, and start-up or `audit verify` read up to its first NUL anyway.
+    fn close(&mut self) {
+        if let Err(e) = self.finish_file() {
+            tracing::warn!(dir = %self.dir.display(), "audit log: {e}");
+        }
+    }
+
+    /// Cuts the current file to its records and syncs it (before it is left for the next one,
+    /// or at shutdown).
+    pub(super) fn finish_file(&mut self) -> Result<(), String> {
+        let Some(file) = self.file.as_ref() else {
+            return Ok(());
+        };
+        if self.allocated > self.size {
+            file.set_len(self.size)
+                .and_then(|()| file.sync_data())
+                .map_err(|e| {
+                    format!(
+                        "cutting the preallocated tail in {}: {e}",
+                        self.dir.display()
+                    )
+                })?;
+            self.allocated = self.size;
+        }
+        Ok(())
     }
 
     /// Writes the records (bodies from [`super::Record::encode_body`]) and syncs; the chain head moves
@@ -108,31 +226,49 @@ impl Writer {
         Ok(first_seq)
     }
 
+    /// Writes `buf` after the records and syncs. When it does not fit in the zeros ahead, more
+    /// are written first (at least `preallocate_bytes`, never past `max_file_bytes` unless
+    /// the records need it); their size change is then synced with these records, once per
+    /// preallocation instead of once per sync.
     pub(super) fn flush(&mut self, buf: &mut Vec<u8>) -> Result<(), String> {
         if buf.is_empty() {
             return Ok(());
         }
-        let file = self.file.as_mut().ok_or("no audit file open")?;
-        file.write_all(buf)
+        let file = self.file.as_ref().ok_or("no audit file open")?;
+        let end = self.size + buf.len() as u64;
+        let io = |e: std::io::Error| format!("writing {}: {e}", self.dir.display());
+        if self.preallocate_bytes > 0 && end > self.allocated {
+            let target =
+                end.max((self.allocated + self.preallocate_bytes).min(self.max_file_bytes));
+            write_zeros(file, end, target).map_err(io)?;
+            self.allocated = target;
+        }
+        file.write_all_at(buf, self.size)
             .and_then(|()| file.sync_data())
-            .map_err(|e| format!("writing {}: {e}", self.dir.display()))?;
-        self.size += buf.len() as u64;
+            .map_err(io)?;
+        self.size = end;
+        self.allocated = self.allocated.max(end);
         buf.clear();
         Ok(())
     }
 
     /// Starts `audit-<seq>.jsonl` and syncs the directory so that the new name is durable.
     pub(super) fn rotate(&mut self, seq: u64) -> Result<(), String> {
+        self.finish_file()?;
         let path = self.dir.join(file_name(seq));
+        // Not `append`: records overwrite the zeros ahead of them, at `size`.
         let file = OpenOptions::new()
-            .append(true)
+            .write(true)
+            .truncate(false)
             .create(true)
             .open(&path)
             .map_err(|e| format!("creating {}: {e}", path.display()))?;
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| format!("syncing {}: {e}", self.dir.display()))?;
-        self.size = file
+        // A new file is empty; one left by a failed rotation may hold zeros only.
+        self.size = 0;
+        self.allocated = file
             .metadata()
             .map_err(|e| format!("{}: {e}", path.display()))?
             .len();
@@ -140,33 +276,43 @@ impl Writer {
         Ok(())
     }
 
-    /// Finds the chain's head from the newest file: its last record, checked. A last line
-    /// without its newline was never acknowledged and is cut off; an empty newest file is
-    /// removed.
+    /// Finds the chain's head from the newest file: its last record, checked. The records end
+    /// at the first NUL (the preallocated tail); a last line without its newline was never
+    /// acknowledged. Both are cut off; an empty newest file is removed.
     pub(super) fn recover(&mut self) -> Result<(), String> {
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| format!("creating {}: {e}", self.dir.display()))?;
         let mut files = list_files(&self.dir)?;
         self.file = None;
         self.size = 0;
+        self.allocated = 0;
         while let Some((first_seq, path)) = files.pop() {
             let mut f = OpenOptions::new()
                 .read(true)
-                .append(true)
+                .write(true)
                 .open(&path)
                 .map_err(|e| format!("opening {}: {e}", path.display()))?;
             let mut text = Vec::new();
             f.read_to_end(&mut text)
                 .map_err(|e| format!("reading {}: {e}", path.display()))?;
-            if !text.is_empty() && !text.ends_with(b"\n") {
-                let keep = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            let records = records_end(&text);
+            let keep = if records > 0 && text[records - 1] != b'\n' {
+                let keep = text[..records]
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(0, |i| i + 1);
                 tracing::warn!(
                     file = %path.display(),
-                    bytes = text.len() - keep,
+                    bytes = records - keep,
                     "audit log: cutting off a torn last record (a crash during its write; it was never acknowledged)"
                 );
+                keep
+            } else {
+                records
+            };
+            if keep < text.len() {
                 f.set_len(keep as u64)
-                    .and_then(|()| f.seek(SeekFrom::End(0)).map(|_| ()))
+                    .and_then(|()| f.sync_data())
                     .map_err(|e| format!("truncating {}: {e}", path.display()))?;
                 text.truncate(keep);
             }
@@ -193,12 +339,25 @@ impl Writer {
             self.next_seq = seq + 1;
             self.prev = hash;
             self.size = text.len() as u64;
+            self.allocated = self.size;
             self.file = Some(f);
             break;
         }
         self.recovered = true;
         Ok(())
     }
+}
+
+/// Writes zeros over `from..to` of `file`, in 64 KiB writes.
+fn write_zeros(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+    const ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(ZEROS.len() as u64) as usize;
+        file.write_all_at(&ZEROS[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 /// Asks the scheduler to run the audit writer ahead of ordinary threads (nice −10): every

@@ -270,8 +270,10 @@ impl Gateway {
         files
             .iter()
             .flat_map(|f| {
-                std::fs::read_to_string(f)
-                    .expect("audit file")
+                // The file being written ends in the writer's preallocated zeros.
+                let bytes = std::fs::read(f).expect("audit file");
+                let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+                String::from_utf8_lossy(&bytes[..end])
                     .lines()
                     .map(str::to_owned)
                     .collect::<Vec<_>>()
