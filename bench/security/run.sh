@@ -30,7 +30,7 @@
 # as in production — on tmpfs `fdatasync` costs nothing, and the script refuses to run there.
 #
 # Usage: bench/security/run.sh [--loads "8x256 8x16 64x16"] [--rounds 4] [--duration 4s]
-#          [--warmup 1s] [--out DIR] [--keep]
+#          [--warmup 1s] [--out DIR] [--keep] [--set FILE.PATH=VALUE ...]
 #
 # Needs release binaries, the gateway built with the benchmark-only feature under its own name:
 #   cargo build --release -p signer -p hsm-config -p hsm-bench -p hsmgate-stack
@@ -57,6 +57,11 @@ DURATION=4s
 WARMUP=1s
 OUT=
 KEEP=0
+# `--set FILE.PATH=VALUE` for every gateway's config (hsmgate-stack config), e.g. the audit log
+# as it was before group-commit waits and preallocation:
+#   --set gateway.audit.commit_delay_us=0 --set gateway.audit.preallocate_bytes=0
+EXTRA_SETS=()
+SET_ARGS=
 while (($#)); do
     case $1 in
         --loads) LOADS=$2; shift 2 ;;
@@ -65,6 +70,7 @@ while (($#)); do
         --warmup) WARMUP=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         --keep) KEEP=1; shift ;;
+        --set) EXTRA_SETS+=(--set "$2"); SET_ARGS+=" --set $2"; shift 2 ;;
         -h|--help) usage 0 ;;
         *) echo "unknown option $1" >&2; usage 2 ;;
     esac
@@ -117,7 +123,7 @@ GIT=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')
     echo "softhsm2: $(softhsm2-util --version 2>/dev/null || echo '?')"
     echo "signer: $SIGNER (sha256 $(sha256sum "$SIGNER" | cut -c1-16)…)"
     echo "audit logs on: $FSTYPE ($(df --output=source "$WORK" | tail -1))"
-    echo "command: $0 --loads \"$LOADS\" --rounds $ROUNDS --duration $DURATION --warmup $WARMUP"
+    echo "command: $0 --loads \"$LOADS\" --rounds $ROUNDS --duration $DURATION --warmup $WARMUP$SET_ARGS"
 } > "$OUT/machine.txt"
 # What one fdatasync costs on the audit logs' disk now: 200 appends of 8 KiB, each synced.
 FSYNC=$(python3 - "$WORK/fsync-probe" <<'PY'
@@ -152,6 +158,7 @@ config() {
         sets+=(--unset gateway.gateway.tls --set gateway.gateway.insecure_plaintext.client=bench)
     fi
     if [[ $name != *+audit ]]; then sets+=(--set gateway.audit.bench_unaudited=true); fi
+    sets+=("${EXTRA_SETS[@]}")
     "$BIN/hsmgate-stack" config gateway "$HERE/gateway.toml" "$WORK/gateway-$t.toml" "${sets[@]}" \
         2> "$WORK/config-$t.log" || fail "gateway-$t.toml: $(cat "$WORK/config-$t.log")"
 }

@@ -117,6 +117,20 @@ async fn every_signature_received_before_a_sigkill_is_in_the_verified_chain() {
         "the log should have rotated under load: {files} file(s)"
     );
 
+    // The killed gateway's newest file ends in its preallocated zeros (files of 16 KiB are
+    // preallocated up to their size); the ones it finished hold records only.
+    // (The newest may also be empty: killed between creating it and its first write.)
+    let files = audit_files(&audit_dir);
+    let (newest, finished) = files.split_last().expect("audit files");
+    assert!(
+        newest.is_empty() || newest.last() == Some(&0),
+        "the newest file has no preallocated tail"
+    );
+    assert!(
+        finished.iter().all(|bytes| !bytes.contains(&0)),
+        "a finished file kept zeros"
+    );
+
     // Every signature received is in the log as signed, before any restart.
     let audited = audited_ok(&first.audit_records_lenient());
     let missing: Vec<&String> = received.iter().filter(|h| !audited.contains(*h)).collect();
@@ -139,6 +153,13 @@ async fn every_signature_received_before_a_sigkill_is_in_the_verified_chain() {
         .expect("the restarted gateway signs");
     second.signal("TERM");
     assert_eq!(second.wait_exit(Duration::from_secs(15)), Some(0));
+    // A clean stop cuts the preallocated tail: every file holds records only.
+    assert!(
+        audit_files(&audit_dir)
+            .iter()
+            .all(|bytes| !bytes.contains(&0)),
+        "a stopped gateway left zeros in its audit files"
+    );
     let (ok, out) = audit_verify(&audit_dir);
     assert!(ok, "the chain does not verify after the crash: {out}");
     let records = first.audit_records();
@@ -153,4 +174,18 @@ async fn every_signature_received_before_a_sigkill_is_in_the_verified_chain() {
         "{} records",
         records.len()
     );
+}
+
+/// The bytes of every audit file of `dir`, oldest first.
+fn audit_files(dir: &std::path::Path) -> Vec<Vec<u8>> {
+    let mut paths: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .expect("audit dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    paths.sort();
+    paths
+        .iter()
+        .map(|p| std::fs::read(p).expect("audit file"))
+        .collect()
 }
