@@ -350,7 +350,7 @@ impl Writer {
 
 /// Writes zeros over `from..to` of `file`, in 64 KiB writes.
 fn write_zeros(file: &File, from: u64, to: u64) -> std::io::Result<()> {
-    const ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
     let mut at = from;
     while at < to {
         let n = (to - at).min(ZEROS.len() as u64) as usize;
