@@ -233,13 +233,18 @@ def internal_names(args):
 # --- 3. oversized refused batch ------------------------------------------------------------------
 
 def dir_bytes(path):
+    """Bytes of records in the audit files: the file being written ends in the gateway's
+    preallocated zeros ([audit] preallocate_bytes), which are not records."""
     total = 0
     for base, _, files in os.walk(path):
         for f in files:
             try:
-                total += os.path.getsize(os.path.join(base, f))
+                with open(os.path.join(base, f), "rb") as fh:
+                    data = fh.read()
             except OSError:
-                pass
+                continue
+            end = data.find(b"\0")
+            total += len(data) if end < 0 else end
     return total
 
 
