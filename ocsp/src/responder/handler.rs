@@ -32,18 +32,24 @@
 //! Nothing on the serving path resolves names or blocks the runtime: listen addresses are
 //! socket addresses, and store reads are async.
 
+use std::convert::Infallible;
+use std::future::{Future, Ready, ready};
+use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use futures_util::future::Either;
 use percent_encoding::percent_decode_str;
 use sha2_010::{Digest, Sha256};
+use tower_service::Service;
 use x509_ocsp::OcspResponseStatus;
 
 use crate::clock::unix_now;
@@ -104,9 +110,7 @@ pub struct AppState {
 /// [`Source::front_bytes`]: the responder calls this once per HTTP thread.
 pub fn router(state: Arc<AppState>) -> Router {
     let front = Front::new(state.source.front_bytes());
-    Router::new()
-        .fallback(handle)
-        .with_state(Arc::new(Routed { state, front }))
+    Router::new().fallback_service(Responder(Arc::new(Routed { state, front })))
 }
 
 /// A router's state: the shared [`AppState`] and the router's own [`Front`].
@@ -116,15 +120,38 @@ struct Routed {
     front: Front,
 }
 
-async fn handle(State(routed): State<Arc<Routed>>, req: Request) -> Response {
+/// The handler as a `Service`: a [`Front`] hit is answered in `call`, as a ready future;
+/// everything else runs [`handle`] (boxed, as an axum handler's future would be).
+#[derive(Clone, Debug)]
+struct Responder(Arc<Routed>);
+
+type Answer = Result<Response, Infallible>;
+
+impl Service<Request> for Responder {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<Ready<Answer>, Pin<Box<dyn Future<Output = Answer> + Send>>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        if matches!(*req.method(), Method::GET | Method::HEAD) {
+            let now = unix_now();
+            if let Some(hit) = self.0.front.get(req.uri().path(), now) {
+                let inm = req.headers().get(header::IF_NONE_MATCH);
+                return Either::Left(ready(Ok(front_hit(&self.0.state, &hit, now, inm))));
+            }
+        }
+        let routed = self.0.clone();
+        Either::Right(Box::pin(async move { Ok(handle(&routed, req).await) }))
+    }
+}
+
+async fn handle(routed: &Routed, req: Request) -> Response {
     let state = &*routed.state;
     let get = matches!(*req.method(), Method::GET | Method::HEAD);
-    if get {
-        let now = unix_now();
-        if let Some(hit) = routed.front.get(req.uri().path(), now) {
-            return front_hit(state, &hit, now, req.headers().get(header::IF_NONE_MATCH));
-        }
-    }
     if get && let Some(path) = crate::crl::serve::parse_path(req.uri().path()) {
         return crl_answer(state, path, req.headers()).await;
     }
@@ -431,7 +458,7 @@ async fn answer(
                 .metrics
                 .response(status_label(response.status), origin.label());
             if let (Some((front, path)), Some(until)) = (memo, until) {
-                front.put(path, req.hash, &response, parts, until);
+                front.put(path, req.hash, &response, parts, now, until);
             }
             signed(response.next_update, parts, now, if_none_match)
         }
