@@ -26,16 +26,127 @@
 //!   `presigner.cert_id_hashes = ["sha256"]` drops the SHA-1 SingleResponse.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::hash_alg::HashAlg;
+
+/// Shards of the metrics every request updates ([`ShardedCounter`], [`ValidityHistogram`]).
+/// Each thread adds to its own shard (threads take shards in turn), and a scrape sums them: the
+/// responder's HTTP threads answer on different cores, and one shared atomic (or the mutex of
+/// `prometheus-client`'s `Histogram`) would move its cache line between the cores on every
+/// request, five times per answer.
+const SHARDS: usize = 8;
+
+/// This thread's shard.
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    SHARD.try_with(|s| *s).unwrap_or(0)
+}
+
+/// One cache line (two: adjacent-line prefetch pairs them) per shard.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded<T>(T);
+
+/// A counter whose increments go to the calling thread's shard; exported as a `Counter`.
+#[derive(Clone, Debug, Default)]
+pub struct ShardedCounter(Arc<[Padded<AtomicU64>; SHARDS]>);
+
+impl ShardedCounter {
+    pub fn inc(&self) {
+        self.0[shard()].0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
+    }
+}
+
+impl TypedMetric for ShardedCounter {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for ShardedCounter {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_counter::<NoLabelSet, _, u64>(&self.get(), None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// Hour marks for the age and time-to-expiry histograms. Responses live 8 h to 10 days
+/// (BR §4.9.9) and are re-signed after half their validity by default, so the interesting
+/// boundaries are the first hours (about to expire) and the days around the refresh point.
+const VALIDITY_HOURS: [u64; 15] = [1, 2, 4, 8, 12, 24, 36, 48, 60, 72, 84, 96, 120, 168, 240];
+
+/// A histogram of whole seconds over [`VALIDITY_HOURS`] (and `+Inf`), sharded as
+/// [`ShardedCounter`]; exported as a `Histogram` with the same series `prometheus-client`'s gave.
+#[derive(Clone, Debug, Default)]
+pub struct ValidityHistogram(Arc<[Padded<HistogramShard>; SHARDS]>);
+
+#[derive(Debug, Default)]
+struct HistogramShard {
+    /// Per bucket (not cumulative), the last one `+Inf`.
+    buckets: [AtomicU64; VALIDITY_HOURS.len() + 1],
+    count: AtomicU64,
+    /// Seconds: the observations are whole seconds, so the sum is exact.
+    sum: AtomicU64,
+}
+
+impl ValidityHistogram {
+    pub fn observe(&self, seconds: u64) {
+        let bucket = VALIDITY_HOURS
+            .iter()
+            .position(|h| seconds <= h * 3600)
+            .unwrap_or(VALIDITY_HOURS.len());
+        let shard = &self.0[shard()].0;
+        shard.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        shard.count.fetch_add(1, Ordering::Relaxed);
+        shard.sum.fetch_add(seconds, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for ValidityHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for ValidityHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let (mut sum, mut count) = (0u64, 0u64);
+        let mut buckets: Vec<(f64, u64)> = VALIDITY_HOURS
+            .iter()
+            .map(|h| (*h as f64 * 3600.0, 0))
+            .chain(std::iter::once((f64::INFINITY, 0)))
+            .collect();
+        for shard in self.0.iter() {
+            let shard = &shard.0;
+            sum += shard.sum.load(Ordering::Relaxed);
+            count += shard.count.load(Ordering::Relaxed);
+            for (b, n) in buckets.iter_mut().zip(&shard.buckets) {
+                b.1 += n.load(Ordering::Relaxed);
+            }
+        }
+        encoder.encode_histogram::<NoLabelSet>(sum as f64, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResponseLabels {
@@ -76,23 +187,13 @@ fn store_latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
 }
 
-/// Hour marks for the age and time-to-expiry histograms. Responses live 8 h to 10 days
-/// (BR §4.9.9) and are re-signed after half their validity by default, so the interesting
-/// boundaries are the first hours (about to expire) and the days around the refresh point.
-fn validity_histogram() -> Histogram {
-    const HOURS: [f64; 15] = [
-        1.0, 2.0, 4.0, 8.0, 12.0, 24.0, 36.0, 48.0, 60.0, 72.0, 84.0, 96.0, 120.0, 168.0, 240.0,
-    ];
-    Histogram::new(HOURS.iter().map(|h| h * 3600.0))
-}
-
 /// The responder's metric handles. Cheap to share: every handle is an `Arc` inside.
 #[derive(Debug)]
 pub struct Metrics {
-    responses: Family<ResponseLabels, Counter>,
-    cache: Family<ResultLabels, Counter>,
-    response_age: Histogram,
-    time_to_expiry: Histogram,
+    responses: Family<ResponseLabels, ShardedCounter>,
+    cache: Family<ResultLabels, ShardedCounter>,
+    response_age: ValidityHistogram,
+    time_to_expiry: ValidityHistogram,
     expired: Counter,
     store_latency: HistogramFamily<StoreLabels>,
     store_errors: Family<StoreNameLabels, Counter>,
@@ -100,27 +201,27 @@ pub struct Metrics {
     /// `ocsp_requests_by_cert_id_hash_total`, one handle per label taken at registration: the
     /// series exist (at 0) from start-up, so "no SHA-1 client" reads as a flat 0 rather than
     /// as a missing series, and a request costs one atomic add, not a family lookup.
-    requests_sha1: Counter,
-    requests_sha256: Counter,
-    requests_other_hash: Counter,
+    requests_sha1: ShardedCounter,
+    requests_sha256: ShardedCounter,
+    requests_other_hash: ShardedCounter,
     pub(crate) degraded: Gauge,
     pub(crate) degraded_since: Gauge,
     /// The series every cache hit increments (`responses{good|revoked, cache}`,
     /// `cache_requests{hit}`), resolved once on first use: a `Family` lookup takes its lock and
     /// hashes the labels on every call, and a series still appears only once it is used.
-    hot: [std::sync::OnceLock<Counter>; 3],
+    hot: [std::sync::OnceLock<ShardedCounter>; 3],
 }
 
 impl Metrics {
     /// Registers the responder's metrics in `registry` and returns their handles.
     pub fn register(registry: &mut Registry) -> Arc<Self> {
-        let by_hash: Family<HashLabels, Counter> = Family::default();
+        let by_hash: Family<HashLabels, ShardedCounter> = Family::default();
         let hash_counter = |hash| by_hash.get_or_create(&HashLabels { hash }).clone();
         let m = Self {
             responses: Family::default(),
             cache: Family::default(),
-            response_age: validity_histogram(),
-            time_to_expiry: validity_histogram(),
+            response_age: ValidityHistogram::default(),
+            time_to_expiry: ValidityHistogram::default(),
             expired: Counter::default(),
             store_latency: Family::new_with_constructor(store_latency_histogram),
             store_errors: Family::default(),
@@ -211,8 +312,8 @@ impl Metrics {
 
     /// A signed response served: its age and remaining validity, in seconds.
     pub fn served(&self, age: i64, time_to_expiry: i64) {
-        self.response_age.observe(age.max(0) as f64);
-        self.time_to_expiry.observe(time_to_expiry.max(0) as f64);
+        self.response_age.observe(age.max(0) as u64);
+        self.time_to_expiry.observe(time_to_expiry.max(0) as u64);
     }
 
     pub fn expired(&self) {
@@ -302,6 +403,39 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sharded_metrics_export_what_prometheus_client_s_would() {
+        let mut ours = Registry::default();
+        let mut theirs = Registry::default();
+        let (hist, counter) = (ValidityHistogram::default(), ShardedCounter::default());
+        let reference = Histogram::new(VALIDITY_HOURS.iter().map(|h| *h as f64 * 3600.0));
+        let reference_counter = Counter::<u64>::default();
+        ours.register("h", "help", hist.clone());
+        ours.register("c", "help", counter.clone());
+        theirs.register("h", "help", reference.clone());
+        theirs.register("c", "help", reference_counter.clone());
+        // From several threads (several shards), on bucket bounds and past the last.
+        let values = [0, 3600, 3601, 86_400, 864_000, 864_001, 10_000_000];
+        std::thread::scope(|scope| {
+            for _ in 0..3 {
+                scope.spawn(|| {
+                    for v in values {
+                        hist.observe(v);
+                        counter.inc();
+                    }
+                });
+            }
+        });
+        for _ in 0..3 {
+            for v in values {
+                reference.observe(v as f64);
+                reference_counter.inc();
+            }
+        }
+        assert_eq!(encode(&ours), encode(&theirs));
+        assert_eq!(counter.get(), 3 * values.len() as u64);
+    }
 
     #[test]
     fn requests_are_counted_by_cert_id_hash_from_zero() {

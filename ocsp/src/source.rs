@@ -73,12 +73,45 @@ pub enum Lookup {
 #[async_trait]
 pub trait Source: Send + Sync + fmt::Debug {
     async fn response(&self, issuer: &IssuerName, serial: &Serial, hash: HashAlg) -> Lookup;
+
+    /// [`Source::response`], with the instant until which a copy of the answer may be served
+    /// without asking again: for a cache, the moment its entry stops being fresh (read from the
+    /// store + `cache_fresh_secs`), so a copy kept in front of it (the responder's per-thread
+    /// memo) is never staler than the cache itself would be. `None`: do not keep a copy (the
+    /// default; sources that are no cache, stale answers served while the store fails).
+    async fn response_until(
+        &self,
+        issuer: &IssuerName,
+        serial: &Serial,
+        hash: HashAlg,
+    ) -> (Lookup, Option<Instant>) {
+        (self.response(issuer, serial, hash).await, None)
+    }
+
+    /// Bytes that each copy kept in front of this source may hold (0: keep none). A cache
+    /// gives a share of its own budget.
+    fn front_bytes(&self) -> usize {
+        0
+    }
 }
 
 #[async_trait]
 impl<S: Source + ?Sized> Source for Arc<S> {
     async fn response(&self, issuer: &IssuerName, serial: &Serial, hash: HashAlg) -> Lookup {
         (**self).response(issuer, serial, hash).await
+    }
+
+    async fn response_until(
+        &self,
+        issuer: &IssuerName,
+        serial: &Serial,
+        hash: HashAlg,
+    ) -> (Lookup, Option<Instant>) {
+        (**self).response_until(issuer, serial, hash).await
+    }
+
+    fn front_bytes(&self) -> usize {
+        (**self).front_bytes()
     }
 }
 

@@ -32,18 +32,24 @@
 //! Nothing on the serving path resolves names or blocks the runtime: listen addresses are
 //! socket addresses, and store reads are async.
 
+use std::convert::Infallible;
+use std::future::{Future, Ready, ready};
+use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use futures_util::future::Either;
 use percent_encoding::percent_decode_str;
 use sha2_010::{Digest, Sha256};
+use tower_service::Service;
 use x509_ocsp::OcspResponseStatus;
 
 use crate::clock::unix_now;
@@ -55,7 +61,9 @@ use crate::metrics::Metrics;
 use crate::record::{CertStatus, StoredResponse};
 use crate::request::{self, Refusal};
 use crate::response::{cert_id_hashes_in, status_only};
-use crate::source::{Lookup, Source};
+use crate::source::{Lookup, Origin, Source};
+
+use super::front::{Front, Hit};
 
 /// The unsigned error answers (RFC 6960 §4.2.1: "If the value of responseStatus is one of the
 /// error conditions, the responseBytes field is not set"), encoded once.
@@ -97,20 +105,63 @@ pub struct AppState {
 /// request path: a router that matched on path segments could collapse or split on the `/`
 /// that base64 contains — `//` collapsed by routers caused OCSP outages (boulder#884,
 /// vault#18938).
+///
+/// Each call builds its own [`Front`] (the memo of answered GET paths), sized by
+/// [`Source::front_bytes`]: the responder calls this once per HTTP thread.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new().fallback(handle).with_state(state)
+    let front = Front::new(state.source.front_bytes());
+    Router::new().fallback_service(Responder(Arc::new(Routed { state, front })))
 }
 
-async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    if matches!(*req.method(), Method::GET | Method::HEAD)
-        && let Some(path) = crate::crl::serve::parse_path(req.uri().path())
-    {
-        return crl_answer(&state, path, req.headers()).await;
+/// A router's state: the shared [`AppState`] and the router's own [`Front`].
+#[derive(Debug)]
+struct Routed {
+    state: Arc<AppState>,
+    front: Front,
+}
+
+/// The handler as a `Service`: a [`Front`] hit is answered in `call`, as a ready future;
+/// everything else runs [`handle`] (boxed, as an axum handler's future would be).
+#[derive(Clone, Debug)]
+struct Responder(Arc<Routed>);
+
+type Answer = Result<Response, Infallible>;
+
+impl Service<Request> for Responder {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<Ready<Answer>, Pin<Box<dyn Future<Output = Answer> + Send>>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        if matches!(*req.method(), Method::GET | Method::HEAD) {
+            let now = unix_now();
+            if let Some(hit) = self.0.front.get(req.uri().path(), now) {
+                let inm = req.headers().get(header::IF_NONE_MATCH);
+                return Either::Left(ready(Ok(front_hit(&self.0.state, &hit, now, inm))));
+            }
+        }
+        let routed = self.0.clone();
+        Either::Right(Box::pin(async move { Ok(handle(&routed, req).await) }))
+    }
+}
+
+async fn handle(routed: &Routed, req: Request) -> Response {
+    let state = &*routed.state;
+    let get = matches!(*req.method(), Method::GET | Method::HEAD);
+    if get && let Some(path) = crate::crl::serve::parse_path(req.uri().path()) {
+        return crl_answer(state, path, req.headers()).await;
     }
     let if_none_match = req.headers().get(header::IF_NONE_MATCH).cloned();
-    let der = match *req.method() {
-        Method::GET | Method::HEAD => from_get_path(req.uri().path(), state.max_request_bytes),
-        Method::POST => from_post(req, state.max_request_bytes).await,
+    let (der, memo) = match *req.method() {
+        Method::GET | Method::HEAD => (
+            from_get_path(req.uri().path(), state.max_request_bytes),
+            Some((&routed.front, req.uri().path())),
+        ),
+        Method::POST => (from_post(req, state.max_request_bytes).await, None),
         _ => {
             return (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -125,11 +176,34 @@ async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
     // HEAD." axum's router drops the body of a HEAD answer after setting Content-Length from
     // it (`Route`, for the fallback too), so caches and probes see GET's Content-Length.
     match der {
-        Ok(der) => answer(&state, &der, if_none_match.as_ref()).await,
+        Ok(der) => answer(state, &der, if_none_match.as_ref(), memo).await,
         Err((http, why)) => {
             tracing::debug!("malformed request: {why}");
             refuse(&state.metrics, http, Refusal::Malformed)
         }
+    }
+}
+
+/// A GET the [`Front`] answers: counted as the same request answered from the cache would be
+/// (`answer`'s `Lookup::Found` branch: hash, cache hit, age and expiry, status).
+fn front_hit(
+    state: &AppState,
+    hit: &Hit,
+    now: i64,
+    if_none_match: Option<&HeaderValue>,
+) -> Response {
+    let metrics = &state.metrics;
+    metrics.cert_id_hash(Some(hit.hash));
+    metrics.cache("hit");
+    metrics.served(now - hit.this_update, hit.next_update - now);
+    metrics.response(status_label(hit.status), Origin::Cache.label());
+    signed(hit.next_update, &hit.parts, now, if_none_match)
+}
+
+fn status_label(status: CertStatus) -> &'static str {
+    match status {
+        CertStatus::Good => "good",
+        CertStatus::Revoked { .. } => "revoked",
     }
 }
 
@@ -312,7 +386,13 @@ fn is_ocsp_request(headers: &HeaderMap) -> bool {
         .is_some_and(|t| t.trim().eq_ignore_ascii_case(OCSP_REQUEST))
 }
 
-async fn answer(state: &AppState, der: &[u8], if_none_match: Option<&HeaderValue>) -> Response {
+/// `memo`: for a GET, this router's [`Front`] and the request's path, to keep the answer under.
+async fn answer(
+    state: &AppState,
+    der: &[u8],
+    if_none_match: Option<&HeaderValue>,
+    memo: Option<(&Front, &str)>,
+) -> Response {
     let req = match request::parse(der) {
         Ok(r) => r,
         Err(e) => {
@@ -335,11 +415,11 @@ async fn answer(state: &AppState, der: &[u8], if_none_match: Option<&HeaderValue
         tracing::debug!(serial = %req.serial, "request for an issuer we do not serve");
         return refuse(&state.metrics, StatusCode::OK, Refusal::Unauthorized);
     };
-    match state
+    let (lookup, until) = state
         .source
-        .response(&issuer.name, &req.serial, req.hash)
-        .await
-    {
+        .response_until(&issuer.name, &req.serial, req.hash)
+        .await;
+    match lookup {
         Lookup::Found(response, origin) => {
             let now = unix_now();
             // The last gate: whatever a source returned, a response at or past its nextUpdate
@@ -374,12 +454,13 @@ async fn answer(state: &AppState, der: &[u8], if_none_match: Option<&HeaderValue
             state
                 .metrics
                 .served(now - response.this_update, response.next_update - now);
-            let status = match response.status {
-                CertStatus::Good => "good",
-                CertStatus::Revoked { .. } => "revoked",
-            };
-            state.metrics.response(status, origin.label());
-            signed(&response, parts, now, if_none_match)
+            state
+                .metrics
+                .response(status_label(response.status), origin.label());
+            if let (Some((front, path)), Some(until)) = (memo, until) {
+                front.put(path, req.hash, &response, parts, now, until);
+            }
+            signed(response.next_update, parts, now, if_none_match)
         }
         Lookup::NotFound => refuse(&state.metrics, StatusCode::OK, Refusal::Unauthorized),
         Lookup::Unavailable(e) => {
@@ -424,12 +505,12 @@ fn error_response(http: StatusCode, der: &Bytes) -> Response {
 /// RFC 9110 §15.4.5: a 304 carries the headers a 200 would have (Cache-Control, ETag, Expires,
 /// Last-Modified), and no body.
 fn signed(
-    response: &StoredResponse,
+    next_update: i64,
     parts: &HttpParts,
     now: i64,
     if_none_match: Option<&HeaderValue>,
 ) -> Response {
-    let max_age = (response.next_update - now).max(0);
+    let max_age = (next_update - now).max(0);
     // The response's own header map, filled in place: `(StatusCode, HeaderMap, Body)` would
     // build a second map and copy this one into it. Every value is precomputed
     // (`HttpParts`, `cache_control`): nothing is formatted per request.

@@ -59,6 +59,8 @@ pub struct CachedSource<S> {
     inner: S,
     cache: Cache<CacheKey, Entry, foldhash::fast::RandomState>,
     fresh: Duration,
+    /// `cache_bytes`.
+    budget: u64,
     metrics: Arc<Metrics>,
 }
 
@@ -99,6 +101,7 @@ impl<S: Source> CachedSource<S> {
             inner,
             cache,
             fresh,
+            budget: cache_bytes,
             metrics,
         }
     }
@@ -108,27 +111,29 @@ impl<S: Source> CachedSource<S> {
         (self.cache.entry_count(), self.cache.weighted_size())
     }
 
-    async fn revalidate(&self, key: CacheKey, cached: Entry) -> Lookup {
+    async fn revalidate(&self, key: CacheKey, cached: Entry) -> (Lookup, Option<Instant>) {
         match self.inner.response(&key.0, &key.1, key.2).await {
             Lookup::Found(response, origin) => {
                 self.metrics.cache("revalidated");
+                let mut fetched = None;
                 if response.next_update > unix_now() {
                     let entry = Entry {
                         response: response.clone(),
                         origin,
                         fetched: Instant::now(),
                     };
+                    fetched = Some(entry.fetched);
                     self.cache.insert(key, entry).await;
                 } else {
                     self.cache.invalidate(&key).await;
                 }
-                Lookup::Found(response, origin)
+                (Lookup::Found(response, origin), fetched)
             }
             Lookup::NotFound => {
                 // The store no longer has it (deleted by an operator): neither do we.
                 self.metrics.cache("revalidated");
                 self.cache.invalidate(&key).await;
-                Lookup::NotFound
+                (Lookup::NotFound, None)
             }
             Lookup::Unavailable(e) => {
                 tracing::debug!(serial = %key.1, "store unavailable, serving cached copy: {e}");
@@ -139,7 +144,8 @@ impl<S: Source> CachedSource<S> {
                     ..cached
                 };
                 self.cache.insert(key, entry).await;
-                Lookup::Found(response, Origin::Cache)
+                // Stale: no copy may be kept in front (it would outlive the store's failure).
+                (Lookup::Found(response, Origin::Cache), None)
             }
         }
     }
@@ -148,13 +154,50 @@ impl<S: Source> CachedSource<S> {
 #[async_trait]
 impl<S: Source> Source for CachedSource<S> {
     async fn response(&self, issuer: &IssuerName, serial: &Serial, hash: HashAlg) -> Lookup {
+        self.lookup(issuer, serial, hash).await.0
+    }
+
+    async fn response_until(
+        &self,
+        issuer: &IssuerName,
+        serial: &Serial,
+        hash: HashAlg,
+    ) -> (Lookup, Option<Instant>) {
+        let (lookup, fetched) = self.lookup(issuer, serial, hash).await;
+        (lookup, fetched.map(|at| at + self.fresh))
+    }
+
+    /// A sixteenth of `cache_bytes` per copy: the responder keeps one copy per HTTP thread, so
+    /// with one thread per core the copies add an eighth of the budget on 2 cores (each copy
+    /// holds its own body and header bytes, see `responder::front`).
+    fn front_bytes(&self) -> usize {
+        usize::try_from(self.budget / FRONT_SHARE).unwrap_or(usize::MAX)
+    }
+}
+
+/// The share of `cache_bytes` each per-thread copy in front of the cache may hold (1/16).
+const FRONT_SHARE: u64 = 16;
+
+impl<S: Source> CachedSource<S> {
+    /// The answer, and when the cache entry it came from was read from the inner source (for
+    /// answers a copy may be kept of: fresh entries, never a stale one served while the inner
+    /// source fails, nor an expired one).
+    async fn lookup(
+        &self,
+        issuer: &IssuerName,
+        serial: &Serial,
+        hash: HashAlg,
+    ) -> (Lookup, Option<Instant>) {
         let key = (issuer.clone(), serial.clone(), hash);
         if let Some(entry) = self.cache.get(&key).await {
             if entry.response.next_update <= unix_now() {
                 self.cache.invalidate(&key).await;
             } else if entry.fetched.elapsed() < self.fresh {
                 self.metrics.cache("hit");
-                return Lookup::Found(entry.response, Origin::Cache);
+                return (
+                    Lookup::Found(entry.response, Origin::Cache),
+                    Some(entry.fetched),
+                );
             } else {
                 return self.revalidate(key, entry).await;
             }
@@ -174,12 +217,18 @@ impl<S: Source> Source for CachedSource<S> {
             }
         };
         match self.cache.try_get_with(key, fetch).await {
-            Ok(entry) => Lookup::Found(entry.response, entry.origin),
-            Err(miss) => match &*miss {
-                Miss::NotFound => Lookup::NotFound,
-                Miss::Expired(response, origin) => Lookup::Found(response.clone(), *origin),
-                Miss::Unavailable(e) => Lookup::Unavailable(e.clone()),
-            },
+            Ok(entry) => (
+                Lookup::Found(entry.response, entry.origin),
+                Some(entry.fetched),
+            ),
+            Err(miss) => (
+                match &*miss {
+                    Miss::NotFound => Lookup::NotFound,
+                    Miss::Expired(response, origin) => Lookup::Found(response.clone(), *origin),
+                    Miss::Unavailable(e) => Lookup::Unavailable(e.clone()),
+                },
+                None,
+            ),
         }
     }
 }
