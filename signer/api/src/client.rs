@@ -163,14 +163,20 @@ pub fn connect_lazy(urls: &str, tls: Option<&ClientTls>) -> Result<Channel, Erro
 }
 
 /// Whether a call's failure was the connection's, not the gateway's answer: `UNAVAILABLE`
-/// (refused, or no gateway serving) or `UNKNOWN` (tonic's code for a connection reset or
-/// closed mid-call; the gateway itself answers with precise codes and never `UNKNOWN`). Such
-/// a call may be retried on another gateway.
+/// (refused, or no gateway serving), `UNKNOWN` (tonic's code for a connection reset or
+/// closed mid-call; the gateway itself answers with precise codes and never `UNKNOWN`), or
+/// `CANCELLED` carrying a transport error (hyper's "connection closed": a draining gateway
+/// closed the connection under the call; the gateway never answers `CANCELLED` itself, and a
+/// caller's own cancellation has no transport error). Such a call may be retried on another
+/// gateway.
 pub fn is_transport_failure(status: &tonic::Status) -> bool {
-    matches!(
-        status.code(),
-        tonic::Code::Unavailable | tonic::Code::Unknown
-    )
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown => true,
+        tonic::Code::Cancelled => {
+            std::error::Error::source(status).is_some_and(|e| e.is::<tonic::transport::Error>())
+        }
+        _ => false,
+    }
 }
 
 /// The URLs of a comma-separated list, trimmed; at least one, none twice.
@@ -256,6 +262,21 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_connection_failures_are_retried_elsewhere() {
+        assert!(is_transport_failure(&tonic::Status::unavailable("refused")));
+        assert!(is_transport_failure(&tonic::Status::unknown("reset")));
+        // A caller's own cancellation (no transport error under it) and the gateway's answers
+        // are not the connection's.
+        assert!(!is_transport_failure(&tonic::Status::cancelled("timeout")));
+        assert!(!is_transport_failure(&tonic::Status::permission_denied(
+            "grants"
+        )));
+        assert!(!is_transport_failure(&tonic::Status::invalid_argument(
+            "key"
+        )));
+    }
 
     #[test]
     fn gateway_lists_are_split_and_checked() {
