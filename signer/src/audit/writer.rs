@@ -9,10 +9,9 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use sha2::{Digest, Sha256};
-
-use std::sync::atomic::Ordering;
 
 use super::{
     GENESIS, GROUP_MAX, GroupWait, Pending, ToWriter, check_line, file_name, list_files,
