@@ -41,9 +41,16 @@ impl ArrivalRate {
         self.last = Some(now);
     }
 
-    /// Records expected to arrive within `wait` at the current rate.
-    fn expected_within(&self, wait: std::time::Duration) -> f64 {
-        self.per_second * wait.as_secs_f64()
+    /// Records expected to arrive within `wait`, `waiting` records having arrived since the
+    /// previous group was taken: at the mean rate, or at the rate of that interval if it is
+    /// lower (so that after a burst a quiet spell is seen at once, not after a few groups).
+    fn expected_within(&self, wait: std::time::Duration, waiting: usize) -> f64 {
+        let since_last = self.last.map(|last| last.elapsed().as_secs_f64().max(1e-6));
+        let rate = match since_last {
+            Some(secs) => self.per_second.min(waiting as f64 / secs),
+            None => 0.0,
+        };
+        rate * wait.as_secs_f64()
     }
 }
 
@@ -108,7 +115,7 @@ impl Writer {
             if !wait.delay.is_zero()
                 && wait.on_the_way.load(Ordering::Relaxed) > 0
                 && rx.len() < GROUP_MAX
-                && arrivals.expected_within(wait.delay) >= 2.0
+                && arrivals.expected_within(wait.delay, 1 + rx.len()) >= 2.0
             {
                 std::thread::sleep(wait.delay);
             }
@@ -383,5 +390,38 @@ pub(super) fn raise_priority() {
              shorter audit waits on a busy machine",
             std::io::Error::last_os_error()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::ArrivalRate;
+
+    #[test]
+    fn the_wait_follows_the_arrival_rate() {
+        let wait = Duration::from_micros(500);
+        // No group yet: no estimate, no wait.
+        let mut rate = ArrivalRate::default();
+        assert_eq!(rate.expected_within(wait, 5), 0.0);
+        // A group of 10 taken 1 ms after the previous one moves the mean a quarter of the way
+        // to 10,000/s (bounds wide enough for a test thread preempted for a few ms).
+        rate.last = Some(Instant::now() - Duration::from_millis(1));
+        rate.group_started(10);
+        assert!(
+            (500.0..=2_500.0).contains(&rate.per_second),
+            "{}",
+            rate.per_second
+        );
+        // A mean of 10,000/s with 10 records queued within the last millisecond: five
+        // expected within 500 µs.
+        rate.per_second = 10_000.0;
+        rate.last = Some(Instant::now() - Duration::from_millis(1));
+        let busy = rate.expected_within(wait, 10);
+        assert!((1.0..=5.0).contains(&busy), "{busy}");
+        // The same mean, but one record in the last 100 ms: a quiet spell, no wait.
+        rate.last = Some(Instant::now() - Duration::from_millis(100));
+        assert!(rate.expected_within(wait, 1) < 0.1);
     }
 }
