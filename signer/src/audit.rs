@@ -201,7 +201,7 @@ struct Pending {
 enum ToWriter {
     Record(Pending),
     /// Shut down cleanly: cut the current file's preallocated tail, then answer.
-    Close(std::sync::mpsc::Sender<()>),
+    Close(tokio::sync::oneshot::Sender<()>),
 }
 
 /// The running audit log: a handle to its writer thread.
@@ -217,13 +217,14 @@ pub struct AuditLog {
 }
 
 /// A signing call under way, counted until it hands over its record (or is dropped): while any
-/// is, the writer waits `commit_delay_us` to give it a place in the next group.
+/// is, the writer waits `commit_delay_us` to give it a place in the next group. It borrows the
+/// log's counter: one atomic add and one subtract per call, no reference count.
 #[derive(Debug)]
-pub struct PendingRecord {
-    on_the_way: Arc<AtomicUsize>,
+pub struct PendingRecord<'a> {
+    on_the_way: &'a AtomicUsize,
 }
 
-impl Drop for PendingRecord {
+impl Drop for PendingRecord<'_> {
     fn drop(&mut self) {
         self.on_the_way.fetch_sub(1, Ordering::Relaxed);
     }
@@ -295,19 +296,19 @@ impl AuditLog {
     /// Shuts the log down cleanly once the last call is answered: the writer cuts the current
     /// file's preallocated tail, so a stopped gateway leaves files of records only. Waits up to
     /// `limit`; a record appended after this starts a new preallocation.
-    pub fn close(&self, limit: Duration) {
-        let (done, wait) = std::sync::mpsc::channel();
+    pub async fn close(&self, limit: Duration) {
+        let (done, wait) = tokio::sync::oneshot::channel();
         if self.tx.send(ToWriter::Close(done)).is_ok() {
-            let _ = wait.recv_timeout(limit);
+            let _ = tokio::time::timeout(limit, wait).await;
         }
     }
 
     /// Counts a signing call as under way until its record is appended (or the returned value
     /// is dropped), so that the writer's group waits for it ([`GroupWait`]).
-    pub fn pending(&self) -> PendingRecord {
+    pub fn pending(&self) -> PendingRecord<'_> {
         self.on_the_way.fetch_add(1, Ordering::Relaxed);
         PendingRecord {
-            on_the_way: self.on_the_way.clone(),
+            on_the_way: &self.on_the_way,
         }
     }
 
@@ -316,7 +317,7 @@ impl AuditLog {
     pub async fn append(
         &self,
         record: Record,
-        pending: Option<PendingRecord>,
+        pending: Option<PendingRecord<'_>>,
     ) -> Result<u64, Error> {
         let started = Instant::now();
         // Serialised here, on the caller's task, in parallel with other callers: the writer
@@ -349,16 +350,16 @@ pub enum Sink {
 
 impl Sink {
     /// [`AuditLog::close`]; nothing without a log.
-    pub fn close(&self, limit: Duration) {
+    pub async fn close(&self, limit: Duration) {
         match self {
-            Self::Log(log) => log.close(limit),
+            Self::Log(log) => log.close(limit).await,
             #[cfg(feature = "bench-unaudited")]
             Self::Unaudited => {}
         }
     }
 
     /// [`AuditLog::pending`] for a call that starts now; `None` without a log.
-    pub fn pending(&self) -> Option<PendingRecord> {
+    pub fn pending(&self) -> Option<PendingRecord<'_>> {
         match self {
             Self::Log(log) => Some(log.pending()),
             #[cfg(feature = "bench-unaudited")]
@@ -434,9 +435,10 @@ fn list_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, String> {
     Ok(files)
 }
 
-/// Where the records of a file's bytes end: at the first NUL (the preallocated tail of the file
-/// being written, see the module docs), or at the end. JSON text never holds a raw NUL.
-pub(crate) fn records_end(bytes: &[u8]) -> usize {
+/// Where the records of an audit file's bytes end: at the first NUL (the preallocated tail of
+/// the file being written, see the module docs), or at the end. JSON text never holds a raw
+/// NUL. For readers of the files: `audit verify`, start-up, tests, log shippers.
+pub fn records_end(bytes: &[u8]) -> usize {
     bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len())
 }
 

@@ -56,7 +56,9 @@ mod process;
 mod routing;
 
 pub use algorithm::Input;
-pub use audit::{AuditVerification, ChainBreak, verify_audit_log};
+pub use audit::{
+    AuditVerification, ChainBreak, records_end as audit_records_end, verify_audit_log,
+};
 pub use error::Error;
 pub use metrics::Metrics;
 pub use payload::{check as check_payload, declared as declared_payload};

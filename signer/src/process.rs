@@ -212,7 +212,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
     }
     gateway.shutdown();
     // After the last call: the audit file loses its preallocated tail.
-    audit_handle.close(Duration::from_secs(3));
+    audit_handle.close(Duration::from_secs(3)).await;
     Ok(())
 }
 

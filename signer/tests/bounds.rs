@@ -37,7 +37,7 @@ fn audit_bytes(gw: &Gateway) -> u64 {
         .map(|d| {
             d.filter_map(Result::ok)
                 .filter_map(|e| std::fs::read(e.path()).ok())
-                .map(|b| b.iter().position(|&c| c == 0).unwrap_or(b.len()) as u64)
+                .map(|b| signer::audit_records_end(&b) as u64)
                 .sum()
         })
         .unwrap_or(0)

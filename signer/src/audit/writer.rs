@@ -97,13 +97,12 @@ impl Writer {
         let mut group: Vec<Pending> = Vec::with_capacity(GROUP_MAX);
         let mut arrivals = ArrivalRate::default();
         // A close asked for while a group was being taken: answered after that group.
-        let mut closing: Option<std::sync::mpsc::Sender<()>> = None;
+        let mut closing: Option<tokio::sync::oneshot::Sender<()>> = None;
         while let Ok(first) = rx.recv() {
             match first {
                 ToWriter::Record(p) => group.push(p),
                 ToWriter::Close(done) => {
-                    self.close();
-                    let _ = done.send(());
+                    self.close(Some(done));
                     continue;
                 }
             }
@@ -128,9 +127,9 @@ impl Writer {
             }
             arrivals.group_started(group.len());
             let result = self.write_group(group.iter().map(|p| p.body.as_slice()), &mut buf);
-            metrics.audit_group();
             match result {
                 Ok(first_seq) => {
+                    metrics.audit_group();
                     for (i, p) in group.drain(..).enumerate() {
                         let _ = p.reply.send(Ok(first_seq + i as u64));
                     }
@@ -147,18 +146,21 @@ impl Writer {
                 }
             }
             if let Some(done) = closing.take() {
-                self.close();
-                let _ = done.send(());
+                self.close(Some(done));
             }
         }
-        self.close();
+        self.close(None);
     }
 
-    /// Cuts the current file's preallocated tail, leaving its records only. A failure is
-    /// logged: the tail stays, and start-up or `audit verify` read up to its first NUL anyway.
-    fn close(&mut self) {
+    /// Cuts the current file's preallocated tail, leaving its records only, and answers `done`.
+    /// A failure is logged: the tail stays, and start-up or `audit verify` read up to its first
+    /// NUL anyway.
+    fn close(&mut self, done: Option<tokio::sync::oneshot::Sender<()>>) {
         if let Err(e) = self.finish_file() {
             tracing::warn!(dir = %self.dir.display(), "audit log: {e}");
+        }
+        if let Some(done) = done {
+            let _ = done.send(());
         }
     }
 

@@ -272,8 +272,7 @@ impl Gateway {
             .flat_map(|f| {
                 // The file being written ends in the writer's preallocated zeros.
                 let bytes = std::fs::read(f).expect("audit file");
-                let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-                String::from_utf8_lossy(&bytes[..end])
+                String::from_utf8_lossy(&bytes[..signer::audit_records_end(&bytes)])
                     .lines()
                     .map(str::to_owned)
                     .collect::<Vec<_>>()
