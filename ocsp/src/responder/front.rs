@@ -66,17 +66,17 @@ struct Slot {
     bytes: Bytes,
     path_len: usize,
     hit: Hit,
-    /// Unix seconds (rounded down) at which the cache's entry stops being fresh: served while
-    /// the clock reads less, so never longer than the cache entry (and no monotonic clock read
-    /// per hit beside the wall clock the answer needs anyway).
-    until: i64,
+    /// When the cache's entry stops being fresh, on the cache's own (monotonic) clock: served
+    /// while it has not come, so never longer than the cache entry, whatever the wall clock does.
+    until: Instant,
 }
 
 #[derive(Debug, Default)]
 struct Slots {
     /// By the path's hash; the path itself is compared on a probe.
     map: HashMap<u64, Slot, foldhash::fast::RandomState>,
-    /// Insertion order, for eviction (may hold hashes already removed).
+    /// Insertion order, for eviction: the keys of `map`, each once (a stale slot stays in the
+    /// map until it is refilled, which replaces it in place, or evicted).
     order: VecDeque<u64>,
     bytes: usize,
 }
@@ -100,42 +100,35 @@ impl Front {
         }
     }
 
-    /// The answer kept for `path`, if it is still fresh at `now` (Unix seconds): before the
-    /// cache entry's freshness ends and before the response's nextUpdate.
-    pub fn get(&self, path: &str, now: i64) -> Option<Hit> {
+    /// The answer kept for `path`, if it is still fresh: before the cache entry's freshness
+    /// ends (`at`, the monotonic clock) and before the response's nextUpdate (`now`, Unix
+    /// seconds).
+    pub fn get(&self, path: &str, now: i64, at: Instant) -> Option<Hit> {
         if self.budget == 0 {
             return None;
         }
         let key = self.hasher.hash_one(path.as_bytes());
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         let slot = slots.map.get(&key)?;
-        if slot.bytes.get(..slot.path_len) != Some(path.as_bytes()) {
-            return None;
-        }
-        if slot.hit.next_update > now && now < slot.until {
-            return Some(slot.hit.clone());
-        }
-        if let Some(gone) = slots.map.remove(&key) {
-            slots.bytes -= cost(&gone);
-        }
-        None
+        let fresh = slot.bytes.get(..slot.path_len) == Some(path.as_bytes())
+            && slot.hit.next_update > now
+            && at < slot.until;
+        fresh.then(|| slot.hit.clone())
     }
 
-    /// Keeps `response` (just answered for `path` with a request of `hash`, at `now` in Unix
-    /// seconds) until `until`.
+    /// Keeps `response` (just answered for `path` with a request of `hash`) until `until`.
     pub fn put(
         &self,
         path: &str,
         hash: HashAlg,
         response: &StoredResponse,
         parts: &HttpParts,
-        now: i64,
         until: Instant,
     ) {
-        if self.budget == 0 {
+        // Nothing to keep, or nothing that could be served (`cache_fresh_secs = 0`).
+        if self.budget == 0 || until <= Instant::now() {
             return;
         }
-        let fresh_for = until.saturating_duration_since(Instant::now()).as_secs();
         let Ok((bytes, parts)) = own_copy(path, parts) else {
             return;
         };
@@ -149,7 +142,7 @@ impl Front {
                 next_update: response.next_update,
                 parts,
             },
-            until: now.saturating_add(i64::try_from(fresh_for).unwrap_or(i64::MAX)),
+            until,
         };
         let size = cost(&slot);
         if size > self.budget {
@@ -170,11 +163,6 @@ impl Front {
             if let Some(gone) = slots.map.remove(&oldest) {
                 slots.bytes -= cost(&gone);
             }
-        }
-        // Hashes of slots dropped as stale stay in `order` until evicted: keep them few.
-        if slots.order.len() > 2 * slots.map.len() + 1024 {
-            let map = &slots.map;
-            slots.order.retain(|k| map.contains_key(k));
         }
     }
 }
@@ -243,10 +231,10 @@ mod tests {
     fn slots_are_served_only_while_fresh_and_before_next_update() {
         let front = Front::new(1 << 20);
         let (r, parts) = response(1_000);
-        let later = Instant::now() + Duration::from_millis(60_500);
-        // Put at Unix second 900, fresh for 60 s: served up to second 959.
-        front.put("/MAo=", HashAlg::Sha1, &r, &parts, 900, later);
-        let hit = front.get("/MAo=", 900).unwrap();
+        let start = Instant::now();
+        let until = start + Duration::from_secs(60);
+        front.put("/MAo=", HashAlg::Sha1, &r, &parts, until);
+        let hit = front.get("/MAo=", 900, start).unwrap();
         assert_eq!((hit.hash, hit.next_update), (HashAlg::Sha1, 1_000));
         assert_eq!(hit.parts.body, parts.body);
         assert_eq!(
@@ -257,17 +245,29 @@ mod tests {
             ],
             [&parts.etag, &parts.last_modified, &parts.expires]
         );
-        assert!(front.get("/MAo", 900).is_none(), "another path");
-        assert!(front.get("/MAo=", 959).is_some());
-        assert!(front.get("/MAo=", 960).is_none());
-        assert!(front.get("/MAo=", 900).is_none(), "dropped once stale");
-        // Fresh, but at nextUpdate: dropped, and not served again.
-        front.put("/MAo=", HashAlg::Sha1, &r, &parts, 990, later);
-        assert!(front.get("/MAo=", 1_000).is_none());
-        assert!(front.get("/MAo=", 990).is_none());
-        // The cache entry's freshness already over: never served.
-        front.put("/MAo=", HashAlg::Sha1, &r, &parts, 900, Instant::now());
-        assert!(front.get("/MAo=", 900).is_none());
+        assert!(front.get("/MAo", 900, start).is_none(), "another path");
+        // Served until the cache entry's freshness ends, on the monotonic clock.
+        let just_before = until - Duration::from_millis(1);
+        assert!(front.get("/MAo=", 900, just_before).is_some());
+        assert!(front.get("/MAo=", 900, until).is_none());
+        // Fresh, but at nextUpdate: not served.
+        assert!(front.get("/MAo=", 1_000, start).is_none());
+        // The cache entry's freshness already over: not kept, never served.
+        front.put("/MAo", HashAlg::Sha1, &r, &parts, Instant::now());
+        assert!(front.get("/MAo", 900, start).is_none());
+    }
+
+    #[test]
+    fn a_slot_refilled_after_going_stale_is_queued_once() {
+        let front = Front::new(1 << 20);
+        let (r, parts) = response(1_000);
+        for _ in 0..100 {
+            let until = Instant::now() + Duration::from_secs(60);
+            front.put("/MAo=", HashAlg::Sha1, &r, &parts, until);
+            assert!(front.get("/MAo=", 900, until).is_none(), "stale");
+        }
+        let slots = front.slots.lock().unwrap();
+        assert_eq!((slots.map.len(), slots.order.len()), (1, 1));
     }
 
     #[test]
@@ -276,18 +276,19 @@ mod tests {
         let front = Front::new(3 * slot);
         let (r, parts) = response(1_000);
         let later = Instant::now() + Duration::from_secs(60);
+        let at = Instant::now();
         for p in ["/AAA", "/BBB", "/CCC", "/DDD"] {
-            front.put(p, HashAlg::Sha1, &r, &parts, 0, later);
+            front.put(p, HashAlg::Sha1, &r, &parts, later);
         }
-        assert!(front.get("/AAA", 0).is_none());
+        assert!(front.get("/AAA", 0, at).is_none());
         for p in ["/BBB", "/CCC", "/DDD"] {
-            assert!(front.get(p, 0).is_some(), "{p}");
+            assert!(front.get(p, 0, at).is_some(), "{p}");
         }
         // A replaced slot is counted once.
-        front.put("/DDD", HashAlg::Sha1, &r, &parts, 0, later);
-        assert!(front.get("/BBB", 0).is_some());
+        front.put("/DDD", HashAlg::Sha1, &r, &parts, later);
+        assert!(front.get("/BBB", 0, at).is_some());
         let off = Front::new(0);
-        off.put("/AAA", HashAlg::Sha1, &r, &parts, 0, later);
-        assert!(off.get("/AAA", 0).is_none());
+        off.put("/AAA", HashAlg::Sha1, &r, &parts, later);
+        assert!(off.get("/AAA", 0, at).is_none());
     }
 }

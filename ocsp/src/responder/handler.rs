@@ -37,7 +37,7 @@ use std::future::{Future, Ready, ready};
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -139,7 +139,7 @@ impl Service<Request> for Responder {
     fn call(&mut self, req: Request) -> Self::Future {
         if matches!(*req.method(), Method::GET | Method::HEAD) {
             let now = unix_now();
-            if let Some(hit) = self.0.front.get(req.uri().path(), now) {
+            if let Some(hit) = self.0.front.get(req.uri().path(), now, Instant::now()) {
                 let inm = req.headers().get(header::IF_NONE_MATCH);
                 return Either::Left(ready(Ok(front_hit(&self.0.state, &hit, now, inm))));
             }
@@ -458,7 +458,7 @@ async fn answer(
                 .metrics
                 .response(status_label(response.status), origin.label());
             if let (Some((front, path)), Some(until)) = (memo, until) {
-                front.put(path, req.hash, &response, parts, now, until);
+                front.put(path, req.hash, &response, parts, until);
             }
             signed(response.next_update, parts, now, if_none_match)
         }
