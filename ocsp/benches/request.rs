@@ -115,13 +115,16 @@ fn handler(c: &mut Criterion) {
         }
         let mut issuers = Issuers::default();
         issuers.add(issuer.clone());
-        let app = router(Arc::new(AppState {
-            issuers: Arc::new(issuers),
-            source: Arc::new(source),
-            metrics,
-            max_request_bytes: 4096,
-            crl: None,
-        }));
+        let app = router(
+            Arc::new(AppState {
+                issuers: Arc::new(issuers),
+                source: Arc::new(source),
+                metrics,
+                max_request_bytes: 4096,
+                crl: None,
+            }),
+            1,
+        );
         let requests = |alg| -> Vec<Vec<u8>> {
             serials
                 .iter()

@@ -34,9 +34,9 @@ pub struct Responder {
     /// Largest POST body accepted (RFC 5019 requests are ~100 bytes).
     #[serde(default = "default_max_request_bytes")]
     pub max_request_bytes: usize,
-    /// Bytes of DER responses the in-memory cache may hold. Each HTTP thread also keeps a memo
-    /// of answered GET paths of up to a sixteenth of this (`responder::front`): with one
-    /// thread per core, the process holds up to `cache_bytes × (1 + cores / 16)`.
+    /// Bytes of DER responses the in-memory cache may hold. The HTTP threads also keep memos
+    /// of answered GET paths (`responder::front`), an eighth of this shared among them: the
+    /// process holds up to `cache_bytes × 1.125` whatever its number of cores.
     #[serde(default = "default_cache_bytes")]
     pub cache_bytes: u64,
     /// A cached response younger than this is served without asking the store; older ones are

@@ -78,7 +78,9 @@ pub trait Source: Send + Sync + fmt::Debug {
     /// without asking again: for a cache, the moment its entry stops being fresh (read from the
     /// store + `cache_fresh_secs`), so a copy kept in front of it (the responder's per-thread
     /// memo) is never staler than the cache itself would be. `None`: do not keep a copy (the
-    /// default; sources that are no cache, stale answers served while the store fails).
+    /// default, for sources that are no cache; also the answer that found the store failing,
+    /// whose entry the cache re-stamps: later hits on it may be kept, as long as the cache
+    /// itself serves it without asking).
     async fn response_until(
         &self,
         issuer: &IssuerName,
@@ -88,8 +90,8 @@ pub trait Source: Send + Sync + fmt::Debug {
         (self.response(issuer, serial, hash).await, None)
     }
 
-    /// Bytes that each copy kept in front of this source may hold (0: keep none). A cache
-    /// gives a share of its own budget.
+    /// Bytes that all the copies kept in front of this source may hold together (0: keep
+    /// none). A cache gives a share of its own budget.
     fn front_bytes(&self) -> usize {
         0
     }

@@ -283,7 +283,7 @@ impl Server {
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router(state)).await });
+        tokio::spawn(async move { axum::serve(listener, router(state, 1)).await });
         Self {
             addr,
             store,

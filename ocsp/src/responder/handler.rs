@@ -106,10 +106,10 @@ pub struct AppState {
 /// that base64 contains — `//` collapsed by routers caused OCSP outages (boulder#884,
 /// vault#18938).
 ///
-/// Each call builds its own [`Front`] (the memo of answered GET paths), sized by
-/// [`Source::front_bytes`]: the responder calls this once per HTTP thread.
-pub fn router(state: Arc<AppState>) -> Router {
-    let front = Front::new(state.source.front_bytes());
+/// Each call builds its own [`Front`] (the memo of answered GET paths): the responder calls
+/// this once per HTTP thread, `threads` in all, and they share [`Source::front_bytes`].
+pub fn router(state: Arc<AppState>, threads: usize) -> Router {
+    let front = Front::new(state.source.front_bytes() / threads.max(1));
     Router::new().fallback_service(Responder(Arc::new(Routed { state, front })))
 }
 

@@ -124,6 +124,7 @@ const LISTEN_BACKLOG: u32 = 1024;
 fn http_thread(
     listener: std::net::TcpListener,
     state: Arc<AppState>,
+    threads: usize,
     gate: Gate,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -132,7 +133,7 @@ fn http_thread(
         .build()?;
     runtime.block_on(async move {
         let listener = TcpListener::from_std(listener)?;
-        http_listener::serve(listener, router(state), gate, stop).await
+        http_listener::serve(listener, router(state, threads), gate, stop).await
     })
 }
 
@@ -194,7 +195,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
             let gate = gate.clone();
             std::thread::Builder::new()
                 .name(format!("ocsp-http-{i}"))
-                .spawn(move || http_thread(listener, state, gate, stop))
+                .spawn(move || http_thread(listener, state, threads, gate, stop))
         })
         .collect::<std::io::Result<Vec<_>>>()?;
     let server = tokio::task::spawn_blocking(move || -> std::io::Result<()> {

@@ -144,7 +144,8 @@ impl<S: Source> CachedSource<S> {
                     ..cached
                 };
                 self.cache.insert(key, entry).await;
-                // Stale: no copy may be kept in front (it would outlive the store's failure).
+                // Re-stamped so that the store is not asked again for `fresh`: the next hits
+                // serve it (and a copy in front may, for no longer); this answer is not kept.
                 (Lookup::Found(response, Origin::Cache), None)
             }
         }
@@ -167,16 +168,15 @@ impl<S: Source> Source for CachedSource<S> {
         (lookup, fetched.map(|at| at + self.fresh))
     }
 
-    /// A sixteenth of `cache_bytes` per copy: the responder keeps one copy per HTTP thread, so
-    /// with one thread per core the copies add an eighth of the budget on 2 cores (each copy
-    /// holds its own body and header bytes, see `responder::front`).
+    /// An eighth of `cache_bytes`, for all the copies together (the responder shares it among
+    /// its HTTP threads; each copy holds its own body and header bytes, see `responder::front`).
     fn front_bytes(&self) -> usize {
         usize::try_from(self.budget / FRONT_SHARE).unwrap_or(usize::MAX)
     }
 }
 
-/// The share of `cache_bytes` each per-thread copy in front of the cache may hold (1/16).
-const FRONT_SHARE: u64 = 16;
+/// The share of `cache_bytes` the copies in front of the cache may hold together (1/8).
+const FRONT_SHARE: u64 = 8;
 
 impl<S: Source> CachedSource<S> {
     /// The answer, and when the cache entry it came from was read from the inner source (for
