@@ -131,26 +131,10 @@ fn prepare(dir: &Path) -> PathBuf {
     }
     std::fs::write(dir.join("certs.txt"), list).unwrap();
 
-    let any_port = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let typed = ocsp::config::Config {
-        responder: ocsp::config::Responder {
-            metrics_listen: Some(any_port),
-            cache_bytes: 64 << 20,
-            cache_fresh_secs: 3600,
-            ..ocsp::config::Responder::new(any_port)
-        },
-        issuers: vec![ocsp::config::Issuer {
-            name: ISSUER.into(),
-            certificate: "issuer.pem".into(),
-            signing_key: "test-p256".into(),
-            crl: None,
-        }],
-        store: ocsp::config::Store::Sqlite {
-            path: "ocsp.sqlite".into(),
-        },
-        presigner: Default::default(),
-        base_dir: PathBuf::new(),
-    };
+    let mut typed =
+        hsmgate_stack::configs::ocsp_sqlite(ISSUER, "issuer.pem", "test-p256", "ocsp.sqlite");
+    typed.responder.cache_bytes = 64 << 20;
+    typed.responder.cache_fresh_secs = 3600;
     let config = dir.join("ocsp.toml");
     hsmgate_stack::configs::write(&typed, &config).unwrap();
     config

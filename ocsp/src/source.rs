@@ -528,6 +528,57 @@ mod tests {
         assert!(health.degraded_since().is_none());
     }
 
+    /// The copies in front of the cache (`responder::front`) keep an answer only until the
+    /// instant `response_until` gives: the cache entry's own freshness, so that a copy never
+    /// outlives the entry a revocation would replace. Never an instant for an answer that is
+    /// stale (served while the store fails) or expired.
+    #[tokio::test]
+    async fn response_until_is_the_cache_entrys_freshness_and_only_for_fresh_answers() {
+        let metrics = Metrics::unregistered();
+        let health = Health::new(metrics.clone());
+        let mem = Arc::new(Mem::default());
+        let (i, s) = key();
+        mem.put(&i, &s, &resp(CertStatus::Good, unix_now() + 3600))
+            .await
+            .unwrap();
+        let fresh = Duration::from_millis(400);
+        let store = StoreSource::new(mem.clone(), health, metrics.clone());
+        let cached = CachedSource::new(store, 1 << 20, fresh, metrics);
+
+        // A miss: fresh for `fresh` from the read.
+        let before = Instant::now();
+        let (lookup, until) = cached.response_until(&i, &s, HashAlg::Sha1).await;
+        assert!(matches!(lookup, Lookup::Found(_, Origin::Store)));
+        let until = until.expect("a fresh answer has an instant");
+        assert!(until >= before + fresh && until <= Instant::now() + fresh);
+
+        // A hit: the same entry, the same instant (not renewed by being read).
+        let (lookup, hit_until) = cached.response_until(&i, &s, HashAlg::Sha1).await;
+        assert!(matches!(lookup, Lookup::Found(_, Origin::Cache)));
+        assert_eq!(hit_until, Some(until));
+
+        // The entry grows old while the store fails: served stale, with no instant.
+        mem.fail.store(true, Ordering::SeqCst);
+        tokio::time::sleep(fresh + Duration::from_millis(100)).await;
+        let (lookup, stale_until) = cached.response_until(&i, &s, HashAlg::Sha1).await;
+        assert!(matches!(lookup, Lookup::Found(_, Origin::Cache)));
+        assert_eq!(stale_until, None);
+
+        // Unknown, or expired in the store: no instant either.
+        mem.fail.store(false, Ordering::SeqCst);
+        let unknown = Serial::from_be_bytes(&[9]);
+        let (lookup, none) = cached.response_until(&i, &unknown, HashAlg::Sha1).await;
+        assert!(matches!(lookup, Lookup::NotFound));
+        assert_eq!(none, None);
+        let expiring = Serial::from_be_bytes(&[3]);
+        mem.put(&i, &expiring, &resp(CertStatus::Good, unix_now()))
+            .await
+            .unwrap();
+        let (lookup, none) = cached.response_until(&i, &expiring, HashAlg::Sha1).await;
+        assert!(matches!(lookup, Lookup::Found(_, Origin::Store)));
+        assert_eq!(none, None);
+    }
+
     #[tokio::test]
     async fn expired_entries_are_never_cached_or_served_from_cache() {
         let metrics = Metrics::unregistered();

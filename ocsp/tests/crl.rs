@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Env, ISSUER_P256, ISSUER_RSA};
-use ocsp::config::{Config, CrlConfig, Issuer, Responder, Store};
+use ocsp::config::{Config, CrlConfig, Store};
 use ocsp::crl::{CrlMetrics, ShardMap, Updater};
 use ocsp::presigner::{Presigner, PresignerMetrics};
 use ocsp::store::CrlStore;
@@ -668,20 +668,8 @@ fn br_bounds_are_refused_at_load_with_the_field_named() {
             ..CrlConfig::default()
         };
         edit(&mut crl);
-        let config = Config {
-            responder: Responder::new(SocketAddr::from(([127, 0, 0, 1], 0))),
-            issuers: vec![Issuer {
-                name: "r1".into(),
-                certificate: "r1.pem".into(),
-                signing_key: "k".into(),
-                crl: Some(crl),
-            }],
-            store: Store::Sqlite {
-                path: "x.sqlite".into(),
-            },
-            presigner: ocsp::config::Presigner::default(),
-            base_dir: PathBuf::new(),
-        };
+        let mut config = hsmgate_stack::configs::ocsp_sqlite("r1", "r1.pem", "k", "x.sqlite");
+        config.issuers[0].crl = Some(crl);
         let path = dir.path().join("ocsp.toml");
         common::write_config(&config, &path);
         let err = Config::load(&path).expect_err(setting).to_string();

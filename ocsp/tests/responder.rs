@@ -1090,24 +1090,7 @@ async fn the_serve_command_runs_the_responder_until_sigterm() {
                 .unwrap()
         );
     }
-    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
-    let config = ocsp::config::Config {
-        responder: ocsp::config::Responder {
-            metrics_listen: Some(any_port),
-            ..ocsp::config::Responder::new(any_port)
-        },
-        issuers: vec![ocsp::config::Issuer {
-            name: ISSUER.into(),
-            certificate: "ca.pem".into(),
-            signing_key: "ca-key".into(),
-            crl: None,
-        }],
-        store: ocsp::config::Store::Sqlite {
-            path: "ocsp.db".into(),
-        },
-        presigner: Default::default(),
-        base_dir: PathBuf::new(),
-    };
+    let config = hsmgate_stack::configs::ocsp_sqlite(ISSUER, "ca.pem", "ca-key", "ocsp.db");
     hsmgate_stack::configs::write(&config, &pki.path("ocsp.toml")).expect("write ocsp.toml");
 
     let mut command = Command::new(env!("CARGO_BIN_EXE_hsmgate-ocsp"));

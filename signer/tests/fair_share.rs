@@ -62,6 +62,28 @@ async fn signatures_made(gw: &Gateway) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// Waits until `hsmgate_client_in_flight` of `client` reads at least `calls`.
+async fn wait_in_flight(gw: &Gateway, client: &str, calls: u64) {
+    let series = format!("hsmgate_client_in_flight{{client=\"{client}\"}} ");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = gw.metrics_text().await;
+        let now = text
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0) as u64;
+        if now >= calls {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{client} never had {calls} calls in flight (now {now})"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flooding_client_neither_starves_another_nor_spends_signatures_it_does_not_return() {
     let pki = Pki::new(&["flood", "frontend"]);
@@ -200,10 +222,12 @@ async fn a_call_that_cannot_be_admitted_signs_nothing() {
         let mut c = flood.clone();
         let b = batch(k << 20);
         running.push(tokio::spawn(async move { c.sign_batch(b).await }));
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // In order: the third must be the one that queues. A sleep alone let a loaded machine
+        // deliver a later call first.
+        wait_in_flight(&gw, "flood", k + 1).await;
     }
-    // 128 RSA signatures on each of two sessions take this machine well over the 60 ms since
-    // the first batch was sent.
+    // The three are at the gateway now; 256 RSA signatures take this machine far longer than
+    // the fourth call's trip.
     let third = flood
         .sign_batch(batch(9 << 20))
         .await

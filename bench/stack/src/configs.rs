@@ -187,3 +187,30 @@ pub fn grant(
         });
     }
 }
+
+/// A responder's config for one issuer over an SQLite store, every listener on an ephemeral
+/// loopback port (metrics too), the rest at its defaults: the starting point of the OCSP and
+/// CRL tests. Paths are relative to the directory the file is written to.
+pub fn ocsp_sqlite(
+    issuer: &str,
+    certificate: &str,
+    signing_key: &str,
+    store: &str,
+) -> ocsp::config::Config {
+    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+    ocsp::config::Config {
+        responder: ocsp::config::Responder {
+            metrics_listen: Some(any_port),
+            ..ocsp::config::Responder::new(any_port)
+        },
+        issuers: vec![ocsp::config::Issuer {
+            name: issuer.into(),
+            certificate: certificate.into(),
+            signing_key: signing_key.into(),
+            crl: None,
+        }],
+        store: ocsp::config::Store::Sqlite { path: store.into() },
+        presigner: Default::default(),
+        base_dir: PathBuf::new(),
+    }
+}
