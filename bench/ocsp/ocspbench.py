@@ -532,12 +532,12 @@ def cmd_summary(d: str) -> None:
           f"{'met' if us <= 5 else 'NOT met'} |")
         w(f"| gateway, per response signed (whole pre-signing) | {c['gateway_us_per_response']:.1f} µs | | | | |")
     for name, ref_name in (("responder-hit", "nginx-hit"), ("base-hit", "nginx-hit"),
-                           ("responder-miss", miss_ref)):
+                           ("responder-miss", miss_ref), ("base-miss", miss_ref)):
         a, b = cpu_per(name), cpu_per(ref_name)
         if a and b:
             target = "≤ 0.9" if name == "responder-hit" else ""
-            if name == "base-hit":
-                name = "base-hit (--compare-bin)"
+            if name.startswith("base-"):
+                name = f"{name} (--compare-bin)"
             verdict_ = ("met" if a / b <= 0.9 else "NOT met") if target else ""
             w(f"| {name}: server CPU per request | **{a:.1f} µs** | {ref_name} {b:.1f} µs | **{a / b:.2f}** | "
               f"{target} | {verdict_} |")

@@ -22,8 +22,8 @@
 #
 # --serve hits skips the cache-miss runs, none every serving run (pre-signing only).
 # --compare-bin DIR: a second responder, DIR/hsmgate-ocsp (e.g. a build of an older commit), on
-# the same store and config, loaded in the same cache-hit rounds as `base-hit`: an A/B of two
-# builds in one run.
+# the same store and config, loaded in the same rounds as `base-hit` and `base-miss`: an A/B
+# of two builds in one run.
 #
 # --model "units=10 rate=10000" puts the two HSMs behind hsm-sim's Luna-class timing model
 # (libhsm_sim.so beside the binaries, 32 sessions each; SoftHSM2 still makes the signatures
@@ -268,8 +268,9 @@ echo "$(now) 0" > "$SAMPLES"
 # `presign --once` signs everything due (N certificates, one response per CertID hash: 2N),
 # then exits; `ocspbench.py rusage` reports its CPU (user + system, every thread) at the exit.
 # PERF_DIR=DIR (environment): `perf record` (DWARF call graphs; PERF_CALLGRAPH=fp for frame
-# pointers) the pre-signer (the whole run) and the responder
-# (the middle of the first cache-hit round) into DIR; `perf report -i DIR/presign.data`.
+# pointers) the pre-signer (the whole run) and the responder (the middle of the first round of
+# PERF_SERVE: responder-hit, the default, or responder-miss) into DIR;
+# `perf report -i DIR/presign.data`.
 PERF_WRAP=()
 if [[ -n ${PERF_DIR:-} ]]; then
     mkdir -p "$PERF_DIR"
@@ -432,7 +433,7 @@ wrk_run() {
         top -H -b -d $((dur - 3)) -n 2 -p "$server_pid" > "$OUT/top-H-$tag.txt" 2>&1 &
         PIDS+=("$!")
     fi
-    if [[ $round == 1 && -n ${PERF_DIR:-} && $name == responder-hit ]]; then
+    if [[ $round == 1 && -n ${PERF_DIR:-} && $name == "${PERF_SERVE:-responder-hit}" ]]; then
         perf record --call-graph "${PERF_CALLGRAPH:-dwarf,16384}" -F 499 -o "$PERF_DIR/$name.data" -p "$server_pid" -- sleep $((dur - 4)) \
             > "$OUT/perf-$tag.log" 2>&1 &
         PIDS+=("$!")
@@ -488,13 +489,21 @@ if [[ $NGINX_ALL == yes ]]; then
 else
     NGINX_MISS=(nginx-hit "$TMP/req/nginx-hit.txt" cycle)
 fi
-log "cache misses: responder cache $MISS_CACHE_BYTES bytes, random serials of all $COUNT; nginx: ${NGINX_MISS[0]}"
+if [[ -n $COMPARE_BIN ]]; then
+    start_ready responder-base-miss env RUST_LOG=info "$COMPARE_BIN/hsmgate-ocsp" serve --config "$TMP/ocsp-miss.toml"
+    BASE_PID=$LAST_PID
+    BASE=http://$(ready_field "$READY_LINE" http)
+fi
+log "cache misses: responder cache $MISS_CACHE_BYTES bytes, random serials of all $COUNT; nginx: ${NGINX_MISS[0]}${COMPARE_BIN:+; and base}"
 wrk_run responder-miss warm "$RESP" "$TMP/req/resp-all.txt" random 5
+[[ -z $COMPARE_BIN ]] || wrk_run base-miss warm "$BASE" "$TMP/req/resp-all.txt" random 5
 wrk_run "${NGINX_MISS[0]}" warm "$NGINX" "${NGINX_MISS[1]}" "${NGINX_MISS[2]}" 5
 for ((r = 1; r <= ROUNDS; r++)); do
     wrk_run "${NGINX_MISS[0]}" "$r" "$NGINX" "${NGINX_MISS[1]}" "${NGINX_MISS[2]}"
     wrk_run responder-miss "$r" "$RESP" "$TMP/req/resp-all.txt" random
+    [[ -z $COMPARE_BIN ]] || wrk_run base-miss "$r" "$BASE" "$TMP/req/resp-all.txt" random
 done
+[[ -z $COMPARE_BIN ]] || stop_pid "$BASE_PID"
 curl -s "$RESP_METRICS" > "$OUT/responder-miss-metrics.txt" || true
 
 # --- 5. summary -----------------------------------------------------------------------------

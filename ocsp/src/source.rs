@@ -459,17 +459,32 @@ mod tests {
         (IssuerName("ca".into()), Serial::from_be_bytes(&[1]))
     }
 
-    #[tokio::test]
-    async fn cache_serves_fresh_entries_and_revalidates_old_ones() {
+    /// A store holding `key()`'s response valid until `next_update`, behind a cache whose
+    /// entries are fresh for `fresh`.
+    async fn cached_store(
+        next_update: i64,
+        fresh: Duration,
+    ) -> (Arc<Mem>, Arc<Health>, CachedSource<StoreSource>) {
         let metrics = Metrics::unregistered();
         let health = Health::new(metrics.clone());
         let mem = Arc::new(Mem::default());
         let (i, s) = key();
-        mem.put(&i, &s, &resp(CertStatus::Good, unix_now() + 3600))
+        mem.put(&i, &s, &resp(CertStatus::Good, next_update))
             .await
             .unwrap();
         let store = StoreSource::new(mem.clone(), health.clone(), metrics.clone());
-        let cached = CachedSource::new(store, 1 << 20, Duration::from_millis(500), metrics);
+        (
+            mem,
+            health,
+            CachedSource::new(store, 1 << 20, fresh, metrics),
+        )
+    }
+
+    #[tokio::test]
+    async fn cache_serves_fresh_entries_and_revalidates_old_ones() {
+        let (i, s) = key();
+        let (mem, health, cached) =
+            cached_store(unix_now() + 3600, Duration::from_millis(500)).await;
 
         assert!(matches!(
             cached.response(&i, &s, HashAlg::Sha1).await,
@@ -534,16 +549,9 @@ mod tests {
     /// stale (served while the store fails) or expired.
     #[tokio::test]
     async fn response_until_is_the_cache_entrys_freshness_and_only_for_fresh_answers() {
-        let metrics = Metrics::unregistered();
-        let health = Health::new(metrics.clone());
-        let mem = Arc::new(Mem::default());
         let (i, s) = key();
-        mem.put(&i, &s, &resp(CertStatus::Good, unix_now() + 3600))
-            .await
-            .unwrap();
         let fresh = Duration::from_millis(400);
-        let store = StoreSource::new(mem.clone(), health, metrics.clone());
-        let cached = CachedSource::new(store, 1 << 20, fresh, metrics);
+        let (mem, _, cached) = cached_store(unix_now() + 3600, fresh).await;
 
         // A miss: fresh for `fresh` from the read.
         let before = Instant::now();
@@ -581,16 +589,9 @@ mod tests {
 
     #[tokio::test]
     async fn expired_entries_are_never_cached_or_served_from_cache() {
-        let metrics = Metrics::unregistered();
-        let health = Health::new(metrics.clone());
-        let mem = Arc::new(Mem::default());
         let (i, s) = key();
         // Valid for one more second.
-        mem.put(&i, &s, &resp(CertStatus::Good, unix_now() + 1))
-            .await
-            .unwrap();
-        let store = StoreSource::new(mem.clone(), health, metrics.clone());
-        let cached = CachedSource::new(store, 1 << 20, Duration::from_secs(3600), metrics);
+        let (_, _, cached) = cached_store(unix_now() + 1, Duration::from_secs(3600)).await;
         assert!(matches!(
             cached.response(&i, &s, HashAlg::Sha1).await,
             Lookup::Found(_, Origin::Store)
