@@ -227,24 +227,14 @@ const SELECT_SLOTS: &str =
     "SELECT cert_id_hash, status, revoked_at, reason, this_update, next_update, der
      FROM responses WHERE issuer = ?1 AND serial = ?2";
 
-/// The response at columns 1..7 of a [`SELECT_SLOTS`] row.
-fn slot_row_columns(row: &Row<'_>, key: &str) -> Result<StoredResponse, Error> {
+/// The response at columns `first..first + 6` of `row` (status, revoked_at, reason,
+/// this_update, next_update, der).
+fn response_columns(row: &Row<'_>, first: usize, key: &str) -> Result<StoredResponse, Error> {
     Ok(StoredResponse {
-        status: status_columns(row, 1, key)?,
-        this_update: column(row, 4, "this_update", key)?,
-        next_update: column(row, 5, "next_update", key)?,
-        der: column(row, 6, "der", key)?,
-        http: Default::default(),
-    })
-}
-
-/// The response at columns 0..6 of `row`.
-fn response_columns(row: &Row<'_>, key: &str) -> Result<StoredResponse, Error> {
-    Ok(StoredResponse {
-        status: status_columns(row, 0, key)?,
-        this_update: column(row, 3, "this_update", key)?,
-        next_update: column(row, 4, "next_update", key)?,
-        der: column(row, 5, "der", key)?,
+        status: status_columns(row, first, key)?,
+        this_update: column(row, first + 3, "this_update", key)?,
+        next_update: column(row, first + 4, "next_update", key)?,
+        der: column(row, first + 5, "der", key)?,
         http: Default::default(),
     })
 }
@@ -286,7 +276,7 @@ fn select_response(
         if best.as_ref().is_some_and(|(b, _)| *b <= r) {
             continue;
         }
-        let response = slot_row_columns(row, &key_of(issuer, serial))?;
+        let response = response_columns(row, 1, &key_of(issuer, serial))?;
         if r == 0 {
             return Ok(Some(response));
         }
@@ -315,7 +305,7 @@ fn select_all(
         let code: i64 = column(row, 6, "cert_id_hash", key)?;
         let slot =
             Slot::from_code(code).ok_or_else(|| corrupt(key, format!("cert_id_hash {code}")))?;
-        all.push((slot, response_columns(row, key)?));
+        all.push((slot, response_columns(row, 0, key)?));
     }
     Ok(all)
 }
