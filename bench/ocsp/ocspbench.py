@@ -541,6 +541,21 @@ def cmd_summary(d: str) -> None:
             verdict_ = ("met" if a / b <= 0.9 else "NOT met") if target else ""
             w(f"| {name}: server CPU per request | **{a:.1f} µs** | {ref_name} {b:.1f} µs | **{a / b:.2f}** | "
               f"{target} | {verdict_} |")
+    # The A/B itself, round by round (the two builds alternate within a round).
+    for kind in ("hit", "miss"):
+        pairs = []
+        for r in runs:
+            if r["name"] != f"responder-{kind}" or not r.get("cpu") or not r["wrk"]["rps"]:
+                continue
+            b = next((x for x in runs if x["name"] == f"base-{kind}" and x["round"] == r["round"]
+                      and x.get("cpu") and x["wrk"]["rps"]), None)
+            rc = r["cpu"]["roles"].get("server", {}).get("cores")
+            bc = (b or {}).get("cpu", {}).get("roles", {}).get("server", {}).get("cores") if b else None
+            if rc and bc:
+                pairs.append((rc / r["wrk"]["rps"]) / (bc / b["wrk"]["rps"]))
+        if pairs:
+            w(f"| responder-{kind} / base-{kind}: CPU per request, by round | "
+              f"{', '.join(f'{p:.2f}' for p in pairs)} | | median **{statistics.median(pairs):.2f}** | | |")
     w("")
     if presign:
         w(f"Pre-signing: {presign['responses']:,} responses ({presign.get('certificates', 0):,} certificates) "

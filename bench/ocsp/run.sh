@@ -174,7 +174,8 @@ log "results in $OUT; temporary files in $TMP"
     echo "uptime: $(uptime)"
     echo "nginx: $(nginx -v 2>&1); wrk: $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
     echo "softhsm2: $(softhsm2-util --version 2>/dev/null || echo '?')"
-    echo "command: $0 --count $COUNT --hits $HITS --duration $DURATION --rounds $ROUNDS --connections $CONNS --wrk-threads $WRK_THREADS --signbatch-duration $SB_DURATION --signbatch-rounds $SB_ROUNDS --miss-cache-bytes $MISS_CACHE_BYTES --nginx-all $NGINX_ALL --presign-batch $PRESIGN_BATCH --serve $SERVE${MODEL:+ --model \"$MODEL\"}"
+    echo "command: $0 --count $COUNT --hits $HITS --duration $DURATION --rounds $ROUNDS --connections $CONNS --wrk-threads $WRK_THREADS --signbatch-duration $SB_DURATION --signbatch-rounds $SB_ROUNDS --miss-cache-bytes $MISS_CACHE_BYTES --nginx-all $NGINX_ALL --presign-batch $PRESIGN_BATCH --serve $SERVE${MODEL:+ --model \"$MODEL\"}${COMPARE_BIN:+ --compare-bin $COMPARE_BIN}${PERF_DIR:+ (PERF_DIR=$PERF_DIR PERF_SERVE=${PERF_SERVE:-responder-hit})}"
+    echo "binaries: $BIN${COMPARE_BIN:+; base: $COMPARE_BIN}"
     echo
     top -bn1 | head -15
 } > "$OUT/machine.txt"
@@ -408,12 +409,13 @@ wrk_run() {
     local tag=$name-$round marker=$TMP/marker-$name-$round server_pid wpid i
     local -a extra=()
     case $name in responder*) server_pid=$RESP_PID ;; base*) server_pid=$BASE_PID ;; *) server_pid=$NGINX_PID ;; esac
-    local ans0=0 bad0=0 hit0=0 miss0=0
-    if [[ $name == responder* ]]; then
-        ans0=$(prom "$RESP_METRICS" '^ocsp_responses_total\{')
-        bad0=$(prom "$RESP_METRICS" '^ocsp_responses_total\{status="(unauthorized|malformed|try_later)"')
-        hit0=$(prom "$RESP_METRICS" '^ocsp_cache_requests_total\{result="hit"')
-        miss0=$(prom "$RESP_METRICS" '^ocsp_cache_requests_total\{result="miss"')
+    local ans0=0 bad0=0 hit0=0 miss0=0 metrics=
+    case $name in responder*) metrics=$RESP_METRICS ;; base*) metrics=$BASE_METRICS ;; esac
+    if [[ -n $metrics ]]; then
+        ans0=$(prom "$metrics" '^ocsp_responses_total\{')
+        bad0=$(prom "$metrics" '^ocsp_responses_total\{status="(unauthorized|malformed|try_later)"')
+        hit0=$(prom "$metrics" '^ocsp_cache_requests_total\{result="hit"')
+        miss0=$(prom "$metrics" '^ocsp_cache_requests_total\{result="miss"')
     fi
     rm -f "$marker"
     wrk -t"$WRK_THREADS" -c"$CONNS" -d"${dur}s" --latency --timeout 5s -s "$HERE/paths.lua" "$url" \
@@ -441,12 +443,12 @@ wrk_run() {
     sleep $((dur - 2))
     "${PY[@]}" cpu-snap "$TMP/cpu-$tag-b.json" server="$server_pid" wrk="$wpid"
     wait "$wpid" || { log "wrk failed: $(cat "$OUT/wrk-$tag.txt")"; exit 1; }
-    if [[ $name == responder* ]]; then
+    if [[ -n $metrics ]]; then
         local ans bad hit miss
-        ans=$(($(prom "$RESP_METRICS" '^ocsp_responses_total\{') - ans0))
-        bad=$(($(prom "$RESP_METRICS" '^ocsp_responses_total\{status="(unauthorized|malformed|try_later)"') - bad0))
-        hit=$(($(prom "$RESP_METRICS" '^ocsp_cache_requests_total\{result="hit"') - hit0))
-        miss=$(($(prom "$RESP_METRICS" '^ocsp_cache_requests_total\{result="miss"') - miss0))
+        ans=$(($(prom "$metrics" '^ocsp_responses_total\{') - ans0))
+        bad=$(($(prom "$metrics" '^ocsp_responses_total\{status="(unauthorized|malformed|try_later)"') - bad0))
+        hit=$(($(prom "$metrics" '^ocsp_cache_requests_total\{result="hit"') - hit0))
+        miss=$(($(prom "$metrics" '^ocsp_cache_requests_total\{result="miss"') - miss0))
         extra=(bad_answers="$bad" cache="\"answers $ans, of which not signed $bad; cache hit $hit, miss $miss\"")
     fi
     if [[ $round != warm ]]; then
@@ -456,15 +458,18 @@ wrk_run() {
     log "$tag: $(sed -n 's/^Requests\/sec: *//p' "$OUT/wrk-$tag.txt") req/s, p99 $(awk '$1 == "99%" {print $2}' "$OUT/wrk-$tag.txt") ${extra[*]:+(${extra[*]})}"
 }
 
-BASE_PID=
-if [[ -n $COMPARE_BIN ]]; then
-    start_ready responder-base env RUST_LOG=info "$COMPARE_BIN/hsmgate-ocsp" serve --config "$TMP/ocsp-hit.toml"
+BASE_PID= BASE_METRICS=
+# start_base hit|miss: the --compare-bin responder, checked to send nginx's bytes.
+start_base() {
+    start_ready "responder-base-$1" env RUST_LOG=info "$COMPARE_BIN/hsmgate-ocsp" serve --config "$TMP/ocsp-$1.toml"
     BASE_PID=$LAST_PID
     BASE=http://$(ready_field "$READY_LINE" http)
+    BASE_METRICS=http://$(ready_field "$READY_LINE" metrics)/metrics
     curl -s -o "$TMP/first-base.der" "$BASE$FIRST_RESP"
     cmp "$TMP/first-base.der" "$TMP/first-nginx.der" || { log "the --compare-bin responder sends other bytes"; exit 1; }
-    log "comparison responder ($COMPARE_BIN/hsmgate-ocsp) at $BASE, pid $BASE_PID"
-fi
+    log "comparison responder ($COMPARE_BIN/hsmgate-ocsp, $1 config) at $BASE, pid $BASE_PID"
+}
+[[ -z $COMPARE_BIN ]] || start_base hit
 log "cache hits: warming up, then $ROUNDS rounds of nginx / responder${COMPARE_BIN:+ / base}, ${DURATION}s each"
 wrk_run nginx-hit warm "$NGINX" "$TMP/req/nginx-hit.txt" cycle 5
 wrk_run responder-hit warm "$RESP" "$TMP/req/resp-hit.txt" cycle 5
@@ -489,11 +494,7 @@ if [[ $NGINX_ALL == yes ]]; then
 else
     NGINX_MISS=(nginx-hit "$TMP/req/nginx-hit.txt" cycle)
 fi
-if [[ -n $COMPARE_BIN ]]; then
-    start_ready responder-base-miss env RUST_LOG=info "$COMPARE_BIN/hsmgate-ocsp" serve --config "$TMP/ocsp-miss.toml"
-    BASE_PID=$LAST_PID
-    BASE=http://$(ready_field "$READY_LINE" http)
-fi
+[[ -z $COMPARE_BIN ]] || start_base miss
 log "cache misses: responder cache $MISS_CACHE_BYTES bytes, random serials of all $COUNT; nginx: ${NGINX_MISS[0]}${COMPARE_BIN:+; and base}"
 wrk_run responder-miss warm "$RESP" "$TMP/req/resp-all.txt" random 5
 [[ -z $COMPARE_BIN ]] || wrk_run base-miss warm "$BASE" "$TMP/req/resp-all.txt" random 5

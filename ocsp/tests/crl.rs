@@ -669,6 +669,7 @@ fn br_bounds_are_refused_at_load_with_the_field_named() {
         };
         edit(&mut crl);
         let mut config = hsmgate_stack::configs::ocsp_sqlite("r1", "r1.pem", "k", "x.sqlite");
+        config.responder.metrics_listen = None;
         config.issuers[0].crl = Some(crl);
         let path = dir.path().join("ocsp.toml");
         common::write_config(&config, &path);

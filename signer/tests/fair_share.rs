@@ -78,9 +78,12 @@ async fn wait_in_flight(gw: &Gateway, client: &str, calls: u64) {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "{client} never had {calls} calls in flight (now {now})"
+            "{client} never had {calls} calls in flight (now {now}): an earlier call ended \
+             before this one arrived?"
         );
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        // Each poll runs curl: often enough to see a batch that takes a second, rarely enough
+        // not to slow the signing it waits for.
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

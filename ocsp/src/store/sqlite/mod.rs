@@ -219,13 +219,21 @@ fn status_columns(row: &Row<'_>, first: usize, key: &str) -> Result<CertStatus, 
     )
 }
 
-/// Every response row of a certificate (at most one per [`Slot`]): one range scan of the
-/// primary key. The choice between them is made in Rust ([`select_response`]): an
-/// `IN (?3, 0)` or an `ORDER BY` on the slot made SQLite build an ephemeral B-tree or a sorter
-/// on every lookup, ~5 % of the responder's CPU per cache miss (perf, bench/ocsp).
-const SELECT_SLOTS: &str =
+/// Every response row of a certificate (at most one per [`Slot`]), by one range scan of the
+/// primary key, the choice between them made in Rust ([`select_response`]): an `IN (?3, 0)`
+/// list or an `ORDER BY` on an expression made SQLite build and free an ephemeral B-tree or a
+/// sorter on every lookup, ~6 % of the responder's CPU per cache miss (perf, bench/ocsp). An
+/// `ORDER BY` on the key's last column is the scan's own order, forwards or backwards.
+///
+/// A request's hash, descending: its own row (2 or 1) comes before the old layout's (0), which
+/// is then never read when there is an own row.
+const SELECT_SLOTS_DESC: &str =
     "SELECT cert_id_hash, status, revoked_at, reason, this_update, next_update, der
-     FROM responses WHERE issuer = ?1 AND serial = ?2";
+     FROM responses WHERE issuer = ?1 AND serial = ?2 ORDER BY cert_id_hash DESC";
+/// Any response, ascending: [`Slot::PREFERRED`]'s SHA-1 before SHA-256.
+const SELECT_SLOTS_ASC: &str =
+    "SELECT cert_id_hash, status, revoked_at, reason, this_update, next_update, der
+     FROM responses WHERE issuer = ?1 AND serial = ?2 ORDER BY cert_id_hash";
 
 /// The response at columns `first..first + 6` of `row` (status, revoked_at, reason,
 /// this_update, next_update, der).
@@ -241,8 +249,9 @@ fn response_columns(row: &Row<'_>, first: usize, key: &str) -> Result<StoredResp
 
 /// The response a request for `hash` gets ([`ResponseStore::get_for`]: the hash's own row,
 /// else the old layout's), or with `None` any response of the certificate in the order of
-/// [`Slot::PREFERRED`] ([`ResponseStore::get`]). Only the chosen row's DER is copied out,
-/// except an old-layout row kept while looking for a better one (files from schema 1 only).
+/// [`Slot::PREFERRED`] ([`ResponseStore::get`]). A request's lookup copies out the chosen
+/// row's DER only; `get` on a file migrated from schema 1 also copies the old layout's row,
+/// which comes first, before a per-hash row replaces it.
 fn select_response(
     conn: &Connection,
     issuer: &IssuerName,
@@ -256,7 +265,11 @@ fn select_response(
         Some(_) => None,
         None => Slot::PREFERRED.iter().position(|s| *s == slot),
     };
-    let mut stmt = conn.prepare_cached(SELECT_SLOTS).map_err(db)?;
+    let mut stmt = match hash {
+        Some(_) => conn.prepare_cached(SELECT_SLOTS_DESC),
+        None => conn.prepare_cached(SELECT_SLOTS_ASC),
+    }
+    .map_err(db)?;
     let mut rows = stmt
         .query(params![issuer.0, serial.as_bytes()])
         .map_err(db)?;
@@ -953,23 +966,76 @@ mod tests {
 
     use super::*;
 
-    /// The lookup of the responder's cache misses is a plain range scan of the primary key: no
-    /// ephemeral table (an `IN` list) and no sorter (an `ORDER BY`), which SQLite would build
-    /// and free on every call.
+    /// The lookups of the responder's cache misses are plain range scans of the primary key:
+    /// no ephemeral table (an `IN` list) and no sorter (an `ORDER BY`), which SQLite would
+    /// build and free on every call.
     #[test]
-    fn the_lookup_builds_no_temporary_b_tree() {
+    fn the_lookups_build_no_temporary_b_tree() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path().join("s.sqlite")).unwrap();
         let conn = store.inner.checkout().unwrap();
-        let mut explain = conn.prepare(&format!("EXPLAIN {SELECT_SLOTS}")).unwrap();
-        let opcodes: Vec<String> = explain
-            .query_map(params!["issuer", b"serial".as_slice()], |row| row.get(1))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert!(opcodes.iter().any(|op| op == "SeekGE"), "{opcodes:?}");
-        for temporary in ["OpenEphemeral", "SorterOpen", "OpenAutoindex"] {
-            assert!(!opcodes.iter().any(|op| op == temporary), "{opcodes:?}");
+        for (sql, seek) in [(SELECT_SLOTS_DESC, "SeekLE"), (SELECT_SLOTS_ASC, "SeekGE")] {
+            let mut explain = conn.prepare(&format!("EXPLAIN {sql}")).unwrap();
+            let opcodes: Vec<String> = explain
+                .query_map(params!["issuer", b"serial".as_slice()], |row| row.get(1))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(opcodes.iter().any(|op| op == seek), "{sql}: {opcodes:?}");
+            for temporary in ["OpenEphemeral", "SorterOpen", "OpenAutoindex"] {
+                assert!(
+                    !opcodes.iter().any(|op| op == temporary),
+                    "{sql}: {opcodes:?}"
+                );
+            }
+        }
+    }
+
+    /// Which row each lookup takes, for every set of stored slots, against the rule written
+    /// out: a request's own hash, else the old layout; `get` in [`Slot::PREFERRED`]'s order.
+    /// Rows are written directly (no `may_store`), each with its slot's code as its thisUpdate
+    /// so that the answer names the row.
+    #[test]
+    fn every_set_of_stored_slots_answers_as_the_rule_says() {
+        const SLOTS: [Slot; 3] = [
+            Slot::Legacy,
+            Slot::Hash(HashAlg::Sha1),
+            Slot::Hash(HashAlg::Sha256),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("s.sqlite")).unwrap();
+        let conn = store.inner.writer.lock().unwrap();
+        let issuer = IssuerName("ca".into());
+        for set in 0u8..8 {
+            let serial = Serial::from_be_bytes(&[set + 1]);
+            let stored: Vec<Slot> = (0..3)
+                .filter(|i| set & (1 << i) != 0)
+                .map(|i| SLOTS[i])
+                .collect();
+            for slot in &stored {
+                conn.execute(
+                    "INSERT INTO responses VALUES (?1, ?2, ?3, 0, NULL, NULL, ?3, 99, X'3000')",
+                    params![issuer.0, serial.as_bytes(), slot.code()],
+                )
+                .unwrap();
+            }
+            let answered = |hash| {
+                select_response(&conn, &issuer, &serial, hash)
+                    .unwrap()
+                    .map(|r| r.this_update)
+            };
+            for hash in [HashAlg::Sha1, HashAlg::Sha256] {
+                let expected = [Slot::Hash(hash), Slot::Legacy]
+                    .into_iter()
+                    .find(|s| stored.contains(s))
+                    .map(Slot::code);
+                assert_eq!(answered(Some(hash)), expected, "{stored:?}, {hash:?}");
+            }
+            let expected = Slot::PREFERRED
+                .into_iter()
+                .find(|s| stored.contains(s))
+                .map(Slot::code);
+            assert_eq!(answered(None), expected, "{stored:?}, any");
         }
     }
 }
