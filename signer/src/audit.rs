@@ -547,6 +547,14 @@ mod tests {
         w
     }
 
+    /// `audit verify` finds no break and `records` records; returns what it found.
+    fn assert_intact(dir: &Path, records: u64) -> AuditVerification {
+        let v = verify_audit_log(dir).expect("verify");
+        assert!(v.broken.is_none(), "{:?}", v.broken);
+        assert_eq!(v.records, records);
+        v
+    }
+
     #[test]
     fn dates_are_rfc3339() {
         assert_eq!(
@@ -576,9 +584,7 @@ mod tests {
         assert_eq!(w.next_seq, 11);
         let batch: Vec<Record> = (10..15).map(record).collect();
         write(&mut w, &batch).expect("write");
-        let v = verify_audit_log(dir.path()).expect("verify");
-        assert!(v.broken.is_none(), "{:?}", v.broken);
-        assert_eq!(v.records, 15);
+        let v = assert_intact(dir.path(), 15);
         assert!(v.files > 2, "rotation by size: {} files", v.files);
     }
 
@@ -637,9 +643,7 @@ mod tests {
         let end = records_end(newest);
         assert!(end < newest.len(), "no preallocated tail");
         assert!(newest[end..].iter().all(|&b| b == 0));
-        let v = verify_audit_log(dir.path()).expect("verify");
-        assert!(v.broken.is_none(), "{:?}", v.broken);
-        assert_eq!(v.records, 12);
+        assert_intact(dir.path(), 12);
         // A clean stop cuts the tail.
         w.finish_file().expect("finish");
         assert!(!files(dir.path()).iter().any(|f| f.contains(&0)));
@@ -651,9 +655,7 @@ mod tests {
         let mut w = preallocating_writer(dir.path(), 4_000, 1_500);
         assert_eq!(w.next_seq, 14);
         write(&mut w, &[record(13)]).expect("write");
-        let v = verify_audit_log(dir.path()).expect("verify");
-        assert!(v.broken.is_none(), "{:?}", v.broken);
-        assert_eq!(v.records, 14);
+        assert_intact(dir.path(), 14);
     }
 
     #[test]
@@ -678,9 +680,7 @@ mod tests {
         assert_eq!(w.next_seq, 4);
         assert_eq!(std::fs::metadata(&path).expect("stat").len(), size);
         write(&mut w, &[record(9)]).expect("write");
-        let v = verify_audit_log(dir.path()).expect("verify");
-        assert!(v.broken.is_none(), "{:?}", v.broken);
-        assert_eq!(v.records, 4);
+        assert_intact(dir.path(), 4);
     }
 
     #[test]
@@ -703,8 +703,6 @@ mod tests {
         let mut w = writer(dir.path(), 1 << 20);
         assert_eq!(w.next_seq, 4);
         write(&mut w, &[record(9)]).expect("write");
-        let v = verify_audit_log(dir.path()).expect("verify");
-        assert!(v.broken.is_none(), "{:?}", v.broken);
-        assert_eq!(v.records, 4);
+        assert_intact(dir.path(), 4);
     }
 }
