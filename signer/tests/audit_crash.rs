@@ -120,7 +120,7 @@ async fn every_signature_received_before_a_sigkill_is_in_the_verified_chain() {
     // The killed gateway's newest file ends in its preallocated zeros (files of 16 KiB are
     // preallocated up to their size); the ones it finished hold records only.
     // (The newest may also be empty: killed between creating it and its first write.)
-    let files = audit_files(&audit_dir);
+    let files = first.audit_files();
     let (newest, finished) = files.split_last().expect("audit files");
     assert!(
         newest.is_empty() || newest.last() == Some(&0),
@@ -155,9 +155,7 @@ async fn every_signature_received_before_a_sigkill_is_in_the_verified_chain() {
     assert_eq!(second.wait_exit(Duration::from_secs(15)), Some(0));
     // A clean stop cuts the preallocated tail: every file holds records only.
     assert!(
-        audit_files(&audit_dir)
-            .iter()
-            .all(|bytes| !bytes.contains(&0)),
+        second.audit_files().iter().all(|bytes| !bytes.contains(&0)),
         "a stopped gateway left zeros in its audit files"
     );
     let (ok, out) = audit_verify(&audit_dir);
@@ -174,18 +172,4 @@ async fn every_signature_received_before_a_sigkill_is_in_the_verified_chain() {
         "{} records",
         records.len()
     );
-}
-
-/// The bytes of every audit file of `dir`, oldest first.
-fn audit_files(dir: &std::path::Path) -> Vec<Vec<u8>> {
-    let mut paths: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
-        .expect("audit dir")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
-        .collect();
-    paths.sort();
-    paths
-        .iter()
-        .map(|p| std::fs::read(p).expect("audit file"))
-        .collect()
 }

@@ -33,14 +33,10 @@ fn item_for_x(n: u64) -> SignRequest {
 /// Bytes of records in the audit files (the file being written ends in preallocated zeros,
 /// which are not records).
 fn audit_bytes(gw: &Gateway) -> u64 {
-    std::fs::read_dir(gw.audit_dir())
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter_map(|e| std::fs::read(e.path()).ok())
-                .map(|b| signer::audit_records_end(&b) as u64)
-                .sum()
-        })
-        .unwrap_or(0)
+    gw.audit_files()
+        .iter()
+        .map(|b| signer::audit_records_end(b) as u64)
+        .sum()
 }
 
 /// VmRSS of the gateway, in KiB.

@@ -260,8 +260,9 @@ impl Gateway {
             .collect()
     }
 
-    /// Every line of the audit files, oldest file first.
-    fn audit_lines(&self) -> Vec<String> {
+    /// The bytes of every audit file, oldest first (the file being written ends in the
+    /// writer's preallocated zeros).
+    pub fn audit_files(&self) -> Vec<Vec<u8>> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(self.audit_dir())
             .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
             .unwrap_or_default();
@@ -269,10 +270,16 @@ impl Gateway {
         files.sort();
         files
             .iter()
-            .flat_map(|f| {
-                // The file being written ends in the writer's preallocated zeros.
-                let bytes = std::fs::read(f).expect("audit file");
-                String::from_utf8_lossy(&bytes[..signer::audit_records_end(&bytes)])
+            .map(|f| std::fs::read(f).expect("audit file"))
+            .collect()
+    }
+
+    /// Every line of the audit files, oldest file first.
+    fn audit_lines(&self) -> Vec<String> {
+        self.audit_files()
+            .iter()
+            .flat_map(|bytes| {
+                String::from_utf8_lossy(&bytes[..signer::audit_records_end(bytes)])
                     .lines()
                     .map(str::to_owned)
                     .collect::<Vec<_>>()
