@@ -168,12 +168,22 @@ pub fn connect_lazy(urls: &str, tls: Option<&ClientTls>) -> Result<Channel, Erro
 /// `CANCELLED` carrying a transport error (hyper's "connection closed": a draining gateway
 /// closed the connection under the call; the gateway never answers `CANCELLED` itself, and a
 /// caller's own cancellation has no transport error). Such a call may be retried on another
-/// gateway.
+/// gateway. A call whose own deadline ran out is not: tonic reports it as `CANCELLED` over a
+/// transport error too, with `TimeoutExpired` further down the chain.
 pub fn is_transport_failure(status: &tonic::Status) -> bool {
     match status.code() {
         tonic::Code::Unavailable | tonic::Code::Unknown => true,
         tonic::Code::Cancelled => {
-            std::error::Error::source(status).is_some_and(|e| e.is::<tonic::transport::Error>())
+            let mut chain =
+                std::iter::successors(std::error::Error::source(status), |e| e.source());
+            let mut transport = false;
+            for e in &mut chain {
+                if e.is::<tonic::TimeoutExpired>() {
+                    return false;
+                }
+                transport |= e.is::<tonic::transport::Error>();
+            }
+            transport
         }
         _ => false,
     }
@@ -276,6 +286,36 @@ mod tests {
         assert!(!is_transport_failure(&tonic::Status::invalid_argument(
             "key"
         )));
+    }
+
+    /// The caller's deadline running out under a call is not a lost connection, though tonic
+    /// reports it as `CANCELLED` over a transport error: a real channel to a server that
+    /// accepts and never answers.
+    #[tokio::test]
+    async fn a_call_past_its_deadline_is_not_retried_elsewhere() {
+        use crate::v1::signer_client::SignerClient;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .expect("url")
+            .connect_lazy();
+        let mut request = tonic::Request::new(crate::v1::SignRequest::default());
+        request.set_timeout(std::time::Duration::from_millis(200));
+        let status = SignerClient::new(channel)
+            .sign(request)
+            .await
+            .expect_err("nothing answers");
+        silent.abort();
+        assert_eq!(status.code(), tonic::Code::Cancelled, "{status:?}");
+        assert!(!is_transport_failure(&status), "{status:?}");
     }
 
     #[test]
