@@ -139,7 +139,7 @@ pub struct Record {
     /// The operation the call declared (`sign-raw`, `sign-certificate`, `sign-ocsp`).
     pub operation: &'static str,
     /// `OK` or the gRPC code the caller got.
-    pub outcome: String,
+    pub outcome: &'static str,
     /// The message the caller got, for a refusal or failure.
     pub detail: Option<String>,
     /// HSMs that made the signatures.
@@ -176,7 +176,7 @@ impl Record {
             identity: &self.identity,
             peer: self.peer.as_deref(),
             operation: self.operation,
-            outcome: &self.outcome,
+            outcome: self.outcome,
             detail: self.detail.as_deref(),
             hsms: &self.hsms,
             items: &self.items,
@@ -521,7 +521,7 @@ mod tests {
             client: "tests".into(),
             identity: "plaintext".into(),
             operation: "sign-raw",
-            outcome: "OK".into(),
+            outcome: "OK",
             items: vec![Item::new("k", "digest", &n.to_be_bytes())],
             ..Record::default()
         }
@@ -654,8 +654,26 @@ mod tests {
         drop(w);
         let mut w = preallocating_writer(dir.path(), 4_000, 1_500);
         assert_eq!(w.next_seq, 14);
+        let newest = files(dir.path()).pop().expect("a file");
+        assert!(
+            !newest.contains(&0),
+            "start-up left the crashed tail's zeros"
+        );
         write(&mut w, &[record(13)]).expect("write");
         assert_intact(dir.path(), 14);
+    }
+
+    /// After a close (a clean stop), records of calls still running are appended without
+    /// new zeros: nothing would cut them any more.
+    #[test]
+    fn records_after_a_close_are_plain_appends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = preallocating_writer(dir.path(), 1 << 20, 64 << 10);
+        write(&mut w, &[record(0)]).expect("write");
+        w.close(None);
+        write(&mut w, &[record(1)]).expect("write");
+        assert!(!files(dir.path()).iter().any(|f| f.contains(&0)));
+        assert_intact(dir.path(), 2);
     }
 
     #[test]

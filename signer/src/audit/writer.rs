@@ -155,10 +155,13 @@ impl Writer {
     /// Cuts the current file's preallocated tail, leaving its records only, and answers `done`.
     /// A failure is logged: the tail stays, and start-up or `audit verify` read up to its first
     /// NUL anyway.
-    fn close(&mut self, done: Option<tokio::sync::oneshot::Sender<()>>) {
+    pub(super) fn close(&mut self, done: Option<tokio::sync::oneshot::Sender<()>>) {
         if let Err(e) = self.finish_file() {
             tracing::warn!(dir = %self.dir.display(), "audit log: {e}");
         }
+        // Records of calls still running after the close (a drain that timed out) are plain
+        // appends: no new zeros that nothing would cut.
+        self.preallocate_bytes = 0;
         if let Some(done) = done {
             let _ = done.send(());
         }
