@@ -235,7 +235,7 @@ impl SignerService {
         }
         match &result {
             Ok(signed) => {
-                record.outcome = "OK".into();
+                record.outcome = "OK";
                 let mut hsms: Vec<String> = signed.iter().map(|s| s.hsm.to_string()).collect();
                 hsms.sort();
                 hsms.dedup();
@@ -243,7 +243,7 @@ impl SignerService {
             }
             Err(e) => {
                 let status = e.to_status();
-                record.outcome = format!("{:?}", status.code());
+                record.outcome = crate::metrics::code_label(status.code());
                 record.detail = Some(status.message().to_owned());
             }
         }

@@ -67,7 +67,7 @@ pub struct OutcomeLabels {
 
 /// A gRPC code as its label value (the name of `tonic::Code`'s variant, as `{code:?}` prints
 /// it), without formatting a string on every RPC.
-fn code_label(code: tonic::Code) -> &'static str {
+pub(crate) fn code_label(code: tonic::Code) -> &'static str {
     use tonic::Code;
     match code {
         Code::Ok => "Ok",
