@@ -59,8 +59,6 @@ pub struct CachedSource<S> {
     inner: S,
     cache: Cache<CacheKey, Entry, foldhash::fast::RandomState>,
     fresh: Duration,
-    /// `cache_bytes`.
-    budget: u64,
     metrics: Arc<Metrics>,
 }
 
@@ -101,7 +99,6 @@ impl<S: Source> CachedSource<S> {
             inner,
             cache,
             fresh,
-            budget: cache_bytes,
             metrics,
         }
     }
@@ -112,6 +109,10 @@ impl<S: Source> CachedSource<S> {
     }
 
     async fn revalidate(&self, key: CacheKey, cached: Entry) -> (Lookup, Option<Instant>) {
+        // Stamped with the moment the read began, not its end: an answer read just before a
+        // revocation landed must not count as fresh from after it (a slow read would stretch
+        // the time the revocation takes to be served past `cache_fresh_secs`).
+        let asked = Instant::now();
         match self.inner.response(&key.0, &key.1, key.2).await {
             Lookup::Found(response, origin) => {
                 self.metrics.cache("revalidated");
@@ -120,7 +121,7 @@ impl<S: Source> CachedSource<S> {
                     let entry = Entry {
                         response: response.clone(),
                         origin,
-                        fetched: Instant::now(),
+                        fetched: asked,
                     };
                     fetched = Some(entry.fetched);
                     self.cache.insert(key, entry).await;
@@ -171,7 +172,8 @@ impl<S: Source> Source for CachedSource<S> {
     /// An eighth of `cache_bytes`, for all the copies together (the responder shares it among
     /// its HTTP threads; each copy holds its own body and header bytes, see `responder::front`).
     fn front_bytes(&self) -> usize {
-        usize::try_from(self.budget / FRONT_SHARE).unwrap_or(usize::MAX)
+        let cache_bytes = self.cache.policy().max_capacity().unwrap_or(0);
+        usize::try_from(cache_bytes / FRONT_SHARE).unwrap_or(usize::MAX)
     }
 }
 
@@ -205,11 +207,12 @@ impl<S: Source> CachedSource<S> {
 
         self.metrics.cache("miss");
         let fetch = async {
+            let asked = Instant::now(); // as in `revalidate`
             match self.inner.response(issuer, serial, hash).await {
                 Lookup::Found(response, origin) if response.next_update > unix_now() => Ok(Entry {
                     response,
                     origin,
-                    fetched: Instant::now(),
+                    fetched: asked,
                 }),
                 Lookup::Found(response, origin) => Err(Miss::Expired(response, origin)),
                 Lookup::NotFound => Err(Miss::NotFound),
