@@ -188,9 +188,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
         .into_iter()
         .enumerate()
         .map(|(i, listener)| {
-            // Each thread its own `AppState`: the handler clones it per request, and one shared
-            // `Arc` would bounce its reference count between the cores.
-            let state = Arc::new(AppState::clone(&state));
+            // One `AppState` for all: each thread's router holds its reference once, and the
+            // handler borrows it per request (no count to bounce between the cores).
+            let state = Arc::clone(&state);
             let stop = stopped();
             let gate = gate.clone();
             std::thread::Builder::new()
