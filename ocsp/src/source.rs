@@ -97,26 +97,6 @@ pub trait Source: Send + Sync + fmt::Debug {
     }
 }
 
-#[async_trait]
-impl<S: Source + ?Sized> Source for Arc<S> {
-    async fn response(&self, issuer: &IssuerName, serial: &Serial, hash: HashAlg) -> Lookup {
-        (**self).response(issuer, serial, hash).await
-    }
-
-    async fn response_until(
-        &self,
-        issuer: &IssuerName,
-        serial: &Serial,
-        hash: HashAlg,
-    ) -> (Lookup, Option<Instant>) {
-        (**self).response_until(issuer, serial, hash).await
-    }
-
-    fn front_bytes(&self) -> usize {
-        (**self).front_bytes()
-    }
-}
-
 /// Whether the durable store behind the responder is failing. Shared by every source in a
 /// chain; the hot path only reads one atomic when all is well.
 pub struct Health {
