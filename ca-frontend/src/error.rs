@@ -56,6 +56,14 @@ macro_rules! problem_types {
                     $(ProblemType::$variant => $name,)+
                 }
             }
+
+            /// The type named `name` (after `urn:ietf:params:acme:error:`), if it is one.
+            pub fn from_name(name: &str) -> Option<Self> {
+                match name {
+                    $($name => Some(ProblemType::$variant),)+
+                    _ => None,
+                }
+            }
         }
     };
 }
@@ -331,9 +339,15 @@ mod tests {
             ProblemType::ALL.len(),
             "every type is in the table"
         );
+        assert_eq!(
+            ProblemType::from_name("Unauthorized"),
+            None,
+            "names are exact"
+        );
         for (kind, name, status) in table {
             assert!(ProblemType::ALL.contains(&kind));
             assert_eq!(kind.name(), name);
+            assert_eq!(ProblemType::from_name(name), Some(kind));
             assert_eq!(kind.status().as_u16(), status, "{name}");
             let problem = Problem::new(kind, "x");
             let response = problem.clone().into_response();

@@ -160,7 +160,9 @@ impl Corroborator {
         }
         let asks =
             futures_util::future::join_all(self.remotes.iter().map(|r| self.ask(r, &request)));
-        let (own, remote) = tokio::join!(primary, asks);
+        let (own, asked) = tokio::join!(primary, asks);
+        let (remote, problems): (Vec<PerspectiveOutcome>, Vec<Option<ProblemType>>) =
+            asked.into_iter().unzip();
         let check = request.label();
         let disagreements = remote.iter().filter(|o| !o.agreed).count();
         let allowed = allowed_disagreements(remote.len());
@@ -192,7 +194,14 @@ impl Corroborator {
                 let kind = if check == "caa" {
                     ProblemType::Caa
                 } else {
-                    ProblemType::Unauthorized
+                    refusal_type(
+                        corroboration
+                            .remote
+                            .iter()
+                            .zip(&problems)
+                            .filter(|(o, _)| !o.agreed)
+                            .map(|(_, p)| *p),
+                    )
                 };
                 Err(Problem::new(
                     kind,
@@ -207,23 +216,37 @@ impl Corroborator {
         (result, Some(corroboration))
     }
 
-    /// Asks `remote`; any failure to get an answer is a disagreement.
-    async fn ask(&self, remote: &Remote, request: &CheckRequest) -> PerspectiveOutcome {
+    /// Asks `remote`; any failure to get an answer is a disagreement. With the outcome, the
+    /// type of the problem it answered with (none when it agreed or could not be reached; an
+    /// unknown name is `unauthorized`).
+    async fn ask(
+        &self,
+        remote: &Remote,
+        request: &CheckRequest,
+    ) -> (PerspectiveOutcome, Option<ProblemType>) {
         let reply = tokio::time::timeout(self.timeout, self.post(remote, request))
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.timeout)));
-        let (agreed, detail, outcome) = match reply {
-            Ok(r) if r.ok => (true, None, "agreed"),
-            Ok(r) => (
+        let (agreed, detail, problem, outcome) = match reply {
+            Ok(r) if r.ok => (true, None, None, "agreed"),
+            Ok(r) => {
+                let kind = r
+                    .problem
+                    .as_ref()
+                    .and_then(|(kind, _)| ProblemType::from_name(kind))
+                    .unwrap_or(ProblemType::Unauthorized);
+                let detail = r
+                    .problem
+                    .map(|(kind, detail)| format!("{kind}: {detail}"))
+                    .unwrap_or_else(|| "failed".into());
+                (false, Some(detail), Some(kind), "disagreed")
+            }
+            Err(e) => (
                 false,
-                Some(
-                    r.problem
-                        .map(|(kind, detail)| format!("{kind}: {detail}"))
-                        .unwrap_or_else(|| "failed".into()),
-                ),
-                "disagreed",
+                Some(format!("unreachable: {e}")),
+                None,
+                "unreachable",
             ),
-            Err(e) => (false, Some(format!("unreachable: {e}")), "unreachable"),
         };
         self.answers
             .get_or_create(&PerspectiveLabels {
@@ -232,12 +255,13 @@ impl Corroborator {
                 outcome: outcome.to_owned(),
             })
             .inc();
-        PerspectiveOutcome {
+        let outcome = PerspectiveOutcome {
             perspective: remote.name.clone(),
             region: remote.region.clone(),
             agreed,
             detail,
-        }
+        };
+        (outcome, problem)
     }
 
     async fn post(&self, remote: &Remote, request: &CheckRequest) -> Result<CheckReply, String> {
@@ -326,6 +350,25 @@ impl Corroborator {
     }
 }
 
+/// The type of the problem when this frontend's own check passed and the remote quorum did
+/// not, from the problems of the perspectives that disagreed (`None`: it could not be reached).
+/// The type shared by those that answered, when they answered alike: it names what the subscriber can act on (a
+/// resolver that did not answer is `dns`, as it is when the frontend's own lookup fails), as
+/// Boulder passes on its remote VAs' problem. `serverInternal` when none of them answered: the
+/// CA's own perspectives were out of reach, not the subscriber's name. `unauthorized` when they
+/// answered differently.
+fn refusal_type(disagreeing: impl Iterator<Item = Option<ProblemType>>) -> ProblemType {
+    let mut answered = disagreeing.flatten();
+    let Some(first) = answered.next() else {
+        return ProblemType::ServerInternal;
+    };
+    if answered.all(|kind| kind == first) {
+        first
+    } else {
+        ProblemType::Unauthorized
+    }
+}
+
 fn client_tls(ca: &Path, cert: &Path, key: &Path) -> Result<tokio_rustls::TlsConnector, String> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -348,4 +391,34 @@ fn client_tls(ca: &Path, cert: &Path, key: &Path) -> Result<tokio_rustls::TlsCon
     .with_client_auth_cert(chain, key)
     .map_err(|e| e.to_string())?;
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_carries_the_type_the_disagreeing_perspectives_answered_with() {
+        use ProblemType::{Connection, Dns, ServerInternal, Unauthorized};
+        let cases: &[(&[Option<ProblemType>], ProblemType)] = &[
+            (&[Some(Dns), Some(Dns)], Dns),
+            (
+                &[Some(Connection), Some(Connection), Some(Connection)],
+                Connection,
+            ),
+            // One out of reach says nothing of the name; the other's answer does.
+            (&[None, Some(Dns)], Dns),
+            (&[Some(Dns), None], Dns),
+            (&[None, None], ServerInternal),
+            (&[Some(Dns), Some(Connection)], Unauthorized),
+            (&[Some(Dns), None, Some(Unauthorized)], Unauthorized),
+        ];
+        for (disagreeing, expected) in cases {
+            assert_eq!(
+                refusal_type(disagreeing.iter().copied()),
+                *expected,
+                "{disagreeing:?}"
+            );
+        }
+    }
 }

@@ -302,9 +302,10 @@ mod tests {
         let (result, corroboration) = c
             .corroborate(async { Ok(()) }, request, "x.example.test")
             .await;
-        // Two remote perspectives allow one disagreement; two unreachable ones refuse.
+        // Two remote perspectives allow one disagreement; two unreachable ones refuse, as the
+        // CA's failure (nothing was learnt of the name).
         let problem = result.expect_err("not corroborated");
-        assert_eq!(problem.kind, ProblemType::Unauthorized);
+        assert_eq!(problem.kind, ProblemType::ServerInternal);
         assert!(
             problem.detail.contains("2 of 2")
                 && problem
