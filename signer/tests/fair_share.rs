@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Gateway, Pki, client, digest_for, digest_request, mtls_config, verify};
+use common::{
+    Gateway, Module, Pki, client, digest_for, digest_request, mtls_config, sim_module, verify,
+};
 use hsmgate_signer_api::v1::{SignBatchRequest, SignRequest, SignatureAlgorithm as Alg};
 use tonic::Code;
 
@@ -28,8 +30,11 @@ fn clients() -> Vec<hsm_config::Client> {
 const PER_HSM: usize = 64;
 const BATCH: usize = 2 * PER_HSM;
 
-async fn start(pki: &Pki) -> Gateway {
+async fn start(pki: &Pki, module: Module) -> Gateway {
     let mut config = mtls_config(pki, clients());
+    if module == Module::Sim {
+        hsmgate_stack::configs::module_everywhere(&mut config, &sim_module());
+    }
     for hsm in config
         .datacenters
         .iter_mut()
@@ -87,10 +92,31 @@ async fn wait_in_flight(gw: &Gateway, client: &str, calls: u64) {
     }
 }
 
+/// Signs until a signature takes the 20 ms hsm-sim adds (it rereads its control file on a
+/// signing call at most every ~20 ms).
+async fn wait_for_the_delay(gw: &Gateway, pki: &Pki) {
+    let mut frontend = gw
+        .tls_client(&pki.client_tls("frontend"))
+        .await
+        .expect("connect");
+    for n in 0..100u64 {
+        let started = Instant::now();
+        frontend
+            .sign(digest_request("ca-p384", digest_for(2_000_000 + n, 48)))
+            .await
+            .expect("a signature");
+        if started.elapsed() >= Duration::from_millis(20) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("hsm-sim's delay never took effect");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flooding_client_neither_starves_another_nor_spends_signatures_it_does_not_return() {
     let pki = Pki::new(&["flood", "frontend"]);
-    let gw = start(&pki).await;
+    let gw = start(&pki, Module::SoftHsm).await;
     let before = signatures_made(&gw).await;
 
     // The flood: 12 callers each sending full RSA batches back to back. The pool holds two
@@ -201,11 +227,16 @@ async fn a_flooding_client_neither_starves_another_nor_spends_signatures_it_does
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_call_that_cannot_be_admitted_signs_nothing() {
     let pki = Pki::new(&["flood", "frontend"]);
-    let gw = start(&pki).await;
+    // Behind hsm-sim, each signature takes 20 ms more: the two admitted batches hold the pool
+    // for about a second (256 signatures on 8 sessions) however fast or loaded the machine is.
+    // With SoftHSM2's own speed they could all finish before the test saw the third arrive.
+    let gw = start(&pki, Module::Sim).await;
     let mut flood = gw
         .tls_client(&pki.client_tls("flood"))
         .await
         .expect("connect");
+    gw.set_faults("* delay 20000\n");
+    wait_for_the_delay(&gw, &pki).await;
     let before = signatures_made(&gw).await;
     // Hold the pool: two full RSA batches admitted, a third queued; a fourth is refused at once
     // (the client may queue one batch).
@@ -229,8 +260,8 @@ async fn a_call_that_cannot_be_admitted_signs_nothing() {
         // deliver a later call first.
         wait_in_flight(&gw, "flood", k + 1).await;
     }
-    // The three are at the gateway now; 256 RSA signatures take this machine far longer than
-    // the fourth call's trip.
+    // The three are at the gateway now, and the pool stays full for about a second: far
+    // longer than the fourth call's trip.
     let third = flood
         .sign_batch(batch(9 << 20))
         .await
