@@ -92,7 +92,7 @@ async fn wait_in_flight(gw: &Gateway, client: &str, calls: u64) {
     }
 }
 
-/// Signs until a signature takes the 20 ms hsm-sim adds (it rereads its control file on a
+/// Signs until a signature takes the 50 ms hsm-sim adds (it rereads its control file on a
 /// signing call at most every ~20 ms).
 async fn wait_for_the_delay(gw: &Gateway, pki: &Pki) {
     let mut frontend = gw
@@ -105,7 +105,7 @@ async fn wait_for_the_delay(gw: &Gateway, pki: &Pki) {
             .sign(digest_request("ca-p384", digest_for(2_000_000 + n, 48)))
             .await
             .expect("a signature");
-        if started.elapsed() >= Duration::from_millis(20) {
+        if started.elapsed() >= Duration::from_millis(50) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -227,15 +227,17 @@ async fn a_flooding_client_neither_starves_another_nor_spends_signatures_it_does
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_call_that_cannot_be_admitted_signs_nothing() {
     let pki = Pki::new(&["flood", "frontend"]);
-    // Behind hsm-sim, each signature takes 20 ms more: the two admitted batches hold the pool
-    // for about a second (256 signatures on 8 sessions) however fast or loaded the machine is.
-    // With SoftHSM2's own speed they could all finish before the test saw the third arrive.
+    // Behind hsm-sim, each signature takes 50 ms more. Dispatch fills dc-east's two HSMs (4
+    // sessions) with the first batch before the second spills to dc-west, so each admitted
+    // batch holds its half of the pool for ~1.6 s (128 signatures on 4 sessions) however fast
+    // or loaded the machine is. At SoftHSM2's own speed the first could finish (and the third
+    // be admitted instead of queued) before the test saw the third arrive.
     let gw = start(&pki, Module::Sim).await;
     let mut flood = gw
         .tls_client(&pki.client_tls("flood"))
         .await
         .expect("connect");
-    gw.set_faults("* delay 20000\n");
+    gw.set_faults("* delay 50000\n");
     wait_for_the_delay(&gw, &pki).await;
     let before = signatures_made(&gw).await;
     // Hold the pool: two full RSA batches admitted, a third queued; a fourth is refused at once
@@ -260,8 +262,8 @@ async fn a_call_that_cannot_be_admitted_signs_nothing() {
         // deliver a later call first.
         wait_in_flight(&gw, "flood", k + 1).await;
     }
-    // The three are at the gateway now, and the pool stays full for about a second: far
-    // longer than the fourth call's trip.
+    // The three are at the gateway now, and the pool stays full for ~1.6 s: far longer than
+    // the fourth call's trip.
     let third = flood
         .sign_batch(batch(9 << 20))
         .await

@@ -185,7 +185,7 @@ impl Corroborator {
             })
             .inc();
         if disagreements > 0 {
-            tracing::warn!(check, domain, disagreeing = ?corroboration.disagreeing(), quorum = corroboration.quorum, "remote perspectives disagree");
+            tracing::warn!(check, domain, remote = ?corroboration.remote, quorum = corroboration.quorum, "remote perspectives disagree");
         }
         let result = match own {
             Err(p) => Err(p),
@@ -217,8 +217,8 @@ impl Corroborator {
     }
 
     /// Asks `remote`; any failure to get an answer is a disagreement. With the outcome, the
-    /// type of the problem it answered with (none when it agreed or could not be reached; an
-    /// unknown name is `unauthorized`).
+    /// type of the problem it answered with (none when it agreed or could not be reached; a
+    /// name not among [`VALIDATION_FAILURES`] is `unauthorized`).
     async fn ask(
         &self,
         remote: &Remote,
@@ -227,14 +227,11 @@ impl Corroborator {
         let reply = tokio::time::timeout(self.timeout, self.post(remote, request))
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.timeout)));
+        let unreachable = reply.is_err();
         let (agreed, detail, problem, outcome) = match reply {
             Ok(r) if r.ok => (true, None, None, "agreed"),
             Ok(r) => {
-                let kind = r
-                    .problem
-                    .as_ref()
-                    .and_then(|(kind, _)| ProblemType::from_name(kind))
-                    .unwrap_or(ProblemType::Unauthorized);
+                let kind = answered_type(r.problem.as_ref().map(|(kind, _)| kind.as_str()));
                 let detail = r
                     .problem
                     .map(|(kind, detail)| format!("{kind}: {detail}"))
@@ -259,6 +256,7 @@ impl Corroborator {
             perspective: remote.name.clone(),
             region: remote.region.clone(),
             agreed,
+            unreachable,
             detail,
         };
         (outcome, problem)
@@ -350,6 +348,28 @@ impl Corroborator {
     }
 }
 
+/// The types a perspective's check fails with (what its [`Validator`] answers). A remote
+/// answer naming any other type counts as `unauthorized`: a perspective cannot make a refusal
+/// read as a rate limit, a bad nonce or a server error.
+const VALIDATION_FAILURES: &[ProblemType] = &[
+    ProblemType::Dns,
+    ProblemType::Connection,
+    ProblemType::Tls,
+    ProblemType::Unauthorized,
+    ProblemType::IncorrectResponse,
+    ProblemType::Caa,
+    // A redirect whose `Location` is not a URL (http-01).
+    ProblemType::Malformed,
+];
+
+/// The type of a perspective's refusal named `name` (none: it named no problem), as
+/// [`VALIDATION_FAILURES`] allows.
+fn answered_type(name: Option<&str>) -> ProblemType {
+    name.and_then(ProblemType::from_name)
+        .filter(|kind| VALIDATION_FAILURES.contains(kind))
+        .unwrap_or(ProblemType::Unauthorized)
+}
+
 /// The type of the problem when this frontend's own check passed and the remote quorum did
 /// not, from the problems of the perspectives that disagreed (`None`: it could not be reached).
 /// The type shared by those that answered, when they answered alike: it names what the subscriber can act on (a
@@ -396,6 +416,31 @@ fn client_tls(ca: &Path, cert: &Path, key: &Path) -> Result<tokio_rustls::TlsCon
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_perspective_can_only_answer_with_a_validation_failure() {
+        assert_eq!(answered_type(Some("dns")), ProblemType::Dns);
+        assert_eq!(answered_type(Some("connection")), ProblemType::Connection);
+        assert_eq!(answered_type(Some("caa")), ProblemType::Caa);
+        // Types that would tell the client to back off, retry or fix its request.
+        for name in [
+            "rateLimited",
+            "badNonce",
+            "serverInternal",
+            "badSignatureAlgorithm",
+        ] {
+            assert_eq!(
+                answered_type(Some(name)),
+                ProblemType::Unauthorized,
+                "{name}"
+            );
+        }
+        assert_eq!(
+            answered_type(Some("no-such-type")),
+            ProblemType::Unauthorized
+        );
+        assert_eq!(answered_type(None), ProblemType::Unauthorized);
+    }
 
     #[test]
     fn a_refusal_carries_the_type_the_disagreeing_perspectives_answered_with() {

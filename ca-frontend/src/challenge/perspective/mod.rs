@@ -173,6 +173,9 @@ pub struct PerspectiveOutcome {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub region: String,
     pub agreed: bool,
+    /// It gave no answer (connection, TLS, timeout, an answer that does not parse).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unreachable: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
@@ -191,7 +194,9 @@ pub struct Corroboration {
 }
 
 impl Corroboration {
-    /// The perspectives that disagreed, for a problem's detail: `b (region): detail`.
+    /// The perspectives that disagreed, for a problem's detail: `perspective b (region):
+    /// detail`. One that could not be reached is only `unreachable`: its address and the error
+    /// are the CA's business (recorded with the corroboration and logged), not the subscriber's.
     pub fn disagreeing(&self) -> Vec<String> {
         self.remote
             .iter()
@@ -202,11 +207,12 @@ impl Corroboration {
                 } else {
                     format!(" ({})", o.region)
                 };
-                format!(
-                    "perspective {}{region}: {}",
-                    o.perspective,
+                let detail = if o.unreachable {
+                    "unreachable"
+                } else {
                     o.detail.as_deref().unwrap_or("disagreed")
-                )
+                };
+                format!("perspective {}{region}: {detail}", o.perspective)
             })
             .collect()
     }
@@ -306,19 +312,27 @@ mod tests {
         // CA's failure (nothing was learnt of the name).
         let problem = result.expect_err("not corroborated");
         assert_eq!(problem.kind, ProblemType::ServerInternal);
+        // The client is told which perspectives were out of reach, not where they are or why.
         assert!(
             problem.detail.contains("2 of 2")
                 && problem
                     .detail
-                    .contains("perspective gone-0 (nowhere): unreachable")
-                && problem
-                    .detail
-                    .contains("perspective gone-1 (nowhere): unreachable"),
+                    .ends_with("perspective gone-0 (nowhere): unreachable; perspective gone-1 (nowhere): unreachable")
+                && !problem.detail.contains("127.0.0.1"),
             "{}",
             problem.detail
         );
         let corroboration = corroboration.expect("recorded");
         assert!(!corroboration.quorum);
+        // The record keeps why.
+        assert!(
+            corroboration
+                .remote
+                .iter()
+                .all(|o| o.unreachable
+                    && o.detail.as_deref().is_some_and(|d| d.contains("127.0.0.1"))),
+            "{corroboration:?}"
+        );
         assert_eq!(corroboration.check, "dns-01");
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("metrics");
