@@ -174,6 +174,37 @@ fn hijack_caa(host: &str, n: usize) {
     }
 }
 
+/// Orders `name`, answers its http-01 challenge and waits for the authorization to be
+/// refused: the order and the challenge's error.
+async fn refused_http01(client: &Client, name: &str) -> (Value, Value) {
+    let r = client
+        .post(
+            "/acme/new-order",
+            Some(&json!({"identifiers": [{"type": "dns", "value": name}]})),
+        )
+        .await;
+    let order = r.json();
+    let authz_url = path_of(order["authorizations"][0].as_str().expect("authz"));
+    answer_http01(client, &authz_url).await;
+    let mut authz = Value::Null;
+    for _ in 0..200 {
+        authz = client.post(&authz_url, None).await.json();
+        if authz["status"] != "pending" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(authz["status"], "invalid", "{authz:?}");
+    let error = authz["challenges"]
+        .as_array()
+        .expect("challenges")
+        .iter()
+        .find(|c| c["type"] == "http-01")
+        .expect("http-01")["error"]
+        .clone();
+    (order, error)
+}
+
 /// The authorization of `order`'s first name, as recorded.
 async fn recorded_authz(ca: &Ca, order: &Value) -> ca_frontend::model::Authorization {
     let url = order["authorizations"][0].as_str().expect("authz");
@@ -224,30 +255,7 @@ async fn one_hijacked_perspective_is_outvoted_and_two_refuse_http01() {
     // Two: refused, naming both.
     let name = fresh("hijack-two");
     hijack_address(&name, 2);
-    let r = client
-        .post(
-            "/acme/new-order",
-            Some(&json!({"identifiers": [{"type": "dns", "value": name}]})),
-        )
-        .await;
-    let order = r.json();
-    let authz_url = path_of(order["authorizations"][0].as_str().expect("authz"));
-    answer_http01(&client, &authz_url).await;
-    let mut authz = Value::Null;
-    for _ in 0..200 {
-        authz = client.post(&authz_url, None).await.json();
-        if authz["status"] != "pending" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(authz["status"], "invalid", "{authz:?}");
-    let error = &authz["challenges"]
-        .as_array()
-        .expect("challenges")
-        .iter()
-        .find(|c| c["type"] == "http-01")
-        .expect("http-01")["error"];
+    let (order, error) = refused_http01(&client, &name).await;
     let detail = error["detail"].as_str().unwrap_or_default();
     // Both hijacked perspectives fetched the attacker's answer: the type they answered with.
     assert_eq!(
@@ -285,30 +293,7 @@ async fn a_refused_quorum_carries_the_type_the_perspectives_answered_with() {
     client.register().await;
     let name = fresh("unreachable-two");
     point_nowhere(&name, 2);
-    let r = client
-        .post(
-            "/acme/new-order",
-            Some(&json!({"identifiers": [{"type": "dns", "value": name}]})),
-        )
-        .await;
-    let order = r.json();
-    let authz_url = path_of(order["authorizations"][0].as_str().expect("authz"));
-    answer_http01(&client, &authz_url).await;
-    let mut authz = Value::Null;
-    for _ in 0..200 {
-        authz = client.post(&authz_url, None).await.json();
-        if authz["status"] != "pending" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(authz["status"], "invalid", "{authz:?}");
-    let error = &authz["challenges"]
-        .as_array()
-        .expect("challenges")
-        .iter()
-        .find(|c| c["type"] == "http-01")
-        .expect("http-01")["error"];
+    let (_, error) = refused_http01(&client, &name).await;
     let detail = error["detail"].as_str().unwrap_or_default();
     assert_eq!(
         error["type"], "urn:ietf:params:acme:error:connection",
