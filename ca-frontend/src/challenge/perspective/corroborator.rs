@@ -372,11 +372,11 @@ fn answered_type(name: Option<&str>) -> ProblemType {
 
 /// The type of the problem when this frontend's own check passed and the remote quorum did
 /// not, from the problems of the perspectives that disagreed (`None`: it could not be reached).
-/// The type shared by those that answered, when they answered alike: it names what the subscriber can act on (a
-/// resolver that did not answer is `dns`, as it is when the frontend's own lookup fails), as
-/// Boulder passes on its remote VAs' problem. `serverInternal` when none of them answered: the
-/// CA's own perspectives were out of reach, not the subscriber's name. `unauthorized` when they
-/// answered differently.
+/// The type shared by those that answered, when they answered alike: it names what the
+/// subscriber can act on (a resolver that did not answer is `dns`, as it is when the frontend's
+/// own lookup fails), as Boulder passes on its remote VAs' problem. `serverInternal` when none
+/// of them answered: the CA's own perspectives were out of reach, not the subscriber's name.
+/// `unauthorized` when they answered differently.
 fn refusal_type(disagreeing: impl Iterator<Item = Option<ProblemType>>) -> ProblemType {
     let mut answered = disagreeing.flatten();
     let Some(first) = answered.next() else {
