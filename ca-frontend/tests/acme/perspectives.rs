@@ -143,22 +143,16 @@ fn drill() -> &'static Drill {
 /// Points `host` at the attacker (127.0.0.3) in the DNS of the first `n` perspectives.
 fn hijack_address(host: &str, n: usize) {
     attacker_http01();
-    for p in &drill().perspectives[..n] {
-        manage(
-            p.dns_management,
-            "/add-a",
-            &json!({"host": host, "addresses": ["127.0.0.3"]}),
-        );
-    }
+    point_at(host, n, "127.0.0.3");
 }
 
-/// Points `host` at 127.0.0.4, where nothing listens, in the DNS of the first `n` perspectives.
-fn point_nowhere(host: &str, n: usize) {
+/// Points `host` at `address` in the DNS of the first `n` perspectives.
+fn point_at(host: &str, n: usize, address: &str) {
     for p in &drill().perspectives[..n] {
         manage(
             p.dns_management,
             "/add-a",
-            &json!({"host": host, "addresses": ["127.0.0.4"]}),
+            &json!({"host": host, "addresses": [address]}),
         );
     }
 }
@@ -292,7 +286,7 @@ async fn a_refused_quorum_carries_the_type_the_perspectives_answered_with() {
     let mut client = Client::new(&ca);
     client.register().await;
     let name = fresh("unreachable-two");
-    point_nowhere(&name, 2);
+    point_at(&name, 2, "127.0.0.4"); // where nothing listens
     let (_, error) = refused_http01(&client, &name).await;
     let detail = error["detail"].as_str().unwrap_or_default();
     assert_eq!(
