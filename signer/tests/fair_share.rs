@@ -9,9 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{
-    Gateway, Module, Pki, client, digest_for, digest_request, mtls_config, sim_module, verify,
-};
+use common::{Gateway, Module, Pki, client, digest_for, digest_request, mtls_config, verify};
 use hsmgate_signer_api::v1::{SignBatchRequest, SignRequest, SignatureAlgorithm as Alg};
 use tonic::Code;
 
@@ -32,9 +30,7 @@ const BATCH: usize = 2 * PER_HSM;
 
 async fn start(pki: &Pki, module: Module) -> Gateway {
     let mut config = mtls_config(pki, clients());
-    if module == Module::Sim {
-        hsmgate_stack::configs::module_everywhere(&mut config, &sim_module());
-    }
+    module.apply(&mut config);
     for hsm in config
         .datacenters
         .iter_mut()

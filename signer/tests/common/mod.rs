@@ -77,6 +77,15 @@ pub enum Module {
     Sim,
 }
 
+impl Module {
+    /// Makes every HSM of `config` load this module.
+    pub fn apply(self, config: &mut Config) {
+        if self == Module::Sim {
+            configs::module_everywhere(config, &sim_module());
+        }
+    }
+}
+
 /// The hsm-sim module of this target directory (built by the kit if missing).
 pub fn sim_module() -> PathBuf {
     hsmgate_stack::sim_module().unwrap_or_else(|e| panic!("hsm-sim module: {e}"))
@@ -101,9 +110,7 @@ impl Gateway {
     /// Same, with the config edited first.
     pub fn start_with(module: Module, edit: impl FnOnce(&mut Config)) -> Self {
         let mut config = tokens().config.clone();
-        if module == Module::Sim {
-            configs::module_everywhere(&mut config, &sim_module());
-        }
+        module.apply(&mut config);
         edit(&mut config);
         Self::spawn(&config).unwrap_or_else(|e| panic!("gateway did not start: {e}"))
     }
