@@ -174,10 +174,9 @@ pub fn is_transport_failure(status: &tonic::Status) -> bool {
     match status.code() {
         tonic::Code::Unavailable | tonic::Code::Unknown => true,
         tonic::Code::Cancelled => {
-            let mut chain =
-                std::iter::successors(std::error::Error::source(status), |e| e.source());
+            let chain = std::iter::successors(std::error::Error::source(status), |e| e.source());
             let mut transport = false;
-            for e in &mut chain {
+            for e in chain {
                 if e.is::<tonic::TimeoutExpired>() {
                     return false;
                 }
