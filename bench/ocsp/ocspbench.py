@@ -550,7 +550,7 @@ def cmd_summary(d: str) -> None:
             b = next((x for x in runs if x["name"] == f"base-{kind}" and x["round"] == r["round"]
                       and x.get("cpu") and x["wrk"]["rps"]), None)
             rc = r["cpu"]["roles"].get("server", {}).get("cores")
-            bc = (b or {}).get("cpu", {}).get("roles", {}).get("server", {}).get("cores") if b else None
+            bc = b["cpu"]["roles"].get("server", {}).get("cores") if b else None
             if rc and bc:
                 pairs.append((rc / r["wrk"]["rps"]) / (bc / b["wrk"]["rps"]))
         if pairs:
