@@ -41,17 +41,20 @@
 //! PostgreSQL's zero-filled WAL segments: **the file being written ends in NUL bytes**, and
 //! its records end at the first NUL. Readers (`audit verify`, start-up, log shippers) stop
 //! there; a file is cut to its records when the next one starts and when the gateway stops
-//! cleanly, and a crashed gateway's tail is cut at its next start. `preallocate_bytes = 0`
+//! cleanly, and a crashed gateway's tail is cut at its next start. The zeros are written once a
+//! group has been answered, half a preallocation before the records reach them, and their
+//! write-back started then, so that no signing call waits for them. `preallocate_bytes = 0`
 //! keeps the plain append (every file ends with its last record, at the price above).
 //!
 //! **Group commit.** One writer thread owns the file. Requests hand it their record and wait;
 //! it takes every record queued, writes them, syncs once and answers them all, so concurrent
 //! callers share an `fdatasync`. When other signing calls are still on their way (counted from
 //! the moment a call starts until it hands over its record, [`AuditLog::pending`]), the writer
-//! first waits `[audit] commit_delay_us` for their records to join the group: without that wait
-//! a busy gateway synced every few records (a sync costs the writer ~50-60 µs of CPU on this
-//! VM, and the kernel's journal thread more), with it tens of records share one. A call alone
-//! on the gateway is written at once. The writer is the one thread every signing call waits for, so
+//! first waits `[audit] commit_delay_us` for their records to join the group, or until the last
+//! of them has handed its record over: without that wait a busy gateway synced every few
+//! records (a sync costs the writer ~50-60 µs of CPU on this VM, and the kernel's journal
+//! thread more), with it tens of records share one. A call alone on the gateway is written at
+//! once. The writer is the one thread every signing call waits for, so
 //! it does as little as it can: the calling task serialises the record's body (everything
 //! between `time` and `prev`, [`AuditLog::append`]), and the writer only frames it with `seq`,
 //! `time` and `prev`, hashes the line (that part is sequential by nature: each hash covers the
@@ -72,8 +75,8 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hsm_config::{AuditFailure, Config};
@@ -213,7 +216,7 @@ pub struct AuditLog {
     on_failure: AuditFailure,
     metrics: Arc<Metrics>,
     /// Signing calls under way whose record has not reached the writer yet ([`Self::pending`]).
-    on_the_way: Arc<AtomicUsize>,
+    on_the_way: Arc<OnTheWay>,
 }
 
 /// A signing call under way, counted until it hands over its record (or is dropped): while any
@@ -221,19 +224,69 @@ pub struct AuditLog {
 /// log's counter: one atomic add and one subtract per call, no reference count.
 #[derive(Debug)]
 pub struct PendingRecord<'a> {
-    on_the_way: &'a AtomicUsize,
+    on_the_way: &'a OnTheWay,
 }
 
 impl Drop for PendingRecord<'_> {
     fn drop(&mut self) {
-        self.on_the_way.fetch_sub(1, Ordering::Relaxed);
+        self.on_the_way.arrived();
+    }
+}
+
+/// The signing calls whose records the writer's group may wait for, and the wake-up that ends
+/// the wait when the last of them has handed its record over (or ended without one): waiting
+/// on after that would only add latency, the group can hold nothing more.
+#[derive(Debug, Default)]
+pub(crate) struct OnTheWay {
+    calls: AtomicUsize,
+    /// The writer is in its group-commit wait ([`Self::wait`]).
+    waiting: AtomicBool,
+    /// The writer thread, set by itself when it starts.
+    writer: OnceLock<std::thread::Thread>,
+}
+
+impl OnTheWay {
+    fn started(&self) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One call fewer under way. The last one wakes a waiting writer: one `unpark` (a futex
+    /// wake) per wait at most, no syscall at all while the writer is not waiting. `SeqCst`
+    /// here and in [`Self::wait`]: either this sees `waiting`, or the writer sees the count at
+    /// zero and does not sleep.
+    fn arrived(&self) {
+        if self.calls.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.waiting.load(Ordering::SeqCst)
+            && let Some(writer) = self.writer.get()
+        {
+            writer.unpark();
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.calls.load(Ordering::Relaxed) > 0
+    }
+
+    /// The writer's wait for the records of calls under way: `delay` at most, over as soon as
+    /// none is. A stale or spurious wake-up only makes it look at the count again.
+    fn wait(&self, delay: Duration) {
+        let deadline = Instant::now() + delay;
+        self.waiting.store(true, Ordering::SeqCst);
+        while self.calls.load(Ordering::SeqCst) > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::park_timeout(left);
+        }
+        self.waiting.store(false, Ordering::SeqCst);
     }
 }
 
 /// How long the writer waits for the records of calls still under way (see the module docs).
 pub(crate) struct GroupWait {
     pub(crate) delay: Duration,
-    pub(crate) on_the_way: Arc<AtomicUsize>,
+    pub(crate) on_the_way: Arc<OnTheWay>,
 }
 
 impl AuditLog {
@@ -271,7 +324,7 @@ impl AuditLog {
         );
         let (tx, rx) = crossbeam_channel::unbounded::<ToWriter>();
         let thread_metrics = metrics.clone();
-        let on_the_way = Arc::new(AtomicUsize::new(0));
+        let on_the_way = Arc::new(OnTheWay::default());
         let wait = GroupWait {
             delay: commit_delay,
             on_the_way: on_the_way.clone(),
@@ -306,7 +359,7 @@ impl AuditLog {
     /// Counts a signing call as under way until its record is appended (or the returned value
     /// is dropped), so that the writer's group waits for it ([`GroupWait`]).
     pub fn pending(&self) -> PendingRecord<'_> {
-        self.on_the_way.fetch_add(1, Ordering::Relaxed);
+        self.on_the_way.started();
         PendingRecord {
             on_the_way: &self.on_the_way,
         }
@@ -527,14 +580,16 @@ mod tests {
         }
     }
 
-    /// Writes `records` as one group, as the writer thread does.
+    /// Writes `records` as one group and then keeps zeros ahead, as the writer thread does.
     fn write(w: &mut Writer, records: &[Record]) -> Result<u64, String> {
         let bodies: Vec<Vec<u8>> = records
             .iter()
             .map(|r| r.encode_body().expect("encode"))
             .collect();
         let mut buf = Vec::new();
-        w.write_group(bodies.iter().map(Vec::as_slice), &mut buf)
+        let first = w.write_group(bodies.iter().map(Vec::as_slice), &mut buf)?;
+        w.extend_ahead()?;
+        Ok(first)
     }
 
     fn writer(dir: &Path, max: u64) -> Writer {
@@ -661,6 +716,62 @@ mod tests {
         );
         write(&mut w, &[record(13)]).expect("write");
         assert_intact(dir.path(), 14);
+    }
+
+    /// Once a file has its first zeros, later ones are written after a group has been answered
+    /// ([`Writer::extend_ahead`]), half a preallocation before the records reach them, so that
+    /// no group writes them on its way to its sync.
+    #[test]
+    fn zeros_are_written_ahead_of_the_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (max, preallocate) = (20_000, 2_000);
+        let mut w = preallocating_writer(dir.path(), max, preallocate);
+        let mut extensions = 0;
+        for n in 0..60 {
+            let before = w.allocated;
+            write(&mut w, &[record(n)]).expect("write");
+            if w.allocated > before && before > 0 {
+                extensions += 1;
+            }
+            let newest = files(dir.path()).pop().expect("a file");
+            assert_eq!(newest.len() as u64, w.allocated, "record {n}");
+            assert!(
+                w.allocated - w.size >= preallocate / 2 || w.allocated == max,
+                "record {n}: {} bytes of zeros ahead of {}",
+                w.allocated - w.size,
+                w.size
+            );
+            assert!(newest[records_end(&newest)..].iter().all(|&b| b == 0));
+        }
+        assert!(extensions > 3, "{extensions} extensions");
+        assert_intact(dir.path(), 60);
+    }
+
+    /// The writer's group-commit wait ends when the last call under way has handed its record
+    /// over, not at the end of `commit_delay_us`.
+    #[test]
+    fn the_group_wait_ends_when_the_last_call_arrives() {
+        let on_the_way = Arc::new(OnTheWay::default());
+        on_the_way.started();
+        let writer = {
+            let on_the_way = on_the_way.clone();
+            std::thread::spawn(move || {
+                let _ = on_the_way.writer.set(std::thread::current());
+                let started = Instant::now();
+                on_the_way.wait(Duration::from_secs(60));
+                started.elapsed()
+            })
+        };
+        while !on_the_way.waiting.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        on_the_way.arrived();
+        let waited = writer.join().expect("the writer thread");
+        assert!(waited < Duration::from_secs(30), "waited {waited:?}");
+        // Nobody under way: no wait at all.
+        let started = Instant::now();
+        on_the_way.wait(Duration::from_secs(60));
+        assert!(started.elapsed() < Duration::from_secs(30));
     }
 
     /// After a close (a clean stop), records of calls still running are appended without
