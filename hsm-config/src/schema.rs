@@ -217,14 +217,17 @@ pub struct Audit {
     /// as a record arrives, the writer waits this long before it writes and syncs, so that one
     /// `fdatasync` covers their records too: on a busy gateway a sync then serves tens of
     /// records instead of a few, and the disk's and the writer's CPU per record fall with it.
-    /// A call alone on the gateway never waits. It is what a call may wait at most in addition
-    /// to the sync; like PostgreSQL's `commit_delay`.
+    /// A call alone on the gateway never waits, and the wait ends as soon as every call that
+    /// was under way has handed its record over. It is what a call may wait at most in
+    /// addition to the sync; like PostgreSQL's `commit_delay`.
     #[serde(default = "default_audit_commit_delay_us")]
     pub commit_delay_us: u64,
     /// The file being written is extended this many bytes at a time, with zeros that records
     /// then overwrite (0: plain appends). A sync of records then writes no inode and does not
-    /// wait for the file system's journal. The file's records end at its first NUL; it is cut
-    /// to its records when the next file starts and when the gateway stops.
+    /// wait for the file system's journal. The zeros are written after a group's calls have
+    /// their answer, half this size before the records reach them. The file's records end at
+    /// its first NUL; it is cut to its records when the next file starts and when the gateway
+    /// stops.
     #[serde(default = "default_audit_preallocate_bytes")]
     pub preallocate_bytes: u64,
     /// **Benchmarks only**: run with no audit log at all, to measure what the log costs
