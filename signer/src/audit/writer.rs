@@ -455,74 +455,6 @@ pub(super) fn raise_priority() {
             std::io::Error::last_os_error()
         );
     }
-    match request_short_slice(WRITER_SLICE_NS) {
-        Ok(()) => tracing::debug!(
-            slice_ns = WRITER_SLICE_NS,
-            "audit writer asks for short slices"
-        ),
-        Err(e) => tracing::debug!("audit writer keeps the default slice: {e}"),
-    }
-}
-
-/// The time slice the writer asks the scheduler for: 0.1 ms, the shortest Linux grants. Its
-/// work per group is ~50 µs; the signing threads it competes with run whole default slices
-/// (1.4 ms here). Linux's EEVDF scheduler (6.12 and later) lets a woken thread with a shorter
-/// slice preempt the running one at once, where a higher weight (nice) alone still waited for
-/// the running slice to end: measured on `bench/security/run.sh` at 8 × 16, the writer's wait
-/// for a core went from ~300 to ~100 µs per record and the mean audit wait from ~0.6 to
-/// ~0.3 ms (bench/RESULTS.md). Older kernels ignore the request.
-const WRITER_SLICE_NS: u64 = 100_000;
-
-/// `struct sched_attr` of `sched_setattr(2)` (its first version, 48 bytes).
-#[repr(C)]
-struct SchedAttr {
-    size: u32,
-    policy: u32,
-    flags: u64,
-    nice: i32,
-    priority: u32,
-    runtime: u64,
-    deadline: u64,
-    period: u64,
-}
-
-/// Asks for `slice_ns` as the calling thread's time slice (`sched_setattr` with
-/// `sched_runtime` on a normal thread), keeping its policy (`SCHED_OTHER`) and nice value.
-fn request_short_slice(slice_ns: u64) -> std::io::Result<()> {
-    #[allow(
-        unsafe_code,
-        reason = "gettid, getpriority and sched_setattr on this thread only; the one pointer is \
-                  to a live, correctly sized struct"
-    )]
-    // SAFETY: `attr` lives across the call and its `size` field is its real size; the kernel
-    // only reads it. The other calls take plain integers. All touch the calling thread only.
-    let rc = unsafe {
-        let tid = libc::gettid();
-        // getpriority returns the nice value itself (-1 included); a failure here cannot
-        // happen for the calling thread, and would only make the nice value 0 again.
-        let nice = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
-        let attr = SchedAttr {
-            size: std::mem::size_of::<SchedAttr>() as u32,
-            policy: libc::SCHED_OTHER as u32,
-            flags: 0,
-            nice,
-            priority: 0,
-            runtime: slice_ns,
-            deadline: 0,
-            period: 0,
-        };
-        libc::syscall(
-            libc::SYS_sched_setattr,
-            tid,
-            &attr as *const SchedAttr,
-            0u32,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 #[cfg(test)]
@@ -530,40 +462,6 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::ArrivalRate;
-
-    /// The slice the writer asks for is the one the kernel gives it, where the kernel grants
-    /// custom slices (Linux 6.12 and later, which show the slice in `/proc/thread-self/sched`).
-    #[test]
-    fn the_writer_asks_for_a_short_slice() {
-        let (major, minor) = kernel_version();
-        let granted = std::thread::spawn(|| {
-            let asked = super::request_short_slice(super::WRITER_SLICE_NS);
-            let sched = std::fs::read_to_string("/proc/thread-self/sched").unwrap_or_default();
-            let slice = sched
-                .lines()
-                .find(|l| l.starts_with("se.slice"))
-                .and_then(|l| l.split(':').nth(1))
-                .and_then(|v| v.trim().parse::<f64>().ok());
-            (asked.map_err(|e| e.to_string()), slice)
-        })
-        .join()
-        .expect("thread");
-        if (major, minor) < (6, 12) {
-            eprintln!("kernel {major}.{minor}: no custom slices, nothing to check");
-            return;
-        }
-        assert_eq!(granted.0, Ok(()));
-        assert_eq!(granted.1, Some(super::WRITER_SLICE_NS as f64), "se.slice");
-    }
-
-    fn kernel_version() -> (u32, u32) {
-        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        let mut parts = release
-            .trim()
-            .split(|c: char| !c.is_ascii_digit())
-            .map(|p| p.parse::<u32>().unwrap_or(0));
-        (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
-    }
 
     #[test]
     fn the_wait_follows_the_arrival_rate() {
