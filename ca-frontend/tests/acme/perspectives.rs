@@ -206,6 +206,15 @@ async fn recorded_authz(ca: &Ca, order: &Value) -> ca_frontend::model::Authoriza
     ca.db.authz(id).await.expect("db").expect("recorded")
 }
 
+/// A frontend whose checks the drill's three perspectives corroborate, and a registered
+/// client of it.
+async fn drill_ca() -> (Arc<Ca>, Client) {
+    let ca = ca_with(|c| c.validation.perspectives = drill().config.clone()).await;
+    let mut client = Client::new(&ca);
+    client.register().await;
+    (ca, client)
+}
+
 /// A fresh name under `label`.
 fn fresh(label: &str) -> String {
     format!("{label}-{}.example.test", hex::encode(&rand_bytes()[..6]))
@@ -213,9 +222,7 @@ fn fresh(label: &str) -> String {
 
 #[tokio::test]
 async fn one_hijacked_perspective_is_outvoted_and_two_refuse_http01() {
-    let ca = ca_with(|c| c.validation.perspectives = drill().config.clone()).await;
-    let mut client = Client::new(&ca);
-    client.register().await;
+    let (ca, client) = drill_ca().await;
 
     // No hijack: all three agree.
     let name = fresh("honest");
@@ -282,9 +289,7 @@ async fn one_hijacked_perspective_is_outvoted_and_two_refuse_http01() {
 /// The refusal carries their type, `connection`, as the frontend's own failure would.
 #[tokio::test]
 async fn a_refused_quorum_carries_the_type_the_perspectives_answered_with() {
-    let ca = ca_with(|c| c.validation.perspectives = drill().config.clone()).await;
-    let mut client = Client::new(&ca);
-    client.register().await;
+    let (_ca, client) = drill_ca().await;
     let name = fresh("unreachable-two");
     point_at(&name, 2, "127.0.0.4"); // where nothing listens
     let (_, error) = refused_http01(&client, &name).await;
@@ -301,9 +306,7 @@ async fn a_refused_quorum_carries_the_type_the_perspectives_answered_with() {
 
 #[tokio::test]
 async fn one_hijacked_caa_view_is_outvoted_and_two_refuse() {
-    let ca = ca_with(|c| c.validation.perspectives = drill().config.clone()).await;
-    let mut client = Client::new(&ca);
-    client.register().await;
+    let (ca, client) = drill_ca().await;
 
     let name = fresh("caa-one");
     hijack_caa(&name, 1);
