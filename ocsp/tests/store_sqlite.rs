@@ -934,7 +934,7 @@ async fn a_version_1_file_is_migrated_and_its_responses_served_for_both_hashes()
         .unwrap()
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     for alg in [Sha1, Sha256] {
         assert_eq!(
             store.get_for(&issuer(), &s, alg).await.unwrap(),
@@ -984,6 +984,150 @@ async fn a_version_1_file_is_migrated_and_its_responses_served_for_both_hashes()
         store.get_for(&issuer(), &s, Sha1).await.unwrap(),
         Some(new_sha1)
     );
+}
+
+/// The `CREATE` statement of the `responses` table in the file at `path`.
+fn responses_sql(path: &Path) -> String {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'responses'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap()
+}
+
+/// Issue 16: a version 3 file gets schema 4's CHECK on `cert_id_hash` (a range where an `IN`
+/// list made every INSERT build a temporary B-tree) in place, without copying its rows: every
+/// response is served as before, the CHECK still refuses a slot code that is not one, and the
+/// monotonic rule still binds a revocation stored before the change.
+#[tokio::test]
+async fn a_version_3_file_gets_the_range_check_and_keeps_its_responses() {
+    use ocsp::HashAlg::{Sha1, Sha256};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ocsp.sqlite");
+    let (s, r) = (serial(5), serial(6));
+    let gone = revoked(900, Some(1));
+    let mut rows = Vec::new();
+    for (sr, status) in [(&s, CertStatus::Good), (&r, gone)] {
+        for (code, alg) in [(1, Sha1), (2, Sha256)] {
+            rows.push((sr.clone(), code, built(sr, status, 1_000, &[alg]).await));
+        }
+    }
+    {
+        // A version 3 file, as the previous release wrote it: schema 4 differs from it only in
+        // that CHECK, so it is made by writing a new file and taking the change back.
+        drop(SqliteStore::open(&path).unwrap());
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let cookie: i64 = conn
+            .pragma_query_value(None, "schema_version", |row| row.get(0))
+            .unwrap();
+        conn.execute_batch(&format!(
+            "PRAGMA writable_schema = ON;
+             UPDATE sqlite_schema SET sql = replace(sql,
+                 'CHECK (cert_id_hash BETWEEN 0 AND 2)', 'CHECK (cert_id_hash IN (0, 1, 2))')
+             WHERE name = 'responses';
+             PRAGMA schema_version = {};
+             PRAGMA writable_schema = OFF;
+             PRAGMA user_version = 3;",
+            cookie + 1
+        ))
+        .unwrap();
+        assert!(responses_sql(&path).contains("IN (0, 1, 2)"));
+        for (sr, code, resp) in &rows {
+            let (st, at, reason) = match resp.status {
+                CertStatus::Good => (0, None, None),
+                CertStatus::Revoked { at, reason } => (1, Some(at), reason.map(i64::from)),
+            };
+            conn.execute(
+                "INSERT INTO responses VALUES ('test-ca', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                rusqlite::params![
+                    sr.as_bytes(),
+                    code,
+                    st,
+                    at,
+                    reason,
+                    resp.this_update,
+                    resp.next_update,
+                    resp.der
+                ],
+            )
+            .unwrap();
+        }
+    }
+    // A connection that has the file open across the change (a responder's) has read the old
+    // schema: the bumped schema_version makes it read the new one.
+    let before = rusqlite::Connection::open(&path).unwrap();
+    let n: i64 = before
+        .query_row("SELECT count(*) FROM responses", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(n, 4);
+    let reader = SqliteStore::open(&path).unwrap();
+    // (A statement that runs checks the schema cookie; the CHECK's own text names the version.)
+    let refused = before
+        .execute(
+            "INSERT INTO responses VALUES ('test-ca', x'98', 3, 0, NULL, NULL, 1, 2, x'00')",
+            [],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("cert_id_hash BETWEEN 0 AND 2"),
+        "{refused}"
+    );
+    drop(before);
+    let sql = responses_sql(&path);
+    assert!(
+        sql.contains("CHECK (cert_id_hash BETWEEN 0 AND 2)"),
+        "{sql}"
+    );
+    assert!(!sql.contains("IN (0, 1, 2)"), "{sql}");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, 4);
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    // The range refuses what the list refused.
+    for code in [3i64, -1] {
+        let refused = conn.execute(
+            "INSERT INTO responses VALUES ('test-ca', x'99', ?1, 0, NULL, NULL, 1, 2, x'00')",
+            [code],
+        );
+        assert!(refused.is_err(), "cert_id_hash {code} accepted");
+    }
+    drop(conn);
+    let store = SqliteStore::open(&path).unwrap();
+    for (i, alg) in [Sha1, Sha256].into_iter().enumerate() {
+        for st in [&reader, &store] {
+            assert_eq!(
+                st.get_for(&issuer(), &s, alg).await.unwrap(),
+                Some(rows[i].2.clone())
+            );
+            assert_eq!(
+                st.get_for(&issuer(), &r, alg).await.unwrap(),
+                Some(rows[2 + i].2.clone())
+            );
+        }
+        // The revocation stored before the change binds: a later `good` is refused.
+        let later_good = built(&r, CertStatus::Good, 2_000, &[alg]).await;
+        assert!(!store.put(&issuer(), &r, &later_good).await.unwrap());
+        // A newer response replaces the stored one.
+        let newer = built(&s, CertStatus::Good, 2_000, &[alg]).await;
+        assert!(store.put(&issuer(), &s, &newer).await.unwrap());
+        assert_eq!(
+            reader.get_for(&issuer(), &s, alg).await.unwrap(),
+            Some(newer)
+        );
+    }
+    // Opening again changes nothing.
+    drop(store);
+    SqliteStore::open(&path).unwrap();
+    assert_eq!(responses_sql(&path), sql);
 }
 
 /// A revocation stored for one hash removes the other hashes' `good` responses (and the old
@@ -1044,7 +1188,7 @@ async fn a_version_2_worklist_is_migrated_and_backfilled_into_crl_shards() {
         .unwrap()
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     assert_eq!(store.crl_backfill(&issuer(), 4, 100).await.unwrap(), 1);
     assert_eq!(store.crl_backfill(&issuer(), 4, 100).await.unwrap(), 0);
     // 0x0a07 = 2567; 2567 % 4 = 3.
