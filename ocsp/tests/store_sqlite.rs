@@ -885,6 +885,39 @@ async fn bench_one_million() {
 // ---------------------------------------------------------------------------------------------
 // Issue 13: one response per CertID hash, and files written before that layout.
 
+/// The schema version of the file at `path`.
+fn user_version(path: &Path) -> i64 {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .unwrap()
+}
+
+/// Writes `resp` of serial `sr` straight into the `responses` table of an older release's file:
+/// with `code` its `cert_id_hash` (schema 2 and 3), without it schema 1's row.
+fn insert_raw(conn: &rusqlite::Connection, sr: &Serial, code: Option<i64>, resp: &StoredResponse) {
+    let (status, at, reason) = match resp.status {
+        CertStatus::Good => (0, None, None),
+        CertStatus::Revoked { at, reason } => (1, Some(at), reason.map(i64::from)),
+    };
+    let row = rusqlite::params![
+        sr.as_bytes(),
+        status,
+        at,
+        reason,
+        resp.this_update,
+        resp.next_update,
+        resp.der,
+        code
+    ];
+    let sql = match code {
+        None => "INSERT INTO responses VALUES ('test-ca', ?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        Some(_) => "INSERT INTO responses VALUES ('test-ca', ?1, ?8, ?2, ?3, ?4, ?5, ?6, ?7)",
+    };
+    let row = if code.is_some() { row } else { &row[..7] };
+    conn.execute(sql, row).unwrap();
+}
+
 /// A file of schema version 1 (responses keyed by issuer and serial, each with both
 /// SingleResponses) is moved to the new layout when opened: its response answers both hashes
 /// until per-hash responses replace it, and its revocation still binds every hash.
@@ -910,31 +943,11 @@ async fn a_version_1_file_is_migrated_and_its_responses_served_for_both_hashes()
              PRAGMA user_version = 1;",
         )
         .unwrap();
-        for (sr, resp, st, at, reason) in [
-            (&s, &old_good, 0, None, None),
-            (&r, &old_revoked, 1, Some(900), Some(1)),
-        ] {
-            conn.execute(
-                "INSERT INTO responses VALUES ('test-ca', ?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                rusqlite::params![
-                    sr.as_bytes(),
-                    st,
-                    at,
-                    reason,
-                    resp.this_update,
-                    resp.next_update,
-                    resp.der
-                ],
-            )
-            .unwrap();
-        }
+        insert_raw(&conn, &s, None, &old_good);
+        insert_raw(&conn, &r, None, &old_revoked);
     }
     let store = SqliteStore::open(&path).unwrap();
-    let version: i64 = rusqlite::Connection::open(&path)
-        .unwrap()
-        .pragma_query_value(None, "user_version", |row| row.get(0))
-        .unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(user_version(&path), 4);
     for alg in [Sha1, Sha256] {
         assert_eq!(
             store.get_for(&issuer(), &s, alg).await.unwrap(),
@@ -1036,24 +1049,7 @@ async fn a_version_3_file_gets_the_range_check_and_keeps_its_responses() {
         .unwrap();
         assert!(responses_sql(&path).contains("IN (0, 1, 2)"));
         for (sr, code, resp) in &rows {
-            let (st, at, reason) = match resp.status {
-                CertStatus::Good => (0, None, None),
-                CertStatus::Revoked { at, reason } => (1, Some(at), reason.map(i64::from)),
-            };
-            conn.execute(
-                "INSERT INTO responses VALUES ('test-ca', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                rusqlite::params![
-                    sr.as_bytes(),
-                    code,
-                    st,
-                    at,
-                    reason,
-                    resp.this_update,
-                    resp.next_update,
-                    resp.der
-                ],
-            )
-            .unwrap();
+            insert_raw(&conn, sr, Some(*code), resp);
         }
     }
     // A connection that has the file open across the change (a responder's) has read the old
@@ -1083,11 +1079,8 @@ async fn a_version_3_file_gets_the_range_check_and_keeps_its_responses() {
         "{sql}"
     );
     assert!(!sql.contains("IN (0, 1, 2)"), "{sql}");
+    assert_eq!(user_version(&path), 4);
     let conn = rusqlite::Connection::open(&path).unwrap();
-    let version: i64 = conn
-        .pragma_query_value(None, "user_version", |row| row.get(0))
-        .unwrap();
-    assert_eq!(version, 4);
     let check: String = conn
         .query_row("PRAGMA integrity_check", [], |row| row.get(0))
         .unwrap();
@@ -1184,11 +1177,7 @@ async fn a_version_2_worklist_is_migrated_and_backfilled_into_crl_shards() {
         .unwrap();
     }
     let store = SqliteStore::open(&path).unwrap();
-    let version: i64 = rusqlite::Connection::open(&path)
-        .unwrap()
-        .pragma_query_value(None, "user_version", |row| row.get(0))
-        .unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(user_version(&path), 4);
     assert_eq!(store.crl_backfill(&issuer(), 4, 100).await.unwrap(), 1);
     assert_eq!(store.crl_backfill(&issuer(), 4, 100).await.unwrap(), 0);
     // 0x0a07 = 2567; 2567 % 4 = 3.
