@@ -1191,3 +1191,44 @@ async fn a_version_2_worklist_is_migrated_and_backfilled_into_crl_shards() {
     assert!(store.crl_clear_pending(&issuer(), 3, seq).await.unwrap());
     assert!(store.crl_pending(&issuer()).await.unwrap().is_empty());
 }
+
+fn page_size(path: &Path) -> i64 {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .pragma_query_value(None, "page_size", |row| row.get(0))
+        .unwrap()
+}
+
+/// Issue 16: a new file is made with 16 KiB pages (the pre-signer's writes cost less CPU); a
+/// file an older release made keeps its 4 KiB pages (SQLite cannot change them in WAL mode
+/// short of a VACUUM) and is read and written as before.
+#[tokio::test]
+async fn a_new_file_gets_16_kib_pages_and_an_older_file_keeps_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let new = dir.path().join("new.sqlite");
+    let old = dir.path().join("old.sqlite");
+    {
+        // As an older release left its file: SQLite's default page size, WAL, a table written.
+        let conn = rusqlite::Connection::open(&old).unwrap();
+        conn.execute_batch(
+            "PRAGMA page_size = 4096; PRAGMA journal_mode = WAL; CREATE TABLE before (x);",
+        )
+        .unwrap();
+    }
+    let good = response(CertStatus::Good, 1_000);
+    for (path, pages) in [(&new, 16_384), (&old, 4_096)] {
+        {
+            let store = SqliteStore::open(path).unwrap();
+            assert!(store.put(&issuer(), &serial(1), &good).await.unwrap());
+        }
+        assert_eq!(page_size(path), pages, "{}", path.display());
+        let store = SqliteStore::open(path).unwrap();
+        assert_eq!(
+            store.get(&issuer(), &serial(1)).await.unwrap(),
+            Some(good.clone()),
+            "{}",
+            path.display()
+        );
+        assert_eq!(page_size(path), pages, "{}", path.display());
+    }
+}

@@ -66,15 +66,19 @@ pub use metrics::PresignerMetrics;
 pub const MAX_BACKDATE: Duration = Duration::from_secs(3600);
 
 /// Gateway batches per stored chunk: a chunk's responses are stored (and marked published) in
-/// one transaction while the following batches are being signed.
-const BATCHES_PER_CHUNK: usize = 8;
+/// one transaction while the following batches are being signed. Each commit has a fixed cost
+/// (the WAL's fsync, SQLite's page-cache bookkeeping): 32 batches (8,192 responses at batch
+/// 256, ~40 ms of store work holding the write lock) cost 0.91 x the CPU per refreshed response
+/// of 8 (`ocsp/benches/presign.rs`, issue 16).
+const BATCHES_PER_CHUNK: usize = 32;
 
 /// Chunks fetched from the worklist per `due` query. The pipeline drains at the end of each
 /// window (the next `due` would list what is still in flight), so a window must be long enough
-/// that the drain and the query are a small share of it: with 8 chunks (16,384 responses at
-/// batch 256, under a second of signing) pre-signing ran at 0.75 of `SignBatch`, with 64
-/// (~5 s of signing) at 0.84 (bench/ocsp, 1,000,000 responses).
-const CHUNKS_PER_WINDOW: usize = 64;
+/// that the drain and the query are a small share of it: with chunks of 8 batches, 8 chunks per
+/// window (16,384 at batch 256, under a second of signing) pre-signing ran at 0.75 of
+/// `SignBatch`, 64 (131,072, ~5 s of signing) at 0.84 (bench/ocsp, 1,000,000 responses). 16
+/// chunks of [`BATCHES_PER_CHUNK`] keep that window.
+const CHUNKS_PER_WINDOW: usize = 16;
 
 /// Concurrent `put`s into a store without a batch write (Redis: one round trip each).
 const PUT_CONCURRENCY: usize = 64;
@@ -641,7 +645,14 @@ impl Presigner {
                 let mut acc = Vec::with_capacity(chunk);
                 while let Some(signed) = stream.next().await {
                     acc.extend(signed?);
-                    if acc.len() >= chunk && tx.send(std::mem::take(&mut acc)).await.is_err() {
+                    // The next chunk's vector at its full size: grown from empty, each chunk
+                    // was copied four times over, into freshly faulted pages.
+                    if acc.len() >= chunk
+                        && tx
+                            .send(std::mem::replace(&mut acc, Vec::with_capacity(chunk)))
+                            .await
+                            .is_err()
+                    {
                         return Ok(());
                     }
                 }
