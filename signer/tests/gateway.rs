@@ -416,33 +416,11 @@ async fn sigterm_lets_in_flight_work_finish() {
 
 #[tokio::test]
 async fn health_and_metrics_report_each_hsm() {
-    use tonic_health::pb::HealthCheckRequest;
-    use tonic_health::pb::health_client::HealthClient;
     let gw = Gateway::start(Module::SoftHsm);
     gw.wait_available("ca-p256", 4, Duration::from_secs(20))
         .await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", gw.grpc))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    let mut health = HealthClient::new(channel);
-    let mut serving = false;
-    for _ in 0..40 {
-        let r = health
-            .check(HealthCheckRequest {
-                service: "hsmgate.signer.v1.Signer".into(),
-            })
-            .await
-            .expect("health")
-            .into_inner();
-        if r.status == 1 {
-            serving = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(serving, "health never reported SERVING");
+    gw.wait_serving("hsmgate.signer.v1.Signer", Duration::from_secs(4))
+        .await;
     let metrics = gw.metrics_text().await;
     for hsm in ["east-1", "east-2", "west-1", "west-2"] {
         assert!(

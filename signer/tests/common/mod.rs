@@ -181,6 +181,41 @@ impl Gateway {
         std::fs::rename(&tmp, &self.control).expect("rename faults");
     }
 
+    /// Waits until the gateway's gRPC health check answers `SERVING` for `service` ("" for the
+    /// server as a whole, which is what a balanced client's probe asks). The gateway updates
+    /// its health every 250 ms, so it can still say `NOT_SERVING` just after
+    /// [`Self::wait_available`] returned.
+    pub async fn wait_serving(&self, service: &str, timeout: Duration) {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_client::HealthClient;
+        let channel = Channel::from_shared(format!("http://{}", self.grpc))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        let mut health = HealthClient::new(channel);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = health
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .expect("health")
+                .into_inner()
+                .status;
+            if status == tonic_health::ServingStatus::Serving as i32 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "health of {service:?} never reported SERVING (last {status}); logs:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until `key` is signable on at least `n` HSMs.
     pub async fn wait_available(&self, key: &str, n: u32, timeout: Duration) {
         let mut client = self.client().await;
