@@ -24,10 +24,10 @@ const HASH_CHECK_V3: &str = "CHECK (cert_id_hash IN (0, 1, 2))";
 const HASH_CHECK: &str = "CHECK (cert_id_hash BETWEEN 0 AND 2)";
 
 /// The page size of a new file. SQLite's default of 4 KiB holds about eight responses per leaf;
-/// with 16 KiB pages the pre-signer's writes split a quarter as many pages, its commits write a
-/// quarter as many WAL frames (one `write` each) and its key searches descend fewer levels:
-/// with larger transactions, 0.82 x the CPU per response on a first publication and 0.79 x on
-/// a refresh (`ocsp/benches/presign.rs`; bench/RESULTS.md, issue 16). 32 and 64 KiB saved a
+/// with 16 KiB pages the pre-signer's writes split fewer pages, its commits write fewer (larger)
+/// WAL frames, one `write` each, and its key searches descend fewer levels. Measured with
+/// larger transactions: 0.82 x the CPU per response on a first publication and 0.79 x on a
+/// refresh (`ocsp/benches/presign.rs`; bench/RESULTS.md, issue 16). 32 and 64 KiB saved a
 /// little more but make each randomly placed row (a revocation) rewrite that much WAL. The
 /// pragma has no effect on a file that already has tables: such a file keeps its page size
 /// until an operator converts it with `VACUUM` (README, "Stores").
