@@ -35,9 +35,9 @@
 //! key check at start-up; `import`: the import file format ([`parse_import`]); `metrics`:
 //! [`PresignerMetrics`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use der07::Decode;
@@ -72,12 +72,11 @@ pub const MAX_BACKDATE: Duration = Duration::from_secs(3600);
 /// per refreshed response of 8 (`ocsp/benches/presign.rs`, issue 16).
 const BATCHES_PER_CHUNK: usize = 32;
 
-/// Chunks fetched from the worklist per `due` query. The pipeline drains at the end of each
-/// window (the next `due` would list what is still in flight), so a window must be long enough
-/// that the drain and the query are a small share of it: with chunks of 8 batches, 8 chunks per
-/// window (16,384 at batch 256, under a second of signing) pre-signing ran at 0.75 of
-/// `SignBatch`, 64 (131,072, ~5 s of signing) at 0.84 (bench/ocsp, 1,000,000 responses). 16
-/// chunks of [`BATCHES_PER_CHUNK`] keep that window.
+/// Chunks fetched from the worklist per `due` query (after the first window, which is one
+/// chunk). The next window is read while the current one's last batches are signed
+/// ([`Presigner::refresh_round`]); a query also lists what is not yet stored, to be left out,
+/// so a window should be large next to the ~20,000 certificates in flight or waiting for the
+/// store: 16 chunks of [`BATCHES_PER_CHUNK`] batches are 131,072 certificates at batch 256.
 const CHUNKS_PER_WINDOW: usize = 16;
 
 /// Concurrent `put`s into a store without a batch write (Redis: one round trip each).
@@ -586,97 +585,199 @@ impl Presigner {
         self.refresh(now, usize::MAX).await
     }
 
-    /// Signs up to `limit` due responses, in windows of `due`: within a window, `SignBatch`
-    /// calls stream continuously while finished chunks are stored, so the gateway is not idle
-    /// during store writes.
+    /// Signs up to `limit` due responses; returns how many certificates were signed for. Rounds
+    /// of [`Self::refresh_round`] until one finds nothing due: a round reads the worklist as it
+    /// goes, so the round after it, from a fresh `due`, only catches a status that changed while
+    /// the certificate's earlier response was in flight (a revocation during the round).
     async fn refresh(&self, now: i64, limit: usize) -> Result<usize, Error> {
-        let chunk = self.config.batch.saturating_mul(BATCHES_PER_CHUNK).max(1);
-        let window = chunk.saturating_mul(CHUNKS_PER_WINDOW);
+        let stored = Mutex::new(Stored::default());
         let mut done = 0usize;
-        // Items the store refused stay due (they were not marked); they are skipped for the
-        // rest of this pass, and `due` is asked for that many more so they do not hide the rest.
-        let mut refused: HashMap<(IssuerName, Serial), CertStatus> = HashMap::new();
         while done < limit {
-            let want = window.min(limit - done);
-            let due = self
-                .store
-                .due(
-                    now,
-                    self.refresh_after_secs(),
-                    want.saturating_add(refused.len()),
-                )
-                .await?;
-            // (Without refusals, as in nearly every pass, no per-item key is built.)
-            let fresh: Vec<_> = if refused.is_empty() {
-                due.into_iter().take(want).collect()
-            } else {
-                due.into_iter()
-                    .filter(|(i, s, st)| refused.get(&(i.clone(), s.clone())) != Some(st))
-                    .take(want)
-                    .collect()
-            };
-            if fresh.is_empty() {
+            let signed = self.refresh_round(now, limit - done, &stored).await?;
+            if signed == 0 {
                 break;
             }
-            // One continuous stream of gateway batches over the window, `DEFAULT_IN_FLIGHT` at a
-            // time (each built when it enters the in-flight set, assembled when its answer
-            // comes back), stored a chunk at a time by a concurrent consumer: the gateway is
-            // never idle while a chunk is built or stored.
-            let n = fresh.len();
-            let batch = self.config.batch.max(1);
-            let (tx, mut rx) =
-                tokio::sync::mpsc::channel::<Vec<(IssuerName, Serial, StoredResponse)>>(2);
-            let producer = async move {
-                use futures_util::StreamExt;
-                // Owned batches and async blocks, not `chunks` and a closure over borrowed
-                // slices: with those the future is not provably `Send` (rustc's higher-ranked
-                // lifetime limits), and the refresh loop runs in a spawned task.
-                let mut batches: Vec<Vec<_>> = Vec::with_capacity(n.div_ceil(batch));
-                let mut items = fresh.into_iter().peekable();
-                while items.peek().is_some() {
-                    batches.push(items.by_ref().take(batch).collect());
-                }
-                let mut stream = futures_util::stream::iter(
-                    batches
-                        .into_iter()
-                        .map(|items| async move { self.sign_items(&items, now).await }),
-                )
-                .buffered(hsmgate_signer_api::DEFAULT_IN_FLIGHT);
-                let mut acc = Vec::with_capacity(chunk);
-                while let Some(signed) = stream.next().await {
-                    acc.extend(signed?);
-                    // The next chunk's vector at its full size: grown from empty, each chunk
-                    // was copied four times over, into freshly faulted pages.
-                    if acc.len() >= chunk
-                        && tx
-                            .send(std::mem::replace(&mut acc, Vec::with_capacity(chunk)))
-                            .await
-                            .is_err()
-                    {
-                        return Ok(());
-                    }
-                }
-                if !acc.is_empty() {
-                    let _ = tx.send(acc).await;
-                }
-                Ok::<(), Error>(())
-            };
-            // Only the refusals are kept from each chunk's outcomes: holding every stored
-            // response of the window (~130,000 certificates, ~100 MB) until its end made the
-            // allocator fetch and zero fresh pages all along (4 % of the pre-signer's CPU).
-            let consumer = async {
-                let mut refusals = HashMap::new();
-                while let Some(p) = rx.recv().await {
-                    note_refused(&mut refusals, self.store_signed(p).await?);
-                }
-                Ok::<_, Error>(refusals)
-            };
-            let (p, c) = tokio::join!(producer, consumer);
-            p?;
-            refused.extend(c?);
-            done += n;
+            done += signed;
         }
         Ok(done)
+    }
+
+    /// One stream of `SignBatch` calls, [`DEFAULT_IN_FLIGHT`](hsmgate_signer_api::DEFAULT_IN_FLIGHT)
+    /// at a time, over windows of `due`, stored a chunk at a time by a concurrent consumer. The
+    /// next window is read while the current one's last batches are still being signed, so the
+    /// gateway never waits for a query, a drain or a store write between windows: reading after
+    /// each window was stored left the HSMs idle ~0.27 s per 131,072 certificates (pre-signing
+    /// at 0.965 of `SignBatch` over 1,000,000; bench/RESULTS.md, issue 16). A `due` at that
+    /// moment still lists what is in flight or not yet stored, with the status it was read
+    /// with: those are left out, by key and status (a certificate revoked meanwhile is listed
+    /// again, revoked, and signed again). So are the refusals of this pass (`stored`), as
+    /// before. The first window is one chunk, so the first batches leave at once.
+    async fn refresh_round(
+        &self,
+        now: i64,
+        limit: usize,
+        stored: &Mutex<Stored>,
+    ) -> Result<usize, Error> {
+        use futures_util::StreamExt;
+        use futures_util::future::OptionFuture;
+        use futures_util::stream::FuturesOrdered;
+
+        let batch = self.config.batch.max(1);
+        let chunk = batch.saturating_mul(BATCHES_PER_CHUNK).max(1);
+        let window = chunk.saturating_mul(CHUNKS_PER_WINDOW);
+        let in_flight = hsmgate_signer_api::DEFAULT_IN_FLIGHT;
+        lock(stored).certificates = 0;
+        // (certificates, their responses): the consumer counts certificates stored.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, Vec<Signed>)>(2);
+        let producer = async move {
+            // Windows read and not yet wholly stored, each with the round position of its first
+            // certificate; positions up to `read` are in them, those below `issued` were sent.
+            let mut windows: VecDeque<(usize, Arc<Vec<Due>>)> = VecDeque::new();
+            let mut read = 0usize;
+            let mut issued = 0usize;
+            let mut exhausted = false;
+            let mut reading = None;
+            let mut signing = FuturesOrdered::new();
+            let mut acc: Vec<Signed> = Vec::with_capacity(chunk);
+            let mut acc_certificates = 0usize;
+            loop {
+                let done_below = lock(stored).certificates;
+                while windows
+                    .front()
+                    .is_some_and(|(start, w)| start + w.len() <= done_below)
+                {
+                    windows.pop_front();
+                }
+                if reading.is_none()
+                    && !exhausted
+                    && read < limit
+                    && read - issued <= 2 * in_flight * batch
+                {
+                    let want = if read == 0 { chunk } else { window }.min(limit - read);
+                    // Not yet stored: every window's certificates from `done_below` on.
+                    let pending: Vec<(usize, Arc<Vec<Due>>)> = windows
+                        .iter()
+                        .map(|(start, w)| (done_below.saturating_sub(*start), Arc::clone(w)))
+                        .collect();
+                    reading = Some(Box::pin(self.next_window(now, want, pending, stored)));
+                }
+                while signing.len() < in_flight && issued < read {
+                    let Some((start, w)) = windows
+                        .iter()
+                        .rev()
+                        .find(|(start, _)| *start <= issued)
+                        .map(|(start, w)| (*start, Arc::clone(w)))
+                    else {
+                        break;
+                    };
+                    let from = issued - start;
+                    let to = (from + batch).min(w.len());
+                    issued += to - from;
+                    signing.push_back(async move {
+                        let signed = self.sign_items(&w[from..to], now).await?;
+                        Ok::<_, Error>((to - from, signed))
+                    });
+                }
+                if signing.is_empty() && reading.is_none() {
+                    break;
+                }
+                tokio::select! {
+                    Some(signed) = signing.next(), if !signing.is_empty() => {
+                        let (certificates, responses) = signed?;
+                        acc.extend(responses);
+                        acc_certificates += certificates;
+                        // The next chunk's vector at its full size: grown from empty, each
+                        // chunk was copied four times over, into freshly faulted pages.
+                        if acc.len() >= chunk {
+                            let full = std::mem::replace(&mut acc, Vec::with_capacity(chunk));
+                            if tx.send((std::mem::take(&mut acc_certificates), full)).await.is_err() {
+                                return Ok(issued);
+                            }
+                        }
+                    }
+                    Some(due) = OptionFuture::from(reading.as_mut()), if reading.is_some() => {
+                        reading = None;
+                        let (due, all_read) = due?;
+                        exhausted = all_read;
+                        if !due.is_empty() {
+                            let n = due.len();
+                            windows.push_back((read, Arc::new(due)));
+                            read += n;
+                        }
+                    }
+                    // Not reached (a branch is enabled whenever this runs); what was not sent
+                    // stays due for the next round.
+                    else => break,
+                }
+            }
+            if !acc.is_empty() {
+                let _ = tx.send((acc_certificates, acc)).await;
+            }
+            Ok::<usize, Error>(issued)
+        };
+        // Only the refusals are kept from each chunk's outcomes: holding every stored response
+        // of a window (~130,000 certificates, ~100 MB) until its end made the allocator fetch
+        // and zero fresh pages all along (4 % of the pre-signer's CPU).
+        let consumer = async {
+            while let Some((certificates, responses)) = rx.recv().await {
+                let outcomes = self.store_signed(responses).await?;
+                let mut s = lock(stored);
+                note_refused(&mut s.refused, outcomes);
+                s.certificates += certificates;
+            }
+            Ok::<_, Error>(())
+        };
+        let (p, c) = tokio::join!(producer, consumer);
+        let issued = p?;
+        c?;
+        Ok(issued)
+    }
+
+    /// The next window of a round: up to `want` due certificates that are not in `pending`
+    /// (each window's certificates from its offset on: sent or about to be, not yet stored)
+    /// with the status they were read with, nor refused earlier in the pass with the status
+    /// listed. Also whether that was all that is due.
+    async fn next_window(
+        &self,
+        now: i64,
+        want: usize,
+        pending: Vec<(usize, Arc<Vec<Due>>)>,
+        stored: &Mutex<Stored>,
+    ) -> Result<(Vec<Due>, bool), Error> {
+        let pending_count: usize = pending
+            .iter()
+            .map(|(from, w)| w.len().saturating_sub(*from))
+            .sum();
+        // Each certificate left out makes room for one more: `due` lists what is in flight
+        // first (it is the most overdue).
+        let ask = want
+            .saturating_add(pending_count)
+            .saturating_add(lock(stored).refused.len());
+        let due = self.store.due(now, self.refresh_after_secs(), ask).await?;
+        let due_len = due.len();
+        // (Without exclusions, as in a first window, no per-item key is built.)
+        let pending: HashMap<(&IssuerName, &Serial), CertStatus> = pending
+            .iter()
+            .flat_map(|(from, w)| w.get(*from..).unwrap_or_default())
+            .map(|(issuer, serial, status)| ((issuer, serial), *status))
+            .collect();
+        let s = lock(stored);
+        let mut fresh: Vec<Due> = if pending.is_empty() && s.refused.is_empty() {
+            due
+        } else {
+            due.into_iter()
+                .filter(|(i, s_, st)| {
+                    pending.get(&(i, s_)) != Some(st)
+                        && (s.refused.is_empty()
+                            || s.refused.get(&(i.clone(), s_.clone())) != Some(st))
+                })
+                .collect()
+        };
+        // All that is due was read (fewer rows than asked), and none of it is left for later.
+        let all_read = due_len < ask && fresh.len() <= want;
+        fresh.truncate(want);
+        let exhausted = all_read || fresh.is_empty();
+        Ok((fresh, exhausted))
     }
 
     /// `hsmgate-ocsp presign --once`: signs everything due at `now` (revocations, never
@@ -789,6 +890,25 @@ impl Presigner {
             changed,
         })
     }
+}
+
+/// A due certificate, as [`SqliteStore::due`] lists it.
+type Due = (IssuerName, Serial, CertStatus);
+
+/// A signed response of a certificate, ready for the store.
+type Signed = (IssuerName, Serial, StoredResponse);
+
+/// What the consumer of a [`Presigner::refresh_round`] has done, for its producer: the
+/// certificates of the round stored (their chunks' transactions finished), and the responses
+/// refused in the whole pass, with the status they were signed for.
+#[derive(Debug, Default)]
+struct Stored {
+    certificates: usize,
+    refused: HashMap<(IssuerName, Serial), CertStatus>,
+}
+
+fn lock(stored: &Mutex<Stored>) -> MutexGuard<'_, Stored> {
+    stored.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Remembers the responses that were not published, with the status they were signed for.
