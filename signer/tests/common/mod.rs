@@ -194,8 +194,7 @@ impl Gateway {
             .await
             .expect("connect");
         let mut health = HealthClient::new(channel);
-        let deadline = Instant::now() + timeout;
-        loop {
+        self.poll_until(timeout, async || {
             let status = health
                 .check(HealthCheckRequest {
                     service: service.into(),
@@ -205,22 +204,20 @@ impl Gateway {
                 .into_inner()
                 .status;
             if status == tonic_health::ServingStatus::Serving as i32 {
-                return;
+                Ok(())
+            } else {
+                Err(format!(
+                    "health of {service:?} never reported SERVING (last {status})"
+                ))
             }
-            assert!(
-                Instant::now() < deadline,
-                "health of {service:?} never reported SERVING (last {status}); logs:\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await;
     }
 
     /// Waits until `key` is signable on at least `n` HSMs.
     pub async fn wait_available(&self, key: &str, n: u32, timeout: Duration) {
         let mut client = self.client().await;
-        let deadline = Instant::now() + timeout;
-        loop {
+        self.poll_until(timeout, async || {
             let keys = client
                 .list_keys(ListKeysRequest {})
                 .await
@@ -232,22 +229,18 @@ impl Gateway {
                 .find(|k| k.name == key)
                 .map_or(0, |k| k.hsms_available);
             if available >= n {
-                return;
+                Ok(())
+            } else {
+                Err(format!("key {key}: {available} HSMs available, wanted {n}"))
             }
-            assert!(
-                Instant::now() < deadline,
-                "key {key}: {available} HSMs available, wanted {n}; logs:\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await;
     }
 
     /// Waits (through `client`, whatever its transport) until every key is available on every
     /// HSM that holds it; panics with the gateway's log after 30 s.
     pub async fn wait_every_key(&self, client: &mut SignerClient<Channel>) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        self.poll_until(Duration::from_secs(30), async || {
             let keys = client
                 .list_keys(ListKeysRequest {})
                 .await
@@ -258,13 +251,28 @@ impl Gateway {
                 .iter()
                 .all(|k| k.hsms_available as usize == k.hsms.len())
             {
-                return;
+                Ok(())
+            } else {
+                Err(format!("HSMs not up: {keys:?}"))
             }
-            assert!(
-                Instant::now() < deadline,
-                "HSMs not up: {keys:?}\n{}",
-                self.logs()
-            );
+        })
+        .await;
+    }
+
+    /// Runs `check` every 50 ms until it answers `Ok`; after `timeout`, panics with its last
+    /// answer and the gateway's log.
+    async fn poll_until(
+        &self,
+        timeout: Duration,
+        mut check: impl AsyncFnMut() -> Result<(), String>,
+    ) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let why = match check().await {
+                Ok(()) => return,
+                Err(why) => why,
+            };
+            assert!(Instant::now() < deadline, "{why}; logs:\n{}", self.logs());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
