@@ -27,9 +27,6 @@ const ISSUER: &str = "test-ca";
 /// Several full windows and a partial one at batch 4.
 const CERTIFICATES: usize = 6_000;
 const BATCH: usize = 4;
-const ECDSA_WITH_SHA256: [u8; 12] = [
-    0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02,
-];
 
 fn issuer() -> IssuerName {
     IssuerName(ISSUER.into())
@@ -79,7 +76,7 @@ impl TbsSigner for Signer {
         self.items.fetch_add(tbs.len(), Ordering::SeqCst);
         Ok(tbs
             .iter()
-            .map(|_| (vec![0x5a; 64], ECDSA_WITH_SHA256.to_vec()))
+            .map(|_| (vec![0x5a; 64], stand_in::ECDSA_WITH_SHA256.to_vec()))
             .collect())
     }
 }

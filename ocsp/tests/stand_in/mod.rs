@@ -5,6 +5,12 @@
 
 use ocsp::{CertStatus, Error, Serial, StoredResponse};
 
+/// The DER AlgorithmIdentifier of ecdsa-with-SHA256 (RFC 5758 §3.2: parameters absent), which
+/// a stand-in signer answers with so that the response can be assembled around its bytes.
+pub const ECDSA_WITH_SHA256: [u8; 12] = [
+    0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02,
+];
+
 /// Returns a fixed stand-in signature for every TBS.
 #[derive(Debug)]
 struct StandInSigner;
@@ -12,13 +18,9 @@ struct StandInSigner;
 #[async_trait::async_trait]
 impl ocsp::TbsSigner for StandInSigner {
     async fn sign(&self, _key: &str, tbs: Vec<Vec<u8>>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
-        // ecdsa-with-SHA256 (RFC 5758 §3.2).
-        let alg = vec![
-            0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02,
-        ];
         Ok(tbs
             .iter()
-            .map(|_| (vec![0x30, 0x00], alg.clone()))
+            .map(|_| (vec![0x30, 0x00], ECDSA_WITH_SHA256.to_vec()))
             .collect())
     }
 }
